@@ -1,0 +1,1 @@
+"""Entry points: the streaming job, the batch recompute, and the options they share."""

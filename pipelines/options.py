@@ -1,0 +1,55 @@
+"""Pipeline flags (Beam ``PipelineOptions``) and the frozen job config built from them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from schemas import storage
+from transforms.validate import AcceptancePolicy
+
+DEFAULT_SUBSCRIPTION = "viewcounts-events-sub"
+DEFAULT_TOPIC = "viewcounts-events"
+DEFAULT_DEAD_LETTER_TOPIC = "viewcounts-dead-letters"
+
+
+class CountingOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--input_subscription", help="projects/P/subscriptions/S to read events from")
+        parser.add_argument("--dead_letter_topic", help="projects/P/topics/T for dead letters")
+        parser.add_argument("--dead_letter_path", help="folder (local or gs://) for dead-letter files")
+        parser.add_argument("--bigtable_project", default=storage.DEFAULT_PROJECT)
+        parser.add_argument("--bigtable_instance", default=storage.DEFAULT_INSTANCE)
+        parser.add_argument("--bigtable_table", default=storage.DEFAULT_TABLE)
+        parser.add_argument("--archive_path", help="folder (local or gs://) of the raw archive")
+        parser.add_argument("--metadata_path", help="JSONL metadata snapshot (video_id, title, channel)")
+        parser.add_argument("--allowed_lateness_s", type=int, default=600)
+        parser.add_argument("--max_future_skew_s", type=int, default=300)
+        parser.add_argument("--max_event_age_s", type=int, default=7 * 24 * 3600)
+        parser.add_argument("--early_firing_s", type=int, default=30,
+                            help="processing-time seconds between early (and late) panes")
+        parser.add_argument("--dedup_shards", type=int, default=16)
+        parser.add_argument("--archive_flush_s", type=int, default=60,
+                            help="processing-time seconds between archive and dead-letter files")
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    bigtable_project: str
+    bigtable_instance: str
+    bigtable_table: str
+    archive_path: str | None
+    dead_letter_topic: str | None
+    dead_letter_path: str | None
+    archive_flush_s: int | None
+
+
+def policy_of(o: CountingOptions, check_age: bool = True) -> AcceptancePolicy:
+    return AcceptancePolicy(o.allowed_lateness_s, o.max_future_skew_s, o.max_event_age_s,
+                            check_age, o.dedup_shards)
+
+
+def sinks_of(o: CountingOptions, streaming: bool = True) -> SinkConfig:
+    return SinkConfig(o.bigtable_project, o.bigtable_instance, o.bigtable_table, o.archive_path,
+                      o.dead_letter_topic, o.dead_letter_path, o.archive_flush_s if streaming else None)

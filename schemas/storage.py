@@ -1,0 +1,155 @@
+"""Bigtable storage layout for stored aggregates (SPEC.md section 3, DESIGN.md).
+
+Row key (UTF-8)::
+
+    <escaped video_id> '#' <event_type> '#' <granularity letter> '#' <period>
+
+* ``video_id`` is escaped losslessly: ``%`` -> ``%25`` and ``#`` -> ``%23``, so the key
+  splits unambiguously on ``#`` and no two entities can share a row (SPEC.md section 1).
+  ``event_type`` is ``[a-z0-9_]+`` and needs no escaping.
+* granularity ``m`` (minute) rows hold one UTC day, period ``YYYYMMDD``: a one-day
+  minute query is one row read; ``h`` (hour) rows hold one UTC month, period ``YYYYMM``:
+  a 30-day hour query is at most two rows. Keys start with the entity, never with time,
+  so writes spread over tablets instead of hot-spotting the present (Bigtable schema
+  design guide: "avoid timestamps at the start of row keys").
+* Longest key: 3 * 256 + 1 + 64 + 3 + 8 = 844 bytes, inside Bigtable's 4 KiB limit.
+
+Column family ``FAMILY`` (``a``), one column per window; the qualifier is the window
+start as 10 ASCII digits of epoch seconds, so qualifiers sort in time order.
+
+Cell value: compact JSON ``{"count", "value_count", "sum", "min", "max", "title",
+"channel"}`` (``min``/``max`` null without values; ``avg`` is derived on read as
+``sum / value_count``). One cell per window: one pane is one ``SetCell`` mutation.
+
+Cell timestamp: the pane's firing time in whole milliseconds from a per-process clock that
+never repeats or goes back, so a later pane of a window always carries a larger timestamp
+than an earlier one; readers take the newest cell. Re-sending the same mutation (a retry)
+rewrites the same cell: writes are idempotent overwrites.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import orjson
+
+FAMILY = "a"
+DEFAULT_TABLE = "viewcounts"
+DEFAULT_INSTANCE = "viewcounts"
+DEFAULT_PROJECT = "viewcounts-local"
+GRANULARITY_SECONDS = {"minute": 60, "hour": 3600}
+_LETTER = {"minute": "m", "hour": "h"}
+_GRANULARITY_OF_LETTER = {v: k for k, v in _LETTER.items()}
+MAX_KEY_BYTES = 4096
+MAX_MUTATIONS_PER_REQUEST = 100_000
+
+
+class Aggregate(NamedTuple):
+    """Running aggregate of one (video, type, window): ``min``/``max`` None without values."""
+
+    count: int
+    value_count: int
+    sum: float
+    min: float | None
+    max: float | None
+
+    @property
+    def avg(self) -> float | None:
+        return self.sum / self.value_count if self.value_count else None
+
+
+EMPTY = Aggregate(0, 0, 0.0, None, None)
+
+
+def merge(a: Aggregate, b: Aggregate) -> Aggregate:
+    """Combine two aggregates into a new one (inputs are never mutated)."""
+    if not b.count:
+        return a
+    if not a.count:
+        return b
+    return Aggregate(
+        a.count + b.count,
+        a.value_count + b.value_count,
+        a.sum + b.sum,
+        b.min if a.min is None else a.min if b.min is None else min(a.min, b.min),
+        b.max if a.max is None else a.max if b.max is None else max(a.max, b.max),
+    )
+
+
+@dataclass(frozen=True)
+class StoredCell:
+    """One decoded cell: the aggregate of a window plus its enrichment."""
+
+    video_id: str
+    event_type: str
+    granularity: str
+    window_start_s: int
+    aggregate: Aggregate
+    title: str | None
+    channel: str | None
+
+
+def escape_entity(video_id: str) -> str:
+    return video_id.replace("%", "%25").replace("#", "%23")
+
+
+def unescape_entity(escaped: str) -> str:
+    return escaped.replace("%23", "#").replace("%25", "%")
+
+
+def period_of(granularity: str, window_start_s: int) -> str:
+    """The row period that holds a window: ``YYYYMMDD`` for minutes, ``YYYYMM`` for hours."""
+    day = dt.datetime.fromtimestamp(window_start_s, dt.timezone.utc)
+    return day.strftime("%Y%m%d" if granularity == "minute" else "%Y%m")
+
+
+def row_key(video_id: str, event_type: str, granularity: str, window_start_s: int) -> bytes:
+    """The row key of the row holding this window. Raises ``KeyError`` for a bad granularity."""
+    key = "#".join((escape_entity(video_id), event_type, _LETTER[granularity],
+                    period_of(granularity, window_start_s)))
+    return key.encode("utf-8")
+
+
+def parse_row_key(key: bytes) -> tuple[str, str, str, str]:
+    """``(video_id, event_type, granularity, period)`` of a row key."""
+    escaped, event_type, letter, period = key.decode("utf-8").split("#")
+    return unescape_entity(escaped), event_type, _GRANULARITY_OF_LETTER[letter], period
+
+
+def qualifier(window_start_s: int) -> bytes:
+    return b"%010d" % window_start_s if window_start_s >= 0 else b"-%09d" % -window_start_s
+
+
+def window_of_qualifier(q: bytes) -> int:
+    return int(q)
+
+
+def encode_cell(agg: Aggregate, title: str | None, channel: str | None) -> bytes:
+    return orjson.dumps({"count": agg.count, "value_count": agg.value_count, "sum": agg.sum,
+                         "min": agg.min, "max": agg.max, "title": title, "channel": channel})
+
+
+def decode_cell(value: bytes) -> tuple[Aggregate, str | None, str | None]:
+    d = orjson.loads(value)
+    return Aggregate(d["count"], d["value_count"], d["sum"], d["min"], d["max"]), d["title"], d["channel"]
+
+
+class PaneClock:
+    """Strictly increasing whole-millisecond timestamps for cells, per process.
+
+    ``now_us()`` returns microseconds that are a multiple of 1000 (Bigtable's cell
+    timestamp granularity) and larger than every value it returned before in this process.
+    """
+
+    _lock = threading.Lock()
+    _last_ms = 0
+
+    @classmethod
+    def now_us(cls) -> int:
+        with cls._lock:
+            ms = max(time.time_ns() // 1_000_000, cls._last_ms + 1)
+            cls._last_ms = ms
+            return ms * 1000

@@ -1,0 +1,87 @@
+"""Enrichment of aggregates with entity metadata through a side input (SPEC.md section 3).
+
+A metadata *snapshot* is ``(version, {video_id: (title, channel)})``; a newer version
+replaces the previous snapshot whole. ``LatestSnapshot`` re-fires the newest snapshot of a
+PCollection of snapshots (loaded once at start, refreshed periodically, or fed by a test)
+in the global window; used as ``AsList`` side input, ``Enrich`` takes the highest version
+it sees (runners differ in whether a global-window side input holds only the latest pane
+or every pane so far; this works with both) and stamps each ``AggregateRow`` with the
+title and channel of that snapshot when the pane passes (nulls for unknown entities,
+which are still written).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import apache_beam as beam
+import orjson
+from apache_beam.transforms import trigger, window
+
+from transforms.aggregate import AggregateRow
+
+
+class EnrichedRow(NamedTuple):
+    row: AggregateRow
+    title: str | None
+    channel: str | None
+
+
+def read_snapshot_file(path: str) -> dict[str, tuple[str | None, str | None]]:
+    """Read a JSONL metadata file: one ``{"video_id", "title", "channel"}`` per line.
+
+    Uses Beam's ``FileSystems``, so ``gs://`` paths work. Raises ``OSError`` or
+    ``ValueError`` for an unreadable file or a bad line.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    out = {}
+    with FileSystems.open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                d = orjson.loads(line)
+                if not isinstance(d, dict) or not isinstance(d.get("video_id"), str):
+                    raise ValueError(f"{path}:{n}: expected an object with a string video_id")
+                out[d["video_id"]] = (d.get("title"), d.get("channel"))
+    return out
+
+
+class _Newest(beam.CombineFn):
+    def create_accumulator(self):
+        return (-1, {})
+
+    def add_input(self, acc, snapshot):
+        return snapshot if snapshot[0] > acc[0] else acc
+
+    def merge_accumulators(self, accs):
+        return max(accs, key=lambda a: a[0])
+
+    def extract_output(self, acc):
+        return acc
+
+
+class LatestSnapshot(beam.PTransform):
+    """``PCollection[(version, dict)]`` -> the newest ``(version, dict)`` in the global
+    window, re-fired on every new snapshot; pass it to ``Enrich`` as ``beam.pvalue.AsList``."""
+
+    def expand(self, snapshots):
+        return (snapshots
+                | beam.WindowInto(window.GlobalWindows(),
+                                  trigger=trigger.Repeatedly(trigger.AfterCount(1)),
+                                  accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
+                | beam.CombineGlobally(_Newest()).without_defaults())
+
+
+class Enrich(beam.DoFn):
+    """``AggregateRow`` -> ``EnrichedRow``; side input: the ``LatestSnapshot`` output as a list."""
+
+    def start_bundle(self) -> None:
+        self._seen: tuple[int, int] | None = None
+        self._entries: dict = {}
+
+    def process(self, row: AggregateRow, snapshots: list):
+        marker = (id(snapshots), len(snapshots))
+        if marker != self._seen:
+            self._seen = marker
+            self._entries = max(snapshots, key=lambda s: s[0])[1] if snapshots else {}
+        title, channel = self._entries.get(row.video_id, (None, None))
+        yield EnrichedRow(row, title, channel)

@@ -1,0 +1,95 @@
+"""Decode and validate payloads; judge processing-time rules; split by dedup shard.
+
+Input elements: ``(payload: bytes, arrival_us: int)``: the message bytes and the
+processing time (epoch microseconds) at which the pipeline received them. The arrival
+time is data, not the wall clock read inside the DoFn, so the acceptance policy is the
+same in a live job, a replay and a TestStream scenario.
+
+Outputs of ``ValidateEvents``:
+* main: ``((shard, minute_start_s), [Event, ...])``: the valid events of one message
+  that share a dedup shard and an event-time minute (the key of ``DedupAndJudgeLateness``).
+* ``DEAD_LETTER``: ``DeadLetter`` timestamped with the arrival time.
+* ``ARCHIVE``: the event's raw JSON bytes timestamped with its event time: every valid
+  event (it passed the field, future and age checks) whatever dedup and lateness decide.
+"""
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.utils.timestamp import Timestamp
+
+from schemas.archive import DeadLetter
+from schemas.event import FUTURE_TIMESTAMP, TOO_OLD, US_PER_S, format_time_us, parse_payload
+from transforms import metrics
+
+DEAD_LETTER = "dead_letter"
+ARCHIVE = "archive"
+
+
+@dataclass(frozen=True)
+class AcceptancePolicy:
+    """SPEC.md section 2 knobs, in seconds. ``check_age=False`` turns off the
+    ``future_timestamp`` and ``too_old`` checks (batch recompute, historical replays)."""
+
+    allowed_lateness_s: int = 600
+    max_future_skew_s: int = 300
+    max_event_age_s: int = 7 * 24 * 3600
+    check_age: bool = True
+    dedup_shards: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("allowed_lateness_s", "max_future_skew_s", "max_event_age_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.dedup_shards < 1:
+            raise ValueError(f"dedup_shards must be >= 1, got {self.dedup_shards}")
+
+
+def shard_of(event_id: str, shards: int) -> int:
+    """Stable across processes (unlike ``hash``): CRC-32 of the UTF-8 id."""
+    return zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % shards
+
+
+class ValidateEvents(beam.DoFn):
+    def __init__(self, policy: AcceptancePolicy) -> None:
+        self._policy = policy
+
+    def setup(self) -> None:
+        self._events_in = metrics.counter(metrics.EVENTS_IN)
+        self._dead = metrics.DeadLetterCounters()
+
+    def process(self, element: tuple[bytes, int]):
+        payload, arrival_us = element
+        events, rejections, n_in = parse_payload(payload)
+        self._events_in.inc(n_in)
+        arrival_ts = Timestamp(micros=arrival_us)
+        for r in rejections:
+            yield self._dead_letter(r.payload, r.reason, r.detail, arrival_us, arrival_ts)
+        policy = self._policy
+        future_limit = arrival_us + policy.max_future_skew_s * US_PER_S
+        age_limit = arrival_us - policy.max_event_age_s * US_PER_S
+        chunks: dict[tuple[int, int], list] = defaultdict(list)
+        for ev in events:
+            if policy.check_age and ev.time_us > future_limit:
+                yield self._dead_letter(ev.raw, FUTURE_TIMESTAMP,
+                                        f"event_time {format_time_us(ev.time_us)} is more than "
+                                        f"{policy.max_future_skew_s} s after processing time", arrival_us, arrival_ts)
+                continue
+            if policy.check_age and ev.time_us < age_limit:
+                yield self._dead_letter(ev.raw, TOO_OLD,
+                                        f"event_time {format_time_us(ev.time_us)} is more than "
+                                        f"{policy.max_event_age_s} s before processing time", arrival_us, arrival_ts)
+                continue
+            yield beam.pvalue.TaggedOutput(ARCHIVE, beam.window.TimestampedValue(ev.raw, Timestamp(micros=ev.time_us)))
+            minute_start_s = ev.time_us // (60 * US_PER_S) * 60
+            chunks[(shard_of(ev.event_id, policy.dedup_shards), minute_start_s)].append(ev)
+        for key, chunk in chunks.items():
+            yield beam.window.TimestampedValue((key, chunk), Timestamp(key[1]))
+
+    def _dead_letter(self, payload: bytes, reason: str, detail: str, arrival_us: int, arrival_ts: Timestamp):
+        self._dead.inc(reason)
+        return beam.pvalue.TaggedOutput(
+            DEAD_LETTER, beam.window.TimestampedValue(DeadLetter(payload, reason, detail, arrival_us), arrival_ts))

@@ -1,0 +1,1 @@
+"""Local tooling and the ``viewcounts`` command: demo, replay, stats, scenario."""

@@ -1,0 +1,110 @@
+"""The ``viewcounts`` command: ``demo``, ``replay``, ``stats``, ``scenario run|check``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import orjson
+
+
+def _scenario(args) -> int:
+    from viewcounts.scenario import check_case, load_case, run_case
+
+    case = load_case(args.case)
+    result = run_case(case)
+    if args.action == "run":
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    problems = check_case(case, result)
+    for p in problems:
+        print(f"FAIL {case.get('name', args.case)}: {p}")
+    if not problems:
+        print(f"PASS {case.get('name', args.case)}")
+    return 1 if problems else 0
+
+
+def _stats(args) -> int:
+    from query.stats import QueryError, StatsReader
+
+    try:
+        with StatsReader(args.project, args.instance, args.table) as reader:
+            stats = reader.get_stats(args.video_id, args.event_type, args.function, args.start, args.end,
+                                     args.granularity, args.tz)
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.write(orjson.dumps(stats.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.function} of {args.event_type} for {args.video_id}")
+    for col in ("bucket", "count", "sum", "avg", "min", "max"):
+        table.add_column(col, justify="right")
+    for b in stats.buckets:
+        a = b.aggregate
+        table.add_row(b.start.isoformat(), str(a.count), f"{a.sum:g}", *(f"{x:g}" if x is not None else "-"
+                                                                          for x in (a.avg, a.min, a.max)))
+    console = Console()
+    console.print(table)
+    console.print(f"{args.function} over [{stats.start.isoformat()}, {stats.end.isoformat()}): {stats.value}")
+    return 0
+
+
+def _replay(args) -> int:
+    from viewcounts.replay import replay_main
+
+    return replay_main(args)
+
+
+def _demo(args) -> int:
+    from viewcounts.demo import demo_main
+
+    return demo_main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="viewcounts", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sc = sub.add_parser("scenario", help="run or check a SPEC.md section 7 case file")
+    sc.add_argument("action", choices=("run", "check"))
+    sc.add_argument("case")
+    sc.set_defaults(func=_scenario)
+
+    st = sub.add_parser("stats", help="query stored aggregates (get_stats)")
+    st.add_argument("--video-id", required=True)
+    st.add_argument("--event-type", required=True)
+    st.add_argument("--function", required=True, choices=("count", "sum", "avg", "min", "max"))
+    st.add_argument("--start", required=True, help="RFC 3339 instant")
+    st.add_argument("--end", required=True, help="RFC 3339 instant (exclusive)")
+    st.add_argument("--granularity", required=True, choices=("minute", "hour", "day", "total"))
+    st.add_argument("--tz", help="IANA time zone for bucket labels (buckets stay UTC)")
+    st.add_argument("--project", default="viewcounts-local")
+    st.add_argument("--instance", default="viewcounts")
+    st.add_argument("--table", default="viewcounts")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_stats)
+
+    from viewcounts.replay import add_replay_args
+    from viewcounts.demo import add_demo_args
+
+    rp = sub.add_parser("replay", help="publish events (flights or JSONL) to Pub/Sub, with a manifest")
+    add_replay_args(rp)
+    rp.set_defaults(func=_replay)
+
+    dm = sub.add_parser("demo", help="run the streaming job end to end on the local emulators")
+    add_demo_args(dm)
+    dm.set_defaults(func=_demo)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Run SPEC.md section 7 case files through the real pipeline code.
+
+``run_case(case)`` replays a case's steps as a ``TestStream`` (payloads and metadata
+snapshots on two tags, an explicit processing-time clock, an explicit watermark that goes
+to infinity after the last step) on the local runner, writes aggregates to a fresh table
+on the Bigtable emulator through the production sink, and returns what was stored: rows,
+dead letters by reason, metrics and ``get_stats`` answers. ``check_case`` compares that
+with the case's ``expect`` and returns a list of mismatches (empty when it passes).
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import glob
+import math
+import os
+import tempfile
+import uuid
+from collections import Counter
+
+import apache_beam as beam
+import orjson
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.utils.timestamp import Timestamp
+
+from pipelines import direct_runner_fix
+from pipelines.graph import count_and_store
+from pipelines.options import SinkConfig
+from query.stats import QueryError, StatsReader
+from schemas import storage
+from schemas.archive import DeadLetter
+from schemas.event import US_PER_S, format_time_us, parse_event_time
+from transforms import metrics
+from transforms.validate import AcceptancePolicy
+from viewcounts.emulators import bigtable_emulator
+from viewcounts.provision import create_table
+
+PAYLOADS, METADATA = "payloads", "metadata"
+PROJECT, INSTANCE = "scenario", "scenario"
+REL_TOL = 1e-9
+
+
+def _messages(step: dict) -> list[bytes]:
+    if "publish" in step:
+        return [orjson.dumps(m) for m in step["publish"]]
+    if "publish_raw" in step:
+        return [s.encode("utf-8", "surrogatepass") for s in step["publish_raw"]]
+    return [base64.b64decode(s) for s in step["publish_base64"]]
+
+
+def build_test_stream(case: dict) -> TestStream:
+    """The case's steps as a two-tag ``TestStream`` (SPEC.md section 7 clock rules)."""
+    start_us = parse_event_time(case["start"])
+    processing_us = start_us
+    watermark = Timestamp(micros=start_us)
+    ts = TestStream(output_tags=[PAYLOADS, METADATA])
+    for tag in (PAYLOADS, METADATA):
+        ts.advance_watermark_to(watermark, tag=tag)
+    for n, step in enumerate(case["steps"]):
+        if "metadata" in step:
+            snapshot = {vid: (m.get("title"), m.get("channel")) for vid, m in step["metadata"].items()}
+            ts.add_elements([beam.window.TimestampedValue((n, snapshot), watermark)], tag=METADATA)
+        elif "advance_processing_time_s" in step:
+            processing_us += round(step["advance_processing_time_s"] * US_PER_S)
+            ts.advance_processing_time(step["advance_processing_time_s"])
+        elif "advance_watermark" in step:
+            watermark = Timestamp(micros=parse_event_time(step["advance_watermark"]))
+            for tag in (PAYLOADS, METADATA):
+                ts.advance_watermark_to(watermark, tag=tag)
+        else:
+            ts.add_elements([beam.window.TimestampedValue((m, processing_us), watermark)
+                             for m in _messages(step)], tag=PAYLOADS)
+    for tag in (PAYLOADS, METADATA):
+        ts.advance_watermark_to_infinity(tag=tag)
+    return ts
+
+
+def policy_of_case(case: dict) -> tuple[AcceptancePolicy, int]:
+    cfg = case.get("config", {})
+    defaults = AcceptancePolicy()
+    policy = AcceptancePolicy(cfg.get("allowed_lateness_s", defaults.allowed_lateness_s),
+                              cfg.get("max_future_skew_s", defaults.max_future_skew_s),
+                              cfg.get("max_event_age_s", defaults.max_event_age_s))
+    return policy, cfg.get("early_firing_s", 30)
+
+
+@contextlib.contextmanager
+def _bigtable_host():
+    if os.environ.get("BIGTABLE_EMULATOR_HOST"):
+        yield os.environ["BIGTABLE_EMULATOR_HOST"]
+        return
+    with bigtable_emulator() as emu:
+        os.environ["BIGTABLE_EMULATOR_HOST"] = emu.host
+        try:
+            yield emu.host
+        finally:
+            del os.environ["BIGTABLE_EMULATOR_HOST"]
+
+
+def run_case(case: dict) -> dict:
+    """Run one case; returns ``{"rows", "dead_letters", "metrics", "queries"}``."""
+    policy, early_firing_s = policy_of_case(case)
+    table = f"case-{uuid.uuid4().hex[:12]}"
+    with _bigtable_host(), tempfile.TemporaryDirectory(prefix="scenario-") as tmp:
+        create_table(PROJECT, INSTANCE, table)
+        sinks = SinkConfig(PROJECT, INSTANCE, table, archive_path=f"{tmp}/archive", dead_letter_topic=None,
+                           dead_letter_path=f"{tmp}/dead-letters", archive_flush_s=early_firing_s)
+        direct_runner_fix.apply()
+        options = PipelineOptions(runner="BundleBasedDirectRunner")
+        options.view_as(StandardOptions).streaming = True
+        pipeline = beam.Pipeline(options=options)
+        stream = pipeline | "case steps" >> build_test_stream(case)
+        count_and_store(stream[PAYLOADS], stream[METADATA], policy, early_firing_s, sinks)
+        result = pipeline.run()
+        result.wait_until_finish()
+        counters: Counter = Counter()
+        for c in result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))["counters"]:
+            counters[c.key.metric.name] += c.committed
+        dead = Counter()
+        for path in glob.glob(f"{tmp}/dead-letters/**/*.jsonl", recursive=True):
+            with open(path, "rb") as f:
+                for line in f:
+                    dead[DeadLetter.from_json(line).reason] += 1
+        with StatsReader(PROJECT, INSTANCE, table) as reader:
+            rows = stored_rows(reader)
+            queries = [_answer(reader, q) for q in case.get("expect", {}).get("queries", [])]
+    return {"rows": rows, "dead_letters": dict(sorted(dead.items())), "metrics": dict(sorted(counters.items())),
+            "queries": queries}
+
+
+def stored_rows(reader: StatsReader) -> list[dict]:
+    """Every stored aggregate (newest cell of each column) as SPEC.md section 7 row dicts."""
+    from google.cloud.bigtable.row_filters import CellsColumnLimitFilter
+
+    rows = []
+    for row in reader._table.read_rows(filter_=CellsColumnLimitFilter(1)):
+        video_id, event_type, granularity, _ = storage.parse_row_key(row.row_key)
+        for q, cells in sorted(row.cells.get(storage.FAMILY, {}).items()):
+            agg, title, channel = storage.decode_cell(cells[0].value)
+            rows.append({"video_id": video_id, "event_type": event_type, "granularity": granularity,
+                         "window_start": format_time_us(storage.window_of_qualifier(q) * US_PER_S),
+                         "count": agg.count, "value_count": agg.value_count, "sum": agg.sum, "avg": agg.avg,
+                         "min": agg.min, "max": agg.max, "title": title, "channel": channel})
+    return rows
+
+
+def _answer(reader: StatsReader, q: dict) -> dict:
+    out = {k: q[k] for k in ("video_id", "event_type", "function", "start", "end", "granularity")}
+    try:
+        out["value"] = reader.get_stats(q["video_id"], q["event_type"], q["function"], q["start"], q["end"],
+                                        q["granularity"], q.get("tz")).value
+    except QueryError as exc:
+        out["error"] = str(exc)
+    return out
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=0.0) or a == b
+    return a == b
+
+
+def _row_key(r: dict) -> tuple:
+    return (r["video_id"], r["event_type"], r["granularity"],
+            parse_event_time(r["window_start"]))
+
+
+def check_case(case: dict, result: dict) -> list[str]:
+    """Mismatches between ``result`` and ``case["expect"]`` (SPEC.md section 7 rules)."""
+    expect = case.get("expect", {})
+    problems: list[str] = []
+    stored = {_row_key(r): r for r in result["rows"]}
+    for want in expect.get("rows", []):
+        got = stored.get(_row_key(want))
+        if got is None:
+            problems.append(f"missing row {want}")
+            continue
+        for field in ("count", "value_count", "sum", "avg", "min", "max", "title", "channel"):
+            if field in want and not _same(got[field], want[field]):
+                problems.append(f"row {_row_key(want)[:3]} {want['window_start']}: {field} is {got[field]!r}, "
+                                f"expected {want[field]!r}")
+    if expect.get("rows_exact"):
+        wanted = {_row_key(r) for r in expect.get("rows", [])}
+        for k, r in stored.items():
+            if k not in wanted:
+                problems.append(f"unexpected row {r}")
+    if "dead_letters" in expect:
+        for reason in set(expect["dead_letters"]) | set(result["dead_letters"]):
+            want_n, got_n = expect["dead_letters"].get(reason, 0), result["dead_letters"].get(reason, 0)
+            if want_n != got_n:
+                problems.append(f"dead letters {reason}: {got_n}, expected {want_n}")
+    for name, want_n in expect.get("metrics", {}).items():
+        got_n = result["metrics"].get(name, 0)
+        if got_n != want_n:
+            problems.append(f"metric {name}: {got_n}, expected {want_n}")
+    for want, got in zip(expect.get("queries", []), result["queries"]):
+        if want.get("error"):
+            if "error" not in got:
+                problems.append(f"query {want} should be refused, answered {got.get('value')!r}")
+        elif "error" in got:
+            problems.append(f"query {want} refused: {got['error']}")
+        elif not _same(got["value"], want["value"]):
+            problems.append(f"query {want}: got {got['value']!r}")
+    return problems
+
+
+def load_case(path: str) -> dict:
+    with open(path, "rb") as f:
+        return orjson.loads(f.read())
