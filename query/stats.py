@@ -104,6 +104,18 @@ class StatsReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def all_cells(self):
+        """Every stored aggregate (newest cell of each column) as ``storage.StoredCell``; a full
+        table scan, for reconciliation and tests, not for serving."""
+        from google.cloud.bigtable.row_filters import CellsColumnLimitFilter
+
+        for row in self._table.read_rows(filter_=CellsColumnLimitFilter(1)):
+            video_id, event_type, granularity, _ = storage.parse_row_key(row.row_key)
+            for q, cells in sorted(row.cells.get(storage.FAMILY, {}).items()):
+                agg, title, channel = storage.decode_cell(cells[0].value)
+                yield storage.StoredCell(video_id, event_type, granularity, storage.window_of_qualifier(q),
+                                         agg, title, channel)
+
     def read_windows(self, video_id: str, event_type: str, granularity: str,
                      start_s: int, end_s: int) -> dict[int, Aggregate]:
         """Stored aggregates of ``granularity`` ('minute'/'hour') windows starting in ``[start_s, end_s)``."""

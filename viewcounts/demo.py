@@ -1,0 +1,173 @@
+"""``viewcounts demo``: the main job end to end on one machine.
+
+Starts the Pub/Sub and Bigtable emulators, creates the topic, subscription, dead-letter
+topic and table, starts the streaming job on the local runner, replays real flights
+(``viewcounts.flights``) with duplicates, waits for the job to catch up, prints a report
+and a reconciliation of every stored minute and hour aggregate against an independent
+computation over the replay manifest, writes ``demo-out/summary.json``, and stops
+everything it started by PID. Exit status 0 only when there are zero mismatches.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+
+import orjson
+
+from pipelines.options import DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DEFAULT_TOPIC
+from schemas import storage
+from schemas.event import US_PER_S, format_time_us
+from transforms import metrics
+from viewcounts import provision, replay
+from viewcounts.emulators import bigtable_emulator, pubsub_emulator
+
+_LOG = logging.getLogger(__name__)
+PROJECT = storage.DEFAULT_PROJECT
+DEAD_LETTER_SUBSCRIPTION = "viewcounts-dead-letters-sub"
+
+
+def add_demo_args(p) -> None:
+    p.add_argument("--flights", type=int, default=20_000, help="how many flights to replay")
+    p.add_argument("--duplicate-rate", type=float, default=0.05)
+    p.add_argument("--events-per-message", type=int, default=100)
+    p.add_argument("--fit-span-s", type=float, default=480.0,
+                   help="event times are shifted into the last S seconds (inside the 600 s lateness)")
+    p.add_argument("--early-firing-s", type=int, default=10)
+    p.add_argument("--catch-up-timeout-s", type=float, default=300.0)
+    p.add_argument("--out", default="demo-out")
+
+
+def _counters(result) -> dict[str, int]:
+    from apache_beam.metrics.metric import MetricsFilter
+
+    out: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))["counters"]:
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + c.committed
+    return out
+
+
+def _pull_dead_letters(subscription_path: str) -> dict[str, int]:
+    from google.cloud import pubsub_v1
+
+    counts: dict[str, int] = {}
+    with pubsub_v1.SubscriberClient() as sub:
+        while True:
+            resp = sub.pull(subscription=subscription_path, max_messages=1000, timeout=10)
+            if not resp.received_messages:
+                return counts
+            for m in resp.received_messages:
+                reason = m.message.attributes.get("reason", "?")
+                counts[reason] = counts.get(reason, 0) + 1
+            sub.acknowledge(subscription=subscription_path, ack_ids=[m.ack_id for m in resp.received_messages])
+
+
+def demo_main(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.streaming import build_pipeline
+    from query.stats import StatsReader
+    from viewcounts.flights import airport_metadata
+    from viewcounts.reconcile import expected_aggregates, reconcile, stored_aggregates
+
+    console = Console()
+    os.makedirs(args.out, exist_ok=True)
+    manifest = os.path.join(args.out, "manifest.jsonl")
+    metadata_path = os.path.join(args.out, "metadata.jsonl")
+    with open(metadata_path, "wb") as f:
+        for faa, (name, tzone) in sorted(airport_metadata().items()):
+            f.write(orjson.dumps({"video_id": faa, "title": name, "channel": tzone}) + b"\n")
+    wall_start = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        pubsub = stack.enter_context(pubsub_emulator())
+        bigtable = stack.enter_context(bigtable_emulator())
+        os.environ["PUBSUB_EMULATOR_HOST"] = pubsub.host
+        os.environ["BIGTABLE_EMULATOR_HOST"] = bigtable.host
+        console.print(f"[bold]emulators[/]: Pub/Sub {pubsub.host} (pid {pubsub.proc.pid}), "
+                      f"Bigtable {bigtable.host} (pid {bigtable.proc.pid})")
+        provision.create_topic_and_subscription(PROJECT, DEFAULT_TOPIC, DEFAULT_SUBSCRIPTION)
+        provision.create_topic_and_subscription(PROJECT, DEFAULT_DEAD_LETTER_TOPIC, DEAD_LETTER_SUBSCRIPTION)
+        provision.create_table(PROJECT, storage.DEFAULT_INSTANCE, storage.DEFAULT_TABLE)
+
+        pipeline = build_pipeline([
+            f"--input_subscription=projects/{PROJECT}/subscriptions/{DEFAULT_SUBSCRIPTION}",
+            f"--dead_letter_topic=projects/{PROJECT}/topics/{DEFAULT_DEAD_LETTER_TOPIC}",
+            f"--archive_path={os.path.abspath(os.path.join(args.out, 'archive'))}",
+            f"--metadata_path={os.path.abspath(metadata_path)}",
+            f"--bigtable_project={PROJECT}", f"--early_firing_s={args.early_firing_s}",
+            f"--archive_flush_s={args.early_firing_s}",
+        ])
+        result = pipeline.run()
+        stack.callback(result.cancel)
+        console.print("[bold]pipeline[/]: streaming job started on the local runner")
+
+        plan = replay.ReplayPlan(args.duplicate_rate, "shift", None, args.fit_span_s, args.events_per_message)
+        events = replay.plan_events(replay.read_source("flights", args.flights), plan, time.time_ns() // 1000)
+        publish_start = time.monotonic()
+        figures = replay.publish(events, PROJECT, DEFAULT_TOPIC, plan, manifest)
+        expected = expected_aggregates(manifest)
+
+        deadline = time.monotonic() + args.catch_up_timeout_s
+        with StatsReader(PROJECT, storage.DEFAULT_INSTANCE, storage.DEFAULT_TABLE) as reader:
+            with console.status("waiting for the pipeline to catch up") as status:
+                while True:
+                    counters = _counters(result)
+                    mismatches = reconcile(expected, stored_aggregates(reader))
+                    status.update(f"events in {counters.get('events_in', 0):,}/{len(events):,}, "
+                                  f"{len(mismatches):,} aggregates not yet equal")
+                    if (not mismatches and counters.get("events_in", 0) >= len(events)) or time.monotonic() > deadline:
+                        break
+                    time.sleep(2)
+            caught_up_s = time.monotonic() - publish_start
+            dead = _pull_dead_letters(f"projects/{PROJECT}/subscriptions/{DEAD_LETTER_SUBSCRIPTION}")
+            summary = {
+                "published": len(events), "distinct_events": len({e["event_id"] for e in events}),
+                "messages": figures["messages"], "accepted": counters.get(metrics.EVENTS_ACCEPTED, 0),
+                "duplicates_dropped": counters.get(metrics.DUPLICATES_DROPPED, 0),
+                "dead_letters": counters.get(metrics.DEAD_LETTERS, 0), "dead_letters_by_reason": dead,
+                "aggregates_written": counters.get(metrics.AGGREGATES_WRITTEN, 0),
+                "aggregates_checked": len(expected), "mismatches": len(mismatches),
+                "events_per_s": round(len(events) / caught_up_s, 1), "caught_up_s": round(caught_up_s, 1),
+                "publish_events_per_s": figures["publish_events_per_s"],
+            }
+            _report(console, reader, summary, expected, mismatches)
+        summary["wall_s"] = round(time.monotonic() - wall_start, 1)
+        with open(os.path.join(args.out, "summary.json"), "wb") as f:
+            f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        console.print(f"wrote {os.path.join(args.out, 'summary.json')}; stopping the job and the emulators")
+    return 0 if not mismatches else 1
+
+
+def _report(console, reader, summary: dict, expected: dict, mismatches: list) -> None:
+    from rich.table import Table
+
+    t = Table(title="demo: flights replayed through the streaming job")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    for k in ("published", "distinct_events", "accepted", "duplicates_dropped", "dead_letters",
+              "aggregates_written", "events_per_s", "caught_up_s"):
+        t.add_row(k, f"{summary[k]:,}" if isinstance(summary[k], int) else str(summary[k]))
+    console.print(t)
+    totals: dict[tuple, int] = {}
+    hours: dict[tuple, list[int]] = {}
+    for (vid, et, g, w), agg in expected.items():
+        if g == "hour":
+            totals[(vid, et)] = totals.get((vid, et), 0) + agg[0]
+            hours.setdefault((vid, et), []).append(w)
+    top = Table(title="top destinations by departures (stored aggregates, get_stats over all hours)")
+    for col in ("airport", "type", "count", "avg delay (min)", "max delay"):
+        top.add_column(col, justify="right")
+    for (vid, et), _ in sorted(totals.items(), key=lambda kv: -kv[1])[:5]:
+        start, end = min(hours[(vid, et)]), max(hours[(vid, et)]) + 3600
+        s = reader.get_stats(vid, et, "count", format_time_us(start * US_PER_S), format_time_us(end * US_PER_S), "total")
+        a = s.combined
+        top.add_row(vid, et, f"{a.count:,}", f"{a.avg:.2f}" if a.avg is not None else "-",
+                    f"{a.max:g}" if a.max is not None else "-")
+    console.print(top)
+    ok = "[green]OK[/]" if not mismatches else "[red]MISMATCH[/]"
+    console.print(f"reconciliation: {summary['aggregates_checked']:,} minute and hour aggregates compared with an "
+                  f"independent polars computation over the manifest: {len(mismatches)} mismatches {ok}")
+    for m in mismatches[:10]:
+        console.print(f"  {m.key}: expected {m.expected}, stored {m.stored}")

@@ -30,7 +30,6 @@ from pipelines import direct_runner_fix
 from pipelines.graph import count_and_store
 from pipelines.options import SinkConfig
 from query.stats import QueryError, StatsReader
-from schemas import storage
 from schemas.archive import DeadLetter
 from schemas.event import US_PER_S, format_time_us, parse_event_time
 from transforms import metrics
@@ -132,19 +131,12 @@ def run_case(case: dict) -> dict:
 
 
 def stored_rows(reader: StatsReader) -> list[dict]:
-    """Every stored aggregate (newest cell of each column) as SPEC.md section 7 row dicts."""
-    from google.cloud.bigtable.row_filters import CellsColumnLimitFilter
-
-    rows = []
-    for row in reader._table.read_rows(filter_=CellsColumnLimitFilter(1)):
-        video_id, event_type, granularity, _ = storage.parse_row_key(row.row_key)
-        for q, cells in sorted(row.cells.get(storage.FAMILY, {}).items()):
-            agg, title, channel = storage.decode_cell(cells[0].value)
-            rows.append({"video_id": video_id, "event_type": event_type, "granularity": granularity,
-                         "window_start": format_time_us(storage.window_of_qualifier(q) * US_PER_S),
-                         "count": agg.count, "value_count": agg.value_count, "sum": agg.sum, "avg": agg.avg,
-                         "min": agg.min, "max": agg.max, "title": title, "channel": channel})
-    return rows
+    """Every stored aggregate as SPEC.md section 7 row dicts."""
+    return [{"video_id": c.video_id, "event_type": c.event_type, "granularity": c.granularity,
+             "window_start": format_time_us(c.window_start_s * US_PER_S), "count": c.aggregate.count,
+             "value_count": c.aggregate.value_count, "sum": c.aggregate.sum, "avg": c.aggregate.avg,
+             "min": c.aggregate.min, "max": c.aggregate.max, "title": c.title, "channel": c.channel}
+            for c in reader.all_cells()]
 
 
 def _answer(reader: StatsReader, q: dict) -> dict:
