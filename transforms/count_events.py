@@ -16,7 +16,7 @@ import typing
 import apache_beam as beam
 
 from transforms.aggregate import PreAggregate, WindowedAggregates
-from transforms.dedup import DedupAndJudgeLateness
+from transforms.dedup import DedupAndJudgeLateness, probe_elements
 from transforms.validate import ARCHIVE, DEAD_LETTER, AcceptancePolicy, ValidateEvents
 
 ROWS = "rows"
@@ -34,7 +34,11 @@ class CountEvents(beam.PTransform):
     def expand(self, payloads):
         validated = payloads | "validate" >> beam.ParDo(ValidateEvents(self._policy)).with_outputs(
             DEAD_LETTER, ARCHIVE, main="chunks")
-        deduped = (validated.chunks
+        probes = (payloads.pipeline
+                  | "start watermark probes" >> beam.Impulse()
+                  | "probe keys" >> beam.FlatMap(lambda _, n: probe_elements(n), self._policy.dedup_shards))
+        deduped = ((validated.chunks, probes)
+                   | "chunks and probes" >> beam.Flatten()
                    | "dedup and lateness" >> beam.ParDo(
                        DedupAndJudgeLateness(self._policy.allowed_lateness_s)).with_input_types(
                            typing.Tuple[_ChunkKey, typing.Any]).with_outputs(DEAD_LETTER, main="accepted"))

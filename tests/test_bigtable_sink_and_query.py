@@ -1,0 +1,152 @@
+"""Storage on the real Bigtable emulator: overwrite semantics, layout limits, get_stats (SPEC 3, 6)."""
+import pytest
+
+from query.stats import QueryError, StatsReader
+from schemas import storage
+from schemas.storage import Aggregate, PaneClock
+from transforms.aggregate import AggregateRow
+from transforms.bigtable_sink import WriteAggregates
+from transforms.enrich import EnrichedRow
+
+pytestmark = pytest.mark.emulator
+H = 1715680800  # 2024-05-14T10:00:00Z
+
+
+def _row(agg, window_start_s=H, granularity="minute", video_id="V1", ts_us=None, title=None):
+    return EnrichedRow(AggregateRow(video_id, "view", granularity, window_start_s, agg, 0,
+                                    ts_us if ts_us is not None else PaneClock.now_us()), title, None)
+
+
+def _write(table, rows):
+    sink = WriteAggregates(*table)
+    sink.setup()
+    sink.start_bundle()
+    out = [d for r in rows for d in sink.process(r)]
+    out += [wv.value for wv in sink.finish_bundle()]
+    sink.teardown()
+    return out
+
+
+def _cells(table):
+    with StatsReader(*table) as r:
+        return {(c.video_id, c.granularity, c.window_start_s): c for c in r.all_cells()}
+
+
+def test_refired_pane_landing_late_does_not_win(table):
+    early, later = PaneClock.now_us(), PaneClock.now_us()
+    assert later > early and early % 1000 == 0
+    _write(table, [_row(Aggregate(5, 0, 0.0, None, None), ts_us=later)])
+    _write(table, [_row(Aggregate(3, 0, 0.0, None, None), ts_us=early)])  # the older pane arrives last
+    assert _cells(table)[("V1", "minute", H)].aggregate.count == 5
+
+
+def test_retried_write_leaves_the_same_value(table):
+    row = _row(Aggregate(7, 2, 30.0, 10.0, 20.0))
+    for _ in range(3):
+        assert _write(table, [row]) == []
+    cell = _cells(table)[("V1", "minute", H)]
+    assert cell.aggregate == Aggregate(7, 2, 30.0, 10.0, 20.0)
+
+
+def test_two_panes_in_one_bundle_write_only_the_newest(table):
+    old, new = _row(Aggregate(1, 0, 0.0, None, None)), _row(Aggregate(2, 0, 0.0, None, None))
+    _write(table, [new, old])
+    assert _cells(table)[("V1", "minute", H)].aggregate.count == 2
+
+
+def test_entities_that_differ_by_delimiters_never_share_rows(table):
+    ids = ["A#B", "A", "A%23B", "A#B#m", "A%", "%", "#"]
+    _write(table, [_row(Aggregate(i + 1, 0, 0.0, None, None), video_id=v) for i, v in enumerate(ids)])
+    cells = _cells(table)
+    assert {v: cells[(v, "minute", H)].aggregate.count for v in ids} == {v: i + 1 for i, v in enumerate(ids)}
+
+
+def test_longest_keys_fit_bigtable_limits(table):
+    vid = "#" * 256  # escapes to 768 bytes
+    assert len(storage.row_key(vid, "v" * 64, "minute", H)) <= storage.MAX_KEY_BYTES
+    _write(table, [_row(Aggregate(1, 0, 0.0, None, None), video_id=vid)])
+    assert _cells(table)[(vid, "minute", H)].aggregate.count == 1
+
+
+def test_many_cells_split_into_requests_under_the_mutation_limit(table):
+    sink = WriteAggregates(*table, max_mutations_per_request=500)
+    rows = [_row(Aggregate(1, 0, 0.0, None, None), window_start_s=H + 60 * i) for i in range(1440)]
+    sink.setup()
+    sink.start_bundle()
+    dead = [d for r in rows for d in sink.process(r)] + [wv.value for wv in sink.finish_bundle()]
+    sink.teardown()
+    assert dead == [] and len(_cells(table)) == 1440
+    with pytest.raises(ValueError):
+        WriteAggregates(*table, max_mutations_per_request=100_001)
+
+
+def test_failed_writes_become_write_failed_dead_letters(bigtable_host):
+    # a table that does not exist: every attempt fails, nothing is raised
+    dead = _write(("test-project", "test-instance", "no-such-table"), [_row(Aggregate(1, 0, 0.0, None, None))])
+    assert [d.reason for d in dead] == ["write_failed"]
+    assert b'"count":1' in dead[0].payload
+
+
+@pytest.fixture
+def filled(table):
+    rows = [
+        _row(Aggregate(2, 2, 30.0, 10.0, 20.0), H),
+        _row(Aggregate(1, 1, 90.0, 90.0, 90.0), H + 60),
+        _row(Aggregate(1, 0, 0.0, None, None), H + 180),
+        _row(Aggregate(4, 3, 120.0, 10.0, 90.0), H, "hour"),
+        _row(Aggregate(2, 2, 4.0, 1.0, 3.0), H + 3600, "hour"),
+        _row(Aggregate(5, 5, 5.0, 1.0, 1.0), H - 86400 * 20, "hour"),  # previous month row? same month
+    ]
+    _write(table, rows)
+    with StatsReader(*table) as reader:
+        yield reader
+
+
+def test_minute_series_includes_empty_buckets(filled):
+    s = filled.get_stats("V1", "view", "count", "2024-05-14T10:00:00Z", "2024-05-14T10:05:00Z", "minute")
+    assert [b.aggregate.count for b in s.buckets] == [2, 1, 0, 1, 0]
+    assert s.value == 4
+    assert s.buckets[2].aggregate.avg is None and s.buckets[2].aggregate.min is None
+
+
+def test_avg_is_recombined_from_sums(filled):
+    s = filled.get_stats("V1", "view", "avg", "2024-05-14T10:00:00Z", "2024-05-14T12:00:00Z", "hour")
+    assert s.value == pytest.approx(124.0 / 5)
+
+
+def test_day_and_total_from_hours(filled):
+    day = filled.get_stats("V1", "view", "sum", "2024-05-14T00:00:00Z", "2024-05-15T00:00:00Z", "day")
+    assert len(day.buckets) == 1 and day.value == 124.0
+    total = filled.get_stats("V1", "view", "count", "2024-04-01T00:00:00Z", "2024-06-01T00:00:00Z", "total")
+    assert total.buckets == [] and total.value == 11
+
+
+def test_empty_range_and_unknown_entity(filled):
+    s = filled.get_stats("V1", "view", "avg", "2024-05-14T10:00:00Z", "2024-05-14T10:00:00Z", "minute")
+    assert s.buckets == [] and s.combined.count == 0 and s.value is None
+    s = filled.get_stats("nobody", "view", "count", "2024-05-14T10:00:00Z", "2024-05-14T11:00:00Z", "minute")
+    assert s.value == 0 and len(s.buckets) == 60
+
+
+def test_local_day_across_dst_has_23_or_25_hourly_buckets(filled):
+    spring = filled.get_stats("V1", "view", "count", "2024-03-10T00:00:00-05:00", "2024-03-11T00:00:00-04:00",
+                              "hour", tz="America/New_York")
+    autumn = filled.get_stats("V1", "view", "count", "2024-11-03T00:00:00-04:00", "2024-11-04T00:00:00-05:00",
+                              "hour", tz="America/New_York")
+    assert len(spring.buckets) == 23 and len(autumn.buckets) == 25
+    assert spring.buckets[0].start.utcoffset().total_seconds() == -5 * 3600
+
+
+@pytest.mark.parametrize("args", [
+    ("count", "2024-05-14T10:00:30Z", "2024-05-14T10:01:00Z", "minute"),
+    ("count", "2024-05-14T10:30:00Z", "2024-05-14T11:00:00Z", "hour"),
+    ("count", "2024-05-14T01:00:00Z", "2024-05-15T00:00:00Z", "day"),
+    ("count", "2024-05-14T10:30:00Z", "2024-05-14T12:00:00Z", "total"),
+    ("median", "2024-05-14T10:00:00Z", "2024-05-14T11:00:00Z", "hour"),
+    ("count", "2024-05-14T10:00:00Z", "2024-05-14T11:00:00Z", "week"),
+    ("count", "2024-05-14T11:00:00Z", "2024-05-14T10:00:00Z", "hour"),
+    ("count", "2024-05-14T10:00:00", "2024-05-14T11:00:00Z", "hour"),
+])
+def test_misaligned_or_bad_queries_are_refused(filled, args):
+    with pytest.raises(QueryError):
+        filled.get_stats("V1", "view", *args)
