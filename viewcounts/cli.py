@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 import orjson
 
@@ -103,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # Beam warns once per late element ("Watermark moved backwards...") and about
+        # emulator connections; -v shows them.
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message="Connecting to Bigtable emulator")
     return args.func(args)
 
 

@@ -1,0 +1,51 @@
+"""Every scenario in ../shared/cases (SPEC.md section 7), through the real pipeline and emulator.
+
+The cases are read where they are, never copied or edited.
+"""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, SHARED_CASES
+from viewcounts.scenario import check_case, load_case, run_case
+
+CASES = sorted(glob.glob(os.path.join(SHARED_CASES, "*.json")))
+pytestmark = [pytest.mark.emulator, pytest.mark.slow]
+
+
+def test_the_shared_cases_are_there():
+    assert CASES, f"no case files under {SHARED_CASES}"
+
+
+@pytest.mark.parametrize("path", CASES, ids=[os.path.basename(c) for c in CASES])
+def test_case(path, bigtable_host):
+    case = load_case(path)
+    assert check_case(case, run_case(case)) == []
+
+
+def test_check_fails_on_a_wrong_expectation(bigtable_host):
+    case = load_case(os.path.join(SHARED_CASES, "03-avg-from-sums.json"))
+    result = run_case(case)
+    case["expect"]["rows"][0]["count"] += 1
+    case["expect"]["metrics"]["events_in"] = 999
+    case["expect"]["queries"][0]["value"] = -1
+    problems = check_case(case, result)
+    assert len(problems) == 3, problems
+
+
+def test_scenario_command_exit_codes(bigtable_host, tmp_path):
+    case = os.path.join(SHARED_CASES, "02-duplicates-dedup.json")
+    cmd = [sys.executable, "-m", "viewcounts.cli", "scenario"]
+    ok = subprocess.run(cmd + ["check", case], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    run = subprocess.run(cmd + ["run", case], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and '"too_late": 3' in run.stdout
+    broken = load_case(case)
+    broken["expect"]["dead_letters"]["too_late"] = 2
+    bad = tmp_path / "bad.json"
+    bad.write_text(__import__("json").dumps(broken))
+    fail = subprocess.run(cmd + ["check", str(bad)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert fail.returncode == 1 and "too_late" in fail.stdout

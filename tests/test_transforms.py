@@ -1,0 +1,236 @@
+"""Each transform on the local runner with TestStream and assert_that (SPEC.md sections 2-4)."""
+import glob
+import os
+
+import apache_beam as beam
+import orjson
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import trigger, window
+from apache_beam.utils.timestamp import Timestamp
+
+from pipelines import direct_runner_fix
+from schemas.event import US_PER_S, parse_event_time
+from schemas.storage import Aggregate
+from transforms.aggregate import AggregateFn, PreAggregate, WindowedAggregates, aggregate_events
+from transforms.count_events import DEAD_LETTERS, RAW_ARCHIVE, ROWS, CountEvents
+from transforms.enrich import Enrich, LatestSnapshot
+from transforms.files import WriteWindowedJsonl
+from transforms.validate import ARCHIVE, DEAD_LETTER, AcceptancePolicy, ValidateEvents, shard_of
+from transforms.aggregate import AggregateRow
+
+START = "2024-05-14T10:00:00Z"
+START_US = parse_event_time(START)
+
+
+def _pipeline():
+    direct_runner_fix.apply()
+    o = PipelineOptions(runner="BundleBasedDirectRunner")
+    o.view_as(StandardOptions).streaming = True
+    return beam.Pipeline(options=o)
+
+
+def _ev(eid, t, vid="V1", et="view", value=None):
+    d = {"event_id": eid, "video_id": vid, "event_type": et, "event_time": t}
+    if value is not None:
+        d["value"] = value
+    return d
+
+
+def _msg(*events):
+    return orjson.dumps(list(events)) if len(events) != 1 else orjson.dumps(events[0])
+
+
+class _Clock:
+    """Builds a TestStream of ``(payload, arrival_us)`` with explicit processing time and watermark."""
+
+    def __init__(self):
+        self.proc_us = START_US
+        self.wm = Timestamp(micros=START_US)
+        self.ts = TestStream().advance_watermark_to(self.wm)
+
+    def publish(self, *payloads):
+        self.ts.add_elements([beam.window.TimestampedValue((p, self.proc_us), self.wm) for p in payloads])
+        return self
+
+    def wait(self, seconds):
+        self.proc_us += seconds * US_PER_S
+        self.ts.advance_processing_time(seconds)
+        return self
+
+    def watermark(self, rfc3339):
+        self.wm = Timestamp(micros=parse_event_time(rfc3339))
+        self.ts.advance_watermark_to(self.wm)
+        return self
+
+    def stream(self):
+        return self.ts.advance_watermark_to_infinity()
+
+
+def _final_rows(rows):
+    """Keep the last pane of each (video, type, granularity, window): what storage ends with."""
+    return (rows
+            | beam.Map(lambda r: ((r.video_id, r.event_type, r.granularity, r.window_start_s), r))
+            | beam.WindowInto(window.GlobalWindows(), trigger=trigger.AfterWatermark(),
+                              accumulation_mode=trigger.AccumulationMode.DISCARDING)
+            | beam.GroupByKey()
+            | beam.Map(lambda kv: (kv[0], tuple(max(kv[1], key=lambda r: r.pane_index).aggregate))))
+
+
+def test_validate_splits_by_shard_and_minute_and_reports_reasons():
+    policy = AcceptancePolicy(dedup_shards=4)
+    clock = _Clock().wait(60).publish(
+        _msg(_ev("a", "2024-05-14T10:00:05Z"), _ev("b", "2024-05-14T10:00:50Z"), _ev("c", "2024-05-14T10:01:00Z"),
+             17, _ev("d", "2024-05-14T10:07:00.000001Z"), _ev("e", "2024-05-07T10:00:59Z")),
+        b"\xff", b"[]")
+    with _pipeline() as p:
+        out = p | clock.stream() | beam.ParDo(ValidateEvents(policy)).with_outputs(DEAD_LETTER, ARCHIVE, main="chunks")
+        m0, m1 = 1715680800, 1715680860
+        assert_that(out.chunks | beam.Map(lambda kv: (kv[0], sorted(e.event_id for e in kv[1]))),
+                    equal_to(_grouped({"a": m0, "b": m0, "c": m1}, 4)), label="chunks")
+        assert_that(out[DEAD_LETTER] | beam.Map(lambda d: d.reason),
+                    equal_to(["not_an_object", "future_timestamp", "too_old", "decode_error"]), label="dead")
+        assert_that(out[ARCHIVE] | beam.Map(lambda raw: orjson.loads(raw)["event_id"]),
+                    equal_to(["a", "b", "c"]), label="archive")
+
+
+def _grouped(minute_of, shards):
+    out = {}
+    for eid, m in minute_of.items():
+        out.setdefault((shard_of(eid, shards), m), []).append(eid)
+    return [(k, sorted(v)) for k, v in out.items()]
+
+
+def test_validate_without_age_checks_keeps_old_and_future_events():
+    policy = AcceptancePolicy(check_age=False)
+    clock = _Clock().publish(_msg(_ev("old", "2013-01-01T00:00:00Z"), _ev("new", "2030-01-01T00:00:00Z")))
+    with _pipeline() as p:
+        out = p | clock.stream() | beam.ParDo(ValidateEvents(policy)).with_outputs(DEAD_LETTER, ARCHIVE, main="chunks")
+        assert_that(out[DEAD_LETTER], equal_to([]), label="dead")
+        assert_that(out.chunks | beam.FlatMap(lambda kv: [e.event_id for e in kv[1]]), equal_to(["old", "new"]))
+
+
+def _count(clock, policy=AcceptancePolicy(), early=30):
+    p = _pipeline()
+    out = p | clock.stream() | CountEvents(policy, early)
+    return p, out
+
+
+def test_dedup_within_a_batch_across_messages_and_across_ids_with_other_fields():
+    clock = (_Clock().wait(10)
+             .publish(_msg(_ev("e1", "2024-05-14T10:00:05Z"), _ev("e1", "2024-05-14T10:00:05Z")))
+             .publish(_msg(_ev("e1", "2024-05-14T10:00:05Z", vid="OTHER")))
+             .wait(900).publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
+             .watermark("2024-05-14T10:09:30Z").publish(_msg(_ev("e1", "2024-05-14T10:00:05Z"))))
+    p, out = _count(clock)
+    assert_that(_final_rows(out[ROWS]), equal_to([
+        (("V1", "view", "minute", 1715680800), (1, 0, 0.0, None, None)),
+        (("V1", "view", "hour", 1715680800), (1, 0, 0.0, None, None))]), label="rows")
+    assert_that(out[DEAD_LETTERS], equal_to([]), label="no dead letters before the horizon")
+    p.run().wait_until_finish()
+
+
+@pytest.mark.parametrize("advance_to,accepted", [
+    ("2024-05-14T10:10:55Z", True),   # 5 s past the boundary's other side: t >= W - L
+    ("2024-05-14T10:11:20Z", False),  # 20 s late: too_late (SPEC: may go either way within 5 s)
+])
+def test_lateness_boundary_after_an_idle_watermark_move(advance_to, accepted):
+    # nothing else arrives: only the probe ladder can know where the watermark is
+    clock = _Clock().watermark(advance_to).wait(600).publish(_msg(_ev("x", "2024-05-14T10:01:00Z")))
+    p, out = _count(clock)
+    assert_that(out[DEAD_LETTERS] | beam.Map(lambda d: d.reason),
+                equal_to([] if accepted else ["too_late"]), label="dead")
+    assert_that(out[ROWS] | beam.Map(lambda r: (r.granularity, r.aggregate.count)),
+                lambda rows: _assert(set(rows) == ({("minute", 1), ("hour", 1)} if accepted else set()), rows),
+                label="rows")
+    p.run().wait_until_finish()
+
+
+def test_late_copy_of_a_counted_event_is_too_late_not_a_duplicate():
+    clock = (_Clock().wait(10).publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
+             .watermark("2024-05-14T10:12:00Z").publish(_msg(_ev("e1", "2024-05-14T10:00:05Z"))))
+    p, out = _count(clock)
+    assert_that(out[DEAD_LETTERS] | beam.Map(lambda d: d.reason), equal_to(["too_late"]))
+    result = p.run()
+    result.wait_until_finish()
+    dup = [c.committed for c in result.metrics().query()["counters"] if c.key.metric.name == "duplicates_dropped"]
+    assert sum(dup) == 0
+
+
+def test_early_and_late_panes_carry_running_totals():
+    clock = (_Clock().wait(5).publish(_msg(_ev("a", "2024-05-14T10:00:05Z", value=1)))
+             .wait(31).publish(_msg(_ev("b", "2024-05-14T10:00:20Z", value=2)))
+             .wait(31).watermark("2024-05-14T10:02:00Z")
+             .publish(_msg(_ev("c", "2024-05-14T10:00:50Z", value=4))).wait(31))
+    p, out = _count(clock, early=30)
+    minute = out[ROWS] | beam.Filter(lambda r: r.granularity == "minute")
+    assert_that(minute | beam.Map(lambda r: (r.pane_index, r.aggregate.count, r.aggregate.sum)),
+                lambda panes: _check_running_totals(panes, final=(3, 7.0)))
+    p.run().wait_until_finish()
+
+
+def _assert(ok, detail):
+    assert ok, detail
+
+
+def _check_running_totals(panes, final):
+    panes = sorted(panes)
+    assert len(panes) >= 3, panes  # early, on-time, late
+    counts = [c for _, c, _ in panes]
+    assert counts == sorted(counts), panes  # accumulating: never a delta, never a reset
+    assert panes[-1][1:] == final
+
+
+def test_batch_mode_one_pane_per_window():
+    events = [_ev(f"e{i}", f"2024-05-14T10:{i % 3:02d}:{i % 60:02d}Z", value=i) for i in range(30)]
+    policy = AcceptancePolicy(check_age=False)
+    with beam.Pipeline(runner="DirectRunner") as p:
+        rows = (p | beam.Create([(_msg(*events[:17]), 0), (_msg(*events[17:]), 0)])
+                | CountEvents(policy, early_firing_s=None))[ROWS]
+        assert_that(rows | beam.Map(lambda r: (r.granularity, r.window_start_s, r.pane_index, r.aggregate.count)),
+                    equal_to([("minute", 1715680800 + 60 * k, 0, 10) for k in range(3)]
+                             + [("hour", 1715680800, 0, 30)]))
+
+
+def test_aggregate_fn_never_mutates_and_avg_uses_value_count():
+    fn = AggregateFn()
+    a = aggregate_events([_E(1.0), _E(None), _E(3.0)])[("V", "t")]
+    b = fn.add_input(a, Aggregate(1, 1, 10.0, 10.0, 10.0))
+    assert a == Aggregate(3, 2, 4.0, 1.0, 3.0) and b == Aggregate(4, 3, 14.0, 1.0, 10.0)
+    assert b.avg == 14.0 / 3
+    assert fn.merge_accumulators([fn.create_accumulator(), a, fn.create_accumulator()]) == a
+    assert Aggregate(1, 0, 0.0, None, None).avg is None
+
+
+class _E:
+    def __init__(self, value):
+        self.video_id, self.event_type, self.value = "V", "t", value
+
+
+def test_enrich_uses_the_newest_snapshot_and_keeps_unknown_entities():
+    row = AggregateRow("V1", "view", "minute", 0, Aggregate(1, 0, 0.0, None, None), 0, 1000)
+    fn = Enrich()
+    fn.start_bundle()
+    snaps = [(0, {"V1": ("Old", "C")}), (2, {"V1": ("New", "C")}), (1, {"V1": ("Mid", "C")})]
+    assert list(fn.process(row, snaps))[0].title == "New"
+    assert list(fn.process(row._replace(video_id="V9"), snaps))[0][1:] == (None, None)
+    assert list(fn.process(row, []))[0][1:] == (None, None)
+
+
+def test_archive_files_are_unique_per_window_and_pane(tmp_path):
+    root = str(tmp_path / "archive")
+    clock = (_Clock().publish(b'{"n":1}').wait(61).publish(b'{"n":2}').wait(61)
+             .watermark("2024-05-14T11:30:00Z").publish(b'{"n":3}').wait(61))
+    # element timestamps decide the hour folder: here the watermark at publish time
+    with _pipeline() as p:
+        paths = (p | clock.stream() | beam.Map(lambda e: e[0])
+                 | WriteWindowedJsonl(root, "events", allowed_lateness_s=7200, flush_s=60))
+    files = sorted(glob.glob(f"{root}/**/*.jsonl", recursive=True))
+    names = [os.path.basename(f) for f in files]
+    assert len(names) == len(set(names)) >= 3
+    lines = sorted(open(f, "rb").read() for f in files)
+    assert b"".join(lines).count(b"\n") == 3
+    assert any("/2024/05/14/10/" in f and "pane00001" in f for f in files), files
+    assert any("/2024/05/14/11/" in f for f in files), files
