@@ -38,10 +38,9 @@ class CountEvents(beam.PTransform):
                   | "start watermark probes" >> beam.Impulse()
                   | "probe keys" >> beam.FlatMap(lambda _, n: probe_elements(n), self._policy.dedup_shards))
         deduped = ((validated.chunks, probes)
-                   | "chunks and probes" >> beam.Flatten()
+                   | "chunks and probes" >> beam.Flatten().with_output_types(typing.Tuple[_ChunkKey, typing.Any])
                    | "dedup and lateness" >> beam.ParDo(
-                       DedupAndJudgeLateness(self._policy.allowed_lateness_s)).with_input_types(
-                           typing.Tuple[_ChunkKey, typing.Any]).with_outputs(DEAD_LETTER, main="accepted"))
+                       DedupAndJudgeLateness(self._policy.allowed_lateness_s)).with_outputs(DEAD_LETTER, main="accepted"))
         rows = (deduped.accepted
                 | "pre-aggregate" >> beam.ParDo(PreAggregate())
                 | "windows" >> WindowedAggregates(self._policy.allowed_lateness_s, self._early_s))
