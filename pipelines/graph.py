@@ -12,13 +12,9 @@ from pipelines.options import SinkConfig
 from transforms.bigtable_sink import WriteAggregates
 from transforms.count_events import DEAD_LETTERS, RAW_ARCHIVE, ROWS, CountEvents
 from transforms.enrich import Enrich, LatestSnapshot
-from transforms.files import WriteWindowedJsonl
+from schemas.archive import hour_of_us
+from transforms.files import WriteJsonlByHour
 from transforms.validate import AcceptancePolicy
-
-# Dead-letter and archive files stay open for late input this long (processing-time
-# rejections carry their arrival time, so a day is ample).
-DEAD_LETTER_FILE_LATENESS_S = 24 * 3600
-
 
 def _to_pubsub(dead):
     from apache_beam.io.gcp.pubsub import PubsubMessage
@@ -41,12 +37,9 @@ def count_and_store(payloads, snapshots, policy: AcceptancePolicy, early_firing_
         (dead | "to Pub/Sub messages" >> beam.Map(_to_pubsub)
          | "dead letters to Pub/Sub" >> WriteToPubSub(sinks.dead_letter_topic, with_attributes=True))
     if sinks.dead_letter_path:
-        (dead | "dead letters as JSON" >> beam.Map(lambda d: d.to_json())
-         | "dead-letter files" >> WriteWindowedJsonl(sinks.dead_letter_path, "dead-letters",
-                                                     DEAD_LETTER_FILE_LATENESS_S, sinks.archive_flush_s))
+        (dead | "dead letters by hour" >> beam.Map(lambda d: (hour_of_us(d.processing_time_us), d.to_json()))
+         | "dead-letter files" >> WriteJsonlByHour(sinks.dead_letter_path, "dead-letters", sinks.archive_flush_s))
     if sinks.archive_path:
         (counted[RAW_ARCHIVE]
-         | "raw archive files" >> WriteWindowedJsonl(
-             sinks.archive_path, "events", policy.max_event_age_s + DEAD_LETTER_FILE_LATENESS_S,
-             sinks.archive_flush_s))
+         | "raw archive files" >> WriteJsonlByHour(sinks.archive_path, "events", sinks.archive_flush_s))
     return counted

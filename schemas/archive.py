@@ -2,14 +2,15 @@
 
 Raw archive (every valid event: accepted, late or duplicate; SPEC.md section 2):
 
-    <root>/YYYY/MM/DD/HH/events-<window start>-<pane>-<shard>-<unique>.jsonl
+    <root>/YYYY/MM/DD/HH/events-<flush window start>-pane<N>-shard<K>-<unique>.jsonl
 
 One line per event: the event object as it was published (compact JSON, unknown fields
 kept), so an archive file is itself replayable input. The folder is the UTC hour of the
-*event time*, so a batch recompute of a time range reads only that range's folders;
-late events land in later panes of their own hour. Names carry the window, the pane
-index and a unique part, so no firing ever overwrites another one's file. A retried
-bundle may leave a second copy of a file: readers deduplicate by ``event_id``.
+*event time*, so a batch recompute of a time range reads only that range's folders; an
+event that arrives late is one more file in its own hour's folder. Names carry the flush
+window (arrival time), the pane index, the shard and a unique part, so no firing ever
+overwrites another one's file. A retried bundle may leave a second copy of a file:
+readers deduplicate by ``event_id``.
 
 Dead-letter files use the same layout under their own root, with the *processing time*
 hour as folder and one JSON object per line (``DeadLetter.to_json``).
@@ -28,6 +29,12 @@ ARCHIVE_WINDOW_S = 3600
 def hour_folder(root: str, window_start_s: int) -> str:
     t = dt.datetime.fromtimestamp(window_start_s, dt.timezone.utc)
     return f"{root.rstrip('/')}/{t:%Y/%m/%d/%H}"
+
+
+def hour_of_us(time_us: int) -> int:
+    """The UTC hour (epoch seconds) holding an instant in epoch microseconds."""
+    s = time_us // 1_000_000
+    return s - s % ARCHIVE_WINDOW_S
 
 
 def file_name(prefix: str, window_start_s: int, pane_index: int, shard: int, unique: str) -> str:

@@ -17,7 +17,7 @@ from schemas.storage import Aggregate
 from transforms.aggregate import AggregateFn, PreAggregate, WindowedAggregates, aggregate_events
 from transforms.count_events import DEAD_LETTERS, RAW_ARCHIVE, ROWS, CountEvents
 from transforms.enrich import Enrich, LatestSnapshot
-from transforms.files import WriteWindowedJsonl
+from transforms.files import WriteJsonlByHour
 from transforms.validate import ARCHIVE, DEAD_LETTER, AcceptancePolicy, ValidateEvents, shard_of
 from transforms.aggregate import AggregateRow
 
@@ -88,12 +88,12 @@ def test_validate_splits_by_shard_and_minute_and_reports_reasons():
     with _pipeline() as p:
         out = p | clock.stream() | beam.ParDo(ValidateEvents(policy)).with_outputs(DEAD_LETTER, ARCHIVE, main="chunks")
         m0, m1 = 1715680800, 1715680860
-        assert_that(out.chunks | beam.Map(lambda kv: (kv[0], sorted(e.event_id for e in kv[1]))),
+        assert_that(out.chunks | beam.Map(lambda kv: (kv[0], sorted(e.event_id for e in kv[1][1]))),
                     equal_to(_grouped({"a": m0, "b": m0, "c": m1}, 4)), label="chunks")
         assert_that(out[DEAD_LETTER] | beam.Map(lambda d: d.reason),
                     equal_to(["not_an_object", "future_timestamp", "too_old", "decode_error"]), label="dead")
-        assert_that(out[ARCHIVE] | beam.Map(lambda raw: orjson.loads(raw)["event_id"]),
-                    equal_to(["a", "b", "c"]), label="archive")
+        assert_that(out[ARCHIVE] | beam.Map(lambda hour_raw: (hour_raw[0], orjson.loads(hour_raw[1])["event_id"])),
+                    equal_to([(1715680800, "a"), (1715680800, "b"), (1715680800, "c")]), label="archive")
 
 
 def _grouped(minute_of, shards):
@@ -109,7 +109,7 @@ def test_validate_without_age_checks_keeps_old_and_future_events():
     with _pipeline() as p:
         out = p | clock.stream() | beam.ParDo(ValidateEvents(policy)).with_outputs(DEAD_LETTER, ARCHIVE, main="chunks")
         assert_that(out[DEAD_LETTER], equal_to([]), label="dead")
-        assert_that(out.chunks | beam.FlatMap(lambda kv: [e.event_id for e in kv[1]]), equal_to(["old", "new"]))
+        assert_that(out.chunks | beam.FlatMap(lambda kv: [e.event_id for e in kv[1][1]]), equal_to(["old", "new"]))
 
 
 def _count(clock, policy=AcceptancePolicy(), early=30):
@@ -219,18 +219,21 @@ def test_enrich_uses_the_newest_snapshot_and_keeps_unknown_entities():
     assert list(fn.process(row, []))[0][1:] == (None, None)
 
 
-def test_archive_files_are_unique_per_window_and_pane(tmp_path):
+def test_files_land_in_their_hour_folder_one_file_per_flush_window_and_pane(tmp_path):
     root = str(tmp_path / "archive")
-    clock = (_Clock().publish(b'{"n":1}').wait(61).publish(b'{"n":2}').wait(61)
-             .watermark("2024-05-14T11:30:00Z").publish(b'{"n":3}').wait(61))
-    # element timestamps decide the hour folder: here the watermark at publish time
+    h10, h09 = 1715680800, 1715677200
+    clock = (_Clock().publish((h10, b'{"n":1}'), (h10, b'{"n":2}')).watermark("2024-05-14T10:01:30Z")
+             .publish((h10, b'{"n":3}'), (h09, b'{"n":4}')).watermark("2024-05-14T12:00:00Z")
+             .publish((h09, b'{"n":5}')))  # days late for its hour: still its own folder
     with _pipeline() as p:
-        paths = (p | clock.stream() | beam.Map(lambda e: e[0])
-                 | WriteWindowedJsonl(root, "events", allowed_lateness_s=7200, flush_s=60))
+        (p | clock.stream() | beam.Map(lambda e: e[0])
+         | WriteJsonlByHour(root, "events", flush_s=60))
     files = sorted(glob.glob(f"{root}/**/*.jsonl", recursive=True))
     names = [os.path.basename(f) for f in files]
-    assert len(names) == len(set(names)) >= 3
-    lines = sorted(open(f, "rb").read() for f in files)
-    assert b"".join(lines).count(b"\n") == 3
-    assert any("/2024/05/14/10/" in f and "pane00001" in f for f in files), files
-    assert any("/2024/05/14/11/" in f for f in files), files
+    assert len(names) == len(set(names)) == 4, files
+    by_folder = {}
+    for f in files:
+        by_folder.setdefault(os.path.dirname(f)[len(root):], []).extend(open(f, "rb").read().split())
+    assert {k: sorted(v) for k, v in by_folder.items()} == {
+        "/2024/05/14/10": [b'{"n":1}', b'{"n":2}', b'{"n":3}'], "/2024/05/14/09": [b'{"n":4}', b'{"n":5}']}
+    assert any("events-20240514T100000Z-pane00000" in n for n in names), names

@@ -8,7 +8,8 @@ not write are retried with backoff; after ``max_attempts`` they leave the sink a
 ``write_failed`` dead letters (the row as JSON, redrivable) instead of failing the bundle,
 so one bad write never stalls the job (SPEC.md section 4).
 
-Output: ``DeadLetter`` for rows that could not be written.
+Output: ``DeadLetter`` for rows that could not be written, timestamped with the
+processing time of the failure.
 """
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ class WriteAggregates(beam.DoFn):
         if old is None or old.row.cell_timestamp_us < r.cell_timestamp_us:
             self._pending[cell] = e
         if len(self._pending) >= self._max_mutations:
-            yield from self._flush()
+            for dead in self._flush():
+                yield beam.window.TimestampedValue(dead, Timestamp(micros=dead.processing_time_us))
 
     def finish_bundle(self):
         for dead in self._flush():

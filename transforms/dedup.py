@@ -1,7 +1,7 @@
 """Dedup by ``event_id`` and the ``too_late`` rule (SPEC.md section 2), in one stateful DoFn.
 
-Input: ``((shard, minute_start_s), [Event, ...])`` from ``ValidateEvents``, plus one
-``((replica, PROBE), [])`` element per probe replica from ``probe_elements``.
+Input: ``((shard, minute_start_s), (arrival_us, [Event, ...]))`` from ``ValidateEvents``,
+plus one ``((replica, PROBE), (0, []))`` element per probe replica from ``probe_elements``.
 
 Dedup. Every copy of an event carries the same event time, so all copies meet under the
 same ``(shard, minute)`` key. A key's state holds the ids of one shard of one event-time
@@ -22,7 +22,8 @@ SPEC accepts). On a runner with many workers a worker holding no probe key sees 
 own expiry timers; ``dedup_shards`` probe replicas spread probe keys across workers.
 
 Outputs: main, the accepted events of the chunk (``[Event, ...]``, timestamp = minute
-start); ``DEAD_LETTER``, ``too_late`` dead letters. Duplicates are counted
+start); ``DEAD_LETTER``, ``too_late`` dead letters (with the input's timestamp; their
+processing time is the chunk's arrival time). Duplicates are counted
 (``duplicates_dropped``), not dead-lettered.
 """
 from __future__ import annotations
@@ -51,9 +52,9 @@ _START_US = MIN_TIMESTAMP.micros
 _VIEW_US: dict[str, int] = {}
 
 
-def probe_elements(replicas: int) -> list[tuple[tuple[int, int], list]]:
+def probe_elements(replicas: int) -> list[tuple[tuple[int, int], tuple[int, list]]]:
     """The elements that start the probe keys (fed once, from an ``Impulse``)."""
-    return [((r, PROBE), []) for r in range(replicas)]
+    return [((r, PROBE), (0, [])) for r in range(replicas)]
 
 
 class DedupAndJudgeLateness(beam.DoFn):
@@ -80,7 +81,7 @@ class DedupAndJudgeLateness(beam.DoFn):
 
     def process(self, element, ids=beam.DoFn.StateParam(IDS), base=beam.DoFn.StateParam(LADDER_BASE),
                 expiry=beam.DoFn.TimerParam(EXPIRY), rung=beam.DoFn.TimerParam(RUNG)):
-        (_, minute_s), chunk = element
+        (_, minute_s), (arrival_us, chunk) = element
         if minute_s == PROBE:
             if base.read() is None:
                 self._set_ladder(self._view_us(), base, rung)
@@ -94,12 +95,10 @@ class DedupAndJudgeLateness(beam.DoFn):
         for ev in chunk:
             if ev.time_us < boundary_us:
                 self._dead.inc(TOO_LATE)
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, beam.window.TimestampedValue(
-                    DeadLetter(ev.raw, TOO_LATE,
-                               f"event_time {format_time_us(ev.time_us)} is more than "
-                               f"{self._lateness_us // US_PER_S} s behind the watermark "
-                               f"(at least {format_time_us(view_us)})", view_us),
-                    Timestamp(micros=view_us)))
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
+                    ev.raw, TOO_LATE, f"event_time {format_time_us(ev.time_us)} is more than "
+                    f"{self._lateness_us // US_PER_S} s behind the watermark (at least {format_time_us(view_us)})",
+                    arrival_us))
                 continue
             if seen is None:
                 seen = set().union(*ids.read())

@@ -6,11 +6,15 @@ time is data, not the wall clock read inside the DoFn, so the acceptance policy 
 same in a live job, a replay and a TestStream scenario.
 
 Outputs of ``ValidateEvents``:
-* main: ``((shard, minute_start_s), [Event, ...])``: the valid events of one message
-  that share a dedup shard and an event-time minute (the key of ``DedupAndJudgeLateness``).
-* ``DEAD_LETTER``: ``DeadLetter`` timestamped with the arrival time.
-* ``ARCHIVE``: the event's raw JSON bytes timestamped with its event time: every valid
-  event (it passed the field, future and age checks) whatever dedup and lateness decide.
+* main: ``((shard, minute_start_s), (arrival_us, [Event, ...]))``: the valid events of one
+  message that share a dedup shard and an event-time minute (the key of
+  ``DedupAndJudgeLateness``), with the message's arrival time.
+* ``DEAD_LETTER``: ``DeadLetter``.
+* ``ARCHIVE``: ``(event_hour_s, raw JSON bytes)`` for every valid event (it passed the
+  field, future and age checks), whatever dedup and lateness decide.
+
+Every output keeps the input element's timestamp (the source's publish or arrival time,
+so never behind the watermark); event times travel as data.
 """
 from __future__ import annotations
 
@@ -19,9 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.utils.timestamp import Timestamp
 
-from schemas.archive import DeadLetter
+from schemas.archive import DeadLetter, hour_of_us
 from schemas.event import FUTURE_TIMESTAMP, TOO_OLD, US_PER_S, format_time_us, parse_payload
 from transforms import metrics
 
@@ -65,9 +68,8 @@ class ValidateEvents(beam.DoFn):
         payload, arrival_us = element
         events, rejections, n_in = parse_payload(payload)
         self._events_in.inc(n_in)
-        arrival_ts = Timestamp(micros=arrival_us)
         for r in rejections:
-            yield self._dead_letter(r.payload, r.reason, r.detail, arrival_us, arrival_ts)
+            yield self._dead_letter(r.payload, r.reason, r.detail, arrival_us)
         policy = self._policy
         future_limit = arrival_us + policy.max_future_skew_s * US_PER_S
         age_limit = arrival_us - policy.max_event_age_s * US_PER_S
@@ -76,20 +78,19 @@ class ValidateEvents(beam.DoFn):
             if policy.check_age and ev.time_us > future_limit:
                 yield self._dead_letter(ev.raw, FUTURE_TIMESTAMP,
                                         f"event_time {format_time_us(ev.time_us)} is more than "
-                                        f"{policy.max_future_skew_s} s after processing time", arrival_us, arrival_ts)
+                                        f"{policy.max_future_skew_s} s after processing time", arrival_us)
                 continue
             if policy.check_age and ev.time_us < age_limit:
                 yield self._dead_letter(ev.raw, TOO_OLD,
                                         f"event_time {format_time_us(ev.time_us)} is more than "
-                                        f"{policy.max_event_age_s} s before processing time", arrival_us, arrival_ts)
+                                        f"{policy.max_event_age_s} s before processing time", arrival_us)
                 continue
-            yield beam.pvalue.TaggedOutput(ARCHIVE, beam.window.TimestampedValue(ev.raw, Timestamp(micros=ev.time_us)))
+            yield beam.pvalue.TaggedOutput(ARCHIVE, (hour_of_us(ev.time_us), ev.raw))
             minute_start_s = ev.time_us // (60 * US_PER_S) * 60
             chunks[(shard_of(ev.event_id, policy.dedup_shards), minute_start_s)].append(ev)
         for key, chunk in chunks.items():
-            yield beam.window.TimestampedValue((key, chunk), Timestamp(key[1]))
+            yield key, (arrival_us, chunk)
 
-    def _dead_letter(self, payload: bytes, reason: str, detail: str, arrival_us: int, arrival_ts: Timestamp):
+    def _dead_letter(self, payload: bytes, reason: str, detail: str, arrival_us: int):
         self._dead.inc(reason)
-        return beam.pvalue.TaggedOutput(
-            DEAD_LETTER, beam.window.TimestampedValue(DeadLetter(payload, reason, detail, arrival_us), arrival_ts))
+        return beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(payload, reason, detail, arrival_us))

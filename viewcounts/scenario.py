@@ -63,12 +63,15 @@ def build_test_stream(case: dict) -> TestStream:
             snapshot = {vid: (m.get("title"), m.get("channel")) for vid, m in step["metadata"].items()}
             ts.add_elements([beam.window.TimestampedValue((n, snapshot), watermark)], tag=METADATA)
         elif "advance_processing_time_s" in step:
-            processing_us += round(step["advance_processing_time_s"] * US_PER_S)
-            ts.advance_processing_time(step["advance_processing_time_s"])
+            if step["advance_processing_time_s"] > 0:  # clocks never move back; 0 is no move
+                processing_us += round(step["advance_processing_time_s"] * US_PER_S)
+                ts.advance_processing_time(step["advance_processing_time_s"])
         elif "advance_watermark" in step:
-            watermark = Timestamp(micros=parse_event_time(step["advance_watermark"]))
-            for tag in (PAYLOADS, METADATA):
-                ts.advance_watermark_to(watermark, tag=tag)
+            target = Timestamp(micros=parse_event_time(step["advance_watermark"]))
+            if target > watermark:
+                watermark = target
+                for tag in (PAYLOADS, METADATA):
+                    ts.advance_watermark_to(watermark, tag=tag)
         else:
             ts.add_elements([beam.window.TimestampedValue((m, processing_us), watermark)
                              for m in _messages(step)], tag=PAYLOADS)
@@ -100,7 +103,8 @@ def _bigtable_host():
 
 
 def run_case(case: dict) -> dict:
-    """Run one case; returns ``{"rows", "dead_letters", "metrics", "queries"}``."""
+    """Run one case; returns ``{"rows", "dead_letters", "metrics", "queries", "archived_events"}``
+    (``archived_events``: lines written to the raw archive)."""
     policy, early_firing_s = policy_of_case(case)
     table = f"case-{uuid.uuid4().hex[:12]}"
     with _bigtable_host(), tempfile.TemporaryDirectory(prefix="scenario-") as tmp:
@@ -123,11 +127,15 @@ def run_case(case: dict) -> dict:
             with open(path, "rb") as f:
                 for line in f:
                     dead[DeadLetter.from_json(line).reason] += 1
+        archived = 0
+        for path in glob.glob(f"{tmp}/archive/**/*.jsonl", recursive=True):
+            with open(path, "rb") as f:
+                archived += sum(1 for line in f if line.strip())
         with StatsReader(PROJECT, INSTANCE, table) as reader:
             rows = stored_rows(reader)
             queries = [_answer(reader, q) for q in case.get("expect", {}).get("queries", [])]
     return {"rows": rows, "dead_letters": dict(sorted(dead.items())), "metrics": dict(sorted(counters.items())),
-            "queries": queries}
+            "queries": queries, "archived_events": archived}
 
 
 def stored_rows(reader: StatsReader) -> list[dict]:
