@@ -13,14 +13,12 @@ without running it::
 from __future__ import annotations
 
 import dataclasses
-import logging
-import sys
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.graph import count_and_store
+from pipelines.graph import count_and_store, run_from_command_line
 from pipelines.options import CountingOptions, policy_of, sinks_of
 from pipelines.streaming import metadata_snapshots
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folders
@@ -69,10 +67,5 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     return pipeline
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO)
-    build_pipeline(argv if argv is not None else sys.argv[1:]).run().wait_until_finish()
-
-
 if __name__ == "__main__":
-    main()
+    run_from_command_line(build_pipeline)

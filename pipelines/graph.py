@@ -16,6 +16,15 @@ from schemas.archive import hour_of_us
 from transforms.files import WriteJsonlByHour
 from transforms.validate import AcceptancePolicy
 
+def run_from_command_line(build_pipeline) -> None:
+    """``python -m pipelines.X FLAGS``: build the job from the flags, run it, wait for it."""
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    build_pipeline(sys.argv[1:]).run().wait_until_finish()
+
+
 def _to_pubsub(dead):
     from apache_beam.io.gcp.pubsub import PubsubMessage
 

@@ -10,15 +10,13 @@ demo drive it); ``main`` runs it::
 """
 from __future__ import annotations
 
-import logging
-import sys
 import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import direct_runner_fix
-from pipelines.graph import count_and_store
+from pipelines.graph import count_and_store, run_from_command_line
 from pipelines.options import CountingOptions, policy_of, sinks_of
 from transforms.enrich import read_snapshot_file
 
@@ -53,10 +51,5 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     return pipeline
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO)
-    build_pipeline(argv if argv is not None else sys.argv[1:]).run().wait_until_finish()
-
-
 if __name__ == "__main__":
-    main()
+    run_from_command_line(build_pipeline)

@@ -12,28 +12,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_CASES = os.path.join(os.path.dirname(REPO), "shared", "cases")
 
 
-@pytest.fixture(scope="session")
-def bigtable_host():
-    with bigtable_emulator() as emu:
-        old = os.environ.get("BIGTABLE_EMULATOR_HOST")
-        os.environ["BIGTABLE_EMULATOR_HOST"] = emu.host
+def _serve(emulator):
+    """Start an emulator, point its client variable at it for the session, stop it by PID."""
+    with emulator as emu:
+        old = os.environ.get(emu.env_var)
+        os.environ[emu.env_var] = emu.host
         yield emu.host
         if old is None:
-            del os.environ["BIGTABLE_EMULATOR_HOST"]
+            del os.environ[emu.env_var]
         else:
-            os.environ["BIGTABLE_EMULATOR_HOST"] = old
+            os.environ[emu.env_var] = old
+
+
+@pytest.fixture(scope="session")
+def bigtable_host():
+    yield from _serve(bigtable_emulator())
 
 
 @pytest.fixture(scope="session")
 def pubsub_host():
-    with pubsub_emulator() as emu:
-        old = os.environ.get("PUBSUB_EMULATOR_HOST")
-        os.environ["PUBSUB_EMULATOR_HOST"] = emu.host
-        yield emu.host
-        if old is None:
-            del os.environ["PUBSUB_EMULATOR_HOST"]
-        else:
-            os.environ["PUBSUB_EMULATOR_HOST"] = old
+    yield from _serve(pubsub_emulator())
 
 
 @pytest.fixture

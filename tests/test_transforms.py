@@ -6,7 +6,7 @@ import apache_beam as beam
 import orjson
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.test_stream import TestStream as _TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Timestamp
@@ -49,7 +49,7 @@ class _Clock:
     def __init__(self):
         self.proc_us = START_US
         self.wm = Timestamp(micros=START_US)
-        self.ts = TestStream().advance_watermark_to(self.wm)
+        self.ts = _TestStream().advance_watermark_to(self.wm)
 
     def publish(self, *payloads):
         self.ts.add_elements([beam.window.TimestampedValue((p, self.proc_us), self.wm) for p in payloads])

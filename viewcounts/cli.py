@@ -28,12 +28,19 @@ def _scenario(args) -> int:
 def _stats(args) -> int:
     from query.stats import QueryError, StatsReader
 
+    from google.auth.exceptions import DefaultCredentialsError
+
     try:
         with StatsReader(args.project, args.instance, args.table) as reader:
             stats = reader.get_stats(args.video_id, args.event_type, args.function, args.start, args.end,
                                      args.granularity, args.tz)
     except QueryError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DefaultCredentialsError:
+        print("error: no Bigtable to read: set BIGTABLE_EMULATOR_HOST=host:port for an emulator (for example "
+              "the one `viewcounts demo --keep-running` prints) or configure Google Cloud credentials",
+              file=sys.stderr)
         return 2
     if args.json:
         sys.stdout.write(orjson.dumps(stats.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -68,36 +75,43 @@ def _demo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="viewcounts", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's and the clients' logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sc = sub.add_parser("scenario", help="run or check a SPEC.md section 7 case file")
-    sc.add_argument("action", choices=("run", "check"))
-    sc.add_argument("case")
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    sc = sub.add_parser("scenario", help="run or check a SPEC.md section 7 case file", formatter_class=formatter,
+                        description="Runs the case through the real pipeline (TestStream, local runner) with the "
+                        "Bigtable emulator (BIGTABLE_EMULATOR_HOST, or one started for the run).")
+    sc.add_argument("action", choices=("run", "check"), help="run: print the result as JSON; check: compare "
+                    "with the case's expect, exit 0 iff it matches")
+    sc.add_argument("case", help="path of the case file")
     sc.set_defaults(func=_scenario)
 
-    st = sub.add_parser("stats", help="query stored aggregates (get_stats)")
-    st.add_argument("--video-id", required=True)
-    st.add_argument("--event-type", required=True)
+    st = sub.add_parser("stats", help="query stored aggregates (get_stats)", formatter_class=formatter,
+                        description="Reads Bigtable (BIGTABLE_EMULATOR_HOST for an emulator).")
+    st.add_argument("--video-id", required=True, help="the counted entity (a destination airport in the demo)")
+    st.add_argument("--event-type", required=True, help="e.g. view, departed")
     st.add_argument("--function", required=True, choices=("count", "sum", "avg", "min", "max"))
     st.add_argument("--start", required=True, help="RFC 3339 instant")
     st.add_argument("--end", required=True, help="RFC 3339 instant (exclusive)")
     st.add_argument("--granularity", required=True, choices=("minute", "hour", "day", "total"))
     st.add_argument("--tz", help="IANA time zone for bucket labels (buckets stay UTC)")
-    st.add_argument("--project", default="viewcounts-local")
-    st.add_argument("--instance", default="viewcounts")
-    st.add_argument("--table", default="viewcounts")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--project", default="viewcounts-local", help="Bigtable project")
+    st.add_argument("--instance", default="viewcounts", help="Bigtable instance")
+    st.add_argument("--table", default="viewcounts", help="Bigtable table")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=_stats)
 
     from viewcounts.replay import add_replay_args
     from viewcounts.demo import add_demo_args
 
-    rp = sub.add_parser("replay", help="publish events (flights or JSONL) to Pub/Sub, with a manifest")
+    rp = sub.add_parser("replay", help="publish events (flights or JSONL) to Pub/Sub, with a manifest",
+                        formatter_class=formatter, description="Publishes to PUBSUB_EMULATOR_HOST when set.")
     add_replay_args(rp)
     rp.set_defaults(func=_replay)
 
-    dm = sub.add_parser("demo", help="run the streaming job end to end on the local emulators")
+    dm = sub.add_parser("demo", help="run the streaming job end to end on the local emulators",
+                        formatter_class=formatter)
     add_demo_args(dm)
     dm.set_defaults(func=_demo)
 

