@@ -87,19 +87,18 @@ def test_validate_splits_by_shard_and_minute_and_reports_reasons():
         b"\xff", b"[]")
     with _pipeline() as p:
         out = p | clock.stream() | beam.ParDo(ValidateEvents(policy)).with_outputs(DEAD_LETTER, ARCHIVE, main="chunks")
-        m0, m1 = 1715680800, 1715680860
         assert_that(out.chunks | beam.Map(lambda kv: (kv[0], sorted(e.event_id for e in kv[1][1]))),
-                    equal_to(_grouped({"a": m0, "b": m0, "c": m1}, 4)), label="chunks")
+                    equal_to(_by_shard(["a", "b", "c"], 4)), label="chunks")
         assert_that(out[DEAD_LETTER] | beam.Map(lambda d: d.reason),
                     equal_to(["not_an_object", "future_timestamp", "too_old", "decode_error"]), label="dead")
         assert_that(out[ARCHIVE] | beam.Map(lambda hour_raw: (hour_raw[0], orjson.loads(hour_raw[1])["event_id"])),
                     equal_to([(1715680800, "a"), (1715680800, "b"), (1715680800, "c")]), label="archive")
 
 
-def _grouped(minute_of, shards):
+def _by_shard(ids, shards):
     out = {}
-    for eid, m in minute_of.items():
-        out.setdefault((shard_of(eid, shards), m), []).append(eid)
+    for eid in ids:
+        out.setdefault((0, shard_of(eid, shards)), []).append(eid)
     return [(k, sorted(v)) for k, v in out.items()]
 
 
@@ -130,6 +129,22 @@ def test_dedup_within_a_batch_across_messages_and_across_ids_with_other_fields()
         (("V1", "view", "hour", 1715680800), (1, 0, 0.0, None, None))]), label="rows")
     assert_that(out[DEAD_LETTERS], equal_to([]), label="no dead letters before the horizon")
     p.run().wait_until_finish()
+
+
+def test_a_restamped_copy_is_a_duplicate_while_its_id_is_remembered():
+    clock = (_Clock().wait(10).publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
+             .publish(_msg(_ev("e1", "2024-05-14T10:03:05Z")))  # another minute
+             .wait(600).watermark("2024-05-14T10:10:30Z")  # the first copy's minute is still remembered
+             .publish(_msg(_ev("e1", "2024-05-14T10:05:00Z")))
+             .watermark("2024-05-14T10:11:30Z")  # forgotten: a re-stamped copy counts again
+             .publish(_msg(_ev("e1", "2024-05-14T10:06:00Z"))))
+    p, out = _count(clock)
+    assert_that(_final_rows(out[ROWS]) | beam.Map(lambda kv: (kv[0][2], kv[0][3], kv[1][0])),
+                equal_to([("minute", 1715680800, 1), ("minute", 1715681160, 1), ("hour", 1715680800, 2)]))
+    result = p.run()
+    result.wait_until_finish()
+    dup = [c.committed for c in result.metrics().query()["counters"] if c.key.metric.name == "duplicates_dropped"]
+    assert sum(dup) == 2
 
 
 @pytest.mark.parametrize("advance_to,accepted", [

@@ -1,13 +1,20 @@
 """Dedup by ``event_id`` and the ``too_late`` rule (SPEC.md section 2), in one stateful DoFn.
 
-Input: ``((shard, minute_start_s), (arrival_us, [Event, ...]))`` from ``ValidateEvents``,
-plus one ``((replica, PROBE), (0, []))`` element per probe replica from ``probe_elements``.
+Input: ``((DEDUP_KEY, shard), (arrival_us, [Event, ...]))`` from ``ValidateEvents``, plus one
+``((PROBE_KEY, replica), (0, []))`` element per probe replica from ``probe_elements``.
 
-Dedup. Every copy of an event carries the same event time, so all copies meet under the
-same ``(shard, minute)`` key. A key's state holds the ids of one shard of one event-time
-minute and all of it expires at once, by one event-time timer at
-``minute end + allowed_lateness``: by then every event of that minute is ``too_late``, so
-no copy carrying the same time can ever be counted twice, and state stays bounded.
+Dedup. A shard key (``crc32(event_id) % dedup_shards``) holds every remembered id of its
+shard, grouped by the event-time minute of the first accepted copy, so a copy is found
+whatever time it carries (a re-stamped copy is the same event while its id is
+remembered). A minute's ids are forgotten together, by one event-time timer per key set
+at the earliest ``minute end + allowed_lateness``: by then every copy carrying that time
+is ``too_late``, so no copy with the same time can ever be counted twice, and state stays
+bounded (SPEC.md section 2).
+
+State is a bag of ``(minute, ids)`` entries plus a version number bumped on every write.
+Each process keeps the ids of the keys it serves in memory (``_ShardIds``), tagged with
+the version it was built from: a key that moved between workers and came back finds a
+different version and rebuilds from the bag, so the cache is never trusted stale.
 
 The watermark view. A DoFn is not told its input watermark (SPEC.md section 2 lets the
 product judge ``too_late`` against its own view of it, lagging by at most 5 s). Probe keys
@@ -21,17 +28,18 @@ process holds (it is a lower bound of the watermark, so it never refuses an even
 SPEC accepts). On a runner with many workers a worker holding no probe key sees only its
 own expiry timers; ``dedup_shards`` probe replicas spread probe keys across workers.
 
-Outputs: main, the accepted events of the chunk (``[Event, ...]``, timestamp = minute
-start); ``DEAD_LETTER``, ``too_late`` dead letters (with the input's timestamp; their
-processing time is the chunk's arrival time). Duplicates are counted
-(``duplicates_dropped``), not dead-lettered.
+Outputs: main, the accepted events per event-time minute (``[Event, ...]``, timestamp =
+minute start); ``DEAD_LETTER``, ``too_late`` dead letters (their processing time is the
+message's arrival time). Duplicates are counted (``duplicates_dropped``), not
+dead-lettered.
 """
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 
 import apache_beam as beam
-from apache_beam.coders import IterableCoder, StrUtf8Coder, VarIntCoder
+from apache_beam.coders import IterableCoder, StrUtf8Coder, TupleCoder, VarIntCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
@@ -42,29 +50,51 @@ from schemas.event import TOO_LATE, US_PER_S, format_time_us
 from transforms import metrics
 from transforms.validate import DEAD_LETTER
 
+PROBE_KEY = 1  # first part of probe keys; ValidateEvents uses DEDUP_KEY (0)
 WATERMARK_VIEW_STEP_S = 5
 LADDER_RUNGS = 42  # 5 s * 2**41 spans Beam's whole timestamp range
-PROBE = -(2**62)  # the "minute" of probe keys; no event minute is this small
 _END_US = GlobalWindow().max_timestamp().micros
 _START_US = MIN_TIMESTAMP.micros
-# Watermark views per pipeline (keyed by a token made at construction), shared by every
-# instance of the DoFn in this process.
+# Per pipeline (keyed by a token made at construction), shared by every instance of the
+# DoFn in this process: the watermark view, and the ids of the shard keys served here.
 _VIEW_US: dict[str, int] = {}
+_IDS: dict[tuple[str, tuple[int, int]], "_ShardIds"] = {}
 
 
 def probe_elements(replicas: int) -> list[tuple[tuple[int, int], tuple[int, list]]]:
     """The elements that start the probe keys (fed once, from an ``Impulse``)."""
-    return [((r, PROBE), (0, [])) for r in range(replicas)]
+    return [((PROBE_KEY, r), (0, [])) for r in range(replicas)]
+
+
+class _ShardIds:
+    """The remembered ids of one shard key: ``{minute_s: set(ids)}`` and an id index."""
+
+    def __init__(self, version: int, entries) -> None:
+        self.version = version
+        self.by_minute: dict[int, set[str]] = defaultdict(set)
+        for minute_s, ids in entries:
+            self.by_minute[minute_s].update(ids)
+        self.ids: set[str] = set().union(*self.by_minute.values())
+
+    def add(self, minute_s: int, ids: set[str]) -> None:
+        self.by_minute[minute_s] |= ids
+        self.ids |= ids
+
+    def drop_until(self, expiry_s_of) -> None:
+        """Forget the minutes for which ``expiry_s_of(minute)`` is True."""
+        for minute_s in [m for m in self.by_minute if expiry_s_of(m)]:
+            self.ids -= self.by_minute.pop(minute_s)
 
 
 class DedupAndJudgeLateness(beam.DoFn):
-    IDS = BagStateSpec("ids", IterableCoder(StrUtf8Coder()))
+    IDS = BagStateSpec("ids", TupleCoder((VarIntCoder(), IterableCoder(StrUtf8Coder()))))
+    VERSION = ReadModifyWriteStateSpec("version", VarIntCoder())
     LADDER_BASE = ReadModifyWriteStateSpec("ladder_base_us", VarIntCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
     RUNG = TimerSpec("watermark_ladder", TimeDomain.WATERMARK)
 
     def __init__(self, allowed_lateness_s: int) -> None:
-        self._lateness_us = allowed_lateness_s * US_PER_S
+        self._lateness_s = allowed_lateness_s
         self._token = uuid.uuid4().hex
 
     def setup(self) -> None:
@@ -79,45 +109,74 @@ class DedupAndJudgeLateness(beam.DoFn):
         if fired_us > self._view_us():
             _VIEW_US[self._token] = fired_us
 
-    def process(self, element, ids=beam.DoFn.StateParam(IDS), base=beam.DoFn.StateParam(LADDER_BASE),
-                expiry=beam.DoFn.TimerParam(EXPIRY), rung=beam.DoFn.TimerParam(RUNG)):
-        (_, minute_s), (arrival_us, chunk) = element
-        if minute_s == PROBE:
+    def _expiry_s(self, minute_s: int) -> int:
+        return minute_s + 60 + self._lateness_s
+
+    def _shard_ids(self, key, bag, version_state) -> _ShardIds:
+        version = version_state.read() or 0
+        cached = _IDS.get((self._token, key))
+        if cached is None or cached.version != version:
+            cached = _IDS[(self._token, key)] = _ShardIds(version, bag.read())
+        return cached
+
+    def process(self, element, ids=beam.DoFn.StateParam(IDS), version=beam.DoFn.StateParam(VERSION),
+                base=beam.DoFn.StateParam(LADDER_BASE), expiry=beam.DoFn.TimerParam(EXPIRY),
+                rung=beam.DoFn.TimerParam(RUNG)):
+        key, (arrival_us, chunk) = element
+        if key[0] == PROBE_KEY:
             if base.read() is None:
                 self._set_ladder(self._view_us(), base, rung)
             return
         view_us = self._view_us()
-        boundary_us = view_us - self._lateness_us
-        expiry_us = (minute_s + 60) * US_PER_S + self._lateness_us
-        seen = None
-        new_ids: set[str] = set()
-        accepted = []
+        boundary_us = view_us - self._lateness_s * US_PER_S
+        shard = None
+        new_ids: dict[int, set[str]] = defaultdict(set)
+        accepted: dict[int, list] = defaultdict(list)
         for ev in chunk:
             if ev.time_us < boundary_us:
                 self._dead.inc(TOO_LATE)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
                     ev.raw, TOO_LATE, f"event_time {format_time_us(ev.time_us)} is more than "
-                    f"{self._lateness_us // US_PER_S} s behind the watermark (at least {format_time_us(view_us)})",
-                    arrival_us))
+                    f"{self._lateness_s} s behind the watermark (at least {format_time_us(view_us)})", arrival_us))
                 continue
-            if seen is None:
-                seen = set().union(*ids.read())
-                if not seen:
-                    expiry.set(Timestamp(micros=expiry_us))
-            if ev.event_id in seen or ev.event_id in new_ids:
+            if shard is None:
+                shard = self._shard_ids(key, ids, version)
+            minute_s = ev.time_us // (60 * US_PER_S) * 60
+            if ev.event_id in shard.ids or any(ev.event_id in s for s in new_ids.values()):
                 self._duplicates.inc()
                 continue
-            new_ids.add(ev.event_id)
-            accepted.append(ev)
-        if new_ids:
-            ids.add(sorted(new_ids))
-            self._accepted.inc(len(accepted))
-            yield beam.window.TimestampedValue(accepted, Timestamp(minute_s))
+            new_ids[minute_s].add(ev.event_id)
+            accepted[minute_s].append(ev)
+        if not new_ids:
+            return
+        first_expiry_s = min(map(self._expiry_s, shard.by_minute), default=None)
+        for minute_s, minute_ids in new_ids.items():
+            ids.add((minute_s, sorted(minute_ids)))
+            shard.add(minute_s, minute_ids)
+        shard.version += 1
+        version.write(shard.version)
+        earliest_s = min(map(self._expiry_s, new_ids))
+        if first_expiry_s is None or earliest_s < first_expiry_s:
+            expiry.set(Timestamp(earliest_s))
+        for minute_s, events in accepted.items():
+            self._accepted.inc(len(events))
+            yield beam.window.TimestampedValue(events, Timestamp(minute_s))
 
     @on_timer(EXPIRY)
-    def on_expiry(self, fired=beam.DoFn.TimestampParam, ids=beam.DoFn.StateParam(IDS)):
+    def on_expiry(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                  ids=beam.DoFn.StateParam(IDS), version=beam.DoFn.StateParam(VERSION),
+                  expiry=beam.DoFn.TimerParam(EXPIRY)):
         self._raise_view(fired.micros)
+        fired_s = fired.micros // US_PER_S
+        shard = self._shard_ids(key, ids, version)
+        shard.drop_until(lambda minute_s: self._expiry_s(minute_s) <= fired_s)
         ids.clear()
+        for minute_s, minute_ids in shard.by_minute.items():
+            ids.add((minute_s, sorted(minute_ids)))
+        shard.version += 1
+        version.write(shard.version)
+        if shard.by_minute:
+            expiry.set(Timestamp(min(map(self._expiry_s, shard.by_minute))))
 
     @on_timer(RUNG)
     def on_rung(self, fired=beam.DoFn.TimestampParam, base=beam.DoFn.StateParam(LADDER_BASE),

@@ -6,9 +6,9 @@ time is data, not the wall clock read inside the DoFn, so the acceptance policy 
 same in a live job, a replay and a TestStream scenario.
 
 Outputs of ``ValidateEvents``:
-* main: ``((shard, minute_start_s), (arrival_us, [Event, ...]))``: the valid events of one
-  message that share a dedup shard and an event-time minute (the key of
-  ``DedupAndJudgeLateness``), with the message's arrival time.
+* main: ``((DEDUP_KEY, shard), (arrival_us, [Event, ...]))``: the valid events of one
+  message that share a dedup shard (the key of ``DedupAndJudgeLateness``), with the
+  message's arrival time.
 * ``DEAD_LETTER``: ``DeadLetter``.
 * ``ARCHIVE``: ``(event_hour_s, raw JSON bytes)`` for every valid event (it passed the
   field, future and age checks), whatever dedup and lateness decide.
@@ -51,6 +51,9 @@ class AcceptancePolicy:
             raise ValueError(f"dedup_shards must be >= 1, got {self.dedup_shards}")
 
 
+DEDUP_KEY = 0  # first part of the keys of dedup shards (transforms/dedup.py has the others)
+
+
 def shard_of(event_id: str, shards: int) -> int:
     """Stable across processes (unlike ``hash``): CRC-32 of the UTF-8 id."""
     return zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % shards
@@ -73,7 +76,7 @@ class ValidateEvents(beam.DoFn):
         policy = self._policy
         future_limit = arrival_us + policy.max_future_skew_s * US_PER_S
         age_limit = arrival_us - policy.max_event_age_s * US_PER_S
-        chunks: dict[tuple[int, int], list] = defaultdict(list)
+        chunks: dict[int, list] = defaultdict(list)
         for ev in events:
             if policy.check_age and ev.time_us > future_limit:
                 yield self._dead_letter(ev.raw, FUTURE_TIMESTAMP,
@@ -86,10 +89,9 @@ class ValidateEvents(beam.DoFn):
                                         f"{policy.max_event_age_s} s before processing time", arrival_us)
                 continue
             yield beam.pvalue.TaggedOutput(ARCHIVE, (hour_of_us(ev.time_us), ev.raw))
-            minute_start_s = ev.time_us // (60 * US_PER_S) * 60
-            chunks[(shard_of(ev.event_id, policy.dedup_shards), minute_start_s)].append(ev)
-        for key, chunk in chunks.items():
-            yield key, (arrival_us, chunk)
+            chunks[shard_of(ev.event_id, policy.dedup_shards)].append(ev)
+        for shard, chunk in chunks.items():
+            yield (DEDUP_KEY, shard), (arrival_us, chunk)
 
     def _dead_letter(self, payload: bytes, reason: str, detail: str, arrival_us: int):
         self._dead.inc(reason)
