@@ -72,10 +72,19 @@ def test_many_cells_split_into_requests_under_the_mutation_limit(table):
     sink = WriteAggregates(*table, max_mutations_per_request=500)
     rows = [_row(Aggregate(1, 0, 0.0, None, None), window_start_s=H + 60 * i) for i in range(1440)]
     sink.setup()
+    per_request = []
+    real_mutate_rows = sink._bt_table.mutate_rows
+
+    def counting_mutate_rows(bt_rows, *args, **kwargs):
+        per_request.append(sum(len(r._get_mutations()) for r in bt_rows))
+        return real_mutate_rows(bt_rows, *args, **kwargs)
+
+    sink._bt_table.mutate_rows = counting_mutate_rows
     sink.start_bundle()
     dead = [d for r in rows for d in sink.process(r)] + [wv.value for wv in sink.finish_bundle()]
     sink.teardown()
     assert dead == [] and len(_cells(table)) == 1440
+    assert per_request == [500, 500, 440]  # one row (a UTC day) split over requests, none over the cap
     with pytest.raises(ValueError):
         WriteAggregates(*table, max_mutations_per_request=100_001)
 
