@@ -159,3 +159,25 @@ def test_local_day_across_dst_has_23_or_25_hourly_buckets(filled):
 def test_misaligned_or_bad_queries_are_refused(filled, args):
     with pytest.raises(QueryError):
         filled.get_stats("V1", "view", *args)
+
+
+def test_redrive_rewrites_failed_panes_with_their_own_timestamps(table, tmp_path):
+    from pipelines import redrive
+    from schemas.archive import DeadLetter
+    from transforms.bigtable_sink import row_to_json
+
+    older, newer = PaneClock.now_us(), PaneClock.now_us()
+    failed_old = _row(Aggregate(1, 0, 0.0, None, None), H, ts_us=older)        # lost pane of window H
+    failed_other = _row(Aggregate(9, 0, 0.0, None, None), H + 60, ts_us=older)  # lost pane of window H+60
+    _write(table, [_row(Aggregate(2, 0, 0.0, None, None), H, ts_us=newer)])     # a newer pane of H landed
+    letters = [DeadLetter(row_to_json(r), "write_failed", "x", 1) for r in (failed_old, failed_other)]
+    letters.append(DeadLetter(b"{}", "json_error", "not redriven", 1))
+    path = tmp_path / "dead.jsonl"
+    path.write_bytes(b"".join(d.to_json() + b"\n" for d in letters))
+    args = [f"--dead_letter_glob={path}", f"--bigtable_project={table[0]}", f"--bigtable_instance={table[1]}",
+            f"--bigtable_table={table[2]}", "--runner=DirectRunner"]
+    for _ in range(2):  # a second redrive changes nothing
+        redrive.build_pipeline(args).run().wait_until_finish()
+        cells = _cells(table)
+        assert cells[("V1", "minute", H)].aggregate.count == 2  # the newer pane still wins
+        assert cells[("V1", "minute", H + 60)].aggregate.count == 9

@@ -41,6 +41,17 @@ def row_to_json(e: EnrichedRow) -> bytes:
         "sum": a.sum, "min": a.min, "max": a.max, "title": e.title, "channel": e.channel})
 
 
+def row_from_json(payload: bytes) -> EnrichedRow:
+    """The inverse of ``row_to_json``: a ``write_failed`` dead letter back into a row to write
+    (with its original cell timestamp, so a redrive never overwrites a newer pane)."""
+    from transforms.aggregate import AggregateRow
+
+    d = orjson.loads(payload)
+    agg = storage.Aggregate(d["count"], d["value_count"], d["sum"], d["min"], d["max"])
+    return EnrichedRow(AggregateRow(d["video_id"], d["event_type"], d["granularity"], d["window_start_s"], agg,
+                                    d["pane_index"], d["cell_timestamp_us"]), d["title"], d["channel"])
+
+
 class WriteAggregates(beam.DoFn):
     def __init__(self, project: str, instance: str, table: str,
                  max_mutations_per_request: int = 10_000, max_attempts: int = 5) -> None:
