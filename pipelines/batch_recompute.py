@@ -28,11 +28,14 @@ from schemas.event import US_PER_S, parse_event_time
 class RecomputeOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--start", required=True, help="RFC 3339, hour-aligned, inclusive")
-        parser.add_argument("--end", required=True, help="RFC 3339, hour-aligned, exclusive")
+        # not argparse-required: Beam parses every registered options class on every view
+        parser.add_argument("--start", help="RFC 3339, hour-aligned, inclusive; required")
+        parser.add_argument("--end", help="RFC 3339, hour-aligned, exclusive; required")
 
 
-def _range_s(start: str, end: str) -> tuple[int, int]:
+def _range_s(start: str | None, end: str | None) -> tuple[int, int]:
+    if not start or not end:
+        raise ValueError("--start and --end are required")
     start_s, end_s = parse_event_time(start) // US_PER_S, parse_event_time(end) // US_PER_S
     if start_s % ARCHIVE_WINDOW_S or end_s % ARCHIVE_WINDOW_S or end_s <= start_s:
         raise ValueError("--start and --end must be hour-aligned with start < end")

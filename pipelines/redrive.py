@@ -26,15 +26,19 @@ from transforms.files import WriteJsonlByHour
 class RedriveOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--dead_letter_glob", required=True, help="dead-letter files to read (glob)")
+        # not argparse-required: Beam parses every registered options class on every view
+        parser.add_argument("--dead_letter_glob", help="dead-letter files to read (glob); required")
 
 
 def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     options = PipelineOptions(argv)
     o = options.view_as(CountingOptions)
+    dead_letter_glob = options.view_as(RedriveOptions).dead_letter_glob
+    if not dead_letter_glob:
+        raise ValueError("--dead_letter_glob is required")
     pipeline = beam.Pipeline(options=options)
     failed_again = (pipeline
-                    | "read dead letters" >> beam.io.ReadFromText(options.view_as(RedriveOptions).dead_letter_glob,
+                    | "read dead letters" >> beam.io.ReadFromText(dead_letter_glob,
                                                                   coder=beam.coders.BytesCoder())
                     | "decode" >> beam.Map(DeadLetter.from_json)
                     | "write_failed only" >> beam.Filter(lambda d: d.reason == WRITE_FAILED)

@@ -181,3 +181,18 @@ def test_redrive_rewrites_failed_panes_with_their_own_timestamps(table, tmp_path
         cells = _cells(table)
         assert cells[("V1", "minute", H)].aggregate.count == 2  # the newer pane still wins
         assert cells[("V1", "minute", H + 60)].aggregate.count == 9
+
+
+def test_job_modules_leave_other_pipelines_options_alone():
+    """Beam parses every registered options class on every view: no job may make a flag
+    argparse-required, or merely importing it breaks every other pipeline in the process."""
+    import pipelines.batch_recompute  # noqa: F401
+    import pipelines.redrive  # noqa: F401
+    import pipelines.streaming  # noqa: F401
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    assert PipelineOptions(["--runner=DirectRunner"]).view_as(StandardOptions).runner == "DirectRunner"
+    with pytest.raises(ValueError):
+        pipelines.redrive.build_pipeline([])
+    with pytest.raises(ValueError):
+        pipelines.batch_recompute.build_pipeline(["--archive_path=/tmp/x"])
