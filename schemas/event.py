@@ -31,10 +31,6 @@ FUTURE_TIMESTAMP = "future_timestamp"
 TOO_OLD = "too_old"
 TOO_LATE = "too_late"
 WRITE_FAILED = "write_failed"
-REASONS = (
-    DECODE_ERROR, JSON_ERROR, NOT_AN_OBJECT, MISSING_FIELD, BAD_FIELD, BAD_TIMESTAMP,
-    BAD_VALUE, FUTURE_TIMESTAMP, TOO_OLD, TOO_LATE, WRITE_FAILED,
-)
 
 REQUIRED_FIELDS = ("event_id", "video_id", "event_type", "event_time")
 MAX_EVENT_ID_BYTES = 128

@@ -88,3 +88,27 @@ def test_expected_aggregates_dedup_and_window(tmp_path):
     del changed[("V", "departed", "minute", m0 + 60)]
     assert {m.key for m in reconcile(exp, changed)} == {("V", "departed", "hour", m0),
                                                         ("V", "departed", "minute", m0 + 60)}
+
+
+@pytest.mark.emulator
+def test_publish_batches_events_and_writes_an_exact_manifest(pubsub_host, tmp_path):
+    from google.cloud import pubsub_v1
+
+    from viewcounts.provision import create_topic_and_subscription
+
+    create_topic_and_subscription("test-project", "replay-topic", "replay-sub")
+    plan = replay.ReplayPlan(duplicate_rate=0.2, time_mode="real", events_per_message=7, seed=3)
+    events = replay.plan_events(_events(100), plan, 0)
+    manifest = tmp_path / "manifest.jsonl"
+    figures = replay.publish(events, "test-project", "replay-topic", plan, str(manifest), progress=False)
+    assert figures["published"] == len(events) and figures["messages"] == -(-len(events) // 7)
+    assert [orjson.loads(line) for line in manifest.read_bytes().splitlines()] == events
+    received = []
+    with pubsub_v1.SubscriberClient() as sub:
+        path = sub.subscription_path("test-project", "replay-sub")
+        while len(received) < figures["messages"]:
+            resp = sub.pull(subscription=path, max_messages=100, timeout=30)
+            received += [orjson.loads(m.message.data) for m in resp.received_messages]
+            sub.acknowledge(subscription=path, ack_ids=[m.ack_id for m in resp.received_messages])
+    assert all(isinstance(batch, list) and 1 <= len(batch) <= 7 for batch in received)
+    assert sorted(e["event_id"] for batch in received for e in batch) == sorted(e["event_id"] for e in events)
