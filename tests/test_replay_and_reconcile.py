@@ -4,7 +4,7 @@ import pytest
 
 from schemas.event import US_PER_S, parse_event_time
 from viewcounts import flights, replay
-from viewcounts.reconcile import Mismatch, expected_aggregates, reconcile
+from viewcounts.reconcile import expected_aggregates, reconcile
 
 
 def test_flight_mapping_is_dst_aware_and_uses_scheduled_time_plus_delay():

@@ -14,12 +14,11 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines import direct_runner_fix
 from schemas.event import US_PER_S, parse_event_time
 from schemas.storage import Aggregate
-from transforms.aggregate import AggregateFn, PreAggregate, WindowedAggregates, aggregate_events
-from transforms.count_events import DEAD_LETTERS, RAW_ARCHIVE, ROWS, CountEvents
-from transforms.enrich import Enrich, LatestSnapshot
+from transforms.aggregate import AggregateFn, AggregateRow, aggregate_events
+from transforms.count_events import DEAD_LETTERS, ROWS, CountEvents
+from transforms.enrich import Enrich
 from transforms.files import WriteJsonlByHour
 from transforms.validate import ARCHIVE, DEAD_LETTER, AcceptancePolicy, ValidateEvents, shard_of
-from transforms.aggregate import AggregateRow
 
 START = "2024-05-14T10:00:00Z"
 START_US = parse_event_time(START)

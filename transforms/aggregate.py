@@ -21,7 +21,6 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.transforms import trigger, window
-from apache_beam.utils.timestamp import Timestamp
 
 from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, PaneClock, merge
 
