@@ -130,7 +130,7 @@ class DedupAndJudgeLateness(beam.DoFn):
         view_us = self._view_us()
         boundary_us = view_us - self._lateness_s * US_PER_S
         shard = None
-        new_ids: dict[int, set[str]] = defaultdict(set)
+        fresh: set[str] = set()  # ids accepted from this chunk
         accepted: dict[int, list] = defaultdict(list)
         for ev in chunk:
             if ev.time_us < boundary_us:
@@ -142,25 +142,25 @@ class DedupAndJudgeLateness(beam.DoFn):
             if shard is None:
                 shard = self._shard_ids(key, ids, version)
             minute_s = ev.time_us // (60 * US_PER_S) * 60
-            if ev.event_id in shard.ids or any(ev.event_id in s for s in new_ids.values()):
+            if ev.event_id in shard.ids or ev.event_id in fresh:
                 self._duplicates.inc()
                 continue
-            new_ids[minute_s].add(ev.event_id)
+            fresh.add(ev.event_id)
             accepted[minute_s].append(ev)
-        if not new_ids:
+        if not fresh:
             return
         first_expiry_s = min(map(self._expiry_s, shard.by_minute), default=None)
-        for minute_s, minute_ids in new_ids.items():
+        for minute_s, events in accepted.items():
+            minute_ids = {ev.event_id for ev in events}
             ids.add((minute_s, sorted(minute_ids)))
             shard.add(minute_s, minute_ids)
-        shard.version += 1
-        version.write(shard.version)
-        earliest_s = min(map(self._expiry_s, new_ids))
-        if first_expiry_s is None or earliest_s < first_expiry_s:
-            expiry.set(Timestamp(earliest_s))
-        for minute_s, events in accepted.items():
             self._accepted.inc(len(events))
             yield beam.window.TimestampedValue(events, Timestamp(minute_s))
+        shard.version += 1
+        version.write(shard.version)
+        earliest_s = min(map(self._expiry_s, accepted))
+        if first_expiry_s is None or earliest_s < first_expiry_s:
+            expiry.set(Timestamp(earliest_s))
 
     @on_timer(EXPIRY)
     def on_expiry(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
