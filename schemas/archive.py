@@ -42,6 +42,15 @@ def file_name(prefix: str, window_start_s: int, pane_index: int, shard: int, uni
     return f"{prefix}-{t:%Y%m%dT%H%M%SZ}-pane{pane_index:05d}-shard{shard:03d}-{unique}.jsonl"
 
 
+def local_lines(root: str):
+    """Every non-empty line of every ``.jsonl`` file under a local folder (any depth)."""
+    import glob
+
+    for path in glob.glob(f"{root}/**/*.jsonl", recursive=True):
+        with open(path, "rb") as f:
+            yield from (line.rstrip(b"\r\n") for line in f if line.strip())
+
+
 def hour_folders(root: str, start_s: int, end_s: int) -> list[str]:
     """Folders holding event hours that overlap ``[start_s, end_s)``."""
     first = start_s - start_s % ARCHIVE_WINDOW_S

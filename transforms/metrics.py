@@ -12,6 +12,17 @@ AGGREGATES_WRITTEN = "aggregates_written"
 WRITE_FAILURES = "write_failures"
 
 
+def committed_counters(result) -> dict[str, int]:
+    """``{name: committed value}`` of this namespace's counters in a pipeline result,
+    summed over the steps that report them."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    out: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + c.committed
+    return out
+
+
 def counter(name: str):
     return Metrics.counter(NAMESPACE, name)
 

@@ -10,7 +10,6 @@ everything it started by PID. Exit status 0 only when there are zero mismatches.
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
 import shutil
@@ -20,6 +19,7 @@ import orjson
 
 from pipelines.options import DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DEFAULT_TOPIC
 from schemas import storage
+from schemas.archive import local_lines
 from schemas.event import US_PER_S, format_time_us
 from transforms import metrics
 from viewcounts import provision, replay
@@ -42,15 +42,6 @@ def add_demo_args(p) -> None:
     p.add_argument("--out", default="demo-out", help="folder for summary.json, the manifest and the archive")
     p.add_argument("--keep-running", action="store_true",
                    help="after the report, keep the emulators and the job up for queries until Ctrl-C")
-
-
-def _counters(result) -> dict[str, int]:
-    from apache_beam.metrics.metric import MetricsFilter
-
-    out: dict[str, int] = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))["counters"]:
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + c.committed
-    return out
 
 
 def _pull_dead_letters(subscription_path: str) -> dict[str, int]:
@@ -122,7 +113,7 @@ def demo_main(args) -> int:
             with console.status("waiting for the pipeline to catch up") as status:
                 next_check = 0.0
                 while True:
-                    counters = _counters(result)
+                    counters = metrics.committed_counters(result)
                     if ingested_s is None and counters.get("events_in", 0) >= len(events):
                         ingested_s = time.monotonic() - publish_start
                     if ingested_s is not None and time.monotonic() >= next_check:
@@ -179,11 +170,7 @@ def _serve_until_interrupted(console, bigtable_host: str, events: list[dict]) ->
 
 
 def _archived_lines(archive: str) -> int:
-    n = 0
-    for path in glob.glob(f"{archive}/**/*.jsonl", recursive=True):
-        with open(path, "rb") as f:
-            n += sum(1 for line in f if line.strip())
-    return n
+    return sum(1 for _ in local_lines(archive))
 
 
 def _recompute(console, archive: str, events: list[dict], metadata_path: str, streaming_reader,

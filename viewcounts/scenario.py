@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import glob
 import math
 import os
 import tempfile
@@ -20,7 +19,6 @@ from collections import Counter
 
 import apache_beam as beam
 import orjson
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
@@ -29,7 +27,7 @@ from pipelines import direct_runner_fix
 from pipelines.graph import count_and_store
 from pipelines.options import SinkConfig
 from query.stats import QueryError, StatsReader
-from schemas.archive import DeadLetter
+from schemas.archive import DeadLetter, local_lines
 from schemas.event import US_PER_S, format_time_us, parse_event_time
 from transforms import metrics
 from transforms.validate import AcceptancePolicy
@@ -118,18 +116,9 @@ def run_case(case: dict) -> dict:
         count_and_store(stream[PAYLOADS], stream[METADATA], policy, early_firing_s, sinks)
         result = pipeline.run()
         result.wait_until_finish()
-        counters: Counter = Counter()
-        for c in result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))["counters"]:
-            counters[c.key.metric.name] += c.committed
-        dead = Counter()
-        for path in glob.glob(f"{tmp}/dead-letters/**/*.jsonl", recursive=True):
-            with open(path, "rb") as f:
-                for line in f:
-                    dead[DeadLetter.from_json(line).reason] += 1
-        archived = 0
-        for path in glob.glob(f"{tmp}/archive/**/*.jsonl", recursive=True):
-            with open(path, "rb") as f:
-                archived += sum(1 for line in f if line.strip())
+        counters = metrics.committed_counters(result)
+        dead = Counter(DeadLetter.from_json(line).reason for line in local_lines(f"{tmp}/dead-letters"))
+        archived = sum(1 for _ in local_lines(f"{tmp}/archive"))
         with StatsReader(PROJECT, INSTANCE, table) as reader:
             rows = stored_rows(reader)
             queries = [_answer(reader, q) for q in case.get("expect", {}).get("queries", [])]
