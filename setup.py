@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=["pipelines", "transforms", "schemas", "query", "viewcounts"],
     install_requires=[
-        "apache-beam[gcp]==2.73.0",
+        "apache-beam[gcp]==2.70.0",
         "orjson>=3.10",
     ],
     extras_require={

@@ -65,7 +65,7 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
                 | "match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
                 | "open" >> fileio.ReadMatches()
                 | "lines" >> beam.FlatMap(_lines))
-    count_and_store(payloads, metadata_snapshots(pipeline, o.metadata_path), policy_of(o, check_age=False), None,
+    count_and_store(payloads, metadata_snapshots(pipeline, o.metadata_path, None), policy_of(o, check_age=False), None,
                     sinks)
     return pipeline
 

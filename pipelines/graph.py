@@ -14,6 +14,7 @@ from transforms.count_events import DEAD_LETTERS, RAW_ARCHIVE, ROWS, CountEvents
 from transforms.enrich import Enrich, LatestSnapshot
 from schemas.archive import hour_of_us
 from transforms.files import WriteJsonlByHour
+from transforms.pubsub_io import WriteToPubSubPortable
 from transforms.validate import AcceptancePolicy
 
 def run_from_command_line(build_pipeline) -> None:
@@ -25,26 +26,19 @@ def run_from_command_line(build_pipeline) -> None:
     build_pipeline(sys.argv[1:]).run().wait_until_finish()
 
 
-def _to_pubsub(dead):
-    from apache_beam.io.gcp.pubsub import PubsubMessage
-
-    return PubsubMessage(dead.payload, dead.pubsub_attributes())
-
-
 def count_and_store(payloads, snapshots, policy: AcceptancePolicy, early_firing_s: int | None,
-                    sinks: SinkConfig) -> dict:
+                    sinks: SinkConfig, refreshing_metadata: bool = False) -> dict:
+    """``refreshing_metadata``: ``snapshots`` keeps producing (see ``LatestSnapshot``)."""
     counted = payloads | "count events" >> CountEvents(policy, early_firing_s)
-    latest = snapshots | "latest metadata" >> LatestSnapshot()
+    latest = snapshots | "latest metadata" >> LatestSnapshot(refreshing_metadata)
     write_failures = (counted[ROWS]
                       | "enrich" >> beam.ParDo(Enrich(), beam.pvalue.AsList(latest))
                       | "write to Bigtable" >> beam.ParDo(WriteAggregates(
                           sinks.bigtable_project, sinks.bigtable_instance, sinks.bigtable_table)))
     dead = (counted[DEAD_LETTERS], write_failures) | "all dead letters" >> beam.Flatten()
     if sinks.dead_letter_topic:
-        from apache_beam.io.gcp.pubsub import WriteToPubSub
-
-        (dead | "to Pub/Sub messages" >> beam.Map(_to_pubsub)
-         | "dead letters to Pub/Sub" >> WriteToPubSub(sinks.dead_letter_topic, with_attributes=True))
+        (dead | "to Pub/Sub messages" >> beam.Map(lambda d: (d.payload, d.pubsub_attributes()))
+         | "dead letters to Pub/Sub" >> WriteToPubSubPortable(sinks.dead_letter_topic))
     if sinks.dead_letter_path:
         (dead | "dead letters by hour" >> beam.Map(lambda d: (hour_of_us(d.processing_time_us), d.to_json()))
          | "dead-letter files" >> WriteJsonlByHour(sinks.dead_letter_path, "dead-letters", sinks.archive_flush_s))

@@ -11,6 +11,7 @@ from transforms.validate import AcceptancePolicy
 DEFAULT_SUBSCRIPTION = "viewcounts-events-sub"
 DEFAULT_TOPIC = "viewcounts-events"
 DEFAULT_DEAD_LETTER_TOPIC = "viewcounts-dead-letters"
+DEFAULT_TIMESTAMP_ATTRIBUTE = "ts"
 
 
 class CountingOptions(PipelineOptions):
@@ -24,9 +25,17 @@ class CountingOptions(PipelineOptions):
         parser.add_argument("--bigtable_table", default=storage.DEFAULT_TABLE)
         parser.add_argument("--archive_path", help="folder (local or gs://) of the raw archive")
         parser.add_argument("--metadata_path", help="JSONL metadata snapshot (video_id, title, channel)")
+        parser.add_argument("--metadata_refresh_s", type=int, default=None,
+                            help="re-read --metadata_path every N seconds (PeriodicImpulse; not on the local runner)")
+        parser.add_argument("--timestamp_attribute", default=DEFAULT_TIMESTAMP_ATTRIBUTE,
+                            help="Pub/Sub attribute with a message's earliest event time (ms since the epoch or "
+                            "RFC 3339); drives the watermark on Prism, Flink and Dataflow")
         parser.add_argument("--allowed_lateness_s", type=int, default=600)
         parser.add_argument("--max_future_skew_s", type=int, default=300)
         parser.add_argument("--max_event_age_s", type=int, default=7 * 24 * 3600)
+        parser.add_argument("--no_event_age_check", dest="check_event_age", action="store_false",
+                            help="judge no event against the clock (replays of historical data): "
+                            "too_old and future_timestamp never fire")
         parser.add_argument("--early_firing_s", type=int, default=30,
                             help="processing-time seconds between early (and late) panes")
         parser.add_argument("--dedup_shards", type=int, default=16)

@@ -15,22 +15,44 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import direct_runner_fix
+from pipelines import runners
 from pipelines.graph import count_and_store, run_from_command_line
 from pipelines.options import CountingOptions, policy_of, sinks_of
 from transforms.enrich import read_snapshot_file
+from transforms.pubsub_io import ReadFromPubSubPortable
 
 
 def _with_arrival_time(data: bytes) -> tuple[bytes, int]:
     return data, time.time_ns() // 1000
 
 
-def metadata_snapshots(pipeline: beam.Pipeline, metadata_path: str | None):
-    """The enrichment snapshots: the file read once at start (version 0), or none."""
+def metadata_snapshots(pipeline: beam.Pipeline, metadata_path: str | None, refresh_s: int | None):
+    """The enrichment snapshots ``(version, dict)``: none without a path; the file re-read
+    every ``refresh_s`` seconds through ``PeriodicImpulse`` (version: the firing time in µs);
+    or, without ``refresh_s``, the file read once at start (version 0)."""
+    if metadata_path and refresh_s:
+        from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+        return (pipeline
+                | "metadata refresh" >> PeriodicImpulse(fire_interval=refresh_s)
+                | "re-read metadata" >> beam.Map(lambda t, path=metadata_path: (t.micros, read_snapshot_file(path))))
     paths = [metadata_path] if metadata_path else []
     return (pipeline
             | "metadata path" >> beam.Create(paths)
             | "read metadata" >> beam.Map(lambda path: (0, read_snapshot_file(path))))
+
+
+def read_events(pipeline: beam.Pipeline, runner: str, o: CountingOptions):
+    """Message payloads from ``o.input_subscription``, as ``(bytes, arrival µs)``: the native
+    source on the local runner (publish times, wall-clock watermark) and on Dataflow
+    (``o.timestamp_attribute``), ``ReadFromPubSubPortable`` on every other runner."""
+    if runner == "local":
+        source = beam.io.ReadFromPubSub(subscription=o.input_subscription)
+    elif runners.native_pubsub(runner):
+        source = beam.io.ReadFromPubSub(subscription=o.input_subscription, timestamp_attribute=o.timestamp_attribute)
+    else:
+        source = ReadFromPubSubPortable(o.input_subscription, o.timestamp_attribute)
+    return pipeline | "read Pub/Sub" >> source | "arrival time" >> beam.Map(_with_arrival_time)
 
 
 def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
@@ -39,15 +61,13 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     o = options.view_as(CountingOptions)
     if not o.input_subscription:
         raise ValueError("--input_subscription is required")
-    if options.view_as(StandardOptions).runner in (None, "DirectRunner", "BundleBasedDirectRunner"):
-        options.view_as(StandardOptions).runner = "BundleBasedDirectRunner"
-        direct_runner_fix.apply()
+    runner = runners.prepare(options)
+    if o.metadata_refresh_s and not runners.periodic_impulse(runner):
+        raise ValueError(f"--metadata_refresh_s needs PeriodicImpulse, which the {runner} runner lacks")
     pipeline = beam.Pipeline(options=options)
-    payloads = (pipeline
-                | "read Pub/Sub" >> beam.io.ReadFromPubSub(subscription=o.input_subscription)
-                | "arrival time" >> beam.Map(_with_arrival_time))
-    count_and_store(payloads, metadata_snapshots(pipeline, o.metadata_path), policy_of(o), o.early_firing_s,
-                    sinks_of(o))
+    snapshots = metadata_snapshots(pipeline, o.metadata_path, o.metadata_refresh_s)
+    count_and_store(read_events(pipeline, runner, o), snapshots, policy_of(o, check_age=o.check_event_age),
+                    o.early_firing_s, sinks_of(o), refreshing_metadata=bool(o.metadata_refresh_s))
     return pipeline
 
 

@@ -1,7 +1,7 @@
 """Enrichment of aggregates with entity metadata through a side input (SPEC.md section 3).
 
 A metadata *snapshot* is ``(version, {video_id: (title, channel)})``; a newer version
-replaces the previous snapshot whole. ``LatestSnapshot`` re-fires the newest snapshot of a
+replaces the previous snapshot whole. ``LatestSnapshot`` gives the newest snapshot of a
 PCollection of snapshots (loaded once at start, refreshed periodically, or fed by a test)
 in the global window; used as ``AsList`` side input, ``Enrich`` takes the highest version
 it sees (runners differ in whether a global-window side input holds only the latest pane
@@ -61,14 +61,25 @@ class _Newest(beam.CombineFn):
 
 class LatestSnapshot(beam.PTransform):
     """``PCollection[(version, dict)]`` -> the newest ``(version, dict)`` in the global
-    window, re-fired on every new snapshot; pass it to ``Enrich`` as ``beam.pvalue.AsList``."""
+    window; pass it to ``Enrich`` as ``beam.pvalue.AsList``.
+
+    ``refreshing=True`` (snapshots keep coming: ``PeriodicImpulse``, a test stream) re-fires
+    the newest snapshot on every new one, Beam's slowly-updating side input pattern.
+    ``refreshing=False`` (a snapshot read once) fires once, when its input ends: Prism
+    rejects triggered global-window side inputs on unbounded pipelines
+    (https://github.com/apache/beam/issues/31438), and a read-once snapshot needs no trigger.
+    """
+
+    def __init__(self, refreshing: bool) -> None:
+        super().__init__()
+        self._refreshing = refreshing
 
     def expand(self, snapshots):
-        return (snapshots
-                | beam.WindowInto(window.GlobalWindows(),
-                                  trigger=trigger.Repeatedly(trigger.AfterCount(1)),
-                                  accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
-                | beam.CombineGlobally(_Newest()).without_defaults())
+        if self._refreshing:
+            snapshots = snapshots | beam.WindowInto(window.GlobalWindows(),
+                                                    trigger=trigger.Repeatedly(trigger.AfterCount(1)),
+                                                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
+        return snapshots | beam.CombineGlobally(_Newest()).without_defaults()
 
 
 class Enrich(beam.DoFn):

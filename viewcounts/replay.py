@@ -24,6 +24,7 @@ from typing import Iterator
 
 import orjson
 
+from pipelines.options import DEFAULT_TIMESTAMP_ATTRIBUTE
 from schemas.event import US_PER_S, format_time_us, parse_event_time
 
 _LOG = logging.getLogger(__name__)
@@ -103,6 +104,13 @@ def messages(events: list[dict], per_message: int) -> Iterator[list[dict]]:
         yield events[i:i + per_message]
 
 
+def timestamp_attributes(batch: list[dict]) -> dict[str, str]:
+    """The message's timestamp attribute: its earliest readable event time in ms since the
+    epoch (the watermark of ``ReadFromPubSubPortable`` and of Dataflow's source follows it)."""
+    times = [t for t in map(_time_us, batch) if t is not None]
+    return {DEFAULT_TIMESTAMP_ATTRIBUTE: str(min(times) // 1000)} if times else {}
+
+
 def publish(events: list[dict], project: str, topic: str, plan: ReplayPlan, manifest_path: str | None,
             max_batch_messages: int = 100, max_latency_s: float = 0.05, progress: bool = True) -> dict:
     """Publish ``events`` (already planned) and write the manifest. Returns figures."""
@@ -122,7 +130,7 @@ def publish(events: list[dict], project: str, topic: str, plan: ReplayPlan, mani
         with _progress(progress, len(events)) as advance:
             for batch in batches:
                 data = orjson.dumps(batch if plan.events_per_message > 1 else batch[0])
-                futures.append(publisher.publish(topic_path, data, retry=retry))
+                futures.append(publisher.publish(topic_path, data, retry=retry, **timestamp_attributes(batch)))
                 if manifest:
                     for e in batch:
                         manifest.write(orjson.dumps(e) + b"\n")

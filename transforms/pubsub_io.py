@@ -1,0 +1,241 @@
+"""Portable Pub/Sub I/O: a source (a splittable DoFn that pulls) and a publishing sink.
+
+Python's native ``ReadFromPubSub`` runs only on Dataflow and the BundleBasedDirectRunner
+(DESIGN.md); ``ReadFromPubSubPortable`` runs on any portable runner. Shape::
+
+    pipeline | ReadFromPubSubPortable("projects/P/subscriptions/S", timestamp_attribute="ts")
+      -> PCollection[bytes]   # message data, timestamped in event time
+
+Semantics:
+
+* **Acknowledgement after durability.** The ack ids of a pull are acknowledged by a
+  bundle-finalization callback, which the runner calls only once the bundle's outputs and
+  state are committed (on Flink: when the checkpoint that holds them completes). A crash
+  before that leaves the messages unacknowledged, and Pub/Sub redelivers them after the
+  subscription's ack deadline; the dedup stage drops the copies that were already counted.
+  Needs checkpointing on Flink (``--checkpointing_interval``), or nothing is ever acked.
+* **Event-time watermark.** The publisher sets ``timestamp_attribute`` on each message to
+  the earliest event time it carries (milliseconds since the epoch, or RFC 3339), as
+  Java's ``PubsubIO.withTimestampAttribute`` expects. After each pull the watermark moves to
+  the earliest timestamp of that pull (never backwards). After ``idle_s`` seconds with
+  nothing to pull it moves to the newest timestamp seen, so the last windows close when a
+  stream pauses or ends (a replay of 2013 data never sees the wall clock). A message whose
+  timestamp is behind the watermark is emitted at the watermark: it is never dropped as
+  late here; the counting core judges each event's lateness itself (SPEC section 2).
+* Messages without the attribute (or with an unreadable one) take their publish time.
+
+``WriteToPubSubPortable(topic)`` publishes ``(data, attributes)`` pairs with the
+google-cloud-pubsub client and waits for every publish of a bundle in ``finish_bundle``,
+so a bundle commits only once its messages are accepted (at least once; a retried bundle
+may publish a message twice). It replaces Beam's ``WriteToPubSub``, which Prism rejects.
+
+The restriction is an endless offset range with one position claimed per pull; the DoFn
+checkpoints itself (``defer_remainder``) after ``max_pull_s`` of pulling or on an empty
+pull, which is when the runner commits the bundle. Pulls use the synchronous ``Pull`` RPC
+of ``google-cloud-pubsub`` (honours ``PUBSUB_EMULATOR_HOST``). The restriction and
+watermark shapes follow Beam's own ``PeriodicImpulse`` (``apache_beam.transforms.periodicsequence``).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.io.iobase import WatermarkEstimator
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
+
+from schemas.event import parse_event_time
+
+
+def message_timestamp_us(attributes, publish_time_us: int, timestamp_attribute: str | None) -> int:
+    """Event time of a message in epoch µs: its timestamp attribute, else its publish time."""
+    raw = attributes.get(timestamp_attribute) if timestamp_attribute else None
+    if raw:
+        if raw.isdigit():
+            return int(raw) * 1000
+        try:
+            return parse_event_time(raw)
+        except ValueError:
+            pass
+    return publish_time_us
+
+
+class _EndlessPulls(RestrictionProvider):
+    def initial_restriction(self, element):
+        return OffsetRange(0, sys.maxsize)
+
+    def create_tracker(self, restriction):
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, element, restriction):
+        return 1
+
+    def truncate(self, element, restriction):
+        return None  # on drain, stop pulling
+
+
+class EventTimeWatermark(WatermarkEstimator):
+    """Watermark state ``(watermark_us, newest_seen_us, idle_since_s)``; see the module doc."""
+
+    def __init__(self, state):
+        self._watermark_us, self._newest_us, self._idle_since_s = state
+
+    def observe_timestamp(self, timestamp) -> None:
+        pass  # moved explicitly by pulled() and idle()
+
+    def current_watermark(self) -> Timestamp:
+        return Timestamp(micros=self._watermark_us)
+
+    def get_estimator_state(self):
+        return self._watermark_us, self._newest_us, self._idle_since_s
+
+    def pulled(self, earliest_us: int, newest_us: int) -> None:
+        self._watermark_us = max(self._watermark_us, earliest_us)
+        self._newest_us = max(self._newest_us, newest_us)
+        self._idle_since_s = None
+
+    def idle(self, now_s: float, idle_s: float) -> None:
+        if self._idle_since_s is None:
+            self._idle_since_s = now_s
+        elif now_s - self._idle_since_s >= idle_s:
+            self._watermark_us = max(self._watermark_us, self._newest_us)
+
+
+class _EventTimeWatermarks(WatermarkEstimatorProvider):
+    def initial_estimator_state(self, element, restriction):
+        return MIN_TIMESTAMP.micros, MIN_TIMESTAMP.micros, None
+
+    def create_watermark_estimator(self, estimator_state):
+        return EventTimeWatermark(estimator_state)
+
+
+class _PullFn(beam.DoFn):
+    def __init__(self, timestamp_attribute: str | None, max_messages: int, max_pull_s: float,
+                 poll_s: float, idle_s: float) -> None:
+        self._timestamp_attribute = timestamp_attribute
+        self._max_messages, self._max_pull_s = max_messages, max_pull_s
+        self._poll_s, self._idle_s = poll_s, idle_s
+        self._client = None
+
+    def setup(self) -> None:
+        from google.cloud import pubsub_v1
+
+        self._client = pubsub_v1.SubscriberClient()
+
+    def teardown(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    @beam.DoFn.unbounded_per_element()
+    def process(self, subscription: str,
+                bundle_finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam passes those by name
+                restriction_tracker=beam.DoFn.RestrictionParam(_EndlessPulls()),
+                watermark_estimator=beam.DoFn.WatermarkEstimatorParam(_EventTimeWatermarks())):
+        started = time.monotonic()
+        # Every bundle asks for finalization, even one that pulled nothing: Prism sends
+        # FinalizeBundle for each bundle of the stage, which fails on a released one.
+        acks: list[str] = []
+        bundle_finalizer.register(lambda: self._acknowledge(subscription, acks))
+        position = restriction_tracker.current_restriction().start
+        resume_after = Duration(seconds=0)
+        while time.monotonic() - started < self._max_pull_s:
+            received = self._pull(subscription)
+            if not received:
+                watermark_estimator.idle(time.time(), self._idle_s)
+                resume_after = Duration(seconds=self._poll_s)
+                break
+            if not restriction_tracker.try_claim(position):
+                resume_after = None  # the rest is split off; these go unacked and are redelivered
+                break
+            position += 1
+            floor_us = watermark_estimator.current_watermark().micros
+            times = []
+            for m in received:
+                t = message_timestamp_us(m.message.attributes, _publish_us(m.message), self._timestamp_attribute)
+                times.append(t)
+                yield TimestampedValue(m.message.data, Timestamp(micros=max(t, floor_us)))
+            watermark_estimator.pulled(min(times), max(times))
+            acks.extend(m.ack_id for m in received)
+        if resume_after is not None:
+            restriction_tracker.defer_remainder(resume_after)
+
+    def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
+        for i in range(0, len(ack_ids), 2500):  # well under the 512 KiB request limit
+            self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids[i:i + 2500]})
+
+    def _pull(self, subscription: str):
+        from google.api_core.exceptions import DeadlineExceeded
+
+        try:
+            return self._client.pull(request={"subscription": subscription, "max_messages": self._max_messages},
+                                     timeout=self._poll_s + 5).received_messages
+        except DeadlineExceeded:
+            return []
+
+
+def _publish_us(message) -> int:
+    published = message.publish_time
+    return int(published.timestamp() * 1_000_000) if published else time.time_ns() // 1000
+
+
+class ReadFromPubSubPortable(beam.PTransform):
+    """``PBegin -> PCollection[bytes]`` read from ``subscription`` (``projects/P/subscriptions/S``).
+
+    ``max_messages`` per pull (Pub/Sub allows up to 1,000), ``max_pull_s`` seconds of
+    pulling per bundle, ``poll_s`` seconds between pulls when the subscription is empty,
+    ``idle_s`` seconds of emptiness before the watermark jumps to the newest timestamp seen.
+    """
+
+    def __init__(self, subscription: str, timestamp_attribute: str | None = None, max_messages: int = 1000,
+                 max_pull_s: float = 1.0, poll_s: float = 0.5, idle_s: float = 5.0) -> None:
+        super().__init__()
+        self._subscription = subscription
+        self._fn = _PullFn(timestamp_attribute, max_messages, max_pull_s, poll_s, idle_s)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "impulse" >> beam.Impulse()
+                | "subscription" >> beam.Map(lambda _, s=self._subscription: s)
+                | "pull" >> beam.ParDo(self._fn))
+
+
+class _PublishFn(beam.DoFn):
+    def __init__(self, topic: str, timeout_s: float) -> None:
+        self._topic, self._timeout_s = topic, timeout_s
+        self._client = None
+
+    def setup(self) -> None:
+        from google.cloud import pubsub_v1
+
+        self._client = pubsub_v1.PublisherClient()
+
+    def start_bundle(self) -> None:
+        self._futures = []
+
+    def process(self, message: tuple[bytes, dict[str, str]]):
+        data, attributes = message
+        self._futures.append(self._client.publish(self._topic, data, **attributes))
+
+    def finish_bundle(self) -> None:
+        for f in self._futures:
+            f.result(timeout=self._timeout_s)  # raises: the runner retries the bundle
+        self._futures = []
+
+    def teardown(self) -> None:
+        if self._client is not None:
+            self._client.stop()
+
+
+class WriteToPubSubPortable(beam.PTransform):
+    """``PCollection[(bytes, {str: str})] -> None``: publish to ``topic`` (``projects/P/topics/T``);
+    a bundle fails if a publish is not confirmed within ``timeout_s`` seconds."""
+
+    def __init__(self, topic: str, timeout_s: float = 120.0) -> None:
+        super().__init__()
+        self._fn = _PublishFn(topic, timeout_s)
+
+    def expand(self, messages):
+        return messages | "publish" >> beam.ParDo(self._fn)
