@@ -22,7 +22,7 @@ def run_from_command_line(build_pipeline) -> None:
     import logging
     import sys
 
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.INFO, force=True)
     build_pipeline(sys.argv[1:]).run().wait_until_finish()
 
 

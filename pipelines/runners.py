@@ -50,13 +50,14 @@ def _require(path: Path, make_target: str) -> str:
     return str(path)
 
 
-def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_interval_ms: int = 5000,
+def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_interval_ms: int | None = 5000,
                  checkpoint_dir: str | None = None, savepoint_path: str | None = None) -> list[str]:
     """Beam flags that select ``runner`` (one of ``RUNNERS``). ``dataflow`` gives only the
     runner; project, region and staging flags are the user's (README).
 
     Flink: LOOPBACK workers (no Docker here), parallelism 1, checkpoints every
-    ``checkpointing_interval_ms`` (acks happen at checkpoints), retained in
+    ``checkpointing_interval_ms`` (acks happen at checkpoints; ``None``: no checkpoints,
+    so Pub/Sub redelivers every message after its ack deadline), retained in
     ``checkpoint_dir`` on cancellation or failure when given, and ``savepoint_path`` (a
     savepoint or a retained checkpoint) to resume from. Raises ``FileNotFoundError`` when a
     runner's build is missing, ``ValueError`` for an unknown runner.
@@ -69,8 +70,9 @@ def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_inter
     if runner == "flink":
         flags = ["--runner=FlinkRunner", f"--flink_master={flink_master}", f"--flink_version={FLINK_VERSION}",
                  f"--flink_job_server_jar={_require(FLINK_JOB_SERVER_JAR, 'flink-job-server')}",
-                 "--environment_type=LOOPBACK", "--parallelism=1",
-                 f"--checkpointing_interval={checkpointing_interval_ms}"]
+                 "--environment_type=LOOPBACK", "--parallelism=1"]
+        if checkpointing_interval_ms:
+            flags.append(f"--checkpointing_interval={checkpointing_interval_ms}")
         if checkpoint_dir:
             flags += ["--state_backend=filesystem", f"--state_backend_storage_path=file://{checkpoint_dir}",
                       "--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation"]
@@ -114,3 +116,8 @@ def triggered_side_inputs(runner: str) -> bool:
     """Prism rejects triggered global-window side inputs in unbounded pipelines (Beam issue
     31438): there, a stream of snapshots becomes visible only when it ends."""
     return runner != "prism"
+
+
+def restartable(runner: str) -> bool:
+    """Runners whose jobs restore from checkpoints or savepoints (or update in place)."""
+    return runner in ("flink", "dataflow")

@@ -86,11 +86,13 @@ class Enrich(beam.DoFn):
     """``AggregateRow`` -> ``EnrichedRow``; side input: the ``LatestSnapshot`` output as a list."""
 
     def start_bundle(self) -> None:
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple | None = None
         self._entries: dict = {}
 
     def process(self, row: AggregateRow, snapshots: list):
-        marker = (id(snapshots), len(snapshots))
+        # the list object may be new at a reused address with the same length (Flink keeps only
+        # the latest pane), so the newest entry's version is part of the marker
+        marker = (id(snapshots), len(snapshots), snapshots[-1][0] if snapshots else None)
         if marker != self._seen:
             self._seen = marker
             self._entries = max(snapshots, key=lambda s: s[0])[1] if snapshots else {}

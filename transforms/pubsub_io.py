@@ -18,8 +18,11 @@ Semantics:
   the earliest event time it carries (milliseconds since the epoch, or RFC 3339), as
   Java's ``PubsubIO.withTimestampAttribute`` expects. After each pull the watermark moves to
   the earliest timestamp of that pull (never backwards). After ``idle_s`` seconds with
-  nothing to pull it moves to the newest timestamp seen, so the last windows close when a
-  stream pauses or ends (a replay of 2013 data never sees the wall clock). A message whose
+  nothing to pull it moves to the newest timestamp this worker has pulled, so the last
+  windows close when a stream pauses or ends (a replay of 2013 data never sees the wall
+  clock); after a restore that newest timestamp is known again only once data arrives.
+  Beam's ``ManualWatermarkEstimator`` carries the watermark (a custom estimator's watermark
+  did not advance on Flink 1.19 with Beam 2.70). A message whose
   timestamp is behind the watermark is emitted at the watermark: it is never dropped as
   late here; the counting core judges each event's lateness itself (SPEC section 2).
 * Messages without the attribute (or with an unreadable one) take their publish time.
@@ -37,17 +40,20 @@ watermark shapes follow Beam's own ``PeriodicImpulse`` (``apache_beam.transforms
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
 import apache_beam as beam
-from apache_beam.io.iobase import WatermarkEstimator
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
-from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from schemas.event import parse_event_time
+
+_LOG = logging.getLogger(__name__)
 
 
 def message_timestamp_us(attributes, publish_time_us: int, timestamp_attribute: str | None) -> int:
@@ -77,41 +83,6 @@ class _EndlessPulls(RestrictionProvider):
         return None  # on drain, stop pulling
 
 
-class EventTimeWatermark(WatermarkEstimator):
-    """Watermark state ``(watermark_us, newest_seen_us, idle_since_s)``; see the module doc."""
-
-    def __init__(self, state):
-        self._watermark_us, self._newest_us, self._idle_since_s = state
-
-    def observe_timestamp(self, timestamp) -> None:
-        pass  # moved explicitly by pulled() and idle()
-
-    def current_watermark(self) -> Timestamp:
-        return Timestamp(micros=self._watermark_us)
-
-    def get_estimator_state(self):
-        return self._watermark_us, self._newest_us, self._idle_since_s
-
-    def pulled(self, earliest_us: int, newest_us: int) -> None:
-        self._watermark_us = max(self._watermark_us, earliest_us)
-        self._newest_us = max(self._newest_us, newest_us)
-        self._idle_since_s = None
-
-    def idle(self, now_s: float, idle_s: float) -> None:
-        if self._idle_since_s is None:
-            self._idle_since_s = now_s
-        elif now_s - self._idle_since_s >= idle_s:
-            self._watermark_us = max(self._watermark_us, self._newest_us)
-
-
-class _EventTimeWatermarks(WatermarkEstimatorProvider):
-    def initial_estimator_state(self, element, restriction):
-        return MIN_TIMESTAMP.micros, MIN_TIMESTAMP.micros, None
-
-    def create_watermark_estimator(self, estimator_state):
-        return EventTimeWatermark(estimator_state)
-
-
 class _PullFn(beam.DoFn):
     def __init__(self, timestamp_attribute: str | None, max_messages: int, max_pull_s: float,
                  poll_s: float, idle_s: float) -> None:
@@ -124,6 +95,8 @@ class _PullFn(beam.DoFn):
         from google.cloud import pubsub_v1
 
         self._client = pubsub_v1.SubscriberClient()
+        self._newest_us = MIN_TIMESTAMP.micros  # newest message timestamp pulled by this worker
+        self._idle_since_s: float | None = None
 
     def teardown(self) -> None:
         if self._client is not None:
@@ -133,7 +106,7 @@ class _PullFn(beam.DoFn):
     def process(self, subscription: str,
                 bundle_finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam passes those by name
                 restriction_tracker=beam.DoFn.RestrictionParam(_EndlessPulls()),
-                watermark_estimator=beam.DoFn.WatermarkEstimatorParam(_EventTimeWatermarks())):
+                watermark_estimator=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())):
         started = time.monotonic()
         # Every bundle asks for finalization, even one that pulled nothing: Prism sends
         # FinalizeBundle for each bundle of the stage, which fails on a released one.
@@ -144,23 +117,33 @@ class _PullFn(beam.DoFn):
         while time.monotonic() - started < self._max_pull_s:
             received = self._pull(subscription)
             if not received:
-                watermark_estimator.idle(time.time(), self._idle_s)
+                self._idle(watermark_estimator)
                 resume_after = Duration(seconds=self._poll_s)
                 break
             if not restriction_tracker.try_claim(position):
                 resume_after = None  # the rest is split off; these go unacked and are redelivered
                 break
             position += 1
-            floor_us = watermark_estimator.current_watermark().micros
+            floor_us = _micros(watermark_estimator.current_watermark())
             times = []
             for m in received:
                 t = message_timestamp_us(m.message.attributes, _publish_us(m.message), self._timestamp_attribute)
                 times.append(t)
                 yield TimestampedValue(m.message.data, Timestamp(micros=max(t, floor_us)))
-            watermark_estimator.pulled(min(times), max(times))
+            _advance(watermark_estimator, min(times))
+            self._newest_us, self._idle_since_s = max(self._newest_us, max(times)), None
+            _LOG.debug("pulled %d messages from %s; watermark %s", len(received), subscription,
+                       watermark_estimator.current_watermark())
             acks.extend(m.ack_id for m in received)
         if resume_after is not None:
             restriction_tracker.defer_remainder(resume_after)
+
+    def _idle(self, watermark_estimator) -> None:
+        now = time.monotonic()
+        if self._idle_since_s is None:
+            self._idle_since_s = now
+        elif now - self._idle_since_s >= self._idle_s:
+            _advance(watermark_estimator, self._newest_us)
 
     def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
         for i in range(0, len(ack_ids), 2500):  # well under the 512 KiB request limit
@@ -174,6 +157,16 @@ class _PullFn(beam.DoFn):
                                      timeout=self._poll_s + 5).received_messages
         except DeadlineExceeded:
             return []
+
+
+def _micros(watermark) -> int:
+    return watermark.micros if watermark is not None else MIN_TIMESTAMP.micros
+
+
+def _advance(watermark_estimator, to_us: int) -> None:
+    """Move the watermark to ``to_us`` if that is ahead (it never goes back)."""
+    if to_us > _micros(watermark_estimator.current_watermark()):
+        watermark_estimator.set_watermark(Timestamp(micros=to_us))
 
 
 def _publish_us(message) -> int:

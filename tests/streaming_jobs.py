@@ -1,0 +1,96 @@
+"""Run ``pipelines.streaming`` as a real job process against the emulators, for runner tests.
+
+``Deployment`` holds one test's topic, subscription, table and folders; ``start_job``
+launches ``python -m pipelines.streaming`` in its own process group (so the Flink job
+server it starts dies with it), ``kill`` stops the group, ``publish`` replays flights
+with a manifest per call, ``converged`` compares the stored aggregates with the polars
+reference over every manifest so far.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from query.stats import StatsReader
+from viewcounts import provision, replay
+from viewcounts.reconcile import expected_aggregates, reconcile, stored_aggregates
+
+PROJECT, INSTANCE = "test-project", "test-instance"
+
+
+@dataclass
+class Deployment:
+    folder: str
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    manifests: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        provision.create_topic_and_subscription(PROJECT, self.topic, self.subscription)
+        provision.create_table(PROJECT, INSTANCE, self.table)
+
+    topic = property(lambda self: f"events-{self.name}")
+    subscription = property(lambda self: f"events-{self.name}-sub")
+    table = property(lambda self: f"t-{self.name}")
+
+    def job_flags(self, *extra: str) -> list[str]:
+        return [f"--input_subscription=projects/{PROJECT}/subscriptions/{self.subscription}",
+                f"--bigtable_project={PROJECT}", f"--bigtable_instance={INSTANCE}", f"--bigtable_table={self.table}",
+                f"--archive_path={self.folder}/archive", f"--dead_letter_path={self.folder}/dead-letters",
+                "--early_firing_s=2", "--archive_flush_s=5", *extra]
+
+    def start_job(self, *flags: str) -> subprocess.Popen:
+        log = open(f"{self.folder}/job-{len(glob.glob(f'{self.folder}/job-*.log'))}.log", "wb")
+        return subprocess.Popen([sys.executable, "-m", "pipelines.streaming", *self.job_flags(*flags)],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def publish(self, events: list[dict], plan: replay.ReplayPlan) -> dict:
+        manifest = f"{self.folder}/manifest-{len(self.manifests)}.jsonl"
+        self.manifests.append(manifest)
+        return replay.publish(events, PROJECT, self.topic, plan, manifest, progress=False)
+
+    def expected(self) -> dict:
+        merged = f"{self.folder}/manifest-all.jsonl"
+        with open(merged, "wb") as out:
+            for m in self.manifests:
+                with open(m, "rb") as f:
+                    out.write(f.read())
+        return expected_aggregates(merged)
+
+    def mismatches(self, expected: dict) -> list:
+        with StatsReader(PROJECT, INSTANCE, self.table) as reader:
+            return reconcile(expected, stored_aggregates(reader))
+
+    def converged(self, timeout_s: float, job: subprocess.Popen | None = None) -> tuple[list, float]:
+        """Wait until every aggregate equals the reference; returns (mismatches, seconds waited)."""
+        expected = self.expected()
+        started = time.monotonic()
+        while True:
+            mismatches = self.mismatches(expected)
+            if not mismatches or time.monotonic() - started > timeout_s:
+                return mismatches, time.monotonic() - started
+            if job is not None and job.poll() is not None:
+                raise AssertionError(f"the job exited with {job.returncode}; see {self.folder}/job-*.log")
+            time.sleep(1)
+
+
+def kill(job: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal the job's whole process group (the job process, its Flink job server, workers)."""
+    try:
+        os.killpg(job.pid, sig)
+    except ProcessLookupError:
+        pass
+    job.wait(timeout=60)
+
+
+def latest_checkpoint(checkpoint_dir: str) -> str | None:
+    """The newest completed retained checkpoint (``<dir>/<job id>/chk-N`` with ``_metadata``)."""
+    done = glob.glob(f"{checkpoint_dir}/*/chk-*/_metadata")
+    if not done:
+        return None
+    return os.path.dirname(max(done, key=lambda p: int(p.rsplit("chk-", 1)[1].split("/")[0])))

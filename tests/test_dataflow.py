@@ -1,0 +1,185 @@
+"""The streaming job as Dataflow receives it, and the Flex Template that launches it; offline.
+
+The job is built through the Flex Template launcher (``infra/dataflow/flex-template/main.py``,
+which selects the DataflowRunner) with ``--dry_run=True``: the runner translates the job
+(Dataflow overrides, portable proto, job type) and stops before any Google Cloud call. Beam's
+own ``DataflowApplicationClient`` then fills in the job request as ``create_job`` would,
+with ``stage_file`` keeping the staged files in memory instead of uploading them to GCS, and
+``--no_auth`` so it looks for no credentials. Nothing is submitted.
+
+The Flex Template files are checked against the code: the parameters in ``metadata.json``
+are flags ``CountingOptions`` declares, and the Dockerfile copies files that exist.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import tarfile
+
+import pytest
+import yaml
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.runners.dataflow.internal import apiclient
+from apache_beam.runners.dataflow.internal.clients import dataflow
+from apitools.base.py import encoding
+
+from pipelines.options import DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, CountingOptions
+from schemas import storage
+from tests.conftest import REPO
+
+FLEX_TEMPLATE = os.path.join(REPO, "infra", "dataflow", "flex-template")
+PROJECT = "viewcounts-test"
+BUCKET = "viewcounts-archive"  # infra/terraform var.archive_bucket
+# One valid value per template parameter, in infra/terraform's names; passed to the launcher
+# as the Flex Template launcher passes parameters (``--name=value``).
+PARAMETERS = {
+    "input_subscription": f"projects/{PROJECT}/subscriptions/{DEFAULT_SUBSCRIPTION}",
+    "dead_letter_topic": f"projects/{PROJECT}/topics/{DEFAULT_DEAD_LETTER_TOPIC}",
+    "dead_letter_path": f"gs://{BUCKET}/dead-letters",
+    "archive_path": f"gs://{BUCKET}/archive",
+    "bigtable_project": PROJECT,
+    "bigtable_instance": storage.DEFAULT_INSTANCE,
+    "bigtable_table": storage.DEFAULT_TABLE,
+    "metadata_path": f"gs://{BUCKET}/metadata/videos.jsonl",
+    "metadata_refresh_s": "300",
+    "allowed_lateness_s": "900",
+    "early_firing_s": "20",
+    "timestamp_attribute": "ts",
+}
+DATAFLOW_FLAGS = [f"--project={PROJECT}", "--region=us-central1", f"--temp_location=gs://{BUCKET}/dataflow/tmp",
+                  "--no_auth", "--dry_run=True"]
+
+
+def _counting_flags() -> dict[str, argparse.Action]:
+    """``CountingOptions``' own argparse actions by flag name (without ``--``)."""
+    parser = argparse.ArgumentParser()
+    CountingOptions._add_argparse_args(parser)
+    return {flag[2:]: action for action in parser._actions for flag in action.option_strings}
+
+
+def _setup_packages() -> list[str]:
+    """The ``packages=[...]`` of the ``setup()`` call in setup.py."""
+    with open(os.path.join(REPO, "setup.py")) as f:
+        tree = ast.parse(f.read())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    return ast.literal_eval(next(k.value for k in call.keywords if k.arg == "packages"))
+
+
+def _launcher():
+    """The Flex Template's ``main.py`` as a module, loaded from its file (its folder is no package)."""
+    spec = importlib.util.spec_from_file_location("flex_template_main", os.path.join(FLEX_TEMPLATE, "main.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def job_request(tmp_path_factory):
+    """``(job, staged)``: the Dataflow ``Job`` message the job request would carry, as JSON
+    (a dict), and the files staging would upload, ``{file name: bytes}``."""
+    source = tmp_path_factory.mktemp("source")  # the sdist writes an egg-info next to setup.py: not in the checkout
+    shutil.copy(os.path.join(REPO, "setup.py"), source)
+    for package in {p.split(".")[0] for p in _setup_packages()}:
+        shutil.copytree(os.path.join(REPO, package), source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    flags = [f"--{k}={v}" for k, v in PARAMETERS.items()] + DATAFLOW_FLAGS + [f"--setup_file={source / 'setup.py'}"]
+    job = _launcher().launch(flags).job
+    staged = {}
+
+    def stage_file(self, folder, name, stream, mime_type=None, total_size=None):
+        staged[name] = stream.read()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(apiclient.DataflowApplicationClient, "stage_file", stage_file)
+        apiclient.DataflowApplicationClient(job.options).create_job_description(job)
+    return json.loads(job.json()), staged
+
+
+def test_the_job_request_is_a_streaming_job_with_the_template_parameters(job_request):
+    job, staged = job_request
+    assert job["type"] == "JOB_TYPE_STREAMING"
+    environment = job["environment"]
+    assert environment["version"]["job_type"] == "FNAPI_STREAMING"
+    options = environment["sdkPipelineOptions"]["options"]
+    assert options["runner"] == "DataflowRunner" and options["streaming"] is True
+    flags = _counting_flags()
+    for name, value in PARAMETERS.items():
+        assert options[flags[name].dest] == (flags[name].type or str)(value), name
+    assert os.path.basename(options["pipelineUrl"]) in staged
+
+
+def test_the_staged_pipeline_reads_pubsub_natively_and_has_every_step(job_request):
+    _, staged = job_request
+    pipeline = beam_runner_api_pb2.Pipeline.FromString(staged["pipeline.pb"])
+    transforms = pipeline.components.transforms.values()
+    [read] = [t for t in transforms if t.spec.urn == common_urns.composites.PUBSUB_READ.urn]
+    payload = beam_runner_api_pb2.PubSubReadPayload.FromString(read.spec.payload)
+    assert (payload.subscription, payload.timestamp_attribute) == (PARAMETERS["input_subscription"], "ts")
+    [events] = read.outputs.values()
+    assert pipeline.components.pcollections[events].is_bounded == beam_runner_api_pb2.IsBounded.UNBOUNDED
+    steps = {t.unique_name for t in transforms}
+    assert {"read Pub/Sub", "count events/validate", "count events/dedup and lateness", "count events/windows",
+            "metadata refresh", "enrich", "write to Bigtable", "dead letters to Pub/Sub", "dead-letter files",
+            "raw archive files"} <= steps
+
+
+def test_workers_get_the_packages_setup_py_ships(job_request):
+    job, staged = job_request
+    [pool] = job["environment"]["workerPools"]
+    assert "workflow.tar.gz" in {p["name"] for p in pool["packages"]}
+    with tarfile.open(fileobj=io.BytesIO(staged["workflow.tar.gz"])) as sdist:
+        files = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    assert {f"{p.replace('.', '/')}/__init__.py" for p in _setup_packages()} <= files
+
+
+def test_flex_template_metadata_declares_job_flags_only():
+    with open(os.path.join(FLEX_TEMPLATE, "metadata.json")) as f:
+        text = f.read()
+    json.loads(text)
+    metadata = encoding.JsonToMessage(dataflow.TemplateMetadata, text)
+    assert metadata.all_unrecognized_fields() == [] and metadata.streaming
+    flags = _counting_flags()
+    for p in metadata.parameters:
+        assert p.name in flags, f"--{p.name} is no CountingOptions flag"
+        assert p.all_unrecognized_fields() == [] and p.label and p.helpText, p.name
+        assert all(re.fullmatch(r, PARAMETERS[p.name]) for r in p.regexes), p.name
+        if p.defaultValue is not None:
+            assert p.defaultValue == str(flags[p.name].default), p.name
+    names = [p.name for p in metadata.parameters]
+    assert sorted(names) == sorted(PARAMETERS)  # each once, and each sent to the job by the tests above
+    assert {p.name for p in metadata.parameters if not p.isOptional} == {"input_subscription", "bigtable_project"}
+
+
+def test_flex_template_image_copies_existing_files_and_every_package():
+    workdir, copied, env, runs = None, {}, {}, []
+    with open(os.path.join(FLEX_TEMPLATE, "Dockerfile")) as f:
+        for line in f:
+            if not line.strip() or line.startswith("#"):
+                continue
+            op, *args = shlex.split(line)
+            if op == "ARG" and args[0].startswith("WORKDIR="):
+                workdir = args[0].split("=", 1)[1]
+            elif op == "COPY":
+                source, target = args
+                assert os.path.exists(os.path.join(REPO, source)), source
+                copied[os.path.normpath(os.path.join(workdir, target if target != "." else os.path.basename(source)))] = source
+            elif op == "ENV":
+                name, value = args[0].split("=", 1)
+                env[name] = value.replace("${WORKDIR}", workdir)
+            elif op == "RUN":
+                runs.append(args)
+    assert copied[env["FLEX_TEMPLATE_PYTHON_PY_FILE"]] == "infra/dataflow/flex-template/main.py"
+    assert copied[env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"]] == "setup.py"
+    assert {p.split(".")[0] for p in _setup_packages()} <= {os.path.relpath(t, workdir) for t in copied}
+    assert copied[os.path.join(workdir, "requirements.lock")] == "requirements.lock"
+    assert ["pip", "install", "--no-cache-dir", "-r", "requirements.lock"] in runs
+    with open(os.path.join(FLEX_TEMPLATE, "cloudbuild.yaml")) as f:
+        [build] = yaml.safe_load(f)["steps"]
+    assert os.path.exists(os.path.join(REPO, build["args"][build["args"].index("-f") + 1]))

@@ -1,0 +1,83 @@
+"""The portable Pub/Sub source and sink (transforms/pubsub_io.py) against the emulator, on
+Prism and on an embedded Flink: every published message is read, with its event time
+from the timestamp attribute, and what the sink publishes arrives with its attributes."""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import apache_beam as beam
+import orjson
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.runners import runner_flags
+from transforms.pubsub_io import ReadFromPubSubPortable, WriteToPubSubPortable, message_timestamp_us
+from viewcounts import provision, replay
+
+pytestmark = [pytest.mark.slow, pytest.mark.emulator]
+PROJECT = "test-project"
+
+
+class _Record(beam.DoFn):
+    """Append ``(event time µs, payload)`` lines to ``path`` (LOOPBACK workers share this machine)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def process(self, payload: bytes, timestamp=beam.DoFn.TimestampParam):
+        with open(self._path, "ab") as f:
+            f.write(orjson.dumps([timestamp.micros, payload.decode()]) + b"\n")
+        yield payload, {"seen": "yes"}
+
+
+def _read(path: str) -> list:
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        return [orjson.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("runner", [pytest.param("prism", marks=pytest.mark.prism),
+                                    pytest.param("flink", marks=pytest.mark.flink)])
+def test_every_message_is_read_with_its_event_time_and_republished(runner, tmp_path, pubsub_host):
+    name = uuid.uuid4().hex[:8]
+    provision.create_topic_and_subscription(PROJECT, f"in-{name}", f"in-{name}-sub")
+    provision.create_topic_and_subscription(PROJECT, f"out-{name}", f"out-{name}-sub")
+    seen = str(tmp_path / "seen.jsonl")
+    options = PipelineOptions(runner_flags(runner))
+    options.view_as(StandardOptions).streaming = True
+    pipeline = beam.Pipeline(options=options)
+    (pipeline
+     | ReadFromPubSubPortable(f"projects/{PROJECT}/subscriptions/in-{name}-sub", "ts")
+     | beam.ParDo(_Record(seen))
+     | WriteToPubSubPortable(f"projects/{PROJECT}/topics/out-{name}"))
+    result = pipeline.run()
+    try:
+        events = [{"event_id": f"e{i}", "video_id": "v", "event_type": "view",
+                   "event_time": f"2013-01-01T{i // 60:02d}:{i % 60:02d}:00.5Z"} for i in range(200)]
+        plan = replay.ReplayPlan(time_mode="real", events_per_message=10)
+        replay.publish(events, PROJECT, f"in-{name}", plan, None, progress=False)
+        deadline = time.monotonic() + 180
+        while len(_read(seen)) < 20 and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        result.cancel()
+    got = _read(seen)
+    assert sorted(p for _, p in got) == sorted(orjson.dumps(b).decode() for b in replay.messages(events, 10))
+    for t_us, payload in got:  # the element's time is the message's earliest event time, to the ms
+        assert t_us == min(replay._time_us(e) for e in orjson.loads(payload)) // 1000 * 1000
+    from google.cloud import pubsub_v1
+
+    with pubsub_v1.SubscriberClient() as sub:
+        out = sub.pull(subscription=f"projects/{PROJECT}/subscriptions/out-{name}-sub", max_messages=100, timeout=30)
+    assert out.received_messages and all(m.message.attributes["seen"] == "yes" for m in out.received_messages)
+
+
+def test_timestamp_attribute_forms_and_fallback():
+    assert message_timestamp_us({"ts": "1356998400500"}, 7, "ts") == 1356998400500000
+    assert message_timestamp_us({"ts": "2013-01-01T00:00:00.5Z"}, 7, "ts") == 1356998400500000
+    assert message_timestamp_us({"ts": "not a time"}, 7, "ts") == 7
+    assert message_timestamp_us({}, 7, "ts") == 7
+    assert message_timestamp_us({"ts": "1"}, 7, None) == 7
