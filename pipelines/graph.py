@@ -27,10 +27,10 @@ def run_from_command_line(build_pipeline) -> None:
 
 
 def count_and_store(payloads, snapshots, policy: AcceptancePolicy, early_firing_s: int | None,
-                    sinks: SinkConfig, refreshing_metadata: bool = False) -> dict:
-    """``refreshing_metadata``: ``snapshots`` keeps producing (see ``LatestSnapshot``)."""
+                    sinks: SinkConfig, triggered_metadata: bool = False) -> dict:
+    """``triggered_metadata``: re-fire the metadata side input on every snapshot (see ``LatestSnapshot``)."""
     counted = payloads | "count events" >> CountEvents(policy, early_firing_s)
-    latest = snapshots | "latest metadata" >> LatestSnapshot(refreshing_metadata)
+    latest = snapshots | "latest metadata" >> LatestSnapshot(triggered_metadata)
     write_failures = (counted[ROWS]
                       | "enrich" >> beam.ParDo(Enrich(), beam.pvalue.AsList(latest))
                       | "write to Bigtable" >> beam.ParDo(WriteAggregates(

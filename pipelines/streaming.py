@@ -77,7 +77,8 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     pipeline = beam.Pipeline(options=options)
     snapshots = metadata_snapshots(pipeline, o.metadata_path, refresh_s)
     count_and_store(read_events(pipeline, runner, o), snapshots, policy_of(o, check_age=o.check_event_age),
-                    o.early_firing_s, sinks_of(o), refreshing_metadata=bool(refresh_s))
+                    o.early_firing_s, sinks_of(o),
+                    triggered_metadata=bool(refresh_s) or runners.trigger_read_once_side_input(runner))
     return pipeline
 
 

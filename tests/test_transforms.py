@@ -218,6 +218,27 @@ def test_aggregate_fn_never_mutates_and_avg_uses_value_count():
     assert Aggregate(1, 0, 0.0, None, None).avg is None
 
 
+def test_a_pane_of_no_events_writes_no_row():
+    from apache_beam.transforms.window import IntervalWindow
+    from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+
+    from transforms.aggregate import _ToRow
+
+    win, pane = IntervalWindow(60, 120), PaneInfo(False, True, PaneInfoTiming.ON_TIME, 1, 0)
+    to_row = _ToRow("minute")
+    assert list(to_row.process((("V", "t"), AggregateFn().create_accumulator()), win, pane)) == []
+    (row,) = to_row.process((("V", "t"), Aggregate(2, 1, 5.0, 5.0, 5.0)), win, pane)
+    assert (row.window_start_s, row.aggregate.count, row.pane_index) == (60, 2, 1)
+
+
+def test_enrich_sees_a_new_snapshot_in_a_list_of_the_same_length():
+    row = AggregateRow("V1", "view", "minute", 0, Aggregate(1, 0, 0.0, None, None), 0, 1000)
+    fn = Enrich()
+    fn.start_bundle()
+    assert next(fn.process(row, [(1, {"V1": ("Old", "C")})])).title == "Old"
+    assert next(fn.process(row, [(2, {"V1": ("New", "C")})])).title == "New"
+
+
 class _E:
     def __init__(self, value):
         self.video_id, self.event_type, self.value = "V", "t", value

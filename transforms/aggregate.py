@@ -94,6 +94,11 @@ class _ToRow(beam.DoFn):
 
     def process(self, element, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         (video_id, event_type), agg = element
+        if agg.count == 0:
+            # A pane of no events: a window only exists because events came, so this is a
+            # runner firing over an empty buffer (seen on Flink when the watermark passes a
+            # window's end + allowed lateness). Written, it would overwrite the real totals.
+            return
         yield AggregateRow(video_id, event_type, self._granularity, int(win.start.micros // 1_000_000),
                            agg, pane.index, PaneClock.now_us())
 

@@ -63,19 +63,19 @@ class LatestSnapshot(beam.PTransform):
     """``PCollection[(version, dict)]`` -> the newest ``(version, dict)`` in the global
     window; pass it to ``Enrich`` as ``beam.pvalue.AsList``.
 
-    ``refreshing=True`` (snapshots keep coming: ``PeriodicImpulse``, a test stream) re-fires
-    the newest snapshot on every new one, Beam's slowly-updating side input pattern.
-    ``refreshing=False`` (a snapshot read once) fires once, when its input ends: Prism
-    rejects triggered global-window side inputs on unbounded pipelines
-    (https://github.com/apache/beam/issues/31438), and a read-once snapshot needs no trigger.
+    ``triggered=True`` re-fires the newest snapshot on every new one, Beam's slowly-updating
+    side input pattern (needed when snapshots keep coming: ``PeriodicImpulse``, a test
+    stream). ``triggered=False`` fires once, when its bounded input ends: Prism rejects
+    triggered global-window side inputs on unbounded pipelines
+    (https://github.com/apache/beam/issues/31438); ``pipelines.runners`` says which runner gets which.
     """
 
-    def __init__(self, refreshing: bool) -> None:
+    def __init__(self, triggered: bool) -> None:
         super().__init__()
-        self._refreshing = refreshing
+        self._triggered = triggered
 
     def expand(self, snapshots):
-        if self._refreshing:
+        if self._triggered:
             snapshots = snapshots | beam.WindowInto(window.GlobalWindows(),
                                                     trigger=trigger.Repeatedly(trigger.AfterCount(1)),
                                                     accumulation_mode=trigger.AccumulationMode.ACCUMULATING)

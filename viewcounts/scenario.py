@@ -137,10 +137,10 @@ def run_case(case: dict, runner: str = "local") -> dict:
         pipeline = beam.Pipeline(options=options)
         stream = pipeline | "case steps" >> build_test_stream(case)
         if runners.triggered_side_inputs(runner):
-            snapshots, refreshing = stream[METADATA], True
+            snapshots, triggered = stream[METADATA], True
         else:
-            snapshots, refreshing = pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner)), False
-        count_and_store(stream[PAYLOADS], snapshots, policy, early_firing_s, sinks, refreshing_metadata=refreshing)
+            snapshots, triggered = pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner)), False
+        count_and_store(stream[PAYLOADS], snapshots, policy, early_firing_s, sinks, triggered_metadata=triggered)
         result = pipeline.run()
         result.wait_until_finish()
         counters = metrics.committed_counters(result)
