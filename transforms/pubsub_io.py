@@ -21,8 +21,9 @@ Semantics:
   nothing to pull it moves to the newest timestamp this worker has pulled, so the last
   windows close when a stream pauses or ends (a replay of 2013 data never sees the wall
   clock); after a restore that newest timestamp is known again only once data arrives.
-  Beam's ``ManualWatermarkEstimator`` carries the watermark (a custom estimator's watermark
-  did not advance on Flink 1.19 with Beam 2.70). A message whose
+  Beam's ``ManualWatermarkEstimator`` carries it. Known gap: on an embedded Flink and on
+  Prism the windows downstream do not see it advance (the estimator does), so only early
+  panes fire there; see the issue 4 note. A message whose
   timestamp is behind the watermark is emitted at the watermark: it is never dropped as
   late here; the counting core judges each event's lateness itself (SPEC section 2).
 * Messages without the attribute (or with an unreadable one) take their publish time.
