@@ -132,8 +132,3 @@ def trigger_read_once_side_input(runner: str) -> bool:
     the trigger) nor on Flink (a side input that is not ready at once makes Beam 2.70's Flink
     runner hold main input back, and that held-back input fails to checkpoint)."""
     return runner == "local"
-
-
-def restartable(runner: str) -> bool:
-    """Runners whose jobs restore from checkpoints or savepoints (or update in place)."""
-    return runner in ("flink", "dataflow")

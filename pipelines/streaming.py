@@ -30,18 +30,15 @@ def _with_arrival_time(data: bytes) -> tuple[bytes, int]:
 def metadata_snapshots(pipeline: beam.Pipeline, metadata_path: str | None, refresh_s: int | None):
     """The enrichment snapshots ``(version, dict)``.
 
-    With ``refresh_s``: ``PeriodicImpulse`` re-reads the file every ``refresh_s`` seconds
-    (version: the firing time in µs; an empty snapshot without a path). This is also what
-    keeps the side input alive across a restore from a checkpoint or savepoint on Flink: a
-    restored job never sees a one-off source's end again, so a read-once side input would
-    never become ready and every pane would wait for it.
-    Without ``refresh_s``: the file read once at start (version 0), or no snapshot at all.
+    With a path and ``refresh_s``: ``PeriodicImpulse`` re-reads the file every ``refresh_s``
+    seconds (version: the firing time in µs). With a path only: the file read once at start
+    (version 0). Without a path: no snapshot at all.
     """
-    if refresh_s:
+    if metadata_path and refresh_s:
         from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
         def snapshot(fired, path=metadata_path):  # fired: the firing time, a Timestamp or float seconds
-            return Timestamp.of(fired).micros, read_snapshot_file(path) if path else {}
+            return Timestamp.of(fired).micros, read_snapshot_file(path)
 
         return pipeline | "metadata refresh" >> PeriodicImpulse(fire_interval=refresh_s) | "re-read metadata" >> beam.Map(snapshot)
     paths = [metadata_path] if metadata_path else []
@@ -70,15 +67,15 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     if not o.input_subscription:
         raise ValueError("--input_subscription is required")
     runner = runners.prepare(options)
-    refresh_s = o.metadata_refresh_s if runners.periodic_impulse(runner) else None
-    if o.metadata_refresh_s and refresh_s is None:
+    if o.metadata_refresh_s and not runners.periodic_impulse(runner):
         raise ValueError(f"--metadata_refresh_s needs PeriodicImpulse and triggered side inputs; "
                          f"the {runner} runner lacks them")
     pipeline = beam.Pipeline(options=options)
-    snapshots = metadata_snapshots(pipeline, o.metadata_path, refresh_s)
+    snapshots = metadata_snapshots(pipeline, o.metadata_path, o.metadata_refresh_s)
+    refreshing = bool(o.metadata_path and o.metadata_refresh_s)
     count_and_store(read_events(pipeline, runner, o), snapshots, policy_of(o, check_age=o.check_event_age),
                     o.early_firing_s, sinks_of(o),
-                    triggered_metadata=bool(refresh_s) or runners.trigger_read_once_side_input(runner))
+                    triggered_metadata=refreshing or runners.trigger_read_once_side_input(runner))
     return pipeline
 
 
