@@ -114,6 +114,16 @@ def native_pubsub(runner: str) -> bool:
     return runner in ("local", "dataflow")
 
 
+def pull_pacing(runner: str) -> dict[str, float]:
+    """``ReadFromPubSubPortable`` pacing on ``runner``: ``max_pull_s`` of pulling per bundle and
+    ``pause_s`` between bundles. On Flink the pause must outlast one bundle-check period
+    (``--max_bundle_time_ms``, 1 s) or the source's watermark is never published (see
+    ``transforms.pubsub_io``); longer bundles keep the share of time spent pulling at 2/3."""
+    if runner == "flink":
+        return {"max_pull_s": 3.0, "pause_s": 1.5}
+    return {}
+
+
 def periodic_impulse(runner: str) -> bool:
     """Refreshing metadata needs ``PeriodicImpulse`` (fails on the BundleBasedDirectRunner,
     DESIGN.md) and a triggered side input (rejected by Prism)."""

@@ -56,7 +56,7 @@ def read_events(pipeline: beam.Pipeline, runner: str, o: CountingOptions):
     elif runners.native_pubsub(runner):
         source = beam.io.ReadFromPubSub(subscription=o.input_subscription, timestamp_attribute=o.timestamp_attribute)
     else:
-        source = ReadFromPubSubPortable(o.input_subscription, o.timestamp_attribute)
+        source = ReadFromPubSubPortable(o.input_subscription, o.timestamp_attribute, **runners.pull_pacing(runner))
     return pipeline | "read Pub/Sub" >> source | "arrival time" >> beam.Map(_with_arrival_time)
 
 

@@ -17,11 +17,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import orjson
+
 from query.stats import StatsReader
+from schemas.archive import local_lines
 from viewcounts import provision, replay
 from viewcounts.reconcile import expected_aggregates, reconcile, stored_aggregates
 
 PROJECT, INSTANCE = "test-project", "test-instance"
+ARCHIVE_FLUSH_S = 5
 
 
 @dataclass
@@ -42,7 +46,7 @@ class Deployment:
         return [f"--input_subscription=projects/{PROJECT}/subscriptions/{self.subscription}",
                 f"--bigtable_project={PROJECT}", f"--bigtable_instance={INSTANCE}", f"--bigtable_table={self.table}",
                 f"--archive_path={self.folder}/archive", f"--dead_letter_path={self.folder}/dead-letters",
-                "--early_firing_s=2", "--archive_flush_s=5", *extra]
+                "--early_firing_s=2", f"--archive_flush_s={ARCHIVE_FLUSH_S}", *extra]
 
     def start_job(self, *flags: str) -> subprocess.Popen:
         log = open(f"{self.folder}/job-{len(glob.glob(f'{self.folder}/job-*.log'))}.log", "wb")
@@ -77,6 +81,19 @@ class Deployment:
             if job is not None and job.poll() is not None:
                 raise AssertionError(f"the job exited with {job.returncode}; see {self.folder}/job-*.log")
             time.sleep(1)
+
+
+def archive_gap(folder: str, events: list[dict], plan: replay.ReplayPlan, flush_s: int) -> tuple[int, int]:
+    """``(missing, due)``: how many event ids the raw archive should hold by now, and how many
+    of them it lacks. Due are the events of every message whose archive window (``flush_s``
+    seconds from its timestamp attribute) ends by the source's final watermark, the latest
+    timestamp attribute: after the stream goes idle the watermark stops there."""
+    batches = list(replay.messages(events, plan.events_per_message))
+    stamps = [int(replay.timestamp_attributes(b)[replay.DEFAULT_TIMESTAMP_ATTRIBUTE]) for b in batches]
+    due = {e["event_id"] for b, ts in zip(batches, stamps) if ts - ts % (flush_s * 1000) + flush_s * 1000 <= max(stamps)
+           for e in b}
+    archived = {orjson.loads(line)["event_id"] for line in local_lines(f"{folder}/archive")}
+    return len(due - archived), len(due)
 
 
 def kill(job: subprocess.Popen, sig: int = signal.SIGKILL) -> None:

@@ -13,7 +13,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.runners import runner_flags
-from transforms.pubsub_io import ReadFromPubSubPortable, WriteToPubSubPortable, message_timestamp_us
+from transforms.pubsub_io import PullWatermark, ReadFromPubSubPortable, WriteToPubSubPortable, message_timestamp_us
 from viewcounts import provision, replay
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulator]
@@ -81,3 +81,20 @@ def test_timestamp_attribute_forms_and_fallback():
     assert message_timestamp_us({"ts": "not a time"}, 7, "ts") == 7
     assert message_timestamp_us({}, 7, "ts") == 7
     assert message_timestamp_us({"ts": "1"}, 7, None) == 7
+
+
+def test_pull_watermark_follows_pulls_and_jumps_after_idle_from_its_state_alone():
+    w = PullWatermark(None)
+    w.pulled([300, 100, 200])
+    assert w.current_watermark().micros == 100
+    w.pulled([50])  # never backwards
+    assert w.current_watermark().micros == 100
+    resumed = PullWatermark(w.get_estimator_state())  # another worker, or a restored job
+    resumed.empty(1000.0, idle_s=5)
+    resumed.empty(1004.0, idle_s=5)
+    assert resumed.current_watermark().micros == 100
+    resumed.empty(1005.0, idle_s=5)
+    assert resumed.current_watermark().micros == 300  # the newest timestamp pulled
+    resumed.pulled([150, 500])
+    resumed.empty(2000.0, idle_s=5)
+    assert resumed.current_watermark().micros == 300  # the idle clock restarted with the data

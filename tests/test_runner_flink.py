@@ -17,7 +17,7 @@ import pytest
 
 from pipelines.runners import runner_flags
 from query.stats import StatsReader
-from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, kill, latest_checkpoint
+from tests.streaming_jobs import ARCHIVE_FLUSH_S, INSTANCE, PROJECT, Deployment, archive_gap, kill, latest_checkpoint
 from viewcounts import replay
 from viewcounts.flink import FlinkCluster
 
@@ -68,10 +68,15 @@ def test_historical_replay_equals_the_reference(deployment, tmp_path, on_cluster
     job = deployment.start_job("--no_event_age_check", *runner_flags("flink", flink_master=master,
                                                                      checkpoint_dir=str(tmp_path / "checkpoints")))
     try:
-        figures = deployment.publish(_flights(3000), HISTORICAL)
+        events = _flights(3000)
+        figures = deployment.publish(events, HISTORICAL)
         mismatches, waited = deployment.converged(CONVERGE_S, job)
         assert mismatches == [], mismatches[:5]
         print(f"Flink {master}: {figures['published']} events, every aggregate equal {waited:.1f} s after publishing")
+        # the event-time watermark reaches the archive's windows: every event behind it is on file
+        due = _wait_for(lambda: (lambda missing, due: missing == 0 and due)(*archive_gap(
+            deployment.folder, events, HISTORICAL, ARCHIVE_FLUSH_S)), 60, "the raw archive behind the watermark")
+        print(f"the raw archive holds all {due} event ids behind the final watermark")
     finally:
         if cluster:
             for job_id in cluster.running_jobs():

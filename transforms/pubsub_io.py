@@ -18,12 +18,11 @@ Semantics:
   the earliest event time it carries (milliseconds since the epoch, or RFC 3339), as
   Java's ``PubsubIO.withTimestampAttribute`` expects. After each pull the watermark moves to
   the earliest timestamp of that pull (never backwards). After ``idle_s`` seconds with
-  nothing to pull it moves to the newest timestamp this worker has pulled, so the last
-  windows close when a stream pauses or ends (a replay of 2013 data never sees the wall
-  clock); after a restore that newest timestamp is known again only once data arrives.
-  Beam's ``ManualWatermarkEstimator`` carries it. Known gap: on an embedded Flink and on
-  Prism the windows downstream do not see it advance (the estimator does), so only early
-  panes fire there; see the issue 4 note. A message whose
+  nothing to pull it moves to the newest timestamp pulled so far, so every window before
+  the last message's closes when a stream pauses or ends (a replay of 2013 data never sees
+  the wall clock; Java's ``PubsubIO`` jumps to the wall clock instead, which would make the
+  rest of a paused replay late). ``PullWatermark`` keeps this in the restriction's
+  estimator state, so it survives a change of worker and a restore. A message whose
   timestamp is behind the watermark is emitted at the watermark: it is never dropped as
   late here; the counting core judges each event's lateness itself (SPEC section 2).
 * Messages without the attribute (or with an unreadable one) take their publish time.
@@ -35,7 +34,13 @@ may publish a message twice). It replaces Beam's ``WriteToPubSub``, which Prism 
 
 The restriction is an endless offset range with one position claimed per pull; the DoFn
 checkpoints itself (``defer_remainder``) after ``max_pull_s`` of pulling or on an empty
-pull, which is when the runner commits the bundle. Pulls use the synchronous ``Pull`` RPC
+pull, which is when the runner commits the bundle, and resumes ``pause_s`` later at the
+earliest. The pause is what lets Beam 2.70's Flink runner publish the watermark at all: its
+``ExecutableStageDoFnOperator`` counts the residual's watermark hold as an event-time timer
+of the bundle, so it defers the watermark update to a processing-time callback, and that
+callback emits nothing while a bundle is in progress. Resuming at once starts the next
+bundle first, every time, and the watermark never leaves the minimum; resuming after more
+than one bundle-check period (``--max_bundle_time_ms``, 1 s by default) lets it through. Pulls use the synchronous ``Pull`` RPC
 of ``google-cloud-pubsub`` (honours ``PUBSUB_EMULATOR_HOST``). The restriction and
 watermark shapes follow Beam's own ``PeriodicImpulse`` (``apache_beam.transforms.periodicsequence``).
 """
@@ -47,8 +52,8 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
-from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.io.iobase import WatermarkEstimator
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
@@ -84,20 +89,61 @@ class _EndlessPulls(RestrictionProvider):
         return None  # on drain, stop pulling
 
 
+class PullWatermark(WatermarkEstimator):
+    """The source's watermark and what its idle rule needs, kept in the splittable DoFn's
+    estimator state, so whichever worker resumes the restriction (or a job restored from a
+    checkpoint) carries on from it. State: ``(watermark µs, newest timestamp pulled µs,
+    epoch seconds since the pulls came back empty, or None)``."""
+
+    def __init__(self, state) -> None:
+        self._watermark_us, self._newest_us, self._empty_since_s = state or (MIN_TIMESTAMP.micros,
+                                                                             MIN_TIMESTAMP.micros, None)
+
+    def observe_timestamp(self, timestamp) -> None:
+        pass
+
+    def current_watermark(self) -> Timestamp:
+        return Timestamp(micros=self._watermark_us)
+
+    def get_estimator_state(self):
+        return self._watermark_us, self._newest_us, self._empty_since_s
+
+    def pulled(self, timestamps_us: list[int]) -> None:
+        """A non-empty pull: the watermark moves to its earliest timestamp (never back)."""
+        self._watermark_us = max(self._watermark_us, min(timestamps_us))
+        self._newest_us = max(self._newest_us, max(timestamps_us))
+        self._empty_since_s = None
+
+    def empty(self, now_s: float, idle_s: float) -> None:
+        """An empty pull: after ``idle_s`` seconds of them the watermark moves to the newest
+        timestamp pulled."""
+        if self._empty_since_s is None:
+            self._empty_since_s = now_s
+        elif now_s - self._empty_since_s >= idle_s:
+            self._watermark_us = max(self._watermark_us, self._newest_us)
+
+
+class _PullWatermarkProvider(WatermarkEstimatorProvider):
+    def initial_estimator_state(self, element, restriction):
+        return None
+
+    def create_watermark_estimator(self, estimator_state) -> PullWatermark:
+        return PullWatermark(estimator_state)
+
+
 class _PullFn(beam.DoFn):
     def __init__(self, timestamp_attribute: str | None, max_messages: int, max_pull_s: float,
-                 poll_s: float, idle_s: float) -> None:
+                 poll_s: float, idle_s: float, pause_s: float) -> None:
         self._timestamp_attribute = timestamp_attribute
         self._max_messages, self._max_pull_s = max_messages, max_pull_s
-        self._poll_s, self._idle_s = poll_s, idle_s
+        self._poll_s, self._idle_s, self._pause_s = poll_s, idle_s, pause_s
         self._client = None
 
     def setup(self) -> None:
         from google.cloud import pubsub_v1
 
         self._client = pubsub_v1.SubscriberClient()
-        self._newest_us = MIN_TIMESTAMP.micros  # newest message timestamp pulled by this worker
-        self._idle_since_s: float | None = None
+        self._pulled, self._reported_s = 0, time.monotonic()
 
     def teardown(self) -> None:
         if self._client is not None:
@@ -107,44 +153,43 @@ class _PullFn(beam.DoFn):
     def process(self, subscription: str,
                 bundle_finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam passes those by name
                 restriction_tracker=beam.DoFn.RestrictionParam(_EndlessPulls()),
-                watermark_estimator=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())):
+                watermark=beam.DoFn.WatermarkEstimatorParam(_PullWatermarkProvider())):
         started = time.monotonic()
         # Every bundle asks for finalization, even one that pulled nothing: Prism sends
         # FinalizeBundle for each bundle of the stage, which fails on a released one.
         acks: list[str] = []
         bundle_finalizer.register(lambda: self._acknowledge(subscription, acks))
         position = restriction_tracker.current_restriction().start
-        resume_after = Duration(seconds=0)
+        resume_after = Duration(seconds=self._pause_s)
         while time.monotonic() - started < self._max_pull_s:
             received = self._pull(subscription)
             if not received:
-                self._idle(watermark_estimator)
-                resume_after = Duration(seconds=self._poll_s)
+                watermark.empty(time.time(), self._idle_s)
+                resume_after = Duration(seconds=max(self._poll_s, self._pause_s))
                 break
             if not restriction_tracker.try_claim(position):
                 resume_after = None  # the rest is split off; these go unacked and are redelivered
                 break
             position += 1
-            floor_us = _micros(watermark_estimator.current_watermark())
+            floor_us = watermark.current_watermark().micros
             times = []
             for m in received:
                 t = message_timestamp_us(m.message.attributes, _publish_us(m.message), self._timestamp_attribute)
                 times.append(t)
                 yield TimestampedValue(m.message.data, Timestamp(micros=max(t, floor_us)))
-            _advance(watermark_estimator, min(times))
-            self._newest_us, self._idle_since_s = max(self._newest_us, max(times)), None
-            _LOG.debug("pulled %d messages from %s; watermark %s", len(received), subscription,
-                       watermark_estimator.current_watermark())
+            watermark.pulled(times)
+            self._pulled += len(received)
             acks.extend(m.ack_id for m in received)
+        self._report(subscription, watermark)
         if resume_after is not None:
             restriction_tracker.defer_remainder(resume_after)
 
-    def _idle(self, watermark_estimator) -> None:
-        now = time.monotonic()
-        if self._idle_since_s is None:
-            self._idle_since_s = now
-        elif now - self._idle_since_s >= self._idle_s:
-            _advance(watermark_estimator, self._newest_us)
+    def _report(self, subscription: str, watermark: PullWatermark, every_s: float = 30.0) -> None:
+        """An INFO line at most every ``every_s`` seconds: messages this worker pulled, watermark."""
+        if time.monotonic() - self._reported_s >= every_s:
+            self._reported_s = time.monotonic()
+            _LOG.info("%s: %d messages pulled by this worker; watermark %s", subscription, self._pulled,
+                      watermark.current_watermark())
 
     def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
         for i in range(0, len(ack_ids), 2500):  # well under the 512 KiB request limit
@@ -160,16 +205,6 @@ class _PullFn(beam.DoFn):
             return []
 
 
-def _micros(watermark) -> int:
-    return watermark.micros if watermark is not None else MIN_TIMESTAMP.micros
-
-
-def _advance(watermark_estimator, to_us: int) -> None:
-    """Move the watermark to ``to_us`` if that is ahead (it never goes back)."""
-    if to_us > _micros(watermark_estimator.current_watermark()):
-        watermark_estimator.set_watermark(Timestamp(micros=to_us))
-
-
 def _publish_us(message) -> int:
     published = message.publish_time
     return int(published.timestamp() * 1_000_000) if published else time.time_ns() // 1000
@@ -180,14 +215,16 @@ class ReadFromPubSubPortable(beam.PTransform):
 
     ``max_messages`` per pull (Pub/Sub allows up to 1,000), ``max_pull_s`` seconds of
     pulling per bundle, ``poll_s`` seconds between pulls when the subscription is empty,
-    ``idle_s`` seconds of emptiness before the watermark jumps to the newest timestamp seen.
+    ``idle_s`` seconds of emptiness before the watermark jumps to the newest timestamp seen,
+    ``pause_s`` seconds at least between two bundles of pulls (see the module docstring;
+    ``pipelines.runners.pull_pacing`` gives the values per runner).
     """
 
     def __init__(self, subscription: str, timestamp_attribute: str | None = None, max_messages: int = 1000,
-                 max_pull_s: float = 1.0, poll_s: float = 0.5, idle_s: float = 5.0) -> None:
+                 max_pull_s: float = 1.0, poll_s: float = 0.5, idle_s: float = 5.0, pause_s: float = 0.0) -> None:
         super().__init__()
         self._subscription = subscription
-        self._fn = _PullFn(timestamp_attribute, max_messages, max_pull_s, poll_s, idle_s)
+        self._fn = _PullFn(timestamp_attribute, max_messages, max_pull_s, poll_s, idle_s, pause_s)
 
     def expand(self, pbegin):
         return (pbegin
