@@ -16,6 +16,7 @@ Prism and Flink read Pub/Sub through ``transforms.pubsub_io.ReadFromPubSubPortab
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -42,6 +43,7 @@ class FlinkJobOptions(PipelineOptions):
                             help="keep checkpoints after the job ends, to restore from")
         parser.add_argument("--retain_externalized_checkpoints_on_cancellation", action="store_true", default=None)
         parser.add_argument("--savepoint_path", default=None, help="savepoint or retained checkpoint to start from")
+        parser.add_argument("--flink_conf_dir", default=None, help="folder with a flink-conf.yaml for the job")
         parser.add_argument("--fail_on_checkpointing_errors", type=lambda v: v.lower() == "true", default=None,
                             help="false: a declined checkpoint does not fail the job")
 
@@ -85,11 +87,23 @@ def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_inter
             flags += ["--state_backend=filesystem", f"--state_backend_storage_path=file://{checkpoint_dir}",
                       "--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation"]
         if savepoint_path:
-            flags += [f"--savepoint_path={savepoint_path}"]
+            flags += _restore_flags(flink_master, savepoint_path)
         return flags
     if runner == "dataflow":
         return ["--runner=DataflowRunner"]
     raise ValueError(f"unknown runner {runner!r}; one of {', '.join(RUNNERS)}")
+
+
+def _restore_flags(flink_master: str, savepoint_path: str) -> list[str]:
+    """Flags that start a Flink job from a savepoint or retained checkpoint. Beam 2.70 honours
+    ``--savepoint_path`` only for a remote master (``FlinkExecutionEnvironments``); an
+    embedded Flink reads the same setting from a configuration folder, written here."""
+    if flink_master != "[local]":
+        return [f"--savepoint_path={savepoint_path}"]
+    conf_dir = tempfile.mkdtemp(prefix="flink-conf-")
+    with open(os.path.join(conf_dir, "flink-conf.yaml"), "w") as f:
+        f.write(f"execution.savepoint.path: {savepoint_path}\n")
+    return [f"--flink_conf_dir={conf_dir}"]
 
 
 def runner_of(options: PipelineOptions) -> str:
