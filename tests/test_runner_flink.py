@@ -3,9 +3,9 @@ a session cluster from the apache-flink wheels, with checkpoints, replaying flig
 their real 2013 times; every stored minute and hour aggregate is compared with the polars
 reference over the replay manifests (no loss, no double count).
 
-The session-cluster replay, restores (after a kill, from a retained checkpoint; after
-stop-with-savepoint) and the refreshing side input are written as tests but do not pass
-reliably yet (xfail, not run; the reasons are on each). ``make runners`` builds what these tests need.
+Restores: after a kill, from the last retained checkpoint (embedded); after
+stop-with-savepoint (session cluster). The refreshing side input does not work on Flink
+yet (xfail, not run; the reason is on it). ``make runners`` builds what these tests need.
 """
 from __future__ import annotations
 
@@ -57,11 +57,7 @@ def _some_rows(d: Deployment) -> bool:
         return next(iter(reader.all_cells()), None) is not None
 
 
-@pytest.mark.parametrize("on_cluster", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(run=False, reason="flaky: converged in 1 of 3 runs (204 s); in the "
-                                               "others the job wrote nothing or part: open, see the issue 4 note")),
-], ids=["embedded", "session-cluster"])
+@pytest.mark.parametrize("on_cluster", [False, True], ids=["embedded", "session-cluster"])
 def test_historical_replay_equals_the_reference(deployment, tmp_path, on_cluster, request):
     cluster = request.getfixturevalue("cluster") if on_cluster else None
     master = cluster.master if cluster else "[local]"
@@ -84,8 +80,6 @@ def test_historical_replay_equals_the_reference(deployment, tmp_path, on_cluster
         kill(job)
 
 
-@pytest.mark.xfail(run=False, reason="in most runs the first job writes no aggregates in 240 s, or the restored one "
-                   "writes only part: open, see the issue 4 note")
 def test_killed_job_restored_from_its_last_checkpoint_counts_exactly_once(deployment, tmp_path):
     events = _flights(3000)
     half = len(events) // 2
@@ -109,8 +103,6 @@ def test_killed_job_restored_from_its_last_checkpoint_counts_exactly_once(deploy
         kill(job)
 
 
-@pytest.mark.xfail(run=False, reason="exact in 1 of 3 runs (after empty panes stopped being written); in the others "
-                   "aggregates were missing: open, see the issue 4 note")
 def test_stop_with_savepoint_and_resume_on_a_session_cluster(deployment, cluster, tmp_path):
     events = _flights(3000)
     half = len(events) // 2
@@ -135,9 +127,9 @@ def test_stop_with_savepoint_and_resume_on_a_session_cluster(deployment, cluster
         kill(job)
 
 
-@pytest.mark.xfail(run=False, reason="on Flink (Beam 2.70) later panes keep the first snapshot's title: the "
-                   "triggered global-window side input is not updated; with checkpoints the held-back main input "
-                   "fails to snapshot (ClassCastException): open, see the issue 4 note")
+@pytest.mark.xfail(run=False, reason="Beam 2.70's Flink runner delivers the triggered global-window side input "
+                   "once: the snapshot stage fires a pane per refresh, but the enriching stage keeps reading the "
+                   "first one (open, see the issue 4 note)")
 def test_metadata_refresh_reaches_later_panes(deployment, tmp_path):
     metadata = tmp_path / "metadata.jsonl"
 
