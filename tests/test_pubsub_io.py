@@ -83,18 +83,24 @@ def test_timestamp_attribute_forms_and_fallback():
     assert message_timestamp_us({"ts": "1"}, 7, None) == 7
 
 
-def test_pull_watermark_follows_pulls_and_jumps_after_idle_from_its_state_alone():
+def test_pull_watermark_holds_the_earliest_of_the_sample_period_and_jumps_after_idle():
     w = PullWatermark(None)
-    w.pulled([300, 100, 200])
+    w.pulled([300, 100, 200], now_s=1000.0, sample_s=60)
     assert w.current_watermark().micros == 100
-    w.pulled([50])  # never backwards
+    w.pulled([500, 400], now_s=1010.0, sample_s=60)  # a later pull does not pass an earlier one's minimum
     assert w.current_watermark().micros == 100
+    w.pulled([50], now_s=1020.0, sample_s=60)  # never backwards
+    assert w.current_watermark().micros == 100
+    w.pulled([600], now_s=1065.0, sample_s=60)  # the first pull left the sample period
+    assert w.current_watermark().micros == 100  # the 50 of 1020 still holds (under the watermark)
+    w.pulled([700], now_s=1081.0, sample_s=60)
+    assert w.current_watermark().micros == 600  # the earliest of the pulls of the last 60 s
     resumed = PullWatermark(w.get_estimator_state())  # another worker, or a restored job
-    resumed.empty(1000.0, idle_s=5)
-    resumed.empty(1004.0, idle_s=5)
-    assert resumed.current_watermark().micros == 100
-    resumed.empty(1005.0, idle_s=5)
-    assert resumed.current_watermark().micros == 300  # the newest timestamp pulled
-    resumed.pulled([150, 500])
-    resumed.empty(2000.0, idle_s=5)
-    assert resumed.current_watermark().micros == 300  # the idle clock restarted with the data
+    resumed.empty(2000.0, idle_s=5, sample_s=60)
+    resumed.empty(2004.0, idle_s=5, sample_s=60)
+    assert resumed.current_watermark().micros == 600
+    resumed.empty(2005.0, idle_s=5, sample_s=60)
+    assert resumed.current_watermark().micros == 700  # the newest timestamp pulled
+    resumed.pulled([650, 900], now_s=2010.0, sample_s=60)
+    resumed.empty(3000.0, idle_s=5, sample_s=60)
+    assert resumed.current_watermark().micros == 700  # the idle clock restarted with the data

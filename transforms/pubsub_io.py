@@ -16,8 +16,8 @@ Semantics:
   Needs checkpointing on Flink (``--checkpointing_interval``), or nothing is ever acked.
 * **Event-time watermark.** The publisher sets ``timestamp_attribute`` on each message to
   the earliest event time it carries (milliseconds since the epoch, or RFC 3339), as
-  Java's ``PubsubIO.withTimestampAttribute`` expects. After each pull the watermark moves to
-  the earliest timestamp of that pull (never backwards). After ``idle_s`` seconds with
+  Java's ``PubsubIO.withTimestampAttribute`` expects. The watermark is the earliest
+  timestamp pulled in the last minute (never backwards; ``PullWatermark``). After ``idle_s`` seconds with
   nothing to pull it moves to the newest timestamp pulled so far, so every window before
   the last message's closes when a stream pauses or ends (a replay of 2013 data never sees
   the wall clock; Java's ``PubsubIO`` jumps to the wall clock instead, which would make the
@@ -90,14 +90,21 @@ class _EndlessPulls(RestrictionProvider):
 
 
 class PullWatermark(WatermarkEstimator):
-    """The source's watermark and what its idle rule needs, kept in the splittable DoFn's
+    """The source's watermark and what its rules need, kept in the splittable DoFn's
     estimator state, so whichever worker resumes the restriction (or a job restored from a
     checkpoint) carries on from it. State: ``(watermark µs, newest timestamp pulled µs,
-    epoch seconds since the pulls came back empty, or None)``."""
+    epoch seconds since the pulls came back empty or None, ((pull epoch s, earliest
+    timestamp of that pull µs), ...) for the last sample period)``.
+
+    The watermark is the earliest timestamp pulled within the last ``sample_s`` seconds
+    (never going back): Pub/Sub does not deliver in publish order, so one pull's earliest
+    timestamp can be ahead of a message still on its way. This is the rule of Java's
+    ``PubsubUnboundedSource`` (``SAMPLE_PERIOD``, one minute)."""
 
     def __init__(self, state) -> None:
-        self._watermark_us, self._newest_us, self._empty_since_s = state or (MIN_TIMESTAMP.micros,
-                                                                             MIN_TIMESTAMP.micros, None)
+        self._watermark_us, self._newest_us, self._empty_since_s, samples = state or (
+            MIN_TIMESTAMP.micros, MIN_TIMESTAMP.micros, None, ())
+        self._samples = list(samples)
 
     def observe_timestamp(self, timestamp) -> None:
         pass
@@ -106,21 +113,29 @@ class PullWatermark(WatermarkEstimator):
         return Timestamp(micros=self._watermark_us)
 
     def get_estimator_state(self):
-        return self._watermark_us, self._newest_us, self._empty_since_s
+        return self._watermark_us, self._newest_us, self._empty_since_s, tuple(self._samples)
 
-    def pulled(self, timestamps_us: list[int]) -> None:
-        """A non-empty pull: the watermark moves to its earliest timestamp (never back)."""
-        self._watermark_us = max(self._watermark_us, min(timestamps_us))
+    def pulled(self, timestamps_us: list[int], now_s: float, sample_s: float) -> None:
+        """A non-empty pull at ``now_s`` (epoch seconds)."""
+        self._samples.append((now_s, min(timestamps_us)))
         self._newest_us = max(self._newest_us, max(timestamps_us))
         self._empty_since_s = None
+        self._advance(now_s, sample_s)
 
-    def empty(self, now_s: float, idle_s: float) -> None:
+    def empty(self, now_s: float, idle_s: float, sample_s: float) -> None:
         """An empty pull: after ``idle_s`` seconds of them the watermark moves to the newest
-        timestamp pulled."""
+        timestamp pulled (nothing is on its way any more)."""
         if self._empty_since_s is None:
             self._empty_since_s = now_s
         elif now_s - self._empty_since_s >= idle_s:
+            self._samples = []
             self._watermark_us = max(self._watermark_us, self._newest_us)
+        self._advance(now_s, sample_s)
+
+    def _advance(self, now_s: float, sample_s: float) -> None:
+        self._samples = [(t, ts) for t, ts in self._samples if t > now_s - sample_s]
+        if self._samples:
+            self._watermark_us = max(self._watermark_us, min(ts for _, ts in self._samples))
 
 
 class _PullWatermarkProvider(WatermarkEstimatorProvider):
@@ -133,10 +148,10 @@ class _PullWatermarkProvider(WatermarkEstimatorProvider):
 
 class _PullFn(beam.DoFn):
     def __init__(self, timestamp_attribute: str | None, max_messages: int, max_pull_s: float,
-                 poll_s: float, idle_s: float, pause_s: float) -> None:
+                 poll_s: float, idle_s: float, pause_s: float, sample_s: float) -> None:
         self._timestamp_attribute = timestamp_attribute
         self._max_messages, self._max_pull_s = max_messages, max_pull_s
-        self._poll_s, self._idle_s, self._pause_s = poll_s, idle_s, pause_s
+        self._poll_s, self._idle_s, self._pause_s, self._sample_s = poll_s, idle_s, pause_s, sample_s
         self._client = None
 
     def setup(self) -> None:
@@ -164,7 +179,7 @@ class _PullFn(beam.DoFn):
         while time.monotonic() - started < self._max_pull_s:
             received = self._pull(subscription)
             if not received:
-                watermark.empty(time.time(), self._idle_s)
+                watermark.empty(time.time(), self._idle_s, self._sample_s)
                 resume_after = Duration(seconds=max(self._poll_s, self._pause_s))
                 break
             if not restriction_tracker.try_claim(position):
@@ -177,7 +192,7 @@ class _PullFn(beam.DoFn):
                 t = message_timestamp_us(m.message.attributes, _publish_us(m.message), self._timestamp_attribute)
                 times.append(t)
                 yield TimestampedValue(m.message.data, Timestamp(micros=max(t, floor_us)))
-            watermark.pulled(times)
+            watermark.pulled(times, time.time(), self._sample_s)
             self._pulled += len(received)
             acks.extend(m.ack_id for m in received)
         self._report(subscription, watermark)
@@ -217,14 +232,16 @@ class ReadFromPubSubPortable(beam.PTransform):
     pulling per bundle, ``poll_s`` seconds between pulls when the subscription is empty,
     ``idle_s`` seconds of emptiness before the watermark jumps to the newest timestamp seen,
     ``pause_s`` seconds at least between two bundles of pulls (see the module docstring;
-    ``pipelines.runners.pull_pacing`` gives the values per runner).
+    ``pipelines.runners.pull_pacing`` gives the values per runner), ``sample_s`` seconds of
+    pulls whose earliest timestamp holds the watermark (``PullWatermark``).
     """
 
     def __init__(self, subscription: str, timestamp_attribute: str | None = None, max_messages: int = 1000,
-                 max_pull_s: float = 1.0, poll_s: float = 0.5, idle_s: float = 5.0, pause_s: float = 0.0) -> None:
+                 max_pull_s: float = 1.0, poll_s: float = 0.5, idle_s: float = 5.0, pause_s: float = 0.0,
+                 sample_s: float = 60.0) -> None:
         super().__init__()
         self._subscription = subscription
-        self._fn = _PullFn(timestamp_attribute, max_messages, max_pull_s, poll_s, idle_s, pause_s)
+        self._fn = _PullFn(timestamp_attribute, max_messages, max_pull_s, poll_s, idle_s, pause_s, sample_s)
 
     def expand(self, pbegin):
         return (pbegin

@@ -1,4 +1,4 @@
-"""The streaming job on Flink, against the emulators: embedded (``[local]``) and submitted to
+"""The streaming job on Flink (and Prism), against the emulators: embedded (``[local]``) and submitted to
 a session cluster from the apache-flink wheels, with checkpoints, replaying flights with
 their real 2013 times; every stored minute and hour aggregate is compared with the polars
 reference over the replay manifests (no loss, no double count).
@@ -57,18 +57,24 @@ def _some_rows(d: Deployment) -> bool:
         return next(iter(reader.all_cells()), None) is not None
 
 
-@pytest.mark.parametrize("on_cluster", [False, True], ids=["embedded", "session-cluster"])
-def test_historical_replay_equals_the_reference(deployment, tmp_path, on_cluster, request):
-    cluster = request.getfixturevalue("cluster") if on_cluster else None
+@pytest.mark.parametrize("where", [
+    "embedded", "session-cluster",
+    pytest.param("prism", marks=[pytest.mark.prism, pytest.mark.xfail(
+        run=False, reason="on Prism about 900 of the 3,141 events are dead-lettered too_late: the dedup stage's "
+        "watermark view runs hours ahead of the source's watermark (open, see the issue 4 note)")]),
+])
+def test_historical_replay_equals_the_reference(deployment, tmp_path, where, request):
+    cluster = request.getfixturevalue("cluster") if where == "session-cluster" else None
     master = cluster.master if cluster else "[local]"
-    job = deployment.start_job("--no_event_age_check", *runner_flags("flink", flink_master=master,
-                                                                     checkpoint_dir=str(tmp_path / "checkpoints")))
+    flags = (runner_flags("prism") if where == "prism" else
+             runner_flags("flink", flink_master=master, checkpoint_dir=str(tmp_path / "checkpoints")))
+    job = deployment.start_job("--no_event_age_check", *flags)
     try:
         events = _flights(3000)
         figures = deployment.publish(events, HISTORICAL)
         mismatches, waited = deployment.converged(CONVERGE_S, job)
         assert mismatches == [], mismatches[:5]
-        print(f"Flink {master}: {figures['published']} events, every aggregate equal {waited:.1f} s after publishing")
+        print(f"{where}: {figures['published']} events, every aggregate equal {waited:.1f} s after publishing")
         # the event-time watermark reaches the archive's windows: every event behind it is on file
         due = _wait_for(lambda: (lambda missing, due: missing == 0 and due)(*archive_gap(
             deployment.folder, events, HISTORICAL, ARCHIVE_FLUSH_S)), 60, "the raw archive behind the watermark")
