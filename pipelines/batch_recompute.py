@@ -23,6 +23,7 @@ from pipelines.options import CountingOptions, policy_of, sinks_of
 from pipelines.streaming import metadata_snapshots
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folders
 from schemas.event import US_PER_S, parse_event_time
+from transforms.enrich import EnrichFromSnapshots
 
 
 class RecomputeOptions(PipelineOptions):
@@ -65,8 +66,8 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
                 | "match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
                 | "open" >> fileio.ReadMatches()
                 | "lines" >> beam.FlatMap(_lines))
-    count_and_store(payloads, metadata_snapshots(pipeline, o.metadata_path, None), policy_of(o, check_age=False), None,
-                    sinks)
+    count_and_store(payloads, EnrichFromSnapshots(metadata_snapshots(pipeline, o.metadata_path, None), triggered=False),
+                    policy_of(o, check_age=False), None, sinks)
     return pipeline
 
 

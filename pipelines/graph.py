@@ -1,6 +1,6 @@
 """Wire the counting core to its side input and sinks; used by every entry point.
 
-``count_and_store(payloads, snapshots, policy, early_firing_s, sinks)`` builds
+``count_and_store(payloads, enrich, policy, early_firing_s, sinks)`` builds
 validate -> dedup -> windows -> enrich -> Bigtable, plus the dead-letter sink (Pub/Sub
 topic and/or files) and the raw archive (files), and returns the ``CountEvents`` outputs.
 """
@@ -11,7 +11,6 @@ import apache_beam as beam
 from pipelines.options import SinkConfig
 from transforms.bigtable_sink import WriteAggregates
 from transforms.count_events import DEAD_LETTERS, RAW_ARCHIVE, ROWS, CountEvents
-from transforms.enrich import Enrich, LatestSnapshot
 from schemas.archive import hour_of_us
 from transforms.files import WriteJsonlByHour
 from transforms.pubsub_io import WriteToPubSubPortable
@@ -26,13 +25,12 @@ def run_from_command_line(build_pipeline) -> None:
     build_pipeline(sys.argv[1:]).run().wait_until_finish()
 
 
-def count_and_store(payloads, snapshots, policy: AcceptancePolicy, early_firing_s: int | None,
-                    sinks: SinkConfig, triggered_metadata: bool = False) -> dict:
-    """``triggered_metadata``: re-fire the metadata side input on every snapshot (see ``LatestSnapshot``)."""
+def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy, early_firing_s: int | None,
+                    sinks: SinkConfig) -> dict:
+    """``enrich``: ``transforms.enrich.EnrichFromSnapshots`` or ``EnrichFromFile``."""
     counted = payloads | "count events" >> CountEvents(policy, early_firing_s)
-    latest = snapshots | "latest metadata" >> LatestSnapshot(triggered_metadata)
     write_failures = (counted[ROWS]
-                      | "enrich" >> beam.ParDo(Enrich(), beam.pvalue.AsList(latest))
+                      | "enrich" >> enrich
                       | "write to Bigtable" >> beam.ParDo(WriteAggregates(
                           sinks.bigtable_project, sinks.bigtable_instance, sinks.bigtable_table)))
     dead = (counted[DEAD_LETTERS], write_failures) | "all dead letters" >> beam.Flatten()

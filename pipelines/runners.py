@@ -138,6 +138,15 @@ def pull_pacing(runner: str) -> dict[str, float]:
     return {}
 
 
+def metadata_side_input(runner: str) -> bool:
+    """Whether the streaming job gets its metadata through a side input (else each worker
+    reads the file: ``transforms.enrich.EnrichFromFile``). Not on Flink: Beam 2.70's Flink
+    runner fails to checkpoint the side input's state (``ClassCastException``: the enriching
+    task restarts at every checkpoint) and never updates a triggered one. Not on Prism: it
+    rejects triggered global-window side inputs (Beam issue 31438)."""
+    return runner in ("local", "dataflow")
+
+
 def periodic_impulse(runner: str) -> bool:
     """Refreshing metadata needs ``PeriodicImpulse`` (fails on the BundleBasedDirectRunner,
     DESIGN.md) and a triggered side input (rejected by Prism)."""
@@ -152,7 +161,5 @@ def triggered_side_inputs(runner: str) -> bool:
 
 def trigger_read_once_side_input(runner: str) -> bool:
     """Whether a snapshot read once still goes through the re-firing trigger: on the local
-    runner, whose streaming mode refuses an untriggered GroupByKey; not on Prism (it rejects
-    the trigger) nor on Flink (a side input that is not ready at once makes Beam 2.70's Flink
-    runner hold main input back, and that held-back input fails to checkpoint)."""
+    runner, whose streaming mode refuses an untriggered GroupByKey."""
     return runner == "local"

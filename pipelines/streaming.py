@@ -19,7 +19,7 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines import runners
 from pipelines.graph import count_and_store, run_from_command_line
 from pipelines.options import CountingOptions, policy_of, sinks_of
-from transforms.enrich import read_snapshot_file
+from transforms.enrich import EnrichFromFile, EnrichFromSnapshots, read_snapshot_file
 from transforms.pubsub_io import ReadFromPubSubPortable
 
 
@@ -67,16 +67,24 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     if not o.input_subscription:
         raise ValueError("--input_subscription is required")
     runner = runners.prepare(options)
+    pipeline = beam.Pipeline(options=options)
+    count_and_store(read_events(pipeline, runner, o), enrichment(pipeline, runner, o),
+                    policy_of(o, check_age=o.check_event_age), o.early_firing_s, sinks_of(o))
+    return pipeline
+
+
+def enrichment(pipeline: beam.Pipeline, runner: str, o: CountingOptions) -> beam.PTransform:
+    """How ``runner`` gets the metadata: a side input of snapshots where side inputs work
+    (``PeriodicImpulse`` re-reads the file when refreshing), else ``EnrichFromFile``.
+    Raises ``ValueError`` for ``--metadata_refresh_s`` on a runner that can do neither."""
+    if not runners.metadata_side_input(runner):
+        return EnrichFromFile(o.metadata_path, o.metadata_refresh_s)
     if o.metadata_refresh_s and not runners.periodic_impulse(runner):
         raise ValueError(f"--metadata_refresh_s needs PeriodicImpulse and triggered side inputs; "
                          f"the {runner} runner lacks them")
-    pipeline = beam.Pipeline(options=options)
-    snapshots = metadata_snapshots(pipeline, o.metadata_path, o.metadata_refresh_s)
     refreshing = bool(o.metadata_path and o.metadata_refresh_s)
-    count_and_store(read_events(pipeline, runner, o), snapshots, policy_of(o, check_age=o.check_event_age),
-                    o.early_firing_s, sinks_of(o),
-                    triggered_metadata=refreshing or runners.trigger_read_once_side_input(runner))
-    return pipeline
+    return EnrichFromSnapshots(metadata_snapshots(pipeline, o.metadata_path, o.metadata_refresh_s),
+                               triggered=refreshing or runners.trigger_read_once_side_input(runner))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ their real 2013 times; every stored minute and hour aggregate is compared with t
 reference over the replay manifests (no loss, no double count).
 
 Restores: after a kill, from the last retained checkpoint (embedded); after
-stop-with-savepoint (session cluster). The refreshing side input does not work on Flink
-yet (xfail, not run; the reason is on it). ``make runners`` builds what these tests need.
+stop-with-savepoint (session cluster). Metadata on Flink is read by the enriching workers
+and refreshed (``transforms.enrich.EnrichFromFile``). The replay on Prism does not pass yet
+(xfail, not run; the reason is on it). ``make runners`` builds what these tests need.
 """
 from __future__ import annotations
 
@@ -133,9 +134,6 @@ def test_stop_with_savepoint_and_resume_on_a_session_cluster(deployment, cluster
         kill(job)
 
 
-@pytest.mark.xfail(run=False, reason="Beam 2.70's Flink runner delivers the triggered global-window side input "
-                   "once: the snapshot stage fires a pane per refresh, but the enriching stage keeps reading the "
-                   "first one (open, see the issue 4 note)")
 def test_metadata_refresh_reaches_later_panes(deployment, tmp_path):
     metadata = tmp_path / "metadata.jsonl"
 
@@ -151,10 +149,8 @@ def test_metadata_refresh_reaches_later_panes(deployment, tmp_path):
                  "event_time": f"2013-01-01T05:{minute:02d}:{i:02d}Z"} for i in range(5)]
 
     write_title("Kennedy")
-    # No checkpoints: Beam 2.70's Flink runner cannot snapshot main-input elements held back
-    # while a refreshing side input is not ready (ClassCastException in CoderTypeSerializer.copy).
     job = deployment.start_job("--no_event_age_check", f"--metadata_path={metadata}", "--metadata_refresh_s=2",
-                               *runner_flags("flink", checkpointing_interval_ms=None))
+                               *runner_flags("flink", checkpoint_dir=str(tmp_path / "checkpoints")))
     try:
         plan = replay.ReplayPlan(time_mode="real", events_per_message=5)
         deployment.publish(events(1), plan)

@@ -16,7 +16,7 @@ from schemas.event import US_PER_S, parse_event_time
 from schemas.storage import Aggregate
 from transforms.aggregate import AggregateFn, AggregateRow, aggregate_events
 from transforms.count_events import DEAD_LETTERS, ROWS, CountEvents
-from transforms.enrich import Enrich
+from transforms.enrich import Enrich, _EnrichFromFileFn
 from transforms.files import WriteJsonlByHour
 from transforms.validate import ARCHIVE, DEAD_LETTER, AcceptancePolicy, ValidateEvents, shard_of
 
@@ -252,6 +252,28 @@ def test_enrich_uses_the_newest_snapshot_and_keeps_unknown_entities():
     assert list(fn.process(row, snaps))[0].title == "New"
     assert list(fn.process(row._replace(video_id="V9"), snaps))[0][1:] == (None, None)
     assert list(fn.process(row, []))[0][1:] == (None, None)
+
+
+def test_enrich_from_file_rereads_after_refresh_and_keeps_the_snapshot_when_a_reread_fails(tmp_path, monkeypatch):
+    path = tmp_path / "metadata.jsonl"
+    path.write_bytes(b'{"video_id": "V1", "title": "Old", "channel": "C"}\n')
+    clock = [100.0]
+    monkeypatch.setattr("transforms.enrich.time.monotonic", lambda: clock[0])
+    row = AggregateRow("V1", "view", "minute", 0, Aggregate(1, 0, 0.0, None, None), 0, 1000)
+    fn = _EnrichFromFileFn(str(path), refresh_s=10)
+    fn.setup()
+    path.write_bytes(b'{"video_id": "V1", "title": "New", "channel": "C"}\n')
+    clock[0] = 109.0
+    assert next(fn.process(row)).title == "Old"  # not yet due
+    clock[0] = 110.0
+    assert next(fn.process(row)).title == "New"
+    path.write_bytes(b"not json\n")
+    clock[0] = 125.0
+    assert next(fn.process(row)).title == "New"  # a bad re-read keeps the previous snapshot
+    assert next(fn.process(row._replace(video_id="V9")))[1:] == (None, None)
+    unenriched = _EnrichFromFileFn(None, None)
+    unenriched.setup()
+    assert next(unenriched.process(row))[1:] == (None, None)
 
 
 def test_files_land_in_their_hour_folder_one_file_per_flush_window_and_pane(tmp_path):

@@ -1,4 +1,13 @@
-"""Enrichment of aggregates with entity metadata through a side input (SPEC.md section 3).
+"""Enrichment of aggregates with entity metadata (SPEC.md section 3), two ways, both
+``PCollection[AggregateRow] -> PCollection[EnrichedRow]``:
+
+* ``EnrichFromSnapshots(snapshots, triggered)``: through a side input of snapshots (read
+  once, refreshed by ``PeriodicImpulse``, or fed by a ``TestStream``: the scenario runner).
+* ``EnrichFromFile(path, refresh_s)``: each worker reads the metadata file itself and
+  re-reads it every ``refresh_s`` seconds of processing time (the "slowly changing lookup
+  cache in a DoFn" pattern), for runners whose side inputs fail here: Beam 2.70's Flink
+  runner cannot checkpoint the side input's state and never updates a triggered one, and
+  Prism rejects triggered global-window side inputs (``pipelines.runners`` decides).
 
 A metadata *snapshot* is ``(version, {video_id: (title, channel)})``; a newer version
 replaces the previous snapshot whole. ``LatestSnapshot`` gives the newest snapshot of a
@@ -11,6 +20,8 @@ which are still written).
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -18,6 +29,8 @@ import orjson
 from apache_beam.transforms import trigger, window
 
 from transforms.aggregate import AggregateRow
+
+_LOG = logging.getLogger(__name__)
 
 
 class EnrichedRow(NamedTuple):
@@ -80,6 +93,50 @@ class LatestSnapshot(beam.PTransform):
                                                     trigger=trigger.Repeatedly(trigger.AfterCount(1)),
                                                     accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
         return snapshots | beam.CombineGlobally(_Newest()).without_defaults()
+
+
+class EnrichFromSnapshots(beam.PTransform):
+    """Enrich through the newest of ``snapshots`` (``PCollection[(version, dict)]``) as a side input."""
+
+    def __init__(self, snapshots, triggered: bool) -> None:
+        super().__init__()
+        self._snapshots, self._triggered = snapshots, triggered
+
+    def expand(self, rows):
+        latest = self._snapshots | "latest metadata" >> LatestSnapshot(self._triggered)
+        return rows | "stamp" >> beam.ParDo(Enrich(), beam.pvalue.AsList(latest))
+
+
+class EnrichFromFile(beam.PTransform):
+    """Enrich from the metadata file at ``path`` (``read_snapshot_file``; ``None``: no
+    metadata, nulls), re-read every ``refresh_s`` seconds (``None``: read once per worker).
+    A failed first read raises; a failed re-read keeps the previous snapshot and logs it."""
+
+    def __init__(self, path: str | None, refresh_s: float | None) -> None:
+        super().__init__()
+        self._fn = _EnrichFromFileFn(path, refresh_s)
+
+    def expand(self, rows):
+        return rows | "stamp" >> beam.ParDo(self._fn)
+
+
+class _EnrichFromFileFn(beam.DoFn):
+    def __init__(self, path: str | None, refresh_s: float | None) -> None:
+        self._path, self._refresh_s = path, refresh_s
+
+    def setup(self) -> None:
+        self._entries = read_snapshot_file(self._path) if self._path else {}
+        self._read_at = time.monotonic()
+
+    def process(self, row: AggregateRow):
+        if self._path and self._refresh_s and time.monotonic() - self._read_at >= self._refresh_s:
+            self._read_at = time.monotonic()
+            try:
+                self._entries = read_snapshot_file(self._path)
+            except (OSError, ValueError) as e:
+                _LOG.warning("metadata re-read failed, keeping the previous snapshot: %s", e)
+        title, channel = self._entries.get(row.video_id, (None, None))
+        yield EnrichedRow(row, title, channel)
 
 
 class Enrich(beam.DoFn):

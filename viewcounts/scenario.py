@@ -31,6 +31,7 @@ from query.stats import QueryError, StatsReader
 from schemas.archive import DeadLetter, local_lines
 from schemas.event import US_PER_S, format_time_us, parse_event_time
 from transforms import metrics
+from transforms.enrich import EnrichFromSnapshots
 from transforms.validate import AcceptancePolicy
 from viewcounts.emulators import bigtable_emulator
 from viewcounts.provision import create_table
@@ -140,7 +141,7 @@ def run_case(case: dict, runner: str = "local") -> dict:
             snapshots, triggered = stream[METADATA], True
         else:
             snapshots, triggered = pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner)), False
-        count_and_store(stream[PAYLOADS], snapshots, policy, early_firing_s, sinks, triggered_metadata=triggered)
+        count_and_store(stream[PAYLOADS], EnrichFromSnapshots(snapshots, triggered), policy, early_firing_s, sinks)
         result = pipeline.run()
         result.wait_until_finish()
         counters = metrics.committed_counters(result)
