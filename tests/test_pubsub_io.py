@@ -100,7 +100,12 @@ def test_pull_watermark_holds_the_earliest_of_the_sample_period_and_jumps_after_
     resumed.empty(2004.0, idle_s=5, sample_s=60)
     assert resumed.current_watermark().micros == 600
     resumed.empty(2005.0, idle_s=5, sample_s=60)
-    assert resumed.current_watermark().micros == 700  # the newest timestamp pulled
+    assert resumed.current_watermark().micros == 700 + 5_000_000  # the newest timestamp pulled + the idle time
     resumed.pulled([650, 900], now_s=2010.0, sample_s=60)
     resumed.empty(3000.0, idle_s=5, sample_s=60)
-    assert resumed.current_watermark().micros == 700  # the idle clock restarted with the data
+    assert resumed.current_watermark().micros == 700 + 5_000_000  # the idle clock restarted with the data
+    live = PullWatermark(None)  # live data from a clock 5 s ahead: never past the wall clock
+    live.pulled([2005_000_000], now_s=2000.0, sample_s=60)
+    live.empty(2001.0, idle_s=5, sample_s=60)
+    live.empty(2010.0, idle_s=5, sample_s=60)
+    assert live.current_watermark().micros == 2010_000_000

@@ -17,12 +17,13 @@ Semantics:
 * **Event-time watermark.** The publisher sets ``timestamp_attribute`` on each message to
   the earliest event time it carries (milliseconds since the epoch, or RFC 3339), as
   Java's ``PubsubIO.withTimestampAttribute`` expects. The watermark is the earliest
-  timestamp pulled in the last minute (never backwards; ``PullWatermark``). After ``idle_s`` seconds with
-  nothing to pull it moves to the newest timestamp pulled so far, so every window before
-  the last message's closes when a stream pauses or ends (a replay of 2013 data never sees
-  the wall clock; Java's ``PubsubIO`` jumps to the wall clock instead, which would make the
-  rest of a paused replay late). ``PullWatermark`` keeps this in the restriction's
-  estimator state, so it survives a change of worker and a restore. A message whose
+  timestamp pulled in the last minute (never backwards; ``PullWatermark``). After ``idle_s``
+  seconds with nothing to pull it moves to the newest timestamp pulled plus the idle time
+  (at most the wall clock), so every window closes when a stream pauses or ends. Java's
+  ``PubsubIO`` jumps to the wall clock instead, which would make the rest of a paused
+  replay of 2013 data late; here it stays within the allowed lateness for that long.
+  ``PullWatermark`` keeps this in the restriction's estimator state, so it survives a
+  change of worker and a restore. A message whose
   timestamp is behind the watermark is emitted at the watermark: it is never dropped as
   late here; the counting core judges each event's lateness itself (SPEC section 2).
 * Messages without the attribute (or with an unreadable one) take their publish time.
@@ -123,13 +124,17 @@ class PullWatermark(WatermarkEstimator):
         self._advance(now_s, sample_s)
 
     def empty(self, now_s: float, idle_s: float, sample_s: float) -> None:
-        """An empty pull: after ``idle_s`` seconds of them the watermark moves to the newest
-        timestamp pulled (nothing is on its way any more)."""
+        """An empty pull: after ``idle_s`` seconds of them nothing is on its way any more, and
+        the watermark moves to the newest timestamp pulled plus the time the pulls have been
+        empty, never past the wall clock (for live data) -- so the newest message's windows
+        close too, while a paused replay of old data resumes within the allowed lateness."""
         if self._empty_since_s is None:
             self._empty_since_s = now_s
-        elif now_s - self._empty_since_s >= idle_s:
+        elif now_s - self._empty_since_s >= idle_s and self._newest_us > MIN_TIMESTAMP.micros:
             self._samples = []
-            self._watermark_us = max(self._watermark_us, self._newest_us)
+            idle_us = round((now_s - self._empty_since_s) * 1_000_000)
+            self._watermark_us = max(self._watermark_us,
+                                     min(self._newest_us + idle_us, max(self._newest_us, round(now_s * 1_000_000))))
         self._advance(now_s, sample_s)
 
     def _advance(self, now_s: float, sample_s: float) -> None:
