@@ -26,8 +26,7 @@ class CountingOptions(PipelineOptions):
         parser.add_argument("--archive_path", help="folder (local or gs://) of the raw archive")
         parser.add_argument("--metadata_path", help="JSONL metadata snapshot (video_id, title, channel)")
         parser.add_argument("--metadata_refresh_s", type=int, default=None,
-                            help="re-read --metadata_path every N seconds (PeriodicImpulse; not on the local runner or "
-                            "Prism)")
+                            help="re-read --metadata_path every N seconds (not on the local runner)")
         parser.add_argument("--timestamp_attribute", default=DEFAULT_TIMESTAMP_ATTRIBUTE,
                             help="Pub/Sub attribute with a message's earliest event time (ms since the epoch or "
                             "RFC 3339); drives the watermark on Prism, Flink and Dataflow")

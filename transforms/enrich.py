@@ -135,8 +135,7 @@ class _EnrichFromFileFn(beam.DoFn):
                 self._entries = read_snapshot_file(self._path)
             except (OSError, ValueError) as e:
                 _LOG.warning("metadata re-read failed, keeping the previous snapshot: %s", e)
-        title, channel = self._entries.get(row.video_id, (None, None))
-        yield EnrichedRow(row, title, channel)
+        yield _stamped(row, self._entries)
 
 
 class Enrich(beam.DoFn):
@@ -147,11 +146,16 @@ class Enrich(beam.DoFn):
         self._entries: dict = {}
 
     def process(self, row: AggregateRow, snapshots: list):
-        # the list object may be new at a reused address with the same length (Flink keeps only
-        # the latest pane), so the newest entry's version is part of the marker
+        # the list object may be new at a reused address with the same length (a runner may
+        # keep only the latest pane), so the newest entry's version is part of the marker
         marker = (id(snapshots), len(snapshots), snapshots[-1][0] if snapshots else None)
         if marker != self._seen:
             self._seen = marker
             self._entries = max(snapshots, key=lambda s: s[0])[1] if snapshots else {}
-        title, channel = self._entries.get(row.video_id, (None, None))
-        yield EnrichedRow(row, title, channel)
+        yield _stamped(row, self._entries)
+
+
+def _stamped(row: AggregateRow, entries: dict) -> EnrichedRow:
+    """``row`` with its entity's title and channel from a snapshot's entries (nulls if unknown)."""
+    title, channel = entries.get(row.video_id, (None, None))
+    return EnrichedRow(row, title, channel)

@@ -23,9 +23,9 @@ Semantics:
   ``PubsubIO`` jumps to the wall clock instead, which would make the rest of a paused
   replay of 2013 data late; here it stays within the allowed lateness for that long.
   ``PullWatermark`` keeps this in the restriction's estimator state, so it survives a
-  change of worker and a restore. A message whose
-  timestamp is behind the watermark is emitted at the watermark: it is never dropped as
-  late here; the counting core judges each event's lateness itself (SPEC section 2).
+  change of worker and a restore. A message whose timestamp is behind the watermark is
+  emitted at the watermark: it is never dropped as late here; the counting core judges
+  each event's lateness itself (SPEC section 2).
 * Messages without the attribute (or with an unreadable one) take their publish time.
 
 ``WriteToPubSubPortable(topic)`` publishes ``(data, attributes)`` pairs with the
@@ -41,8 +41,9 @@ earliest. The pause is what lets Beam 2.70's Flink runner publish the watermark 
 of the bundle, so it defers the watermark update to a processing-time callback, and that
 callback emits nothing while a bundle is in progress. Resuming at once starts the next
 bundle first, every time, and the watermark never leaves the minimum; resuming after more
-than one bundle-check period (``--max_bundle_time_ms``, 1 s by default) lets it through. Pulls use the synchronous ``Pull`` RPC
-of ``google-cloud-pubsub`` (honours ``PUBSUB_EMULATOR_HOST``). The restriction and
+than one bundle-check period (``--max_bundle_time_ms``, 1 s by default) lets it through.
+Pulls use the synchronous ``Pull`` RPC of ``google-cloud-pubsub`` (honours
+``PUBSUB_EMULATOR_HOST``). The restriction and
 watermark shapes follow Beam's own ``PeriodicImpulse`` (``apache_beam.transforms.periodicsequence``).
 """
 from __future__ import annotations
@@ -52,9 +53,9 @@ import sys
 import time
 
 import apache_beam as beam
+from apache_beam.io.iobase import WatermarkEstimator
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
-from apache_beam.io.iobase import WatermarkEstimator
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
@@ -235,7 +236,8 @@ class ReadFromPubSubPortable(beam.PTransform):
 
     ``max_messages`` per pull (Pub/Sub allows up to 1,000), ``max_pull_s`` seconds of
     pulling per bundle, ``poll_s`` seconds between pulls when the subscription is empty,
-    ``idle_s`` seconds of emptiness before the watermark jumps to the newest timestamp seen,
+    ``idle_s`` seconds of emptiness before the watermark moves on from the newest timestamp
+    pulled (``PullWatermark.empty``),
     ``pause_s`` seconds at least between two bundles of pulls (see the module docstring;
     ``pipelines.runners.pull_pacing`` gives the values per runner), ``sample_s`` seconds of
     pulls whose earliest timestamp holds the watermark (``PullWatermark``).
