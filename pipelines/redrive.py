@@ -42,7 +42,7 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
                                                                   coder=beam.coders.BytesCoder())
                     | "decode" >> beam.Map(DeadLetter.from_json)
                     | "write_failed only" >> beam.Filter(lambda d: d.reason == WRITE_FAILED)
-                    | "to rows" >> beam.Map(lambda d: row_from_json(d.payload))
+                    | "to rows" >> beam.Map(lambda d: [row_from_json(d.payload)])
                     | "write to Bigtable" >> beam.ParDo(WriteAggregates(o.bigtable_project, o.bigtable_instance,
                                                                          o.bigtable_table)))
     if o.dead_letter_path:

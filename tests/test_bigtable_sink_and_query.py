@@ -21,7 +21,7 @@ def _write(table, rows):
     sink = WriteAggregates(*table)
     sink.setup()
     sink.start_bundle()
-    out = [d for r in rows for d in sink.process(r)]
+    out = [d for r in rows for d in sink.process([r])]
     out += [wv.value for wv in sink.finish_bundle()]
     sink.teardown()
     return out
@@ -81,7 +81,7 @@ def test_many_cells_split_into_requests_under_the_mutation_limit(table):
 
     sink._bt_table.mutate_rows = counting_mutate_rows
     sink.start_bundle()
-    dead = [d for r in rows for d in sink.process(r)] + [wv.value for wv in sink.finish_bundle()]
+    dead = [d for r in rows for d in sink.process([r])] + [wv.value for wv in sink.finish_bundle()]
     sink.teardown()
     assert dead == [] and len(_cells(table)) == 1440
     assert per_request == [500, 500, 440]  # one row (a UTC day) split over requests, none over the cap

@@ -1,6 +1,7 @@
 """Each transform on the local runner with TestStream and assert_that (SPEC.md sections 2-4)."""
 import glob
 import os
+import uuid
 
 import apache_beam as beam
 import orjson
@@ -14,7 +15,8 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines import direct_runner_fix
 from schemas.event import US_PER_S, parse_event_time
 from schemas.storage import Aggregate
-from transforms.aggregate import AggregateFn, AggregateRow, aggregate_events
+from transforms.aggregate import AggregateRow, aggregate_events
+from schemas.storage import merge
 from transforms.count_events import DEAD_LETTERS, ROWS, CountEvents
 from transforms.enrich import Enrich, _EnrichFromFileFn
 from transforms.files import WriteJsonlByHour
@@ -68,46 +70,33 @@ class _Clock:
         return self.ts.advance_watermark_to_infinity()
 
 
-def _final_rows(rows):
-    """Keep the last pane of each (video, type, granularity, window): what storage ends with."""
-    return (rows
-            | beam.Map(lambda r: ((r.video_id, r.event_type, r.granularity, r.window_start_s), r))
-            | beam.WindowInto(window.GlobalWindows(), trigger=trigger.AfterWatermark(),
-                              accumulation_mode=trigger.AccumulationMode.DISCARDING)
-            | beam.GroupByKey()
-            | beam.Map(lambda kv: (kv[0], tuple(max(kv[1], key=lambda r: r.pane_index).aggregate))))
+_COLLECTED: dict[str, list] = {}
 
 
-def test_validate_splits_by_shard_and_minute_and_reports_reasons():
-    policy = AcceptancePolicy(dedup_shards=4)
-    clock = _Clock().wait(60).publish(
-        _msg(_ev("a", "2024-05-14T10:00:05Z"), _ev("b", "2024-05-14T10:00:50Z"), _ev("c", "2024-05-14T10:01:00Z"),
-             17, _ev("d", "2024-05-14T10:07:00.000001Z"), _ev("e", "2024-05-07T10:00:59Z")),
-        b"\xff", b"[]")
-    with _pipeline() as p:
-        out = p | clock.stream() | beam.ParDo(ValidateEvents(policy)).with_outputs(DEAD_LETTER, ARCHIVE, main="chunks")
-        assert_that(out.chunks | beam.Map(lambda kv: (kv[0], sorted(e.event_id for e in kv[1][1]))),
-                    equal_to(_by_shard(["a", "b", "c"], 4)), label="chunks")
-        assert_that(out[DEAD_LETTER] | beam.Map(lambda d: d.reason),
-                    equal_to(["not_an_object", "future_timestamp", "too_old", "decode_error"]), label="dead")
-        assert_that(out[ARCHIVE] | beam.Map(lambda hour_raw: (hour_raw[0], orjson.loads(hour_raw[1])["event_id"])),
-                    equal_to([(1715680800, "a"), (1715680800, "b"), (1715680800, "c")]), label="archive")
+def _collect(batches) -> list:
+    """Every row of every firing, gathered in this process as the pipeline runs (the local
+    runner runs in-process). Not ``assert_that``: panes fired by timers at the final
+    watermark reach a downstream ``GroupByKey`` after its global window closed there."""
+    token = uuid.uuid4().hex
+    _COLLECTED[token] = rows = []
+    batches | f"collect {token}" >> beam.ParDo(_Collect(token))
+    return rows
 
 
-def _by_shard(ids, shards):
+class _Collect(beam.DoFn):
+    def __init__(self, token):
+        self._token = token
+
+    def process(self, batch):
+        _COLLECTED[self._token].extend(batch)
+
+
+def _final(rows) -> dict:
+    """The last pane of each (video, type, granularity, window): what storage ends with."""
     out = {}
-    for eid in ids:
-        out.setdefault((0, shard_of(eid, shards)), []).append(eid)
-    return [(k, sorted(v)) for k, v in out.items()]
-
-
-def test_validate_without_age_checks_keeps_old_and_future_events():
-    policy = AcceptancePolicy(check_age=False)
-    clock = _Clock().publish(_msg(_ev("old", "2013-01-01T00:00:00Z"), _ev("new", "2030-01-01T00:00:00Z")))
-    with _pipeline() as p:
-        out = p | clock.stream() | beam.ParDo(ValidateEvents(policy)).with_outputs(DEAD_LETTER, ARCHIVE, main="chunks")
-        assert_that(out[DEAD_LETTER], equal_to([]), label="dead")
-        assert_that(out.chunks | beam.FlatMap(lambda kv: [e.event_id for e in kv[1][1]]), equal_to(["old", "new"]))
+    for r in sorted(rows, key=lambda r: r.pane_index):
+        out[(r.video_id, r.event_type, r.granularity, r.window_start_s)] = tuple(r.aggregate)
+    return out
 
 
 def _count(clock, policy=AcceptancePolicy(), early=30):
@@ -123,11 +112,11 @@ def test_dedup_within_a_batch_across_messages_and_across_ids_with_other_fields()
              .wait(900).publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
              .watermark("2024-05-14T10:09:30Z").publish(_msg(_ev("e1", "2024-05-14T10:00:05Z"))))
     p, out = _count(clock)
-    assert_that(_final_rows(out[ROWS]), equal_to([
-        (("V1", "view", "minute", 1715680800), (1, 0, 0.0, None, None)),
-        (("V1", "view", "hour", 1715680800), (1, 0, 0.0, None, None))]), label="rows")
+    rows = _collect(out[ROWS])
     assert_that(out[DEAD_LETTERS], equal_to([]), label="no dead letters before the horizon")
     p.run().wait_until_finish()
+    assert _final(rows) == {("V1", "view", "minute", 1715680800): (1, 0, 0.0, None, None),
+                            ("V1", "view", "hour", 1715680800): (1, 0, 0.0, None, None)}
 
 
 def test_a_restamped_copy_is_a_duplicate_while_its_id_is_remembered():
@@ -138,10 +127,11 @@ def test_a_restamped_copy_is_a_duplicate_while_its_id_is_remembered():
              .watermark("2024-05-14T10:11:30Z")  # forgotten: a re-stamped copy counts again
              .publish(_msg(_ev("e1", "2024-05-14T10:06:00Z"))))
     p, out = _count(clock)
-    assert_that(_final_rows(out[ROWS]) | beam.Map(lambda kv: (kv[0][2], kv[0][3], kv[1][0])),
-                equal_to([("minute", 1715680800, 1), ("minute", 1715681160, 1), ("hour", 1715680800, 2)]))
+    rows = _collect(out[ROWS])
     result = p.run()
     result.wait_until_finish()
+    assert sorted((k[2], k[3], agg[0]) for k, agg in _final(rows).items()) == [
+        ("hour", 1715680800, 2), ("minute", 1715680800, 1), ("minute", 1715681160, 1)]
     dup = [c.committed for c in result.metrics().query()["counters"] if c.key.metric.name == "duplicates_dropped"]
     assert sum(dup) == 2
 
@@ -156,10 +146,9 @@ def test_lateness_boundary_after_an_idle_watermark_move(advance_to, accepted):
     p, out = _count(clock)
     assert_that(out[DEAD_LETTERS] | beam.Map(lambda d: d.reason),
                 equal_to([] if accepted else ["too_late"]), label="dead")
-    assert_that(out[ROWS] | beam.Map(lambda r: (r.granularity, r.aggregate.count)),
-                lambda rows: _assert(set(rows) == ({("minute", 1), ("hour", 1)} if accepted else set()), rows),
-                label="rows")
+    rows = _collect(out[ROWS])
     p.run().wait_until_finish()
+    assert {(r.granularity, r.aggregate.count) for r in rows} == ({("minute", 1), ("hour", 1)} if accepted else set())
 
 
 def test_late_copy_of_a_counted_event_is_too_late_not_a_duplicate():
@@ -179,14 +168,10 @@ def test_early_and_late_panes_carry_running_totals():
              .wait(31).watermark("2024-05-14T10:02:00Z")
              .publish(_msg(_ev("c", "2024-05-14T10:00:50Z", value=4))).wait(31))
     p, out = _count(clock, early=30)
-    minute = out[ROWS] | beam.Filter(lambda r: r.granularity == "minute")
-    assert_that(minute | beam.Map(lambda r: (r.pane_index, r.aggregate.count, r.aggregate.sum)),
-                lambda panes: _check_running_totals(panes, final=(3, 7.0)))
+    rows = _collect(out[ROWS])
     p.run().wait_until_finish()
-
-
-def _assert(ok, detail):
-    assert ok, detail
+    _check_running_totals([(r.pane_index, r.aggregate.count, r.aggregate.sum) for r in rows
+                           if r.granularity == "minute"], final=(3, 7.0))
 
 
 def _check_running_totals(panes, final):
@@ -200,43 +185,29 @@ def _check_running_totals(panes, final):
 def test_batch_mode_one_pane_per_window():
     events = [_ev(f"e{i}", f"2024-05-14T10:{i % 3:02d}:{i % 60:02d}Z", value=i) for i in range(30)]
     policy = AcceptancePolicy(check_age=False)
-    with beam.Pipeline(runner="DirectRunner") as p:
-        rows = (p | beam.Create([(_msg(*events[:17]), 0), (_msg(*events[17:]), 0)])
-                | CountEvents(policy, early_firing_s=None))[ROWS]
-        assert_that(rows | beam.Map(lambda r: (r.granularity, r.window_start_s, r.pane_index, r.aggregate.count)),
-                    equal_to([("minute", 1715680800 + 60 * k, 0, 10) for k in range(3)]
-                             + [("hour", 1715680800, 0, 30)]))
+    p = beam.Pipeline(runner="DirectRunner")
+    rows = _collect((p | beam.Create([(_msg(*events[:17]), 0), (_msg(*events[17:]), 0)])
+                     | CountEvents(policy, early_firing_s=None))[ROWS])
+    p.run().wait_until_finish()
+    assert sorted((r.granularity, r.window_start_s, r.pane_index, r.aggregate.count) for r in rows) == sorted(
+        [("minute", 1715680800 + 60 * k, 0, 10) for k in range(3)] + [("hour", 1715680800, 0, 30)])
 
 
-def test_aggregate_fn_never_mutates_and_avg_uses_value_count():
-    fn = AggregateFn()
+def test_merge_never_mutates_and_avg_uses_value_count():
     a = aggregate_events([_E(1.0), _E(None), _E(3.0)])[("V", "t")]
-    b = fn.add_input(a, Aggregate(1, 1, 10.0, 10.0, 10.0))
+    b = merge(a, Aggregate(1, 1, 10.0, 10.0, 10.0))
     assert a == Aggregate(3, 2, 4.0, 1.0, 3.0) and b == Aggregate(4, 3, 14.0, 1.0, 10.0)
     assert b.avg == 14.0 / 3
-    assert fn.merge_accumulators([fn.create_accumulator(), a, fn.create_accumulator()]) == a
+    assert merge(merge(Aggregate(0, 0, 0.0, None, None), a), Aggregate(0, 0, 0.0, None, None)) == a
     assert Aggregate(1, 0, 0.0, None, None).avg is None
-
-
-def test_a_pane_of_no_events_writes_no_row():
-    from apache_beam.transforms.window import IntervalWindow
-    from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
-
-    from transforms.aggregate import _ToRow
-
-    win, pane = IntervalWindow(60, 120), PaneInfo(False, True, PaneInfoTiming.ON_TIME, 1, 0)
-    to_row = _ToRow("minute")
-    assert list(to_row.process((("V", "t"), AggregateFn().create_accumulator()), win, pane)) == []
-    (row,) = to_row.process((("V", "t"), Aggregate(2, 1, 5.0, 5.0, 5.0)), win, pane)
-    assert (row.window_start_s, row.aggregate.count, row.pane_index) == (60, 2, 1)
 
 
 def test_enrich_sees_a_new_snapshot_in_a_list_of_the_same_length():
     row = AggregateRow("V1", "view", "minute", 0, Aggregate(1, 0, 0.0, None, None), 0, 1000)
     fn = Enrich()
     fn.start_bundle()
-    assert next(fn.process(row, [(1, {"V1": ("Old", "C")})])).title == "Old"
-    assert next(fn.process(row, [(2, {"V1": ("New", "C")})])).title == "New"
+    assert next(fn.process([row], [(1, {"V1": ("Old", "C")})]))[0].title == "Old"
+    assert next(fn.process([row], [(2, {"V1": ("New", "C")})]))[0].title == "New"
 
 
 class _E:
@@ -249,9 +220,9 @@ def test_enrich_uses_the_newest_snapshot_and_keeps_unknown_entities():
     fn = Enrich()
     fn.start_bundle()
     snaps = [(0, {"V1": ("Old", "C")}), (2, {"V1": ("New", "C")}), (1, {"V1": ("Mid", "C")})]
-    assert list(fn.process(row, snaps))[0].title == "New"
-    assert list(fn.process(row._replace(video_id="V9"), snaps))[0][1:] == (None, None)
-    assert list(fn.process(row, []))[0][1:] == (None, None)
+    assert next(fn.process([row], snaps))[0].title == "New"
+    assert next(fn.process([row._replace(video_id="V9")], snaps))[0][1:] == (None, None)
+    assert next(fn.process([row], []))[0][1:] == (None, None)
 
 
 def test_enrich_from_file_rereads_after_refresh_and_keeps_the_snapshot_when_a_reread_fails(tmp_path, monkeypatch):
@@ -264,16 +235,16 @@ def test_enrich_from_file_rereads_after_refresh_and_keeps_the_snapshot_when_a_re
     fn.setup()
     path.write_bytes(b'{"video_id": "V1", "title": "New", "channel": "C"}\n')
     clock[0] = 109.0
-    assert next(fn.process(row)).title == "Old"  # not yet due
+    assert next(fn.process([row]))[0].title == "Old"  # not yet due
     clock[0] = 110.0
-    assert next(fn.process(row)).title == "New"
+    assert next(fn.process([row]))[0].title == "New"
     path.write_bytes(b"not json\n")
     clock[0] = 125.0
-    assert next(fn.process(row)).title == "New"  # a bad re-read keeps the previous snapshot
-    assert next(fn.process(row._replace(video_id="V9")))[1:] == (None, None)
+    assert next(fn.process([row]))[0].title == "New"  # a bad re-read keeps the previous snapshot
+    assert next(fn.process([row._replace(video_id="V9")]))[0][1:] == (None, None)
     unenriched = _EnrichFromFileFn(None, None)
     unenriched.setup()
-    assert next(unenriched.process(row))[1:] == (None, None)
+    assert next(unenriched.process([row]))[0][1:] == (None, None)
 
 
 def test_files_land_in_their_hour_folder_one_file_per_flush_window_and_pane(tmp_path):

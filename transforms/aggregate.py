@@ -1,30 +1,64 @@
-"""Per-minute and per-hour aggregates over event-time windows (SPEC.md section 3).
+"""Per-minute and per-hour aggregates over event-time windows (SPEC.md section 3), with
+batches as elements: no element per event and no element per (video, type) on the hot path.
 
-``PreAggregate``: accepted events of one chunk (one event-time minute) -> partial
-aggregates ``((video_id, event_type), Aggregate)`` timestamped at the minute start, so
-Beam's windows see one element per key per chunk instead of one per event.
+``PreAggregate``: accepted events (``(arrival_us, [Event, ...])`` of one event-time minute,
+timestamped at the minute start) -> per bundle, one element per pane shard: ``(shard,
+(arrival_us, {minute_s: {(video_id, event_type): Aggregate}}))``, ``arrival_us`` the latest
+arrival (processing) time in the bundle. ``shard = crc32(video_id) % shards``.
 
-``WindowedAggregates``: partials -> ``AggregateRow`` per window and pane, for each
-granularity, in ``FixedWindows`` (UTC-aligned, half-open) with an accumulating trigger:
-early panes every ``early_firing_s`` of processing time, the on-time pane at the
-watermark, late panes for late data. Every pane carries the *absolute* running
-aggregate, which the sink writes as an overwrite.
+``FirePanes``: a stateful DoFn keyed by pane shard that keeps, for every open window of each
+granularity (``FixedWindows`` of 60 s and 3600 s, UTC-aligned, half-open), the running
+``Aggregate`` of every (video, type), and fires panes exactly as Beam's
+``AfterWatermark(early=AfterProcessingTime(early_firing_s), late=AfterCount(1))`` in
+accumulating mode would, for a whole shard at once:
 
-Beam's own allowed lateness is per window; the product decides lateness per event
-before windowing (``DedupAndJudgeLateness``), so windows keep state for
-``allowed_lateness + window + WINDOW_LATENESS_MARGIN_S`` and never drop an event the
-product accepted (DESIGN.md "The product decides lateness per event").
+* early panes: ``early_firing_s`` of processing time after the first unfired data, holding
+  the (video, type) that changed since their last pane. Processing time is read two ways,
+  whichever comes first: a processing-time timer (the runner's clock) and the arrival
+  time carried by the data (the pipeline's clock of SPEC.md section 2): an element that
+  arrives ``early_firing_s`` or more after the first unfired data fires the early pane
+  itself. The second keeps early panes firing where a DoFn cannot read the runner's clock
+  (the local runner's ``TestStream`` clock starts at the epoch, not at the wall clock);
+* the on-time pane: when the watermark passes the window's end, holding every (video, type)
+  of the window (Beam's on-time pane fires whether or not data came since the last one);
+* late panes: each late element fires one pane at once, holding what it changed;
+* the window's state is dropped ``allowed_lateness + window + WINDOW_LATENESS_MARGIN_S``
+  after its end (the product decides lateness per event before windowing; DESIGN.md).
+
+Output: ``list[AggregateRow]``, the rows of one firing (one pane of each window it fires):
+at most one row, so one mutation, per (video, type, window) per pane. Every row carries the
+*absolute* running aggregate, which the sink writes as an overwrite.
+
+State: a bag of ``(window_size_s, window_start_s, partials)`` entries (``partials``: the
+encoded ``{(video, type): Aggregate}`` of one input element), compacted to one entry per
+window whenever a window is dropped; the pane bookkeeping ``{window: (next pane index,
+on-time fired)}``; a version bumped on every write. As in ``transforms.dedup``, each process
+keeps the merged aggregates of the keys it serves in memory, tagged with the version they
+were built from, and rebuilds them from the bag when the version differs (a key that moved
+or a restored job): the rebuilt windows count every (video, type) as changed, so the next
+pane re-sends them rather than miss one.
 """
 from __future__ import annotations
 
+import uuid
+import zlib
+from collections import defaultdict
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.transforms import trigger, window
+import orjson
+from apache_beam.coders import BytesCoder, TupleCoder, VarIntCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
+from schemas.event import US_PER_S
 from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, PaneClock, merge
 
 WINDOW_LATENESS_MARGIN_S = 60
+_GRANULARITY_OF_SIZE = {size: g for g, size in GRANULARITY_SECONDS.items()}
 
 
 class AggregateRow(NamedTuple):
@@ -45,11 +79,17 @@ class AggregateRow(NamedTuple):
 def aggregate_events(events) -> dict[tuple[str, str], Aggregate]:
     """Fold events into one ``Aggregate`` per ``(video_id, event_type)``."""
     out: dict[tuple[str, str], list] = {}
+    _fold(out, events)
+    return {k: Aggregate(*v) for k, v in out.items()}
+
+
+def _fold(accs: dict, events) -> None:
+    """Add events to mutable accumulators ``{(video_id, event_type): [count, value_count, sum, min, max]}``."""
     for ev in events:
         key = (ev.video_id, ev.event_type)
-        acc = out.get(key)
+        acc = accs.get(key)
         if acc is None:
-            acc = out[key] = [0, 0, 0.0, None, None]
+            acc = accs[key] = [0, 0, 0.0, None, None]
         acc[0] += 1
         v = ev.value
         if v is not None:
@@ -59,74 +99,224 @@ def aggregate_events(events) -> dict[tuple[str, str], Aggregate]:
                 acc[3] = v
             if acc[4] is None or v > acc[4]:
                 acc[4] = v
-    return {k: Aggregate(*v) for k, v in out.items()}
+
+
+def pane_shard_of(video_id: str, shards: int) -> int:
+    return zlib.crc32(video_id.encode("utf-8")) % shards
 
 
 class PreAggregate(beam.DoFn):
-    def process(self, chunk, timestamp=beam.DoFn.TimestampParam):
-        for key, agg in aggregate_events(chunk).items():
-            yield beam.window.TimestampedValue((key, agg), timestamp)
+    """See the module doc. Partials are flushed at the end of every bundle."""
+
+    def __init__(self, shards: int) -> None:
+        self._shards = shards
+
+    def start_bundle(self) -> None:
+        self._by_minute: dict[int, dict] = defaultdict(dict)
+        self._arrival_us = 0
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam):
+        arrival_us, chunk = element
+        _fold(self._by_minute[timestamp.micros // US_PER_S], chunk)
+        self._arrival_us = max(self._arrival_us, arrival_us)
+
+    def finish_bundle(self):
+        by_shard: dict[int, dict] = defaultdict(lambda: defaultdict(dict))
+        shard_of: dict[str, int] = {}
+        for minute_s, accs in self._by_minute.items():
+            for key, acc in accs.items():
+                shard = shard_of.get(key[0])
+                if shard is None:
+                    shard = shard_of[key[0]] = pane_shard_of(key[0], self._shards)
+                by_shard[shard][minute_s][key] = Aggregate(*acc)
+        for shard, minutes in by_shard.items():
+            yield WindowedValue((shard, (self._arrival_us, dict(minutes))), Timestamp(min(minutes)),
+                                (GlobalWindow(),))
 
 
-class AggregateFn(beam.CombineFn):
-    """Combines ``Aggregate`` values; accumulators are immutable tuples, so no firing can
-    reset or mutate what an earlier firing returned."""
-
-    def create_accumulator(self) -> Aggregate:
-        return EMPTY
-
-    def add_input(self, acc: Aggregate, value: Aggregate) -> Aggregate:
-        return merge(acc, value)
-
-    def merge_accumulators(self, accs) -> Aggregate:
-        out = EMPTY
-        for a in accs:
-            out = merge(out, a)
-        return out
-
-    def extract_output(self, acc: Aggregate) -> Aggregate:
-        return acc
+def encode_partials(partials: dict[tuple[str, str], Aggregate]) -> bytes:
+    return orjson.dumps([[*key, *agg] for key, agg in partials.items()])
 
 
-class _ToRow(beam.DoFn):
-    def __init__(self, granularity: str) -> None:
-        self._granularity = granularity
+def decode_partials(blob: bytes) -> dict[tuple[str, str], Aggregate]:
+    return {(r[0], r[1]): Aggregate(*r[2:]) for r in orjson.loads(blob)}
 
-    def process(self, element, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        (video_id, event_type), agg = element
-        if agg.count == 0:
-            # A pane of no events: a window only exists because events came, so this is a
-            # runner firing over an empty buffer (seen on Flink when the watermark passes a
-            # window's end + allowed lateness). Written, it would overwrite the real totals.
-            return
-        yield AggregateRow(video_id, event_type, self._granularity, int(win.start.micros // 1_000_000),
-                           agg, pane.index, PaneClock.now_us())
+
+class _Window:
+    """One open window of one shard: aggregates, changed keys, pane bookkeeping."""
+
+    __slots__ = ("aggs", "changed", "next_pane", "on_time_fired")
+
+    def __init__(self, next_pane: int = 0, on_time_fired: bool = False) -> None:
+        self.aggs: dict[tuple[str, str], Aggregate] = {}
+        self.changed: set[tuple[str, str]] = set()
+        self.next_pane = next_pane
+        self.on_time_fired = on_time_fired
+
+    def add(self, partials: dict[tuple[str, str], Aggregate]) -> None:
+        aggs = self.aggs
+        for key, agg in partials.items():
+            aggs[key] = merge(aggs.get(key, EMPTY), agg)
+        self.changed.update(partials)
+
+
+class _ShardWindows:
+    """The open windows of one pane shard, ``{(size_s, start_s): _Window}``, at a state version."""
+
+    def __init__(self, version: int, bookkeeping: bytes | None, entries) -> None:
+        self.version = version
+        self.windows: dict[tuple[int, int], _Window] = {}
+        for size_s, start_s, next_pane, fired in orjson.loads(bookkeeping or b"[]"):
+            self.windows[(size_s, start_s)] = _Window(next_pane, fired)
+        for size_s, start_s, blob in entries:
+            self.window(size_s, start_s).add(decode_partials(blob))
+
+    def window(self, size_s: int, start_s: int) -> _Window:
+        w = self.windows.get((size_s, start_s))
+        if w is None:
+            w = self.windows[(size_s, start_s)] = _Window()
+        return w
+
+    def bookkeeping(self) -> bytes:
+        return orjson.dumps([[s, t, w.next_pane, w.on_time_fired] for (s, t), w in self.windows.items()])
+
+
+# Per pipeline (keyed by a token made at construction) and shard key, in this process.
+_WINDOWS: dict[tuple[str, int], _ShardWindows] = {}
+
+
+class FirePanes(beam.DoFn):
+    """See the module doc. ``early_firing_s=None``: only on-time panes (batch)."""
+
+    PARTIALS = BagStateSpec("partials", TupleCoder((VarIntCoder(), VarIntCoder(), BytesCoder())))
+    PANES = ReadModifyWriteStateSpec("panes", BytesCoder())
+    VERSION = ReadModifyWriteStateSpec("version", VarIntCoder())
+    FIRST_UNFIRED = ReadModifyWriteStateSpec("first_unfired_arrival_us", VarIntCoder())
+    WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
+    EARLY = TimerSpec("early", TimeDomain.REAL_TIME)
+
+    def __init__(self, allowed_lateness_s: int, early_firing_s: int | None) -> None:
+        self._lateness_s = allowed_lateness_s
+        self._early_s = early_firing_s
+        self._token = uuid.uuid4().hex
+
+    def _shard(self, key, bag, panes, version) -> _ShardWindows:
+        v = version.read() or 0
+        cached = _WINDOWS.get((self._token, key))
+        if cached is None or cached.version != v:
+            cached = _WINDOWS[(self._token, key)] = _ShardWindows(v, panes.read(), bag.read())
+        return cached
+
+    def _commit(self, shard: _ShardWindows, panes, version) -> None:
+        panes.write(shard.bookkeeping())
+        shard.version += 1
+        version.write(shard.version)
+
+    def _drop_after_us(self, size_s: int, start_s: int) -> int:
+        return (start_s + 2 * size_s + self._lateness_s + WINDOW_LATENESS_MARGIN_S) * US_PER_S
+
+    def _next_boundary_us(self, shard: _ShardWindows) -> int | None:
+        """When the watermark next matters: the earliest end of a window not yet fired on
+        time (``end - 1 µs``, its last timestamp) or drop time of one that was."""
+        return min(((self._drop_after_us(s, t) if w.on_time_fired else (t + s) * US_PER_S - 1)
+                    for (s, t), w in shard.windows.items()), default=None)
+
+    def process(self, element, bag=beam.DoFn.StateParam(PARTIALS), panes=beam.DoFn.StateParam(PANES),
+                version=beam.DoFn.StateParam(VERSION), first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED),
+                window_end=beam.DoFn.TimerParam(WINDOW_END), early=beam.DoFn.TimerParam(EARLY)):
+        key, (arrival_us, by_minute) = element
+        shard = self._shard(key, bag, panes, version)
+        rows: list[AggregateRow] = []
+        unfired = False
+        for minute_s, partials in by_minute.items():
+            blob = encode_partials(partials)
+            for size_s in GRANULARITY_SECONDS.values():
+                start_s = minute_s - minute_s % size_s
+                w = shard.window(size_s, start_s)
+                w.add(partials)
+                bag.add((size_s, start_s, blob))
+                if w.on_time_fired:  # late data: a late pane now (AfterCount(1))
+                    self._pane(rows, size_s, start_s, w, w.changed)
+                else:
+                    unfired = True
+        if unfired and self._early_s is not None:
+            since_us = first_unfired.read()
+            if since_us is None:
+                first_unfired.write(arrival_us)
+                early.set(Timestamp.now() + self._early_s)
+            elif arrival_us - since_us >= self._early_s * US_PER_S:
+                self._early_panes(rows, shard)
+                first_unfired.clear()
+        self._commit(shard, panes, version)
+        window_end.set(Timestamp(micros=self._next_boundary_us(shard)))
+        if rows:
+            yield rows
+
+    @on_timer(EARLY)
+    def on_early(self, key=beam.DoFn.KeyParam, bag=beam.DoFn.StateParam(PARTIALS),
+                 panes=beam.DoFn.StateParam(PANES), version=beam.DoFn.StateParam(VERSION),
+                 first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED)):
+        first_unfired.clear()
+        shard = self._shard(key, bag, panes, version)
+        rows: list[AggregateRow] = []
+        self._early_panes(rows, shard)
+        if rows:
+            self._commit(shard, panes, version)
+            yield rows
+
+    def _early_panes(self, rows: list, shard: _ShardWindows) -> None:
+        for (size_s, start_s), w in shard.windows.items():
+            if not w.on_time_fired and w.changed:
+                self._pane(rows, size_s, start_s, w, w.changed)
+
+    @on_timer(WINDOW_END)
+    def on_window_end(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                      bag=beam.DoFn.StateParam(PARTIALS), panes=beam.DoFn.StateParam(PANES),
+                      version=beam.DoFn.StateParam(VERSION), window_end=beam.DoFn.TimerParam(WINDOW_END)):
+        shard = self._shard(key, bag, panes, version)
+        rows: list[AggregateRow] = []
+        dropped = False
+        for (size_s, start_s), w in list(shard.windows.items()):
+            if not w.on_time_fired and (start_s + size_s) * US_PER_S - 1 <= fired.micros:
+                self._pane(rows, size_s, start_s, w, w.aggs)
+                w.on_time_fired = True
+            if w.on_time_fired and self._drop_after_us(size_s, start_s) <= fired.micros:
+                del shard.windows[(size_s, start_s)]
+                dropped = True
+        if dropped:  # compact: one entry per remaining window
+            bag.clear()
+            for (size_s, start_s), w in shard.windows.items():
+                bag.add((size_s, start_s, encode_partials(w.aggs)))
+        self._commit(shard, panes, version)
+        boundary_us = self._next_boundary_us(shard)
+        if boundary_us is not None:
+            window_end.set(Timestamp(micros=boundary_us))
+        if rows:
+            yield rows
+
+    @staticmethod
+    def _pane(rows: list, size_s: int, start_s: int, w: _Window, keys) -> None:
+        """Append one pane of window ``w``: a row for each of ``keys``."""
+        granularity = _GRANULARITY_OF_SIZE[size_s]
+        stamp_us = PaneClock.now_us()
+        for video_id, event_type in keys:
+            rows.append(AggregateRow(video_id, event_type, granularity, start_s, w.aggs[(video_id, event_type)],
+                                     w.next_pane, stamp_us))
+        w.next_pane += 1
+        w.changed = set()
 
 
 class WindowedAggregates(beam.PTransform):
-    """``PCollection[((video_id, event_type), Aggregate)]`` -> ``PCollection[AggregateRow]``
-    for minute and hour windows. ``early_firing_s=None``: no early or late panes (batch)."""
+    """Accepted events per minute (``[Event, ...]``) -> ``PCollection[list[AggregateRow]]`` for
+    minute and hour windows. ``early_firing_s=None``: no early or late panes (batch)."""
 
-    def __init__(self, allowed_lateness_s: int, early_firing_s: int | None) -> None:
+    def __init__(self, allowed_lateness_s: int, early_firing_s: int | None, shards: int) -> None:
         super().__init__()
         self._lateness_s = allowed_lateness_s
         self._early_s = early_firing_s
+        self._shards = shards
 
-    def expand(self, partials):
-        rows = []
-        for granularity, size_s in GRANULARITY_SECONDS.items():
-            if self._early_s is None:
-                windowed = partials | f"{granularity} windows" >> beam.WindowInto(window.FixedWindows(size_s))
-            else:
-                windowed = partials | f"{granularity} windows" >> beam.WindowInto(
-                    window.FixedWindows(size_s),
-                    trigger=trigger.AfterWatermark(
-                        early=trigger.AfterProcessingTime(self._early_s),
-                        late=trigger.AfterCount(1)),
-                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                    allowed_lateness=self._lateness_s + size_s + WINDOW_LATENESS_MARGIN_S)
-            rows.append(windowed
-                        | f"{granularity} combine" >> beam.CombinePerKey(AggregateFn())
-                        | f"{granularity} rows" >> beam.ParDo(_ToRow(granularity))
-                        | f"{granularity} rows to global window" >> beam.WindowInto(window.GlobalWindows()))
-        return rows | beam.Flatten()
+    def expand(self, accepted):
+        return (accepted
+                | "pre-aggregate" >> beam.ParDo(PreAggregate(self._shards))
+                | "fire panes" >> beam.ParDo(FirePanes(self._lateness_s, self._early_s)))

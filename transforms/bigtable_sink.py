@@ -1,6 +1,6 @@
 """Write enriched aggregates to Bigtable as idempotent overwrites (layout: schemas/storage.py).
 
-Input: ``EnrichedRow``. Each pane becomes one ``SetCell`` with an explicit millisecond
+Input: ``list[EnrichedRow]`` (the rows of one firing). Each pane becomes one ``SetCell`` with an explicit millisecond
 timestamp (the pane's ``cell_timestamp_us``) in the row of its window's period. Cells for
 the same row are grouped into one row mutation; one ``MutateRows`` request carries at most
 ``max_mutations_per_request`` cells (Bigtable's limit is 100,000). Rows a request could
@@ -73,14 +73,16 @@ class WriteAggregates(beam.DoFn):
     def start_bundle(self) -> None:
         self._pending: dict[tuple[bytes, bytes], EnrichedRow] = {}
 
-    def process(self, e: EnrichedRow):
-        r = e.row
-        cell = (storage.row_key(r.video_id, r.event_type, r.granularity, r.window_start_s),
-                storage.qualifier(r.window_start_s))
-        old = self._pending.get(cell)
-        if old is None or old.row.cell_timestamp_us < r.cell_timestamp_us:
-            self._pending[cell] = e
-        if len(self._pending) >= self._max_mutations:
+    def process(self, batch: list[EnrichedRow]):
+        pending = self._pending
+        for e in batch:
+            r = e.row
+            cell = (storage.row_key(r.video_id, r.event_type, r.granularity, r.window_start_s),
+                    storage.qualifier(r.window_start_s))
+            old = pending.get(cell)
+            if old is None or old.row.cell_timestamp_us < r.cell_timestamp_us:
+                pending[cell] = e
+        if len(pending) >= self._max_mutations:
             for dead in self._flush():
                 yield beam.window.TimestampedValue(dead, Timestamp(micros=dead.processing_time_us))
 
@@ -94,15 +96,14 @@ class WriteAggregates(beam.DoFn):
             client.close()
 
     def _flush(self):
-        pending, self._pending = self._pending, {}
-        if not pending:
-            return
-        failed = self._write(pending)
-        for e in failed:
-            self._failures.inc()
-            self._dead.inc(WRITE_FAILED)
-            yield DeadLetter(row_to_json(e), WRITE_FAILED,
-                             f"Bigtable write failed after {self._max_attempts} attempts", time.time_ns() // 1000)
+        """Write every pending cell, ``max_mutations_per_request`` cells per request."""
+        pending, self._pending = list(self._pending.items()), {}
+        for i in range(0, len(pending), self._max_mutations):
+            for e in self._write(dict(pending[i:i + self._max_mutations])):
+                self._failures.inc()
+                self._dead.inc(WRITE_FAILED)
+                yield DeadLetter(row_to_json(e), WRITE_FAILED,
+                                 f"Bigtable write failed after {self._max_attempts} attempts", time.time_ns() // 1000)
 
     def _write(self, cells: dict[tuple[bytes, bytes], EnrichedRow]) -> list[EnrichedRow]:
         """Write cells; return the rows still failing after ``max_attempts``."""

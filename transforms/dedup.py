@@ -28,8 +28,8 @@ process holds (it is a lower bound of the watermark, so it never refuses an even
 SPEC accepts). On a runner with many workers a worker holding no probe key sees only its
 own expiry timers; ``dedup_shards`` probe replicas spread probe keys across workers.
 
-Outputs: main, the accepted events per event-time minute (``[Event, ...]``, timestamp =
-minute start); ``DEAD_LETTER``, ``too_late`` dead letters (their processing time is the
+Outputs: main, the accepted events of one message per event-time minute, with the
+message's arrival time (``(arrival_us, [Event, ...])``, timestamp = minute start); ``DEAD_LETTER``, ``too_late`` dead letters (their processing time is the
 message's arrival time). Duplicates are counted (``duplicates_dropped``), not
 dead-lettered.
 """
@@ -155,7 +155,7 @@ class DedupAndJudgeLateness(beam.DoFn):
             ids.add((minute_s, sorted(minute_ids)))
             shard.add(minute_s, minute_ids)
             self._accepted.inc(len(events))
-            yield beam.window.TimestampedValue(events, Timestamp(minute_s))
+            yield beam.window.TimestampedValue((arrival_us, events), Timestamp(minute_s))
         shard.version += 1
         version.write(shard.version)
         earliest_s = min(map(self._expiry_s, accepted))

@@ -1,5 +1,5 @@
 """Enrichment of aggregates with entity metadata (SPEC.md section 3), two ways, both
-``PCollection[AggregateRow] -> PCollection[EnrichedRow]``:
+``PCollection[list[AggregateRow]] -> PCollection[list[EnrichedRow]]`` (one list per firing):
 
 * ``EnrichFromSnapshots(snapshots, triggered)``: through a side input of snapshots (read
   once, refreshed by ``PeriodicImpulse``, or fed by a ``TestStream``: the scenario runner).
@@ -128,34 +128,34 @@ class _EnrichFromFileFn(beam.DoFn):
         self._entries = read_snapshot_file(self._path) if self._path else {}
         self._read_at = time.monotonic()
 
-    def process(self, row: AggregateRow):
+    def process(self, rows: list[AggregateRow]):
         if self._path and self._refresh_s and time.monotonic() - self._read_at >= self._refresh_s:
             self._read_at = time.monotonic()
             try:
                 self._entries = read_snapshot_file(self._path)
             except (OSError, ValueError) as e:
                 _LOG.warning("metadata re-read failed, keeping the previous snapshot: %s", e)
-        yield _stamped(row, self._entries)
+        yield _stamped(rows, self._entries)
 
 
 class Enrich(beam.DoFn):
-    """``AggregateRow`` -> ``EnrichedRow``; side input: the ``LatestSnapshot`` output as a list."""
+    """``list[AggregateRow]`` -> ``list[EnrichedRow]``; side input: the ``LatestSnapshot`` output as a list."""
 
     def start_bundle(self) -> None:
         self._seen: tuple | None = None
         self._entries: dict = {}
 
-    def process(self, row: AggregateRow, snapshots: list):
+    def process(self, rows: list[AggregateRow], snapshots: list):
         # the list object may be new at a reused address with the same length (a runner may
         # keep only the latest pane), so the newest entry's version is part of the marker
         marker = (id(snapshots), len(snapshots), snapshots[-1][0] if snapshots else None)
         if marker != self._seen:
             self._seen = marker
             self._entries = max(snapshots, key=lambda s: s[0])[1] if snapshots else {}
-        yield _stamped(row, self._entries)
+        yield _stamped(rows, self._entries)
 
 
-def _stamped(row: AggregateRow, entries: dict) -> EnrichedRow:
-    """``row`` with its entity's title and channel from a snapshot's entries (nulls if unknown)."""
-    title, channel = entries.get(row.video_id, (None, None))
-    return EnrichedRow(row, title, channel)
+def _stamped(rows: list[AggregateRow], entries: dict) -> list[EnrichedRow]:
+    """Each row with its entity's title and channel from a snapshot's entries (nulls if unknown)."""
+    unknown = (None, None)
+    return [EnrichedRow(row, *entries.get(row.video_id, unknown)) for row in rows]

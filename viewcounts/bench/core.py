@@ -1,0 +1,134 @@
+"""The core job under benchmark: the product's own ``CountEvents`` (decode, validate, dedup,
+minute and hour aggregates) on the local runner in streaming mode, over a workload's
+``messages.jsonl``; the Bigtable write is replaced by a counting sink that keeps each
+window's newest pane.
+
+The messages reach the job as a ``TestStream`` (the local runner reads no file in streaming
+mode: its bounded reads are splittable DoFns, which it cannot run), about 1,000 events per
+step, with the stream's own clocks: after each step the watermark moves to the step's
+stream time minus three ``disorder_s`` (so no event is late) and processing time moves on
+by the stream time the step covers, so early panes fire every ``early_firing_s`` of stream
+time as they would live. The input is held in memory by the ``TestStream``: peak RSS
+includes it.
+
+Run as a child process (so its CPU time and peak RSS are its own)::
+
+    python -m viewcounts.bench.core WORKLOAD_DIR OUT_AGGREGATES_JSONL [--early-firing-s S]
+
+prints one JSON line: ``events`` (read), ``accepted``, ``duplicates``, ``mutations`` (panes
+written: one mutation per (video, type, window) per pane), ``seconds`` (wall time of
+``run()`` to finished, including the runner's start), ``startup_seconds`` (imports and
+pipeline construction).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+
+class _CountingSink:
+    """A DoFn factory: every pane is one (would-be) mutation; keeps the newest pane per window.
+
+    Results live in this process's memory under a token (the local runner runs in-process)."""
+
+    RESULTS: dict[str, dict] = {}
+    LOCK = threading.Lock()
+
+
+def _sink_dofn(token: str):
+    import apache_beam as beam
+
+    class CountingSink(beam.DoFn):
+        def process(self, row):
+            key = (row.video_id, row.event_type, row.granularity, row.window_start_s)
+            with _CountingSink.LOCK:
+                res = _CountingSink.RESULTS[token]
+                res["mutations"] += 1
+                newest = res["panes"].get(key)
+                if newest is None or row.cell_timestamp_us > newest[0]:
+                    res["panes"][key] = (row.cell_timestamp_us, row.aggregate)
+
+    return CountingSink()
+
+
+def _test_stream(messages_path: Path, meta: dict, arrival_us: int):
+    """``(payload, arrival_us)`` elements in steps of about 1,000 events (see the module doc)."""
+    from apache_beam.testing.test_stream import TestStream
+    from apache_beam.utils.timestamp import Timestamp
+
+    from viewcounts.bench.workload import START
+
+    spec = meta["spec"]
+    per_step = max(1, 1000 // spec["events_per_message"])
+    step_ms = spec["span_s"] * 1000 * per_step // meta["messages"]  # TestStream clocks are whole ms
+    start_ms = int(START.timestamp() * 1000) - 3 * spec["disorder_s"] * 1000
+    ts = TestStream()
+    ts.advance_watermark_to(Timestamp(micros=start_ms * 1000))
+    with open(messages_path, "rb") as f:
+        lines = [line.rstrip(b"\n") for line in f]
+    for step, i in enumerate(range(0, len(lines), per_step)):
+        watermark = Timestamp(micros=(start_ms + (step + 1) * step_ms) * 1000)
+        ts.add_elements([beam_timestamped((payload, arrival_us), watermark) for payload in lines[i:i + per_step]])
+        ts.advance_watermark_to(watermark)
+        ts.advance_processing_time(step_ms / 1000)
+    return ts.advance_watermark_to_infinity()
+
+
+def beam_timestamped(value, timestamp):
+    from apache_beam.transforms.window import TimestampedValue
+
+    return TimestampedValue(value, timestamp)
+
+
+def run(workload_dir: Path, out_path: Path, early_firing_s: int) -> dict:
+    started = time.perf_counter()
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import runners
+    from transforms import metrics
+    from transforms.count_events import ROWS, CountEvents
+    from transforms.validate import AcceptancePolicy
+    from viewcounts.bench.workload import write_aggregates
+
+    meta = orjson.loads((workload_dir / "workload.json").read_bytes())
+    arrival_us = meta["arrival_us"]
+    token = uuid.uuid4().hex
+    _CountingSink.RESULTS[token] = {"mutations": 0, "panes": {}}
+    options = PipelineOptions(["--streaming"])
+    runners.prepare(options)  # the local runner, as the streaming job uses it
+    p = beam.Pipeline(options=options)
+    counted = (p
+               | "messages" >> _test_stream(workload_dir / "messages.jsonl", meta, arrival_us)
+               | "count events" >> CountEvents(AcceptancePolicy(), early_firing_s))
+    counted[ROWS] | "counting sink" >> beam.ParDo(_sink_dofn(token))
+    built = time.perf_counter()
+    result = p.run()
+    result.wait_until_finish()
+    finished = time.perf_counter()
+    res = _CountingSink.RESULTS.pop(token)
+    write_aggregates({k: tuple(agg) for k, (_, agg) in res["panes"].items()}, out_path)
+    counters = metrics.committed_counters(result)
+    return {"events": counters.get(metrics.EVENTS_IN, 0), "accepted": counters.get(metrics.EVENTS_ACCEPTED, 0),
+            "duplicates": counters.get(metrics.DUPLICATES_DROPPED, 0), "mutations": res["mutations"],
+            "seconds": finished - built, "startup_seconds": built - started}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m viewcounts.bench.core", description=__doc__.split("\n\n")[0])
+    ap.add_argument("workload_dir", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--early-firing-s", type=int, default=5)
+    args = ap.parse_args(argv)
+    sys.stdout.write(orjson.dumps(run(args.workload_dir, args.out, args.early_firing_s)).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
