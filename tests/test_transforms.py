@@ -141,7 +141,7 @@ def test_a_restamped_copy_is_a_duplicate_while_its_id_is_remembered():
     ("2024-05-14T10:11:20Z", False),  # 20 s late: too_late (SPEC: may go either way within 5 s)
 ])
 def test_lateness_boundary_after_an_idle_watermark_move(advance_to, accepted):
-    # nothing else arrives: only the probe ladder can know where the watermark is
+    # nothing else arrives: only the shard keys' ladders can know where the watermark is
     clock = _Clock().watermark(advance_to).wait(600).publish(_msg(_ev("x", "2024-05-14T10:01:00Z")))
     p, out = _count(clock)
     assert_that(out[DEAD_LETTERS] | beam.Map(lambda d: d.reason),

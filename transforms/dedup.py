@@ -1,7 +1,8 @@
 """Dedup by ``event_id`` and the ``too_late`` rule (SPEC.md section 2), in one stateful DoFn.
 
 Input: ``((DEDUP_KEY, shard), (arrival_us, [Event, ...]))`` from ``ValidateEvents``, plus one
-``((PROBE_KEY, replica), (0, []))`` element per probe replica from ``probe_elements``.
+``((DEDUP_KEY, shard), (0, []))`` element per shard from ``probe_elements`` (an empty chunk
+that starts the shard's watermark view).
 
 Dedup. A shard key (``crc32(event_id) % dedup_shards``) holds every remembered id of its
 shard, grouped by the event-time minute of the first accepted copy, so a copy is found
@@ -17,16 +18,18 @@ the version it was built from: a key that moved between workers and came back fi
 different version and rebuilds from the bag, so the cache is never trusted stale.
 
 The watermark view. A DoFn is not told its input watermark (SPEC.md section 2 lets the
-product judge ``too_late`` against its own view of it, lagging by at most 5 s). Probe keys
-keep a *ladder* of event-time timers at ``view + 5 s * 2**i`` (i = 0..41, dynamic timer
-tags). A timer that fires at ``T`` proves the watermark reached ``T``; the view becomes
-the highest rung that fired and the ladder is set again from there. After a jump of the
-watermark by D the view is back within 5 s in about log2(D / 5 s) rounds, and while the
-watermark creeps forward rung 0 fires every 5 s of event time. Expiry timers raise the
-view too. The view lives in process memory, per pipeline, shared by every key this
-process holds (it is a lower bound of the watermark, so it never refuses an event the
-SPEC accepts). On a runner with many workers a worker holding no probe key sees only its
-own expiry timers; ``dedup_shards`` probe replicas spread probe keys across workers.
+product judge ``too_late`` against its own view of it, lagging by at most 5 s). Every
+shard key keeps a *ladder* of event-time timers at ``view + 5 s * 2**i`` (i = 0..41,
+dynamic timer tags). A timer that fires at ``T`` proves the watermark reached ``T``; the
+view becomes the highest rung that fired and the ladder is set again from there. After a
+jump of the watermark by D the view is back within 5 s in about log2(D / 5 s) rounds, and
+while the watermark creeps forward rung 0 fires every 5 s of event time. Expiry timers
+raise the view too. The view is per key, in state: a runner orders a key's elements and
+timers by time, but not one key's timers against other keys' elements. Prism (2.70) fires
+timers at the upstream watermark while older elements of other keys still wait in the
+stage, so a view shared between keys ran hours ahead of events still to be judged
+(``repro_prism.py``). A per-key view is a lower bound of the watermark each element of
+that key is judged at, so it never refuses an event the SPEC accepts.
 
 Outputs: main, the accepted events of one message per event-time minute, with the
 message's arrival time (``(arrival_us, [Event, ...])``, timestamp = minute start); ``DEAD_LETTER``, ``too_late`` dead letters (their processing time is the
@@ -48,22 +51,20 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from schemas.archive import DeadLetter
 from schemas.event import TOO_LATE, US_PER_S, format_time_us
 from transforms import metrics
-from transforms.validate import DEAD_LETTER
+from transforms.validate import DEAD_LETTER, DEDUP_KEY
 
-PROBE_KEY = 1  # first part of probe keys; ValidateEvents uses DEDUP_KEY (0)
 WATERMARK_VIEW_STEP_S = 5
 LADDER_RUNGS = 42  # 5 s * 2**41 spans Beam's whole timestamp range
 _END_US = GlobalWindow().max_timestamp().micros
 _START_US = MIN_TIMESTAMP.micros
 # Per pipeline (keyed by a token made at construction), shared by every instance of the
-# DoFn in this process: the watermark view, and the ids of the shard keys served here.
-_VIEW_US: dict[str, int] = {}
+# DoFn in this process: the ids of the shard keys served here.
 _IDS: dict[tuple[str, tuple[int, int]], "_ShardIds"] = {}
 
 
-def probe_elements(replicas: int) -> list[tuple[tuple[int, int], tuple[int, list]]]:
-    """The elements that start the probe keys (fed once, from an ``Impulse``)."""
-    return [((PROBE_KEY, r), (0, [])) for r in range(replicas)]
+def probe_elements(shards: int) -> list[tuple[tuple[int, int], tuple[int, list]]]:
+    """The elements that start every shard key's ladder (fed once, from an ``Impulse``)."""
+    return [((DEDUP_KEY, s), (0, [])) for s in range(shards)]
 
 
 class _ShardIds:
@@ -89,6 +90,7 @@ class _ShardIds:
 class DedupAndJudgeLateness(beam.DoFn):
     IDS = BagStateSpec("ids", TupleCoder((VarIntCoder(), IterableCoder(StrUtf8Coder()))))
     VERSION = ReadModifyWriteStateSpec("version", VarIntCoder())
+    VIEW = ReadModifyWriteStateSpec("watermark_view_us", VarIntCoder())
     LADDER_BASE = ReadModifyWriteStateSpec("ladder_base_us", VarIntCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
     RUNG = TimerSpec("watermark_ladder", TimeDomain.WATERMARK)
@@ -102,12 +104,15 @@ class DedupAndJudgeLateness(beam.DoFn):
         self._duplicates = metrics.counter(metrics.DUPLICATES_DROPPED)
         self._dead = metrics.DeadLetterCounters()
 
-    def _view_us(self) -> int:
-        return _VIEW_US.get(self._token, _START_US)
+    @staticmethod
+    def _view_us(view) -> int:
+        stored = view.read()
+        return _START_US if stored is None else stored
 
-    def _raise_view(self, fired_us: int) -> None:
-        if fired_us > self._view_us():
-            _VIEW_US[self._token] = fired_us
+    @staticmethod
+    def _raise_view(view, fired_us: int) -> None:
+        if fired_us > DedupAndJudgeLateness._view_us(view):
+            view.write(fired_us)
 
     def _expiry_s(self, minute_s: int) -> int:
         return minute_s + 60 + self._lateness_s
@@ -120,14 +125,14 @@ class DedupAndJudgeLateness(beam.DoFn):
         return cached
 
     def process(self, element, ids=beam.DoFn.StateParam(IDS), version=beam.DoFn.StateParam(VERSION),
-                base=beam.DoFn.StateParam(LADDER_BASE), expiry=beam.DoFn.TimerParam(EXPIRY),
-                rung=beam.DoFn.TimerParam(RUNG)):
+                view=beam.DoFn.StateParam(VIEW), base=beam.DoFn.StateParam(LADDER_BASE),
+                expiry=beam.DoFn.TimerParam(EXPIRY), rung=beam.DoFn.TimerParam(RUNG)):
         key, (arrival_us, chunk) = element
-        if key[0] == PROBE_KEY:
-            if base.read() is None:
-                self._set_ladder(self._view_us(), base, rung)
+        view_us = self._view_us(view)
+        if base.read() is None:
+            self._set_ladder(view_us, base, rung)
+        if not chunk:
             return
-        view_us = self._view_us()
         boundary_us = view_us - self._lateness_s * US_PER_S
         shard = None
         fresh: set[str] = set()  # ids accepted from this chunk
@@ -165,8 +170,8 @@ class DedupAndJudgeLateness(beam.DoFn):
     @on_timer(EXPIRY)
     def on_expiry(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                   ids=beam.DoFn.StateParam(IDS), version=beam.DoFn.StateParam(VERSION),
-                  expiry=beam.DoFn.TimerParam(EXPIRY)):
-        self._raise_view(fired.micros)
+                  view=beam.DoFn.StateParam(VIEW), expiry=beam.DoFn.TimerParam(EXPIRY)):
+        self._raise_view(view, fired.micros)
         fired_s = fired.micros // US_PER_S
         shard = self._shard_ids(key, ids, version)
         shard.drop_until(lambda minute_s: self._expiry_s(minute_s) <= fired_s)
@@ -179,10 +184,10 @@ class DedupAndJudgeLateness(beam.DoFn):
             expiry.set(Timestamp(min(map(self._expiry_s, shard.by_minute))))
 
     @on_timer(RUNG)
-    def on_rung(self, fired=beam.DoFn.TimestampParam, base=beam.DoFn.StateParam(LADDER_BASE),
-                rung=beam.DoFn.TimerParam(RUNG)):
-        self._raise_view(fired.micros)
-        view_us = self._view_us()
+    def on_rung(self, fired=beam.DoFn.TimestampParam, view=beam.DoFn.StateParam(VIEW),
+                base=beam.DoFn.StateParam(LADDER_BASE), rung=beam.DoFn.TimerParam(RUNG)):
+        self._raise_view(view, fired.micros)
+        view_us = self._view_us(view)
         if view_us > base.read():
             self._set_ladder(view_us, base, rung)
 
