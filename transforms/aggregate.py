@@ -30,8 +30,9 @@ at most one row, so one mutation, per (video, type, window) per pane. Every row 
 *absolute* running aggregate, which the sink writes as an overwrite.
 
 State: a bag of ``(window_size_s, window_start_s, partials)`` entries (``partials``: the
-encoded ``{(video, type): Aggregate}`` of one input element), compacted to one entry per
-window whenever a window is dropped; the pane bookkeeping ``{window: (next pane index,
+encoded ``{(video, type): Aggregate}`` of one input element), rewritten without the dropped
+window's entries whenever a window is dropped (the entries are kept encoded in memory, so a
+rewrite encodes nothing); the pane bookkeeping ``{window: (next pane index,
 on-time fired)}``; a version bumped on every write. As in ``transforms.dedup``, each process
 keeps the merged aggregates of the keys it serves in memory, tagged with the version they
 were built from, and rebuilds them from the bag when the version differs (a key that moved
@@ -145,19 +146,21 @@ def decode_partials(blob: bytes) -> dict[tuple[str, str], Aggregate]:
 class _Window:
     """One open window of one shard: aggregates, changed keys, pane bookkeeping."""
 
-    __slots__ = ("aggs", "changed", "next_pane", "on_time_fired")
+    __slots__ = ("aggs", "changed", "next_pane", "on_time_fired", "blobs")
 
     def __init__(self, next_pane: int = 0, on_time_fired: bool = False) -> None:
         self.aggs: dict[tuple[str, str], Aggregate] = {}
         self.changed: set[tuple[str, str]] = set()
         self.next_pane = next_pane
         self.on_time_fired = on_time_fired
+        self.blobs: list[bytes] = []  # this window's state entries, re-added when the bag is rewritten
 
-    def add(self, partials: dict[tuple[str, str], Aggregate]) -> None:
+    def add(self, partials: dict[tuple[str, str], Aggregate], blob: bytes) -> None:
         aggs = self.aggs
         for key, agg in partials.items():
             aggs[key] = merge(aggs.get(key, EMPTY), agg)
         self.changed.update(partials)
+        self.blobs.append(blob)
 
 
 class _ShardWindows:
@@ -169,7 +172,7 @@ class _ShardWindows:
         for size_s, start_s, next_pane, fired in orjson.loads(bookkeeping or b"[]"):
             self.windows[(size_s, start_s)] = _Window(next_pane, fired)
         for size_s, start_s, blob in entries:
-            self.window(size_s, start_s).add(decode_partials(blob))
+            self.window(size_s, start_s).add(decode_partials(blob), blob)
 
     def window(self, size_s: int, start_s: int) -> _Window:
         w = self.windows.get((size_s, start_s))
@@ -233,7 +236,7 @@ class FirePanes(beam.DoFn):
             for size_s in GRANULARITY_SECONDS.values():
                 start_s = minute_s - minute_s % size_s
                 w = shard.window(size_s, start_s)
-                w.add(partials)
+                w.add(partials, blob)
                 bag.add((size_s, start_s, blob))
                 if w.on_time_fired:  # late data: a late pane now (AfterCount(1))
                     self._pane(rows, size_s, start_s, w, w.changed)
@@ -283,10 +286,11 @@ class FirePanes(beam.DoFn):
             if w.on_time_fired and self._drop_after_us(size_s, start_s) <= fired.micros:
                 del shard.windows[(size_s, start_s)]
                 dropped = True
-        if dropped:  # compact: one entry per remaining window
+        if dropped:  # the bag holds only the remaining windows' entries
             bag.clear()
             for (size_s, start_s), w in shard.windows.items():
-                bag.add((size_s, start_s, encode_partials(w.aggs)))
+                for blob in w.blobs:
+                    bag.add((size_s, start_s, blob))
         self._commit(shard, panes, version)
         boundary_us = self._next_boundary_us(shard)
         if boundary_us is not None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -32,40 +31,16 @@ from pathlib import Path
 import orjson
 
 
-class _CountingSink:
-    """A DoFn factory: every pane is one (would-be) mutation; keeps the newest pane per window.
-
-    Results live in this process's memory under a token (the local runner runs in-process)."""
-
-    RESULTS: dict[str, dict] = {}
-    LOCK = threading.Lock()
-
-
-def _sink_dofn(token: str):
-    import apache_beam as beam
-
-    class CountingSink(beam.DoFn):
-        def process(self, row):
-            key = (row.video_id, row.event_type, row.granularity, row.window_start_s)
-            with _CountingSink.LOCK:
-                res = _CountingSink.RESULTS[token]
-                res["mutations"] += 1
-                newest = res["panes"].get(key)
-                if newest is None or row.cell_timestamp_us > newest[0]:
-                    res["panes"][key] = (row.cell_timestamp_us, row.aggregate)
-
-    return CountingSink()
-
-
-def _test_stream(messages_path: Path, meta: dict, arrival_us: int):
-    """``(payload, arrival_us)`` elements in steps of about 1,000 events (see the module doc)."""
+def _test_stream(messages_path: Path, meta: dict, events_per_step: int):
+    """``(payload, arrival_us)`` elements in steps of about 1,000 events (see the module doc);
+    a step arrives at the stream time it ends at."""
     from apache_beam.testing.test_stream import TestStream
     from apache_beam.utils.timestamp import Timestamp
 
     from viewcounts.bench.workload import START
 
     spec = meta["spec"]
-    per_step = max(1, 1000 // spec["events_per_message"])
+    per_step = max(1, events_per_step // spec["events_per_message"])
     step_ms = spec["span_s"] * 1000 * per_step // meta["messages"]  # TestStream clocks are whole ms
     start_ms = int(START.timestamp() * 1000) - 3 * spec["disorder_s"] * 1000
     ts = TestStream()
@@ -74,6 +49,7 @@ def _test_stream(messages_path: Path, meta: dict, arrival_us: int):
         lines = [line.rstrip(b"\n") for line in f]
     for step, i in enumerate(range(0, len(lines), per_step)):
         watermark = Timestamp(micros=(start_ms + (step + 1) * step_ms) * 1000)
+        arrival_us = (start_ms + 3 * spec["disorder_s"] * 1000 + (step + 1) * step_ms) * 1000
         ts.add_elements([beam_timestamped((payload, arrival_us), watermark) for payload in lines[i:i + per_step]])
         ts.advance_watermark_to(watermark)
         ts.advance_processing_time(step_ms / 1000)
@@ -86,7 +62,7 @@ def beam_timestamped(value, timestamp):
     return TimestampedValue(value, timestamp)
 
 
-def run(workload_dir: Path, out_path: Path, early_firing_s: int) -> dict:
+def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, events_per_step: int) -> dict:
     started = time.perf_counter()
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -95,24 +71,24 @@ def run(workload_dir: Path, out_path: Path, early_firing_s: int) -> dict:
     from transforms import metrics
     from transforms.count_events import ROWS, CountEvents
     from transforms.validate import AcceptancePolicy
+    from viewcounts.bench import counting_sink
     from viewcounts.bench.workload import write_aggregates
 
     meta = orjson.loads((workload_dir / "workload.json").read_bytes())
-    arrival_us = meta["arrival_us"]
     token = uuid.uuid4().hex
-    _CountingSink.RESULTS[token] = {"mutations": 0, "panes": {}}
+    counting_sink.open_results(token)
     options = PipelineOptions(["--streaming"])
     runners.prepare(options)  # the local runner, as the streaming job uses it
     p = beam.Pipeline(options=options)
     counted = (p
-               | "messages" >> _test_stream(workload_dir / "messages.jsonl", meta, arrival_us)
-               | "count events" >> CountEvents(AcceptancePolicy(), early_firing_s))
-    counted[ROWS] | "counting sink" >> beam.ParDo(_sink_dofn(token))
+               | "messages" >> _test_stream(workload_dir / "messages.jsonl", meta, events_per_step)
+               | "count events" >> CountEvents(AcceptancePolicy(dedup_shards=shards), early_firing_s))
+    counted[ROWS] | "counting sink" >> beam.ParDo(counting_sink.CountingSink(token))
     built = time.perf_counter()
-    result = p.run()
+    result = p.run(test_runner_api=False)  # no proto round trip of the TestStream's payloads
     result.wait_until_finish()
     finished = time.perf_counter()
-    res = _CountingSink.RESULTS.pop(token)
+    res = counting_sink.RESULTS.pop(token)
     write_aggregates({k: tuple(agg) for k, (_, agg) in res["panes"].items()}, out_path)
     counters = metrics.committed_counters(result)
     return {"events": counters.get(metrics.EVENTS_IN, 0), "accepted": counters.get(metrics.EVENTS_ACCEPTED, 0),
@@ -124,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m viewcounts.bench.core", description=__doc__.split("\n\n")[0])
     ap.add_argument("workload_dir", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--early-firing-s", type=int, default=5)
+    ap.add_argument("--early-firing-s", type=int, default=30)
+    ap.add_argument("--shards", type=int, default=16, help="dedup and pane shards (keys of the stateful stages)")
+    ap.add_argument("--events-per-step", type=int, default=1000, help="events per TestStream step (bundle)")
     args = ap.parse_args(argv)
-    sys.stdout.write(orjson.dumps(run(args.workload_dir, args.out, args.early_firing_s)).decode() + "\n")
+    sys.stdout.write(orjson.dumps(run(args.workload_dir, args.out, args.early_firing_s, args.shards, args.events_per_step)).decode() + "\n")
     return 0
 
 
