@@ -57,6 +57,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.event import US_PER_S
 from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, PaneClock, merge
+from transforms.state_values import dumps_exact
 
 WINDOW_LATENESS_MARGIN_S = 60
 _GRANULARITY_OF_SIZE = {size: g for g, size in GRANULARITY_SECONDS.items()}
@@ -136,7 +137,7 @@ class PreAggregate(beam.DoFn):
 
 
 def encode_partials(partials: dict[tuple[str, str], Aggregate]) -> bytes:
-    return orjson.dumps([[*key, *agg] for key, agg in partials.items()])
+    return dumps_exact([[*key, *agg] for key, agg in partials.items()])
 
 
 def decode_partials(blob: bytes) -> dict[tuple[str, str], Aggregate]:

@@ -53,6 +53,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from schemas.archive import DeadLetter
 from schemas.event import TOO_LATE, US_PER_S, format_time_us
 from transforms import metrics
+from transforms.state_values import dumps_exact
 from transforms.validate import DEAD_LETTER, DEDUP_KEY
 
 WATERMARK_VIEW_STEP_S = 5
@@ -91,7 +92,7 @@ class _ShardIds:
 def encode_ids(ids) -> bytes:
     """A minute's ids as one opaque state value (a JSON array), so a runner that copies
     state per access (the local runner deep-copies it) copies one object, not every id."""
-    return orjson.dumps(sorted(ids))
+    return dumps_exact(sorted(ids))
 
 
 def decode_ids(blob: bytes) -> list[str]:

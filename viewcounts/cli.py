@@ -1,4 +1,4 @@
-"""The ``viewcounts`` command: ``demo``, ``replay``, ``stats``, ``scenario run|check``."""
+"""The ``viewcounts`` command: ``demo``, ``replay``, ``stats``, ``scenario run|check``, ``bench``."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +67,12 @@ def _replay(args) -> int:
     return replay_main(args)
 
 
+def _bench(args) -> int:
+    from viewcounts.bench.harness import bench_main
+
+    return bench_main(args)
+
+
 def _demo(args) -> int:
     from viewcounts.demo import demo_main
 
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=_stats)
 
+    from viewcounts.bench.harness import add_bench_args
     from viewcounts.replay import add_replay_args
     from viewcounts.demo import add_demo_args
 
@@ -114,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
                         formatter_class=formatter)
     add_demo_args(dm)
     dm.set_defaults(func=_demo)
+
+    bn = sub.add_parser("bench", help="measure the core job against its peers, end to end and queries",
+                        formatter_class=formatter, description="Runs every system on the same generated events, "
+                        "checks they agree, prints a table and writes the figures as JSON (viewcounts.bench.harness).")
+    add_bench_args(bn)
+    bn.set_defaults(func=_bench)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -62,7 +62,8 @@ def beam_timestamped(value, timestamp):
     return TimestampedValue(value, timestamp)
 
 
-def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, events_per_step: int) -> dict:
+def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, events_per_step: int,
+        naive: bool = False) -> dict:
     started = time.perf_counter()
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -72,6 +73,7 @@ def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, ev
     from transforms.count_events import ROWS, CountEvents
     from transforms.validate import AcceptancePolicy
     from viewcounts.bench import counting_sink
+    from viewcounts.bench.naive_beam import NaiveCount
     from viewcounts.bench.workload import write_aggregates
 
     meta = orjson.loads((workload_dir / "workload.json").read_bytes())
@@ -80,10 +82,12 @@ def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, ev
     options = PipelineOptions(["--streaming"])
     runners.prepare(options)  # the local runner, as the streaming job uses it
     p = beam.Pipeline(options=options)
-    counted = (p
-               | "messages" >> _test_stream(workload_dir / "messages.jsonl", meta, events_per_step)
-               | "count events" >> CountEvents(AcceptancePolicy(dedup_shards=shards), early_firing_s))
-    counted[ROWS] | "counting sink" >> beam.ParDo(counting_sink.CountingSink(token))
+    messages = p | "messages" >> _test_stream(workload_dir / "messages.jsonl", meta, events_per_step)
+    if naive:
+        rows = messages | "naive count" >> NaiveCount()
+    else:
+        rows = (messages | "count events" >> CountEvents(AcceptancePolicy(dedup_shards=shards), early_firing_s))[ROWS]
+    rows | "counting sink" >> beam.ParDo(counting_sink.CountingSink(token))
     built = time.perf_counter()
     result = p.run(test_runner_api=False)  # no proto round trip of the TestStream's payloads
     result.wait_until_finish()
@@ -91,8 +95,8 @@ def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, ev
     res = counting_sink.RESULTS.pop(token)
     write_aggregates({k: tuple(agg) for k, (_, agg) in res["panes"].items()}, out_path)
     counters = metrics.committed_counters(result)
-    return {"events": counters.get(metrics.EVENTS_IN, 0), "accepted": counters.get(metrics.EVENTS_ACCEPTED, 0),
-            "duplicates": counters.get(metrics.DUPLICATES_DROPPED, 0), "mutations": res["mutations"],
+    return {"events": meta["events_sent"], "accepted": counters.get(metrics.EVENTS_ACCEPTED),
+            "duplicates": counters.get(metrics.DUPLICATES_DROPPED), "mutations": res["mutations"],
             "seconds": finished - built, "startup_seconds": built - started}
 
 
@@ -103,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--early-firing-s", type=int, default=30)
     ap.add_argument("--shards", type=int, default=16, help="dedup and pane shards (keys of the stateful stages)")
     ap.add_argument("--events-per-step", type=int, default=1000, help="events per TestStream step (bundle)")
+    ap.add_argument("--naive", action="store_true", help="run the naive Beam peer (naive_beam.NaiveCount) instead")
     args = ap.parse_args(argv)
-    sys.stdout.write(orjson.dumps(run(args.workload_dir, args.out, args.early_firing_s, args.shards, args.events_per_step)).decode() + "\n")
+    sys.stdout.write(orjson.dumps(run(args.workload_dir, args.out, args.early_firing_s, args.shards, args.events_per_step,
+                                      args.naive)).decode() + "\n")
     return 0
 
 

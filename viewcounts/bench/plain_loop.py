@@ -44,3 +44,24 @@ def count(messages_path) -> tuple[dict, int]:
                         if a[4] is None or v > a[4]:
                             a[4] = v
     return {k: (a[0], a[1], float(a[2]), *(None if x is None else float(x) for x in a[3:])) for k, a in accs.items()}, read
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m viewcounts.bench.plain_loop MESSAGES_JSONL OUT_AGGREGATES_JSONL``: prints
+    ``{"events", "seconds"}`` as one JSON line."""
+    import sys
+    import time
+
+    from viewcounts.bench.workload import write_aggregates
+
+    messages, out = (argv if argv is not None else sys.argv[1:])
+    started = time.perf_counter()
+    aggs, events = count(messages)
+    seconds = time.perf_counter() - started
+    write_aggregates(aggs, out)
+    sys.stdout.write(orjson.dumps({"events": events, "seconds": seconds}).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
