@@ -38,7 +38,7 @@ def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy,
         (dead | "to Pub/Sub messages" >> beam.Map(lambda d: (d.payload, d.pubsub_attributes()))
          | "dead letters to Pub/Sub" >> WriteToPubSubPortable(sinks.dead_letter_topic))
     if sinks.dead_letter_path:
-        (dead | "dead letters by hour" >> beam.Map(lambda d: (hour_of_us(d.processing_time_us), d.to_json()))
+        (dead | "dead letters by hour" >> beam.Map(lambda d: (hour_of_us(d.processing_time_us), [d.to_json()]))
          | "dead-letter files" >> WriteJsonlByHour(sinks.dead_letter_path, "dead-letters", sinks.archive_flush_s))
     if sinks.archive_path:
         (counted[RAW_ARCHIVE]

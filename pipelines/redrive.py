@@ -47,7 +47,7 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
                                                                          o.bigtable_table)))
     if o.dead_letter_path:
         (failed_again
-         | "by hour" >> beam.Map(lambda d: (hour_of_us(d.processing_time_us), d.to_json()))
+         | "by hour" >> beam.Map(lambda d: (hour_of_us(d.processing_time_us), [d.to_json()]))
          | "dead-letter files" >> WriteJsonlByHour(o.dead_letter_path, "dead-letters", None))
     return pipeline
 

@@ -91,25 +91,50 @@ def parse_event_time(value: Any) -> int:
     m = _RFC3339_RE.match(value)
     if m is None:
         raise BadTimestamp(f"not RFC 3339 with a zone: {value[:64]!r}")
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
     fraction = m.group(7) or ""
     micros = int((fraction + "000000")[:6])
     if m.group(8):
-        offset = dt.timedelta(0)
+        whole_s = _utc_seconds.get(value[:19])
+        if whole_s is None:
+            whole_s = _utc_seconds.put(value[:19], _epoch_seconds(value, m, dt.timedelta(0)))
     else:
         oh, om = int(m.group(10)), int(m.group(11))
         if oh > 23 or om > 59:
             raise BadTimestamp(f"bad zone offset in {value[:64]!r}")
-        offset = dt.timedelta(hours=oh, minutes=om) * (1 if m.group(9) == "+" else -1)
-    try:
-        local = dt.datetime(year, month, day, hour, minute, second, micros,
-                            tzinfo=dt.timezone(offset))
-        us = (local - _EPOCH) // dt.timedelta(microseconds=1)
-    except (ValueError, OverflowError) as exc:
-        raise BadTimestamp(f"not a valid instant: {value[:64]!r} ({exc})") from None
+        whole_s = _epoch_seconds(value, m, dt.timedelta(hours=oh, minutes=om) * (1 if m.group(9) == "+" else -1))
+    us = whole_s * US_PER_S + micros
     if not MIN_EPOCH_MS * 1000 <= us < END_EPOCH_MS * 1000:
         raise BadTimestamp(f"{value[:64]!r} is outside years 1-9999 in UTC")
     return us
+
+
+def _epoch_seconds(value: str, m: re.Match, offset: dt.timedelta) -> int:
+    """Whole epoch seconds of a matched RFC 3339 string's date and time at ``offset``."""
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    try:
+        local = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.timezone(offset))
+        return (local - _EPOCH) // dt.timedelta(seconds=1)
+    except (ValueError, OverflowError) as exc:
+        raise BadTimestamp(f"not a valid instant: {value[:64]!r} ({exc})") from None
+
+
+class _SecondsCache:
+    """``YYYY-MM-DDTHH:MM:SS`` (UTC) -> epoch seconds, for the seconds a stream is at: events
+    of one message mostly share them. Emptied when it reaches ``size`` entries."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._d: dict[str, int] = {}
+        self.get = self._d.get
+
+    def put(self, key: str, seconds: int) -> int:
+        if len(self._d) >= self._size:
+            self._d.clear()
+        self._d[key] = seconds
+        return seconds
+
+
+_utc_seconds = _SecondsCache(100_000)
 
 
 def format_time_us(time_us: int) -> str:
@@ -142,10 +167,13 @@ def _check_string(obj: dict, name: str, max_bytes: int) -> str | None:
     v = obj[name]
     if not isinstance(v, str):
         return f"{name} must be a string, got {type(v).__name__}"
-    try:
-        n = len(v.encode("utf-8"))
-    except UnicodeEncodeError:
-        return f"{name} is not valid Unicode (lone surrogate)"
+    if v.isascii():  # one byte per character: no encoding needed to count bytes
+        n = len(v)
+    else:
+        try:
+            n = len(v.encode("utf-8"))
+        except UnicodeEncodeError:
+            return f"{name} is not valid Unicode (lone surrogate)"
     if not 1 <= n <= max_bytes:
         return f"{name} must be 1..{max_bytes} bytes of UTF-8, got {n}"
     return None

@@ -250,9 +250,9 @@ def test_enrich_from_file_rereads_after_refresh_and_keeps_the_snapshot_when_a_re
 def test_files_land_in_their_hour_folder_one_file_per_flush_window_and_pane(tmp_path):
     root = str(tmp_path / "archive")
     h10, h09 = 1715680800, 1715677200
-    clock = (_Clock().publish((h10, b'{"n":1}'), (h10, b'{"n":2}')).watermark("2024-05-14T10:01:30Z")
-             .publish((h10, b'{"n":3}'), (h09, b'{"n":4}')).watermark("2024-05-14T12:00:00Z")
-             .publish((h09, b'{"n":5}')))  # days late for its hour: still its own folder
+    clock = (_Clock().publish((h10, [b'{"n":1}']), (h10, [b'{"n":2}'])).watermark("2024-05-14T10:01:30Z")
+             .publish((h10, [b'{"n":3}']), (h09, [b'{"n":4}'])).watermark("2024-05-14T12:00:00Z")
+             .publish((h09, [b'{"n":5}'])))  # days late for its hour: still its own folder
     with _pipeline() as p:
         (p | clock.stream() | beam.Map(lambda e: e[0])
          | WriteJsonlByHour(root, "events", flush_s=60))

@@ -71,13 +71,20 @@ def probe_elements(shards: int) -> list[tuple[tuple[int, int], tuple[int, list]]
 
 
 class _ShardIds:
-    """The remembered ids of one shard key, ``{minute_s: set(ids)}``, at a state version."""
+    """The remembered ids of one shard key, ``{minute_s: set(ids)}``, at a state version, and
+    the bag's entries per minute (``blobs``: re-added, not re-encoded, when the bag is
+    rewritten; the same objects as the bag's on a runner that keeps state in memory)."""
 
     def __init__(self, version: int, entries) -> None:
         self.version = version
         self.by_minute: dict[int, set[str]] = defaultdict(set)
+        self.blobs: dict[int, list[bytes]] = defaultdict(list)
         for minute_s, blob in entries:
-            self.by_minute[minute_s].update(decode_ids(blob))
+            self.add(minute_s, decode_ids(blob), blob)
+
+    def add(self, minute_s: int, ids, blob: bytes) -> None:
+        self.by_minute[minute_s].update(ids)
+        self.blobs[minute_s].append(blob)
 
     def remembered(self, candidates: set[str]) -> set[str]:
         """The ids among ``candidates`` that this shard remembers (set intersections, in C)."""
@@ -86,7 +93,7 @@ class _ShardIds:
     def drop_until(self, expiry_s_of) -> None:
         """Forget the minutes for which ``expiry_s_of(minute)`` is True."""
         for minute_s in [m for m in self.by_minute if expiry_s_of(m)]:
-            del self.by_minute[minute_s]
+            del self.by_minute[minute_s], self.blobs[minute_s]
 
 
 def encode_ids(ids) -> bytes:
@@ -173,8 +180,9 @@ class DedupAndJudgeLateness(beam.DoFn):
         first_expiry_s = min(map(self._expiry_s, shard.by_minute), default=None)
         for minute_s, events in accepted.items():
             minute_ids = [ev.event_id for ev in events]
-            ids.add((minute_s, encode_ids(minute_ids)))
-            shard.by_minute[minute_s].update(minute_ids)
+            blob = encode_ids(minute_ids)
+            ids.add((minute_s, blob))
+            shard.add(minute_s, minute_ids, blob)
             yield beam.window.TimestampedValue((arrival_us, events), Timestamp(minute_s))
         self._accepted.inc(n_accepted)
         shard.version += 1
@@ -192,8 +200,9 @@ class DedupAndJudgeLateness(beam.DoFn):
         shard = self._shard_ids(key, ids, version)
         shard.drop_until(lambda minute_s: self._expiry_s(minute_s) <= fired_s)
         ids.clear()
-        for minute_s, minute_ids in shard.by_minute.items():
-            ids.add((minute_s, encode_ids(minute_ids)))
+        for minute_s, blobs in shard.blobs.items():
+            for blob in blobs:
+                ids.add((minute_s, blob))
         shard.version += 1
         version.write(shard.version)
         if shard.by_minute:

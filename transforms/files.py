@@ -1,6 +1,6 @@
 """JSONL files for the raw archive and for dead letters (layout: schemas/archive.py).
 
-``WriteJsonlByHour``: ``PCollection[(hour_start_s, line: bytes)]`` -> files, one per
+``WriteJsonlByHour``: ``PCollection[(hour_start_s, [line: bytes, ...])]`` -> files, one per
 (hour folder, flush window, pane, shard). Elements are windowed by *their own timestamps*
 (the source's: publish or arrival time, never behind the watermark) into
 ``FixedWindows(flush_s)`` with the default watermark trigger, so a file closes about every
@@ -34,16 +34,17 @@ class _WriteFile(beam.DoFn):
         self._root, self._prefix = root, prefix
 
     def process(self, element, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        (hour_s, shard), lines = element
+        (hour_s, shard), batches = element
         folder = hour_folder(self._root, hour_s)
         window_s = int(win.start.micros // 1_000_000) if isinstance(win, window.IntervalWindow) else hour_s
         path = FileSystems.join(folder, file_name(self._prefix, window_s, pane.index, shard, uuid.uuid4().hex[:12]))
         if "://" not in folder:
             os.makedirs(folder, exist_ok=True)
         with FileSystems.create(path) as f:
-            for line in lines:
-                f.write(line)
-                f.write(b"\n")
+            for lines in batches:
+                for line in lines:
+                    f.write(line)
+                    f.write(b"\n")
         yield path
 
 

@@ -10,8 +10,9 @@ Outputs of ``ValidateEvents``:
   message that share a dedup shard (the key of ``DedupAndJudgeLateness``), with the
   message's arrival time.
 * ``DEAD_LETTER``: ``DeadLetter``.
-* ``ARCHIVE``: ``(event_hour_s, raw JSON bytes)`` for every valid event (it passed the
-  field, future and age checks), whatever dedup and lateness decide.
+* ``ARCHIVE``: ``(event_hour_s, [raw JSON bytes, ...])``: the valid events of one message
+  (they passed the field, future and age checks) per event-time hour, whatever dedup and
+  lateness decide.
 
 Every output keeps the input element's timestamp (the source's publish or arrival time,
 so never behind the watermark); event times travel as data.
@@ -77,6 +78,7 @@ class ValidateEvents(beam.DoFn):
         future_limit = arrival_us + policy.max_future_skew_s * US_PER_S
         age_limit = arrival_us - policy.max_event_age_s * US_PER_S
         chunks: dict[int, list] = defaultdict(list)
+        archive: dict[int, list] = defaultdict(list)
         for ev in events:
             if policy.check_age and ev.time_us > future_limit:
                 yield self._dead_letter(ev.raw, FUTURE_TIMESTAMP,
@@ -88,8 +90,10 @@ class ValidateEvents(beam.DoFn):
                                         f"event_time {format_time_us(ev.time_us)} is more than "
                                         f"{policy.max_event_age_s} s before processing time", arrival_us)
                 continue
-            yield beam.pvalue.TaggedOutput(ARCHIVE, (hour_of_us(ev.time_us), ev.raw))
+            archive[hour_of_us(ev.time_us)].append(ev.raw)
             chunks[shard_of(ev.event_id, policy.dedup_shards)].append(ev)
+        for hour_s, lines in archive.items():
+            yield beam.pvalue.TaggedOutput(ARCHIVE, (hour_s, lines))
         for shard, chunk in chunks.items():
             yield (DEDUP_KEY, shard), (arrival_us, chunk)
 

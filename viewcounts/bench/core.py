@@ -63,7 +63,7 @@ def beam_timestamped(value, timestamp):
 
 
 def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, events_per_step: int,
-        naive: bool = False) -> dict:
+        naive: bool = False, batch: bool = False) -> dict:
     started = time.perf_counter()
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -72,6 +72,8 @@ def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, ev
     from transforms import metrics
     from transforms.count_events import ROWS, CountEvents
     from transforms.validate import AcceptancePolicy
+    from apache_beam.coders import BytesCoder
+
     from viewcounts.bench import counting_sink
     from viewcounts.bench.naive_beam import NaiveCount
     from viewcounts.bench.workload import write_aggregates
@@ -79,10 +81,16 @@ def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, ev
     meta = orjson.loads((workload_dir / "workload.json").read_bytes())
     token = uuid.uuid4().hex
     counting_sink.open_results(token)
-    options = PipelineOptions(["--streaming"])
-    runners.prepare(options)  # the local runner, as the streaming job uses it
-    p = beam.Pipeline(options=options)
-    messages = p | "messages" >> _test_stream(workload_dir / "messages.jsonl", meta, events_per_step)
+    if batch:  # Beam's batch runner (FnApiRunner), the batch recompute's: no early panes
+        p = beam.Pipeline(options=PipelineOptions(["--direct_num_workers=1"]))
+        early_firing_s = None
+        messages = (p | "read" >> beam.io.ReadFromText(str(workload_dir / "messages.jsonl"), coder=BytesCoder())
+                    | "arrival time" >> beam.Map(lambda payload, at: (payload, at), meta["arrival_us"]))
+    else:
+        options = PipelineOptions(["--streaming"])
+        runners.prepare(options)  # the local runner, as the streaming job uses it
+        p = beam.Pipeline(options=options)
+        messages = p | "messages" >> _test_stream(workload_dir / "messages.jsonl", meta, events_per_step)
     if naive:
         rows = messages | "naive count" >> NaiveCount()
     else:
@@ -108,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=16, help="dedup and pane shards (keys of the stateful stages)")
     ap.add_argument("--events-per-step", type=int, default=1000, help="events per TestStream step (bundle)")
     ap.add_argument("--naive", action="store_true", help="run the naive Beam peer (naive_beam.NaiveCount) instead")
+    ap.add_argument("--batch", action="store_true", help="batch mode on Beam's FnApiRunner (the batch recompute's "
+                    "runner) instead of streaming on the local runner")
     args = ap.parse_args(argv)
     sys.stdout.write(orjson.dumps(run(args.workload_dir, args.out, args.early_firing_s, args.shards, args.events_per_step,
-                                      args.naive)).decode() + "\n")
+                                      args.naive, args.batch)).decode() + "\n")
     return 0
 
 

@@ -30,7 +30,7 @@ class CountingSink(beam.DoFn):
             res["mutations"] += len(rows)
             panes = res["panes"]
             for row in rows:
-                key = (row.video_id, row.event_type, row.granularity, row.window_start_s)
+                key = row[:4]  # (video_id, event_type, granularity, window_start_s)
                 newest = panes.get(key)
-                if newest is None or row.cell_timestamp_us > newest[0]:
-                    panes[key] = (row.cell_timestamp_us, row.aggregate)
+                if newest is None or row[6] > newest[0]:  # cell_timestamp_us
+                    panes[key] = (row[6], row[4])
