@@ -15,7 +15,7 @@ RUNNER_BUILDS_local :=
 RUNNER_BUILDS_prism := $(PRISM)
 RUNNER_BUILDS_flink := $(JOB_SERVER)
 
-.PHONY: venv prism flink-job-server flink-venv runners demo test test-fast clean
+.PHONY: venv prism flink-job-server flink-venv runners demo bench test test-fast clean
 
 venv: $(STAMP)
 
@@ -56,6 +56,9 @@ runners: prism flink-job-server flink-venv
 
 demo: venv $(RUNNER_BUILDS_$(RUNNER))
 	$(BIN)/viewcounts demo --runner $(RUNNER)
+
+bench: venv flink-venv
+	$(BIN)/viewcounts bench --json $(BUILD)/bench.json
 
 test: venv runners
 	$(BIN)/pytest

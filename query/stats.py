@@ -124,8 +124,10 @@ class StatsReader:
 
         size = storage.GRANULARITY_SECONDS[granularity]
         keys = []
-        for w in range(start_s - start_s % size, end_s, size):
-            k = storage.row_key(video_id, event_type, granularity, w)
+        first_s = start_s - start_s % size
+        # a row holds a UTC day (minutes) or month (hours): one key per day covers every row
+        for day_s in range(first_s - first_s % 86400, end_s, 86400):
+            k = storage.row_key(video_id, event_type, granularity, max(day_s, first_s))
             if not keys or keys[-1] != k:
                 keys.append(k)
         if not keys:

@@ -21,7 +21,8 @@ The watermark view. A DoFn is not told its input watermark (SPEC.md section 2 le
 product judge ``too_late`` against its own view of it, lagging by at most 5 s). Every
 shard key keeps a *ladder* of event-time timers at ``view + 5 s * 2**i`` (i = 0..41,
 dynamic timer tags). A timer that fires at ``T`` proves the watermark reached ``T``; the
-view becomes the highest rung that fired and the ladder is set again from there. After a
+view becomes the highest rung that fired and the rungs up to one above it are set again
+from there (``_set_ladder``). After a
 jump of the watermark by D the view is back within 5 s in about log2(D / 5 s) rounds, and
 while the watermark creeps forward rung 0 fires every 5 s of event time. Expiry timers
 raise the view too. The view is per key, in state: a runner orders a key's elements and
@@ -209,18 +210,21 @@ class DedupAndJudgeLateness(beam.DoFn):
             expiry.set(Timestamp(min(map(self._expiry_s, shard.by_minute))))
 
     @on_timer(RUNG)
-    def on_rung(self, fired=beam.DoFn.TimestampParam, view=beam.DoFn.StateParam(VIEW),
-                base=beam.DoFn.StateParam(LADDER_BASE), rung=beam.DoFn.TimerParam(RUNG)):
+    def on_rung(self, fired=beam.DoFn.TimestampParam, tag=beam.DoFn.DynamicTimerTagParam,
+                view=beam.DoFn.StateParam(VIEW), base=beam.DoFn.StateParam(LADDER_BASE),
+                rung=beam.DoFn.TimerParam(RUNG)):
         self._raise_view(view, fired.micros)
         view_us = self._view_us(view)
         if view_us > base.read():
-            self._set_ladder(view_us, base, rung)
+            self._set_ladder(view_us, base, rung, min(int(tag) + 2, LADDER_RUNGS))
 
     @staticmethod
-    def _set_ladder(from_us: int, base, rung) -> None:
-        """Set every rung above ``from_us`` (a rung that fires re-sets the whole ladder)."""
+    def _set_ladder(from_us: int, base, rung, rungs: int = LADDER_RUNGS) -> None:
+        """Set rungs ``0 .. rungs - 1`` above ``from_us``. After rung ``k`` fires only rungs
+        ``0 .. k + 1`` move: the higher ones stay within twice their distance from the new
+        view, and a creeping watermark costs two timers per rung 0 instead of the ladder."""
         base.write(from_us)
-        for i in range(LADDER_RUNGS):
+        for i in range(rungs):
             at_us = min(from_us + WATERMARK_VIEW_STEP_S * US_PER_S * 2**i, _END_US)
             if at_us > from_us:
                 rung.set(Timestamp(micros=at_us), dynamic_timer_tag=str(i))

@@ -1,0 +1,46 @@
+"""``viewcounts bench --quick`` runs from start to end (CI keeps the harness working; the
+figures are not asserted: timings belong to the harness, DESIGN.md)."""
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from viewcounts.bench import workload
+from viewcounts.bench.harness import BenchMismatch, cross_check
+
+ISSUE_KEYS = ("core_events_per_s", "naive_beam_events_per_s", "pyflink_sql_events_per_s", "loop_events_per_s",
+              "dedup_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p99_s",
+              "query_day_minute_p99_ms", "query_30d_hour_p99_ms")
+
+
+def test_cross_check_fails_loudly_on_one_different_aggregate(tmp_path):
+    reference = {("V1", "view", "minute", 60): (2, 0, 0.0, None, None), ("V1", "view", "hour", 0): (2, 0, 0.0, None, None)}
+    out = tmp_path / "aggs.jsonl"
+    workload.write_aggregates(reference, out)
+    cross_check("same", reference, out)
+    workload.write_aggregates({**reference, ("V1", "view", "minute", 60): (3, 0, 0.0, None, None)}, out)
+    with pytest.raises(BenchMismatch, match="V1"):
+        cross_check("one more", reference, out)
+
+
+def test_workloads_are_deterministic_and_carry_the_duplicates_asked_for(tmp_path):
+    spec = workload.WorkloadSpec(events=3000, videos=50, events_per_message=100, duplicate_rate=0.1, span_s=60)
+    a, b = workload.generate(spec, tmp_path / "a"), workload.generate(spec, tmp_path / "b")
+    assert a.messages_path.read_bytes() == b.messages_path.read_bytes()
+    ids = [orjson.loads(line)["event_id"] for line in a.events_path.read_bytes().splitlines()]
+    assert len(set(ids)) == 3000 and 250 < len(ids) - 3000 < 350
+
+
+@pytest.mark.slow
+@pytest.mark.flink
+@pytest.mark.emulator
+def test_quick_bench_runs_every_part_and_the_systems_agree(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "viewcounts.cli", "bench", "--quick", "--json", str(out),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = orjson.loads(out.read_bytes())
+    assert all(res[k] is not None for k in ISSUE_KEYS), {k: res.get(k) for k in ISSUE_KEYS}
+    assert res["cross_check"] == "identical aggregates"
+    assert {row["events_per_message"] for row in res["scaling"]} == {1, 10, 100, 1000}
