@@ -76,7 +76,7 @@ def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, ev
 
     from viewcounts.bench import counting_sink
     from viewcounts.bench.naive_beam import NaiveCount
-    from viewcounts.bench.workload import write_aggregates
+    from viewcounts.bench.workload import own_peak_rss_mb, write_aggregates
 
     meta = orjson.loads((workload_dir / "workload.json").read_bytes())
     token = uuid.uuid4().hex
@@ -105,7 +105,7 @@ def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, ev
     counters = metrics.committed_counters(result)
     return {"events": meta["events_sent"], "accepted": counters.get(metrics.EVENTS_ACCEPTED),
             "duplicates": counters.get(metrics.DUPLICATES_DROPPED), "mutations": res["mutations"],
-            "seconds": finished - built, "startup_seconds": built - started}
+            "seconds": finished - built, "startup_seconds": built - started, "peak_rss_mb": own_peak_rss_mb()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,18 +48,19 @@ def count(messages_path) -> tuple[dict, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m viewcounts.bench.plain_loop MESSAGES_JSONL OUT_AGGREGATES_JSONL``: prints
-    ``{"events", "seconds"}`` as one JSON line."""
+    ``{"events", "seconds", "peak_rss_mb"}`` as one JSON line."""
     import sys
     import time
 
-    from viewcounts.bench.workload import write_aggregates
+    from viewcounts.bench.workload import own_peak_rss_mb, write_aggregates
 
     messages, out = (argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
     aggs, events = count(messages)
     seconds = time.perf_counter() - started
     write_aggregates(aggs, out)
-    sys.stdout.write(orjson.dumps({"events": events, "seconds": seconds}).decode() + "\n")
+    sys.stdout.write(orjson.dumps({"events": events, "seconds": seconds,
+                                   "peak_rss_mb": own_peak_rss_mb()}).decode() + "\n")
     return 0
 
 

@@ -126,6 +126,16 @@ def generate(spec: WorkloadSpec, root: Path) -> Workload:
     return Workload(folder, spec, messages, arrival_us)
 
 
+def own_peak_rss_mb() -> float:
+    """This process's peak resident memory since its ``exec`` (``VmHWM``; ``ru_maxrss``
+    would include the forking parent's memory on Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def write_aggregates(aggs: dict, path: Path) -> None:
     with open(path, "wb") as f:
         for key, agg in aggs.items():
