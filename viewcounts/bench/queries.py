@@ -19,6 +19,13 @@ Bigtable emulator.
    (720 buckets, two row reads). Each answer is checked (combined count and bucket count
    equal what was stored) outside the timed span; a wrong answer raises ``AssertionError``.
 
+Before timing, the stored cells' expected answers are computed and the cells dropped, and
+the process's objects are moved out of the cyclic garbage collector's reach
+(``gc.freeze()``), as a serving process does after start-up: without it, full collections
+over this process's half a million objects (Beam is imported to write the cells) add
+pauses of about 170 ms every ~11 calls, which would be the p99 (measured here: p99 183 ms
+against 17 ms frozen, p50 unchanged).
+
 Returns ``{"query_day_minute_p50_ms", "query_day_minute_p99_ms", "query_30d_hour_p50_ms",
 "query_30d_hour_p99_ms": float (milliseconds), "query_rounds": int}``. The client and the
 emulator share the machine, so the figure is client decode + gRPC + emulator time, without
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import logging
 import os
 import time
@@ -175,13 +183,19 @@ def measure_queries(rounds: int = 200, warmup: int = 5, neighbours: int = 10, me
         started = time.monotonic()
         store_cells(cells, PROJECT, INSTANCE, TABLE)
         _LOG.info("stored %d aggregates through WriteAggregates in %.1f s", len(cells), time.monotonic() - started)
-        with StatsReader(PROJECT, INSTANCE, TABLE) as reader:
-            minute_ms = time_query(
-                lambda: reader.get_stats(vid, et, "count", *day, "minute"),
-                _checker(expected_count(cells, vid, et, "minute", *day), 1440, "one day by minute"), rounds, warmup)
-            hour_ms = time_query(
-                lambda: reader.get_stats(vid, et, "count", *RANGE_30D, "hour"),
-                _checker(expected_count(cells, vid, et, "hour", *RANGE_30D), 720, "30 days by hour"), rounds, warmup)
+        day_check = _checker(expected_count(cells, vid, et, "minute", *day), 1440, "one day by minute")
+        month_check = _checker(expected_count(cells, vid, et, "hour", *RANGE_30D), 720, "30 days by hour")
+        del cells
+        gc.collect()
+        gc.freeze()
+        try:
+            with StatsReader(PROJECT, INSTANCE, TABLE) as reader:
+                minute_ms = time_query(lambda: reader.get_stats(vid, et, "count", *day, "minute"), day_check,
+                                       rounds, warmup)
+                hour_ms = time_query(lambda: reader.get_stats(vid, et, "count", *RANGE_30D, "hour"), month_check,
+                                     rounds, warmup)
+        finally:
+            gc.unfreeze()
     return {"query_day_minute_p50_ms": float(np.percentile(minute_ms, 50)),
             "query_day_minute_p99_ms": float(np.percentile(minute_ms, 99)),
             "query_30d_hour_p50_ms": float(np.percentile(hour_ms, 50)),
