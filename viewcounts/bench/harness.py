@@ -32,6 +32,7 @@ from pathlib import Path
 
 import orjson
 
+from pipelines.options import LOCAL_SHARDS
 from viewcounts.bench import workload
 from viewcounts.bench.workload import WorkloadSpec
 
@@ -45,7 +46,8 @@ class BenchMismatch(AssertionError):
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Sizes of one run. ``shards``: keys of the core job's stateful stages;
+    """Sizes of one run. ``shards``: keys of the core job's stateful stages (the streaming
+    job's default on the local runner);
     ``events_per_step``: events per bundle fed to the local runner (its Pub/Sub source
     pulls up to 10 messages, so 10,000 events at 1,000 per message)."""
 
@@ -58,7 +60,7 @@ class BenchConfig:
     videos: int = 100_000
     events_per_message: int = 1000
     duplicate_rate: float = 0.1
-    shards: int = 4
+    shards: int = LOCAL_SHARDS
     events_per_step: int = 10_000
     early_firing_s: int = 2
 
