@@ -8,7 +8,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from schemas import storage
 from viewcounts.bench import e2e, queries, workload
 
 

@@ -9,7 +9,6 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream as _TestStream
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines import direct_runner_fix
@@ -97,6 +96,39 @@ def _final(rows) -> dict:
     for r in sorted(rows, key=lambda r: r.pane_index):
         out[(r.video_id, r.event_type, r.granularity, r.window_start_s)] = tuple(r.aggregate)
     return out
+
+
+def test_validate_splits_by_shard_and_minute_and_reports_reasons():
+    policy = AcceptancePolicy(dedup_shards=4)
+    clock = _Clock().wait(60).publish(
+        _msg(_ev("a", "2024-05-14T10:00:05Z"), _ev("b", "2024-05-14T10:00:50Z"), _ev("c", "2024-05-14T10:01:00Z"),
+             17, _ev("d", "2024-05-14T10:07:00.000001Z"), _ev("e", "2024-05-07T10:00:59Z")),
+        b"\xff", b"[]")
+    with _pipeline() as p:
+        out = p | clock.stream() | beam.ParDo(ValidateEvents(policy)).with_outputs(DEAD_LETTER, ARCHIVE, main="chunks")
+        assert_that(out.chunks | beam.Map(lambda kv: (kv[0], sorted(e.event_id for e in kv[1][1]))),
+                    equal_to(_by_shard(["a", "b", "c"], 4)), label="chunks")
+        assert_that(out[DEAD_LETTER] | beam.Map(lambda d: d.reason),
+                    equal_to(["not_an_object", "future_timestamp", "too_old", "decode_error"]), label="dead")
+        assert_that(out[ARCHIVE] | beam.Map(lambda hour_lines: (hour_lines[0], [orjson.loads(line)["event_id"]
+                                                                                  for line in hour_lines[1]])),
+                    equal_to([(1715680800, ["a", "b", "c"])]), label="archive: one element per message and hour")
+
+
+def _by_shard(ids, shards):
+    out = {}
+    for eid in ids:
+        out.setdefault((0, shard_of(eid, shards)), []).append(eid)
+    return [(k, sorted(v)) for k, v in out.items()]
+
+
+def test_validate_without_age_checks_keeps_old_and_future_events():
+    policy = AcceptancePolicy(check_age=False)
+    clock = _Clock().publish(_msg(_ev("old", "2013-01-01T00:00:00Z"), _ev("new", "2030-01-01T00:00:00Z")))
+    with _pipeline() as p:
+        out = p | clock.stream() | beam.ParDo(ValidateEvents(policy)).with_outputs(DEAD_LETTER, ARCHIVE, main="chunks")
+        assert_that(out[DEAD_LETTER], equal_to([]), label="dead")
+        assert_that(out.chunks | beam.FlatMap(lambda kv: [e.event_id for e in kv[1][1]]), equal_to(["old", "new"]))
 
 
 def _count(clock, policy=AcceptancePolicy(), early=30):

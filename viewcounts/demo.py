@@ -81,7 +81,6 @@ def _finished(result) -> bool:
 
 def demo_main(args) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from pipelines.streaming import build_pipeline
     from query.stats import StatsReader
