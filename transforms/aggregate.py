@@ -4,7 +4,7 @@ batches as elements: no element per event and no element per (video, type) on th
 ``PreAggregate``: accepted events (``(arrival_us, [Event, ...])`` of one event-time minute,
 timestamped at the minute start) -> per bundle, one element per pane shard: ``(shard,
 (arrival_us, {minute_s: {(video_id, event_type): Aggregate}}))``, ``arrival_us`` the latest
-arrival (processing) time in the bundle. ``shard = crc32(video_id) % shards``.
+arrival (processing) time in the bundle. ``shard = validate.shard_of(video_id, shards)``.
 
 ``FirePanes``: a stateful DoFn keyed by pane shard that keeps, for every open window of each
 granularity (``FixedWindows`` of 60 s and 3600 s, UTC-aligned, half-open), the running
@@ -35,14 +35,13 @@ window's entries whenever a window is dropped (the entries are kept encoded in m
 rewrite encodes nothing); the pane bookkeeping ``{window: (next pane index,
 on-time fired)}``; a version bumped on every write. As in ``transforms.dedup``, each process
 keeps the merged aggregates of the keys it serves in memory, tagged with the version they
-were built from, and rebuilds them from the bag when the version differs (a key that moved
-or a restored job): the rebuilt windows count every (video, type) as changed, so the next
-pane re-sends them rather than miss one.
+were built from (``state_values.cached_view``), and rebuilds them from the bag when the
+version differs (a key that moved or a restored job): the rebuilt windows count every
+(video, type) as changed, so the next pane re-sends them rather than miss one.
 """
 from __future__ import annotations
 
 import uuid
-import zlib
 from collections import defaultdict
 from typing import NamedTuple
 
@@ -57,7 +56,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.event import US_PER_S
 from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, PaneClock, merge
-from transforms.state_values import dumps_exact
+from transforms.state_values import bump_version, cached_view, dumps_exact
+from transforms.validate import shard_of
 
 WINDOW_LATENESS_MARGIN_S = 60
 _GRANULARITY_OF_SIZE = {size: g for g, size in GRANULARITY_SECONDS.items()}
@@ -103,10 +103,6 @@ def _fold(accs: dict, events) -> None:
                 acc[4] = v
 
 
-def pane_shard_of(video_id: str, shards: int) -> int:
-    return zlib.crc32(video_id.encode("utf-8")) % shards
-
-
 class PreAggregate(beam.DoFn):
     """See the module doc. Partials are flushed at the end of every bundle."""
 
@@ -124,12 +120,12 @@ class PreAggregate(beam.DoFn):
 
     def finish_bundle(self):
         by_shard: dict[int, dict] = defaultdict(lambda: defaultdict(dict))
-        shard_of: dict[str, int] = {}
+        shards: dict[str, int] = {}
         for minute_s, accs in self._by_minute.items():
             for key, acc in accs.items():
-                shard = shard_of.get(key[0])
+                shard = shards.get(key[0])
                 if shard is None:
-                    shard = shard_of[key[0]] = pane_shard_of(key[0], self._shards)
+                    shard = shards[key[0]] = shard_of(key[0], self._shards)
                 by_shard[shard][minute_s][key] = Aggregate(*acc)
         for shard, minutes in by_shard.items():
             yield WindowedValue((shard, (self._arrival_us, dict(minutes))), Timestamp(min(minutes)),
@@ -205,16 +201,12 @@ class FirePanes(beam.DoFn):
         self._token = uuid.uuid4().hex
 
     def _shard(self, key, bag, panes, version) -> _ShardWindows:
-        v = version.read() or 0
-        cached = _WINDOWS.get((self._token, key))
-        if cached is None or cached.version != v:
-            cached = _WINDOWS[(self._token, key)] = _ShardWindows(v, panes.read(), bag.read())
-        return cached
+        return cached_view(_WINDOWS, (self._token, key), version,
+                           lambda v: _ShardWindows(v, panes.read(), bag.read()))
 
     def _commit(self, shard: _ShardWindows, panes, version) -> None:
         panes.write(shard.bookkeeping())
-        shard.version += 1
-        version.write(shard.version)
+        bump_version(shard, version)
 
     def _drop_after_us(self, size_s: int, start_s: int) -> int:
         return (start_s + 2 * size_s + self._lateness_s + WINDOW_LATENESS_MARGIN_S) * US_PER_S

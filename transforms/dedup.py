@@ -12,19 +12,18 @@ at the earliest ``minute end + allowed_lateness``: by then every copy carrying t
 is ``too_late``, so no copy with the same time can ever be counted twice, and state stays
 bounded (SPEC.md section 2).
 
-State is a bag of ``(minute, encode_ids(ids))`` entries plus a version number bumped on every write.
-Each process keeps the ids of the keys it serves in memory (``_ShardIds``), tagged with
-the version it was built from: a key that moved between workers and came back finds a
-different version and rebuilds from the bag, so the cache is never trusted stale.
+State is a bag of ``(minute, encode_ids(ids))`` entries plus a version number bumped on
+every write. Each process keeps the ids of the keys it serves in memory (``_ShardIds``),
+tagged with the version it was built from (``state_values.cached_view``).
 
 The watermark view. A DoFn is not told its input watermark (SPEC.md section 2 lets the
 product judge ``too_late`` against its own view of it, lagging by at most 5 s). Every
 shard key keeps a *ladder* of event-time timers at ``view + 5 s * 2**i`` (i = 0..41,
 dynamic timer tags). A timer that fires at ``T`` proves the watermark reached ``T``; the
 view becomes the highest rung that fired and the rungs up to one above it are set again
-from there (``_set_ladder``). After a
-jump of the watermark by D the view is back within 5 s in about log2(D / 5 s) rounds, and
-while the watermark creeps forward rung 0 fires every 5 s of event time. Expiry timers
+from there (``_set_ladder``). After a jump of the watermark by D the view is back within
+5 s in about log2(D / 5 s) rounds, and while the watermark creeps forward rung 0 fires
+every 5 s of event time. Expiry timers
 raise the view too. The view is per key, in state: a runner orders a key's elements and
 timers by time, but not one key's timers against other keys' elements. Prism (2.70) fires
 timers at the upstream watermark while older elements of other keys still wait in the
@@ -35,8 +34,7 @@ that key is judged at, so it never refuses an event the SPEC accepts.
 Outputs: main, the accepted events of one message per event-time minute, with the
 message's arrival time (``(arrival_us, [Event, ...])``, timestamp = minute start);
 ``DEAD_LETTER``, ``too_late`` dead letters (their processing time is the message's arrival
-time). Duplicates are counted (``duplicates_dropped``), not
-dead-lettered.
+time). Duplicates are counted (``duplicates_dropped``), not dead-lettered.
 """
 from __future__ import annotations
 
@@ -54,7 +52,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from schemas.archive import DeadLetter
 from schemas.event import TOO_LATE, US_PER_S, format_time_us
 from transforms import metrics
-from transforms.state_values import dumps_exact
+from transforms.state_values import bump_version, cached_view, dumps_exact
 from transforms.validate import DEAD_LETTER, DEDUP_KEY
 
 WATERMARK_VIEW_STEP_S = 5
@@ -138,11 +136,7 @@ class DedupAndJudgeLateness(beam.DoFn):
         return minute_s + 60 + self._lateness_s
 
     def _shard_ids(self, key, bag, version_state) -> _ShardIds:
-        version = version_state.read() or 0
-        cached = _IDS.get((self._token, key))
-        if cached is None or cached.version != version:
-            cached = _IDS[(self._token, key)] = _ShardIds(version, bag.read())
-        return cached
+        return cached_view(_IDS, (self._token, key), version_state, lambda v: _ShardIds(v, bag.read()))
 
     def process(self, element, ids=beam.DoFn.StateParam(IDS), version=beam.DoFn.StateParam(VERSION),
                 view=beam.DoFn.StateParam(VIEW), base=beam.DoFn.StateParam(LADDER_BASE),
@@ -186,8 +180,7 @@ class DedupAndJudgeLateness(beam.DoFn):
             shard.add(minute_s, minute_ids, blob)
             yield beam.window.TimestampedValue((arrival_us, events), Timestamp(minute_s))
         self._accepted.inc(n_accepted)
-        shard.version += 1
-        version.write(shard.version)
+        bump_version(shard, version)
         earliest_s = min(map(self._expiry_s, accepted))
         if first_expiry_s is None or earliest_s < first_expiry_s:
             expiry.set(Timestamp(earliest_s))
@@ -204,8 +197,7 @@ class DedupAndJudgeLateness(beam.DoFn):
         for minute_s, blobs in shard.blobs.items():
             for blob in blobs:
                 ids.add((minute_s, blob))
-        shard.version += 1
-        version.write(shard.version)
+        bump_version(shard, version)
         if shard.by_minute:
             expiry.set(Timestamp(min(map(self._expiry_s, shard.by_minute))))
 

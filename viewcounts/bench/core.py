@@ -35,6 +35,7 @@ def _test_stream(messages_path: Path, meta: dict, events_per_step: int):
     """``(payload, arrival_us)`` elements in steps of about 1,000 events (see the module doc);
     a step arrives at the stream time it ends at."""
     from apache_beam.testing.test_stream import TestStream
+    from apache_beam.transforms.window import TimestampedValue
     from apache_beam.utils.timestamp import Timestamp
 
     from viewcounts.bench.workload import START
@@ -50,16 +51,10 @@ def _test_stream(messages_path: Path, meta: dict, events_per_step: int):
     for step, i in enumerate(range(0, len(lines), per_step)):
         watermark = Timestamp(micros=(start_ms + (step + 1) * step_ms) * 1000)
         arrival_us = (start_ms + 3 * spec["disorder_s"] * 1000 + (step + 1) * step_ms) * 1000
-        ts.add_elements([beam_timestamped((payload, arrival_us), watermark) for payload in lines[i:i + per_step]])
+        ts.add_elements([TimestampedValue((payload, arrival_us), watermark) for payload in lines[i:i + per_step]])
         ts.advance_watermark_to(watermark)
         ts.advance_processing_time(step_ms / 1000)
     return ts.advance_watermark_to_infinity()
-
-
-def beam_timestamped(value, timestamp):
-    from apache_beam.transforms.window import TimestampedValue
-
-    return TimestampedValue(value, timestamp)
 
 
 def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, events_per_step: int,
