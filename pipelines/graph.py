@@ -26,9 +26,10 @@ def run_from_command_line(build_pipeline) -> None:
 
 
 def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy, early_firing_s: int | None,
-                    sinks: SinkConfig) -> dict:
-    """``enrich``: ``transforms.enrich.EnrichFromSnapshots`` or ``EnrichFromFile``."""
-    counted = payloads | "count events" >> CountEvents(policy, early_firing_s)
+                    sinks: SinkConfig, stamped_watermark: bool = False) -> dict:
+    """``enrich``: ``transforms.enrich.EnrichFromSnapshots`` or ``EnrichFromFile``;
+    ``stamped_watermark``: see ``CountEvents``."""
+    counted = payloads | "count events" >> CountEvents(policy, early_firing_s, stamped_watermark)
     write_failures = (counted[ROWS]
                       | "enrich" >> enrich
                       | "write to Bigtable" >> beam.ParDo(WriteAggregates(

@@ -73,7 +73,8 @@ def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_inter
                 "--environment_type=LOOPBACK",
                 # a Prism server of its own: Beam shares one per process, and a DirectRunner that
                 # tried Prism first (with no --prism_location) may already have made it
-                "--experiments=disable_prism_server_singleton"]
+                "--experiments=disable_prism_server_singleton",
+                "--experiments=prism_disable_sdf_split"]
     if runner == "flink":
         flags = ["--runner=FlinkRunner", f"--flink_master={flink_master}", f"--flink_version={FLINK_VERSION}",
                  f"--flink_job_server_jar={_require(FLINK_JOB_SERVER_JAR, 'flink-job-server')}",
@@ -127,6 +128,13 @@ def prepare(options: PipelineOptions) -> str:
 def native_pubsub(runner: str) -> bool:
     """Python's own ``ReadFromPubSub`` runs only on the local runner and Dataflow."""
     return runner in ("local", "dataflow")
+
+
+def stamped_watermark(runner: str) -> bool:
+    """Whether the streaming job's messages carry the watermark they arrived at as their
+    timestamp: ``ReadFromPubSubPortable`` stamps them so; the native source (local runner,
+    Dataflow) stamps publish or event times (``transforms.dedup`` says what each implies)."""
+    return not native_pubsub(runner)
 
 
 def pull_pacing(runner: str) -> dict[str, float]:

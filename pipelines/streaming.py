@@ -69,7 +69,8 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     runner = runners.prepare(options)
     pipeline = beam.Pipeline(options=options)
     count_and_store(read_events(pipeline, runner, o), enrichment(pipeline, runner, o),
-                    policy_of(o, check_age=o.check_event_age, local=runner == "local"), o.early_firing_s, sinks_of(o))
+                    policy_of(o, check_age=o.check_event_age, local=runner == "local"), o.early_firing_s, sinks_of(o),
+                    stamped_watermark=runners.stamped_watermark(runner))
     return pipeline
 
 

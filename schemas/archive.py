@@ -38,7 +38,10 @@ def hour_of_us(time_us: int) -> int:
 
 
 def file_name(prefix: str, window_start_s: int, pane_index: int, shard: int, unique: str) -> str:
-    t = dt.datetime.fromtimestamp(window_start_s, dt.timezone.utc)
+    """A flush window's file. Windows before the epoch are named at the epoch: messages
+    pulled before the source's first watermark carry Beam's minimum timestamp
+    (``transforms.pubsub_io``), whose window has no calendar date."""
+    t = dt.datetime.fromtimestamp(max(window_start_s, 0), dt.timezone.utc)
     return f"{prefix}-{t:%Y%m%dT%H%M%SZ}-pane{pane_index:05d}-shard{shard:03d}-{unique}.jsonl"
 
 

@@ -60,9 +60,7 @@ def _some_rows(d: Deployment) -> bool:
 
 @pytest.mark.parametrize("where", [
     "embedded", "session-cluster",
-    pytest.param("prism", marks=[pytest.mark.prism, pytest.mark.xfail(
-        run=False, reason="on Prism no event is dead-lettered any more, but hour aggregates are missing from "
-        "storage after the replay (FirePanes' hour panes do not fire there; not diagnosed yet)")]),
+    pytest.param("prism", marks=pytest.mark.prism),
 ])
 def test_historical_replay_equals_the_reference(deployment, tmp_path, where, request):
     cluster = request.getfixturevalue("cluster") if where == "session-cluster" else None

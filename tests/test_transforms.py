@@ -131,10 +131,16 @@ def test_validate_without_age_checks_keeps_old_and_future_events():
         assert_that(out.chunks | beam.FlatMap(lambda kv: [e.event_id for e in kv[1][1]]), equal_to(["old", "new"]))
 
 
-def _count(clock, policy=AcceptancePolicy(), early=30):
+def _count(clock, policy=AcceptancePolicy(), early=30, stamped=False):
+    """``stamped``: the dedup stage reads the watermark from the elements' timestamps (the
+    ``_Clock`` stamps them at the watermark, as the portable Pub/Sub source does), else
+    from its ladder of timers."""
     p = _pipeline()
-    out = p | clock.stream() | CountEvents(policy, early)
+    out = p | clock.stream() | CountEvents(policy, early, stamped)
     return p, out
+
+
+WATERMARK_VIEWS = pytest.mark.parametrize("stamped", [False, True], ids=["ladder", "stamped"])
 
 
 def test_dedup_within_a_batch_across_messages_and_across_ids_with_other_fields():
@@ -168,14 +174,15 @@ def test_a_restamped_copy_is_a_duplicate_while_its_id_is_remembered():
     assert sum(dup) == 2
 
 
+@WATERMARK_VIEWS
 @pytest.mark.parametrize("advance_to,accepted", [
     ("2024-05-14T10:10:55Z", True),   # 5 s past the boundary's other side: t >= W - L
     ("2024-05-14T10:11:20Z", False),  # 20 s late: too_late (SPEC: may go either way within 5 s)
 ])
-def test_lateness_boundary_after_an_idle_watermark_move(advance_to, accepted):
-    # nothing else arrives: only the shard keys' ladders can know where the watermark is
+def test_lateness_boundary_after_an_idle_watermark_move(advance_to, accepted, stamped):
+    # nothing else arrives: the ladders, or the element's stamp, must know where the watermark is
     clock = _Clock().watermark(advance_to).wait(600).publish(_msg(_ev("x", "2024-05-14T10:01:00Z")))
-    p, out = _count(clock)
+    p, out = _count(clock, stamped=stamped)
     assert_that(out[DEAD_LETTERS] | beam.Map(lambda d: d.reason),
                 equal_to([] if accepted else ["too_late"]), label="dead")
     rows = _collect(out[ROWS])
@@ -183,10 +190,11 @@ def test_lateness_boundary_after_an_idle_watermark_move(advance_to, accepted):
     assert {(r.granularity, r.aggregate.count) for r in rows} == ({("minute", 1), ("hour", 1)} if accepted else set())
 
 
-def test_late_copy_of_a_counted_event_is_too_late_not_a_duplicate():
+@WATERMARK_VIEWS
+def test_late_copy_of_a_counted_event_is_too_late_not_a_duplicate(stamped):
     clock = (_Clock().wait(10).publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
              .watermark("2024-05-14T10:12:00Z").publish(_msg(_ev("e1", "2024-05-14T10:00:05Z"))))
-    p, out = _count(clock)
+    p, out = _count(clock, stamped=stamped)
     assert_that(out[DEAD_LETTERS] | beam.Map(lambda d: d.reason), equal_to(["too_late"]))
     result = p.run()
     result.wait_until_finish()

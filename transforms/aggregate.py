@@ -208,13 +208,21 @@ class FirePanes(beam.DoFn):
         panes.write(shard.bookkeeping())
         bump_version(shard, version)
 
+    @staticmethod
+    def _on_time_at_us(size_s: int, start_s: int) -> int:
+        """When a window's on-time pane fires: its last millisecond (``end - 1 ms``). Timers
+        carry milliseconds on the Fn API (Prism and Flink truncate a timer at ``end - 1 µs``
+        to ``end - 1 ms``, which then never passes a check against ``end - 1 µs``). Inputs
+        are stamped at minute starts, so none falls in a window's last millisecond."""
+        return (start_s + size_s) * US_PER_S - 1000
+
     def _drop_after_us(self, size_s: int, start_s: int) -> int:
         return (start_s + 2 * size_s + self._lateness_s + WINDOW_LATENESS_MARGIN_S) * US_PER_S
 
     def _next_boundary_us(self, shard: _ShardWindows) -> int | None:
         """When the watermark next matters: the earliest end of a window not yet fired on
-        time (``end - 1 µs``, its last timestamp) or drop time of one that was."""
-        return min(((self._drop_after_us(s, t) if w.on_time_fired else (t + s) * US_PER_S - 1)
+        time (``_on_time_at_us``) or drop time of one that was."""
+        return min(((self._drop_after_us(s, t) if w.on_time_fired else self._on_time_at_us(s, t))
                     for (s, t), w in shard.windows.items()), default=None)
 
     def process(self, element, bag=beam.DoFn.StateParam(PARTIALS), panes=beam.DoFn.StateParam(PANES),
@@ -273,7 +281,7 @@ class FirePanes(beam.DoFn):
         rows: list[AggregateRow] = []
         dropped = False
         for (size_s, start_s), w in list(shard.windows.items()):
-            if not w.on_time_fired and (start_s + size_s) * US_PER_S - 1 <= fired.micros:
+            if not w.on_time_fired and self._on_time_at_us(size_s, start_s) <= fired.micros:
                 self._pane(rows, size_s, start_s, w, w.aggs)
                 w.on_time_fired = True
             if w.on_time_fired and self._drop_after_us(size_s, start_s) <= fired.micros:

@@ -4,7 +4,7 @@
 * ``rows``: ``list[AggregateRow]``, the rows of one firing (at most one per (video, type,
   window) and pane), minute and hour;
 * ``dead_letters``: ``DeadLetter`` for every refused input (before storage);
-* ``archive``: raw JSON bytes of every valid event, timestamped with its event time.
+* ``archive``: ``(hour_s, [raw JSON bytes])``, the valid events of one message per event-time hour.
 
 Stages (DESIGN.md): validate -> dedup + lateness (stateful, keyed by shard and minute)
 -> pre-aggregate per bundle -> minute and hour windows and their panes (``FirePanes``). Only the sources, the trigger
@@ -27,21 +27,28 @@ _ChunkKey = typing.Tuple[int, int]
 
 
 class CountEvents(beam.PTransform):
-    def __init__(self, policy: AcceptancePolicy, early_firing_s: int | None) -> None:
+    """``stamped_watermark``: the input's timestamps are the watermark each message arrived
+    at (``ReadFromPubSubPortable``, a scenario's ``TestStream``); else the dedup stage finds
+    the watermark with timers (``transforms.dedup``)."""
+
+    def __init__(self, policy: AcceptancePolicy, early_firing_s: int | None, stamped_watermark: bool = False) -> None:
         super().__init__()
         self._policy = policy
         self._early_s = early_firing_s
+        self._stamped = stamped_watermark
 
     def expand(self, payloads):
         validated = payloads | "validate" >> beam.ParDo(ValidateEvents(self._policy)).with_outputs(
             DEAD_LETTER, ARCHIVE, main="chunks")
-        probes = (payloads.pipeline
-                  | "start watermark probes" >> beam.Impulse()
-                  | "probe keys" >> beam.FlatMap(lambda _, n: probe_elements(n), self._policy.dedup_shards))
-        deduped = ((validated.chunks, probes)
-                   | "chunks and probes" >> beam.Flatten().with_output_types(typing.Tuple[_ChunkKey, typing.Any])
-                   | "dedup and lateness" >> beam.ParDo(
-                       DedupAndJudgeLateness(self._policy.allowed_lateness_s)).with_outputs(DEAD_LETTER, main="accepted"))
+        chunks = validated.chunks
+        if not self._stamped:  # the watermark ladders start from one probe element per shard key
+            probes = (payloads.pipeline
+                      | "start watermark probes" >> beam.Impulse()
+                      | "probe keys" >> beam.FlatMap(lambda _, n: probe_elements(n), self._policy.dedup_shards))
+            chunks = ((chunks, probes)
+                      | "chunks and probes" >> beam.Flatten().with_output_types(typing.Tuple[_ChunkKey, typing.Any]))
+        deduped = chunks | "dedup and lateness" >> beam.ParDo(DedupAndJudgeLateness(
+            self._policy.allowed_lateness_s, self._stamped)).with_outputs(DEAD_LETTER, main="accepted")
         rows = deduped.accepted | "windows" >> WindowedAggregates(
             self._policy.allowed_lateness_s, self._early_s, self._policy.dedup_shards)
         dead = ((validated[DEAD_LETTER], deduped[DEAD_LETTER])

@@ -17,19 +17,31 @@ every write. Each process keeps the ids of the keys it serves in memory (``_Shar
 tagged with the version it was built from (``state_values.cached_view``).
 
 The watermark view. A DoFn is not told its input watermark (SPEC.md section 2 lets the
-product judge ``too_late`` against its own view of it, lagging by at most 5 s). Every
-shard key keeps a *ladder* of event-time timers at ``view + 5 s * 2**i`` (i = 0..41,
-dynamic timer tags). A timer that fires at ``T`` proves the watermark reached ``T``; the
-view becomes the highest rung that fired and the rungs up to one above it are set again
-from there (``_set_ladder``). After a jump of the watermark by D the view is back within
-5 s in about log2(D / 5 s) rounds, and while the watermark creeps forward rung 0 fires
-every 5 s of event time. Expiry timers
-raise the view too. The view is per key, in state: a runner orders a key's elements and
-timers by time, but not one key's timers against other keys' elements. Prism (2.70) fires
+product judge ``too_late`` against its own view of it, lagging by at most 5 s). The view
+is per shard key, in state, and comes from one of two places:
+
+* ``stamped_watermark=True``: each element's timestamp is the watermark it arrived at
+  (``transforms.pubsub_io.ReadFromPubSubPortable`` stamps messages so, and the scenario
+  runner's ``TestStream`` does the same); the view is the highest stamp seen. This is the
+  path on Prism and Flink.
+* ``stamped_watermark=False`` (the native ``ReadFromPubSub``: the local runner and
+  Dataflow, whose element timestamps are publish or event times): every shard key keeps a
+  *ladder* of event-time timers at ``view + 5 s * 2**i`` (i = 0..41, dynamic timer tags),
+  started by one probe element per key (``probe_elements``). A timer that fires at ``T``
+  proves the watermark reached ``T``; the view becomes the highest rung that fired and the
+  rungs up to one above it are set again from there (``_set_ladder``). After a jump of the
+  watermark by D the view is back within 5 s in about log2(D / 5 s) rounds, and while the
+  watermark creeps forward rung 0 fires every 5 s of event time. This needs a runner that
+  fires every due timer of a key together: Prism (2.70) holds a stage's input watermark at
+  its earliest pending timer, so the ladder there advances 5 s per round (a replay of a day
+  took minutes to catch up), which is why Prism takes the stamped path.
+
+Expiry timers raise the view too. The view is per key: a runner orders a key's elements
+and timers by time, but not one key's timers against other keys' elements (Prism fires
 timers at the upstream watermark while older elements of other keys still wait in the
-stage, so a view shared between keys ran hours ahead of events still to be judged
-(``repro_prism.py``). A per-key view is a lower bound of the watermark each element of
-that key is judged at, so it never refuses an event the SPEC accepts.
+stage: a view shared between keys ran hours ahead, ``repro_prism.py``). Both views are
+lower bounds of the watermark each element of the key is judged at, so neither refuses an
+event the SPEC accepts.
 
 Outputs: main, the accepted events of one message per event-time minute, with the
 message's arrival time (``(arrival_us, [Event, ...])``, timestamp = minute start);
@@ -113,8 +125,9 @@ class DedupAndJudgeLateness(beam.DoFn):
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
     RUNG = TimerSpec("watermark_ladder", TimeDomain.WATERMARK)
 
-    def __init__(self, allowed_lateness_s: int) -> None:
+    def __init__(self, allowed_lateness_s: int, stamped_watermark: bool) -> None:
         self._lateness_s = allowed_lateness_s
+        self._stamped = stamped_watermark
         self._token = uuid.uuid4().hex
 
     def setup(self) -> None:
@@ -138,12 +151,17 @@ class DedupAndJudgeLateness(beam.DoFn):
     def _shard_ids(self, key, bag, version_state) -> _ShardIds:
         return cached_view(_IDS, (self._token, key), version_state, lambda v: _ShardIds(v, bag.read()))
 
-    def process(self, element, ids=beam.DoFn.StateParam(IDS), version=beam.DoFn.StateParam(VERSION),
-                view=beam.DoFn.StateParam(VIEW), base=beam.DoFn.StateParam(LADDER_BASE),
-                expiry=beam.DoFn.TimerParam(EXPIRY), rung=beam.DoFn.TimerParam(RUNG)):
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, ids=beam.DoFn.StateParam(IDS),
+                version=beam.DoFn.StateParam(VERSION), view=beam.DoFn.StateParam(VIEW),
+                base=beam.DoFn.StateParam(LADDER_BASE), expiry=beam.DoFn.TimerParam(EXPIRY),
+                rung=beam.DoFn.TimerParam(RUNG)):
         key, (arrival_us, chunk) = element
         view_us = self._view_us(view)
-        if base.read() is None:
+        if self._stamped:
+            if timestamp.micros > view_us:
+                view_us = timestamp.micros
+                view.write(view_us)
+        elif base.read() is None:
             self._set_ladder(view_us, base, rung)
         if not chunk:
             return

@@ -4,7 +4,7 @@ Python's native ``ReadFromPubSub`` runs only on Dataflow and the BundleBasedDire
 (DESIGN.md); ``ReadFromPubSubPortable`` runs on any portable runner. Shape::
 
     pipeline | ReadFromPubSubPortable("projects/P/subscriptions/S", timestamp_attribute="ts")
-      -> PCollection[bytes]   # message data, timestamped in event time
+      -> PCollection[bytes]   # message data, timestamped at the watermark when pulled
 
 Semantics:
 
@@ -23,9 +23,13 @@ Semantics:
   ``PubsubIO`` jumps to the wall clock instead, which would make the rest of a paused
   replay of 2013 data late; here it stays within the allowed lateness for that long.
   ``PullWatermark`` keeps this in the restriction's estimator state, so it survives a
-  change of worker and a restore. A message whose timestamp is behind the watermark is
-  emitted at the watermark: it is never dropped as late here; the counting core judges
-  each event's lateness itself (SPEC section 2).
+  change of worker and a restore.
+* **Elements carry the watermark at arrival.** Each message is emitted with the
+  watermark as it stood when the message was pulled as its timestamp (never behind it, so
+  nothing is dropped as late here). A message holds many events, so its own time says
+  little; this stamp tells the counting core the watermark each message arrived at (SPEC
+  section 2's ``watermark_at_arrival``), which a DoFn cannot read otherwise
+  (``transforms.dedup``: ``stamped_watermark``).
 * Messages without the attribute (or with an unreadable one) take their publish time.
 
 ``WriteToPubSubPortable(topic)`` publishes ``(data, attributes)`` pairs with the
@@ -192,13 +196,12 @@ class _PullFn(beam.DoFn):
                 resume_after = None  # the rest is split off; these go unacked and are redelivered
                 break
             position += 1
-            floor_us = watermark.current_watermark().micros
-            times = []
+            at_arrival = watermark.current_watermark()
             for m in received:
-                t = message_timestamp_us(m.message.attributes, _publish_us(m.message), self._timestamp_attribute)
-                times.append(t)
-                yield TimestampedValue(m.message.data, Timestamp(micros=max(t, floor_us)))
-            watermark.pulled(times, time.time(), self._sample_s)
+                yield TimestampedValue(m.message.data, at_arrival)
+            watermark.pulled([message_timestamp_us(m.message.attributes, _publish_us(m.message),
+                                                   self._timestamp_attribute) for m in received],
+                             time.time(), self._sample_s)
             self._pulled += len(received)
             acks.extend(m.ack_id for m in received)
         self._report(subscription, watermark)

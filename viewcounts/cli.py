@@ -13,7 +13,7 @@ def _scenario(args) -> int:
     from viewcounts.scenario import check_case, load_case, run_case
 
     case = load_case(args.case)
-    result = run_case(case)
+    result = run_case(case, args.runner)
     if args.action == "run":
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
@@ -86,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
 
     formatter = argparse.ArgumentDefaultsHelpFormatter
     sc = sub.add_parser("scenario", help="run or check a SPEC.md section 7 case file", formatter_class=formatter,
-                        description="Runs the case through the real pipeline (TestStream, local runner) with the "
+                        description="Runs the case through the real pipeline (TestStream) with the "
                         "Bigtable emulator (BIGTABLE_EMULATOR_HOST, or one started for the run).")
     sc.add_argument("action", choices=("run", "check"), help="run: print the result as JSON; check: compare "
                     "with the case's expect, exit 0 iff it matches")
     sc.add_argument("case", help="path of the case file")
+    sc.add_argument("--runner", choices=("local", "prism"), default="local",
+                    help="prism needs `make prism`")
     sc.set_defaults(func=_scenario)
 
     st = sub.add_parser("stats", help="query stored aggregates (get_stats)", formatter_class=formatter,

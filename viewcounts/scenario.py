@@ -37,6 +37,14 @@ from viewcounts.emulators import bigtable_emulator
 from viewcounts.provision import create_table
 
 PAYLOADS, METADATA = "payloads", "metadata"
+# Alone, payloads travel on the tag "": Prism (2.70) drops the tag of every element event
+# when it length-prefixes a TestStream's elements (``handleTestStream``), which sends them
+# to "". The local runner fails on a "" tag, and Prism never gets the metadata tag.
+LONE_PAYLOADS = ""
+
+
+def payload_tag(with_metadata: bool) -> str:
+    return PAYLOADS if with_metadata else LONE_PAYLOADS
 PROJECT, INSTANCE = "scenario", "scenario"
 REL_TOL = 1e-9
 
@@ -57,32 +65,39 @@ def _snapshot(step: dict) -> dict:
     return {vid: (m.get("title"), m.get("channel")) for vid, m in step["metadata"].items()}
 
 
+def changes_metadata_mid_stream(case: dict) -> bool:
+    """Whether a metadata step comes after the first publishing step."""
+    steps = case["steps"]
+    first = next((n for n, s in enumerate(steps) if not {"publish", "publish_raw", "publish_base64"}.isdisjoint(s)),
+                 len(steps))
+    return any("metadata" in s for s in steps[first:])
+
+
 def _snapshots_read_once(case: dict, runner: str) -> list[tuple[int, dict]]:
-    """The case's snapshots for a runner without triggered side inputs: only those that
-    come before the first event can be honoured (read once at start)."""
-    out = []
-    for n, step in enumerate(case["steps"]):
-        if "metadata" in step:
-            out.append((n, _snapshot(step)))
-        elif any(k in step for k in ("publish", "publish_raw", "publish_base64")):
-            if any("metadata" in later for later in case["steps"][n:]):
-                raise UnsupportedOnRunner(f"the case changes metadata mid-stream, which needs a triggered side "
-                                          f"input; the {runner} runner has none (Beam issue 31438)")
-            break
-    return out
+    """The case's snapshots for a runner without triggered side inputs, read once at start:
+    raises ``UnsupportedOnRunner`` when the case changes metadata mid-stream."""
+    if changes_metadata_mid_stream(case):
+        raise UnsupportedOnRunner(f"the case changes metadata mid-stream, which needs a triggered side "
+                                  f"input; the {runner} runner has none (Beam issue 31438)")
+    return [(n, _snapshot(step)) for n, step in enumerate(case["steps"]) if "metadata" in step]
 
 
-def build_test_stream(case: dict) -> TestStream:
-    """The case's steps as a two-tag ``TestStream`` (SPEC.md section 7 clock rules)."""
+def build_test_stream(case: dict, with_metadata: bool = True) -> TestStream:
+    """The case's steps as a ``TestStream`` (SPEC.md section 7 clock rules): payloads, and
+    metadata snapshots on a tag of their own unless ``with_metadata`` is False (a runner
+    without triggered side inputs reads them once instead: ``_snapshots_read_once``)."""
     start_us = parse_event_time(case["start"])
     processing_us = start_us
     watermark = Timestamp(micros=start_us)
-    ts = TestStream(output_tags=[PAYLOADS, METADATA])
-    for tag in (PAYLOADS, METADATA):
+    payloads = payload_tag(with_metadata)
+    tags = (payloads, METADATA) if with_metadata else (payloads,)
+    ts = TestStream(output_tags=list(tags))
+    for tag in tags:
         ts.advance_watermark_to(watermark, tag=tag)
     for n, step in enumerate(case["steps"]):
         if "metadata" in step:
-            ts.add_elements([beam.window.TimestampedValue((n, _snapshot(step)), watermark)], tag=METADATA)
+            if with_metadata:
+                ts.add_elements([beam.window.TimestampedValue((n, _snapshot(step)), watermark)], tag=METADATA)
         elif "advance_processing_time_s" in step:
             if step["advance_processing_time_s"] > 0:  # clocks never move back; 0 is no move
                 processing_us += round(step["advance_processing_time_s"] * US_PER_S)
@@ -91,12 +106,12 @@ def build_test_stream(case: dict) -> TestStream:
             target = Timestamp(micros=parse_event_time(step["advance_watermark"]))
             if target > watermark:
                 watermark = target
-                for tag in (PAYLOADS, METADATA):
+                for tag in tags:
                     ts.advance_watermark_to(watermark, tag=tag)
         else:
             ts.add_elements([beam.window.TimestampedValue((m, processing_us), watermark)
-                             for m in _messages(step)], tag=PAYLOADS)
-    for tag in (PAYLOADS, METADATA):
+                             for m in _messages(step)], tag=payloads)
+    for tag in tags:
         ts.advance_watermark_to_infinity(tag=tag)
     return ts
 
@@ -136,12 +151,15 @@ def run_case(case: dict, runner: str = "local") -> dict:
         options.view_as(StandardOptions).streaming = True
         runners.prepare(options)
         pipeline = beam.Pipeline(options=options)
-        stream = pipeline | "case steps" >> build_test_stream(case)
-        if runners.triggered_side_inputs(runner):
+        triggered_metadata = runners.triggered_side_inputs(runner)
+        stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=triggered_metadata)
+        if triggered_metadata:
             snapshots, triggered = stream[METADATA], True
         else:
             snapshots, triggered = pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner)), False
-        count_and_store(stream[PAYLOADS], EnrichFromSnapshots(snapshots, triggered), policy, early_firing_s, sinks)
+        # the TestStream stamps each message at the watermark, as the portable source does
+        count_and_store(stream[payload_tag(triggered_metadata)], EnrichFromSnapshots(snapshots, triggered), policy, early_firing_s, sinks,
+                        stamped_watermark=runners.stamped_watermark(runner))
         result = pipeline.run()
         result.wait_until_finish()
         counters = metrics.committed_counters(result)

@@ -55,7 +55,7 @@ class _Bag:
 
 
 def measure(messages_path, shards: int = 16) -> dict:
-    fn = dedup.DedupAndJudgeLateness(allowed_lateness_s=600)
+    fn = dedup.DedupAndJudgeLateness(allowed_lateness_s=600, stamped_watermark=False)
     fn.setup()
     state = {s: (_Bag(), _Cell(), _Cell(), _Cell()) for s in range(shards)}
     with open(messages_path, "rb") as f:
@@ -71,7 +71,8 @@ def measure(messages_path, shards: int = 16) -> dict:
             by_shard.setdefault(shard_of(ev.event_id, shards), []).append(ev)
         for s, chunk in by_shard.items():
             bag, version, view, base = state[s]
-            for out in fn.process(((0, s), (0, chunk)), bag, version, view, base, _Cell(), _Cell()):
+            for out in fn.process(((0, s), (0, chunk)), ids=bag, version=version, view=view, base=base, expiry=_Cell(),
+                                  rung=_Cell()):
                 live += len(out.value[1])
         del events, by_shard, chunk
     gc.collect()
