@@ -220,12 +220,14 @@ class _PullFn(beam.DoFn):
             self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids[i:i + 2500]})
 
     def _pull(self, subscription: str):
-        from google.api_core.exceptions import DeadlineExceeded
+        """One pull; nothing on a timeout, or when ``teardown`` closed the client under a pull
+        in progress (a cancelled job: nothing was received, so nothing goes unacknowledged)."""
+        from google.api_core.exceptions import Cancelled, DeadlineExceeded
 
         try:
             return self._client.pull(request={"subscription": subscription, "max_messages": self._max_messages},
                                      timeout=self._poll_s + 5).received_messages
-        except DeadlineExceeded:
+        except (DeadlineExceeded, Cancelled):
             return []
 
 
