@@ -4,9 +4,9 @@ their real 2013 times; every stored minute and hour aggregate is compared with t
 reference over the replay manifests (no loss, no double count).
 
 Restores: after a kill, from the last retained checkpoint (embedded); after
-stop-with-savepoint (session cluster). Metadata on Flink is read by the enriching workers
-and refreshed (``transforms.enrich.EnrichFromFile``). The replay on Prism does not pass yet
-(xfail, not run; the reason is on it). ``make runners`` builds what these tests need.
+stop-with-savepoint (session cluster). Metadata on Flink and Prism is read by the enriching
+workers and refreshed (``transforms.enrich.EnrichFromFile``). The replay and the refresh
+also run on Prism. ``make runners`` builds what these tests need.
 """
 from __future__ import annotations
 
@@ -130,7 +130,8 @@ def test_stop_with_savepoint_and_resume_on_a_session_cluster(deployment, cluster
         kill(job)
 
 
-def test_metadata_refresh_reaches_later_panes(deployment, tmp_path):
+@pytest.mark.parametrize("runner", ["flink", pytest.param("prism", marks=pytest.mark.prism)])
+def test_metadata_refresh_reaches_later_panes(deployment, tmp_path, runner):
     metadata = tmp_path / "metadata.jsonl"
 
     def write_title(title: str) -> None:
@@ -146,7 +147,8 @@ def test_metadata_refresh_reaches_later_panes(deployment, tmp_path):
 
     write_title("Kennedy")
     job = deployment.start_job("--no_event_age_check", f"--metadata_path={metadata}", "--metadata_refresh_s=2",
-                               *runner_flags("flink", checkpoint_dir=str(tmp_path / "checkpoints")))
+                               *(runner_flags("prism") if runner == "prism" else
+                                 runner_flags("flink", checkpoint_dir=str(tmp_path / "checkpoints"))))
     try:
         plan = replay.ReplayPlan(time_mode="real", events_per_message=5)
         deployment.publish(events(1), plan)
