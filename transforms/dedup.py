@@ -1,8 +1,8 @@
 """Dedup by ``event_id`` and the ``too_late`` rule (SPEC.md section 2), in one stateful DoFn.
 
-Input: ``((DEDUP_KEY, shard), (arrival_us, [Event, ...]))`` from ``ValidateEvents``, plus one
-``((DEDUP_KEY, shard), (0, []))`` element per shard from ``probe_elements`` (an empty chunk
-that starts the shard's watermark view).
+Input: ``((DEDUP_KEY, shard), (arrival_us, [Event, ...]))`` from ``ValidateEvents``, plus,
+when the view comes from timers (below), one ``((DEDUP_KEY, shard), (0, []))`` element per
+shard from ``probe_elements`` (an empty chunk that starts the shard's ladder).
 
 Dedup. A shard key (``crc32(event_id) % dedup_shards``) holds every remembered id of its
 shard, grouped by the event-time minute of the first accepted copy, so a copy is found
@@ -33,8 +33,8 @@ is per shard key, in state, and comes from one of two places:
   watermark by D the view is back within 5 s in about log2(D / 5 s) rounds, and while the
   watermark creeps forward rung 0 fires every 5 s of event time. This needs a runner that
   fires every due timer of a key together: Prism (2.70) holds a stage's input watermark at
-  its earliest pending timer, so the ladder there advances 5 s per round (a replay of a day
-  took minutes to catch up), which is why Prism takes the stamped path.
+  its earliest pending timer, so the ladder there advances 5 s per round (a 3,000-flight
+  replay of 2013 had not caught up after 240 s), which is why Prism takes the stamped path.
 
 Expiry timers raise the view too. The view is per key: a runner orders a key's elements
 and timers by time, but not one key's timers against other keys' elements (Prism fires
