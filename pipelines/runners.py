@@ -78,9 +78,11 @@ def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_inter
                 # a Prism server of its own: Beam shares one per process, and a DirectRunner that
                 # tried Prism first (with no --prism_location) may already have made it
                 "--experiments=disable_prism_server_singleton",
-                # no runner-initiated splits (of any bundle, despite the name): with them, the
-                # shared case 16-flush-at-end counted a late event twice in 4 runs of 8 on
-                # Prism 2.70; without them, 0 of 8
+                # no runner-initiated splits (of any bundle, despite the name): Prism 2.70's
+                # splitBundle releases the residual's keys while the primary still runs, so
+                # one key of a stateful stage can run in two bundles at once. Seen: the shared
+                # case 16-flush-at-end accepted events twice (events_accepted 1006 of 1004
+                # read) in 4 runs of 8, and the demo overcounted; without splits, 0 of 8 and 0
                 "--experiments=prism_disable_sdf_split"]
     if runner == "flink":
         flags = ["--runner=FlinkRunner", f"--flink_master={flink_master}", f"--flink_version={FLINK_VERSION}",
