@@ -53,6 +53,13 @@ def _wait_for(predicate, timeout_s: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _job_flags(runner: str, tmp_path, flink_master: str = "[local]") -> list[str]:
+    """Prism's flags, or Flink's with checkpoints retained under ``tmp_path``."""
+    if runner == "prism":
+        return runner_flags("prism")
+    return runner_flags("flink", flink_master=flink_master, checkpoint_dir=str(tmp_path / "checkpoints"))
+
+
 def _some_rows(d: Deployment) -> bool:
     with StatsReader(PROJECT, INSTANCE, d.table) as reader:
         return next(iter(reader.all_cells()), None) is not None
@@ -65,9 +72,8 @@ def _some_rows(d: Deployment) -> bool:
 def test_historical_replay_equals_the_reference(deployment, tmp_path, where, request):
     cluster = request.getfixturevalue("cluster") if where == "session-cluster" else None
     master = cluster.master if cluster else "[local]"
-    flags = (runner_flags("prism") if where == "prism" else
-             runner_flags("flink", flink_master=master, checkpoint_dir=str(tmp_path / "checkpoints")))
-    job = deployment.start_job("--no_event_age_check", *flags)
+    job = deployment.start_job("--no_event_age_check", *_job_flags("prism" if where == "prism" else "flink",
+                                                                    tmp_path, master))
     try:
         events = _flights(3000)
         figures = deployment.publish(events, HISTORICAL)
@@ -147,8 +153,7 @@ def test_metadata_refresh_reaches_later_panes(deployment, tmp_path, runner):
 
     write_title("Kennedy")
     job = deployment.start_job("--no_event_age_check", f"--metadata_path={metadata}", "--metadata_refresh_s=2",
-                               *(runner_flags("prism") if runner == "prism" else
-                                 runner_flags("flink", checkpoint_dir=str(tmp_path / "checkpoints"))))
+                               *_job_flags(runner, tmp_path))
     try:
         plan = replay.ReplayPlan(time_mode="real", events_per_message=5)
         deployment.publish(events(1), plan)

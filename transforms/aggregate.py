@@ -211,9 +211,10 @@ class FirePanes(beam.DoFn):
     @staticmethod
     def _on_time_at_us(size_s: int, start_s: int) -> int:
         """When a window's on-time pane fires: its last millisecond (``end - 1 ms``). Timers
-        carry milliseconds on the Fn API (Prism and Flink truncate a timer at ``end - 1 µs``
-        to ``end - 1 ms``, which then never passes a check against ``end - 1 µs``). Inputs
-        are stamped at minute starts, so none falls in a window's last millisecond."""
+        carry milliseconds on the Fn API: Prism fired a timer set at ``end - 1 µs`` at
+        ``end - 1 ms``, which never passed a check against ``end - 1 µs``, and the timer was
+        set again at the same time for ever. Inputs are stamped at minute starts, so none
+        falls in a window's last millisecond."""
         return (start_s + size_s) * US_PER_S - 1000
 
     def _drop_after_us(self, size_s: int, start_s: int) -> int:

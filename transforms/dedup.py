@@ -141,9 +141,14 @@ class DedupAndJudgeLateness(beam.DoFn):
         return _START_US if stored is None else stored
 
     @staticmethod
-    def _raise_view(view, fired_us: int) -> None:
-        if fired_us > DedupAndJudgeLateness._view_us(view):
-            view.write(fired_us)
+    def _raise_view(view, seen_us: int) -> int:
+        """Raise the view to ``seen_us`` (a time the watermark is known to have reached);
+        returns the view."""
+        view_us = DedupAndJudgeLateness._view_us(view)
+        if seen_us > view_us:
+            view.write(seen_us)
+            return seen_us
+        return view_us
 
     def _expiry_s(self, minute_s: int) -> int:
         return minute_s + 60 + self._lateness_s
@@ -156,13 +161,12 @@ class DedupAndJudgeLateness(beam.DoFn):
                 base=beam.DoFn.StateParam(LADDER_BASE), expiry=beam.DoFn.TimerParam(EXPIRY),
                 rung=beam.DoFn.TimerParam(RUNG)):
         key, (arrival_us, chunk) = element
-        view_us = self._view_us(view)
         if self._stamped:
-            if timestamp.micros > view_us:
-                view_us = timestamp.micros
-                view.write(view_us)
-        elif base.read() is None:
-            self._set_ladder(view_us, base, rung)
+            view_us = self._raise_view(view, timestamp.micros)
+        else:
+            view_us = self._view_us(view)
+            if base.read() is None:
+                self._set_ladder(view_us, base, rung)
         if not chunk:
             return
         boundary_us = view_us - self._lateness_s * US_PER_S
@@ -223,8 +227,7 @@ class DedupAndJudgeLateness(beam.DoFn):
     def on_rung(self, fired=beam.DoFn.TimestampParam, tag=beam.DoFn.DynamicTimerTagParam,
                 view=beam.DoFn.StateParam(VIEW), base=beam.DoFn.StateParam(LADDER_BASE),
                 rung=beam.DoFn.TimerParam(RUNG)):
-        self._raise_view(view, fired.micros)
-        view_us = self._view_us(view)
+        view_us = self._raise_view(view, fired.micros)
         if view_us > base.read():
             self._set_ladder(view_us, base, rung, min(int(tag) + 2, LADDER_RUNGS))
 

@@ -2,7 +2,7 @@
 
 ``WriteJsonlByHour``: ``PCollection[(hour_start_s, [line: bytes, ...])]`` -> files, one per
 (hour folder, flush window, pane, shard). Elements are windowed by *their own timestamps*
-(the source's: publish or arrival time, never behind the watermark) into
+(the source's: never behind the watermark, ``transforms.validate``) into
 ``FixedWindows(flush_s)`` with the default watermark trigger, so a file closes about every
 ``flush_s`` and no processing-time trigger is involved; the hour folder comes from the
 data (the event-time hour for the archive), so an event arriving days late still lands

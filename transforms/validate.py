@@ -14,8 +14,9 @@ Outputs of ``ValidateEvents``:
   (they passed the field, future and age checks) per event-time hour, whatever dedup and
   lateness decide.
 
-Every output keeps the input element's timestamp (the source's publish or arrival time,
-so never behind the watermark); event times travel as data.
+Every output keeps the input element's timestamp (the source's: the watermark at pull for
+``ReadFromPubSubPortable``, the publish time for the native source; never behind the
+watermark); event times travel as data.
 """
 from __future__ import annotations
 

@@ -41,12 +41,12 @@ PAYLOADS, METADATA = "payloads", "metadata"
 # when it length-prefixes a TestStream's elements (``handleTestStream``), which sends them
 # to "". The local runner fails on a "" tag, and Prism never gets the metadata tag.
 LONE_PAYLOADS = ""
+PROJECT, INSTANCE = "scenario", "scenario"
+REL_TOL = 1e-9
 
 
 def payload_tag(with_metadata: bool) -> str:
     return PAYLOADS if with_metadata else LONE_PAYLOADS
-PROJECT, INSTANCE = "scenario", "scenario"
-REL_TOL = 1e-9
 
 
 def _messages(step: dict) -> list[bytes]:
@@ -151,15 +151,13 @@ def run_case(case: dict, runner: str = "local") -> dict:
         options.view_as(StandardOptions).streaming = True
         runners.prepare(options)
         pipeline = beam.Pipeline(options=options)
-        triggered_metadata = runners.triggered_side_inputs(runner)
-        stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=triggered_metadata)
-        if triggered_metadata:
-            snapshots, triggered = stream[METADATA], True
-        else:
-            snapshots, triggered = pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner)), False
+        triggered = runners.triggered_side_inputs(runner)  # else the snapshots are read once
+        stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=triggered)
+        snapshots = (stream[METADATA] if triggered else
+                     pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner)))
         # the TestStream stamps each message at the watermark, as the portable source does
-        count_and_store(stream[payload_tag(triggered_metadata)], EnrichFromSnapshots(snapshots, triggered), policy, early_firing_s, sinks,
-                        stamped_watermark=runners.stamped_watermark(runner))
+        count_and_store(stream[payload_tag(triggered)], EnrichFromSnapshots(snapshots, triggered), policy,
+                        early_firing_s, sinks, stamped_watermark=runners.stamped_watermark(runner))
         result = pipeline.run()
         result.wait_until_finish()
         counters = metrics.committed_counters(result)
