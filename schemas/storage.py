@@ -21,15 +21,23 @@ Cell value: compact JSON ``{"count", "value_count", "sum", "min", "max", "title"
 "channel"}`` (``min``/``max`` null without values; ``avg`` is derived on read as
 ``sum / value_count``). One cell per window: one pane is one ``SetCell`` mutation.
 
-Cell timestamp: the pane's firing time in whole milliseconds from a per-process clock that
-never repeats or goes back, so a later pane of a window always carries a larger timestamp
-than an earlier one; readers take the newest cell. Re-sending the same mutation (a retry)
+Cell timestamp (``cell_timestamp_us``): the order of a window's panes, from pipeline state
+(SPEC.md section 3), never from the clock of the worker that fires a pane. It is
+``(window base ms + the aggregate's count) * 1000`` µs, where the window base is the wall
+clock (whole ms) when the window's state was first created, kept in that state: every worker
+and every job restored from a checkpoint of it uses the same base. Panes accumulate, so a
+later pane has a count at least as large as any earlier pane of the same window (equal only
+when it holds the same events), and readers take the newest cell: a later pane wins whatever
+order the writes land in and whichever worker fired it. A pane fired again after a restore
+from a checkpoint holds the events of the one it replaces plus those redelivered since, so it
+never loses to a pane of the failed attempt. The base keeps cells near write time for the
+age part of the GC rule. A batch recompute creates its windows when it runs, so its cells win
+over the streaming panes of windows closed before it. Re-sending the same mutation (a retry)
 rewrites the same cell: writes are idempotent overwrites.
 """
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -137,19 +145,13 @@ def decode_cell(value: bytes) -> tuple[Aggregate, str | None, str | None]:
     return Aggregate(d["count"], d["value_count"], d["sum"], d["min"], d["max"]), d["title"], d["channel"]
 
 
-class PaneClock:
-    """Strictly increasing whole-millisecond timestamps for cells, per process.
+def wall_clock_ms() -> int:
+    """The wall clock in whole milliseconds: the base of a new window's cell timestamps."""
+    return time.time_ns() // 1_000_000
 
-    ``now_us()`` returns microseconds that are a multiple of 1000 (Bigtable's cell
-    timestamp granularity) and larger than every value it returned before in this process.
-    """
 
-    _lock = threading.Lock()
-    _last_ms = 0
-
-    @classmethod
-    def now_us(cls) -> int:
-        with cls._lock:
-            ms = max(time.time_ns() // 1_000_000, cls._last_ms + 1)
-            cls._last_ms = ms
-            return ms * 1000
+def cell_timestamp_us(window_base_ms: int, count: int) -> int:
+    """A pane's cell timestamp in µs (a multiple of 1000, as Bigtable requires): the window's
+    base (``wall_clock_ms`` when its state was created) plus the pane's ``count``. Bigtable
+    timestamps are int64 µs: any count below 9e15 minus the base fits."""
+    return (window_base_ms + count) * 1000

@@ -3,7 +3,7 @@ import pytest
 
 from query.stats import QueryError, StatsReader
 from schemas import storage
-from schemas.storage import Aggregate, PaneClock
+from schemas.storage import Aggregate, cell_timestamp_us, wall_clock_ms
 from transforms.aggregate import AggregateRow
 from transforms.bigtable_sink import WriteAggregates
 from transforms.enrich import EnrichedRow
@@ -14,7 +14,7 @@ H = 1715680800  # 2024-05-14T10:00:00Z
 
 def _row(agg, window_start_s=H, granularity="minute", video_id="V1", ts_us=None, title=None):
     return EnrichedRow(AggregateRow(video_id, "view", granularity, window_start_s, agg, 0,
-                                    ts_us if ts_us is not None else PaneClock.now_us()), title, None)
+                                    ts_us if ts_us is not None else cell_timestamp_us(wall_clock_ms(), agg.count)), title, None)
 
 
 def _write(table, rows):
@@ -33,7 +33,8 @@ def _cells(table):
 
 
 def test_refired_pane_landing_late_does_not_win(table):
-    early, later = PaneClock.now_us(), PaneClock.now_us()
+    base = wall_clock_ms()
+    early, later = cell_timestamp_us(base, 3), cell_timestamp_us(base, 5)
     assert later > early and early % 1000 == 0
     _write(table, [_row(Aggregate(5, 0, 0.0, None, None), ts_us=later)])
     _write(table, [_row(Aggregate(3, 0, 0.0, None, None), ts_us=early)])  # the older pane arrives last
@@ -166,7 +167,7 @@ def test_redrive_rewrites_failed_panes_with_their_own_timestamps(table, tmp_path
     from schemas.archive import DeadLetter
     from transforms.bigtable_sink import row_to_json
 
-    older, newer = PaneClock.now_us(), PaneClock.now_us()
+    older, newer = cell_timestamp_us(wall_clock_ms(), 1), cell_timestamp_us(wall_clock_ms(), 2)
     failed_old = _row(Aggregate(1, 0, 0.0, None, None), H, ts_us=older)        # lost pane of window H
     failed_other = _row(Aggregate(9, 0, 0.0, None, None), H + 60, ts_us=older)  # lost pane of window H+60
     _write(table, [_row(Aggregate(2, 0, 0.0, None, None), H, ts_us=newer)])     # a newer pane of H landed

@@ -305,3 +305,33 @@ def test_files_land_in_their_hour_folder_one_file_per_flush_window_and_pane(tmp_
     assert {k: sorted(v) for k, v in by_folder.items()} == {
         "/2024/05/14/10": [b'{"n":1}', b'{"n":2}', b'{"n":3}'], "/2024/05/14/09": [b'{"n":4}', b'{"n":5}']}
     assert any("events-20240514T100000Z-pane00000" in n for n in names), names
+
+
+def test_a_later_pane_wins_when_its_workers_clock_is_behind(monkeypatch):
+    """SPEC section 3: pane order comes from pipeline state. Every clock read here runs an hour
+    behind the one before (as if each pane fired on a worker whose clock is further behind), yet
+    each window's cell timestamps never go down from pane to pane and grow with every pane that
+    adds events, and a window's state rebuilt elsewhere keeps its base."""
+    import transforms.aggregate as aggregate_module
+    from transforms.aggregate import _ShardWindows
+
+    reads = iter(range(10**12, 0, -3_600_000))
+    monkeypatch.setattr(aggregate_module, "wall_clock_ms", lambda: next(reads))
+    clock = (_Clock().wait(5).publish(_msg(_ev("a", "2024-05-14T10:00:05Z", value=1)))
+             .wait(31).publish(_msg(_ev("b", "2024-05-14T10:00:20Z", value=2)))
+             .wait(31).watermark("2024-05-14T10:02:00Z")
+             .publish(_msg(_ev("c", "2024-05-14T10:00:50Z", value=4))).wait(31))
+    p, out = _count(clock, early=30)
+    rows = _collect(out[ROWS])
+    p.run().wait_until_finish()
+    by_window: dict = {}
+    for r in sorted(rows, key=lambda r: r.pane_index):
+        by_window.setdefault((r.granularity, r.window_start_s), []).append((r.aggregate.count, r.cell_timestamp_us))
+    assert len(by_window[("minute", 1715680800)]) >= 3 and len(by_window[("hour", 1715680800)]) >= 2, by_window
+    for panes in by_window.values():
+        for (count0, ts0), (count1, ts1) in zip(panes, panes[1:]):
+            assert ts1 >= ts0 and (ts1 > ts0) == (count1 > count0), panes
+    shard = _ShardWindows(0, None, [])
+    shard.window(60, 1715680800)
+    rebuilt = _ShardWindows(1, shard.bookkeeping(), [])
+    assert rebuilt.windows[(60, 1715680800)].base_ms == shard.windows[(60, 1715680800)].base_ms

@@ -33,7 +33,7 @@ State: a bag of ``(window_size_s, window_start_s, partials)`` entries (``partial
 encoded ``{(video, type): Aggregate}`` of one input element), rewritten without the dropped
 window's entries whenever a window is dropped (the entries are kept encoded in memory, so a
 rewrite encodes nothing); the pane bookkeeping ``{window: (next pane index,
-on-time fired)}``; a version bumped on every write. As in ``transforms.dedup``, each process
+on-time fired, cell timestamp base ms)}``; a version bumped on every write. As in ``transforms.dedup``, each process
 keeps the merged aggregates of the keys it serves in memory, tagged with the version they
 were built from (``state_values.cached_view``), and rebuilds them from the bag when the
 version differs (a key that moved or a restored job): the rebuilt windows count every
@@ -55,7 +55,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.event import US_PER_S
-from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, PaneClock, merge
+from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, merge, wall_clock_ms
 from transforms.state_values import bump_version, cached_view, dumps_exact
 from transforms.validate import shard_of
 
@@ -66,7 +66,8 @@ _GRANULARITY_OF_SIZE = {size: g for g, size in GRANULARITY_SECONDS.items()}
 class AggregateRow(NamedTuple):
     """One pane of one window: what the sink writes as one cell.
 
-    ``cell_timestamp_us``: whole milliseconds, later panes larger (``PaneClock``).
+    ``cell_timestamp_us``: whole milliseconds, ``storage.cell_timestamp_us`` of the window's
+    base and the aggregate's count: later panes of a window never smaller, from state.
     """
 
     video_id: str
@@ -141,15 +142,18 @@ def decode_partials(blob: bytes) -> dict[tuple[str, str], Aggregate]:
 
 
 class _Window:
-    """One open window of one shard: aggregates, changed keys, pane bookkeeping."""
+    """One open window of one shard: aggregates, changed keys, pane bookkeeping, and the
+    base of its cell timestamps (``storage.cell_timestamp_us``: wall-clock ms when the
+    window's state was created)."""
 
-    __slots__ = ("aggs", "changed", "next_pane", "on_time_fired", "blobs")
+    __slots__ = ("aggs", "changed", "next_pane", "on_time_fired", "base_ms", "blobs")
 
-    def __init__(self, next_pane: int = 0, on_time_fired: bool = False) -> None:
+    def __init__(self, base_ms: int, next_pane: int = 0, on_time_fired: bool = False) -> None:
         self.aggs: dict[tuple[str, str], Aggregate] = {}
         self.changed: set[tuple[str, str]] = set()
         self.next_pane = next_pane
         self.on_time_fired = on_time_fired
+        self.base_ms = base_ms
         self.blobs: list[bytes] = []  # this window's state entries, re-added when the bag is rewritten
 
     def add(self, partials: dict[tuple[str, str], Aggregate], blob: bytes) -> None:
@@ -166,19 +170,20 @@ class _ShardWindows:
     def __init__(self, version: int, bookkeeping: bytes | None, entries) -> None:
         self.version = version
         self.windows: dict[tuple[int, int], _Window] = {}
-        for size_s, start_s, next_pane, fired in orjson.loads(bookkeeping or b"[]"):
-            self.windows[(size_s, start_s)] = _Window(next_pane, fired)
+        # state written before windows kept a base (four fields) takes the base from now
+        for size_s, start_s, next_pane, fired, *base_ms in orjson.loads(bookkeeping or b"[]"):
+            self.windows[(size_s, start_s)] = _Window(base_ms[0] if base_ms else wall_clock_ms(), next_pane, fired)
         for size_s, start_s, blob in entries:
             self.window(size_s, start_s).add(decode_partials(blob), blob)
 
     def window(self, size_s: int, start_s: int) -> _Window:
         w = self.windows.get((size_s, start_s))
         if w is None:
-            w = self.windows[(size_s, start_s)] = _Window()
+            w = self.windows[(size_s, start_s)] = _Window(wall_clock_ms())
         return w
 
     def bookkeeping(self) -> bytes:
-        return orjson.dumps([[s, t, w.next_pane, w.on_time_fired] for (s, t), w in self.windows.items()])
+        return orjson.dumps([[s, t, w.next_pane, w.on_time_fired, w.base_ms] for (s, t), w in self.windows.items()])
 
 
 # Per pipeline (keyed by a token made at construction) and shard key, in this process.
@@ -302,12 +307,13 @@ class FirePanes(beam.DoFn):
 
     @staticmethod
     def _pane(rows: list, size_s: int, start_s: int, w: _Window, keys) -> None:
-        """Append one pane of window ``w``: a row for each of ``keys``."""
+        """Append one pane of window ``w``: a row for each of ``keys``, its cell timestamp from
+        the window's state (``storage.cell_timestamp_us``), never from this worker's clock."""
         granularity = _GRANULARITY_OF_SIZE[size_s]
-        stamp_us = PaneClock.now_us()
         for video_id, event_type in keys:
-            rows.append(AggregateRow(video_id, event_type, granularity, start_s, w.aggs[(video_id, event_type)],
-                                     w.next_pane, stamp_us))
+            agg = w.aggs[(video_id, event_type)]
+            rows.append(AggregateRow(video_id, event_type, granularity, start_s, agg, w.next_pane,
+                                     cell_timestamp_us(w.base_ms, agg.count)))
         w.next_pane += 1
         w.changed = set()
 

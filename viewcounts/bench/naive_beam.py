@@ -15,7 +15,7 @@ from apache_beam.transforms.deduplicate import DeduplicatePerKey
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from schemas.event import parse_event_time
-from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, PaneClock, merge
+from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, merge, wall_clock_ms
 from transforms.aggregate import AggregateRow
 
 DEDUP_HORIZON_S = 600
@@ -60,7 +60,7 @@ class _Row(beam.DoFn):
     def process(self, kv, win=beam.DoFn.WindowParam):
         (video_id, event_type), agg = kv
         yield [AggregateRow(video_id, event_type, self._granularity, int(win.start.micros // 1_000_000), agg, 0,
-                            PaneClock.now_us())]
+                            cell_timestamp_us(wall_clock_ms(), agg.count))]
 
 
 class NaiveCount(beam.PTransform):

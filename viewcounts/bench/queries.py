@@ -124,7 +124,7 @@ def store_cells(cells: Cells, project: str, instance: str, table: str, per_reque
         batch: dict[tuple[bytes, bytes], EnrichedRow] = {}
         failed = []
         for (video_id, event_type, gran, w), agg in cells.items():
-            row = AggregateRow(video_id, event_type, gran, w, agg, 0, storage.PaneClock.now_us())
+            row = AggregateRow(video_id, event_type, gran, w, agg, 0, storage.cell_timestamp_us(storage.wall_clock_ms(), agg.count))
             batch[(storage.row_key(video_id, event_type, gran, w), storage.qualifier(w))] = EnrichedRow(
                 row, f"title of {video_id}", "channel-1")
             if len(batch) >= per_request:
