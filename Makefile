@@ -10,12 +10,14 @@ PRISM := $(BUILD)/bin/prism
 JOB_SERVER := $(BUILD)/flink-job-server/flink-job-server.jar
 FLINK_VENV := .venv-flink
 FLINK_STAMP := $(FLINK_VENV)/.installed
+TOXIPROXY_VERSION := 2.5.0
+TOXIPROXY := $(BUILD)/bin/toxiproxy-server
 RUNNER ?= local
 RUNNER_BUILDS_local :=
 RUNNER_BUILDS_prism := $(PRISM)
 RUNNER_BUILDS_flink := $(JOB_SERVER)
 
-.PHONY: venv prism flink-job-server flink-venv runners demo bench test test-fast clean
+.PHONY: venv prism flink-job-server flink-venv toxiproxy runners demo bench test test-fast clean
 
 venv: $(STAMP)
 
@@ -52,7 +54,17 @@ $(FLINK_STAMP): infra/flink/requirements.lock
 	$(FLINK_VENV)/bin/pip install --quiet --no-deps -r infra/flink/requirements.lock
 	touch $(FLINK_STAMP)
 
-runners: prism flink-job-server flink-venv
+# Toxiproxy (the fault-injecting TCP proxy of the `faults` tests: viewcounts/faultproxy.py)
+# from the Go module proxy, at an exact version; `go install` names the binary after its
+# package folder (`server`), so it is built in a folder of its own and renamed.
+toxiproxy: $(TOXIPROXY)
+$(TOXIPROXY): Makefile
+	@command -v go >/dev/null || { echo "needs Go to build Toxiproxy"; exit 1; }
+	GOBIN=$(BUILD)/toxiproxy-gobin GOFLAGS=-mod=mod \
+		go install github.com/Shopify/toxiproxy/v2/cmd/server@v$(TOXIPROXY_VERSION)
+	mkdir -p $(BUILD)/bin && mv $(BUILD)/toxiproxy-gobin/server $(TOXIPROXY) && rmdir $(BUILD)/toxiproxy-gobin
+
+runners: prism flink-job-server flink-venv toxiproxy
 
 demo: venv $(RUNNER_BUILDS_$(RUNNER))
 	$(BIN)/viewcounts demo --runner $(RUNNER)
