@@ -1,4 +1,4 @@
-"""Two fixes for Beam's BundleBasedDirectRunner (the local runner), applied by ``apply()``.
+"""Three fixes for Beam's BundleBasedDirectRunner (the local runner), applied by ``apply()``.
 
 1. Lost metrics (seen on apache-beam 2.73.0).
 
@@ -15,6 +15,12 @@ signature of every method (measured by ``viewcounts bench``: about a fifth of th
 job's time, a few ms per bundle). The answer depends only on the DoFn's class when the
 class defines its methods, so it is kept per class, for this project's DoFns only (Beam's
 own wrappers, such as ``beam.Map``'s, set ``process`` per instance and are not cached).
+
+3. Pub/Sub messages over 4 MiB. The runner's Pub/Sub read evaluator builds a
+``google.cloud.pubsub.SubscriberClient()`` for every pull; on the emulator that client's
+channel keeps gRPC's 4 MiB receive limit, so a pull holding a bigger message (Pub/Sub
+allows 10 MB) fails with ``RESOURCE_EXHAUSTED`` and stops the job. The patch makes that
+name build clients on ``transforms.pubsub_io.subscriber_transport()`` (64 MiB).
 
 Call ``apply()`` before running a pipeline on the local runner; it is idempotent.
 """
@@ -55,7 +61,25 @@ def _dofn_specs(dofn):
     return specs
 
 
+def _large_message_subscriber() -> type:
+    """``google.cloud.pubsub.SubscriberClient`` with ``subscriber_transport()`` by default."""
+    from google.cloud import pubsub
+
+    from transforms.pubsub_io import subscriber_transport
+
+    class SubscriberClient(pubsub.SubscriberClient):
+        def __init__(self, subscriber_options=(), **kwargs):
+            kwargs.setdefault("transport", subscriber_transport())
+            super().__init__(subscriber_options, **kwargs)
+
+    return SubscriberClient
+
+
 def apply() -> None:
+    from google.cloud import pubsub
+
+    if pubsub.SubscriberClient.__module__ != __name__:
+        pubsub.SubscriberClient = _large_message_subscriber()  # the name the runner's reader calls
     statesampler.StateSampler.scoped_state = _scoped_state
     userstate.get_dofn_specs = _dofn_specs  # is_stateful_dofn and the DoFn runner call it through the module
     transform_evaluator.get_dofn_specs = _dofn_specs

@@ -50,13 +50,15 @@ def metadata_snapshots(pipeline: beam.Pipeline, metadata_path: str | None, refre
 def read_events(pipeline: beam.Pipeline, runner: str, o: CountingOptions):
     """Message payloads from ``o.input_subscription``, as ``(bytes, arrival µs)``: the native
     source on the local runner (publish times, wall-clock watermark) and on Dataflow
-    (``o.timestamp_attribute``), ``ReadFromPubSubPortable`` on every other runner."""
+    (``o.timestamp_attribute``), ``ReadFromPubSubPortable`` on every other runner (its
+    watermark never passes the wall clock plus ``o.max_future_skew_s``)."""
     if runner == "local":
         source = beam.io.ReadFromPubSub(subscription=o.input_subscription)
     elif runners.native_pubsub(runner):
         source = beam.io.ReadFromPubSub(subscription=o.input_subscription, timestamp_attribute=o.timestamp_attribute)
     else:
-        source = ReadFromPubSubPortable(o.input_subscription, o.timestamp_attribute, **runners.pull_pacing(runner))
+        source = ReadFromPubSubPortable(o.input_subscription, o.timestamp_attribute,
+                                        max_future_skew_s=o.max_future_skew_s, **runners.pull_pacing(runner))
     return pipeline | "read Pub/Sub" >> source | "arrival time" >> beam.Map(_with_arrival_time)
 
 

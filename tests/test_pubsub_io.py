@@ -78,11 +78,14 @@ def test_every_message_is_read_stamped_with_the_watermark_and_republished(runner
 
 
 def test_timestamp_attribute_forms_and_fallback():
-    assert message_timestamp_us({"ts": "1356998400500"}, 7, "ts") == 1356998400500000
-    assert message_timestamp_us({"ts": "2013-01-01T00:00:00.5Z"}, 7, "ts") == 1356998400500000
-    assert message_timestamp_us({"ts": "not a time"}, 7, "ts") == 7
-    assert message_timestamp_us({}, 7, "ts") == 7
-    assert message_timestamp_us({"ts": "1"}, 7, None) == 7
+    now_us = 1_700_000_000_000_000
+    assert message_timestamp_us({"ts": "1356998400500"}, 7, "ts", now_us) == 1356998400500000
+    assert message_timestamp_us({"ts": "2013-01-01T00:00:00.5Z"}, 7, "ts", now_us) == 7  # SPEC: epoch ms only
+    assert message_timestamp_us({"ts": "not a time"}, 7, "ts", now_us) == 7
+    assert message_timestamp_us({}, 7, "ts", now_us) == 7
+    assert message_timestamp_us({"ts": "1"}, 7, None, now_us) == 7
+    assert message_timestamp_us({"ts": str(now_us // 1000 + 300_000)}, 7, "ts", now_us) == now_us + 300_000_000
+    assert message_timestamp_us({"ts": str(now_us // 1000 + 300_001)}, 7, "ts", now_us) == 7  # past the skew
 
 
 def test_pull_watermark_holds_the_earliest_of_the_sample_period_and_jumps_after_idle():

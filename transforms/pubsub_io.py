@@ -14,23 +14,37 @@ Semantics:
   before that leaves the messages unacknowledged, and Pub/Sub redelivers them after the
   subscription's ack deadline; the dedup stage drops the copies that were already counted.
   Needs checkpointing on Flink (``--checkpointing_interval``), or nothing is ever acked.
+  A failed acknowledgement is logged, not raised: the messages are redelivered and dropped
+  as duplicates.
 * **Event-time watermark.** The publisher sets ``timestamp_attribute`` on each message to
-  the earliest event time it carries (milliseconds since the epoch, or RFC 3339), as
-  Java's ``PubsubIO.withTimestampAttribute`` expects. The watermark is the earliest
-  timestamp pulled in the last minute (never backwards; ``PullWatermark``). After ``idle_s``
+  the earliest event time it carries, in epoch milliseconds as ASCII digits (SPEC section 1;
+  ``message_timestamp_us`` says what is refused). The watermark is the earliest timestamp
+  pulled in the last minute (never backwards; ``PullWatermark``). After ``idle_s``
   seconds with nothing to pull it moves to the newest timestamp pulled plus the idle time
   (at most the wall clock), so every window closes when a stream pauses or ends. Java's
   ``PubsubIO`` jumps to the wall clock instead, which would make the rest of a paused
   replay of 2013 data late; here it stays within the allowed lateness for that long.
   ``PullWatermark`` keeps this in the restriction's estimator state, so it survives a
-  change of worker and a restore.
+  change of worker and a restore. It never passes the wall clock plus
+  ``max_future_skew_s``, whatever the attributes (a restored state that is further ahead
+  is brought back to that bound).
 * **Elements carry the watermark at arrival.** Each message is emitted with the
   watermark as it stood when the message was pulled as its timestamp (never behind it, so
   nothing is dropped as late here). A message holds many events, so its own time says
   little; this stamp tells the counting core the watermark each message arrived at (SPEC
   section 2's ``watermark_at_arrival``), which a DoFn cannot read otherwise
   (``transforms.dedup``: ``stamped_watermark``).
-* Messages without the attribute (or with an unreadable one) take their publish time.
+* Messages without the attribute, or with one that is malformed, outside years 1-9999 or
+  too far ahead, take their publish time.
+* **Any message Pub/Sub accepts is received.** Messages go up to 10 MB; the subscriber's
+  gRPC channel takes responses up to ``MAX_PULL_RESPONSE_BYTES`` (the emulator's default
+  channel stopped at 4 MiB). A pull whose response is larger still fails with
+  ``RESOURCE_EXHAUSTED``: the next pulls ask for half as many messages, down to one, and
+  double back after each pull that succeeds (the refused messages are redelivered after
+  the ack deadline). Any other failed pull (``UNAVAILABLE``, an emulator restart...) is
+  logged and the bundle ends without raising; the restriction resumes after a backoff
+  that doubles per consecutive failure up to ``MAX_BACKOFF_S``. Nothing unacknowledged is
+  lost, and a failed pull never counts as an empty one for the idle rule.
 
 ``WriteToPubSubPortable(topic)`` publishes ``(data, attributes)`` pairs with the
 google-cloud-pubsub client and waits for every publish of a bundle in ``finish_bundle``,
@@ -53,6 +67,7 @@ watermark shapes follow Beam's own ``PeriodicImpulse`` (``apache_beam.transforms
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -63,22 +78,53 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
-from schemas.event import parse_event_time
+from schemas.event import END_EPOCH_MS
 
 _LOG = logging.getLogger(__name__)
 
+DEFAULT_MAX_FUTURE_SKEW_S = 300.0  # SPEC section 2's default max_future_skew_s
+MAX_TS_DIGITS = 20  # longer digit strings are refused unread (int() of 5,000 digits raises)
+MAX_PULL_RESPONSE_BYTES = 64 * 1024 * 1024  # six 10 MB messages with their attributes
+MAX_BACKOFF_S = 30.0
 
-def message_timestamp_us(attributes, publish_time_us: int, timestamp_attribute: str | None) -> int:
-    """Event time of a message in epoch µs: its timestamp attribute, else its publish time."""
+
+def message_timestamp_us(attributes, publish_time_us: int, timestamp_attribute: str | None,
+                         now_us: int, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S) -> int:
+    """Event time of a message in epoch µs: its ``timestamp_attribute``, else ``publish_time_us``.
+
+    The attribute is read when it is 1..``MAX_TS_DIGITS`` ASCII digits of epoch milliseconds
+    before year 10000 and at most ``max_future_skew_s`` seconds ahead of ``now_us`` (the
+    pull's processing time, epoch µs). Anything else (empty, a sign, RFC 3339, other Unicode
+    digits such as ``"²"`` or ``"٣"``, more digits, a later time) falls back to the publish
+    time. Never raises for any attribute value."""
     raw = attributes.get(timestamp_attribute) if timestamp_attribute else None
-    if raw:
-        if raw.isdigit():
-            return int(raw) * 1000
-        try:
-            return parse_event_time(raw)
-        except ValueError:
-            pass
+    if raw and len(raw) <= MAX_TS_DIGITS and raw.isascii() and raw.isdigit():
+        ms = int(raw)
+        if ms < END_EPOCH_MS and ms * 1000 <= now_us + max_future_skew_s * 1_000_000:
+            return ms * 1000
     return publish_time_us
+
+
+def subscriber_transport(max_response_bytes: int = MAX_PULL_RESPONSE_BYTES):
+    """The gRPC transport for a ``google.cloud.pubsub_v1.SubscriberClient`` whose channel
+    receives responses up to ``max_response_bytes``: to ``PUBSUB_EMULATOR_HOST`` when set
+    (the library's own emulator channel keeps gRPC's 4 MiB default), else to Pub/Sub with
+    the default credentials."""
+    import grpc
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    options = [("grpc.max_receive_message_length", max_response_bytes), ("grpc.max_send_message_length", -1)]
+    emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
+    channel = (grpc.insecure_channel(emulator, options=options) if emulator
+               else SubscriberGrpcTransport.create_channel(options=options))
+    return SubscriberGrpcTransport(channel=channel)
+
+
+def subscriber_client(max_response_bytes: int = MAX_PULL_RESPONSE_BYTES):
+    """A ``SubscriberClient`` on ``subscriber_transport(max_response_bytes)``."""
+    from google.cloud import pubsub_v1
+
+    return pubsub_v1.SubscriberClient(transport=subscriber_transport(max_response_bytes))
 
 
 class _EndlessPulls(RestrictionProvider):
@@ -105,12 +151,24 @@ class PullWatermark(WatermarkEstimator):
     The watermark is the earliest timestamp pulled within the last ``sample_s`` seconds
     (never going back): Pub/Sub does not deliver in publish order, so one pull's earliest
     timestamp can be ahead of a message still on its way. This is the rule of Java's
-    ``PubsubUnboundedSource`` (``SAMPLE_PERIOD``, one minute)."""
+    ``PubsubUnboundedSource`` (``SAMPLE_PERIOD``, one minute).
 
-    def __init__(self, state) -> None:
-        self._watermark_us, self._newest_us, self._empty_since_s, samples = state or (
+    Ceiling: no timestamp, watermark or newest time is ever above the wall clock plus
+    ``max_future_skew_s`` (``now_s`` at construction and at each pull). A state restored
+    above it (written by a job that followed a far-future attribute) is lowered to it; that
+    is the only way the watermark goes back."""
+
+    def __init__(self, state, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+                 now_s: float | None = None) -> None:
+        self._skew_us = round(max_future_skew_s * 1_000_000)
+        watermark_us, newest_us, self._empty_since_s, samples = state or (
             MIN_TIMESTAMP.micros, MIN_TIMESTAMP.micros, None, ())
-        self._samples = list(samples)
+        ceiling = self._ceiling_us(time.time() if now_s is None else now_s)
+        self._watermark_us, self._newest_us = min(watermark_us, ceiling), min(newest_us, ceiling)
+        self._samples = [(t, min(ts, ceiling)) for t, ts in samples]
+
+    def _ceiling_us(self, now_s: float) -> int:
+        return round(now_s * 1_000_000) + self._skew_us
 
     def observe_timestamp(self, timestamp) -> None:
         pass
@@ -123,8 +181,9 @@ class PullWatermark(WatermarkEstimator):
 
     def pulled(self, timestamps_us: list[int], now_s: float, sample_s: float) -> None:
         """A non-empty pull at ``now_s`` (epoch seconds)."""
-        self._samples.append((now_s, min(timestamps_us)))
-        self._newest_us = max(self._newest_us, max(timestamps_us))
+        ceiling = self._ceiling_us(now_s)
+        self._samples.append((now_s, min(min(timestamps_us), ceiling)))
+        self._newest_us = max(self._newest_us, min(max(timestamps_us), ceiling))
         self._empty_since_s = None
         self._advance(now_s, sample_s)
 
@@ -146,29 +205,31 @@ class PullWatermark(WatermarkEstimator):
         self._samples = [(t, ts) for t, ts in self._samples if t > now_s - sample_s]
         if self._samples:
             self._watermark_us = max(self._watermark_us, min(ts for _, ts in self._samples))
+        self._watermark_us = min(self._watermark_us, self._ceiling_us(now_s))
 
 
-class _PullWatermarkProvider(WatermarkEstimatorProvider):
+class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
+    """Pulls ``subscription`` (the element); is its own watermark estimator provider, so the
+    estimators it makes know ``max_future_skew_s``."""
+
+    def __init__(self, timestamp_attribute: str | None, max_messages: int, max_pull_s: float,
+                 poll_s: float, idle_s: float, pause_s: float, sample_s: float, max_future_skew_s: float) -> None:
+        self._timestamp_attribute = timestamp_attribute
+        self._max_messages, self._max_pull_s = max_messages, max_pull_s
+        self._poll_s, self._idle_s, self._pause_s, self._sample_s = poll_s, idle_s, pause_s, sample_s
+        self._max_future_skew_s = max_future_skew_s
+        self._client = None
+
     def initial_estimator_state(self, element, restriction):
         return None
 
     def create_watermark_estimator(self, estimator_state) -> PullWatermark:
-        return PullWatermark(estimator_state)
-
-
-class _PullFn(beam.DoFn):
-    def __init__(self, timestamp_attribute: str | None, max_messages: int, max_pull_s: float,
-                 poll_s: float, idle_s: float, pause_s: float, sample_s: float) -> None:
-        self._timestamp_attribute = timestamp_attribute
-        self._max_messages, self._max_pull_s = max_messages, max_pull_s
-        self._poll_s, self._idle_s, self._pause_s, self._sample_s = poll_s, idle_s, pause_s, sample_s
-        self._client = None
+        return PullWatermark(estimator_state, self._max_future_skew_s)
 
     def setup(self) -> None:
-        from google.cloud import pubsub_v1
-
-        self._client = pubsub_v1.SubscriberClient()
+        self._client = subscriber_client()
         self._pulled, self._reported_s = 0, time.monotonic()
+        self._batch, self._failures = self._max_messages, 0
 
     def teardown(self) -> None:
         if self._client is not None:
@@ -178,7 +239,7 @@ class _PullFn(beam.DoFn):
     def process(self, subscription: str,
                 bundle_finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam passes those by name
                 restriction_tracker=beam.DoFn.RestrictionParam(_EndlessPulls()),
-                watermark=beam.DoFn.WatermarkEstimatorParam(_PullWatermarkProvider())):
+                watermark=beam.DoFn.WatermarkEstimatorParam()):
         started = time.monotonic()
         # Every bundle asks for finalization, even one that pulled nothing: Prism sends
         # FinalizeBundle for each bundle of the stage, which fails on a released one.
@@ -188,6 +249,9 @@ class _PullFn(beam.DoFn):
         resume_after = Duration(seconds=self._pause_s)
         while time.monotonic() - started < self._max_pull_s:
             received = self._pull(subscription)
+            if received is None:
+                resume_after = Duration(seconds=max(self._pause_s, min(MAX_BACKOFF_S, 2.0 ** (self._failures - 1))))
+                break
             if not received:
                 watermark.empty(time.time(), self._idle_s, self._sample_s)
                 resume_after = Duration(seconds=max(self._poll_s, self._pause_s))
@@ -199,9 +263,11 @@ class _PullFn(beam.DoFn):
             at_arrival = watermark.current_watermark()
             for m in received:
                 yield TimestampedValue(m.message.data, at_arrival)
+            now_s = time.time()
+            now_us = round(now_s * 1_000_000)
             watermark.pulled([message_timestamp_us(m.message.attributes, _publish_us(m.message),
-                                                   self._timestamp_attribute) for m in received],
-                             time.time(), self._sample_s)
+                                                   self._timestamp_attribute, now_us, self._max_future_skew_s)
+                              for m in received], now_s, self._sample_s)
             self._pulled += len(received)
             acks.extend(m.ack_id for m in received)
         self._report(subscription, watermark)
@@ -216,19 +282,40 @@ class _PullFn(beam.DoFn):
                       watermark.current_watermark())
 
     def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
-        for i in range(0, len(ack_ids), 2500):  # well under the 512 KiB request limit
-            self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids[i:i + 2500]})
+        """Acknowledge in requests of 2,500 ids (well under the 512 KiB request limit); a
+        failure is logged: those messages come back after their ack deadline as duplicates."""
+        from google.api_core.exceptions import GoogleAPIError
+
+        for i in range(0, len(ack_ids), 2500):
+            try:
+                self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids[i:i + 2500]})
+            except GoogleAPIError as e:
+                _LOG.warning("%s: acknowledging %d messages failed (they will be redelivered): %s",
+                             subscription, len(ack_ids[i:i + 2500]), e)
 
     def _pull(self, subscription: str):
-        """One pull; nothing on a timeout, or when ``teardown`` closed the client under a pull
-        in progress (a cancelled job: nothing was received, so nothing goes unacknowledged)."""
-        from google.api_core.exceptions import Cancelled, DeadlineExceeded
+        """One pull of at most the current batch size: the received messages; ``[]`` on a
+        timeout, or when ``teardown`` closed the client under a pull in progress (a
+        cancelled job: nothing was received, so nothing goes unacknowledged); ``None`` when
+        the pull failed (logged; ``RESOURCE_EXHAUSTED`` also halves the batch size)."""
+        from google.api_core.exceptions import Cancelled, DeadlineExceeded, GoogleAPIError, ResourceExhausted
 
+        asked = self._batch
         try:
-            return self._client.pull(request={"subscription": subscription, "max_messages": self._max_messages},
-                                     timeout=self._poll_s + 5).received_messages
+            received = self._client.pull(request={"subscription": subscription, "max_messages": asked},
+                                         timeout=self._poll_s + 5).received_messages
         except (DeadlineExceeded, Cancelled):
             return []
+        except (GoogleAPIError, ValueError) as e:  # ValueError: a channel closed under the call
+            self._failures += 1
+            if isinstance(e, ResourceExhausted):
+                self._batch = max(1, self._batch // 2)
+            _LOG.warning("%s: pull of up to %d messages failed (%d in a row; next pull asks for %d): %s",
+                         subscription, asked, self._failures, self._batch, e)
+            return None
+        self._failures = 0
+        self._batch = min(self._max_messages, self._batch * 2)
+        return received
 
 
 def _publish_us(message) -> int:
@@ -245,15 +332,18 @@ class ReadFromPubSubPortable(beam.PTransform):
     pulled (``PullWatermark.empty``),
     ``pause_s`` seconds at least between two bundles of pulls (see the module docstring;
     ``pipelines.runners.pull_pacing`` gives the values per runner), ``sample_s`` seconds of
-    pulls whose earliest timestamp holds the watermark (``PullWatermark``).
+    pulls whose earliest timestamp holds the watermark (``PullWatermark``),
+    ``max_future_skew_s``: how far ahead of the wall clock a timestamp attribute may be read,
+    and the watermark's ceiling above it.
     """
 
     def __init__(self, subscription: str, timestamp_attribute: str | None = None, max_messages: int = 1000,
                  max_pull_s: float = 1.0, poll_s: float = 0.5, idle_s: float = 5.0, pause_s: float = 0.0,
-                 sample_s: float = 60.0) -> None:
+                 sample_s: float = 60.0, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S) -> None:
         super().__init__()
         self._subscription = subscription
-        self._fn = _PullFn(timestamp_attribute, max_messages, max_pull_s, poll_s, idle_s, pause_s, sample_s)
+        self._fn = _PullFn(timestamp_attribute, max_messages, max_pull_s, poll_s, idle_s, pause_s, sample_s,
+                           max_future_skew_s)
 
     def expand(self, pbegin):
         return (pbegin
