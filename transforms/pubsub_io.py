@@ -44,12 +44,13 @@ Semantics:
   the ack deadline). Any other failed pull (``UNAVAILABLE``, an emulator restart...) is
   logged and the bundle ends without raising; the restriction resumes after a backoff
   that doubles per consecutive failure up to ``MAX_BACKOFF_S``. Nothing unacknowledged is
-  lost, and a failed pull never counts as an empty one for the idle rule.
+  lost, and a failed pull never counts as an empty one for the idle rule (a pull that
+  times out does: that is how Pub/Sub's long poll answers an empty subscription).
 
 ``WriteToPubSubPortable(topic)`` publishes ``(data, attributes)`` pairs with the
-google-cloud-pubsub client and waits for every publish of a bundle in ``finish_bundle``,
-so a bundle commits only once its messages are accepted (at least once; a retried bundle
-may publish a message twice). It replaces Beam's ``WriteToPubSub``, which Prism rejects.
+google-cloud-pubsub client, best effort and bounded: it never raises and never holds a
+bundle longer than its timeout (``_PublishFn``). It replaces Beam's ``WriteToPubSub``,
+which Prism rejects.
 
 The restriction is an endless offset range with one position claimed per pull; the DoFn
 checkpoints itself (``defer_remainder``) after ``max_pull_s`` of pulling or on an empty
@@ -79,6 +80,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from schemas.event import END_EPOCH_MS
+from transforms import metrics
 
 _LOG = logging.getLogger(__name__)
 
@@ -297,13 +299,15 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
         """One pull of at most the current batch size: the received messages; ``[]`` on a
         timeout, or when ``teardown`` closed the client under a pull in progress (a
         cancelled job: nothing was received, so nothing goes unacknowledged); ``None`` when
-        the pull failed (logged; ``RESOURCE_EXHAUSTED`` also halves the batch size)."""
+        the pull failed (logged; ``RESOURCE_EXHAUSTED`` also halves the batch size). No
+        client-side retry: the caller backs off by ending the bundle, so a long outage never
+        holds a bundle (and the checkpoint behind it) open."""
         from google.api_core.exceptions import Cancelled, DeadlineExceeded, GoogleAPIError, ResourceExhausted
 
         asked = self._batch
         try:
             received = self._client.pull(request={"subscription": subscription, "max_messages": asked},
-                                         timeout=self._poll_s + 5).received_messages
+                                         retry=None, timeout=self._poll_s + 5).received_messages
         except (DeadlineExceeded, Cancelled):
             return []
         except (GoogleAPIError, ValueError) as e:  # ValueError: a channel closed under the call
@@ -353,39 +357,93 @@ class ReadFromPubSubPortable(beam.PTransform):
 
 
 class _PublishFn(beam.DoFn):
-    def __init__(self, topic: str, timeout_s: float) -> None:
-        self._topic, self._timeout_s = topic, timeout_s
+    """Publish ``(data, attributes)``; never raises, never waits more than ``timeout_s`` per bundle.
+
+    Each publish is retried by the client on transient errors for at most ``timeout_s``
+    seconds; ``finish_bundle`` waits for the bundle's publishes until one deadline
+    ``timeout_s`` after it starts waiting. A message that is refused (topic deleted,
+    permission, too large, invalid attributes) or not confirmed by then is given up: it is
+    counted (``publish_failures``) and logged, once per bundle. After a bundle where the
+    topic itself failed (not found, permission, unavailable, timed out), publishing is
+    skipped for ``backoff_s`` seconds (those messages are counted too), so a dead topic costs
+    at most one timeout per ``backoff_s``. Callers keep a durable copy of what they publish
+    (the dead letters' files); a retried bundle may publish a message twice."""
+
+    def __init__(self, topic: str, timeout_s: float, backoff_s: float) -> None:
+        self._topic, self._timeout_s, self._backoff_s = topic, timeout_s, backoff_s
         self._client = None
 
     def setup(self) -> None:
+        from google.api_core import exceptions, retry
         from google.cloud import pubsub_v1
 
         self._client = pubsub_v1.PublisherClient()
+        self._retry = retry.Retry(initial=0.1, maximum=5.0, timeout=self._timeout_s,
+                                  predicate=retry.if_exception_type(
+                                      exceptions.ServiceUnavailable, exceptions.DeadlineExceeded,
+                                      exceptions.InternalServerError, exceptions.Aborted,
+                                      exceptions.ResourceExhausted, exceptions.Unknown))
+        self._topic_errors = (exceptions.NotFound, exceptions.PermissionDenied, exceptions.Unauthenticated,
+                              exceptions.ServiceUnavailable, exceptions.DeadlineExceeded, exceptions.RetryError,
+                              TimeoutError)
+        self._failures = metrics.counter(metrics.PUBLISH_FAILURES)
+        self._skip_until = 0.0
 
     def start_bundle(self) -> None:
         self._futures = []
+        self._failed, self._first_error, self._topic_failed = 0, None, False
 
-    def process(self, message: tuple[bytes, dict[str, str]]):
+    def process(self, message: tuple[bytes, dict[str, str]]) -> None:
+        if time.monotonic() < self._skip_until:
+            self._give_up(None)
+            return
         data, attributes = message
-        self._futures.append(self._client.publish(self._topic, data, **attributes))
+        try:
+            self._futures.append(self._client.publish(self._topic, data, retry=self._retry,
+                                                      timeout=self._timeout_s, **attributes))
+        except Exception as e:  # refused before sending: too large, bad attributes
+            self._give_up(e)
 
     def finish_bundle(self) -> None:
+        deadline = time.monotonic() + self._timeout_s
         for f in self._futures:
-            f.result(timeout=self._timeout_s)  # raises: the runner retries the bundle
+            try:
+                f.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as e:
+                self._give_up(e)
         self._futures = []
+        if self._topic_failed:
+            self._skip_until = time.monotonic() + self._backoff_s
+        if self._failed:
+            _LOG.warning("%s: %d messages of this bundle not published (first error: %r)%s", self._topic,
+                         self._failed, self._first_error,
+                         f"; not publishing for {self._backoff_s:g} s" if self._topic_failed else "")
+
+    def _give_up(self, error: Exception | None) -> None:
+        self._failed += 1
+        self._failures.inc()
+        if error is not None:
+            self._first_error = self._first_error or error
+            self._topic_failed = self._topic_failed or isinstance(error, self._topic_errors)
 
     def teardown(self) -> None:
         if self._client is not None:
-            self._client.stop()
+            try:
+                self._client.stop()
+            except RuntimeError:  # already stopped
+                pass
 
 
 class WriteToPubSubPortable(beam.PTransform):
-    """``PCollection[(bytes, {str: str})] -> None``: publish to ``topic`` (``projects/P/topics/T``);
-    a bundle fails if a publish is not confirmed within ``timeout_s`` seconds."""
+    """``PCollection[(bytes, {str: str})] -> None``: publish to ``topic`` (``projects/P/topics/T``),
+    best effort within ``timeout_s`` seconds per bundle, skipping the topic for ``backoff_s``
+    seconds after it failed (``_PublishFn``)."""
 
-    def __init__(self, topic: str, timeout_s: float = 120.0) -> None:
+    def __init__(self, topic: str, timeout_s: float = 30.0, backoff_s: float = 60.0) -> None:
         super().__init__()
-        self._fn = _PublishFn(topic, timeout_s)
+        if timeout_s <= 0 or backoff_s < 0:
+            raise ValueError("timeout_s must be > 0 and backoff_s >= 0")
+        self._fn = _PublishFn(topic, timeout_s, backoff_s)
 
     def expand(self, messages):
         return messages | "publish" >> beam.ParDo(self._fn)
