@@ -1,8 +1,10 @@
 """Wire the counting core to its side input and sinks; used by every entry point.
 
 ``count_and_store(payloads, enrich, policy, early_firing_s, sinks)`` builds
-validate -> dedup -> windows -> enrich -> Bigtable, plus the dead-letter sink (Pub/Sub
-topic and/or files) and the raw archive (files), and returns the ``CountEvents`` outputs.
+validate -> dedup -> windows -> enrich -> Bigtable, plus the dead letters (files, and a
+best-effort copy on a Pub/Sub topic: ``transforms.dead_letters``), the raw archive (files,
+``transforms.files``) and, for a streaming job with an archive, the marker of a start
+without state (``pipelines.restarts``); returns the ``CountEvents`` outputs.
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import apache_beam as beam
 from pipelines.options import SinkConfig
 from transforms.bigtable_sink import WriteAggregates
 from transforms.count_events import DEAD_LETTERS, RAW_ARCHIVE, ROWS, CountEvents
-from schemas.archive import hour_of_us
+from pipelines.restarts import RecordStatelessStart
+from schemas.archive import ARCHIVE_FILE_PREFIX
+from transforms.dead_letters import WriteDeadLetters
 from transforms.files import WriteJsonlByHour
-from transforms.pubsub_io import WriteToPubSubPortable
 from transforms.validate import AcceptancePolicy
+
 
 def run_from_command_line(build_pipeline) -> None:
     """``python -m pipelines.X FLAGS``: build the job from the flags, run it, wait for it."""
@@ -35,13 +39,13 @@ def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy,
                       | "write to Bigtable" >> beam.ParDo(WriteAggregates(
                           sinks.bigtable_project, sinks.bigtable_instance, sinks.bigtable_table)))
     dead = (counted[DEAD_LETTERS], write_failures) | "all dead letters" >> beam.Flatten()
-    if sinks.dead_letter_topic:
-        (dead | "to Pub/Sub messages" >> beam.Map(lambda d: (d.payload, d.pubsub_attributes()))
-         | "dead letters to Pub/Sub" >> WriteToPubSubPortable(sinks.dead_letter_topic))
     if sinks.dead_letter_path:
-        (dead | "dead letters by hour" >> beam.Map(lambda d: (hour_of_us(d.processing_time_us), [d.to_json()]))
-         | "dead-letter files" >> WriteJsonlByHour(sinks.dead_letter_path, "dead-letters", sinks.archive_flush_s))
+        dead | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id)
     if sinks.archive_path:
         (counted[RAW_ARCHIVE]
-         | "raw archive files" >> WriteJsonlByHour(sinks.archive_path, "events", sinks.archive_flush_s))
+         | "raw archive files" >> WriteJsonlByHour(sinks.archive_path, ARCHIVE_FILE_PREFIX, sinks.run_id))
+        if sinks.record_stateless_start:
+            (payloads.pipeline
+             | "record a start without state" >> RecordStatelessStart(sinks.archive_path, sinks.run_id,
+                                                                       policy.allowed_lateness_s))
     return counted

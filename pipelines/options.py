@@ -1,11 +1,13 @@
 """Pipeline flags (Beam ``PipelineOptions``) and the frozen job config built from them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import posixpath
+from dataclasses import dataclass, field
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from schemas import storage
+from schemas.archive import new_run_id
 from transforms.validate import AcceptancePolicy
 
 DEFAULT_SUBSCRIPTION = "viewcounts-events-sub"
@@ -18,8 +20,12 @@ class CountingOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--input_subscription", help="projects/P/subscriptions/S to read events from")
-        parser.add_argument("--dead_letter_topic", help="projects/P/topics/T for dead letters")
-        parser.add_argument("--dead_letter_path", help="folder (local or gs://) for dead-letter files")
+        parser.add_argument("--dead_letter_topic",
+                            help="projects/P/topics/T for a best-effort copy of the dead letters (payloads over "
+                            "1 MB cut; the files keep them whole)")
+        parser.add_argument("--dead_letter_path",
+                            help="folder (local or gs://) for dead-letter files, their durable record; default: "
+                            "a dead-letters folder beside --archive_path")
         parser.add_argument("--bigtable_project", default=storage.DEFAULT_PROJECT)
         parser.add_argument("--bigtable_instance", default=storage.DEFAULT_INSTANCE)
         parser.add_argument("--bigtable_table", default=storage.DEFAULT_TABLE)
@@ -42,19 +48,22 @@ class CountingOptions(PipelineOptions):
                             help="keys of the stateful stages (dedup, panes); default: LOCAL_SHARDS on the local "
                             "runner (one worker thread, and every key costs it a bundle), DISTRIBUTED_SHARDS "
                             "elsewhere. Keep it fixed across restores: state is keyed by it")
-        parser.add_argument("--archive_flush_s", type=int, default=60,
-                            help="processing-time seconds between archive and dead-letter files")
 
 
 @dataclass(frozen=True)
 class SinkConfig:
+    """Where a job writes. ``run_id``: this job run's id in file names (``schemas.archive``);
+    ``record_stateless_start``: write a restart marker when the job starts without state
+    (streaming jobs, ``pipelines.restarts``)."""
+
     bigtable_project: str
     bigtable_instance: str
     bigtable_table: str
     archive_path: str | None
     dead_letter_topic: str | None
     dead_letter_path: str | None
-    archive_flush_s: int | None
+    run_id: str = field(default_factory=new_run_id)
+    record_stateless_start: bool = False
 
 
 LOCAL_SHARDS = 4  # measured by viewcounts bench: 16 keys cost the local runner about 3x the time of 4
@@ -66,6 +75,26 @@ def policy_of(o: CountingOptions, check_age: bool = True, local: bool = False) -
                             check_age, o.dedup_shards or (LOCAL_SHARDS if local else DISTRIBUTED_SHARDS))
 
 
+def default_dead_letter_path(archive_path: str | None) -> str | None:
+    """``dead-letters`` beside the archive folder (``gs://B/archive`` -> ``gs://B/dead-letters``),
+    or None when there is no archive path or it has no parent folder."""
+    if not archive_path:
+        return None
+    parent = posixpath.dirname(archive_path.rstrip("/"))
+    if "://" in archive_path and "://" not in parent + "/":
+        return None  # a bucket's root
+    return posixpath.join(parent, "dead-letters")
+
+
 def sinks_of(o: CountingOptions, streaming: bool = True) -> SinkConfig:
+    """The sinks the flags ask for. Dead letters always go to files when there is a folder
+    for them (``--dead_letter_path``, else ``default_dead_letter_path``); a
+    ``--dead_letter_topic`` without one raises ``ValueError`` (a topic alone is not
+    durable: ``transforms.dead_letters``)."""
+    dead_letter_path = o.dead_letter_path or default_dead_letter_path(o.archive_path)
+    if o.dead_letter_topic and not dead_letter_path:
+        raise ValueError("--dead_letter_topic needs --dead_letter_path (or an --archive_path with a parent "
+                         "folder, beside which dead letters go): the topic only gets a best-effort copy")
     return SinkConfig(o.bigtable_project, o.bigtable_instance, o.bigtable_table, o.archive_path,
-                      o.dead_letter_topic, o.dead_letter_path, o.archive_flush_s if streaming else None)
+                      o.dead_letter_topic, dead_letter_path,
+                      record_stateless_start=streaming)

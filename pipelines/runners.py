@@ -15,11 +15,13 @@ Prism and Flink read Pub/Sub through ``transforms.pubsub_io.ReadFromPubSubPortab
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, StandardOptions
 
 from pipelines import direct_runner_fix
 
@@ -28,6 +30,7 @@ PRISM_BINARY = BUILD_DIR / "bin" / "prism"
 FLINK_JOB_SERVER_JAR = BUILD_DIR / "flink-job-server" / "flink-job-server.jar"
 FLINK_VERSION = "1.19"  # the Flink minor of beam-runners-flink-1.19 (the job server) and the cluster wheels
 RUNNERS = ("local", "prism", "flink", "dataflow")
+_LOG = logging.getLogger(__name__)
 _LOCAL = (None, "DirectRunner", "BundleBasedDirectRunner")
 
 
@@ -42,7 +45,12 @@ class FlinkJobOptions(PipelineOptions):
         parser.add_argument("--externalized_checkpoints_enabled", action="store_true", default=None,
                             help="keep checkpoints after the job ends, to restore from")
         parser.add_argument("--retain_externalized_checkpoints_on_cancellation", action="store_true", default=None)
-        parser.add_argument("--savepoint_path", default=None, help="savepoint or retained checkpoint to start from")
+        parser.add_argument("--savepoint_path", default=None,
+                            help="savepoint or retained checkpoint to start from; default: the newest retained "
+                            "checkpoint under --state_backend_storage_path (pipelines.runners.prepare)")
+        parser.add_argument("--fresh_start", action="store_true", default=False,
+                            help="start without state even when a retained checkpoint exists (then recompute: "
+                            "pipelines.restarts)")
         parser.add_argument("--finish_bundle_before_checkpointing", action="store_true", default=None,
                             help="finish the bundle at a checkpoint instead of buffering its output in state")
         parser.add_argument("--flink_conf_dir", default=None, help="folder with a flink-conf.yaml for the job")
@@ -67,8 +75,9 @@ def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_inter
     manager's memory, at most 5 MB of state per task: the dead-letter files' buffered lines
     passed that in a 100k-event demo, every checkpoint failed and the job restarted in a
     loop), and ``savepoint_path`` (a
-    savepoint or a retained checkpoint) to resume from. Raises ``FileNotFoundError`` when a
-    runner's build is missing, ``ValueError`` for an unknown runner.
+    savepoint or a retained checkpoint) to resume from; without it a job whose checkpoints
+    are retained resumes from the newest one (``prepare``). Raises ``FileNotFoundError``
+    when a runner's build is missing, ``ValueError`` for an unknown runner.
     """
     if runner == "local":
         return ["--runner=BundleBasedDirectRunner"]
@@ -99,23 +108,50 @@ def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_inter
         if checkpoint_dir:
             flags += ["--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation"]
         if savepoint_path:
-            flags += _restore_flags(flink_master, savepoint_path)
+            flags.append(f"--savepoint_path={savepoint_path}")
         return flags
     if runner == "dataflow":
         return ["--runner=DataflowRunner"]
     raise ValueError(f"unknown runner {runner!r}; one of {', '.join(RUNNERS)}")
 
 
-def _restore_flags(flink_master: str, savepoint_path: str) -> list[str]:
-    """Flags that start a Flink job from a savepoint or retained checkpoint. Beam 2.70 honours
-    ``--savepoint_path`` only for a remote master (``FlinkExecutionEnvironments``); an
-    embedded Flink reads the same setting from a configuration folder, written here."""
-    if flink_master != "[local]":
-        return [f"--savepoint_path={savepoint_path}"]
-    conf_dir = tempfile.mkdtemp(prefix="flink-conf-")
-    with open(os.path.join(conf_dir, "flink-conf.yaml"), "w") as f:
-        f.write(f"execution.savepoint.path: {savepoint_path}\n")
-    return [f"--flink_conf_dir={conf_dir}"]
+def latest_checkpoint(storage_path: str) -> str | None:
+    """The newest completed checkpoint under a Flink checkpoint storage path (``file://``,
+    a plain folder, or any Beam file system such as ``gs://``): the ``<job id>/chk-N``
+    folder whose ``_metadata`` was written last, or None."""
+    root = storage_path[len("file://"):] if storage_path.startswith("file://") else storage_path
+    found = FileSystems.match([f"{root.rstrip('/')}/*/chk-*/_metadata"])[0].metadata_list
+    if not found:
+        return None
+    newest = max(found, key=lambda m: (m.last_updated_in_seconds, int(m.path.rsplit("chk-", 1)[1].split("/")[0])))
+    return newest.path.rsplit("/", 1)[0]
+
+
+def _resume(options: PipelineOptions) -> None:
+    """Flink: with no ``--savepoint_path``, resume from the newest retained checkpoint under
+    ``--state_backend_storage_path`` unless ``--fresh_start``; then make an embedded Flink
+    honour the savepoint path. Beam 2.70 honours ``--savepoint_path`` only for a remote
+    master (``FlinkExecutionEnvironments``); an embedded Flink reads the same setting from
+    a configuration folder, written here (with the lines of a given ``--flink_conf_dir``)."""
+    flink = options.view_as(FlinkJobOptions)
+    if flink.fresh_start and flink.savepoint_path:
+        raise ValueError("--fresh_start and --savepoint_path contradict each other")
+    if not flink.savepoint_path and not flink.fresh_start and flink.externalized_checkpoints_enabled \
+            and flink.state_backend_storage_path:
+        flink.savepoint_path = latest_checkpoint(flink.state_backend_storage_path)
+        if flink.savepoint_path:
+            _LOG.info("resuming from the newest retained checkpoint %s (--fresh_start to start without it)",
+                      flink.savepoint_path)
+    master = options.view_as(FlinkRunnerOptions).flink_master
+    if flink.savepoint_path and master in ("[local]", "[auto]"):
+        conf_dir = tempfile.mkdtemp(prefix="flink-conf-")
+        given = os.path.join(flink.flink_conf_dir, "flink-conf.yaml") if flink.flink_conf_dir else None
+        with open(os.path.join(conf_dir, "flink-conf.yaml"), "w") as f:
+            if given and os.path.exists(given):
+                with open(given) as g:
+                    f.writelines(line for line in g if not line.startswith("execution.savepoint.path:"))
+            f.write(f"execution.savepoint.path: {flink.savepoint_path}\n")
+        flink.flink_conf_dir = conf_dir
 
 
 def runner_of(options: PipelineOptions) -> str:
@@ -127,11 +163,14 @@ def runner_of(options: PipelineOptions) -> str:
 
 
 def prepare(options: PipelineOptions) -> str:
-    """Pin the local runner to the BundleBasedDirectRunner (with its metrics fix); returns ``runner_of``."""
+    """Pin the local runner to the BundleBasedDirectRunner (with its metrics fix); on Flink,
+    resume from a retained checkpoint by default (``_resume``); returns ``runner_of``."""
     runner = runner_of(options)
     if runner == "local":
         options.view_as(StandardOptions).runner = "BundleBasedDirectRunner"
         direct_runner_fix.apply()
+    elif runner == "flink":
+        _resume(options)
     return runner
 
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from pipelines import runners
 from query.stats import StatsReader
 from schemas.archive import local_lines
 from viewcounts import provision, replay
 from viewcounts.reconcile import expected_aggregates, reconcile, stored_aggregates
 
 PROJECT, INSTANCE = "test-project", "test-instance"
-ARCHIVE_FLUSH_S = 5
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Deployment:
         return [f"--input_subscription=projects/{PROJECT}/subscriptions/{self.subscription}",
                 f"--bigtable_project={PROJECT}", f"--bigtable_instance={INSTANCE}", f"--bigtable_table={self.table}",
                 f"--archive_path={self.folder}/archive", f"--dead_letter_path={self.folder}/dead-letters",
-                "--early_firing_s=2", f"--archive_flush_s={ARCHIVE_FLUSH_S}", *extra]
+                "--early_firing_s=2", *extra]
 
     def start_job(self, *flags: str) -> subprocess.Popen:
         log = open(f"{self.folder}/job-{len(glob.glob(f'{self.folder}/job-*.log'))}.log", "wb")
@@ -100,7 +100,4 @@ def kill(job: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 def latest_checkpoint(checkpoint_dir: str) -> str | None:
     """The newest completed retained checkpoint (``<dir>/<job id>/chk-N`` with ``_metadata``)."""
-    done = glob.glob(f"{checkpoint_dir}/*/chk-*/_metadata")
-    if not done:
-        return None
-    return os.path.dirname(max(done, key=lambda p: int(p.rsplit("chk-", 1)[1].split("/")[0])))
+    return runners.latest_checkpoint(checkpoint_dir)

@@ -10,6 +10,7 @@ DUPLICATES_DROPPED = "duplicates_dropped"
 DEAD_LETTERS = "dead_letters"
 AGGREGATES_WRITTEN = "aggregates_written"
 WRITE_FAILURES = "write_failures"
+PUBLISH_FAILURES = "publish_failures"  # Pub/Sub copies of dead letters given up (they stay in the files)
 
 
 def committed_counters(result) -> dict[str, int]:

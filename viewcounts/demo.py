@@ -116,7 +116,6 @@ def demo_main(args) -> int:
             f"--archive_path={archive}",
             f"--metadata_path={os.path.abspath(metadata_path)}",
             f"--bigtable_project={PROJECT}", f"--early_firing_s={args.early_firing_s}",
-            f"--archive_flush_s={args.early_firing_s}",
             *(["--no_event_age_check"] if args.time_mode == "real" else []),
             *runner_flags(args.runner),
         ])

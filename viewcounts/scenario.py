@@ -146,7 +146,7 @@ def run_case(case: dict, runner: str = "local") -> dict:
     with _bigtable_host(), tempfile.TemporaryDirectory(prefix="scenario-") as tmp:
         create_table(PROJECT, INSTANCE, table)
         sinks = SinkConfig(PROJECT, INSTANCE, table, archive_path=f"{tmp}/archive", dead_letter_topic=None,
-                           dead_letter_path=f"{tmp}/dead-letters", archive_flush_s=early_firing_s)
+                           dead_letter_path=f"{tmp}/dead-letters")
         options = PipelineOptions(runner_flags(runner))
         options.view_as(StandardOptions).streaming = True
         runners.prepare(options)

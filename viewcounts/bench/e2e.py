@@ -350,14 +350,14 @@ def stored_differences(reader, stream: Stream, limit: int = 5) -> list[str]:
 
 # --- the job ----------------------------------------------------------------------------
 
-def job_flags(folder: Path, early_firing_s: int, archive_flush_s: int) -> list[str]:
+def job_flags(folder: Path, early_firing_s: int) -> list[str]:
     """The demo's flags for ``pipelines.streaming`` on the local runner, on the bench's
     topic, table and folders."""
     return [f"--input_subscription=projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
             f"--dead_letter_topic=projects/{PROJECT}/topics/{DEAD_TOPIC}",
             f"--archive_path={folder / 'archive'}", f"--metadata_path={folder / 'metadata.jsonl'}",
             f"--bigtable_project={PROJECT}", f"--bigtable_instance={INSTANCE}", f"--bigtable_table={TABLE}",
-            f"--early_firing_s={early_firing_s}", f"--archive_flush_s={archive_flush_s}",
+            f"--early_firing_s={early_firing_s}",
             *runner_flags("local")]
 
 
@@ -520,7 +520,7 @@ def _figures(run: _Run, rate: int, seconds: float, early_firing_s: int) -> dict:
 def measure_e2e(rate_events_per_s: int, seconds: int, early_firing_s: int, events_per_message: int = 1000, *,
                 videos: int = 100_000, disorder_s: int = 30, duplicate_rate: float = 0.0, top_keys: int = 5,
                 tail_cells: int = 40, poll_s: float = 0.5, slack_s: float = 10.0, drain_timeout_s: float = 180.0,
-                heartbeat_s: float | None = 0.5, archive_flush_s: int = 60, ready_timeout_s: float = 180.0,
+                heartbeat_s: float | None = 0.5, ready_timeout_s: float = 180.0,
                 workdir: Path | None = None, workload_root: Path | None = None,
                 profile_path: Path | None = None) -> dict:
     """See the module docstring. ``workdir``: job log, archive and metadata (a temporary
@@ -538,7 +538,7 @@ def measure_e2e(rate_events_per_s: int, seconds: int, early_firing_s: int, event
                                      disorder_s=disorder_s, span_s=seconds)
         events, offsets_ms = load_workload(spec, Path(workload_root) if workload_root else folder / "workloads")
         _write_metadata(folder / "metadata.jsonl", min(videos, 1000))
-        env = _start_product(stack, folder, early_firing_s, archive_flush_s)
+        env = _start_product(stack, folder, early_firing_s)
         ready_s = wait_until_ready(env.reader, env.job, env.topic_path, ready_timeout_s)
         _LOG.info("job ready after %.1f s; planning %d events", ready_s, len(events) + n_msgs)
         stream = plan_stream(events, offsets_ms, time.time_ns() // 1_000_000, seconds, events_per_message,
@@ -563,14 +563,14 @@ class _Product:
     topic_path: str
 
 
-def _start_product(stack: contextlib.ExitStack, folder: Path, early_firing_s: int, archive_flush_s: int) -> _Product:
+def _start_product(stack: contextlib.ExitStack, folder: Path, early_firing_s: int) -> _Product:
     """Emulators, topics, subscription, table, the streaming job and a reader, all stopped by ``stack``."""
     from query.stats import StatsReader
 
     pubsub = stack.enter_context(emulator_env(pubsub_emulator()))
     bigtable = stack.enter_context(emulator_env(bigtable_emulator()))
     _provision()
-    job = stack.enter_context(streaming_job(job_flags(folder, early_firing_s, archive_flush_s), folder / "job.log"))
+    job = stack.enter_context(streaming_job(job_flags(folder, early_firing_s), folder / "job.log"))
     reader = stack.enter_context(StatsReader(PROJECT, INSTANCE, TABLE))
     return _Product(pubsub.proc.pid, bigtable.proc.pid, job, reader, f"projects/{PROJECT}/topics/{TOPIC}")
 

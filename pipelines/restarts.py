@@ -1,0 +1,109 @@
+"""Streaming jobs that start without the state of the job before them, and what to recompute.
+
+A streaming job keeps each open window's partial aggregates and its dedup ids in state.
+A job that starts without that state (the local runner: every start; Flink: a start with
+``--fresh_start`` or with no retained checkpoint to resume, ``pipelines.runners``;
+Dataflow: a new job rather than an update) fires panes that hold only its own events for
+windows the job before it had already stored, and a later pane wins (SPEC section 3):
+those stored aggregates go below the truth. They are put right by a batch recompute of the
+affected hours from the raw archive, once their windows have closed:
+
+* ``RecordStatelessStart(archive_path, run_id, allowed_lateness_s)``: an ``Impulse`` in the
+  streaming job. A runner emits an impulse once per job, and not again when the job is
+  restored from a checkpoint, a savepoint or updated in place, so a marker
+  (``schemas.archive.restart_marker_path``) is written exactly when a job starts without
+  state; the job also logs a warning that says what to run.
+* ``plan_recompute(archive_path, now_s)``: the hours whose folder holds files of a run that
+  started without state *and* files of another run written before that start (the
+  archive's file names carry the run and the write time, ``schemas.archive``), split into
+  ``closed`` ones (the hour's end plus the job's allowed lateness plus ``CLOSE_MARGIN_S``
+  is past ``now_s``: no pane of them can change any more) and ``open`` ones (run the
+  recompute again later). ``python -m pipelines.batch_recompute --after_restarts``
+  recomputes the closed hours; running it again is harmless (it overwrites with the same
+  values). Cost: one listing of the archive's files.
+
+For a replay of old data ``now_s`` says nothing about the job's watermark: run the
+recompute once the replay's windows have closed (the job's watermark is past them).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import apache_beam as beam
+import orjson
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.archive import ARCHIVE_WINDOW_S, RESTARTS_FOLDER, parse_file_path, restart_marker_path
+
+_LOG = logging.getLogger(__name__)
+
+CLOSE_MARGIN_S = 60  # a live job's watermark trails the wall clock by seconds, not minutes
+
+
+class _WriteMarker(beam.DoFn):
+    def __init__(self, archive_path: str, run_id: str, allowed_lateness_s: int) -> None:
+        self._archive_path, self._run_id, self._allowed_lateness_s = archive_path, run_id, allowed_lateness_s
+
+    def process(self, _impulse) -> None:
+        started_ms = time.time_ns() // 1_000_000
+        path = restart_marker_path(self._archive_path, started_ms, self._run_id)
+        if "://" not in path:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        with FileSystems.create(path) as f:
+            f.write(orjson.dumps({"run_id": self._run_id, "started_ms": started_ms,
+                                  "allowed_lateness_s": self._allowed_lateness_s}))
+        _LOG.warning("run %s started without the state of any job before it (%s): aggregates of windows "
+                     "that job stored and this one writes may stay low until recomputed; once they have "
+                     "closed, run: python -m pipelines.batch_recompute --archive_path %s --after_restarts "
+                     "(plus the Bigtable flags)", self._run_id, path, self._archive_path)
+
+
+class RecordStatelessStart(beam.PTransform):
+    """``PBegin -> None``: write a restart marker when the job starts without state (module docstring)."""
+
+    def __init__(self, archive_path: str, run_id: str, allowed_lateness_s: int) -> None:
+        super().__init__()
+        self._fn = _WriteMarker(archive_path, run_id, allowed_lateness_s)
+
+    def expand(self, pbegin):
+        return pbegin | "impulse" >> beam.Impulse() | "write marker" >> beam.ParDo(self._fn)
+
+
+@dataclass(frozen=True)
+class RecomputePlan:
+    """Hours (epoch seconds of their start, sorted) affected by starts without state."""
+
+    closed: list[int]
+    open: list[int]
+
+
+def _match(pattern: str) -> list:
+    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def plan_recompute(archive_path: str, now_s: float) -> RecomputePlan:
+    """See the module docstring. Reads the markers and lists the archive (``gs://`` or local)."""
+    root = archive_path.rstrip("/")
+    markers = []
+    for path in _match(f"{root}/{RESTARTS_FOLDER}/*.json"):
+        with FileSystems.open(path) as f:
+            markers.append(orjson.loads(f.read()))
+    files_by_hour = defaultdict(list)
+    for path in _match(f"{root}/*/*/*/*/*.jsonl"):
+        name = parse_file_path(path)
+        if name is not None:
+            files_by_hour[name.hour_s].append(name)
+    lateness_by_hour: dict[int, int] = {}
+    for marker in markers:
+        run_id, started_ms = marker["run_id"], marker["started_ms"]
+        for hour_s, names in files_by_hour.items():
+            if (any(n.run_id == run_id for n in names)
+                    and any(n.run_id != run_id and n.written_ms < started_ms for n in names)):
+                lateness_by_hour[hour_s] = max(lateness_by_hour.get(hour_s, 0), marker["allowed_lateness_s"])
+    closed = sorted(h for h, lateness in lateness_by_hour.items()
+                    if h + ARCHIVE_WINDOW_S + lateness + CLOSE_MARGIN_S <= now_s)
+    return RecomputePlan(closed, sorted(set(lateness_by_hour) - set(closed)))
