@@ -21,7 +21,7 @@ import orjson
 
 from pipelines import runners
 from query.stats import StatsReader
-from schemas.archive import local_lines
+from schemas.archive import RESTARTS_FOLDER, local_lines
 from viewcounts import provision, replay
 from viewcounts.reconcile import expected_aggregates, reconcile, stored_aggregates
 
@@ -58,17 +58,22 @@ class Deployment:
         self.manifests.append(manifest)
         return replay.publish(events, PROJECT, self.topic, plan, manifest, progress=False)
 
-    def expected(self) -> dict:
-        merged = f"{self.folder}/manifest-all.jsonl"
+    def expected(self, manifests: list[str] | None = None) -> dict:
+        """The polars reference over ``manifests`` (default: every manifest so far)."""
+        merged = f"{self.folder}/manifest-merged.jsonl"
         with open(merged, "wb") as out:
-            for m in self.manifests:
+            for m in self.manifests if manifests is None else manifests:
                 with open(m, "rb") as f:
                     out.write(f.read())
         return expected_aggregates(merged)
 
-    def mismatches(self, expected: dict) -> list:
+    def stored(self) -> dict:
+        """Every stored aggregate, in the shape of ``expected``."""
         with StatsReader(PROJECT, INSTANCE, self.table) as reader:
-            return reconcile(expected, stored_aggregates(reader))
+            return stored_aggregates(reader)
+
+    def mismatches(self, expected: dict) -> list:
+        return reconcile(expected, self.stored())
 
     def converged(self, timeout_s: float, job: subprocess.Popen | None = None) -> tuple[list, float]:
         """Wait until every aggregate equals the reference; returns (mismatches, seconds waited)."""
@@ -87,6 +92,11 @@ def archive_missing(folder: str, events: list[dict]) -> int:
     """How many of the published event ids the raw archive lacks."""
     archived = {orjson.loads(line)["event_id"] for line in local_lines(f"{folder}/archive")}
     return len({e["event_id"] for e in events} - archived)
+
+
+def restart_markers(folder: str) -> list[str]:
+    """The restart markers under the deployment's archive (``pipelines.restarts``)."""
+    return sorted(glob.glob(f"{folder}/archive/{RESTARTS_FOLDER}/*.json"))
 
 
 def kill(job: subprocess.Popen, sig: int = signal.SIGKILL) -> None:

@@ -1,0 +1,196 @@
+"""Restarts never leave stored aggregates below the truth (SPEC section 3; ``pipelines/runners.py``,
+``pipelines/restarts.py``, ``pipelines/batch_recompute.py``).
+
+* Planning: which hours a start without state puts at risk, from restart markers and the
+  archive's file names; which are closed; the newest retained checkpoint; the flags that
+  make Flink resume from it by default (no job run).
+* On an embedded Flink with retained checkpoints, real 2013 flight times, one chain of jobs:
+  job 1 counts batch A and is killed (SIGKILL); job 2, started with the same flags,
+  resumes from the newest retained checkpoint by itself and counts batch B, which shares
+  A's last windows: 0 mismatches against the reference of A+B; job 2 is killed; job 3
+  starts with ``--fresh_start`` and counts batch C, spread over every window of A and B:
+  the stored aggregates of C's windows hold only C's events (below the reference: the
+  hazard is real), then ``batch_recompute --after_restarts`` recomputes the hours the
+  restart marker points at: 0 mismatches against the reference of A+B+C.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import orjson
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import batch_recompute
+from pipelines.restarts import CLOSE_MARGIN_S, plan_recompute
+from pipelines.runners import FlinkJobOptions, latest_checkpoint, prepare, runner_flags
+from schemas.archive import file_name, hour_folder, restart_marker_path
+from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, archive_missing, kill, restart_markers
+from tests.test_streaming_runners import _wait_for
+from viewcounts import replay
+from viewcounts.reconcile import reconcile
+
+pytestmark = pytest.mark.faults
+
+H = 1_715_680_800  # 2024-05-14T10:00:00Z
+MS = 1000
+
+
+def _file(root: str, hour_s: int, written_s: float, run_id: str) -> None:
+    folder = hour_folder(root, hour_s)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, file_name("events", round(written_s * MS), run_id, os.urandom(6).hex())), "wb") as f:
+        f.write(b"{}\n")
+
+
+def _marker(root: str, started_s: float, run_id: str, lateness_s: int = 600) -> None:
+    path = restart_marker_path(root, round(started_s * MS), run_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(orjson.dumps({"run_id": run_id, "started_ms": round(started_s * MS), "allowed_lateness_s": lateness_s}))
+
+
+def test_recompute_plan_takes_the_hours_a_start_without_state_shares_with_earlier_files(tmp_path):
+    root = str(tmp_path / "archive")
+    old, resumed, fresh = "0000000001", "0000000002", "0000000003"
+    _marker(root, H, old)                        # the first job: nothing before it
+    _file(root, H, H + 60, old)                  # hour 10: old only
+    _file(root, H + 3600, H + 3700, old)         # hour 11: old, then the fresh job
+    _file(root, H + 3600, H + 7300, fresh)
+    _file(root, H + 7200, H + 7250, old)         # hour 12: old, a resumed job (no marker), the fresh job
+    _file(root, H + 7200, H + 7260, resumed)
+    _file(root, H + 7200, H + 7400, fresh)
+    _file(root, H + 10800, H + 11000, fresh)     # hour 13: the fresh job only
+    _marker(root, H + 7300, fresh)
+    closed_at = H + 3 * 3600 + 600 + CLOSE_MARGIN_S  # hour 12's end + lateness + margin
+    assert plan_recompute(root, closed_at - 1).closed == [H + 3600]
+    assert plan_recompute(root, closed_at - 1).open == [H + 7200]
+    assert plan_recompute(root, closed_at).closed == [H + 3600, H + 7200]
+    assert plan_recompute(str(tmp_path / "nothing"), closed_at).closed == []
+
+
+def _checkpoint(root, job: str, n: int, mtime: float) -> str:
+    folder = root / job / f"chk-{n}"
+    folder.mkdir(parents=True)
+    (folder / "_metadata").write_bytes(b"x")
+    os.utime(folder / "_metadata", (mtime, mtime))
+    return str(folder)
+
+
+def test_flink_resumes_from_the_newest_retained_checkpoint_unless_told_not_to(tmp_path):
+    ck = tmp_path / "checkpoints"
+    _checkpoint(ck, "job1", 9, 1000.0)
+    newest = _checkpoint(ck, "job2", 3, 2000.0)  # a later job, fewer checkpoints
+    (ck / "job2" / "chk-4").mkdir()  # in progress: no _metadata
+    assert latest_checkpoint(f"file://{ck}") == newest == latest_checkpoint(str(ck))
+    assert latest_checkpoint(str(tmp_path / "none")) is None
+    base = ["--runner=FlinkRunner", "--externalized_checkpoints_enabled", f"--state_backend_storage_path=file://{ck}"]
+
+    embedded = PipelineOptions([*base, "--flink_master=[local]"])
+    prepare(embedded)
+    flink = embedded.view_as(FlinkJobOptions)
+    assert flink.savepoint_path == newest
+    with open(os.path.join(flink.flink_conf_dir, "flink-conf.yaml")) as f:
+        assert f.read() == f"execution.savepoint.path: {newest}\n"
+
+    remote = PipelineOptions([*base, "--flink_master=localhost:8081"])
+    prepare(remote)
+    assert remote.view_as(FlinkJobOptions).savepoint_path == newest
+    assert remote.view_as(FlinkJobOptions).flink_conf_dir is None
+
+    fresh = PipelineOptions([*base, "--flink_master=[local]", "--fresh_start"])
+    prepare(fresh)
+    assert fresh.view_as(FlinkJobOptions).savepoint_path is None
+    assert fresh.view_as(FlinkJobOptions).flink_conf_dir is None
+    with pytest.raises(ValueError):
+        prepare(PipelineOptions([*base, "--fresh_start", f"--savepoint_path={newest}"]))
+
+
+# --- the jobs ----------------------------------------------------------------------------------
+
+CONVERGE_S = 300
+OVERLAP_S = 120  # B's first events are this far behind A's last: within the allowed lateness after a restore
+
+
+def _batches(n: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """Three batches of real 2013 flights, each in time order with 5 % duplicates: C is every
+    third flight (all of A's and B's windows); A is the first 60 % of the others, B the rest,
+    and the two alternate over the last ``OVERLAP_S`` seconds of A (shared windows)."""
+    base = replay.plan_events(replay.read_source("flights", n), replay.ReplayPlan(time_mode="real"), 0)
+    c = base[2::3]
+    rest = [e for i, e in enumerate(base) if i % 3 != 2]
+    split_us = replay._time_us(rest[len(rest) * 3 // 5])
+    overlap_us = split_us - OVERLAP_S * 1_000_000
+    a, b = [], []
+    for i, e in enumerate(rest):
+        t = replay._time_us(e)
+        (a if t <= split_us and not (t > overlap_us and i % 2) else b).append(e)
+    with_dups = replay.ReplayPlan(duplicate_rate=0.05, time_mode="real")
+    return tuple(replay.plan_events(x, with_dups, 0) for x in (a, b, c))
+
+
+def _recompute(d: Deployment) -> None:
+    batch_recompute.build_pipeline([
+        f"--archive_path={d.folder}/archive", "--after_restarts", f"--bigtable_project={PROJECT}",
+        f"--bigtable_instance={INSTANCE}", f"--bigtable_table={d.table}", "--runner=DirectRunner",
+    ]).run().wait_until_finish()
+
+
+@pytest.mark.slow
+@pytest.mark.emulator
+@pytest.mark.flink
+def test_restart_resumes_by_default_and_a_fresh_start_is_recomputed(tmp_path, pubsub_host, bigtable_host):
+    d = Deployment(str(tmp_path))
+    checkpoints = str(tmp_path / "checkpoints")
+    flags = ["--no_event_age_check", *runner_flags("flink", checkpoint_dir=checkpoints)]
+    plan = replay.ReplayPlan(time_mode="real", events_per_message=50)
+    a, b, c = _batches(2400)
+
+    job = d.start_job(*flags)
+    try:
+        d.publish(a, plan)
+        mismatches, _ = d.converged(CONVERGE_S, job)
+        assert mismatches == [], mismatches[:5]
+        before = latest_checkpoint(checkpoints)
+        _wait_for(lambda: latest_checkpoint(checkpoints) not in (None, before), 60, "a checkpoint after A")
+    finally:
+        kill(job, signal.SIGKILL)
+
+    # (a) the same flags: resumes from the retained checkpoint by itself
+    d.publish(b, plan)
+    job = d.start_job(*flags)
+    try:
+        mismatches, waited = d.converged(CONVERGE_S, job)
+        assert mismatches == [], mismatches[:5]
+        print(f"resumed by default: A+B exact {waited:.1f} s after starting")
+        with open(f"{d.folder}/job-1.log", "rb") as log:
+            assert b"resuming from the newest retained checkpoint" in log.read()
+        assert len(restart_markers(d.folder)) == 1, "a job restored from a checkpoint recorded a start without state"
+        before = latest_checkpoint(checkpoints)
+        _wait_for(lambda: latest_checkpoint(checkpoints) not in (None, before), 60, "a checkpoint after B")
+    finally:
+        kill(job, signal.SIGKILL)
+
+    # (b) without state: its panes overwrite correct totals with partial ones, until recomputed
+    manifest_c = len(d.manifests)
+    d.publish(c, plan)
+    only_c = d.expected([d.manifests[manifest_c]])
+    job = d.start_job(*flags, "--fresh_start")
+    try:
+        _wait_for(lambda: not reconcile(only_c, {k: v for k, v in d.stored().items() if k in only_c}),
+                  CONVERGE_S, "C's windows holding C's events only")
+        everything, stored = d.expected(), d.stored()
+        low = [k for k, v in everything.items() if stored.get(k, (0,))[0] < v[0]]
+        assert low, "no stored aggregate below the reference: the hazard did not happen"
+        _wait_for(lambda: archive_missing(d.folder, a + b + c) == 0, 60, "every event in the raw archive")
+        assert len(restart_markers(d.folder)) == 2
+    finally:
+        kill(job)  # its windows are closed: no input is left to fire panes
+    started = time.monotonic()
+    _recompute(d)
+    mismatches = d.mismatches(everything)
+    assert mismatches == [], mismatches[:5]
+    print(f"fresh start: {len(low)} of {len(everything)} aggregates low; recompute --after_restarts "
+          f"{time.monotonic() - started:.1f} s: 0 mismatches")
