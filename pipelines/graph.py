@@ -37,7 +37,9 @@ def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy,
     write_failures = (counted[ROWS]
                       | "enrich" >> enrich
                       | "write to Bigtable" >> beam.ParDo(WriteAggregates(
-                          sinks.bigtable_project, sinks.bigtable_instance, sinks.bigtable_table)))
+                          sinks.bigtable_project, sinks.bigtable_instance, sinks.bigtable_table,
+                          write_budget_s=sinks.bigtable_write_budget_s,
+                          attempt_timeout_s=sinks.bigtable_attempt_timeout_s)))
     dead = (counted[DEAD_LETTERS], write_failures) | "all dead letters" >> beam.Flatten()
     if sinks.dead_letter_path:
         dead | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id)

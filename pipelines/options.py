@@ -8,6 +8,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from schemas import storage
 from schemas.archive import new_run_id
+from transforms.bigtable_sink import ATTEMPT_TIMEOUT_S, WRITE_BUDGET_S
 from transforms.validate import AcceptancePolicy
 
 DEFAULT_SUBSCRIPTION = "viewcounts-events-sub"
@@ -29,6 +30,11 @@ class CountingOptions(PipelineOptions):
         parser.add_argument("--bigtable_project", default=storage.DEFAULT_PROJECT)
         parser.add_argument("--bigtable_instance", default=storage.DEFAULT_INSTANCE)
         parser.add_argument("--bigtable_table", default=storage.DEFAULT_TABLE)
+        parser.add_argument("--bigtable_write_budget_s", type=float, default=WRITE_BUDGET_S,
+                            help="seconds a Bigtable flush may spend retrying before its cells become write_failed "
+                            "dead letters (transforms.bigtable_sink)")
+        parser.add_argument("--bigtable_attempt_timeout_s", type=float, default=ATTEMPT_TIMEOUT_S,
+                            help="seconds per Bigtable write attempt within the budget")
         parser.add_argument("--archive_path", help="folder (local or gs://) of the raw archive")
         parser.add_argument("--metadata_path", help="JSONL metadata snapshot (video_id, title, channel)")
         parser.add_argument("--metadata_refresh_s", type=int, default=None,
@@ -62,6 +68,8 @@ class SinkConfig:
     archive_path: str | None
     dead_letter_topic: str | None
     dead_letter_path: str | None
+    bigtable_write_budget_s: float = WRITE_BUDGET_S
+    bigtable_attempt_timeout_s: float = ATTEMPT_TIMEOUT_S
     run_id: str = field(default_factory=new_run_id)
     record_stateless_start: bool = False
 
@@ -97,4 +105,6 @@ def sinks_of(o: CountingOptions, streaming: bool = True) -> SinkConfig:
                          "folder, beside which dead letters go): the topic only gets a best-effort copy")
     return SinkConfig(o.bigtable_project, o.bigtable_instance, o.bigtable_table, o.archive_path,
                       o.dead_letter_topic, dead_letter_path,
+                      bigtable_write_budget_s=o.bigtable_write_budget_s,
+                      bigtable_attempt_timeout_s=o.bigtable_attempt_timeout_s,
                       record_stateless_start=streaming)

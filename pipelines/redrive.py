@@ -5,7 +5,9 @@ keeps the ``write_failed`` ones and writes each stored row again with its *origi
 timestamp: a redriven pane can never overwrite a newer pane written since, and a redrive
 run twice changes nothing. Rows that fail again become dead letters again, in
 ``--dead_letter_path``. Other reasons are input errors: fix the producer, then republish
-the ``payload`` with ``viewcounts replay``. ``build_pipeline(argv)`` returns the job unrun::
+the ``payload`` with ``viewcounts replay``. The write budget flags are the streaming job's
+(``--bigtable_write_budget_s``, ``--bigtable_attempt_timeout_s``: ``transforms.bigtable_sink``).
+``build_pipeline(argv)`` returns the job unrun::
 
     python -m pipelines.redrive --dead_letter_glob 'gs://B/dead-letters/2024/05/14/**' \\
         --dead_letter_path gs://B/dead-letters-redrive --bigtable_project P ...
@@ -17,10 +19,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.graph import run_from_command_line
 from pipelines.options import CountingOptions
-from schemas.archive import DeadLetter, hour_of_us
+from schemas.archive import DeadLetter, new_run_id
 from schemas.event import WRITE_FAILED
 from transforms.bigtable_sink import WriteAggregates, row_from_json
-from transforms.files import WriteJsonlByHour
+from transforms.dead_letters import WriteDeadLetters
 
 
 class RedriveOptions(PipelineOptions):
@@ -43,12 +45,11 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
                     | "decode" >> beam.Map(DeadLetter.from_json)
                     | "write_failed only" >> beam.Filter(lambda d: d.reason == WRITE_FAILED)
                     | "to rows" >> beam.Map(lambda d: [row_from_json(d.payload)])
-                    | "write to Bigtable" >> beam.ParDo(WriteAggregates(o.bigtable_project, o.bigtable_instance,
-                                                                         o.bigtable_table)))
+                    | "write to Bigtable" >> beam.ParDo(WriteAggregates(
+                        o.bigtable_project, o.bigtable_instance, o.bigtable_table,
+                        write_budget_s=o.bigtable_write_budget_s, attempt_timeout_s=o.bigtable_attempt_timeout_s)))
     if o.dead_letter_path:
-        (failed_again
-         | "by hour" >> beam.Map(lambda d: (hour_of_us(d.processing_time_us), [d.to_json()]))
-         | "dead-letter files" >> WriteJsonlByHour(o.dead_letter_path, "dead-letters", None))
+        failed_again | "dead letters" >> WriteDeadLetters(o.dead_letter_path, None, new_run_id())
     return pipeline
 
 

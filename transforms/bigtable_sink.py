@@ -1,12 +1,28 @@
 """Write enriched aggregates to Bigtable as idempotent overwrites (layout: schemas/storage.py).
 
-Input: ``list[EnrichedRow]`` (the rows of one firing). Each pane becomes one ``SetCell`` with an explicit millisecond
-timestamp (the pane's ``cell_timestamp_us``) in the row of its window's period. Cells for
-the same row are grouped into one row mutation; one ``MutateRows`` request carries at most
-``max_mutations_per_request`` cells (Bigtable's limit is 100,000). Rows a request could
-not write are retried with backoff; after ``max_attempts`` they leave the sink as
-``write_failed`` dead letters (the row as JSON, redrivable) instead of failing the bundle,
-so one bad write never stalls the job (SPEC.md section 4).
+Input: ``list[EnrichedRow]`` (the rows of one firing). Each pane becomes one ``SetCell`` with
+an explicit millisecond timestamp (the pane's ``cell_timestamp_us``) in the row of its
+window's period. Cells for the same row are grouped into one row mutation; one ``MutateRows``
+request carries at most ``max_mutations_per_request`` cells (Bigtable's limit is 100,000).
+
+Write budget (SPEC.md section 4: no input and no outage stalls the job for ever). Each flush
+(the pending cells of a bundle, written at the end of the bundle or when
+``max_mutations_per_request`` cells are pending) has ``write_budget_s`` seconds of wall time
+in all, for all its requests and retries. Within it the sink makes attempts of at most
+``attempt_timeout_s`` seconds each (one ``mutate_rows`` call: the client retries its
+retryable errors inside the attempt, every cell carries an explicit timestamp so every
+entry is idempotent), and retries the cells that failed with a retryable code
+(``RETRYABLE_CODES``: unavailable, deadline exceeded, aborted, internal, resource exhausted,
+unknown, cancelled) after a backoff of 0.5 s doubling up to 5 s. When every cell of an
+attempt failed that way (the service or the channel is down), the client is closed and a
+new one made before the next attempt: a gRPC channel that saw refused connections waits up
+to two minutes between reconnections, a new one connects at once. Cells that fail with any
+other code (not found, invalid argument, permission denied...) are not retried. Whatever
+has not been written when the budget is spent leaves the sink as ``write_failed`` dead
+letters (the row as JSON, redrivable by ``pipelines.redrive`` with its original cell
+timestamp) instead of failing the bundle. So a flush blocks at most
+``write_budget_s + attempt_timeout_s`` seconds, and no exception from the client (channel
+errors, retry errors, gRPC errors on close) leaves the DoFn.
 
 Output: ``DeadLetter`` for rows that could not be written, timestamped with the
 processing time of the failure.
@@ -21,6 +37,8 @@ import orjson
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
+from google.cloud.bigtable.table import DEFAULT_RETRY
+from google.rpc import code_pb2
 
 from schemas import storage
 from schemas.archive import DeadLetter
@@ -52,20 +70,34 @@ def row_from_json(payload: bytes) -> EnrichedRow:
                                     d["pane_index"], d["cell_timestamp_us"]), d["title"], d["channel"])
 
 
+WRITE_BUDGET_S = 120.0  # seconds of retries per flush: Bigtable's own default deadline for mutate_rows
+ATTEMPT_TIMEOUT_S = 20.0  # seconds per attempt: a 10,000-cell request takes well under 1 s on the emulator
+# gRPC status codes worth another attempt (the client's own retryable set, plus throttling,
+# UNKNOWN for errors that carry no code, and CANCELLED for a channel closed under a call)
+RETRYABLE_CODES = frozenset({code_pb2.ABORTED, code_pb2.DEADLINE_EXCEEDED, code_pb2.UNAVAILABLE, code_pb2.INTERNAL,
+                             code_pb2.RESOURCE_EXHAUSTED, code_pb2.UNKNOWN, code_pb2.CANCELLED})
+_BACKOFF_S, _MAX_BACKOFF_S = 0.5, 5.0
+
+
 class WriteAggregates(beam.DoFn):
-    def __init__(self, project: str, instance: str, table: str,
-                 max_mutations_per_request: int = 10_000, max_attempts: int = 5) -> None:
+    """``write_budget_s``, ``attempt_timeout_s``: the write budget (module docstring), seconds > 0."""
+
+    def __init__(self, project: str, instance: str, table: str, max_mutations_per_request: int = 10_000,
+                 write_budget_s: float = WRITE_BUDGET_S, attempt_timeout_s: float = ATTEMPT_TIMEOUT_S) -> None:
         if not 1 <= max_mutations_per_request <= storage.MAX_MUTATIONS_PER_REQUEST:
             raise ValueError(f"max_mutations_per_request must be 1..{storage.MAX_MUTATIONS_PER_REQUEST}")
+        if not (write_budget_s > 0 and attempt_timeout_s > 0):
+            raise ValueError("write_budget_s and attempt_timeout_s must be > 0")
         self._project, self._instance, self._table = project, instance, table
         self._max_mutations = max_mutations_per_request
-        self._max_attempts = max_attempts
+        self._budget_s, self._attempt_timeout_s = write_budget_s, attempt_timeout_s
 
     def setup(self) -> None:
-        from google.cloud import bigtable
-
-        self._client = bigtable.Client(project=self._project, admin=False)
-        self._bt_table = self._client.instance(self._instance).table(self._table)
+        self._client = self._bt_table = None
+        try:
+            self._connected_table()
+        except Exception as exc:  # noqa: BLE001 -- e.g. credentials not yet readable: the first write tries again
+            _LOG.warning("no Bigtable client yet: %s", exc)
         self._written = metrics.counter(metrics.AGGREGATES_WRITTEN)
         self._failures = metrics.counter(metrics.WRITE_FAILURES)
         self._dead = metrics.DeadLetterCounters()
@@ -91,48 +123,96 @@ class WriteAggregates(beam.DoFn):
             yield WindowedValue(dead, Timestamp(micros=dead.processing_time_us), [GlobalWindow()])
 
     def teardown(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None:
-            client.close()
+        self._close_client()
 
     def _flush(self):
-        """Write every pending cell, ``max_mutations_per_request`` cells per request."""
+        """Write every pending cell, ``max_mutations_per_request`` cells per request, within one
+        write budget; yield a ``write_failed`` dead letter per cell not written."""
         pending, self._pending = list(self._pending.items()), {}
+        deadline = time.monotonic() + self._budget_s
         for i in range(0, len(pending), self._max_mutations):
-            for e in self._write(dict(pending[i:i + self._max_mutations])):
+            for e, why in self._write(dict(pending[i:i + self._max_mutations]), deadline):
                 self._failures.inc()
                 self._dead.inc(WRITE_FAILED)
-                yield DeadLetter(row_to_json(e), WRITE_FAILED,
-                                 f"Bigtable write failed after {self._max_attempts} attempts", time.time_ns() // 1000)
+                yield DeadLetter(row_to_json(e), WRITE_FAILED, f"Bigtable write failed: {why}",
+                                 time.time_ns() // 1000)
 
-    def _write(self, cells: dict[tuple[bytes, bytes], EnrichedRow]) -> list[EnrichedRow]:
-        """Write cells; return the rows still failing after ``max_attempts``."""
-        todo = cells
-        for attempt in range(self._max_attempts):
-            by_key: dict[bytes, list[tuple[bytes, EnrichedRow]]] = {}
-            for (key, q), e in todo.items():
-                by_key.setdefault(key, []).append((q, e))
-            keys = list(by_key)
+    def _write(self, cells: dict[tuple[bytes, bytes], EnrichedRow],
+               deadline: float | None = None) -> list[tuple[EnrichedRow, str]]:
+        """Write cells until they are written or ``deadline`` (``time.monotonic()``; default: one
+        write budget from now) passes; return ``(row, why)`` for each cell not written. Never raises."""
+        deadline = time.monotonic() + self._budget_s if deadline is None else deadline
+        todo = dict(cells)
+        failed: list[tuple[EnrichedRow, str]] = []
+        attempt = 0
+        started = time.monotonic()
+        while todo:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            attempt += 1
+            codes = self._attempt(todo, min(self._attempt_timeout_s, remaining))
+            retry: dict[tuple[bytes, bytes], EnrichedRow] = {}
+            for cell, e in todo.items():
+                code, message = codes.get(cell[0], (code_pb2.OK, ""))
+                if code == code_pb2.OK:
+                    self._written.inc()
+                elif code in RETRYABLE_CODES:
+                    retry[cell] = e
+                else:  # not worth retrying: a dead letter at once
+                    failed.append((e, f"{code_pb2.Code.Name(code)}: {message}"))
+            if retry and len(retry) == len(todo):
+                _LOG.warning("Bigtable unreachable (attempt %d, %d cells): %s; reconnecting", attempt, len(todo),
+                             next(iter(codes.values()))[1][:300])
+                self._close_client()
+            todo = retry
+            if todo:
+                time.sleep(max(0.0, min(_BACKOFF_S * 2 ** (attempt - 1), _MAX_BACKOFF_S,
+                                        deadline - time.monotonic())))
+        if todo:
+            _LOG.error("Bigtable write budget spent: %d cells become write_failed dead letters after %d attempts "
+                       "in %.1f s", len(todo), attempt, time.monotonic() - started)
+            why = f"unreachable for the write budget ({attempt} attempts in {time.monotonic() - started:.1f} s)"
+            failed += [(e, why) for e in todo.values()]
+        return failed
+
+    def _attempt(self, cells: dict[tuple[bytes, bytes], EnrichedRow], timeout_s: float) -> dict[bytes, tuple]:
+        """One ``mutate_rows`` call of at most ``timeout_s`` seconds; ``{row key: (code, message)}``
+        for every row key of ``cells`` (any exception counts as ``UNKNOWN`` for every row)."""
+        by_key: dict[bytes, list[tuple[bytes, EnrichedRow]]] = {}
+        for (key, q), e in cells.items():
+            by_key.setdefault(key, []).append((q, e))
+        try:
+            table = self._connected_table()
             rows = []
-            for key in keys:
-                row = self._bt_table.direct_row(key)
-                for q, e in by_key[key]:
+            for key, qualified in by_key.items():
+                row = table.direct_row(key)
+                for q, e in qualified:
                     r = e.row
                     row.set_cell(storage.FAMILY, q, storage.encode_cell(r.aggregate, e.title, e.channel),
                                  timestamp=_datetime_of_us(r.cell_timestamp_us))
                 rows.append(row)
+            statuses = table.mutate_rows(rows, retry=DEFAULT_RETRY.with_deadline(timeout_s), timeout=timeout_s)
+            return {key: (s.code, s.message) for key, s in zip(by_key, statuses)}
+        except Exception as exc:  # noqa: BLE001 -- the client's errors are many; all count as failed attempts
+            return {key: (code_pb2.UNKNOWN, f"{type(exc).__name__}: {exc}") for key in by_key}
+
+    def _connected_table(self):
+        """The table of the current client, made anew after ``_close_client``."""
+        if self._bt_table is None:
+            from google.cloud import bigtable
+
+            self._client = bigtable.Client(project=self._project, admin=False)
+            self._bt_table = self._client.instance(self._instance).table(self._table)
+        return self._bt_table
+
+    def _close_client(self) -> None:
+        client, self._client, self._bt_table = getattr(self, "_client", None), None, None
+        if client is not None:
             try:
-                statuses = self._bt_table.mutate_rows(rows)
-                bad = {keys[i] for i, s in enumerate(statuses) if s.code != 0}
-            except Exception as exc:  # the whole request failed: retry every row
-                _LOG.warning("Bigtable MutateRows failed (attempt %d): %s", attempt + 1, exc)
-                bad = set(keys)
-            self._written.inc(sum(1 for (k, _q) in todo if k not in bad))
-            todo = {c: e for c, e in todo.items() if c[0] in bad}
-            if not todo:
-                return []
-            time.sleep(min(0.1 * 2 ** attempt, 5.0))
-        return list(todo.values())
+                client.close()
+            except Exception as exc:  # noqa: BLE001 -- a broken channel may fail to close; it is dropped anyway
+                _LOG.warning("closing the Bigtable client failed: %s", exc)
 
 
 def _datetime_of_us(us: int):

@@ -1,0 +1,138 @@
+"""A fault-injecting TCP proxy (Toxiproxy) between a client and a service, for fault tests.
+
+``FaultProxy`` is a context manager that starts ``toxiproxy-server`` (built by
+``make toxiproxy`` into ``build/bin/``) on a free loopback port, in its own process group,
+and stops it by PID on exit. ``proxy(name, upstream)`` opens a ``Proxy`` that listens on
+another free loopback port and forwards to ``upstream`` (``host:port``); point the client
+at ``Proxy.listen`` instead of the service. Faults, all through Toxiproxy's HTTP API on
+loopback:
+
+* ``refuse()`` / ``restore()``: disable the proxy (its listener closes and open
+  connections are reset, so new connections are refused) and enable it again;
+* ``blackhole()`` / ``remove_toxics()``: a ``timeout`` toxic with timeout 0 on both
+  directions: connections are accepted but no byte goes through either way until the
+  toxic is removed (a partition: clients hang until their own deadlines).
+
+Raises ``FileNotFoundError`` when the binary is missing, ``TimeoutError`` when the server
+does not answer within ``startup_timeout_s``, ``ToxiproxyError`` when the API refuses a call.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from viewcounts.emulators import _die_with_parent, free_port
+
+_LOG = logging.getLogger(__name__)
+BUILD_DIR = Path(os.environ.get("VIEWCOUNTS_BUILD_DIR", Path(__file__).resolve().parents[1] / "build"))
+TOXIPROXY_BINARY = BUILD_DIR / "bin" / "toxiproxy-server"
+API_TIMEOUT_S = 10.0
+
+
+class ToxiproxyError(RuntimeError):
+    pass
+
+
+class FaultProxy:
+    def __init__(self, binary: Path = TOXIPROXY_BINARY, startup_timeout_s: float = 30.0) -> None:
+        self._binary, self._startup_timeout_s = binary, startup_timeout_s
+        self._proc: subprocess.Popen | None = None
+        self.api = ""
+
+    def start(self) -> "FaultProxy":
+        if not self._binary.exists():
+            raise FileNotFoundError(f"{self._binary} is missing: run `make toxiproxy` first")
+        port = free_port()
+        self.api = f"http://127.0.0.1:{port}"
+        log = tempfile.NamedTemporaryFile(prefix="toxiproxy-", suffix=".log", delete=False)
+        self.log_path = log.name
+        self._proc = subprocess.Popen([str(self._binary), "-host", "127.0.0.1", "-port", str(port)],
+                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + self._startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"toxiproxy exited with {self._proc.returncode}; log: {self.log_path}")
+            try:
+                self._call("GET", "/proxies")
+                _LOG.info("toxiproxy up on %s (pid %d)", self.api, self._proc.pid)
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"toxiproxy did not answer on {self.api} within {self._startup_timeout_s}s")
+
+    def stop(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        try:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def proxy(self, name: str, upstream: str) -> "Proxy":
+        """A new enabled proxy ``name`` from a free loopback port to ``upstream`` (``host:port``)."""
+        listen = f"127.0.0.1:{free_port()}"
+        self._call("POST", "/proxies", {"name": name, "listen": listen, "upstream": upstream, "enabled": True})
+        return Proxy(self, name, listen)
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        """One API call; returns the decoded JSON answer (None when empty). ``OSError`` when
+        the server is unreachable, ``ToxiproxyError`` for an HTTP error status."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.api + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=API_TIMEOUT_S) as answer:
+                raw = answer.read()
+        except urllib.error.HTTPError as e:
+            raise ToxiproxyError(f"{method} {path}: HTTP {e.code} {e.read()[:500]!r}") from None
+        return json.loads(raw) if raw.strip() else None
+
+
+@dataclass
+class Proxy:
+    server: FaultProxy
+    name: str
+    listen: str
+
+    def refuse(self) -> None:
+        """Disable the proxy: open connections are closed, new ones refused."""
+        self.server._call("POST", f"/proxies/{self.name}", {"enabled": False})
+
+    def restore(self) -> None:
+        """Enable the proxy again (on the same port)."""
+        self.server._call("POST", f"/proxies/{self.name}", {"enabled": True})
+
+    def blackhole(self) -> None:
+        """Accept connections but pass no data either way until ``remove_toxics``."""
+        for stream in ("upstream", "downstream"):
+            self.server._call("POST", f"/proxies/{self.name}/toxics",
+                              {"name": f"blackhole-{stream}", "type": "timeout", "stream": stream,
+                               "toxicity": 1.0, "attributes": {"timeout": 0}})
+
+    def remove_toxics(self) -> None:
+        for toxic in self.server._call("GET", f"/proxies/{self.name}/toxics") or []:
+            self.server._call("DELETE", f"/proxies/{self.name}/toxics/{toxic['name']}")
+
+    def delete(self) -> None:
+        self.server._call("DELETE", f"/proxies/{self.name}")
