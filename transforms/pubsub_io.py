@@ -40,8 +40,9 @@ Semantics:
   gRPC channel takes responses up to ``MAX_PULL_RESPONSE_BYTES`` (the emulator's default
   channel stopped at 4 MiB). A pull whose response is larger still fails with
   ``RESOURCE_EXHAUSTED``: the next pulls ask for half as many messages, down to one, and
-  double back after each pull that succeeds (the refused messages are redelivered after
-  the ack deadline). Any other failed pull (``UNAVAILABLE``, an emulator restart...) is
+  double back after each pull that returns messages (the refused messages are redelivered
+  after the ack deadline; each pull that succeeds takes at least one, so a backlog of big
+  messages drains). Any other failed pull (``UNAVAILABLE``, an emulator restart...) is
   logged and the bundle ends without raising; the restriction resumes after a backoff
   that doubles per consecutive failure up to ``MAX_BACKOFF_S``. Nothing unacknowledged is
   lost, and a failed pull never counts as an empty one for the idle rule (a pull that
@@ -87,7 +88,8 @@ _LOG = logging.getLogger(__name__)
 DEFAULT_MAX_FUTURE_SKEW_S = 300.0  # SPEC section 2's default max_future_skew_s
 MAX_TS_DIGITS = 20  # longer digit strings are refused unread (int() of 5,000 digits raises)
 MAX_PULL_RESPONSE_BYTES = 64 * 1024 * 1024  # six 10 MB messages with their attributes
-MAX_BACKOFF_S = 30.0
+MAX_BACKOFF_S = 30.0  # longest pause between two bundles after failed pulls
+ACK_RETRY_S = 10.0  # how long one acknowledge request is retried
 
 
 def message_timestamp_us(attributes, publish_time_us: int, timestamp_attribute: str | None,
@@ -284,13 +286,17 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
                       watermark.current_watermark())
 
     def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
-        """Acknowledge in requests of 2,500 ids (well under the 512 KiB request limit); a
-        failure is logged: those messages come back after their ack deadline as duplicates."""
+        """Acknowledge in requests of 2,500 ids (well under the 512 KiB request limit), each
+        retried for at most ``ACK_RETRY_S`` seconds; a failure is logged: those messages come
+        back after their ack deadline and are dropped as duplicates."""
         from google.api_core.exceptions import GoogleAPIError
+        from google.api_core.retry import Retry
 
         for i in range(0, len(ack_ids), 2500):
             try:
-                self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids[i:i + 2500]})
+                self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids[i:i + 2500]},
+                                         retry=Retry(initial=0.1, maximum=2.0, timeout=ACK_RETRY_S),
+                                         timeout=ACK_RETRY_S)
             except GoogleAPIError as e:
                 _LOG.warning("%s: acknowledging %d messages failed (they will be redelivered): %s",
                              subscription, len(ack_ids[i:i + 2500]), e)
@@ -318,7 +324,8 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
                          subscription, asked, self._failures, self._batch, e)
             return None
         self._failures = 0
-        self._batch = min(self._max_messages, self._batch * 2)
+        if received:
+            self._batch = min(self._max_messages, self._batch * 2)
         return received
 
 
