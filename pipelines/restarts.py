@@ -10,9 +10,10 @@ affected hours from the raw archive, once their windows have closed:
 
 * ``RecordStatelessStart(archive_path, run_id, allowed_lateness_s)``: an ``Impulse`` in the
   streaming job. A runner emits an impulse once per job, and not again when the job is
-  restored from a checkpoint, a savepoint or updated in place, so a marker
-  (``schemas.archive.restart_marker_path``) is written exactly when a job starts without
-  state; the job also logs a warning that says what to run.
+  restored from a checkpoint or a savepoint (tested on Flink; a Dataflow update keeps its
+  state likewise), so a marker (``schemas.archive.restart_marker_path``) is written
+  exactly when a job starts without state; the job also logs a warning that says what to
+  run. A job's first start writes one too: with no older files it selects no hour.
 * ``plan_recompute(archive_path, now_s)``: the hours whose folder holds files of a run that
   started without state *and* files of another run written before that start (the
   archive's file names carry the run and the write time, ``schemas.archive``), split into
