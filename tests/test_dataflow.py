@@ -126,8 +126,8 @@ def test_the_staged_pipeline_reads_pubsub_natively_and_has_every_step(job_reques
     assert pipeline.components.pcollections[events].is_bounded == beam_runner_api_pb2.IsBounded.UNBOUNDED
     steps = {t.unique_name for t in transforms}
     assert {"read Pub/Sub", "count events/validate", "count events/dedup and lateness", "count events/windows",
-            "metadata refresh", "enrich", "write to Bigtable", "dead letters to Pub/Sub", "dead-letter files",
-            "raw archive files"} <= steps
+            "metadata refresh", "enrich", "write to Bigtable", "dead letters/to Pub/Sub", "dead letters/files",
+            "raw archive files", "record a start without state"} <= steps
 
 
 def test_workers_get_the_packages_setup_py_ships(job_request):
