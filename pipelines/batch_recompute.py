@@ -63,15 +63,14 @@ def hours_to_recompute(archive_path: str, r: RecomputeOptions, now_s: float) -> 
     if not r.after_restarts:
         start_s, end_s = _range_s(r.start, r.end)
         return list(range(start_s, end_s, ARCHIVE_WINDOW_S))
-    start_s, end_s = _range_s(r.start, r.end) if r.start or r.end else (0, float("inf"))
-    plan = plan_recompute(archive_path, now_s)
+    plan = plan_recompute(archive_path, now_s,
+                          range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S) if r.start or r.end else None)
     if plan.open:
         _LOG.warning("hours affected by a start without state but not closed yet (recompute them later): %s",
                      ", ".join(format_time_us(h * US_PER_S) for h in plan.open))
-    hours = [h for h in plan.closed if start_s <= h < end_s]
-    _LOG.info("recomputing %d hours affected by starts without state: %s", len(hours),
-              ", ".join(format_time_us(h * US_PER_S) for h in hours))
-    return hours
+    _LOG.info("recomputing %d hours affected by starts without state: %s", len(plan.closed),
+              ", ".join(format_time_us(h * US_PER_S) for h in plan.closed))
+    return plan.closed
 
 
 def _lines(readable_file):

@@ -21,7 +21,8 @@ affected hours from the raw archive, once their windows have closed:
   is past ``now_s``: no pane of them can change any more) and ``open`` ones (run the
   recompute again later). ``python -m pipelines.batch_recompute --after_restarts``
   recomputes the closed hours; running it again is harmless (it overwrites with the same
-  values). Cost: one listing of the archive's files.
+  values). Cost: one listing of the archive's files (of the ``--start``/``--end`` hours
+  when those are given).
 
 For a replay of old data ``now_s`` says nothing about the job's watermark: run the
 recompute once the replay's windows have closed (the job's watermark is past them).
@@ -38,7 +39,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.archive import ARCHIVE_WINDOW_S, RESTARTS_FOLDER, parse_file_path, restart_marker_path
+from schemas.archive import ARCHIVE_WINDOW_S, RESTARTS_FOLDER, hour_folder, parse_file_path, restart_marker_path
 
 _LOG = logging.getLogger(__name__)
 
@@ -82,28 +83,32 @@ class RecomputePlan:
     open: list[int]
 
 
-def _match(pattern: str) -> list:
-    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+def _match(patterns: list[str]) -> list[str]:
+    return [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
 
 
-def plan_recompute(archive_path: str, now_s: float) -> RecomputePlan:
-    """See the module docstring. Reads the markers and lists the archive (``gs://`` or local)."""
+def plan_recompute(archive_path: str, now_s: float, hours: range | None = None) -> RecomputePlan:
+    """See the module docstring. Reads the markers and lists the archive (``gs://`` or local):
+    every hour folder, or only those of ``hours`` (epoch seconds of hour starts)."""
     root = archive_path.rstrip("/")
     markers = []
-    for path in _match(f"{root}/{RESTARTS_FOLDER}/*.json"):
+    for path in _match([f"{root}/{RESTARTS_FOLDER}/*.json"]):
         with FileSystems.open(path) as f:
             markers.append(orjson.loads(f.read()))
-    files_by_hour = defaultdict(list)
-    for path in _match(f"{root}/*/*/*/*/*.jsonl"):
+    folders = [f"{root}/*/*/*/*"] if hours is None else [hour_folder(root, h) for h in hours]
+    earliest: dict[int, dict[str, int]] = defaultdict(dict)  # hour -> run -> its first file's write time
+    hours_of_run: dict[str, set[int]] = defaultdict(set)
+    for path in _match([f"{folder}/*.jsonl" for folder in folders]) if folders else []:
         name = parse_file_path(path)
         if name is not None:
-            files_by_hour[name.hour_s].append(name)
+            runs = earliest[name.hour_s]
+            runs[name.run_id] = min(runs.get(name.run_id, name.written_ms), name.written_ms)
+            hours_of_run[name.run_id].add(name.hour_s)
     lateness_by_hour: dict[int, int] = {}
     for marker in markers:
         run_id, started_ms = marker["run_id"], marker["started_ms"]
-        for hour_s, names in files_by_hour.items():
-            if (any(n.run_id == run_id for n in names)
-                    and any(n.run_id != run_id and n.written_ms < started_ms for n in names)):
+        for hour_s in hours_of_run.get(run_id, ()):
+            if any(run != run_id and written_ms < started_ms for run, written_ms in earliest[hour_s].items()):
                 lateness_by_hour[hour_s] = max(lateness_by_hour.get(hour_s, 0), marker["allowed_lateness_s"])
     closed = sorted(h for h, lateness in lateness_by_hour.items()
                     if h + ARCHIVE_WINDOW_S + lateness + CLOSE_MARGIN_S <= now_s)

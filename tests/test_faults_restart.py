@@ -68,6 +68,7 @@ def test_recompute_plan_takes_the_hours_a_start_without_state_shares_with_earlie
     assert plan_recompute(root, closed_at - 1).closed == [H + 3600]
     assert plan_recompute(root, closed_at - 1).open == [H + 7200]
     assert plan_recompute(root, closed_at).closed == [H + 3600, H + 7200]
+    assert plan_recompute(root, closed_at, range(H + 7200, H + 10800, 3600)).closed == [H + 7200]
     assert plan_recompute(str(tmp_path / "nothing"), closed_at).closed == []
 
 
