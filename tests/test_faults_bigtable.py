@@ -38,7 +38,7 @@ from schemas.storage import Aggregate, cell_timestamp_us, wall_clock_ms
 from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, archive_missing, kill
 from tests.test_streaming_runners import HISTORICAL, _flights, _some_rows, _wait_for
 from transforms.aggregate import AggregateRow
-from transforms.bigtable_sink import WriteAggregates, row_to_json
+from transforms.bigtable_sink import WriteAggregates, row_from_json
 from transforms.enrich import EnrichedRow
 from viewcounts.faultproxy import FaultProxy
 
@@ -155,3 +155,108 @@ def test_outage_longer_than_the_budget_becomes_write_failed_and_the_redrive_rest
                                 f"--bigtable_table={table[2]}"]).run().wait_until_finish()
     # each window holds its newest pane: the third where it was written, else the redriven second
     assert _counts(table) == {**{H + 60 * i: 2 for i in range(10)}, **{H + 60 * i: 3 for i in range(4)}}
+
+
+BUDGET_S, ATTEMPT_S = 20, 5
+OUTAGES = (("refused", 60), ("partition", 45))  # seconds: the second outlasts budget + attempt too
+CONVERGE_S = 240
+_SPENT = re.compile(rb"write budget spent: (\d+) cells .* after (\d+) attempts in ([\d.]+) s")
+
+
+class _CheckpointWatch(threading.Thread):
+    """Notes when each completed checkpoint (``chk-N/_metadata``) first appears under ``root``
+    (Flink keeps only the newest, so they are watched rather than counted afterwards)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(daemon=True)
+        self.root, self.seen, self.stopped = root, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            for path in glob.glob(f"{self.root}/*/chk-*/_metadata"):
+                self.seen.setdefault(int(path.rsplit("chk-", 1)[1].split("/")[0]), time.monotonic())
+
+    def completed(self, since: float, until: float) -> list[int]:
+        return sorted(n for n, t in self.seen.items() if since <= t <= until)
+
+
+def _write_failed(folder: str) -> list[DeadLetter]:
+    letters = (DeadLetter.from_json(line) for line in local_lines(f"{folder}/dead-letters"))
+    return [d for d in letters if d.reason == WRITE_FAILED]
+
+
+def _dead_lettered(folder: str) -> set[tuple]:
+    """The (video, type, granularity, window) of every write_failed dead letter: reconcile's keys."""
+    return {(r.video_id, r.event_type, r.granularity, r.window_start_s)
+            for r in (row_from_json(d.payload).row for d in _write_failed(folder))}
+
+
+def _redrive(folder: str, table: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pipelines.redrive", f"--dead_letter_glob={folder}/dead-letters/**",
+                           f"--bigtable_project={PROJECT}", f"--bigtable_instance={INSTANCE}",
+                           f"--bigtable_table={table}", "--runner=DirectRunner"], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:].decode(errors="replace")
+
+
+@pytest.mark.flink
+def test_flink_job_rides_out_refused_and_partitioned_bigtable_and_the_redrive_restores_exact_values(
+        tmp_path, pubsub_host, bigtable_host, bigtable_proxy):
+    test_started = time.monotonic()
+    d = Deployment(str(tmp_path))
+    checkpoints = str(tmp_path / "checkpoints")
+    events = _flights(3000)
+    batches = [events[i * 1000:(i + 1) * 1000] for i in range(3)]
+    with _bigtable_at(bigtable_proxy.listen):
+        job = d.start_job("--no_event_age_check", f"--bigtable_write_budget_s={BUDGET_S}",
+                          f"--bigtable_attempt_timeout_s={ATTEMPT_S}",
+                          *runner_flags("flink", checkpoint_dir=checkpoints))
+    watch = _CheckpointWatch(checkpoints)
+    watch.start()
+    timeline = []
+    try:
+        d.publish(batches[0], HISTORICAL)
+        _wait_for(lambda: _some_rows(d), CONVERGE_S, "the first aggregates")
+        for (fault, seconds), batch in zip(OUTAGES, batches[1:]):
+            start, end = (getattr(bigtable_proxy, name) for name in FAULTS[fault])
+            t0, wall0 = time.monotonic(), time.time_ns() // 1000
+            start()
+            try:
+                d.publish(batch, HISTORICAL)
+                # the job keeps reading: what is published during the outage reaches the raw archive
+                _wait_for(lambda: archive_missing(d.folder, batch) == 0, seconds - (time.monotonic() - t0),
+                          f"the events published during the {fault} outage in the archive")
+                archived_s = time.monotonic() - t0
+                time.sleep(max(0.0, seconds - (time.monotonic() - t0)))  # the outage's length, not a wait for a result
+            finally:
+                end()
+            t1, wall1 = time.monotonic(), time.time_ns() // 1000
+            timeline.append({"fault": fault, "blocked_s": round(t1 - t0, 1), "archived_after_s": round(archived_s, 1),
+                             "checkpoints": watch.completed(t0, t1), "wall": (wall0, wall1)})
+            assert timeline[-1]["checkpoints"], f"no checkpoint completed during the {fault} outage"
+        # the flushes that met the outage (and outlasted the budget) are write_failed dead letters
+        _wait_for(lambda: _write_failed(d.folder), 60, "write_failed dead letters")
+        # once every stale aggregate is in a write_failed dead letter (the job has settled), one redrive
+        expected = d.expected()
+        _wait_for(lambda: {m.key for m in d.mismatches(expected)} <= _dead_lettered(d.folder), CONVERGE_S,
+                  "every stale aggregate in a write_failed dead letter")
+        stale = d.mismatches(expected)
+        redrive_started, redriven = time.monotonic(), []
+        while len(redriven) < 3 and (not redriven or len(_write_failed(d.folder)) > redriven[-1]):
+            redriven.append(len(_write_failed(d.folder)))  # again only if dead letters came after a redrive
+            _redrive(d.folder, d.table)
+            redrive_s = time.monotonic() - redrive_started
+            mismatches, _ = d.converged(60, job)
+            if not mismatches:
+                break
+        assert mismatches == [], mismatches[:5]
+    finally:
+        watch.stopped.set()
+        kill(job)
+    letters = _write_failed(d.folder)
+    for t in timeline:
+        wall0, wall1 = t.pop("wall")
+        t["write_failed"] = sum(1 for x in letters if wall0 <= x.processing_time_us <= wall1 + (BUDGET_S + ATTEMPT_S) * 10**6)
+    spent = [m.groups() for m in _SPENT.finditer(b"".join(open(p, "rb").read() for p in glob.glob(f"{d.folder}/job-*.log")))]
+    print(f"timeline: {timeline}; write_failed {len(letters)} ({len(stale)} aggregates stale before the redrive); "
+          f"flushes that spent the budget: {len(spent)}, longest {max((float(s[2]) for s in spent), default=0):.1f} s; "
+          f"{len(redriven)} redrive(s), equal after {redrive_s:.1f} s; test {time.monotonic() - test_started:.0f} s")
