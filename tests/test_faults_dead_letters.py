@@ -1,19 +1,22 @@
 """Dead letters land durably in files and never stall the job, whatever the dead-letter topic does
 (``transforms/dead_letters.py``, ``transforms/files.py``, the publisher in ``transforms/pubsub_io.py``).
 
+* Files: a bundle's lines are in files when the bundle ends, or sooner when its buffer
+  fills; names are unique and carry the run.
 * The Pub/Sub copy of a dead letter is bounded (generated payloads and details): at most
   ``MAX_PUBLISHED_PAYLOAD_BYTES`` of payload, attributes within Pub/Sub's limits, the full
   size and a ``truncated`` flag when cut.
 * The publisher against the emulator: a deleted topic and a message over Pub/Sub's 10 MB
   limit are given up and counted within the bundle's timeout; nothing raises.
-* The streaming job (local runner, real emulators): a 9.9 MB payload that is a dead letter
-  (its copy would pass Pub/Sub's limit) reaches the topic cut to 1 MB and the files whole;
-  then the dead-letter topic is deleted mid-run; the job keeps counting (0 mismatches on
-  the good events against the polars reference), and every dead letter of both phases is
-  in the files.
+* The streaming job (local runner and embedded Flink, real emulators): a 9.9 MB payload
+  that is a dead letter (its copy would pass Pub/Sub's limit) reaches the topic cut to
+  1 MB and the files whole; then the dead-letter topic is deleted mid-run; the job keeps
+  counting (0 mismatches on the good events against the polars reference), and every
+  dead letter of both phases is in the files.
 """
 from __future__ import annotations
 
+import glob
 import time
 import uuid
 
@@ -23,15 +26,17 @@ from hypothesis import strategies as st
 
 from pipelines.options import default_dead_letter_path
 from pipelines.runners import runner_flags
-from schemas.archive import MAX_ATTRIBUTE_BYTES, MAX_PUBLISHED_PAYLOAD_BYTES, DeadLetter, local_lines
+from schemas.archive import MAX_ATTRIBUTE_BYTES, MAX_PUBLISHED_PAYLOAD_BYTES, DeadLetter, local_lines, parse_file_path
 from tests.streaming_jobs import PROJECT, Deployment, kill
 from tests.test_streaming_runners import _wait_for
+from transforms.files import _WriteBundleFiles
 from transforms.pubsub_io import _PublishFn
 from viewcounts import provision, replay
 
 pytestmark = pytest.mark.faults
 
 BIG = 9_900_000  # bytes: a message Pub/Sub accepts, whose dead letter with attributes would not fit
+H10 = 1_715_680_800  # 2024-05-14T10:00:00Z
 
 
 @settings(max_examples=200, deadline=None)
@@ -52,6 +57,27 @@ def test_dead_letter_files_default_beside_the_archive():
     assert default_dead_letter_path("gs://b/archive/") == "gs://b/dead-letters"
     assert default_dead_letter_path("/data/x/archive") == "/data/x/dead-letters"
     assert default_dead_letter_path("gs://b") is None and default_dead_letter_path(None) is None
+
+
+def test_bundle_files_are_written_before_the_bundle_ends_and_when_the_buffer_fills(tmp_path):
+    root = str(tmp_path / "files")
+    fn = _WriteBundleFiles(root, "dead-letters", "00000000ab", max_buffer_bytes=1000)
+    fn.start_bundle()
+    fn.process((H10, [b"a" * 600]))
+    assert _lines(root) == []
+    fn.process((H10, [b"b" * 600]))  # over the buffer: written now, within the bundle
+    assert sorted(_lines(root)) == [b"a" * 600, b"b" * 600]
+    fn.process((H10 + 3600, [b"c"]))
+    fn.process((H10, [b"d"]))
+    fn.finish_bundle()
+    files = glob.glob(f"{root}/**/*.jsonl", recursive=True)
+    assert sorted(_lines(root)) == [b"a" * 600, b"b" * 600, b"c", b"d"] and len(files) == len(set(files)) == 3
+    assert {parse_file_path(f).run_id for f in files} == {"00000000ab"}
+    assert not glob.glob(f"{root}/**/*.tmp", recursive=True)
+
+
+def _lines(root: str) -> list[bytes]:
+    return list(local_lines(root))
 
 
 def _publish_fn(topic: str, timeout_s: float = 10.0, backoff_s: float = 60.0) -> _PublishFn:
@@ -114,7 +140,8 @@ def _filed(folder: str) -> list[DeadLetter]:
 
 @pytest.mark.slow
 @pytest.mark.emulator
-def test_dead_letters_land_in_files_when_the_topic_is_too_small_or_gone(tmp_path, pubsub_host, bigtable_host):
+@pytest.mark.parametrize("runner", ["local", pytest.param("flink", marks=pytest.mark.flink)])
+def test_dead_letters_land_in_files_when_the_topic_is_too_small_or_gone(runner, tmp_path, pubsub_host, bigtable_host):
     from google.cloud import pubsub_v1
 
     d = Deployment(str(tmp_path))
@@ -122,7 +149,7 @@ def test_dead_letters_land_in_files_when_the_topic_is_too_small_or_gone(tmp_path
     provision.create_topic_and_subscription(PROJECT, dead_topic, dead_sub)
     plan = replay.ReplayPlan(duplicate_rate=0.05, time_mode="shift", fit_span_s=120, events_per_message=50)
     flights = replay.plan_events(replay.read_source("flights", 2000), plan, time.time_ns() // 1000)
-    job = d.start_job(f"--dead_letter_topic=projects/{PROJECT}/topics/{dead_topic}", *runner_flags("local"))
+    job = d.start_job(f"--dead_letter_topic=projects/{PROJECT}/topics/{dead_topic}", *runner_flags(runner))
     try:
         # phase 1: the topic is there; a 9.9 MB dead letter is published cut to 1 MB
         big = b'"' + b"x" * (BIG - 2) + b'"'
