@@ -34,8 +34,6 @@ from tests.test_streaming_runners import _wait_for
 from transforms.pubsub_io import PullWatermark, _PullFn, message_timestamp_us, subscriber_client
 from viewcounts import replay
 
-pytestmark = pytest.mark.hostile
-
 NOW_US = 1_764_000_000_000_000  # 2025-11-24
 SKEW_S = 300
 PUBLISHED_US = 7
@@ -51,11 +49,13 @@ HOSTILE_TS = {
 }
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("name", HOSTILE_TS)
 def test_hostile_timestamp_attribute_reads_as_no_attribute(name):
     assert message_timestamp_us({"ts": HOSTILE_TS[name]}, PUBLISHED_US, "ts", NOW_US, SKEW_S) == PUBLISHED_US
 
 
+@pytest.mark.hostile
 def test_every_non_ascii_unicode_digit_is_refused():
     digits = [chr(c) for c in range(sys.maxunicode + 1)
               if (chr(c).isdigit() or chr(c).isnumeric()) and not chr(c).isascii()]
@@ -76,6 +76,7 @@ def _attribute_values():
     )
 
 
+@pytest.mark.hostile
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=_attribute_values(), now_us=st.integers(0, 2 ** 62), publish_us=st.integers(0, 2 ** 62),
        skew_s=st.integers(0, 86_400))
@@ -88,6 +89,7 @@ def test_timestamp_attribute_is_total_and_bounded(raw, now_us, publish_us, skew_
         assert got == publish_us
 
 
+@pytest.mark.hostile
 def test_restored_watermark_ahead_of_the_ceiling_comes_down():
     """A checkpoint written while a far-future ``ts`` was followed (before this bound):
     the restored watermark, newest time and samples are lowered to wall clock + skew."""
@@ -110,6 +112,7 @@ _OPS = st.lists(st.one_of(
 ), max_size=40)
 
 
+@pytest.mark.hostile
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(ops=_OPS, skew_s=st.integers(0, 3600), restored=st.one_of(st.none(), st.integers(-2 ** 62, 2 ** 62)))
 def test_pull_watermark_never_passes_the_ceiling_nor_goes_back(ops, skew_s, restored):
@@ -159,6 +162,7 @@ def _pull_fn(max_messages: int) -> _PullFn:
     return fn
 
 
+@pytest.mark.hostile
 @pytest.mark.slow
 @pytest.mark.emulator
 def test_ten_megabyte_messages_and_a_too_small_channel(pubsub_host, caplog):
@@ -197,18 +201,43 @@ def test_ten_megabyte_messages_and_a_too_small_channel(pubsub_host, caplog):
     assert failures >= 1 and "larger than max" in caplog.text
 
 
+class _Finalizer:
+    """The bundle-finalizer parameter: keeps the callbacks a bundle registers."""
+
+    def __init__(self) -> None:
+        self.callbacks = []
+
+    def register(self, callback) -> None:
+        self.callbacks.append(callback)
+
+
+@pytest.mark.hostile
 @pytest.mark.slow
 @pytest.mark.emulator
 def test_unreachable_pubsub_is_a_logged_failure_not_an_exception(pubsub_host, monkeypatch, caplog):
+    """Two bundles of the source against a port nobody listens on: each ends without
+    raising and resumes later; the idle rule does not take a failed pull for an empty
+    subscription (the watermark stays), and a failed acknowledgement is logged."""
+    from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+    from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker
+
     from viewcounts.emulators import free_port
 
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
+    sub = f"projects/{PROJECT}/subscriptions/none"
     fn = _pull_fn(1000)
-    assert fn._pull(f"projects/{PROJECT}/subscriptions/none") is None
-    assert fn._pull(f"projects/{PROJECT}/subscriptions/none") is None
-    fn._acknowledge(f"projects/{PROJECT}/subscriptions/none", ["a", "b"])  # logged, not raised
+    now_us = time.time_ns() // 1000
+    idle = PullWatermark((now_us - 3_600_000_000, now_us - 1_800_000_000, now_us / 1e6 - 100, ()), SKEW_S)
+    for _ in range(2):
+        tracker = ThreadsafeRestrictionTracker(OffsetRestrictionTracker(OffsetRange(0, sys.maxsize)))
+        finalizer = _Finalizer()
+        assert list(fn.process(sub, finalizer, tracker, idle)) == []
+        assert tracker.deferred_status() is not None  # resumes after a backoff
+        assert idle.current_watermark().micros == now_us - 3_600_000_000
+        for callback in finalizer.callbacks:
+            callback()  # nothing to acknowledge
+    fn._acknowledge(sub, ["a", "b"])  # logged, not raised
     fn.teardown()
-    assert fn._failures == 2
     assert "pull of up to 1000 messages failed (2 in a row" in caplog.text
     assert "acknowledging 2 messages failed" in caplog.text
 
@@ -241,6 +270,7 @@ def _dead_letters(folder: str) -> list[DeadLetter]:
     return [DeadLetter.from_json(line) for line in local_lines(f"{folder}/dead-letters")]
 
 
+@pytest.mark.hostile
 @pytest.mark.slow
 @pytest.mark.emulator
 @pytest.mark.parametrize("runner", ["local", pytest.param("flink", marks=pytest.mark.flink)])
