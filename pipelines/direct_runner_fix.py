@@ -16,21 +16,32 @@ job's time, a few ms per bundle). The answer depends only on the DoFn's class wh
 class defines its methods, so it is kept per class, for this project's DoFns only (Beam's
 own wrappers, such as ``beam.Map``'s, set ``process`` per instance and are not cached).
 
-3. Pub/Sub messages over 4 MiB. The runner's Pub/Sub read evaluator builds a
-``google.cloud.pubsub.SubscriberClient()`` for every pull; on the emulator that client's
-channel keeps gRPC's 4 MiB receive limit, so a pull holding a bigger message (Pub/Sub
-allows 10 MB) fails with ``RESOURCE_EXHAUSTED`` and stops the job. The patch makes that
-name build clients on ``transforms.pubsub_io.subscriber_transport()`` (64 MiB).
+3. Pub/Sub reads that stop the job. The runner's Pub/Sub read evaluator builds a
+``google.cloud.pubsub.SubscriberClient()`` for every pull of at most 10 messages, and any
+exception it raises fails the whole pipeline (the runner never retries). On the emulator
+that client's channel keeps gRPC's 4 MiB receive limit, so a pull holding a bigger message
+(Pub/Sub allows 10 MB) failed with ``RESOURCE_EXHAUSTED``; an unreachable or restarted
+Pub/Sub failed it too. The patch makes that name build clients on
+``transforms.pubsub_io.subscriber_transport()`` sized for 10 messages of 10 MB
+(``LOCAL_MAX_RESPONSE_BYTES``) whose failed pulls (no client-side retry) are logged and
+answered, ``FAILED_PULL_PAUSE_S`` later, as empty: the runner pulls again, and nothing is
+lost (the evaluator acknowledges only what a pull returned).
 
 Call ``apply()`` before running a pipeline on the local runner; it is idempotent.
 """
 from __future__ import annotations
 
+import logging
+import time
+
 from apache_beam.runners.direct import transform_evaluator
 from apache_beam.runners.worker import statesampler
 from apache_beam.transforms import userstate
 
+_LOG = logging.getLogger(__name__)
 _ORIGINAL = statesampler.StateSampler.scoped_state
+LOCAL_MAX_RESPONSE_BYTES = 128 * 1024 * 1024
+FAILED_PULL_PAUSE_S = 1.0
 
 
 def _scoped_state(self, name_context, state_name, io_target=None, metrics_container=None):
@@ -61,16 +72,26 @@ def _dofn_specs(dofn):
     return specs
 
 
-def _large_message_subscriber() -> type:
-    """``google.cloud.pubsub.SubscriberClient`` with ``subscriber_transport()`` by default."""
+def _local_subscriber() -> type:
+    """``google.cloud.pubsub.SubscriberClient`` as fix 3 says."""
+    from google.api_core.exceptions import GoogleAPICallError
     from google.cloud import pubsub
 
     from transforms.pubsub_io import subscriber_transport
 
     class SubscriberClient(pubsub.SubscriberClient):
         def __init__(self, subscriber_options=(), **kwargs):
-            kwargs.setdefault("transport", subscriber_transport())
+            kwargs.setdefault("transport", subscriber_transport(LOCAL_MAX_RESPONSE_BYTES))
             super().__init__(subscriber_options, **kwargs)
+
+        def pull(self, *args, **kwargs):
+            kwargs.setdefault("retry", None)
+            try:
+                return super().pull(*args, **kwargs)
+            except GoogleAPICallError as e:
+                _LOG.warning("Pub/Sub pull failed (pulling again in %.0f s): %s", FAILED_PULL_PAUSE_S, e)
+                time.sleep(FAILED_PULL_PAUSE_S)
+                return pubsub.types.PullResponse()
 
     return SubscriberClient
 
@@ -79,7 +100,7 @@ def apply() -> None:
     from google.cloud import pubsub
 
     if pubsub.SubscriberClient.__module__ != __name__:
-        pubsub.SubscriberClient = _large_message_subscriber()  # the name the runner's reader calls
+        pubsub.SubscriberClient = _local_subscriber()  # the name the runner's reader calls
     statesampler.StateSampler.scoped_state = _scoped_state
     userstate.get_dofn_specs = _dofn_specs  # is_stateful_dofn and the DoFn runner call it through the module
     transform_evaluator.get_dofn_specs = _dofn_specs

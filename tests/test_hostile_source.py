@@ -242,6 +242,26 @@ def test_unreachable_pubsub_is_a_logged_failure_not_an_exception(pubsub_host, mo
     assert "acknowledging 2 messages failed" in caplog.text
 
 
+@pytest.mark.faults
+def test_local_runner_reader_rides_out_an_unreachable_pubsub(monkeypatch, caplog):
+    """The local runner's Pub/Sub reader (Beam's evaluator, patched by
+    ``pipelines.direct_runner_fix``) gets an empty answer, not an exception, from a failed pull."""
+    from google.cloud import pubsub
+
+    from pipelines import direct_runner_fix
+    from viewcounts.emulators import free_port
+
+    direct_runner_fix.apply()
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
+    client = pubsub.SubscriberClient()  # as the evaluator calls it
+    try:
+        response = client.pull(subscription=f"projects/{PROJECT}/subscriptions/none", max_messages=10, timeout=30)
+    finally:
+        client.close()
+    assert list(response.received_messages) == []
+    assert "Pub/Sub pull failed" in caplog.text
+
+
 # --- end to end ---------------------------------------------------------------------------
 
 REPLAY = replay.ReplayPlan(duplicate_rate=0.05, time_mode="shift", fit_span_s=240, events_per_message=100)
