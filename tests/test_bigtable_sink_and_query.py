@@ -74,13 +74,13 @@ def test_many_cells_split_into_requests_under_the_mutation_limit(table):
     rows = [_row(Aggregate(1, 0, 0.0, None, None), window_start_s=H + 60 * i) for i in range(1440)]
     sink.setup()
     per_request = []
-    real_mutate_rows = sink._bt_table.mutate_rows
+    real_mutate_rows = sink._bt_table.bulk_mutate_rows
 
-    def counting_mutate_rows(bt_rows, *args, **kwargs):
-        per_request.append(sum(len(r._get_mutations()) for r in bt_rows))
-        return real_mutate_rows(bt_rows, *args, **kwargs)
+    def counting_mutate_rows(entries, *args, **kwargs):
+        per_request.append(sum(len(e.mutations) for e in entries))
+        return real_mutate_rows(entries, *args, **kwargs)
 
-    sink._bt_table.mutate_rows = counting_mutate_rows
+    sink._bt_table.bulk_mutate_rows = counting_mutate_rows
     sink.start_bundle()
     dead = [d for r in rows for d in sink.process([r])] + [wv.value for wv in sink.finish_bundle()]
     sink.teardown()

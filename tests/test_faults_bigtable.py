@@ -8,12 +8,14 @@ restarted). Two kinds of outage: connections refused (the proxy disabled) and a 
   budget turns every cell of the flush into a ``write_failed`` dead letter within the budget,
   the same sink writes again as soon as the outage ends, and ``pipelines.redrive`` over
   those dead letters leaves every cell equal to its newest pane.
-* The streaming job on an embedded Flink with checkpoints, flights replayed with their real
-  2013 times, writing through the proxy with a 20 s budget: mid-stream, connections refused
-  for 60 s, then a partition of 45 s. During each outage the job keeps reading (the events
-  published then reach the raw archive) and checkpoints keep completing; the flushes that
-  meet the outage become ``write_failed`` dead letters; the redrive over the dead-letter
-  files then leaves every stored aggregate equal to the polars reference (0 mismatches).
+* The streaming job writing through the proxy with a 20 s budget, on the local runner
+  (flights shifted to just before now) and on an embedded Flink with checkpoints (flights
+  with their real 2013 times): mid-stream, connections refused for 60 s, then a partition of
+  45 s. The job keeps reading: the events published during an outage reach the raw archive,
+  on Flink before the outage ends (and checkpoints keep completing), on the local runner
+  (one worker thread, which waits while a flush spends its budget) after it. The flushes
+  that meet the outage become ``write_failed`` dead letters; the redrive over the dead-letter files then leaves
+  every stored aggregate equal to the polars reference (0 mismatches).
 """
 from __future__ import annotations
 
@@ -36,10 +38,11 @@ from schemas.archive import DeadLetter, local_lines
 from schemas.event import WRITE_FAILED
 from schemas.storage import Aggregate, cell_timestamp_us, wall_clock_ms
 from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, archive_missing, kill
-from tests.test_streaming_runners import HISTORICAL, _flights, _some_rows, _wait_for
+from tests.test_streaming_runners import HISTORICAL, _some_rows, _wait_for
 from transforms.aggregate import AggregateRow
 from transforms.bigtable_sink import WriteAggregates, row_from_json
 from transforms.enrich import EnrichedRow
+from viewcounts import replay
 from viewcounts.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.emulator, pytest.mark.slow]
@@ -198,65 +201,108 @@ def _redrive(folder: str, table: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:].decode(errors="replace")
 
 
-@pytest.mark.flink
-def test_flink_job_rides_out_refused_and_partitioned_bigtable_and_the_redrive_restores_exact_values(
-        tmp_path, pubsub_host, bigtable_host, bigtable_proxy):
+def _redrive_until_equal(d: Deployment, job: subprocess.Popen) -> tuple[int, int, float]:
+    """What an operator does after an outage: once every stale aggregate is in a write_failed
+    dead letter (the job has settled), redrive the dead-letter files, again only if new ones
+    came meanwhile (at most 3 runs); asserts 0 mismatches. Returns (aggregates stale before,
+    redrive runs, seconds from the first redrive to equality)."""
+    expected = d.expected()
+    _wait_for(lambda: {m.key for m in d.mismatches(expected)} <= _dead_lettered(d.folder), CONVERGE_S,
+              "every stale aggregate in a write_failed dead letter")
+    stale = len(d.mismatches(expected))
+    started, redriven = time.monotonic(), []
+    while len(redriven) < 3 and (not redriven or len(_write_failed(d.folder)) > redriven[-1]):
+        redriven.append(len(_write_failed(d.folder)))
+        _redrive(d.folder, d.table)
+        mismatches, _ = d.converged(60, job)
+        if not mismatches:
+            break
+    assert mismatches == [], mismatches[:5]
+    return stale, len(redriven), time.monotonic() - started
+
+
+def _budgets_spent(folder: str) -> list[float]:
+    """Seconds of each flush that spent its write budget, from the job's log."""
+    logs = b"".join(open(p, "rb").read() for p in glob.glob(f"{folder}/job-*.log"))
+    return [float(m.group(3)) for m in _SPENT.finditer(logs)]
+
+
+def test_a_row_that_cannot_be_encoded_is_a_dead_letter_at_once_and_holds_up_no_other(table, caplog):
+    good = _rows(3, 1, wall_clock_ms())
+    unstorable = Aggregate(1, 1, float("inf"), 1.0, 1.0)  # storage.encode_cell refuses it
+    bad = good[0]._replace(row=good[0].row._replace(video_id="V2", aggregate=unstorable))  # a row of its own
+    sink = WriteAggregates(*table, write_budget_s=600)
+    sink.setup()
+    dead = _flush(sink, [bad, *good])
+    sink.teardown()
+    assert [(d.reason, d.detail.split(":")[1].strip()) for d in dead] == [(WRITE_FAILED, "INVALID_ARGUMENT")]
+    assert "unreachable" not in caplog.text  # not retried
+    assert _counts(table) == {H + 60 * i: 1 for i in range(3)}
+
+
+# the local runner's watermark is the wall clock: flights shifted to just before each publish
+LOCAL_PLAN = replay.ReplayPlan(duplicate_rate=0.05, time_mode="shift", fit_span_s=60, events_per_message=100)
+
+
+@pytest.mark.parametrize("runner", ["local", pytest.param("flink", marks=pytest.mark.flink)])
+def test_job_rides_out_refused_and_partitioned_bigtable_and_the_redrive_restores_exact_values(
+        runner, tmp_path, pubsub_host, bigtable_host, bigtable_proxy):
     test_started = time.monotonic()
     d = Deployment(str(tmp_path))
     checkpoints = str(tmp_path / "checkpoints")
-    events = _flights(3000)
-    batches = [events[i * 1000:(i + 1) * 1000] for i in range(3)]
+    flights = replay.read_source("flights", 3000)
+    batches = [flights[i * 1000:(i + 1) * 1000] for i in range(3)]
+    if runner == "flink":
+        plan, flags = HISTORICAL, ["--no_event_age_check", *runner_flags("flink", checkpoint_dir=checkpoints)]
+    else:
+        plan, flags = LOCAL_PLAN, runner_flags("local")
+
+    def publish(batch: list[dict]) -> list[dict]:
+        events = replay.plan_events(batch, plan, time.time_ns() // 1000)
+        d.publish(events, plan)
+        return events
+
     with _bigtable_at(bigtable_proxy.listen):
-        job = d.start_job("--no_event_age_check", f"--bigtable_write_budget_s={BUDGET_S}",
-                          f"--bigtable_attempt_timeout_s={ATTEMPT_S}",
-                          *runner_flags("flink", checkpoint_dir=checkpoints))
+        job = d.start_job(f"--bigtable_write_budget_s={BUDGET_S}", f"--bigtable_attempt_timeout_s={ATTEMPT_S}", *flags)
     watch = _CheckpointWatch(checkpoints)
     watch.start()
     timeline = []
     try:
-        d.publish(batches[0], HISTORICAL)
+        publish(batches[0])
         _wait_for(lambda: _some_rows(d), CONVERGE_S, "the first aggregates")
         for (fault, seconds), batch in zip(OUTAGES, batches[1:]):
             start, end = (getattr(bigtable_proxy, name) for name in FAULTS[fault])
             t0, wall0 = time.monotonic(), time.time_ns() // 1000
             start()
             try:
-                d.publish(batch, HISTORICAL)
-                # the job keeps reading: what is published during the outage reaches the raw archive
-                _wait_for(lambda: archive_missing(d.folder, batch) == 0, seconds - (time.monotonic() - t0),
-                          f"the events published during the {fault} outage in the archive")
-                archived_s = time.monotonic() - t0
+                events = publish(batch)
+                if runner == "flink":  # the job keeps reading: its reading stages run beside the blocked writes
+                    _wait_for(lambda: archive_missing(d.folder, events) == 0, seconds - (time.monotonic() - t0),
+                              f"the events published during the {fault} outage in the archive")
+                    archived_s = time.monotonic() - t0
                 time.sleep(max(0.0, seconds - (time.monotonic() - t0)))  # the outage's length, not a wait for a result
             finally:
                 end()
-            t1, wall1 = time.monotonic(), time.time_ns() // 1000
+            t1 = time.monotonic()
+            if runner == "local":  # one worker thread: reading waits while a flush spends its budget, then goes on
+                _wait_for(lambda: archive_missing(d.folder, events) == 0, CONVERGE_S,
+                          f"the events published during the {fault} outage in the archive")
+                archived_s = time.monotonic() - t0
             timeline.append({"fault": fault, "blocked_s": round(t1 - t0, 1), "archived_after_s": round(archived_s, 1),
-                             "checkpoints": watch.completed(t0, t1), "wall": (wall0, wall1)})
-            assert timeline[-1]["checkpoints"], f"no checkpoint completed during the {fault} outage"
+                             "checkpoints": watch.completed(t0, t1), "since_us": wall0})
+            if runner == "flink":
+                assert timeline[-1]["checkpoints"], f"no checkpoint completed during the {fault} outage"
         # the flushes that met the outage (and outlasted the budget) are write_failed dead letters
         _wait_for(lambda: _write_failed(d.folder), 60, "write_failed dead letters")
-        # once every stale aggregate is in a write_failed dead letter (the job has settled), one redrive
-        expected = d.expected()
-        _wait_for(lambda: {m.key for m in d.mismatches(expected)} <= _dead_lettered(d.folder), CONVERGE_S,
-                  "every stale aggregate in a write_failed dead letter")
-        stale = d.mismatches(expected)
-        redrive_started, redriven = time.monotonic(), []
-        while len(redriven) < 3 and (not redriven or len(_write_failed(d.folder)) > redriven[-1]):
-            redriven.append(len(_write_failed(d.folder)))  # again only if dead letters came after a redrive
-            _redrive(d.folder, d.table)
-            redrive_s = time.monotonic() - redrive_started
-            mismatches, _ = d.converged(60, job)
-            if not mismatches:
-                break
-        assert mismatches == [], mismatches[:5]
+        stale, redrives, redrive_s = _redrive_until_equal(d, job)
     finally:
         watch.stopped.set()
         kill(job)
     letters = _write_failed(d.folder)
-    for t in timeline:
-        wall0, wall1 = t.pop("wall")
-        t["write_failed"] = sum(1 for x in letters if wall0 <= x.processing_time_us <= wall1 + (BUDGET_S + ATTEMPT_S) * 10**6)
-    spent = [m.groups() for m in _SPENT.finditer(b"".join(open(p, "rb").read() for p in glob.glob(f"{d.folder}/job-*.log")))]
-    print(f"timeline: {timeline}; write_failed {len(letters)} ({len(stale)} aggregates stale before the redrive); "
-          f"flushes that spent the budget: {len(spent)}, longest {max((float(s[2]) for s in spent), default=0):.1f} s; "
-          f"{len(redriven)} redrive(s), equal after {redrive_s:.1f} s; test {time.monotonic() - test_started:.0f} s")
+    starts = [t.pop("since_us") for t in timeline] + [float("inf")]
+    for t, since, until in zip(timeline, starts, starts[1:]):  # each dead letter to the last outage begun before it
+        t["write_failed"] = sum(1 for x in letters if since <= x.processing_time_us < until)
+    spent = _budgets_spent(d.folder)
+    print(f"{runner}: timeline: {timeline}; write_failed {len(letters)} ({stale} aggregates stale before the redrive); "
+          f"flushes that spent the budget: {len(spent)}, longest {max(spent, default=0):.1f} s; "
+          f"{redrives} redrive(s), equal after {redrive_s:.1f} s; test {time.monotonic() - test_started:.0f} s")

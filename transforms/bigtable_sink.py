@@ -9,18 +9,19 @@ Write budget (SPEC.md section 4: no input and no outage stalls the job for ever)
 (the pending cells of a bundle, written at the end of the bundle or when
 ``max_mutations_per_request`` cells are pending) has ``write_budget_s`` seconds of wall time
 in all, for all its requests and retries. Within it the sink makes attempts of at most
-``attempt_timeout_s`` seconds each (one ``mutate_rows`` call: the client retries its
-retryable errors inside the attempt, every cell carries an explicit timestamp so every
-entry is idempotent), and retries the cells that failed with a retryable code
-(``RETRYABLE_CODES``: unavailable, deadline exceeded, aborted, internal, resource exhausted,
-unknown, cancelled) after a backoff of 0.5 s doubling up to 5 s. When every cell of an
-attempt failed that way (the service or the channel is down), the client is closed and a
-new one made before the next attempt: a gRPC channel that saw refused connections waits up
-to two minutes between reconnections, a new one connects at once. Cells that fail with any
-other code (not found, invalid argument, permission denied...) are not retried. Whatever
-has not been written when the budget is spent leaves the sink as ``write_failed`` dead
-letters (the row as JSON, redrivable by ``pipelines.redrive`` with its original cell
-timestamp) instead of failing the bundle. So a flush blocks at most
+``attempt_timeout_s`` seconds each (one ``bulk_mutate_rows`` call of the Bigtable data
+client, which retries unavailable and deadline exceeded inside the attempt; every cell
+carries an explicit timestamp, so every entry is idempotent), and retries the cells that
+failed with a retryable code (``RETRYABLE_CODES``: unavailable, deadline exceeded, aborted,
+internal, resource exhausted, unknown, cancelled) after a backoff of 0.5 s doubling up to
+5 s. When every cell of an attempt failed that way (the service or the channel is down),
+the client and its channel are closed and a new client made for the next attempt: a gRPC
+connection that met refused connections waits up to two minutes between reconnections,
+a new one connects at once. Cells that fail with any other code (not found, invalid
+argument, permission denied...), or whose mutation cannot be built, are not retried.
+Whatever has not been written when the budget is spent leaves the sink as ``write_failed``
+dead letters (the row as JSON, redrivable by ``pipelines.redrive`` with its original cell
+timestamp) instead of failing the bundle. So a flush blocks at most about
 ``write_budget_s + attempt_timeout_s`` seconds, and no exception from the client (channel
 errors, retry errors, gRPC errors on close) leaves the DoFn.
 
@@ -37,7 +38,6 @@ import orjson
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
-from google.cloud.bigtable.table import DEFAULT_RETRY
 from google.rpc import code_pb2
 
 from schemas import storage
@@ -154,13 +154,13 @@ class WriteAggregates(beam.DoFn):
             codes = self._attempt(todo, min(self._attempt_timeout_s, remaining))
             retry: dict[tuple[bytes, bytes], EnrichedRow] = {}
             for cell, e in todo.items():
-                code, message = codes.get(cell[0], (code_pb2.OK, ""))
+                code, message = codes.get(cell[0], (code_pb2.UNKNOWN, "no status returned"))
                 if code == code_pb2.OK:
                     self._written.inc()
                 elif code in RETRYABLE_CODES:
                     retry[cell] = e
                 else:  # not worth retrying: a dead letter at once
-                    failed.append((e, f"{code_pb2.Code.Name(code)}: {message}"))
+                    failed.append((e, f"{_code_name(code)}: {message}"))
             if retry and len(retry) == len(todo):
                 _LOG.warning("Bigtable unreachable (attempt %d, %d cells): %s; reconnecting", attempt, len(todo),
                              next(iter(codes.values()))[1][:300])
@@ -177,36 +177,48 @@ class WriteAggregates(beam.DoFn):
         return failed
 
     def _attempt(self, cells: dict[tuple[bytes, bytes], EnrichedRow], timeout_s: float) -> dict[bytes, tuple]:
-        """One ``mutate_rows`` call of at most ``timeout_s`` seconds; ``{row key: (code, message)}``
-        for every row key of ``cells`` (any exception counts as ``UNKNOWN`` for every row)."""
+        """One ``bulk_mutate_rows`` call of at most ``timeout_s`` seconds; ``{row key: (code,
+        message)}`` for every row key of ``cells``. A row whose mutation cannot be built is
+        ``INVALID_ARGUMENT`` (not sent); any other exception from the client counts as
+        ``UNKNOWN`` for every row sent."""
+        from google.cloud.bigtable.data import RowMutationEntry, SetCell
+        from google.cloud.bigtable.data.exceptions import MutationsExceptionGroup
+
         by_key: dict[bytes, list[tuple[bytes, EnrichedRow]]] = {}
         for (key, q), e in cells.items():
             by_key.setdefault(key, []).append((q, e))
+        codes: dict[bytes, tuple] = {}
+        entries = []
+        for key, qualified in by_key.items():
+            try:
+                entries.append(RowMutationEntry(key, [
+                    SetCell(storage.FAMILY, q, storage.encode_cell(e.row.aggregate, e.title, e.channel),
+                            timestamp_micros=e.row.cell_timestamp_us) for q, e in qualified]))
+            except Exception as exc:  # noqa: BLE001 -- this row only: it must not hold up the others
+                codes[key] = (code_pb2.INVALID_ARGUMENT, f"{type(exc).__name__}: {exc}")
         try:
-            table = self._connected_table()
-            rows = []
-            for key, qualified in by_key.items():
-                row = table.direct_row(key)
-                for q, e in qualified:
-                    r = e.row
-                    row.set_cell(storage.FAMILY, q, storage.encode_cell(r.aggregate, e.title, e.channel),
-                                 timestamp=_datetime_of_us(r.cell_timestamp_us))
-                rows.append(row)
-            statuses = table.mutate_rows(rows, retry=DEFAULT_RETRY.with_deadline(timeout_s), timeout=timeout_s)
-            return {key: (s.code, s.message) for key, s in zip(by_key, statuses)}
+            self._connected_table().bulk_mutate_rows(entries, operation_timeout=timeout_s, attempt_timeout=timeout_s)
+            codes.update((entry.row_key, (code_pb2.OK, "")) for entry in entries)
+        except MutationsExceptionGroup as group:
+            failed = {error.entry.row_key: _status_of(error.__cause__) for error in group.exceptions}
+            codes.update((entry.row_key, failed.get(entry.row_key, (code_pb2.OK, ""))) for entry in entries)
         except Exception as exc:  # noqa: BLE001 -- the client's errors are many; all count as failed attempts
-            return {key: (code_pb2.UNKNOWN, f"{type(exc).__name__}: {exc}") for key in by_key}
+            codes.update((entry.row_key, (code_pb2.UNKNOWN, f"{type(exc).__name__}: {exc}")) for entry in entries)
+        return codes
 
     def _connected_table(self):
         """The table of the current client, made anew after ``_close_client``."""
         if self._bt_table is None:
-            from google.cloud import bigtable
+            from google.cloud.bigtable.data import BigtableDataClient
 
-            self._client = bigtable.Client(project=self._project, admin=False)
-            self._bt_table = self._client.instance(self._instance).table(self._table)
+            self._client = BigtableDataClient(project=self._project)
+            self._bt_table = self._client.get_table(self._instance, self._table)
         return self._bt_table
 
     def _close_client(self) -> None:
+        """Close the client and its channel (gRPC shares a connection between the channels to
+        one address while any of them is open, so a new client alone would inherit the old
+        connection's reconnect backoff)."""
         client, self._client, self._bt_table = getattr(self, "_client", None), None, None
         if client is not None:
             try:
@@ -215,7 +227,16 @@ class WriteAggregates(beam.DoFn):
                 _LOG.warning("closing the Bigtable client failed: %s", exc)
 
 
-def _datetime_of_us(us: int):
-    import datetime as dt
+def _status_of(exc: BaseException | None) -> tuple[int, str]:
+    """``(gRPC code, message)`` of a failed entry's cause: its last attempt's error for a
+    group of retried attempts, ``UNKNOWN`` for an error without a gRPC code."""
+    from google.cloud.bigtable.data.exceptions import RetryExceptionGroup
 
-    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
+    if isinstance(exc, RetryExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[-1]
+    code = getattr(exc, "grpc_status_code", None)
+    return (code.value[0] if code is not None else code_pb2.UNKNOWN), f"{type(exc).__name__}: {exc}"
+
+
+def _code_name(code: int) -> str:
+    return code_pb2.Code.Name(code) if code in code_pb2.Code.values() else f"code {code}"
