@@ -60,7 +60,7 @@ $(FLINK_STAMP): infra/flink/requirements.lock
 toxiproxy: $(TOXIPROXY)
 $(TOXIPROXY): Makefile
 	@command -v go >/dev/null || { echo "needs Go to build Toxiproxy"; exit 1; }
-	GOBIN=$(BUILD)/toxiproxy-gobin GOFLAGS=-mod=mod \
+	GOBIN=$(BUILD)/toxiproxy-gobin \
 		go install github.com/Shopify/toxiproxy/v2/cmd/server@v$(TOXIPROXY_VERSION)
 	mkdir -p $(BUILD)/bin && mv $(BUILD)/toxiproxy-gobin/server $(TOXIPROXY) && rmdir $(BUILD)/toxiproxy-gobin
 
