@@ -43,7 +43,9 @@ def read_snapshot_file(path: str) -> dict[str, tuple[str | None, str | None]]:
     """Read a JSONL metadata file: one ``{"video_id", "title", "channel"}`` per line.
 
     Uses Beam's ``FileSystems``, so ``gs://`` paths work. Raises ``OSError`` or
-    ``ValueError`` for an unreadable file or a bad line.
+    ``ValueError`` for an unreadable file or a bad line (not an object, no string
+    ``video_id``, a ``title``/``channel`` that is neither a string nor null, or JSON that
+    orjson refuses, such as a lone surrogate: so every stored cell encodes).
     """
     from apache_beam.io.filesystems import FileSystems
 
@@ -54,7 +56,10 @@ def read_snapshot_file(path: str) -> dict[str, tuple[str | None, str | None]]:
                 d = orjson.loads(line)
                 if not isinstance(d, dict) or not isinstance(d.get("video_id"), str):
                     raise ValueError(f"{path}:{n}: expected an object with a string video_id")
-                out[d["video_id"]] = (d.get("title"), d.get("channel"))
+                title, channel = d.get("title"), d.get("channel")
+                if not all(v is None or isinstance(v, str) for v in (title, channel)):
+                    raise ValueError(f"{path}:{n}: title and channel must be strings or null")
+                out[d["video_id"]] = (title, channel)
     return out
 
 
