@@ -9,14 +9,20 @@ Returns ``Stats``: one ``Bucket`` per bucket start in range (empty buckets inclu
 count 0 and null avg/min/max) and the combined ``Aggregate`` over the range; ``value`` is
 ``function`` of the combined aggregate. Averages are recombined from sums and value
 counts. Raises ``QueryError`` for an unknown function or granularity, a reversed range,
-or a range not aligned to the granularity (never a silent rounding). A caller's time zone
-(``tz``) only changes bucket labels: buckets are UTC instants.
+a range not aligned to the granularity (never a silent rounding), an unknown time zone or a
+``video_id`` that is not valid Unicode. A caller's time zone (``tz``) only changes bucket
+labels: buckets are UTC instants.
+
+Stored cells are read with ``storage.decode_cell``: a cell the pipeline could not have
+written (corrupted, or a sum stored as null by versions before the value bound) raises
+``storage.CellError`` naming its row and column, never a ``TypeError`` halfway through a
+sum. Every cell the pipeline writes decodes (``tests/test_hostile.py``).
 """
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schemas import storage
 from schemas.event import BadTimestamp, parse_event_time
@@ -112,7 +118,7 @@ class StatsReader:
         for row in self._table.read_rows(filter_=CellsColumnLimitFilter(1)):
             video_id, event_type, granularity, _ = storage.parse_row_key(row.row_key)
             for q, cells in sorted(row.cells.get(storage.FAMILY, {}).items()):
-                agg, title, channel = storage.decode_cell(cells[0].value)
+                agg, title, channel = _decode(row.row_key, q, cells[0].value)
                 yield storage.StoredCell(video_id, event_type, granularity, storage.window_of_qualifier(q),
                                          agg, title, channel)
 
@@ -140,7 +146,7 @@ class StatsReader:
             for q, cells in row.cells.get(storage.FAMILY, {}).items():
                 w = storage.window_of_qualifier(q)
                 if start_s <= w < end_s:
-                    out[w] = storage.decode_cell(cells[0].value)[0]
+                    out[w] = _decode(row.row_key, q, cells[0].value)[0]
         return out
 
     def get_stats(self, video_id: str, event_type: str, function: str, start, end,
@@ -157,7 +163,16 @@ class StatsReader:
             if s % size:
                 unit = "hour" if granularity == "total" else granularity
                 raise QueryError(f"{name} is not aligned to a UTC {unit} boundary; ranges are never rounded")
-        zone = ZoneInfo(tz) if tz else dt.timezone.utc
+        try:
+            zone = ZoneInfo(tz) if tz else dt.timezone.utc
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise QueryError(f"unknown time zone {tz!r}") from None
+        if not isinstance(video_id, str) or not isinstance(event_type, str):
+            raise QueryError("video_id and event_type must be strings")
+        try:
+            video_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise QueryError("video_id is not valid Unicode (lone surrogate)") from None
         windows = self.read_windows(video_id, event_type, _SOURCE[granularity], start_s, end_s)
         combined = EMPTY
         for a in windows.values():
@@ -174,6 +189,13 @@ class StatsReader:
         return Stats(video_id, event_type, function, granularity,
                      dt.datetime.fromtimestamp(start_s, zone), dt.datetime.fromtimestamp(end_s, zone),
                      buckets, combined)
+
+
+def _decode(row_key: bytes, q: bytes, value: bytes):
+    try:
+        return storage.decode_cell(value)
+    except storage.CellError as exc:
+        raise storage.CellError(f"row {row_key!r} column {q!r}: {exc}") from None
 
 
 def get_stats(video_id: str, event_type: str, function: str, start, end, granularity: str,

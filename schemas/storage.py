@@ -56,7 +56,12 @@ MAX_MUTATIONS_PER_REQUEST = 100_000
 
 
 class Aggregate(NamedTuple):
-    """Running aggregate of one (video, type, window): ``min``/``max`` None without values."""
+    """Running aggregate of one (video, type, window): ``min``/``max`` None without values.
+
+    Every number in it is finite: the pipeline accepts only values with absolute value at
+    most 1e15 (``schemas.event.MAX_ABS_VALUE``), so the sum of any number of them stays far
+    inside the float range (it would take more than 1e293 events to overflow), whatever the
+    order of the additions (``merge``)."""
 
     count: int
     value_count: int
@@ -135,14 +140,71 @@ def window_of_qualifier(q: bytes) -> int:
     return int(q)
 
 
+class CellError(ValueError):
+    """A cell value that is not one ``encode_cell`` writes (``decode_cell``), or an aggregate
+    or enrichment that would not read back as itself (``encode_cell``)."""
+
+
+def _finite_number(x) -> bool:
+    return (type(x) is float or type(x) is int) and x - x == 0  # inf - inf and nan - nan are nan
+
+
+def _short(x) -> str:
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def cell_problem(agg: Aggregate, title, channel) -> str | None:
+    """Why ``(agg, title, channel)`` is not a cell the pipeline writes, or None: integer
+    counts with ``0 <= value_count <= count``, a finite sum, ``min``/``max`` null without
+    values and finite with ``min <= max`` otherwise, ``title``/``channel`` strings or null."""
+    count, value_count, total, lo, hi = agg
+    if type(count) is not int or type(value_count) is not int or not 0 <= value_count <= count:
+        return (f"count {_short(count)} and value_count {_short(value_count)} must be integers with "
+                f"0 <= value_count <= count")
+    if not _finite_number(total):
+        return f"sum {_short(total)} is not a finite number"
+    if value_count == 0:
+        if lo is not None or hi is not None:
+            return f"min {_short(lo)} and max {_short(hi)} must be null without values"
+    elif not (_finite_number(lo) and _finite_number(hi) and lo <= hi):
+        return f"min {_short(lo)} and max {_short(hi)} must be finite numbers with min <= max"
+    for name, text in (("title", title), ("channel", channel)):
+        if text is not None and type(text) is not str:
+            return f"{name} {_short(text)} must be a string or null"
+    return None
+
+
 def encode_cell(agg: Aggregate, title: str | None, channel: str | None) -> bytes:
-    return orjson.dumps({"count": agg.count, "value_count": agg.value_count, "sum": agg.sum,
-                         "min": agg.min, "max": agg.max, "title": title, "channel": channel})
+    """The cell value of one window (module docstring). Raises ``CellError`` for what would
+    not read back as itself (``cell_problem``: a sum, min or max that is not finite would be
+    written as null; a title with a lone surrogate cannot be UTF-8). The pipeline builds no
+    such aggregate: its values are bounded, so its sums are finite (``Aggregate``)."""
+    problem = cell_problem(agg, title, channel)
+    if problem is not None:
+        raise CellError(f"refusing to store a cell: {problem}")
+    try:
+        return orjson.dumps({"count": agg.count, "value_count": agg.value_count, "sum": agg.sum,
+                             "min": agg.min, "max": agg.max, "title": title, "channel": channel})
+    except orjson.JSONEncodeError as exc:  # lone surrogates in title or channel
+        raise CellError(f"refusing to store a cell: {exc}") from None
 
 
 def decode_cell(value: bytes) -> tuple[Aggregate, str | None, str | None]:
-    d = orjson.loads(value)
-    return Aggregate(d["count"], d["value_count"], d["sum"], d["min"], d["max"]), d["title"], d["channel"]
+    """``(aggregate, title, channel)`` of a stored cell value. Raises ``CellError``, and no
+    other exception, for any bytes that are not a cell ``encode_cell`` writes: not JSON, a
+    field missing or of the wrong type, a number that is not finite (a sum stored as null by
+    versions before the value bound), ``min > max``..."""
+    try:
+        d = orjson.loads(value)
+        agg = Aggregate(d["count"], d["value_count"], d["sum"], d["min"], d["max"])
+        title, channel = d["title"], d["channel"]
+    except (ValueError, KeyError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise CellError(f"not a stored cell: {type(exc).__name__}: {str(exc)[:200]}") from None
+    problem = cell_problem(agg, title, channel)
+    if problem is not None:
+        raise CellError(f"not a stored cell: {problem}")
+    return agg, title, channel
 
 
 def wall_clock_ms() -> int:

@@ -125,3 +125,106 @@ def test_single_object_keeps_its_original_bytes_and_multiline_is_compacted():
     assert parse_payload(one)[0][0].raw == one
     multi = one.replace(b", ", b",\n")
     assert b"\n" not in parse_payload(multi)[0][0].raw
+
+
+# --- SPEC.md section 1 bounds: ASCII digits, the value bound, nesting, sizes ----------------
+import sys  # noqa: E402
+import unicodedata  # noqa: E402
+
+import orjson  # noqa: E402
+
+_GOOD = {"event_id": "e1", "video_id": "V1", "event_type": "view", "event_time": "2024-05-14T10:00:30Z"}
+# the zero of every script with decimal digits but ASCII (Arabic-Indic, full-width, Devanagari, ...)
+_ZEROS = [chr(c) for c in range(sys.maxunicode + 1)
+          if unicodedata.category(chr(c)) == "Nd" and unicodedata.digit(chr(c)) == 0 and c != 0x30]
+
+
+def _reasons(payload: bytes) -> list[str]:
+    events, rejections, _ = parse_payload(payload)
+    return ["event"] * len(events) + [r.reason for r in rejections]
+
+
+def _with(**kw) -> bytes:
+    return orjson.dumps({**_GOOD, **kw})
+
+
+@pytest.mark.parametrize("zero", _ZEROS, ids=[f"U+{ord(z):04X}" for z in _ZEROS])
+def test_event_time_digits_are_ascii_only(zero):
+    t = _GOOD["event_time"]
+    for i, c in enumerate(t):
+        if c.isdigit():
+            other = chr(ord(zero) + int(c))  # the same digit in the other script
+            with pytest.raises(ev.BadTimestamp):
+                parse_event_time(t[:i] + other + t[i + 1:])
+    assert _reasons(_with(event_time="".join(chr(ord(zero) + int(c)) if c.isdigit() else c for c in t))) == [
+        ev.BAD_TIMESTAMP]
+
+
+@pytest.mark.parametrize("literal,accepted", [
+    (b"1e15", True), (b"-1e15", True), (b"1000000000000000", True), (b"-1000000000000000", True),
+    (b"999999999999999.9", True), (b"0", True), (b"-0", True), (b"-0.0", True), (b"5e-324", True),
+    (b"1e-400", True), (b"1000000000000001", False), (b"-1000000000000001", False),
+    (b"1.0000000000000002e15", False), (b"1e16", False), (b"1.7e308", False), (b"18446744073709551616", False),
+    (b"1e400", False), (b"-1e400", False), (b"1" + b"0" * 5000, False), (b"true", False), (b'"1"', False),
+    (b"[1]", False), (b"{}", False)])
+def test_value_is_finite_and_at_most_1e15_in_absolute_value(literal, accepted):
+    payload = _with(event_id="v")[:-1] + b',"value":' + literal + b"}"
+    assert _reasons(payload) == (["event"] if accepted else [ev.BAD_VALUE])
+    batch = b"[" + payload + b"," + _with(event_id="w") + b"]"  # a bad value never drops its neighbour
+    assert sorted(_reasons(batch)) == (["event", "event"] if accepted else [ev.BAD_VALUE, "event"])
+
+
+def _arrays(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth if depth else b"1"
+
+
+def _nested(shape: str, depth: int) -> bytes:
+    """A payload nested ``depth`` levels deep."""
+    if shape == "array":
+        return _arrays(depth)
+    if shape == "object":
+        return b'{"a":' * depth + b"1" + b"}" * depth
+    if shape == "field":  # the event object is one level
+        return _with()[:-1] + b',"x":' + _arrays(depth - 1) + b"}"
+    if shape == "field with a lone surrogate":  # orjson refuses it: the standard library's path
+        return _with()[:-1] + b',"n":"\\ud800","x":' + _arrays(depth - 1) + b"}"
+    return b"[" + _with()[:-1] + b',"x":' + _arrays(depth - 2) + b"}]"  # a batch item: two levels
+
+
+@pytest.mark.parametrize("shape", ["array", "object", "field", "field with a lone surrogate", "batch item"])
+@pytest.mark.parametrize("depth", [2, 254, 255, 256, 511, 512, 513, 1024, 1025, 5000])
+def test_nesting_deeper_than_512_levels_is_a_json_error(shape, depth):
+    reasons = _reasons(_nested(shape, depth))
+    if depth > ev.MAX_NESTING:
+        assert reasons == [ev.JSON_ERROR]
+    else:
+        assert reasons == {"array": [ev.NOT_AN_OBJECT], "object": [ev.MISSING_FIELD]}.get(shape, ["event"])
+
+
+@pytest.mark.parametrize("payload,reason", [
+    (b" " * (ev.MAX_PAYLOAD_BYTES + 1), ev.TOO_LARGE),
+    (b"\xff" * (ev.MAX_PAYLOAD_BYTES + 1), ev.TOO_LARGE),  # sizes are checked before decoding
+    (b"[" + b",".join([b"0"] * (ev.MAX_BATCH_ITEMS + 1)) + b"]", ev.TOO_LARGE),
+    (b"[" + b",".join([ev.MIN_VALID_EVENT] * 2) + b"]", None),
+])
+def test_payloads_over_the_size_bounds_are_one_too_large_dead_letter(payload, reason):
+    events, rejections, n_in = parse_payload(payload)
+    if reason is None:
+        assert len(events) == n_in == 2 and not rejections
+    else:
+        assert (events, [r.reason for r in rejections], n_in) == ([], [reason], 1)
+        assert rejections[0].payload == payload and len(rejections[0].detail) <= ev.MAX_DETAIL_CHARS
+
+
+_TIMES = [0, -1, ev.MIN_EPOCH_MS * 1000, ev.END_EPOCH_MS * 1000 - 1, ev.END_EPOCH_MS * 1000,
+          ev.MIN_EPOCH_MS * 1000 - 1, -(10**15) * 1000 + 7, 2**63 - 1, -(2**63), 10**5000, 1.5, float("inf"), None]
+
+
+@pytest.mark.parametrize("time_us", _TIMES, ids=[f"t{i}" for i in range(len(_TIMES))])
+def test_format_time_us_is_total(time_us):
+    text = ev.format_time_us(time_us)
+    assert text.isascii()
+    if isinstance(time_us, int) and ev.MIN_EPOCH_MS * 1000 <= time_us < ev.END_EPOCH_MS * 1000:
+        assert parse_event_time(text) == time_us  # RFC 3339 that reads back, years 1-999 included
+    elif not isinstance(time_us, float):
+        assert "outside years 1-9999" in text

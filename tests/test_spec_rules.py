@@ -99,3 +99,40 @@ def test_refused_queries(bigtable_host):
                       "granularity": g, "error": True} for s, e, g in bad]
          + [{"video_id": "V1", "event_type": "view", "function": "count", "start": "2024-05-14T10:00:00Z",
              "end": "2024-05-14T10:00:00Z", "granularity": "minute", "value": 0}]})
+
+
+@pytest.mark.parametrize("zero", ["\u0660", "\u06f0", "\u0966", "\uff10", "\U0001d7ce"],
+                         ids=["arabic-indic", "extended-arabic-indic", "devanagari", "full-width", "math-bold"])
+def test_section_1_bounds_through_the_pipeline(bigtable_host, zero):
+    """ASCII digits only in event_time, |value| <= 1e15, nesting <= 512 levels and the size
+    bounds (``too_large``, an extension: schemas/event.py) through the whole pipeline: each
+    refused input is one dead letter with its counter, and the events around them count."""
+    import base64
+
+    from schemas.event import MAX_BATCH_ITEMS, MAX_PAYLOAD_BYTES
+
+    def digits(text):
+        return "".join(chr(ord(zero) + int(c)) if c.isdigit() else c for c in text)
+
+    good = ev("g", "2024-05-14T10:00:30Z")
+    field = '{"event_id": "%s", "video_id": "V1", "event_type": "view", "event_time": "2024-05-14T10:00:40Z", ' \
+            '"value": %s, "x": %s}'
+    steps = [{"advance_processing_time_s": 60},
+             {"publish": [[good, ev("d1", digits("2024-05-14T10:00:30Z")), ev("d2", "2024-05-14T10:00:3" + zero + "Z"),
+                           ev("d3", digits("2024") + "-05-14T10:00:30Z")]]},
+             {"publish_raw": [field % ("v1", "1e15", "1"), field % ("v2", "-1000000000000000", "1"),
+                              field % ("v3", "1000000000000001", "1"), field % ("v4", "1.7e308", "1"),
+                              field % ("v5", "-1e400", "1"), field % ("v6", "1" + "0" * 5000, "1"),
+                              field % ("n1", "1", "[" * 511 + "]" * 511), field % ("n2", "1", "[" * 512 + "]" * 512),
+                              "[" + field % ("n3", "1", "[" * 510 + "]" * 510) + "]",
+                              "[" + field % ("n4", "1", "[" * 511 + "]" * 511) + "]"]},
+             {"publish_base64": [base64.b64encode(b" " * MAX_PAYLOAD_BYTES + b"{}").decode(),
+                                 base64.b64encode(b"[" + b",".join([b"0"] * (MAX_BATCH_ITEMS + 1)) + b"]").decode()]},
+             {"publish": [ev("last", "2024-05-14T10:00:50Z", value=2)]}]
+    # counted: g, v1, v2, n1, n3, last (values 1e15, -1e15, 1, 1, 2)
+    run(steps, {"dead_letters": {"bad_timestamp": 3, "bad_value": 4, "json_error": 2, "too_large": 2},
+                "metrics": {"events_in": 6 + 3 + 4 + 2 + 2, "events_accepted": 6, "dead_letters": 11,
+                            "dead_letters_too_large": 2, "dead_letters_json_error": 2},
+                "rows": [row("V1", "view", "minute", "2024-05-14T10:00:00Z", 6, 5, 4, -1e15, 1e15),
+                         row("V1", "view", "hour", "2024-05-14T10:00:00Z", 6, 5, 4, -1e15, 1e15)],
+                "rows_exact": True})

@@ -17,6 +17,13 @@ Outputs of ``ValidateEvents``:
 Every output keeps the input element's timestamp (the source's: the watermark at pull for
 ``ReadFromPubSubPortable``, the publish time for the native source; never behind the
 watermark); event times travel as data.
+
+No payload can make ``ValidateEvents`` raise, stall or retry (SPEC.md section 1): decoding
+is ``schemas.event.parse_payload``, which never raises and bounds every cost by the
+payload's size (its module docstring lists the bounds, and the ``too_large`` extension
+code); every input ends as a chunk for dedup or a dead letter, with ``events_in`` counted
+as SPEC.md section 5 says, and dead-letter details are short ASCII. ``tests/test_hostile.py``
+drives arbitrary bytes and documents through it.
 """
 from __future__ import annotations
 
