@@ -203,7 +203,9 @@ def test_late_copy_of_a_counted_event_is_too_late_not_a_duplicate(stamped):
     assert sum(dup) == 0
 
 
-def test_early_and_late_panes_carry_running_totals():
+def _early_on_time_and_late_panes() -> list:
+    """The rows of every firing of a stream that fires early, on-time and late panes of
+    minute 10:00 (events at 10:00:05, 10:00:20 and, after the watermark passed, 10:00:50)."""
     clock = (_Clock().wait(5).publish(_msg(_ev("a", "2024-05-14T10:00:05Z", value=1)))
              .wait(31).publish(_msg(_ev("b", "2024-05-14T10:00:20Z", value=2)))
              .wait(31).watermark("2024-05-14T10:02:00Z")
@@ -211,6 +213,11 @@ def test_early_and_late_panes_carry_running_totals():
     p, out = _count(clock, early=30)
     rows = _collect(out[ROWS])
     p.run().wait_until_finish()
+    return rows
+
+
+def test_early_and_late_panes_carry_running_totals():
+    rows = _early_on_time_and_late_panes()
     _check_running_totals([(r.pane_index, r.aggregate.count, r.aggregate.sum) for r in rows
                            if r.granularity == "minute"], final=(3, 7.0))
 
@@ -319,13 +326,7 @@ def test_a_later_pane_wins_when_its_workers_clock_is_behind(monkeypatch):
 
     reads = iter(range(10**12, 0, -3_600_000))
     monkeypatch.setattr(aggregate_module, "wall_clock_ms", lambda: next(reads))
-    clock = (_Clock().wait(5).publish(_msg(_ev("a", "2024-05-14T10:00:05Z", value=1)))
-             .wait(31).publish(_msg(_ev("b", "2024-05-14T10:00:20Z", value=2)))
-             .wait(31).watermark("2024-05-14T10:02:00Z")
-             .publish(_msg(_ev("c", "2024-05-14T10:00:50Z", value=4))).wait(31))
-    p, out = _count(clock, early=30)
-    rows = _collect(out[ROWS])
-    p.run().wait_until_finish()
+    rows = _early_on_time_and_late_panes()
     by_window: dict = {}
     for r in sorted(rows, key=lambda r: r.pane_index):
         by_window.setdefault((r.granularity, r.window_start_s), []).append((r.aggregate.count, r.cell_timestamp_us))

@@ -42,6 +42,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_process(argv: list[str], name: str, ready, timeout_s: float) -> tuple[subprocess.Popen, str]:
+    """Start ``argv`` in its own process group (it dies with this process), its output to a
+    temporary log, and wait until ``ready()`` returns without raising ``OSError``.
+    Returns ``(process, log path)``. Raises ``RuntimeError`` if it exits first and
+    ``TimeoutError`` (after stopping it) if it is not ready within ``timeout_s`` seconds."""
+    log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=_die_with_parent)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}; log: {log.name}")
+        try:
+            ready()
+            _LOG.info("%s up (pid %d)", name, proc.pid)
+            return proc, log.name
+        except OSError:
+            time.sleep(0.2)
+    stop_process(proc)
+    raise TimeoutError(f"{name} was not ready within {timeout_s}s; log: {log.name}")
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """Stop a process group started by ``start_process``: SIGTERM, then SIGKILL after 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
 @dataclass
 class Emulator:
     name: str
@@ -59,35 +95,16 @@ class Emulator:
         if not os.path.exists(self.argv[0]):
             raise EmulatorMissing(f"the {self.name} emulator is not installed at {self.argv[0]} "
                                   "(it ships with the Google Cloud CLI; see README)")
-        log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-emulator-", suffix=".log", delete=False)
-        self.log_path = log.name
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} emulator exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    _LOG.info("%s emulator up on %s (pid %d)", self.name, self.host, self.proc.pid)
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"{self.name} emulator did not listen on {self.host} within {self.startup_timeout_s}s")
+
+        def listening() -> None:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+
+        self.proc, self.log_path = start_process(self.argv, f"{self.name}-emulator", listening,
+                                                 self.startup_timeout_s)
+        return self
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_process(self.proc)
 
     def __enter__(self) -> "Emulator":
         return self.start()

@@ -20,20 +20,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from viewcounts.emulators import _die_with_parent, free_port
+from pipelines.runners import BUILD_DIR
+from viewcounts.emulators import free_port, start_process, stop_process
 
 _LOG = logging.getLogger(__name__)
-BUILD_DIR = Path(os.environ.get("VIEWCOUNTS_BUILD_DIR", Path(__file__).resolve().parents[1] / "build"))
 TOXIPROXY_BINARY = BUILD_DIR / "bin" / "toxiproxy-server"
 API_TIMEOUT_S = 10.0
 
@@ -53,35 +49,13 @@ class FaultProxy:
             raise FileNotFoundError(f"{self._binary} is missing: run `make toxiproxy` first")
         port = free_port()
         self.api = f"http://127.0.0.1:{port}"
-        log = tempfile.NamedTemporaryFile(prefix="toxiproxy-", suffix=".log", delete=False)
-        self.log_path = log.name
-        self._proc = subprocess.Popen([str(self._binary), "-host", "127.0.0.1", "-port", str(port)],
-                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True, preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + self._startup_timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"toxiproxy exited with {self._proc.returncode}; log: {self.log_path}")
-            try:
-                self._call("GET", "/proxies")
-                _LOG.info("toxiproxy up on %s (pid %d)", self.api, self._proc.pid)
-                return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"toxiproxy did not answer on {self.api} within {self._startup_timeout_s}s")
+        self._proc, self.log_path = start_process(
+            [str(self._binary), "-host", "127.0.0.1", "-port", str(port)], "toxiproxy",
+            lambda: self._call("GET", "/proxies"), self._startup_timeout_s)
+        return self
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        try:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_process(self._proc)
 
     def __enter__(self) -> "FaultProxy":
         return self.start()
