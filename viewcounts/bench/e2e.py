@@ -89,7 +89,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -108,7 +107,7 @@ from schemas.storage import EMPTY, Aggregate, merge
 from viewcounts import provision
 from viewcounts.bench import workload
 from viewcounts.bench.queries import emulator_env
-from viewcounts.emulators import bigtable_emulator, pubsub_emulator
+from viewcounts.emulators import bigtable_emulator, pubsub_emulator, stop_process
 
 _LOG = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -372,20 +371,7 @@ def streaming_job(flags: list[str], log_path: Path):
     try:
         yield proc
     finally:
-        _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        pass
+        stop_process(proc)
 
 
 def wait_until_ready(reader, proc: subprocess.Popen, topic_path: str, timeout_s: float) -> float:
