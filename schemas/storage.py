@@ -28,7 +28,10 @@ clock (whole ms) when the window's state was first created, kept in that state: 
 and every job restored from a checkpoint of it uses the same base. Panes accumulate, so a
 later pane has a count at least as large as any earlier pane of the same window (equal only
 when it holds the same events), and readers take the newest cell: a later pane wins whatever
-order the writes land in and whichever worker fired it. A pane fired again after a restore
+order the writes land in and whichever worker fired it. Two panes of a window with the same
+count hold the same events, so they tie with the same aggregate and differ at most in
+``title``/``channel`` (metadata refreshed after the window's last event; either is what
+SPEC.md section 3 allows), and Bigtable keeps whichever write of the tie lands last. A pane fired again after a restore
 from a checkpoint holds the events of the one it replaces plus those redelivered since, so it
 never loses to a pane of the failed attempt. The base keeps cells near write time for the
 age part of the GC rule. A batch recompute creates its windows when it runs, so its cells win
