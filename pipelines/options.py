@@ -26,7 +26,7 @@ class CountingOptions(PipelineOptions):
                             "1 MB cut; the files keep them whole)")
         parser.add_argument("--dead_letter_path",
                             help="folder (local or gs://) for dead-letter files, their durable record; default: "
-                            "a dead-letters folder beside --archive_path")
+                            "a dead-letters folder beside --archive_path; a job with neither is refused")
         parser.add_argument("--bigtable_project", default=storage.DEFAULT_PROJECT)
         parser.add_argument("--bigtable_instance", default=storage.DEFAULT_INSTANCE)
         parser.add_argument("--bigtable_table", default=storage.DEFAULT_TABLE)
@@ -95,14 +95,16 @@ def default_dead_letter_path(archive_path: str | None) -> str | None:
 
 
 def sinks_of(o: CountingOptions, streaming: bool = True) -> SinkConfig:
-    """The sinks the flags ask for. Dead letters always go to files when there is a folder
-    for them (``--dead_letter_path``, else ``default_dead_letter_path``); a
-    ``--dead_letter_topic`` without one raises ``ValueError`` (a topic alone is not
-    durable: ``transforms.dead_letters``)."""
+    """The sinks the flags ask for. Dead letters always go to files (``--dead_letter_path``,
+    else ``default_dead_letter_path``); with no folder for them this raises ``ValueError``:
+    every job has dead letters (``write_failed`` ones are the only record of an aggregate
+    Bigtable refused), and a ``--dead_letter_topic`` alone is not durable
+    (``transforms.dead_letters``)."""
     dead_letter_path = o.dead_letter_path or default_dead_letter_path(o.archive_path)
-    if o.dead_letter_topic and not dead_letter_path:
-        raise ValueError("--dead_letter_topic needs --dead_letter_path (or an --archive_path with a parent "
-                         "folder, beside which dead letters go): the topic only gets a best-effort copy")
+    if not dead_letter_path:
+        raise ValueError("dead letters need a folder for their files: give --dead_letter_path (or an "
+                         "--archive_path with a parent folder, beside which dead letters go); "
+                         "--dead_letter_topic only gets a best-effort copy")
     return SinkConfig(o.bigtable_project, o.bigtable_instance, o.bigtable_table, o.archive_path,
                       o.dead_letter_topic, dead_letter_path,
                       bigtable_write_budget_s=o.bigtable_write_budget_s,

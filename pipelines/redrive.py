@@ -4,15 +4,22 @@ Reads dead-letter files (``--dead_letter_glob``, the JSONL layout of schemas/arc
 keeps the ``write_failed`` ones and writes each stored row again with its *original* cell
 timestamp: a redriven pane can never overwrite a newer pane written since, and a redrive
 run twice changes nothing. Rows that fail again become dead letters again, in
-``--dead_letter_path``. Other reasons are input errors: fix the producer, then republish
-the ``payload`` with ``viewcounts replay``. The write budget flags are the streaming job's
-(``--bigtable_write_budget_s``, ``--bigtable_attempt_timeout_s``: ``transforms.bigtable_sink``).
+``--dead_letter_path``; by default in ``<folder>-redrive``, beside the folder the glob reads
+from (its part before the first wildcard: ``gs://B/dead-letters/**`` ->
+``gs://B/dead-letters-redrive``); a glob with no such folder (a bucket's root) needs the
+flag. Redrive that folder too once Bigtable is back. Other reasons are input errors: fix
+the producer, then republish the ``payload`` with ``viewcounts replay``. The write budget
+flags are the streaming job's (``--bigtable_write_budget_s``,
+``--bigtable_attempt_timeout_s``: ``transforms.bigtable_sink``).
 ``build_pipeline(argv)`` returns the job unrun::
 
     python -m pipelines.redrive --dead_letter_glob 'gs://B/dead-letters/2024/05/14/**' \\
         --dead_letter_path gs://B/dead-letters-redrive --bigtable_project P ...
 """
 from __future__ import annotations
+
+import posixpath
+import re
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -32,12 +39,25 @@ class RedriveOptions(PipelineOptions):
         parser.add_argument("--dead_letter_glob", help="dead-letter files to read (glob); required")
 
 
+def default_redrive_path(dead_letter_glob: str) -> str | None:
+    """``<folder>-redrive``: ``folder`` is the glob's part before its first wildcard, up to its
+    last ``/``; None when that is no folder below a bucket or the current directory."""
+    folder = posixpath.dirname(re.split(r"[*?\[]", dead_letter_glob, maxsplit=1)[0]).rstrip("/")
+    if not folder or ("://" in dead_letter_glob and "/" not in folder.split("://", 1)[1]):
+        return None
+    return folder + "-redrive"
+
+
 def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     options = PipelineOptions(argv)
     o = options.view_as(CountingOptions)
     dead_letter_glob = options.view_as(RedriveOptions).dead_letter_glob
     if not dead_letter_glob:
         raise ValueError("--dead_letter_glob is required")
+    dead_letter_path = o.dead_letter_path or default_redrive_path(dead_letter_glob)
+    if not dead_letter_path:
+        raise ValueError(f"--dead_letter_path is required: rows that fail again need a folder, and "
+                         f"--dead_letter_glob {dead_letter_glob} has none to put one beside")
     pipeline = beam.Pipeline(options=options)
     failed_again = (pipeline
                     | "read dead letters" >> beam.io.ReadFromText(dead_letter_glob,
@@ -48,8 +68,7 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
                     | "write to Bigtable" >> beam.ParDo(WriteAggregates(
                         o.bigtable_project, o.bigtable_instance, o.bigtable_table,
                         write_budget_s=o.bigtable_write_budget_s, attempt_timeout_s=o.bigtable_attempt_timeout_s)))
-    if o.dead_letter_path:
-        failed_again | "dead letters" >> WriteDeadLetters(o.dead_letter_path, None, new_run_id())
+    failed_again | "dead letters" >> WriteDeadLetters(dead_letter_path, None, new_run_id())
     return pipeline
 
 

@@ -15,17 +15,22 @@ affected hours from the raw archive, once their windows have closed:
   exactly when a job starts without state; the job also logs a warning that says what to
   run. A job's first start writes one too: with no older files it selects no hour.
 * ``plan_recompute(archive_path, now_s)``: the hours whose folder holds files of a run that
-  started without state *and* files of another run written before that start (the
-  archive's file names carry the run and the write time, ``schemas.archive``), split into
-  ``closed`` ones (the hour's end plus the job's allowed lateness plus ``CLOSE_MARGIN_S``
-  is past ``now_s``: no pane of them can change any more) and ``open`` ones (run the
-  recompute again later). ``python -m pipelines.batch_recompute --after_restarts``
+  started without state *and* files of any other run, written before or after that start
+  (the archive's file names carry the run, ``schemas.archive``; an old job still writing
+  after the new one started -- start the new job, then drain the old -- counted part of
+  the hour too; a superfluous recompute is harmless), split into ``closed`` ones (the
+  hour's end plus the job's allowed lateness plus ``CLOSE_MARGIN_S`` is past ``now_s``:
+  no pane of them can change any more) and ``open`` ones (run the recompute again later). ``python -m pipelines.batch_recompute --after_restarts``
   recomputes the closed hours; running it again is harmless (it overwrites with the same
   values). Cost: one listing of the archive's files (of the ``--start``/``--end`` hours
   when those are given).
 
-For a replay of old data ``now_s`` says nothing about the job's watermark: run the
-recompute once the replay's windows have closed (the job's watermark is past them).
+``CLOSE_MARGIN_S`` assumes a job that keeps up: its watermark then trails the wall clock by
+the portable source's sample period (the earliest timestamp pulled in the last 60 s,
+``transforms.pubsub_io.PullWatermark``) plus the publishers' delay. A job with a backlog
+trails by more: let it catch up before recomputing. For a replay of old data ``now_s`` says
+nothing about the job's watermark: run the recompute once the replay's windows have closed
+(the job's watermark is past them).
 """
 from __future__ import annotations
 
@@ -43,7 +48,12 @@ from schemas.archive import ARCHIVE_WINDOW_S, RESTARTS_FOLDER, hour_folder, pars
 
 _LOG = logging.getLogger(__name__)
 
-CLOSE_MARGIN_S = 60  # a live job's watermark trails the wall clock by seconds, not minutes
+# How far a live job's watermark may trail the wall clock: the portable source's 60 s sample
+# period, pulls up to 10 s apart and up to 230 s of publish delay (clients that buffer
+# events) -- for a job that keeps up; one with a backlog trails further. Were it smaller,
+# an hour could be recomputed while the job still accepts its events, and their late panes
+# (cells stamped from the job's window state) would lose to the recompute's newer cell.
+CLOSE_MARGIN_S = 300
 
 
 class _WriteMarker(beam.DoFn):
@@ -96,19 +106,18 @@ def plan_recompute(archive_path: str, now_s: float, hours: range | None = None) 
         with FileSystems.open(path) as f:
             markers.append(orjson.loads(f.read()))
     folders = [f"{root}/*/*/*/*"] if hours is None else [hour_folder(root, h) for h in hours]
-    earliest: dict[int, dict[str, int]] = defaultdict(dict)  # hour -> run -> its first file's write time
+    runs_of_hour: dict[int, set[str]] = defaultdict(set)
     hours_of_run: dict[str, set[int]] = defaultdict(set)
     for path in _match([f"{folder}/*.jsonl" for folder in folders]) if folders else []:
         name = parse_file_path(path)
         if name is not None:
-            runs = earliest[name.hour_s]
-            runs[name.run_id] = min(runs.get(name.run_id, name.written_ms), name.written_ms)
+            runs_of_hour[name.hour_s].add(name.run_id)
             hours_of_run[name.run_id].add(name.hour_s)
     lateness_by_hour: dict[int, int] = {}
     for marker in markers:
-        run_id, started_ms = marker["run_id"], marker["started_ms"]
+        run_id = marker["run_id"]
         for hour_s in hours_of_run.get(run_id, ()):
-            if any(run != run_id and written_ms < started_ms for run, written_ms in earliest[hour_s].items()):
+            if runs_of_hour[hour_s] - {run_id}:  # another run wrote there, whenever
                 lateness_by_hour[hour_s] = max(lateness_by_hour.get(hour_s, 0), marker["allowed_lateness_s"])
     closed = sorted(h for h, lateness in lateness_by_hour.items()
                     if h + ARCHIVE_WINDOW_S + lateness + CLOSE_MARGIN_S <= now_s)

@@ -1,5 +1,6 @@
 """The streaming job: Pub/Sub -> validate -> dedup -> minute/hour windows -> enrich -> Bigtable,
-with dead letters to a Pub/Sub topic and/or files and the raw archive to files.
+with dead letters to files (``--dead_letter_path``, else beside ``--archive_path``; the job
+refuses to start with neither) and a best-effort copy on a Pub/Sub topic, and the raw archive to files.
 
 ``build_pipeline(argv)`` builds the job and returns it without running it (tests and the
 demo drive it); ``main`` runs it::
@@ -68,10 +69,11 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     o = options.view_as(CountingOptions)
     if not o.input_subscription:
         raise ValueError("--input_subscription is required")
+    sinks = sinks_of(o)  # raises without a folder for the dead letters
     runner = runners.prepare(options)
     pipeline = beam.Pipeline(options=options)
     count_and_store(read_events(pipeline, runner, o), enrichment(pipeline, runner, o),
-                    policy_of(o, check_age=o.check_event_age, local=runner == "local"), o.early_firing_s, sinks_of(o),
+                    policy_of(o, check_age=o.check_event_age, local=runner == "local"), o.early_firing_s, sinks,
                     stamped_watermark=runners.stamped_watermark(runner))
     return pipeline
 

@@ -184,6 +184,30 @@ def test_redrive_rewrites_failed_panes_with_their_own_timestamps(table, tmp_path
         assert cells[("V1", "minute", H + 60)].aggregate.count == 9
 
 
+def test_redrive_keeps_rows_that_fail_again_in_a_folder_beside_the_glob_by_default(tmp_path, monkeypatch):
+    """Without --dead_letter_path, a row the redrive cannot write (Bigtable still down) becomes
+    a write_failed dead letter in ``<folder>-redrive``, not nothing; no such folder: refused."""
+    from pipelines import redrive
+    from schemas.archive import DeadLetter, local_lines
+    from transforms.bigtable_sink import row_from_json, row_to_json
+
+    assert redrive.default_redrive_path("gs://b/dead-letters/**") == "gs://b/dead-letters-redrive"
+    assert redrive.default_redrive_path("/d/dl/2024/*/x.jsonl") == "/d/dl/2024-redrive"
+    for glob_without_folder in ("gs://b/*.jsonl", "gs://b/x.jsonl", "*.jsonl"):
+        assert redrive.default_redrive_path(glob_without_folder) is None
+        with pytest.raises(ValueError, match="--dead_letter_path"):
+            redrive.build_pipeline([f"--dead_letter_glob={glob_without_folder}"])
+    monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", "127.0.0.1:9")  # nothing listens: every write fails
+    failed = _row(Aggregate(7, 0, 0.0, None, None), H, ts_us=cell_timestamp_us(wall_clock_ms(), 7))
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / "x.jsonl").write_bytes(DeadLetter(row_to_json(failed), "write_failed", "x", 1).to_json() + b"\n")
+    redrive.build_pipeline([f"--dead_letter_glob={tmp_path}/dl/*.jsonl", "--runner=DirectRunner",
+                            "--bigtable_project=p", "--bigtable_instance=i", "--bigtable_table=t",
+                            "--bigtable_write_budget_s=1", "--bigtable_attempt_timeout_s=0.5"]).run().wait_until_finish()
+    again = [DeadLetter.from_json(line) for line in local_lines(str(tmp_path / "dl-redrive"))]
+    assert [(d.reason, row_from_json(d.payload)) for d in again] == [("write_failed", failed)]
+
+
 def test_job_modules_leave_other_pipelines_options_alone():
     """Beam parses every registered options class on every view: no job may make a flag
     argparse-required, or merely importing it breaks every other pipeline in the process."""

@@ -59,6 +59,41 @@ def test_dead_letter_files_default_beside_the_archive():
     assert default_dead_letter_path("gs://b") is None and default_dead_letter_path(None) is None
 
 
+def test_a_job_without_a_folder_for_its_dead_letters_is_refused(tmp_path):
+    """write_failed dead letters are the only record of an aggregate Bigtable refused: every
+    job that makes dead letters writes them to files, or is not built."""
+    import apache_beam as beam
+
+    from pipelines import batch_recompute, streaming
+    from pipelines.graph import count_and_store
+    from pipelines.options import SinkConfig
+    from transforms.dead_letters import WriteDeadLetters
+    from transforms.enrich import EnrichFromFile
+    from transforms.validate import AcceptancePolicy
+
+    sub = "--input_subscription=projects/my-project/subscriptions/s"
+    for flags in ([sub], [sub, "--dead_letter_topic=projects/my-project/topics/t"], [sub, "--archive_path=gs://bucket"]):
+        with pytest.raises(ValueError, match="--dead_letter_path"):
+            streaming.build_pipeline(flags)
+    with pytest.raises(ValueError, match="--dead_letter_path"):
+        batch_recompute.build_pipeline(["--archive_path=gs://bucket", "--start=2024-05-14T10:00:00Z",
+                                        "--end=2024-05-14T11:00:00Z"])
+    with pytest.raises(ValueError, match="--dead_letter_path"):
+        count_and_store(beam.Pipeline() | beam.Create([]), EnrichFromFile(None, None), AcceptancePolicy(),
+                        None, SinkConfig("p", "i", "t", None, None, None))
+    for flags, folder in (([f"--dead_letter_path={tmp_path}/dl"], f"{tmp_path}/dl"),
+                          ([f"--archive_path={tmp_path}/archive"], f"{tmp_path}/dead-letters")):
+        found = []
+
+        class Visitor(beam.pipeline.PipelineVisitor):
+            def enter_composite_transform(self, node):
+                if isinstance(node.transform, WriteDeadLetters):
+                    found.append(node.transform._path)
+
+        streaming.build_pipeline([sub, *flags]).visit(Visitor())
+        assert found == [folder], flags
+
+
 def test_bundle_files_are_written_before_the_bundle_ends_and_when_the_buffer_fills(tmp_path):
     root = str(tmp_path / "files")
     fn = _WriteBundleFiles(root, "dead-letters", "00000000ab", max_buffer_bytes=1000)

@@ -15,13 +15,17 @@
 """
 from __future__ import annotations
 
+import inspect
 import os
 import signal
+import tempfile
 import time
 
 import orjson
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from pipelines import batch_recompute
 from pipelines.restarts import CLOSE_MARGIN_S, plan_recompute
@@ -29,6 +33,7 @@ from pipelines.runners import FlinkJobOptions, latest_checkpoint, prepare, runne
 from schemas.archive import file_name, hour_folder, restart_marker_path
 from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, archive_missing, kill, restart_markers
 from tests.test_streaming_runners import _wait_for
+from transforms.pubsub_io import PullWatermark, ReadFromPubSubPortable
 from viewcounts import replay
 from viewcounts.reconcile import reconcile
 
@@ -70,6 +75,50 @@ def test_recompute_plan_takes_the_hours_a_start_without_state_shares_with_earlie
     assert plan_recompute(root, closed_at).closed == [H + 3600, H + 7200]
     assert plan_recompute(root, closed_at, range(H + 7200, H + 10800, 3600)).closed == [H + 7200]
     assert plan_recompute(str(tmp_path / "nothing"), closed_at).closed == []
+
+
+STATELESS, OTHERS = "00000000bb", ("00000000aa", "00000000cc")
+
+
+@settings(max_examples=150, deadline=None)
+@given(started_s=st.integers(-3600, 7200),
+       files=st.lists(st.tuples(st.sampled_from((STATELESS, *OTHERS)), st.integers(-600, 7200)), max_size=6))
+def test_recompute_plan_takes_every_hour_the_stateless_run_shares_with_another_run_whenever_written(
+        started_s, files):
+    """An hour holding files of a run that started without state and of any other run is
+    recomputed, whether the other run wrote before or after that start (an old job drained
+    after the new one started also counted part of the hour)."""
+    with tempfile.TemporaryDirectory() as root:
+        _marker(root, H + started_s, STATELESS)
+        for run_id, written_s in files:
+            _file(root, H, H + written_s, run_id)
+        runs = {run_id for run_id, _ in files}
+        shared = STATELESS in runs and bool(runs - {STATELESS})
+        assert plan_recompute(root, H + 10 * 3600).closed == ([H] if shared else [])
+
+
+@settings(max_examples=100, deadline=None)
+@given(lateness_s=st.integers(0, 3600), pull_gap_s=st.floats(0.1, 10), phase=st.floats(0, 1),
+       delays_s=st.lists(st.floats(0, 230), min_size=1, max_size=20))
+@example(lateness_s=0, pull_gap_s=9.9, phase=0.6162, delays_s=[230.0])  # lags 299.2 s: the worst case
+def test_an_hour_called_closed_admits_no_event_of_it_any_more(lateness_s, pull_gap_s, phase, delays_s):
+    """When the plan calls an hour closed, the portable source's watermark (the earliest
+    timestamp pulled in its sample period) is past the hour's end plus the allowed lateness
+    for a job that keeps up (pulls at most 10 s apart) with publishers up to 230 s behind:
+    no late pane of the hour can follow the recompute's cell."""
+    sample_s = inspect.signature(ReadFromPubSubPortable).parameters["sample_s"].default
+    with tempfile.TemporaryDirectory() as root:
+        _file(root, H, H + 100, "00000000aa")
+        _marker(root, H + 1800, STATELESS, lateness_s)
+        _file(root, H, H + 1900, STATELESS)
+        closed_at = H + 3600 + lateness_s + CLOSE_MARGIN_S
+        assert plan_recompute(root, closed_at - 1).closed == [] and plan_recompute(root, closed_at).closed == [H]
+    watermark, t, i = PullWatermark(None, now_s=closed_at - 600), closed_at - 600 + phase * pull_gap_s, 0
+    while t <= closed_at:
+        delay_s = delays_s[i % len(delays_s)]
+        watermark.pulled([round((t - delay_s) * 1_000_000)], t, sample_s)
+        t, i = t + pull_gap_s, i + 1
+    assert watermark.current_watermark().micros >= (H + 3600 + lateness_s) * 1_000_000
 
 
 def _checkpoint(root, job: str, n: int, mtime: float) -> str:

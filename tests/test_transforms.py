@@ -295,6 +295,33 @@ def test_enrich_from_file_rereads_after_refresh_and_keeps_the_snapshot_when_a_re
     assert next(unenriched.process([row]))[0][1:] == (None, None)
 
 
+@pytest.mark.parametrize("refresh_s", [10, None])
+@pytest.mark.parametrize("broken", [b'{"video_id": "V1", "title": "A"}\n{"video_id": "V2", "title": 5}\n', None])
+def test_enrich_from_file_starts_empty_when_its_first_read_fails_and_reads_again_later(
+        tmp_path, monkeypatch, broken, refresh_s):
+    """A (re)started worker whose metadata file has a bad line or is missing does not fail
+    (a Flink failover loop): it stamps nulls and reads again at the next refresh, or every
+    RETRY_S seconds when not refreshing."""
+    path = tmp_path / "metadata.jsonl"
+    if broken is not None:
+        path.write_bytes(broken)
+    clock = [100.0]
+    monkeypatch.setattr("transforms.enrich.time.monotonic", lambda: clock[0])
+    row = AggregateRow("V1", "view", "minute", 0, Aggregate(1, 0, 0.0, None, None), 0, 1000)
+    fn = _EnrichFromFileFn(str(path), refresh_s=refresh_s)
+    fn.setup()
+    assert next(fn.process([row]))[0][1:] == (None, None)
+    path.write_bytes(b'{"video_id": "V1", "title": "A", "channel": "C"}\n')
+    retry_s = refresh_s or _EnrichFromFileFn.RETRY_S
+    clock[0] += retry_s - 1
+    assert next(fn.process([row]))[0][1:] == (None, None)  # not yet due
+    clock[0] += 1
+    assert next(fn.process([row]))[0][1:] == ("A", "C")
+    path.write_bytes(b"not json\n")
+    clock[0] += 10 * retry_s
+    assert next(fn.process([row]))[0][1:] == ("A", "C")  # read once (or a failed re-read): kept
+
+
 def test_files_land_in_their_hour_folder_in_files_named_by_run(tmp_path):
     root = str(tmp_path / "archive")
     h10, h09 = 1715680800, 1715677200

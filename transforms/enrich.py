@@ -115,7 +115,10 @@ class EnrichFromSnapshots(beam.PTransform):
 class EnrichFromFile(beam.PTransform):
     """Enrich from the metadata file at ``path`` (``read_snapshot_file``; ``None``: no
     metadata, nulls), re-read every ``refresh_s`` seconds (``None``: read once per worker).
-    A failed first read raises; a failed re-read keeps the previous snapshot and logs it."""
+    A failed read never fails the worker (a restarted one would fail again, a Flink failover
+    loop): it is logged, a failed re-read keeps the previous snapshot, and a failed first read
+    starts with an empty one (unknown entities: null title and channel, SPEC section 3),
+    tried again at the next refresh (every ``RETRY_S`` seconds when not refreshing)."""
 
     def __init__(self, path: str | None, refresh_s: float | None) -> None:
         super().__init__()
@@ -126,20 +129,29 @@ class EnrichFromFile(beam.PTransform):
 
 
 class _EnrichFromFileFn(beam.DoFn):
+    RETRY_S = 60  # seconds between tries of a failed first read without ``refresh_s``
+
     def __init__(self, path: str | None, refresh_s: float | None) -> None:
         self._path, self._refresh_s = path, refresh_s
 
     def setup(self) -> None:
-        self._entries = read_snapshot_file(self._path) if self._path else {}
+        self._entries, self._read = {}, False
         self._read_at = time.monotonic()
+        if self._path:
+            self._reread()
+
+    def _reread(self) -> None:
+        self._read_at = time.monotonic()
+        try:
+            self._entries, self._read = read_snapshot_file(self._path), True
+        except Exception as e:  # noqa: BLE001 -- any failure (bad line, missing file, storage error)
+            _LOG.warning("metadata read of %s failed, keeping the %s snapshot: %s", self._path,
+                         "previous" if self._read else "empty", e)
 
     def process(self, rows: list[AggregateRow]):
-        if self._path and self._refresh_s and time.monotonic() - self._read_at >= self._refresh_s:
-            self._read_at = time.monotonic()
-            try:
-                self._entries = read_snapshot_file(self._path)
-            except (OSError, ValueError) as e:
-                _LOG.warning("metadata re-read failed, keeping the previous snapshot: %s", e)
+        interval = self._refresh_s or (None if self._read else self.RETRY_S)
+        if self._path and interval and time.monotonic() - self._read_at >= interval:
+            self._reread()
         yield _stamped(rows, self._entries)
 
 
