@@ -31,8 +31,8 @@ class CountingOptions(PipelineOptions):
         parser.add_argument("--bigtable_instance", default=storage.DEFAULT_INSTANCE)
         parser.add_argument("--bigtable_table", default=storage.DEFAULT_TABLE)
         parser.add_argument("--bigtable_write_budget_s", type=float, default=WRITE_BUDGET_S,
-                            help="seconds a Bigtable flush may spend retrying before its cells become write_failed "
-                            "dead letters (transforms.bigtable_sink)")
+                            help="seconds a bundle's Bigtable writes (all its flushes) may spend retrying before "
+                            "what is unwritten becomes write_failed dead letters (transforms.bigtable_sink)")
         parser.add_argument("--bigtable_attempt_timeout_s", type=float, default=ATTEMPT_TIMEOUT_S,
                             help="seconds per Bigtable write attempt within the budget")
         parser.add_argument("--archive_path", help="folder (local or gs://) of the raw archive")

@@ -7,7 +7,10 @@ restarted). Two kinds of outage: connections refused (the proxy disabled) and a 
   out with no dead letter, one reconnection healing the channel; an outage longer than the
   budget turns every cell of the flush into a ``write_failed`` dead letter within the budget,
   the same sink writes again as soon as the outage ends, and ``pipelines.redrive`` over
-  those dead letters leaves every cell equal to its newest pane.
+  those dead letters leaves every cell equal to its newest pane. The budget is per bundle:
+  generated bundles of several flushes, with the outage from a generated flush on, are held
+  at most the budget plus the attempts past it (one failed, or ones that wrote everything),
+  on a virtual clock.
 * The streaming job writing through the proxy with a 20 s budget, on the local runner
   (flights shifted to just before now) and on an embedded Flink with checkpoints (flights
   with their real 2013 times): mid-stream, connections refused for 60 s, then a partition of
@@ -31,6 +34,9 @@ import time
 import uuid
 
 import pytest
+from google.rpc import code_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipelines.runners import runner_flags
 from query.stats import StatsReader
@@ -40,6 +46,7 @@ from schemas.storage import Aggregate, cell_timestamp_us, wall_clock_ms
 from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, archive_missing, kill
 from tests.test_streaming_runners import HISTORICAL, _some_rows, _wait_for
 from transforms.aggregate import AggregateRow
+from transforms import bigtable_sink
 from transforms.bigtable_sink import WriteAggregates, row_from_json
 from transforms.enrich import EnrichedRow
 from viewcounts import replay
@@ -158,6 +165,93 @@ def test_outage_longer_than_the_budget_becomes_write_failed_and_the_redrive_rest
                                 f"--bigtable_table={table[2]}"]).run().wait_until_finish()
     # each window holds its newest pane: the third where it was written, else the redriven second
     assert _counts(table) == {**{H + 60 * i: 2 for i in range(10)}, **{H + 60 * i: 3 for i in range(4)}}
+
+
+class _VirtualClock:
+    """The sink's ``time``: ``monotonic`` and ``sleep`` on a virtual clock (advanced by sleeps
+    and by the test for each attempt), so bounds on how long a bundle is held are exact, with
+    no waiting and no timing; ``time_ns`` real."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += max(0.0, s)
+
+    @staticmethod
+    def time_ns() -> int:
+        return time.time_ns()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(flushes=st.integers(2, 6), per_request=st.integers(1, 6), tail=st.integers(0, 5),
+       outage_from=st.integers(0, 6), fault=st.sampled_from(sorted(FAULTS)), ok_s=st.floats(0, 2),
+       budget_s=st.floats(1, 5), attempt_s=st.floats(0.2, 0.5))
+def test_the_write_budget_is_per_bundle_however_many_flushes(bigtable_host, toxiproxy, flushes, per_request, tail,
+                                                            outage_from, fault, ok_s, budget_s, attempt_s):
+    """A bundle of ``flushes`` full requests (and a ``tail`` flushed at its end) meets an outage
+    from flush ``outage_from`` on, through the proxy. On the virtual clock a failed attempt
+    takes its whole timeout and one that wrote everything ``ok_s`` (at most its timeout).
+    Every cell before the outage is written and every one after it is a dead letter, once;
+    past the bundle's deadline (its first attempt + the budget) every attempt but the last
+    wrote everything, and the bundle is held at most the budget plus the timeouts of those
+    attempts: while Bigtable fails, budget + one attempt timeout, not flushes x budget."""
+    from viewcounts.provision import create_table
+
+    tail %= per_request  # fewer than a request: flushed by finish_bundle
+    tbl = ("test-project", "test-instance", f"t-{uuid.uuid4().hex[:10]}")
+    create_table(*tbl)
+    proxy = toxiproxy.proxy(f"bigtable-{uuid.uuid4().hex[:8]}", bigtable_host)
+    start, end = (getattr(proxy, name) for name in FAULTS[fault])
+    n = flushes * per_request + tail
+    base = wall_clock_ms()
+    rows = [EnrichedRow(AggregateRow(f"B{i}", "view", "minute", H, Aggregate(i + 1, 0, 0.0, None, None), 0,
+                                     cell_timestamp_us(base, i + 1)), None, None) for i in range(n)]
+    clock, attempts = _VirtualClock(), []  # (virtual start, timeout, wrote every cell)
+    real_attempt = WriteAggregates._attempt
+
+    def attempt(self, cells, timeout_s):
+        started = clock.now
+        codes = real_attempt(self, cells, timeout_s)
+        ok = all(codes.get(key, (code_pb2.UNKNOWN, ""))[0] == code_pb2.OK for key, _ in cells)
+        clock.now += min(ok_s, timeout_s) if ok else timeout_s
+        attempts.append((started, timeout_s, ok))
+        return codes
+
+    try:
+        with pytest.MonkeyPatch.context() as mp, _bigtable_at(proxy.listen):
+            mp.setattr(WriteAggregates, "_attempt", attempt)
+            mp.setattr(bigtable_sink, "time", clock)
+            sink = WriteAggregates(*tbl, max_mutations_per_request=per_request, write_budget_s=budget_s,
+                                   attempt_timeout_s=attempt_s)
+            sink.setup()
+            sink.start_bundle()
+            began, dead = clock.now, []
+            for k in range(flushes):
+                if k == outage_from:
+                    start()
+                dead += [tv.value for tv in sink.process(rows[k * per_request:(k + 1) * per_request])]  # a flush
+            if outage_from >= flushes:
+                start()
+            dead += [tv.value for tv in sink.process(rows[flushes * per_request:])]  # no flush: the tail
+            dead += [wv.value for wv in sink.finish_bundle()]
+            held = clock.now - began
+            end()
+            sink.teardown()
+    finally:
+        proxy.delete()
+    met = min(outage_from, flushes) * per_request  # the cells written before the outage
+    with StatsReader(*tbl) as reader:
+        assert {c.video_id: c.aggregate.count for c in reader.all_cells()} == {f"B{i}": i + 1 for i in range(met)}
+    assert {d.reason for d in dead} <= {WRITE_FAILED}
+    assert sorted(row_from_json(d.payload).row.video_id for d in dead) == sorted(f"B{i}" for i in range(met, n))
+    deadline = attempts[0][0] + budget_s
+    late = [(t, ok) for s, t, ok in attempts if s >= deadline]
+    assert all(ok for _, ok in late[:-1]), late  # past the deadline: no attempt after a failed one
+    assert held <= budget_s + sum(t for t, _ in late) + 1e-6, (held, attempts)
 
 
 BUDGET_S, ATTEMPT_S = 20, 5

@@ -3,9 +3,10 @@ however large or strange, may raise, stall or retry for ever", and the ``ts`` at
 
 * The timestamp attribute: every non-ASCII Unicode digit, generated strings and a corpus
   of nasty ones never raise and never yield a time past the wall clock plus the skew.
-* ``PullWatermark``: generated pull / empty / restore sequences never pass the ceiling
-  (wall clock + ``max_future_skew_s``) and never go back, except that a state restored
-  above the ceiling comes down to it.
+* ``PullWatermark``: generated pull / empty / restore / clock-step-back sequences never rise
+  past the ceiling (wall clock + ``max_future_skew_s``) and never go back, except that a state
+  restored above the ceiling comes down to it; periodic old ``ts`` attributes (late data) do
+  not hold the watermark back from the live traffic.
 * Real emulator: a 9.9 MB message is received; a channel too small for a pull response
   shrinks the batch down to one message instead of failing for ever; an unreachable
   Pub/Sub is a logged, backed-off failure, never an exception.
@@ -109,6 +110,7 @@ _OPS = st.lists(st.one_of(
     st.tuples(st.just("pull"), st.floats(0, 120), st.lists(st.integers(-2 ** 62, 2 ** 62), min_size=1, max_size=4)),
     st.tuples(st.just("empty"), st.floats(0, 120), st.just(None)),
     st.tuples(st.just("restore"), st.floats(0, 120), st.just(None)),
+    st.tuples(st.just("clock"), st.floats(-3600, 0), st.just(None)),  # the wall clock steps back (NTP, another worker)
 ), max_size=40)
 
 
@@ -116,6 +118,9 @@ _OPS = st.lists(st.one_of(
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(ops=_OPS, skew_s=st.integers(0, 3600), restored=st.one_of(st.none(), st.integers(-2 ** 62, 2 ** 62)))
 def test_pull_watermark_never_passes_the_ceiling_nor_goes_back(ops, skew_s, restored):
+    """Between constructions the watermark never decreases, also when the wall clock steps
+    back; it only rises to at most the current ceiling. A construction (a restore) lowers it
+    to the ceiling of the restoring clock, never further."""
     now_s = NOW_US / 1e6
     state = None if restored is None else (restored, restored, None, ())
     w = PullWatermark(state, skew_s, now_s=now_s)
@@ -123,15 +128,57 @@ def test_pull_watermark_never_passes_the_ceiling_nor_goes_back(ops, skew_s, rest
     assert before <= NOW_US + skew_s * 1_000_000
     for op, dt_s, timestamps in ops:
         now_s += dt_s
+        ceiling = round(now_s * 1_000_000) + skew_s * 1_000_000
         if op == "pull":
             w.pulled(timestamps, now_s, sample_s=60)
         elif op == "empty":
             w.empty(now_s, idle_s=5, sample_s=60)
-        else:
+        elif op == "restore":
             w = PullWatermark(w.get_estimator_state(), skew_s, now_s=now_s)
         after = w.current_watermark().micros
-        assert before <= after <= round(now_s * 1_000_000) + skew_s * 1_000_000
+        if op == "restore":
+            assert after == min(before, ceiling)
+        else:
+            assert before <= after <= max(before, ceiling)
         before = after
+
+
+@pytest.mark.hostile
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(gaps_s=st.lists(st.floats(1, 10), min_size=1, max_size=8),
+       lags_s=st.lists(st.floats(0, 30), min_size=1, max_size=8),
+       old_ms=st.lists(st.integers(0, NOW_US // 1000 - 7 * 86_400_000), min_size=1, max_size=3),
+       old_every_s=st.floats(1, 59), old_alone=st.booleans(), old_first=st.booleans())
+def test_periodic_old_timestamps_do_not_hold_the_watermark(gaps_s, lags_s, old_ms, old_every_s, old_alone,
+                                                          old_first):
+    """Live traffic (pulls every ``gaps_s``, timestamps ``lags_s`` behind the wall clock) with
+    old ``ts`` attributes (``"1"``, a year ago ...) arriving more often than once per sample
+    period, alone in their pull or among live ones, from the first pull on or not: the old
+    ones are late, and the watermark follows the live ones (at most a sample period plus the
+    greatest lag behind the clock) within a few sample periods."""
+    sample_s = 60
+    now_s = NOW_US / 1e6
+    w = PullWatermark(None, SKEW_S, now_s=now_s)
+    end_s = now_s + 2400
+    i, next_old_s, olds_sent = 0, now_s if old_first else now_s + old_every_s, 0
+    while now_s < end_s:
+        live = [round((now_s - lags_s[(i + k) % len(lags_s)]) * 1_000_000) for k in range(2)]
+        if now_s >= next_old_s:
+            ts = str(old_ms[olds_sent % len(old_ms)])
+            old = message_timestamp_us({"ts": ts}, round(now_s * 1_000_000), "ts", round(now_s * 1_000_000), SKEW_S)
+            assert old == int(ts) * 1000  # valid epoch ms: read, not replaced by the publish time
+            if old_alone:
+                w.pulled([old], now_s, sample_s)
+            else:
+                live.append(old)
+            olds_sent += 1
+            next_old_s += old_every_s
+        w.pulled(live, now_s, sample_s)
+        if now_s > end_s - 600:  # after the first 1,800 s: following the live traffic
+            assert w.current_watermark().micros >= round((now_s - sample_s - max(lags_s)) * 1_000_000)
+        now_s += gaps_s[i % len(gaps_s)]
+        i += 1
+    assert olds_sent >= 2400 // 59
 
 
 # --- the real emulator ----------------------------------------------------------------------

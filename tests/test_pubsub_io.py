@@ -97,7 +97,7 @@ def test_pull_watermark_holds_the_earliest_of_the_sample_period_and_jumps_after_
     w.pulled([50], now_s=1020.0, sample_s=60)  # never backwards
     assert w.current_watermark().micros == 100
     w.pulled([600], now_s=1065.0, sample_s=60)  # the first pull left the sample period
-    assert w.current_watermark().micros == 100  # the 50 of 1020 still holds (under the watermark)
+    assert w.current_watermark().micros == 400  # the 50 of 1020 was late: no sample, it holds nothing
     w.pulled([700], now_s=1081.0, sample_s=60)
     assert w.current_watermark().micros == 600  # the earliest of the pulls of the last 60 s
     resumed = PullWatermark(w.get_estimator_state())  # another worker, or a restored job

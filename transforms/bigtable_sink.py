@@ -5,10 +5,12 @@ an explicit millisecond timestamp (the pane's ``cell_timestamp_us``) in the row 
 window's period. Cells for the same row are grouped into one row mutation; one ``MutateRows``
 request carries at most ``max_mutations_per_request`` cells (Bigtable's limit is 100,000).
 
-Write budget (SPEC.md section 4: no input and no outage stalls the job for ever). Each flush
-(the pending cells of a bundle, written at the end of the bundle or when
-``max_mutations_per_request`` cells are pending) has ``write_budget_s`` seconds of wall time
-in all, for all its requests and retries. Within it the sink makes attempts of at most
+Write budget (SPEC.md section 4: no input and no outage stalls the job for ever). Each bundle
+has ``write_budget_s`` seconds of wall time in all, counted from the start of its first write,
+for all its flushes (the pending cells, written at the end of the bundle or whenever
+``max_mutations_per_request`` cells are pending), requests and retries: a bundle of many
+flushes is not held flushes x budget (nor, on Flink, the checkpoint behind it). Within the
+budget the sink makes attempts of at most
 ``attempt_timeout_s`` seconds each (one ``bulk_mutate_rows`` call of the Bigtable data
 client, which retries unavailable and deadline exceeded inside the attempt; every cell
 carries an explicit timestamp, so every entry is idempotent), and retries the cells that
@@ -21,9 +23,13 @@ a new one connects at once. Cells that fail with any other code (not found, inva
 argument, permission denied...), or whose mutation cannot be built, are not retried.
 Whatever has not been written when the budget is spent leaves the sink as ``write_failed``
 dead letters (the row as JSON, redrivable by ``pipelines.redrive`` with its original cell
-timestamp) instead of failing the bundle. So a flush blocks at most about
-``write_budget_s + attempt_timeout_s`` seconds, and no exception from the client (channel
-errors, retry errors, gRPC errors on close) leaves the DoFn.
+timestamp) instead of failing the bundle. A flush of the bundle after its budget is spent
+makes one attempt, with no retry, if the bundle's previous attempt wrote every cell it sent
+(Bigtable is answering: a long bundle of healthy writes is not cut); if that attempt failed
+(Bigtable is down), the flush's cells become ``write_failed`` dead letters at once, without
+an attempt. So while Bigtable fails, a bundle is held at most about
+``write_budget_s + attempt_timeout_s`` seconds, however many flushes it makes, and no
+exception from the client (channel errors, retry errors, gRPC errors on close) leaves the DoFn.
 
 Output: ``DeadLetter`` for rows that could not be written, timestamped with the
 processing time of the failure.
@@ -70,7 +76,7 @@ def row_from_json(payload: bytes) -> EnrichedRow:
                                     d["pane_index"], d["cell_timestamp_us"]), d["title"], d["channel"])
 
 
-WRITE_BUDGET_S = 120.0  # seconds of retries per flush: Bigtable's own default deadline for mutate_rows
+WRITE_BUDGET_S = 120.0  # seconds of retries per bundle: Bigtable's own default deadline for mutate_rows
 ATTEMPT_TIMEOUT_S = 20.0  # seconds per attempt: a 10,000-cell request takes well under 1 s on the emulator
 # gRPC status codes worth another attempt (the client's own retryable set, plus throttling,
 # UNKNOWN for errors that carry no code, and CANCELLED for a channel closed under a call)
@@ -98,12 +104,14 @@ class WriteAggregates(beam.DoFn):
             self._connected_table()
         except Exception as exc:  # noqa: BLE001 -- e.g. credentials not yet readable: the first write tries again
             _LOG.warning("no Bigtable client yet: %s", exc)
+        self._last_attempt_ok = True  # the previous attempt wrote every cell it sent (see _write)
         self._written = metrics.counter(metrics.AGGREGATES_WRITTEN)
         self._failures = metrics.counter(metrics.WRITE_FAILURES)
         self._dead = metrics.DeadLetterCounters()
 
     def start_bundle(self) -> None:
         self._pending: dict[tuple[bytes, bytes], EnrichedRow] = {}
+        self._deadline: float | None = None  # the bundle's write budget ends: set by its first flush
 
     def process(self, batch: list[EnrichedRow]):
         pending = self._pending
@@ -126,12 +134,13 @@ class WriteAggregates(beam.DoFn):
         self._close_client()
 
     def _flush(self):
-        """Write every pending cell, ``max_mutations_per_request`` cells per request, within one
-        write budget; yield a ``write_failed`` dead letter per cell not written."""
+        """Write every pending cell, ``max_mutations_per_request`` cells per request, within the
+        bundle's write budget; yield a ``write_failed`` dead letter per cell not written."""
         pending, self._pending = list(self._pending.items()), {}
-        deadline = time.monotonic() + self._budget_s
+        if pending and self._deadline is None:
+            self._deadline = time.monotonic() + self._budget_s
         for i in range(0, len(pending), self._max_mutations):
-            for e, why in self._write(dict(pending[i:i + self._max_mutations]), deadline):
+            for e, why in self._write(dict(pending[i:i + self._max_mutations]), self._deadline):
                 self._failures.inc()
                 self._dead.inc(WRITE_FAILED)
                 yield DeadLetter(row_to_json(e), WRITE_FAILED, f"Bigtable write failed: {why}",
@@ -140,7 +149,9 @@ class WriteAggregates(beam.DoFn):
     def _write(self, cells: dict[tuple[bytes, bytes], EnrichedRow],
                deadline: float | None = None) -> list[tuple[EnrichedRow, str]]:
         """Write cells until they are written or ``deadline`` (``time.monotonic()``; default: one
-        write budget from now) passes; return ``(row, why)`` for each cell not written. Never raises."""
+        write budget from now) passes; return ``(row, why)`` for each cell not written. Never raises.
+        Past the deadline: one attempt without retries if the previous attempt wrote every cell
+        it sent, else none (module docstring)."""
         deadline = time.monotonic() + self._budget_s if deadline is None else deadline
         todo = dict(cells)
         failed: list[tuple[EnrichedRow, str]] = []
@@ -149,7 +160,9 @@ class WriteAggregates(beam.DoFn):
         while todo:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                break
+                if attempt or not self._last_attempt_ok:
+                    break
+                remaining = self._attempt_timeout_s  # the budget was spent by earlier flushes
             attempt += 1
             codes = self._attempt(todo, min(self._attempt_timeout_s, remaining))
             retry: dict[tuple[bytes, bytes], EnrichedRow] = {}
@@ -165,6 +178,7 @@ class WriteAggregates(beam.DoFn):
                 _LOG.warning("Bigtable unreachable (attempt %d, %d cells): %s; reconnecting", attempt, len(todo),
                              next(iter(codes.values()))[1][:300])
                 self._close_client()
+            self._last_attempt_ok = not retry
             todo = retry
             if todo:
                 time.sleep(max(0.0, min(_BACKOFF_S * 2 ** (attempt - 1), _MAX_BACKOFF_S,
@@ -172,7 +186,8 @@ class WriteAggregates(beam.DoFn):
         if todo:
             _LOG.error("Bigtable write budget spent: %d cells become write_failed dead letters after %d attempts "
                        "in %.1f s", len(todo), attempt, time.monotonic() - started)
-            why = f"unreachable for the write budget ({attempt} attempts in {time.monotonic() - started:.1f} s)"
+            why = (f"unreachable for the write budget ({attempt} attempts in {time.monotonic() - started:.1f} s)"
+                   if attempt else "the bundle's write budget was spent with Bigtable unreachable (no attempt)")
             failed += [(e, why) for e in todo.values()]
         return failed
 

@@ -157,10 +157,20 @@ class PullWatermark(WatermarkEstimator):
     timestamp can be ahead of a message still on its way. This is the rule of Java's
     ``PubsubUnboundedSource`` (``SAMPLE_PERIOD``, one minute).
 
-    Ceiling: no timestamp, watermark or newest time is ever above the wall clock plus
-    ``max_future_skew_s`` (``now_s`` at construction and at each pull). A state restored
-    above it (written by a job that followed a far-future attribute) is lowered to it; that
-    is the only way the watermark goes back."""
+    Late data: a timestamp at or below the current watermark (``ts="1"``, a replayed
+    backlog, a producer whose clock is behind) is still emitted -- the dedup stage judges it
+    ``too_late`` or not -- but it does not enter the samples (nor the newest time). It could
+    not raise the watermark anyway, and as a sample it would hold it: one such message every
+    ``sample_s`` seconds would freeze the watermark for good. (At, not only below: a constant
+    old ``ts`` in the very first pull sets the watermark to itself.)
+
+    Ceiling: the watermark is never raised above the wall clock plus ``max_future_skew_s``
+    (``now_s`` of that pull or empty pull), and no timestamp is taken into the samples or the
+    newest time above it. A wall clock that steps back (an NTP correction, the restriction
+    resumed on a worker whose clock is behind) does not lower the watermark: it only stops it
+    rising until the clock has caught up. A state restored above the ceiling of the restoring
+    clock (written by a job that followed a far-future attribute) is lowered to it at
+    construction; that is the only way the watermark goes back."""
 
     def __init__(self, state, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
                  now_s: float | None = None) -> None:
@@ -186,8 +196,10 @@ class PullWatermark(WatermarkEstimator):
     def pulled(self, timestamps_us: list[int], now_s: float, sample_s: float) -> None:
         """A non-empty pull at ``now_s`` (epoch seconds)."""
         ceiling = self._ceiling_us(now_s)
-        self._samples.append((now_s, min(min(timestamps_us), ceiling)))
-        self._newest_us = max(self._newest_us, min(max(timestamps_us), ceiling))
+        on_time = [ts for ts in (min(t, ceiling) for t in timestamps_us) if ts > self._watermark_us]
+        if on_time:  # late ones (at or below the watermark) are no samples, see the class docstring
+            self._samples.append((now_s, min(on_time)))
+            self._newest_us = max(self._newest_us, max(on_time))
         self._empty_since_s = None
         self._advance(now_s, sample_s)
 
@@ -201,15 +213,17 @@ class PullWatermark(WatermarkEstimator):
         elif now_s - self._empty_since_s >= idle_s and self._newest_us > MIN_TIMESTAMP.micros:
             self._samples = []
             idle_us = round((now_s - self._empty_since_s) * 1_000_000)
-            self._watermark_us = max(self._watermark_us,
-                                     min(self._newest_us + idle_us, max(self._newest_us, round(now_s * 1_000_000))))
+            self._raise(min(self._newest_us + idle_us, max(self._newest_us, round(now_s * 1_000_000))), now_s)
         self._advance(now_s, sample_s)
 
     def _advance(self, now_s: float, sample_s: float) -> None:
         self._samples = [(t, ts) for t, ts in self._samples if t > now_s - sample_s]
         if self._samples:
-            self._watermark_us = max(self._watermark_us, min(ts for _, ts in self._samples))
-        self._watermark_us = min(self._watermark_us, self._ceiling_us(now_s))
+            self._raise(min(ts for _, ts in self._samples), now_s)
+
+    def _raise(self, to_us: int, now_s: float) -> None:
+        """Raises the watermark towards ``to_us``, never above this clock's ceiling, never lowers it."""
+        self._watermark_us = max(self._watermark_us, min(to_us, self._ceiling_us(now_s)))
 
 
 class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
