@@ -2,8 +2,8 @@
 
 ``count_and_store(payloads, enrich, policy, early_firing_s, sinks)`` builds
 validate -> dedup -> windows -> enrich -> Bigtable, plus the dead letters (files, and a
-best-effort copy on a Pub/Sub topic: ``transforms.dead_letters``; a job without a
-dead-letter folder is refused), the raw archive (files,
+best-effort copy on a Pub/Sub topic: ``transforms.dead_letters``; ``SinkConfig`` refuses
+a job without a dead-letter folder), the raw archive (files,
 ``transforms.files``) and, for a streaming job with an archive, the marker of a start
 without state (``pipelines.restarts``); returns the ``CountEvents`` outputs.
 """
@@ -33,11 +33,8 @@ def run_from_command_line(build_pipeline) -> None:
 def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy, early_firing_s: int | None,
                     sinks: SinkConfig, stamped_watermark: bool = False) -> dict:
     """``enrich``: ``transforms.enrich.EnrichFromSnapshots`` or ``EnrichFromFile``;
-    ``stamped_watermark``: see ``CountEvents``. Raises ``ValueError`` without
-    ``sinks.dead_letter_path``: dead letters, ``write_failed`` ones included, always go to files."""
-    if not sinks.dead_letter_path:
-        raise ValueError("dead letters need a folder for their files: give --dead_letter_path "
-                         "(or an --archive_path with a parent folder)")
+    ``stamped_watermark``: see ``CountEvents``. Dead letters go to ``sinks.dead_letter_path``,
+    which a ``SinkConfig`` always has."""
     counted = payloads | "count events" >> CountEvents(policy, early_firing_s, stamped_watermark)
     write_failures = (counted[ROWS]
                       | "enrich" >> enrich

@@ -58,7 +58,9 @@ class CountingOptions(PipelineOptions):
 
 @dataclass(frozen=True)
 class SinkConfig:
-    """Where a job writes. ``run_id``: this job run's id in file names (``schemas.archive``);
+    """Where a job writes. Raises ``ValueError`` without ``dead_letter_path``: every job has
+    dead letters, ``write_failed`` ones included, and they always go to files.
+    ``run_id``: this job run's id in file names (``schemas.archive``);
     ``record_stateless_start``: write a restart marker when the job starts without state
     (streaming jobs, ``pipelines.restarts``)."""
 
@@ -72,6 +74,12 @@ class SinkConfig:
     bigtable_attempt_timeout_s: float = ATTEMPT_TIMEOUT_S
     run_id: str = field(default_factory=new_run_id)
     record_stateless_start: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.dead_letter_path:
+            raise ValueError("dead letters need a folder for their files: give --dead_letter_path (or an "
+                             "--archive_path with a parent folder, beside which dead letters go); "
+                             "--dead_letter_topic only gets a best-effort copy")
 
 
 LOCAL_SHARDS = 4  # measured by viewcounts bench: 16 keys cost the local runner about 3x the time of 4
@@ -100,13 +108,8 @@ def sinks_of(o: CountingOptions, streaming: bool = True) -> SinkConfig:
     every job has dead letters (``write_failed`` ones are the only record of an aggregate
     Bigtable refused), and a ``--dead_letter_topic`` alone is not durable
     (``transforms.dead_letters``)."""
-    dead_letter_path = o.dead_letter_path or default_dead_letter_path(o.archive_path)
-    if not dead_letter_path:
-        raise ValueError("dead letters need a folder for their files: give --dead_letter_path (or an "
-                         "--archive_path with a parent folder, beside which dead letters go); "
-                         "--dead_letter_topic only gets a best-effort copy")
     return SinkConfig(o.bigtable_project, o.bigtable_instance, o.bigtable_table, o.archive_path,
-                      o.dead_letter_topic, dead_letter_path,
+                      o.dead_letter_topic, o.dead_letter_path or default_dead_letter_path(o.archive_path),
                       bigtable_write_budget_s=o.bigtable_write_budget_s,
                       bigtable_attempt_timeout_s=o.bigtable_attempt_timeout_s,
                       record_stateless_start=streaming)
