@@ -63,11 +63,14 @@ def _require(path: Path, make_target: str) -> str:
 
 
 def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_interval_ms: int | None = 5000,
-                 checkpoint_dir: str | None = None, savepoint_path: str | None = None) -> list[str]:
+                 checkpoint_dir: str | None = None, savepoint_path: str | None = None, parallelism: int = 1,
+                 worker_pool: str | None = None, sdk_worker_parallelism: int = 1) -> list[str]:
     """Beam flags that select ``runner`` (one of ``RUNNERS``). ``dataflow`` gives only the
     runner; project, region and staging flags are the user's (README).
 
-    Flink: LOOPBACK workers (no Docker here), parallelism 1, checkpoints every
+    Flink: ``parallelism``; Python workers from the worker pool at ``worker_pool``
+    (``host:port``, EXTERNAL environment, ``sdk_worker_parallelism`` processes per task
+    manager) or, without it, LOOPBACK (the submitting process; tests only); checkpoints every
     ``checkpointing_interval_ms`` (acks happen at checkpoints; ``None``: no checkpoints,
     so Pub/Sub redelivers every message after its ack deadline), written as files to
     ``checkpoint_dir`` and retained there on cancellation or failure when it is given, else
@@ -96,7 +99,10 @@ def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_inter
     if runner == "flink":
         flags = ["--runner=FlinkRunner", f"--flink_master={flink_master}", f"--flink_version={FLINK_VERSION}",
                  f"--flink_job_server_jar={_require(FLINK_JOB_SERVER_JAR, 'flink-job-server')}",
-                 "--environment_type=LOOPBACK", "--parallelism=1"]
+                 f"--parallelism={parallelism}"]
+        flags += (["--environment_type=EXTERNAL", f"--environment_config={worker_pool}",
+                   f"--sdk_worker_parallelism={sdk_worker_parallelism}"] if worker_pool
+                  else ["--environment_type=LOOPBACK"])
         if checkpointing_interval_ms:
             # Finishing bundles at a checkpoint: otherwise a bundle's output is buffered in state
             # while the watermark goes on, and the source's first element, overtaken by the
