@@ -33,7 +33,8 @@ State: a bag of ``(window_size_s, window_start_s, partials)`` entries (``partial
 encoded ``{(video, type): Aggregate}`` of one input element), rewritten without the dropped
 window's entries whenever a window is dropped (the entries are kept encoded in memory, so a
 rewrite encodes nothing); the pane bookkeeping ``{window: (next pane index,
-on-time fired, cell timestamp base ms)}``; a version bumped on every write. As in ``transforms.dedup``, each process
+on-time fired, cell timestamp base ms)}``; a version, a fresh random token drawn before every
+write (``state_values.new_version``). As in ``transforms.dedup``, each process
 keeps the merged aggregates of the keys it serves in memory, tagged with the version they
 were built from (``state_values.cached_view``), and rebuilds them from the bag when the
 version differs (a key that moved or a restored job): the rebuilt windows count every
@@ -56,7 +57,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.event import US_PER_S
 from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, merge, wall_clock_ms
-from transforms.state_values import bump_version, cached_view, dumps_exact
+from transforms.state_values import cached_view, dumps_exact, new_version
 from transforms.validate import shard_of
 
 WINDOW_LATENESS_MARGIN_S = 60
@@ -209,9 +210,11 @@ class FirePanes(beam.DoFn):
         return cached_view(_WINDOWS, (self._token, key), version,
                            lambda v: _ShardWindows(v, panes.read(), bag.read()))
 
-    def _commit(self, shard: _ShardWindows, panes, version) -> None:
+    @staticmethod
+    def _commit(shard: _ShardWindows, panes) -> None:
+        """Write the pane bookkeeping; the caller drew the version (``new_version``) before it
+        changed the view."""
         panes.write(shard.bookkeeping())
-        bump_version(shard, version)
 
     @staticmethod
     def _on_time_at_us(size_s: int, start_s: int) -> int:
@@ -236,6 +239,7 @@ class FirePanes(beam.DoFn):
                 window_end=beam.DoFn.TimerParam(WINDOW_END), early=beam.DoFn.TimerParam(EARLY)):
         key, (arrival_us, by_minute) = element
         shard = self._shard(key, bag, panes, version)
+        new_version(shard, version)
         rows: list[AggregateRow] = []
         unfired = False
         for minute_s, partials in by_minute.items():
@@ -257,7 +261,7 @@ class FirePanes(beam.DoFn):
             elif arrival_us - since_us >= self._early_s * US_PER_S:
                 self._early_panes(rows, shard)
                 first_unfired.clear()
-        self._commit(shard, panes, version)
+        self._commit(shard, panes)
         window_end.set(Timestamp(micros=self._next_boundary_us(shard)))
         if rows:
             yield rows
@@ -268,11 +272,13 @@ class FirePanes(beam.DoFn):
                  first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED)):
         first_unfired.clear()
         shard = self._shard(key, bag, panes, version)
+        if not any(not w.on_time_fired and w.changed for w in shard.windows.values()):
+            return
+        new_version(shard, version)
         rows: list[AggregateRow] = []
         self._early_panes(rows, shard)
-        if rows:
-            self._commit(shard, panes, version)
-            yield rows
+        self._commit(shard, panes)
+        yield rows
 
     def _early_panes(self, rows: list, shard: _ShardWindows) -> None:
         for (size_s, start_s), w in shard.windows.items():
@@ -284,6 +290,7 @@ class FirePanes(beam.DoFn):
                       bag=beam.DoFn.StateParam(PARTIALS), panes=beam.DoFn.StateParam(PANES),
                       version=beam.DoFn.StateParam(VERSION), window_end=beam.DoFn.TimerParam(WINDOW_END)):
         shard = self._shard(key, bag, panes, version)
+        new_version(shard, version)
         rows: list[AggregateRow] = []
         dropped = False
         for (size_s, start_s), w in list(shard.windows.items()):
@@ -298,7 +305,7 @@ class FirePanes(beam.DoFn):
             for (size_s, start_s), w in shard.windows.items():
                 for blob in w.blobs:
                     bag.add((size_s, start_s, blob))
-        self._commit(shard, panes, version)
+        self._commit(shard, panes)
         boundary_us = self._next_boundary_us(shard)
         if boundary_us is not None:
             window_end.set(Timestamp(micros=boundary_us))

@@ -12,9 +12,11 @@ at the earliest ``minute end + allowed_lateness``: by then every copy carrying t
 is ``too_late``, so no copy with the same time can ever be counted twice, and state stays
 bounded (SPEC.md section 2).
 
-State is a bag of ``(minute, encode_ids(ids))`` entries plus a version number bumped on
-every write. Each process keeps the ids of the keys it serves in memory (``_ShardIds``),
-tagged with the version it was built from (``state_values.cached_view``).
+State is a bag of ``(minute, encode_ids(ids))`` entries plus a version, a fresh random token
+drawn before every write (``state_values.new_version``). Each process keeps the ids of the
+keys it serves in memory (``_ShardIds``), tagged with the version it was built from
+(``state_values.cached_view``): a key that moved between workers, or state restored from a
+checkpoint, never matches a view built elsewhere or before.
 
 The watermark view. A DoFn is not told its input watermark (SPEC.md section 2 lets the
 product judge ``too_late`` against its own view of it, lagging by at most 5 s). The view
@@ -64,7 +66,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from schemas.archive import DeadLetter
 from schemas.event import TOO_LATE, US_PER_S, format_time_us
 from transforms import metrics
-from transforms.state_values import bump_version, cached_view, dumps_exact
+from transforms.state_values import cached_view, dumps_exact, new_version
 from transforms.validate import DEAD_LETTER, DEDUP_KEY
 
 WATERMARK_VIEW_STEP_S = 5
@@ -195,6 +197,7 @@ class DedupAndJudgeLateness(beam.DoFn):
         if not accepted:
             return
         first_expiry_s = min(map(self._expiry_s, shard.by_minute), default=None)
+        new_version(shard, version)  # before the view changes (state_values.new_version)
         for minute_s, events in accepted.items():
             minute_ids = [ev.event_id for ev in events]
             blob = encode_ids(minute_ids)
@@ -202,7 +205,6 @@ class DedupAndJudgeLateness(beam.DoFn):
             shard.add(minute_s, minute_ids, blob)
             yield beam.window.TimestampedValue((arrival_us, events), Timestamp(minute_s))
         self._accepted.inc(n_accepted)
-        bump_version(shard, version)
         earliest_s = min(map(self._expiry_s, accepted))
         if first_expiry_s is None or earliest_s < first_expiry_s:
             expiry.set(Timestamp(earliest_s))
@@ -214,12 +216,12 @@ class DedupAndJudgeLateness(beam.DoFn):
         self._raise_view(view, fired.micros)
         fired_s = fired.micros // US_PER_S
         shard = self._shard_ids(key, ids, version)
+        new_version(shard, version)
         shard.drop_until(lambda minute_s: self._expiry_s(minute_s) <= fired_s)
         ids.clear()
         for minute_s, blobs in shard.blobs.items():
             for blob in blobs:
                 ids.add((minute_s, blob))
-        bump_version(shard, version)
         if shard.by_minute:
             expiry.set(Timestamp(min(map(self._expiry_s, shard.by_minute))))
 

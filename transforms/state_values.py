@@ -1,17 +1,25 @@
 """Values kept in Beam state, and the per-process caches built from them.
 
-``cached_view``/``bump_version``: a stateful DoFn keeps a decoded view of a key's state in
-process memory, tagged with the state version it was built from; a key that moved between
-workers, or a restored job, finds a different version and the view is rebuilt from state,
-so it is never trusted stale (``transforms.dedup``, ``transforms.aggregate``).
+``cached_view``/``new_version``: a stateful DoFn keeps a decoded view of a key's state in
+process memory, tagged with the state version it was built from. A version is a random
+63-bit token drawn for each write (``new_version``), never a counter: two workers that
+served a key in turn, or a job restored from a checkpoint that replays what a failed
+attempt had already written, each draw their own token, so a cached view matches the
+state's version only when it was built from (or written as) that very state. A key that
+moved between workers, or a restored job, finds a different version and the view is
+rebuilt from state, so it is never trusted stale (``transforms.dedup``,
+``transforms.aggregate``). With a counter both could reach the same number with different
+contents (``tests/test_parallel_state.py`` shows the case).
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, TypeVar
 
 import orjson
 
 V = TypeVar("V")
+NO_STATE = 0  # the version of a key whose state was never written (its version cell is empty)
 
 
 def dumps_exact(obj) -> bytes:
@@ -21,17 +29,27 @@ def dumps_exact(obj) -> bytes:
     return bytes(memoryview(orjson.dumps(obj)))
 
 
+def version_token() -> int:
+    """A fresh version: 63 random bits from ``os.urandom`` (forked workers do not share it),
+    never ``NO_STATE``; fits Beam's ``VarIntCoder``."""
+    return int.from_bytes(os.urandom(8), "big") >> 1 or 1
+
+
 def cached_view(cache: dict, cache_key, version_state, build: Callable[[int], V]) -> V:
     """The view in ``cache[cache_key]`` if built at the state's version, else ``build(version)``
-    (stored). Views carry a ``version`` attribute."""
-    version = version_state.read() or 0
+    (stored). Views carry a ``version`` attribute; an unwritten state has ``NO_STATE``."""
+    version = version_state.read() or NO_STATE
     view = cache.get(cache_key)
     if view is None or view.version != version:
         view = cache[cache_key] = build(version)
     return view
 
 
-def bump_version(view, version_state) -> None:
-    """After a write to the key's state: the view and the state move to the next version."""
-    view.version += 1
+def new_version(view, version_state) -> None:
+    """Call BEFORE changing a view and its key's state: the view and the state move to a fresh
+    ``version_token``. Drawn first, so a handler that raises halfway leaves a view whose
+    version no committed state carries (the runner discards the failed bundle's writes,
+    the version among them): the retry rebuilds it from state instead of trusting a view
+    that already holds the failed attempt's changes."""
+    view.version = version_token()
     version_state.write(view.version)
