@@ -32,6 +32,7 @@ FLINK_VERSION = "1.19"  # the Flink minor of beam-runners-flink-1.19 (the job se
 RUNNERS = ("local", "prism", "flink", "dataflow")
 _LOG = logging.getLogger(__name__)
 _LOCAL = (None, "DirectRunner", "BundleBasedDirectRunner")
+DEFAULT_CHECKPOINTING_INTERVAL_MS = 5000
 
 
 class FlinkJobOptions(PipelineOptions):
@@ -62,7 +63,8 @@ def _require(path: Path, make_target: str) -> str:
     return str(path)
 
 
-def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_interval_ms: int | None = 5000,
+def runner_flags(runner: str, flink_master: str = "[local]",
+                 checkpointing_interval_ms: int = DEFAULT_CHECKPOINTING_INTERVAL_MS,
                  checkpoint_dir: str | None = None, savepoint_path: str | None = None, parallelism: int = 1,
                  worker_pool: str | None = None, sdk_worker_parallelism: int = 1) -> list[str]:
     """Beam flags that select ``runner`` (one of ``RUNNERS``). ``dataflow`` gives only the
@@ -71,15 +73,15 @@ def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_inter
     Flink: ``parallelism``; Python workers from the worker pool at ``worker_pool``
     (``host:port``, EXTERNAL environment, ``sdk_worker_parallelism`` processes per task
     manager) or, without it, LOOPBACK (the submitting process; tests only); checkpoints every
-    ``checkpointing_interval_ms`` (acks happen at checkpoints; ``None``: no checkpoints,
-    so Pub/Sub redelivers every message after its ack deadline), written as files to
+    ``checkpointing_interval_ms`` (acks happen at checkpoints), written as files to
     ``checkpoint_dir`` and retained there on cancellation or failure when it is given, else
     to a fresh temporary folder (Flink's default storage keeps checkpoints in the job
     manager's memory, at most 5 MB of state per task: the dead-letter files' buffered lines
     passed that in a 100k-event demo, every checkpoint failed and the job restarted in a
     loop), and ``savepoint_path`` (a
     savepoint or a retained checkpoint) to resume from; without it a job whose checkpoints
-    are retained resumes from the newest one (``prepare``). Raises ``FileNotFoundError``
+    are retained resumes from the newest one (``prepare``). ``prepare`` sets the settings
+    the job needs for correctness again, so a command without these flags gets them too. Raises ``FileNotFoundError``
     when a runner's build is missing, ``ValueError`` for an unknown runner.
     """
     if runner == "local":
@@ -103,14 +105,10 @@ def runner_flags(runner: str, flink_master: str = "[local]", checkpointing_inter
         flags += (["--environment_type=EXTERNAL", f"--environment_config={worker_pool}",
                    f"--sdk_worker_parallelism={sdk_worker_parallelism}"] if worker_pool
                   else ["--environment_type=LOOPBACK"])
-        if checkpointing_interval_ms:
-            # Finishing bundles at a checkpoint: otherwise a bundle's output is buffered in state
-            # while the watermark goes on, and the source's first element, overtaken by the
-            # +inf watermark of the impulse, is dropped as late: the job never reads (seen in
-            # about 1 start in 5 before this flag).
-            flags += [f"--checkpointing_interval={checkpointing_interval_ms}", "--finish_bundle_before_checkpointing",
-                      "--state_backend=filesystem",
-                      f"--state_backend_storage_path=file://{checkpoint_dir or tempfile.mkdtemp(prefix='flink-checkpoints-')}"]
+        # --finish_bundle_before_checkpointing: see _flink_job_settings
+        flags += [f"--checkpointing_interval={checkpointing_interval_ms}", "--finish_bundle_before_checkpointing",
+                  "--state_backend=filesystem",
+                  f"--state_backend_storage_path=file://{checkpoint_dir or tempfile.mkdtemp(prefix='flink-checkpoints-')}"]
         if checkpoint_dir:
             flags += ["--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation"]
         if savepoint_path:
@@ -168,14 +166,57 @@ def runner_of(options: PipelineOptions) -> str:
     return {"PrismRunner": "prism", "FlinkRunner": "flink", "DataflowRunner": "dataflow"}.get(name, name)
 
 
+def _flink_job_settings(options: PipelineOptions) -> None:
+    """What the streaming job needs on Flink for its results to be right, set whatever the
+    command gave (``runner_flags`` passes the same; a bare command gets them here):
+
+    * streaming mode;
+    * checkpoints, every ``DEFAULT_CHECKPOINTING_INTERVAL_MS`` unless an interval is given:
+      the portable source acknowledges Pub/Sub messages only at checkpoints, so without them
+      every message is redelivered after its ack deadline;
+    * ``--finish_bundle_before_checkpointing``: otherwise a bundle's output is buffered in
+      state while the watermark goes on (the source's first element was dropped as late in
+      about 1 start in 5), and a job restored from a checkpoint read nothing for two minutes
+      (its archive held none of the new events);
+    * file checkpoint storage (``--state_backend=filesystem``): Flink's default keeps
+      checkpoints in the job manager's memory, 5 MB of state per task at most (a 100k-event
+      demo failed every checkpoint and restarted in a loop); without
+      ``--state_backend_storage_path`` a fresh temporary folder on the submitting machine
+      (fine for a one-machine cluster; a cluster of several machines needs a shared path);
+    * a given ``--state_backend_storage_path`` keeps its checkpoints after the job ends
+      (``--externalized_checkpoints_enabled``, retained on cancellation), so the job started
+      again with the same command resumes from the newest one (``_resume``);
+    * ``--flink_job_server_jar`` defaults to this project's (``FLINK_JOB_SERVER_JAR``, when
+      built: Beam would otherwise fetch a shaded jar this registry does not serve).
+    """
+    options.view_as(StandardOptions).streaming = True
+    flink = options.view_as(FlinkJobOptions)
+    if not flink.checkpointing_interval or flink.checkpointing_interval <= 0:
+        flink.checkpointing_interval = DEFAULT_CHECKPOINTING_INTERVAL_MS
+    flink.finish_bundle_before_checkpointing = True
+    flink.state_backend = flink.state_backend or "filesystem"
+    if flink.state_backend_storage_path:
+        flink.externalized_checkpoints_enabled = True
+        flink.retain_externalized_checkpoints_on_cancellation = True
+    else:
+        flink.state_backend_storage_path = f"file://{tempfile.mkdtemp(prefix='flink-checkpoints-')}"
+        _LOG.info("checkpoints go to %s (not retained; pass --state_backend_storage_path to keep them)",
+                  flink.state_backend_storage_path)
+    runner = options.view_as(FlinkRunnerOptions)
+    if not runner.flink_job_server_jar and FLINK_JOB_SERVER_JAR.exists():
+        runner.flink_job_server_jar = str(FLINK_JOB_SERVER_JAR)
+
+
 def prepare(options: PipelineOptions) -> str:
     """Pin the local runner to the BundleBasedDirectRunner (with its metrics fix); on Flink,
-    resume from a retained checkpoint by default (``_resume``); returns ``runner_of``."""
+    set what the job needs (``_flink_job_settings``) and resume from a retained checkpoint by
+    default (``_resume``); returns ``runner_of``."""
     runner = runner_of(options)
     if runner == "local":
         options.view_as(StandardOptions).runner = "BundleBasedDirectRunner"
         direct_runner_fix.apply()
     elif runner == "flink":
+        _flink_job_settings(options)
         _resume(options)
     return runner
 

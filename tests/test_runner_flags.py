@@ -1,9 +1,12 @@
-"""``pipelines.runners.runner_flags``: what each runner is given (no job is run)."""
+"""``pipelines.runners.runner_flags`` and ``prepare``: what each runner is given (no job is run)."""
 import os
 
 import pytest
 
-from pipelines.runners import FLINK_JOB_SERVER_JAR, runner_flags
+from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, StandardOptions
+
+from pipelines.runners import (DEFAULT_CHECKPOINTING_INTERVAL_MS, FLINK_JOB_SERVER_JAR, FlinkJobOptions, prepare,
+                               runner_flags)
 
 pytestmark = pytest.mark.skipif(not os.path.exists(FLINK_JOB_SERVER_JAR), reason="needs `make flink-job-server`")
 
@@ -28,6 +31,46 @@ def test_flink_checkpoints_are_retained_in_a_given_folder(tmp_path):
     assert {"--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation"} <= set(flags)
 
 
-def test_flink_without_checkpoints_has_no_checkpoint_storage():
-    flags = runner_flags("flink", checkpointing_interval_ms=None)
-    assert _value(flags, "checkpointing_interval") is None and _value(flags, "state_backend") is None
+def _prepared(*argv: str):
+    options = PipelineOptions(["--runner=FlinkRunner", "--flink_master=localhost:8081", *argv])
+    assert prepare(options) == "flink"
+    return options
+
+
+def test_a_bare_flink_command_gets_what_the_job_needs():
+    options = _prepared("--environment_type=EXTERNAL", "--environment_config=localhost:50000")
+    flink = options.view_as(FlinkJobOptions)
+    assert options.view_as(StandardOptions).streaming
+    assert flink.finish_bundle_before_checkpointing is True
+    assert flink.checkpointing_interval == DEFAULT_CHECKPOINTING_INTERVAL_MS
+    assert flink.state_backend == "filesystem"
+    storage = flink.state_backend_storage_path
+    assert storage.startswith("file://") and os.path.isdir(storage[len("file://"):])
+    assert not flink.externalized_checkpoints_enabled  # a temporary folder: nothing to resume from
+    assert options.view_as(FlinkRunnerOptions).flink_job_server_jar == str(FLINK_JOB_SERVER_JAR)
+    # what reaches the Java runner: the options as the portable runner sends them
+    sent = options.get_all_options(drop_default=True)
+    assert sent["finish_bundle_before_checkpointing"] is True and sent["checkpointing_interval"] == 5000
+
+
+def test_a_given_checkpoint_folder_is_retained_and_resumed_from(tmp_path):
+    options = _prepared(f"--state_backend_storage_path=file://{tmp_path}", "--checkpointing_interval=2000")
+    flink = options.view_as(FlinkJobOptions)
+    assert flink.externalized_checkpoints_enabled and flink.retain_externalized_checkpoints_on_cancellation
+    assert flink.checkpointing_interval == 2000 and flink.state_backend_storage_path == f"file://{tmp_path}"
+    assert flink.savepoint_path is None  # no checkpoint there yet
+    (tmp_path / "job" / "chk-3").mkdir(parents=True)
+    (tmp_path / "job" / "chk-3" / "_metadata").write_bytes(b"x")
+    again = _prepared(f"--state_backend_storage_path=file://{tmp_path}")
+    assert again.view_as(FlinkJobOptions).savepoint_path == str(tmp_path / "job" / "chk-3")
+
+
+def test_a_zero_checkpoint_interval_is_replaced():
+    # acks happen at checkpoints: a job without them would have every message redelivered
+    assert _prepared("--checkpointing_interval=0").view_as(FlinkJobOptions).checkpointing_interval == 5000
+
+
+def test_prepare_leaves_other_runners_alone():
+    options = PipelineOptions(["--runner=PrismRunner"])
+    prepare(options)
+    assert options.view_as(FlinkJobOptions).finish_bundle_before_checkpointing is None
