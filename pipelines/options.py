@@ -50,6 +50,9 @@ class CountingOptions(PipelineOptions):
                             "too_old and future_timestamp never fire")
         parser.add_argument("--early_firing_s", type=int, default=30,
                             help="processing-time seconds between early (and late) panes")
+        parser.add_argument("--source_readers", type=int, default=None,
+                            help="readers pulling --input_subscription at once on Prism and Flink "
+                            "(transforms.pubsub_io); default: --parallelism when it is given, else 1")
         parser.add_argument("--dedup_shards", type=int, default=None,
                             help="keys of the stateful stages (dedup, panes); default: LOCAL_SHARDS on the local "
                             "runner (one worker thread, and every key costs it a bundle), DISTRIBUTED_SHARDS "

@@ -14,14 +14,14 @@ from __future__ import annotations
 import time
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, StandardOptions
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines import runners
 from pipelines.graph import count_and_store, run_from_command_line
 from pipelines.options import CountingOptions, policy_of, sinks_of
 from transforms.enrich import EnrichFromFile, EnrichFromSnapshots, read_snapshot_file
-from transforms.pubsub_io import ReadFromPubSubPortable
+from transforms.pubsub_io import FLINK_DEFAULT_MAX_PARALLELISM, ReadFromPubSubPortable
 
 
 def _with_arrival_time(data: bytes) -> tuple[bytes, int]:
@@ -52,15 +52,37 @@ def read_events(pipeline: beam.Pipeline, runner: str, o: CountingOptions):
     """Message payloads from ``o.input_subscription``, as ``(bytes, arrival µs)``: the native
     source on the local runner (publish times, wall-clock watermark) and on Dataflow
     (``o.timestamp_attribute``), ``ReadFromPubSubPortable`` on every other runner (its
-    watermark never passes the wall clock plus ``o.max_future_skew_s``)."""
+    watermark never passes the wall clock plus ``o.max_future_skew_s``) with
+    ``source_readers`` readers spread over Flink's key groups (``--max_parallelism``, else
+    Flink's default for parallelism up to 85)."""
     if runner == "local":
         source = beam.io.ReadFromPubSub(subscription=o.input_subscription)
     elif runners.native_pubsub(runner):
         source = beam.io.ReadFromPubSub(subscription=o.input_subscription, timestamp_attribute=o.timestamp_attribute)
     else:
+        flink = pipeline.options.view_as(FlinkRunnerOptions)
         source = ReadFromPubSubPortable(o.input_subscription, o.timestamp_attribute,
-                                        max_future_skew_s=o.max_future_skew_s, **runners.pull_pacing(runner))
+                                        max_future_skew_s=o.max_future_skew_s,
+                                        readers=source_readers(pipeline.options, runner),
+                                        max_parallelism=flink.max_parallelism if flink.max_parallelism > 0
+                                        else FLINK_DEFAULT_MAX_PARALLELISM, **runners.pull_pacing(runner))
     return pipeline | "read Pub/Sub" >> source | "arrival time" >> beam.Map(_with_arrival_time)
+
+
+def source_readers(options: PipelineOptions, runner: str) -> int:
+    """``--source_readers``, else ``--parallelism`` when it is given (one reader per source
+    subtask: ``ReadFromPubSubPortable`` puts one on each), else 1. Raises ``ValueError`` for
+    several readers where the dedup stage reads the watermark from element stamps
+    (``runners.stamped_watermark``: one reader's stamps are the source's watermark, several
+    readers' are not)."""
+    readers = options.view_as(CountingOptions).source_readers
+    if readers is None:
+        parallelism = options.view_as(FlinkRunnerOptions).parallelism
+        readers = parallelism if parallelism and parallelism > 0 else 1
+    if readers > 1 and runners.stamped_watermark(runner):
+        raise ValueError(f"--source_readers={readers}: the {runner} runner reads the watermark from the "
+                         f"stamps of one reader; use 1")
+    return readers
 
 
 def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:

@@ -14,7 +14,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.runners import runner_flags
-from transforms.pubsub_io import PullWatermark, ReadFromPubSubPortable, WriteToPubSubPortable, message_timestamp_us
+from transforms.pubsub_io import (PullWatermark, ReadFromPubSubPortable, WriteToPubSubPortable, flink_key_group,
+                                  message_timestamp_us, reader_elements, subscription_of)
 from viewcounts import provision, replay
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulator]
@@ -114,3 +115,41 @@ def test_pull_watermark_holds_the_earliest_of_the_sample_period_and_jumps_after_
     live.empty(2001.0, idle_s=5, sample_s=60)
     live.empty(2010.0, idle_s=5, sample_s=60)
     assert live.current_watermark().micros == 2010_000_000
+
+
+@pytest.mark.parametrize("readers", [1, 2, 3, 4, 8])
+def test_readers_fall_in_their_own_share_of_flink_key_groups(readers):
+    sub = "projects/p/subscriptions/" + "s" * 150  # a name over 127 bytes: a two-byte length prefix
+    elements = reader_elements(sub, readers)
+    assert len(set(elements)) == readers and {subscription_of(e) for e in elements} == {sub}
+    for parallelism in (1, 2, 4, 8):
+        subtasks = [flink_key_group(e) * parallelism // 128 for e in elements]
+        per_subtask = [subtasks.count(i) for i in range(parallelism)]
+        assert max(per_subtask) - min(per_subtask) <= 1 if readers >= parallelism else max(per_subtask) == 1
+    with pytest.raises(ValueError):
+        reader_elements(sub, 0)
+
+
+@pytest.mark.flink
+def test_flink_key_group_is_the_job_servers(tmp_path):
+    """``flink_key_group`` against Beam's ``FlinkKey`` and Flink's ``KeyGroupRangeAssignment``
+    from the job server jar's own classpath."""
+    import shutil
+    import subprocess
+
+    from pipelines.runners import FLINK_JOB_SERVER_JAR
+
+    if not (shutil.which("javac") and FLINK_JOB_SERVER_JAR.exists()):
+        pytest.skip("needs javac and `make flink-job-server`")
+    (tmp_path / "K.java").write_text(
+        "import org.apache.beam.runners.flink.adapter.FlinkKey;\n"
+        "import org.apache.beam.sdk.coders.StringUtf8Coder;\n"
+        "import org.apache.flink.runtime.state.KeyGroupRangeAssignment;\n"
+        "public class K { public static void main(String[] a) { for (String s : a) System.out.println("
+        "KeyGroupRangeAssignment.assignToKeyGroup(FlinkKey.of(s, StringUtf8Coder.of()), 128)); } }\n")
+    cp = ":".join(str(p) for p in sorted((FLINK_JOB_SERVER_JAR.parent / "lib").glob("*.jar")))
+    subprocess.run(["javac", "-cp", cp, "K.java"], cwd=tmp_path, check=True, timeout=120)
+    elements = reader_elements("projects/p/subscriptions/" + "x" * 200, 4) + ["", "é" * 70, "abc"]
+    out = subprocess.run(["java", "-cp", f"{cp}:{tmp_path}", "K", *elements], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    assert [int(x) for x in out] == [flink_key_group(e) for e in elements]

@@ -25,9 +25,11 @@ is per shard key, in state, and comes from one of two places:
 * ``stamped_watermark=True``: each element's timestamp is the watermark it arrived at
   (``transforms.pubsub_io.ReadFromPubSubPortable`` stamps messages so, and the scenario
   runner's ``TestStream`` does the same); the view is the highest stamp seen. This is the
-  path on Prism and Flink.
-* ``stamped_watermark=False`` (the native ``ReadFromPubSub``: the local runner and
-  Dataflow, whose element timestamps are publish or event times): every shard key keeps a
+  path on Prism, with one source reader: the stamps of several readers are each their own
+  reader's watermark, which can be above the runner's (the minimum over the readers).
+* ``stamped_watermark=False`` (Flink, with any number of source readers; the native
+  ``ReadFromPubSub`` of the local runner and Dataflow, whose element timestamps are
+  publish or event times): every shard key keeps a
   *ladder* of event-time timers at ``view + 5 s * 2**i`` (i = 0..41, dynamic timer tags),
   started by one probe element per key (``probe_elements``). A timer that fires at ``T``
   proves the watermark reached ``T``; the view becomes the highest rung that fired and the

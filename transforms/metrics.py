@@ -1,4 +1,22 @@
-"""Beam metric names (SPEC.md section 5): the same counters on every runner."""
+"""Beam metric names (SPEC.md section 5): the same counters on every runner, all in the
+``viewcounts`` namespace. Names are stable: dashboards and the bench read them (on Flink,
+from its REST metrics, per operator subtask).
+
+Counting core: ``events_in``, ``events_accepted``, ``duplicates_dropped``, ``dead_letters``
+(and ``dead_letters_<reason>``), ``aggregates_written``, ``write_failures``,
+``publish_failures``.
+
+Source (``transforms.pubsub_io.ReadFromPubSubPortable``, reported by each worker that runs
+source readers):
+
+* ``messages_pulled`` (counter): Pub/Sub messages received by pulls, copies included;
+* ``messages_acked`` (counter): messages whose acknowledgement Pub/Sub confirmed (after the
+  checkpoint that holds them); reported with the worker's next bundle of the source, since
+  acknowledgement runs in a bundle-finalization callback, outside any bundle;
+* ``oldest_unacked_age_ms`` (gauge): age in ms, by publish time, of the oldest message the
+  worker's readers pulled and have not yet acknowledged; 0 when there is none. Set at the
+  end of each of the source's bundles on that worker.
+"""
 from __future__ import annotations
 
 from apache_beam.metrics import Metrics
@@ -11,6 +29,9 @@ DEAD_LETTERS = "dead_letters"
 AGGREGATES_WRITTEN = "aggregates_written"
 WRITE_FAILURES = "write_failures"
 PUBLISH_FAILURES = "publish_failures"  # Pub/Sub copies of dead letters given up (they stay in the files)
+MESSAGES_PULLED = "messages_pulled"
+MESSAGES_ACKED = "messages_acked"
+OLDEST_UNACKED_AGE_MS = "oldest_unacked_age_ms"
 
 
 def committed_counters(result) -> dict[str, int]:
@@ -26,6 +47,10 @@ def committed_counters(result) -> dict[str, int]:
 
 def counter(name: str):
     return Metrics.counter(NAMESPACE, name)
+
+
+def gauge(name: str):
+    return Metrics.gauge(NAMESPACE, name)
 
 
 class DeadLetterCounters:

@@ -3,10 +3,26 @@
 Python's native ``ReadFromPubSub`` runs only on Dataflow and the BundleBasedDirectRunner
 (DESIGN.md); ``ReadFromPubSubPortable`` runs on any portable runner. Shape::
 
-    pipeline | ReadFromPubSubPortable("projects/P/subscriptions/S", timestamp_attribute="ts")
+    pipeline | ReadFromPubSubPortable("projects/P/subscriptions/S", timestamp_attribute="ts", readers=4)
       -> PCollection[bytes]   # message data, timestamped at the watermark when pulled
 
 Semantics:
+
+* **Several readers on one subscription.** ``readers`` restrictions each pull the same
+  subscription on their own (Pub/Sub hands each message to one of the outstanding pulls,
+  and redelivers it to any of them), with their own watermark, their own
+  acknowledgements and their own backoff; everything below holds per reader. The
+  runner's watermark of the source is the minimum over the readers. Each reader is an
+  element of its own (``reader_elements``), reshuffled between the impulse and the pull.
+  Beam's Flink runner keys a splittable DoFn's work by the element's encoding
+  (``SdfFlinkKeyKeySelector``), so the key group of that encoding (``flink_key_group``)
+  decides the subtask that runs the reader, whatever the reshuffle did: the elements are
+  salted so that reader ``i`` of ``n`` falls in the ``i``-th ``n``-th of the key groups,
+  which spreads the readers evenly over the subtasks whenever the parallelism divides the
+  number of readers or the reverse (no two on one subtask when they are equal). A reader that has
+  never received a message holds the watermark at its start (the minimum of time) like a
+  single reader does before the first message: the job's watermark moves once every
+  reader has pulled something (with steady traffic every outstanding pull is served).
 
 * **Acknowledgement after durability.** The ack ids of a pull are acknowledged by a
   bundle-finalization callback, which the runner calls only once the bundle's outputs and
@@ -73,6 +89,8 @@ import os
 import sys
 import time
 
+import mmh3
+
 import apache_beam as beam
 from apache_beam.io.iobase import WatermarkEstimator
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
@@ -90,6 +108,73 @@ MAX_TS_DIGITS = 20  # longer digit strings are refused unread (int() of 5,000 di
 MAX_PULL_RESPONSE_BYTES = 64 * 1024 * 1024  # six 10 MB messages with their attributes
 MAX_BACKOFF_S = 30.0  # longest pause between two bundles after failed pulls
 ACK_RETRY_S = 10.0  # how long one acknowledge request is retried
+# Flink's default max parallelism (the number of key groups) for operators of parallelism
+# up to 85: KeyGroupRangeAssignment.computeDefaultMaxParallelism
+FLINK_DEFAULT_MAX_PARALLELISM = 128
+_READER_MARK = "#reader-"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _flink_murmur(code: int) -> int:
+    """Flink's ``MathUtils.murmurHash(int)``: a non-negative int."""
+    m = 0xFFFFFFFF
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & m
+
+    code = rotl((code * 0xCC9E2D51) & m, 15)
+    code = rotl((code * 0x1B873593) & m, 13)
+    code = ((code * 5 + 0xE6546B64) & m) ^ 4
+    code ^= code >> 16
+    code = (code * 0x85EBCA6B) & m
+    code ^= code >> 13
+    code = (code * 0xC2B2AE35) & m
+    code ^= code >> 16
+    if code >= 1 << 31:
+        code -= 1 << 32
+    return code if code >= 0 else (-code if code != -(1 << 31) else 0)
+
+
+def flink_key_group(element: str, max_parallelism: int = FLINK_DEFAULT_MAX_PARALLELISM) -> int:
+    """The Flink key group of a ``str`` element of a splittable DoFn on Beam's Flink runner:
+    ``FlinkKey.hashCode`` (Guava's murmur3_128 of the element's nested ``StringUtf8Coder``
+    encoding, first 4 bytes) through ``KeyGroupRangeAssignment.assignToKeyGroup``. The
+    subtask that runs it is ``key group * parallelism // max_parallelism``. Checked against
+    the Java classes of the job server jar (tests/test_pubsub_io.py)."""
+    data = element.encode("utf-8")
+    code = int.from_bytes(mmh3.hash_bytes(_varint(len(data)) + data)[:4], "little", signed=True)
+    return _flink_murmur(code) % max_parallelism
+
+
+def reader_elements(subscription: str, readers: int,
+                    max_parallelism: int = FLINK_DEFAULT_MAX_PARALLELISM) -> list[str]:
+    """The elements of ``readers`` readers of ``subscription``: ``"<subscription>#reader-<i>-<salt>"``
+    with the smallest salt that puts reader ``i`` in key groups ``[i * m // readers, (i + 1)
+    * m // readers)`` (``m = max_parallelism``; see the module docstring). Raises
+    ``ValueError`` when ``readers`` is not in ``1..max_parallelism``."""
+    if not 1 <= readers <= max_parallelism:
+        raise ValueError(f"readers must be 1..{max_parallelism}, not {readers}")
+    out = []
+    for i in range(readers):
+        low, high = i * max_parallelism // readers, (i + 1) * max_parallelism // readers
+        salt = 0
+        while not low <= flink_key_group(f"{subscription}{_READER_MARK}{i}-{salt}", max_parallelism) < high:
+            salt += 1
+        out.append(f"{subscription}{_READER_MARK}{i}-{salt}")
+    return out
+
+
+def subscription_of(element: str) -> str:
+    """The subscription a reader element pulls."""
+    return element.split(_READER_MARK, 1)[0]
 
 
 def message_timestamp_us(attributes, publish_time_us: int, timestamp_attribute: str | None,
@@ -227,8 +312,9 @@ class PullWatermark(WatermarkEstimator):
 
 
 class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
-    """Pulls ``subscription`` (the element); is its own watermark estimator provider, so the
-    estimators it makes know ``max_future_skew_s``."""
+    """Pulls the subscription of a reader element (``reader_elements``); is its own watermark
+    estimator provider, so the estimators it makes know ``max_future_skew_s``. Reports the
+    source metrics of ``transforms.metrics`` for the readers it runs."""
 
     def __init__(self, timestamp_attribute: str | None, max_messages: int, max_pull_s: float,
                  poll_s: float, idle_s: float, pause_s: float, sample_s: float, max_future_skew_s: float) -> None:
@@ -248,21 +334,28 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
         self._client = subscriber_client()
         self._pulled, self._reported_s = 0, time.monotonic()
         self._batch, self._failures = self._max_messages, 0
+        self._pulled_counter = metrics.counter(metrics.MESSAGES_PULLED)
+        self._acked_counter = metrics.counter(metrics.MESSAGES_ACKED)
+        self._oldest_unacked = metrics.gauge(metrics.OLDEST_UNACKED_AGE_MS)
+        self._acked_unreported = 0  # acknowledged by finalization callbacks since the last bundle
+        self._unacked: dict[object, int] = {}  # per bundle awaiting finalization: oldest publish µs
 
     def teardown(self) -> None:
         if self._client is not None:
             self._client.close()
 
     @beam.DoFn.unbounded_per_element()
-    def process(self, subscription: str,
+    def process(self, reader: str,
                 bundle_finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam passes those by name
                 restriction_tracker=beam.DoFn.RestrictionParam(_EndlessPulls()),
                 watermark=beam.DoFn.WatermarkEstimatorParam()):
         started = time.monotonic()
+        subscription = subscription_of(reader)
         # Every bundle asks for finalization, even one that pulled nothing: Prism sends
         # FinalizeBundle for each bundle of the stage, which fails on a released one.
         acks: list[str] = []
-        bundle_finalizer.register(lambda: self._acknowledge(subscription, acks))
+        bundle = object()
+        bundle_finalizer.register(lambda: self._acknowledge(subscription, acks, bundle))
         position = restriction_tracker.current_restriction().start
         resume_after = Duration(seconds=self._pause_s)
         while time.monotonic() - started < self._max_pull_s:
@@ -283,14 +376,28 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
                 yield TimestampedValue(m.message.data, at_arrival)
             now_s = time.time()
             now_us = round(now_s * 1_000_000)
-            watermark.pulled([message_timestamp_us(m.message.attributes, _publish_us(m.message),
-                                                   self._timestamp_attribute, now_us, self._max_future_skew_s)
-                              for m in received], now_s, self._sample_s)
+            published_us = [_publish_us(m.message) for m in received]
+            watermark.pulled([message_timestamp_us(m.message.attributes, p, self._timestamp_attribute, now_us,
+                                                   self._max_future_skew_s)
+                              for m, p in zip(received, published_us)], now_s, self._sample_s)
             self._pulled += len(received)
+            self._pulled_counter.inc(len(received))
             acks.extend(m.ack_id for m in received)
+            self._unacked[bundle] = min(self._unacked.get(bundle, now_us), *published_us)
+        self._report_metrics()
         self._report(subscription, watermark)
         if resume_after is not None:
             restriction_tracker.defer_remainder(resume_after)
+
+    def _report_metrics(self) -> None:
+        """Source metrics at the end of a bundle: the acknowledgements confirmed since the last
+        bundle (callbacks run outside bundles, where metrics are not collected) and the age of
+        the oldest message still awaiting one, by publish time (0 when none)."""
+        acked, self._acked_unreported = self._acked_unreported, 0
+        if acked:
+            self._acked_counter.inc(acked)
+        oldest_us = min(self._unacked.values(), default=None)
+        self._oldest_unacked.set(0 if oldest_us is None else max(0, time.time_ns() // 1000 - oldest_us) // 1000)
 
     def _report(self, subscription: str, watermark: PullWatermark, every_s: float = 30.0) -> None:
         """An INFO line at most every ``every_s`` seconds: messages this worker pulled, watermark."""
@@ -299,18 +406,21 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
             _LOG.info("%s: %d messages pulled by this worker; watermark %s", subscription, self._pulled,
                       watermark.current_watermark())
 
-    def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
+    def _acknowledge(self, subscription: str, ack_ids: list[str], bundle: object) -> None:
         """Acknowledge in requests of 2,500 ids (well under the 512 KiB request limit), each
         retried for at most ``ACK_RETRY_S`` seconds; a failure is logged: those messages come
-        back after their ack deadline and are dropped as duplicates."""
+        back after their ack deadline and are dropped as duplicates (and pulled again, so they
+        no longer count as unacknowledged here)."""
         from google.api_core.exceptions import GoogleAPIError
         from google.api_core.retry import Retry
 
+        self._unacked.pop(bundle, None)
         for i in range(0, len(ack_ids), 2500):
             try:
                 self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids[i:i + 2500]},
                                          retry=Retry(initial=0.1, maximum=2.0, timeout=ACK_RETRY_S),
                                          timeout=ACK_RETRY_S)
+                self._acked_unreported += len(ack_ids[i:i + 2500])
             except GoogleAPIError as e:
                 _LOG.warning("%s: acknowledging %d messages failed (they will be redelivered): %s",
                              subscription, len(ack_ids[i:i + 2500]), e)
@@ -359,22 +469,28 @@ class ReadFromPubSubPortable(beam.PTransform):
     ``pipelines.runners.pull_pacing`` gives the values per runner), ``sample_s`` seconds of
     pulls whose earliest timestamp holds the watermark (``PullWatermark``),
     ``max_future_skew_s``: how far ahead of the wall clock a timestamp attribute may be read,
-    and the watermark's ceiling above it.
+    and the watermark's ceiling above it; ``readers``: how many readers pull the subscription
+    (module docstring), spread for a Flink job whose max parallelism (number of key groups)
+    is ``max_parallelism``. Raises ``ValueError`` when ``readers`` is not in
+    ``1..max_parallelism``.
     """
 
     def __init__(self, subscription: str, timestamp_attribute: str | None = None, max_messages: int = 1000,
                  max_pull_s: float = 1.0, poll_s: float = 0.5, idle_s: float = 5.0, pause_s: float = 0.0,
-                 sample_s: float = 60.0, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S) -> None:
+                 sample_s: float = 60.0, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S, readers: int = 1,
+                 max_parallelism: int = FLINK_DEFAULT_MAX_PARALLELISM) -> None:
         super().__init__()
-        self._subscription = subscription
+        self._readers = reader_elements(subscription, readers, max_parallelism)
         self._fn = _PullFn(timestamp_attribute, max_messages, max_pull_s, poll_s, idle_s, pause_s, sample_s,
                            max_future_skew_s)
 
     def expand(self, pbegin):
-        return (pbegin
-                | "impulse" >> beam.Impulse()
-                | "subscription" >> beam.Map(lambda _, s=self._subscription: s)
-                | "pull" >> beam.ParDo(self._fn))
+        readers = (pbegin
+                   | "impulse" >> beam.Impulse()
+                   | "readers" >> beam.FlatMap(lambda _, r=tuple(self._readers): r).with_output_types(str))
+        if len(self._readers) > 1:  # one reader stays fused with the impulse, as before readers existed
+            readers = readers | "spread readers" >> beam.Reshuffle()
+        return readers | "pull" >> beam.ParDo(self._fn)
 
 
 class _PublishFn(beam.DoFn):
