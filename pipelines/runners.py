@@ -55,6 +55,11 @@ class FlinkJobOptions(PipelineOptions):
         parser.add_argument("--finish_bundle_before_checkpointing", action="store_true", default=None,
                             help="finish the bundle at a checkpoint instead of buffering its output in state")
         parser.add_argument("--flink_conf_dir", default=None, help="folder with a flink-conf.yaml for the job")
+        # Java's attachedMode: detached, the job server returns once Flink has accepted the job
+        # (a remote master only; viewcounts.submit)
+        parser.add_argument("--detached", dest="attached_mode", action="store_false", default=None,
+                            help="submit to a remote Flink and return without waiting for the job "
+                            "(python -m viewcounts.submit)")
 
 
 def _require(path: Path, make_target: str) -> str:
@@ -227,10 +232,16 @@ def native_pubsub(runner: str) -> bool:
 
 
 def stamped_watermark(runner: str) -> bool:
-    """Whether the streaming job's messages carry the watermark they arrived at as their
-    timestamp: ``ReadFromPubSubPortable`` stamps them so; the native source (local runner,
-    Dataflow) stamps publish or event times (``transforms.dedup`` says what each implies)."""
-    return not native_pubsub(runner)
+    """Whether the dedup stage takes its watermark view from element stamps (``transforms.dedup``).
+    Only where the watermark ladder cannot work and one reader's stamps are the source's
+    watermark: Prism (it holds a stage's input watermark at its earliest timer, so the ladder
+    crawls) and other portable runners, with one ``ReadFromPubSubPortable`` reader. Not on
+    Flink: with several readers a message carries its own reader's watermark, which can be
+    above the runner's (the minimum over the readers), so a view built from stamps could run
+    ahead and refuse what SPEC accepts; the ladder's event-time timers fire at the runner's
+    own input watermark whatever the number of readers. Not with the native source (local
+    runner, Dataflow), whose element timestamps are publish or event times."""
+    return not native_pubsub(runner) and runner != "flink"
 
 
 def pull_pacing(runner: str) -> dict[str, float]:
