@@ -1,4 +1,4 @@
-"""The ``viewcounts`` command: ``demo``, ``replay``, ``stats``, ``scenario run|check``, ``bench``."""
+"""The ``viewcounts`` command: ``demo``, ``replay``, ``stats``, ``scenario run|check``, ``bench``, ``submit``."""
 from __future__ import annotations
 
 import argparse
@@ -79,6 +79,12 @@ def _demo(args) -> int:
     return demo_main(args)
 
 
+def _submit(args) -> int:
+    from viewcounts.submit import main as submit_main
+
+    return submit_main(args.job_flags)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="viewcounts", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's and the clients' logs")
@@ -130,7 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     add_bench_args(bn)
     bn.set_defaults(func=_bench)
 
+    sm = sub.add_parser("submit", help="submit the streaming job to a Flink session cluster, detached; prints the "
+                        "Flink job id", description="viewcounts submit -- JOB FLAGS: the flags of `python -m "
+                        "pipelines.streaming` with --runner=FlinkRunner --flink_master=HOST:PORT "
+                        "--environment_type=EXTERNAL --environment_config=HOST:PORT (viewcounts.submit).")
+    sm.add_argument("job_flags", nargs=argparse.REMAINDER, help="the job's flags (after --)")
+    sm.set_defaults(func=_submit)
+
     args = parser.parse_args(argv)
+    if args.command == "submit" and args.job_flags[:1] == ["--"]:
+        args.job_flags = args.job_flags[1:]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:

@@ -16,7 +16,7 @@ started in the pool), ``start_taskmanager(i)``, ``kill_jobmanager()`` and
 ``start_jobmanager()`` (same ports; the task managers register again).
 
 REST helpers (Flink's REST API, https://nightlies.apache.org/flink/flink-docs-release-1.19/docs/ops/rest_api/):
-``running_jobs()``, ``job_status(job_id)``, ``wait_for_running(...)``,
+``running_jobs()``, ``job_status(job_id)``, ``wait_for_running(...)``, ``job_taskmanagers(job_id)``,
 ``stop_with_savepoint(job_id, folder)``, ``cancel(job_id)``.
 """
 from __future__ import annotations
@@ -111,6 +111,8 @@ class FlinkCluster:
             "web.tmpdir": f"{self.dir}/web", "blob.storage.directory": f"{self.dir}/blobs",
             # a lost task manager is noticed within 10 s rather than 50 s
             "heartbeat.timeout": 10000, "heartbeat.interval": 2000,
+            # a job's subtasks go to every task manager rather than filling the first one's slots
+            "cluster.evenly-spread-out-slots": "true",
         }
         java_opts = re.search(r"^\s+all: (.*)$", (home / "conf" / "config.yaml").read_text(), re.M)
         if java_opts:  # the distribution's JVM flags for Java 17 (add-opens)
@@ -283,6 +285,20 @@ class FlinkCluster:
     def _all_tasks_running(self, job_id: str) -> bool:
         vertices = self.rest(f"/jobs/{job_id}")["vertices"]
         return all(v["status"] == "RUNNING" for v in vertices)
+
+    def job_taskmanagers(self, job_id: str) -> set[str]:
+        """Ids of the task managers running (or having run) subtasks of ``job_id``, from each
+        vertex's subtasks (``/jobs/<id>/vertices/<vertex id>``, field ``taskmanager-id``)."""
+        found = set()
+        for vertex in self.rest(f"/jobs/{job_id}")["vertices"]:
+            for sub in self.rest(f"/jobs/{job_id}/vertices/{vertex['id']}").get("subtasks", []):
+                if sub.get("taskmanager-id") and sub["taskmanager-id"] != "(unassigned)":
+                    found.add(sub["taskmanager-id"])
+        return found
+
+    def taskmanager_ids(self) -> set[str]:
+        """Ids of the task managers registered with the job manager."""
+        return self._tm_ids()
 
     def stop_with_savepoint(self, job_id: str, folder: str, timeout_s: float = 120.0) -> str:
         """Stop ``job_id`` with a savepoint under ``folder`` (no drain); returns the savepoint path."""
