@@ -1,0 +1,269 @@
+"""Faults on a Flink session cluster (issue 13): the streaming job runs distributed on
+``viewcounts.flink.FlinkCluster`` (2 task managers of 2 slots, Python workers from the
+EXTERNAL worker pool, retained checkpoints every 5 s), replays real 2013 flights with 5 %
+duplicates, and every fault ends with 0 mismatches between the stored minute and hour
+aggregates and the polars reference over the replay manifests.
+
+Each replay is paced in chunks: the first half is counted (aggregates stored, so windows
+have fired) and checkpointed, two more chunks are published, and the fault lands while the
+job works on them; the rest is published while the job recovers.
+
+* A task manager killed (SIGKILL, with its Python SDK workers): Beam 2.70's Flink runner
+  sets no restart strategy (``--number_of_execution_retries`` and
+  ``--execution_retry_delay`` default to -1, "use the cluster's"), so Flink 1.19's default
+  for a checkpointed job applies: exponential-delay. The job restarts in place from its
+  last checkpoint (same job id, ``numRestarts`` >= 1, the launcher never resubmits) on the
+  surviving task manager's free slots, as a cluster with spare slots does before any
+  replacement arrives; the replacement task manager is started afterwards.
+* Stop with a savepoint at parallelism 2, resume from it at parallelism 4: every vertex
+  of the new job runs 4 subtasks and its restored checkpoint is that savepoint.
+* The job manager killed (SIGKILL; no HA: the job dies with it): the job manager is
+  started again, the task managers register again, and the job, submitted again with the
+  same flags, resumes from the newest retained checkpoint (``pipelines.runners.prepare``).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipelines.runners import runner_flags
+from query.stats import StatsReader
+from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, kill, latest_checkpoint
+from viewcounts import replay
+from viewcounts.flink import FlinkCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.faults, pytest.mark.flink, pytest.mark.slow, pytest.mark.emulator]
+
+PLAN = replay.ReplayPlan(duplicate_rate=0.05, time_mode="real", events_per_message=50)
+EVENTS = 3000
+CHUNKS = 12        # the replay in 12 chunks: 6 before the fault, 2 in flight at it, 4 after
+CHUNK_PAUSE_S = 1.0
+CONVERGE_S = 300
+JOB_START_S = 180
+TASK_MANAGERS = 2
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with FlinkCluster(task_managers=TASK_MANAGERS, task_slots=2) as c:
+        yield c
+
+
+@pytest.fixture
+def deployment(tmp_path, pubsub_host, bigtable_host, cluster):
+    """A fresh deployment on a cluster with every task manager registered and no job running;
+    cancels whatever job is left on the cluster at the end."""
+    cluster.wait_for_taskmanagers()
+    assert cluster.running_jobs() == [], "a job of an earlier test is still running"
+    yield Deployment(str(tmp_path))
+    for job_id in _try(cluster.running_jobs, []):
+        _try(lambda: cluster.cancel(job_id), None)
+
+
+def _try(call, default):
+    try:
+        return call()
+    except OSError:
+        return default
+
+
+def _wait_for(predicate, timeout_s: float, what: str, job=None):
+    """Poll ``predicate`` every second until it returns something truthy (returned); raises
+    AssertionError after ``timeout_s`` or when the launcher ``job`` has exited."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = _try(predicate, None)
+        if value:
+            return value
+        if job is not None and job.poll() is not None:
+            raise AssertionError(f"the launcher exited with {job.returncode} while waiting for {what}")
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def _flights() -> list[list[dict]]:
+    """``EVENTS`` flights in time order with 5 % duplicates, in ``CHUNKS`` chunks."""
+    events = replay.plan_events(replay.read_source("flights", EVENTS), PLAN, time.time_ns() // 1000)
+    size = -(-len(events) // CHUNKS)
+    return [events[i:i + size] for i in range(0, len(events), size)]
+
+
+def _publish(d: Deployment, chunks: list[list[dict]]) -> None:
+    for chunk in chunks:
+        d.publish(chunk, PLAN)
+        time.sleep(CHUNK_PAUSE_S)
+
+
+def _publish_in_background(d: Deployment, chunks: list[list[dict]]) -> threading.Thread:
+    thread = threading.Thread(target=_publish, args=(d, chunks), daemon=True)
+    thread.start()
+    return thread
+
+
+def _some_rows(d: Deployment) -> bool:
+    with StatsReader(PROJECT, INSTANCE, d.table) as reader:
+        return next(iter(reader.all_cells()), None) is not None
+
+
+def _checkpoints(cluster: FlinkCluster, job_id: str) -> dict:
+    """Flink's checkpoint statistics of ``job_id`` (counts, latest completed and restored)."""
+    return cluster.rest(f"/jobs/{job_id}/checkpoints")
+
+
+def _completed(cluster: FlinkCluster, job_id: str) -> int:
+    return _checkpoints(cluster, job_id)["counts"]["completed"]
+
+
+def _num_restarts(cluster: FlinkCluster, job_id: str) -> int:
+    (metric,) = cluster.rest(f"/jobs/{job_id}/metrics?get=numRestarts")
+    return int(metric["value"])
+
+
+def _parallelisms(cluster: FlinkCluster, job_id: str) -> dict[str, int]:
+    """Subtasks per vertex of ``job_id``, by vertex name."""
+    return {v["name"]: v["parallelism"] for v in cluster.rest(f"/jobs/{job_id}")["vertices"]}
+
+
+def _taskmanagers_of(cluster: FlinkCluster, job_id: str) -> set[str]:
+    """Flink ids of the task managers running subtasks of ``job_id``."""
+    return {tm["taskmanager-id"] for vertex in cluster.rest(f"/jobs/{job_id}")["vertices"]
+            for tm in cluster.rest(f"/jobs/{job_id}/vertices/{vertex['id']}/taskmanagers")["taskmanagers"]}
+
+
+def _index_of(cluster: FlinkCluster, tm_id: str) -> int:
+    """The ``FlinkCluster`` index of the task manager Flink calls ``tm_id`` (the one listening on its data port)."""
+    (data_port,) = [tm["dataPort"] for tm in cluster.rest("/taskmanagers")["taskmanagers"] if tm["id"] == tm_id]
+    for i in range(TASK_MANAGERS):
+        pids = cluster.taskmanager_pids(i)
+        if pids and any(c.laddr.port == data_port and c.status == psutil.CONN_LISTEN
+                        for c in psutil.Process(pids[0]).net_connections(kind="tcp")):
+            return i
+    raise LookupError(f"no task manager process listens on {tm_id}'s data port {data_port}")
+
+
+def _local(path: str) -> str:
+    """A checkpoint or savepoint location as a plain path (Flink writes ``file:/...``)."""
+    return path.removeprefix("file://").removeprefix("file:").rstrip("/")
+
+
+def _flags(cluster: FlinkCluster, parallelism: int, checkpoints: str, *extra: str) -> list[str]:
+    return ["--no_event_age_check", *runner_flags("flink", flink_master=cluster.master, parallelism=parallelism,
+                                                  worker_pool=cluster.worker_pool, checkpoint_dir=checkpoints), *extra]
+
+
+def _start(d: Deployment, cluster: FlinkCluster, flags: list[str]):
+    """Submit the job (the launcher stays alive) and wait until all its tasks run; returns (launcher, job id)."""
+    job = d.start_job(*flags)
+    (job_id,) = _wait_for(lambda: cluster.wait_for_running(timeout_s=5), JOB_START_S, "the job to run", job)
+    return job, job_id
+
+
+def _first_half_counted(d: Deployment, cluster: FlinkCluster, job, job_id: str, chunks) -> None:
+    """Publish the first half, wait for stored aggregates and a checkpoint completed after them."""
+    _publish(d, chunks[:CHUNKS // 2])
+    _wait_for(lambda: _some_rows(d), CONVERGE_S, "the first aggregates", job)
+    done = _completed(cluster, job_id)
+    _wait_for(lambda: _completed(cluster, job_id) > done, 60, "a checkpoint after the first aggregates", job)
+
+
+def _exact(d: Deployment, job, tail: threading.Thread) -> float:
+    tail.join(timeout=120)
+    mismatches, waited = d.converged(CONVERGE_S, job)
+    assert mismatches == [], mismatches[:5]
+    return waited
+
+
+def test_a_killed_task_manager_is_recovered_by_the_restart_strategy_from_the_last_checkpoint(
+        deployment, cluster, tmp_path):
+    d, chunks = deployment, _flights()
+    job, job_id = _start(d, cluster, _flags(cluster, 2, str(tmp_path / "checkpoints")))
+    try:
+        _first_half_counted(d, cluster, job, job_id, chunks)
+        assert _num_restarts(cluster, job_id) == 0
+        _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
+        victim_id = min(_taskmanagers_of(cluster, job_id))
+        victim = _index_of(cluster, victim_id)
+        killed = cluster.kill_taskmanager(victim)
+        tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
+        fault_at = time.monotonic()
+        _wait_for(lambda: _num_restarts(cluster, job_id) >= 1, 120, "Flink to restart the job", job)
+        assert cluster.wait_for_running(timeout_s=120) == [job_id], "the job was not restarted in place"
+        running_again = time.monotonic() - fault_at
+        survivors = _taskmanagers_of(cluster, job_id)
+        assert survivors and victim_id not in survivors, (victim_id, survivors)
+        restored = _checkpoints(cluster, job_id)["latest"]["restored"]
+        assert restored is not None and not restored["is_savepoint"], restored
+        cluster.start_taskmanager(victim)  # the replacement joins the cluster
+        waited = _exact(d, job, tail)
+        assert job.poll() is None, "the launcher ended: the job was not recovered in place"
+        print(f"task manager {victim} killed (pids {killed}): {_num_restarts(cluster, job_id)} restarts, running "
+              f"again on {sorted(survivors)} after {running_again:.1f} s, restored checkpoint "
+              f"{restored['id']}; {EVENTS} flights exact {waited:.1f} s after the replay ended")
+    finally:
+        kill(job)
+
+
+def test_stop_with_savepoint_at_parallelism_2_and_resume_at_4(deployment, cluster, tmp_path):
+    d, chunks = deployment, _flights()
+    checkpoints = str(tmp_path / "checkpoints")
+    job, job_id = _start(d, cluster, _flags(cluster, 2, checkpoints))
+    try:
+        before = _parallelisms(cluster, job_id)
+        assert max(before.values()) == 2, before
+        _first_half_counted(d, cluster, job, job_id, chunks)
+        _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
+        savepoint = cluster.stop_with_savepoint(job_id, f"file://{tmp_path}/savepoints")
+        tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
+        job.wait(timeout=120)
+    finally:
+        kill(job)
+    assert cluster.job_status(job_id) == "FINISHED"
+    job, job_id = _start(d, cluster, _flags(cluster, 4, checkpoints, f"--savepoint_path={savepoint}"))
+    try:
+        after = _parallelisms(cluster, job_id)
+        assert after == {name: 4 if p == 2 else p for name, p in before.items()}, (before, after)
+        assert len(_taskmanagers_of(cluster, job_id)) == TASK_MANAGERS
+        restored = _checkpoints(cluster, job_id)["latest"]["restored"]
+        assert restored is not None and restored["is_savepoint"], restored
+        assert _local(restored["external_path"]) == _local(savepoint), (restored, savepoint)
+        waited = _exact(d, job, tail)
+        print(f"vertices at parallelism 1: {[name[:80] for name, p in after.items() if p == 1]}")
+        print(f"savepoint {savepoint} at parallelism 2, resumed at 4: exact {waited:.1f} s after the replay ended")
+    finally:
+        kill(job)
+
+
+def test_a_killed_job_manager_restarted_and_the_job_resubmitted_resumes_from_its_retained_checkpoint(
+        deployment, cluster, tmp_path):
+    d, chunks = deployment, _flights()
+    checkpoints = str(tmp_path / "checkpoints")
+    flags = _flags(cluster, 2, checkpoints)
+    job, job_id = _start(d, cluster, flags)
+    try:
+        _first_half_counted(d, cluster, job, job_id, chunks)
+        _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
+        cluster.kill_jobmanager()
+        tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
+    finally:
+        kill(job)  # the launcher of a job that no longer exists
+    retained = latest_checkpoint(checkpoints)
+    assert retained is not None and Path(retained).parent.name == job_id
+    cluster.start_jobmanager()
+    cluster.wait_for_taskmanagers()
+    assert cluster.rest("/jobs")["jobs"] == [], "the job survived its job manager: the fault did not happen"
+    job, job_id = _start(d, cluster, flags)
+    try:
+        restored = _checkpoints(cluster, job_id)["latest"]["restored"]
+        assert restored is not None and not restored["is_savepoint"], restored
+        assert _local(restored["external_path"]) == _local(retained), (restored, retained)
+        with open(f"{d.folder}/job-1.log", "rb") as log:
+            assert b"resuming from the newest retained checkpoint" in log.read()
+        waited = _exact(d, job, tail)
+        print(f"job manager killed and restarted, job resubmitted from {retained}: "
+              f"exact {waited:.1f} s after the replay ended")
+    finally:
+        kill(job)
