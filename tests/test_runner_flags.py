@@ -1,5 +1,6 @@
 """``pipelines.runners.runner_flags`` and ``prepare``: what each runner is given (no job is run)."""
 import os
+import re
 
 import pytest
 
@@ -7,6 +8,7 @@ from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOpt
 
 from pipelines.runners import (DEFAULT_CHECKPOINTING_INTERVAL_MS, FLINK_JOB_SERVER_JAR, FlinkJobOptions, prepare,
                                runner_flags)
+from viewcounts.submit import check_submittable
 
 pytestmark = pytest.mark.skipif(not os.path.exists(FLINK_JOB_SERVER_JAR), reason="needs `make flink-job-server`")
 
@@ -74,3 +76,21 @@ def test_prepare_leaves_other_runners_alone():
     options = PipelineOptions(["--runner=PrismRunner"])
     prepare(options)
     assert options.view_as(FlinkJobOptions).finish_bundle_before_checkpointing is None
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["--runner=FlinkRunner", "--flink_master=[local]", "--environment_type=EXTERNAL"], "remote --flink_master"),
+    (["--runner=FlinkRunner", "--flink_master=localhost:8081", "--environment_type=LOOPBACK"], "outside the launcher"),
+    (["--runner=FlinkRunner", "--flink_master=localhost:8081"], "DOCKER"),
+    (["--runner=PrismRunner"], "FlinkRunner"),
+])
+def test_detached_submission_refuses_jobs_that_would_die_with_their_launcher(argv, refused):
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        check_submittable(argv)
+
+
+def test_detached_submission_finds_the_cluster_and_the_job_by_name():
+    argv = ["--runner=FlinkRunner", "--flink_master=flink-jm:8081", "--environment_type=EXTERNAL",
+            "--environment_config=localhost:50000", "--job_name=counts"]
+    assert check_submittable(argv) == ("http://flink-jm:8081", "counts")
+    assert check_submittable([*argv[:1], "--flink_master=https://jm/", *argv[2:]])[0] == "https://jm"
