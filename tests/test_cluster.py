@@ -1,0 +1,106 @@
+"""The production recipe on a Flink session cluster: 2 task managers with 2 slots each and a
+Python worker pool (EXTERNAL environment), the streaming job submitted detached
+(``viewcounts.submit``: the launcher exits, the job keeps running), at parallelism 2 and 4.
+Each run replays flights with their real 2013 times and ends with every stored aggregate
+equal to the polars reference; the work must have spread: SDK worker processes of the pool
+(at least 2) and subtasks on both task managers. One cluster for the module, stopped by PID.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from pipelines.runners import runner_flags
+from tests.streaming_jobs import Deployment, archive_missing
+from viewcounts import replay
+from viewcounts.flink import FlinkCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.flink, pytest.mark.slow, pytest.mark.emulator]
+
+HISTORICAL = replay.ReplayPlan(duplicate_rate=0.05, time_mode="real", events_per_message=100)
+CONVERGE_S = 240
+SUBMIT_S = 300
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = time.monotonic()
+    with FlinkCluster(task_managers=2, task_slots=2) as c:
+        yield c
+    print(f"cluster module: {time.monotonic() - started:.0f} s with the cluster up")
+
+
+@pytest.fixture
+def deployment(tmp_path, pubsub_host, bigtable_host):
+    return Deployment(str(tmp_path))
+
+
+def _group_alive(pgid: int) -> list[int]:
+    """PIDs still in process group ``pgid``."""
+    alive = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) == pgid:
+                alive.append(p.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return alive
+
+
+def submit_detached(d: Deployment, cluster: FlinkCluster, parallelism: int, *flags: str) -> str:
+    """``python -m viewcounts.submit`` in a process group of its own; waits for it to exit,
+    then kills whatever is left of its group; returns the Flink job id it printed."""
+    argv = [sys.executable, "-m", "viewcounts.submit", "--no_event_age_check",
+            *d.job_flags(*runner_flags("flink", flink_master=cluster.master, parallelism=parallelism,
+                                       worker_pool=cluster.worker_pool,
+                                       checkpoint_dir=f"{d.folder}/checkpoints"), *flags)]
+    with open(f"{d.folder}/submit.log", "wb") as log:
+        launcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        out, _ = launcher.communicate(timeout=SUBMIT_S)
+    assert launcher.returncode == 0, f"submission failed; see {d.folder}/submit.log"
+    try:
+        os.killpg(launcher.pid, 9)  # anything the launcher left behind (its job server exits with it)
+    except ProcessLookupError:
+        pass
+    assert _group_alive(launcher.pid) == []
+    return out.decode().split()[-1]
+
+
+@pytest.mark.parametrize("parallelism", [2, 4])
+def test_detached_job_spreads_over_the_cluster_and_equals_the_reference(cluster, deployment, parallelism):
+    started = time.monotonic()
+    job_id = submit_detached(deployment, cluster, parallelism)
+    submitted_s = time.monotonic() - started
+    try:
+        assert cluster.job_status(job_id) == "RUNNING"
+        events = replay.plan_events(replay.read_source("flights", 3000), HISTORICAL, time.time_ns() // 1000)
+        figures = deployment.publish(events, HISTORICAL)
+        workers = cluster.sdk_workers()
+        mismatches, waited = deployment.converged(CONVERGE_S)
+        workers = max(workers, cluster.sdk_workers())
+        assert mismatches == [], mismatches[:5]
+        deadline = time.monotonic() + 60
+        while archive_missing(deployment.folder, events) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert archive_missing(deployment.folder, events) == 0
+        assert cluster.job_status(job_id) == "RUNNING"
+        assert workers >= 2, f"{workers} SDK worker processes"
+        assert cluster.job_taskmanagers(job_id) == cluster.taskmanager_ids()
+        print(f"parallelism {parallelism}: submitted in {submitted_s:.0f} s; {figures['published']} events, "
+              f"every aggregate equal {waited:.1f} s after publishing; {workers} SDK workers")
+    finally:
+        _cancel(cluster, job_id)
+
+
+def _cancel(cluster: FlinkCluster, job_id: str) -> None:
+    """Cancel ``job_id`` and wait until it has ended (its slots are free again)."""
+    if cluster.job_status(job_id) not in ("CANCELED", "FAILED", "FINISHED"):
+        cluster.cancel(job_id)
+    deadline = time.monotonic() + 60
+    while cluster.job_status(job_id) not in ("CANCELED", "FAILED", "FINISHED") and time.monotonic() < deadline:
+        time.sleep(0.5)
