@@ -1,5 +1,6 @@
 # Two commands for a newcomer (README): `make demo` and `make test`.
-# `make demo RUNNER=prism|flink` runs the demo on another runner (it builds what it needs).
+# `make demo RUNNER=prism|flink|flink-cluster` runs the demo on another runner (it builds what it needs);
+# flink-cluster: a local Flink session cluster (2 task managers, a Python worker pool), the job submitted detached.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,8 +17,9 @@ RUNNER ?= local
 RUNNER_BUILDS_local :=
 RUNNER_BUILDS_prism := $(PRISM)
 RUNNER_BUILDS_flink := $(JOB_SERVER)
+RUNNER_BUILDS_flink-cluster := $(JOB_SERVER) $(FLINK_STAMP)
 
-.PHONY: venv prism flink-job-server flink-venv toxiproxy runners demo bench test test-fast clean
+.PHONY: venv prism flink-job-server flink-venv toxiproxy runners demo bench test test-fast test-cluster clean
 
 venv: $(STAMP)
 
@@ -77,6 +79,10 @@ test: venv runners
 
 test-fast: venv
 	$(BIN)/pytest -m "not slow"
+
+# the production recipe on a local session cluster: detached submission, faults, rescaling
+test-cluster: venv flink-job-server flink-venv
+	$(BIN)/pytest -m cluster
 
 clean:
 	rm -rf $(VENV) $(FLINK_VENV) $(BUILD) demo-out .pytest_cache

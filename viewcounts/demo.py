@@ -1,7 +1,11 @@
 """``viewcounts demo``: the main job end to end on one machine.
 
 Starts the Pub/Sub and Bigtable emulators, creates the topic, subscription, dead-letter
-topic and table, starts the streaming job on the local runner, replays real flights
+topic and table, starts the streaming job (on the local runner by default; ``--runner
+flink-cluster``: a Flink session cluster of 2 task managers with a Python worker pool,
+``viewcounts.flink.FlinkCluster``, and the job submitted to it detached at
+``--parallelism``, ``viewcounts.submit``; its counters, watermark lag, backlog and oldest
+unacked message age are read from Flink's REST API, ``viewcounts.job_metrics``), replays real flights
 (``viewcounts.flights``) with duplicates, waits for the job to catch up, prints a report
 and a reconciliation of every stored minute and hour aggregate against an independent
 computation over the replay manifest, writes ``demo-out/summary.json``, and stops
@@ -13,6 +17,9 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import orjson
@@ -35,8 +42,12 @@ def add_demo_args(p) -> None:
     p.add_argument("--flights", type=int, default=20_000, help="how many flights to replay")
     p.add_argument("--duplicate-rate", type=float, default=0.05, help="fraction of flights published twice")
     p.add_argument("--events-per-message", type=int, default=100, help="events per Pub/Sub message")
-    p.add_argument("--runner", choices=("local", "prism", "flink"), default="local",
-                   help="local: BundleBasedDirectRunner; prism and flink need `make prism` / `make flink-job-server`")
+    p.add_argument("--runner", choices=("local", "prism", "flink", "flink-cluster"), default="local",
+                   help="local: BundleBasedDirectRunner; prism and flink (embedded) need `make prism` / `make "
+                   "flink-job-server`; flink-cluster (a session cluster of 2 task managers, the job submitted "
+                   "detached) also `make flink-venv`")
+    p.add_argument("--parallelism", type=int, default=2, help="the job's parallelism on flink-cluster (at most 4: "
+                   "2 task managers x 2 slots)")
     p.add_argument("--time-mode", choices=("shift", "real"), default="shift",
                    help="shift: event times moved into the last --fit-span-s seconds; real: the flights' own 2013 "
                    "times (prism and flink only: the local runner's Pub/Sub watermark is the wall clock)")
@@ -65,18 +76,106 @@ def _pull_dead_letters(subscription_path: str) -> dict[str, int]:
             sub.acknowledge(subscription=subscription_path, ack_ids=[m.ack_id for m in resp.received_messages])
 
 
-def _counters(result) -> dict[str, int]:
-    """Committed counters of a running job; empty where the runner reports them only at the end."""
-    try:
-        return metrics.committed_counters(result)
-    except Exception:  # noqa: BLE001 - portable job services differ in what they serve while running
+class _InProcessJob:
+    """The job run from this process (``pipeline.run()``)."""
+
+    def __init__(self, result) -> None:
+        self.result = result
+
+    def counters(self) -> dict[str, int]:
+        """Committed counters of the running job; empty where the runner reports them only at the end."""
+        try:
+            return metrics.committed_counters(self.result)
+        except Exception:  # noqa: BLE001 - portable job services differ in what they serve while running
+            return {}
+
+    def final_counters(self, events: int) -> dict[str, int]:
+        return self.counters()
+
+    def ended(self) -> str | None:
+        from apache_beam.runners.runner import PipelineState
+
+        return self.result.state if PipelineState.is_terminal(self.result.state) else None
+
+    def live_figures(self) -> dict:
         return {}
 
 
-def _finished(result) -> bool:
-    from apache_beam.runners.runner import PipelineState
+class _ClusterJob:
+    """The job submitted detached to ``cluster`` as ``job_id``; its metrics come from Flink's REST API."""
 
-    return PipelineState.is_terminal(result.state)
+    REFRESH_S = 2.0  # one read of every vertex's metrics takes dozens of REST calls
+
+    def __init__(self, cluster, job_id: str) -> None:
+        self.cluster, self.job_id, self.published_messages = cluster, job_id, None
+        self._read_at, self._read = -self.REFRESH_S, {}
+
+    def _metrics(self) -> dict:
+        """``viewcounts.job_metrics.flink_job_metrics``, read at most every ``REFRESH_S``; {} when
+        the REST API does not answer."""
+        from viewcounts.job_metrics import flink_job_metrics
+
+        if time.monotonic() - self._read_at >= self.REFRESH_S:
+            try:
+                self._read = flink_job_metrics(self.cluster.master, self.job_id, self.published_messages)
+            except OSError:
+                self._read = {}
+            self._read_at = time.monotonic()
+        return self._read
+
+    def counters(self) -> dict[str, int]:
+        return self._metrics().get("counters", {})
+
+    def final_counters(self, events: int, timeout_s: float = 30.0) -> dict[str, int]:
+        """The counters once they show every published event read: the job manager fetches
+        the task managers' metrics every 10 s (Flink's ``metrics.fetcher.update-interval``),
+        so a read right after the data caught up can be behind; gives up after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        counters = self.counters()
+        while counters.get(metrics.EVENTS_IN, 0) < events and time.monotonic() < deadline:
+            time.sleep(1)
+            counters = self.counters()
+        return counters
+
+    def cancel(self) -> None:
+        with contextlib.suppress(OSError):  # already ended, or the cluster is gone
+            self.cluster.cancel(self.job_id)
+
+    def ended(self) -> str | None:
+        state = self.cluster.job_status(self.job_id)
+        return state if state in ("FAILED", "CANCELED", "FINISHED", "SUSPENDED") else None
+
+    def live_figures(self) -> dict:
+        """Watermark lag, oldest unacked message age (s) and backlog (messages), read while it runs."""
+        m = self._metrics()
+        return {k: m.get(k) for k in ("watermark_lag_s", "oldest_unacked_age_s", "backlog_messages")}
+
+
+def _submit_to_cluster(console, stack: contextlib.ExitStack, job_flags: list[str], parallelism: int,
+                       out: str) -> _ClusterJob:
+    """Start a session cluster (2 task managers x 2 slots, a Python worker pool), submit the
+    job to it detached with ``python -m viewcounts.submit`` (its log: ``out/submit.log``);
+    the job is cancelled and the cluster stopped by PID when ``stack`` closes."""
+    from viewcounts.flink import FlinkCluster
+
+    cluster = stack.enter_context(FlinkCluster(task_managers=2, task_slots=2))
+    console.print(f"[bold]flink[/]: session cluster at {cluster.master} (2 task managers x 2 slots), "
+                  f"Python worker pool at {cluster.worker_pool}; PIDs {' '.join(map(str, cluster.process_pids()))}")
+    argv = [sys.executable, "-m", "viewcounts.submit", *job_flags,
+            *runner_flags("flink", flink_master=cluster.master, parallelism=parallelism,
+                          worker_pool=cluster.worker_pool)]
+    with open(os.path.join(out, "submit.log"), "wb") as log:
+        launcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        stdout, _ = launcher.communicate()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(launcher.pid, signal.SIGKILL)  # nothing of the launcher outlives the submission
+    if launcher.returncode != 0:
+        raise SystemExit(f"the submission failed; see {os.path.join(out, 'submit.log')}")
+    job = _ClusterJob(cluster, stdout.decode().split()[-1])
+    stack.callback(job.cancel)
+    console.print(f"[bold]pipeline[/]: Flink job {job.job_id} running at parallelism {parallelism}; "
+                  f"the launcher (pid {launcher.pid}) has exited")
+    return job
 
 
 def demo_main(args) -> int:
@@ -88,7 +187,7 @@ def demo_main(args) -> int:
     from viewcounts.reconcile import expected_aggregates, reconcile, stored_aggregates
 
     if args.time_mode == "real" and args.runner == "local":
-        raise SystemExit("--time-mode real needs --runner prism or flink (the local runner's watermark is the wall clock)")
+        raise SystemExit("--time-mode real needs another runner than local (its watermark is the wall clock)")
     console = Console()
     archive = os.path.abspath(os.path.join(args.out, "archive"))
     shutil.rmtree(archive, ignore_errors=True)
@@ -110,23 +209,28 @@ def demo_main(args) -> int:
         provision.create_topic_and_subscription(PROJECT, DEFAULT_DEAD_LETTER_TOPIC, DEAD_LETTER_SUBSCRIPTION)
         provision.create_table(PROJECT, storage.DEFAULT_INSTANCE, storage.DEFAULT_TABLE)
 
-        pipeline = build_pipeline([
+        job_flags = [
             f"--input_subscription=projects/{PROJECT}/subscriptions/{DEFAULT_SUBSCRIPTION}",
             f"--dead_letter_topic=projects/{PROJECT}/topics/{DEFAULT_DEAD_LETTER_TOPIC}",
             f"--archive_path={archive}",
             f"--metadata_path={os.path.abspath(metadata_path)}",
             f"--bigtable_project={PROJECT}", f"--early_firing_s={args.early_firing_s}",
             *(["--no_event_age_check"] if args.time_mode == "real" else []),
-            *runner_flags(args.runner),
-        ])
-        result = pipeline.run()
-        stack.callback(result.cancel)
-        console.print(f"[bold]pipeline[/]: streaming job started on the {args.runner} runner")
+        ]
+        if args.runner == "flink-cluster":
+            job = _submit_to_cluster(console, stack, job_flags, args.parallelism, args.out)
+        else:
+            result = build_pipeline([*job_flags, *runner_flags(args.runner)]).run()
+            stack.callback(result.cancel)
+            job = _InProcessJob(result)
+            console.print(f"[bold]pipeline[/]: streaming job started on the {args.runner} runner")
 
         plan = replay.ReplayPlan(args.duplicate_rate, args.time_mode, None, args.fit_span_s, args.events_per_message)
         events = replay.plan_events(replay.read_source("flights", args.flights), plan, time.time_ns() // 1000)
         publish_start = time.monotonic()
         figures = replay.publish(events, PROJECT, DEFAULT_TOPIC, plan, manifest)
+        if isinstance(job, _ClusterJob):
+            job.published_messages = figures["messages"]
         expected = expected_aggregates(manifest)
 
         deadline = time.monotonic() + args.catch_up_timeout_s
@@ -135,9 +239,9 @@ def demo_main(args) -> int:
             with console.status("waiting for the pipeline to catch up") as status:
                 next_check = 0.0
                 while True:
-                    counters = _counters(result)
-                    if _finished(result):
-                        raise SystemExit(f"the streaming job ended early: {result.state}")
+                    counters = job.counters()
+                    if job.ended():
+                        raise SystemExit(f"the streaming job ended early: {job.ended()}")
                     if ingested_s is None and counters.get("events_in", 0) >= len(events):
                         ingested_s = time.monotonic() - publish_start
                     if (ingested_s is not None or not counters) and time.monotonic() >= next_check:
@@ -155,6 +259,8 @@ def demo_main(args) -> int:
             caught_up_s = time.monotonic() - publish_start
             dead = _pull_dead_letters(f"projects/{PROJECT}/subscriptions/{DEAD_LETTER_SUBSCRIPTION}")
             recompute = _recompute(console, archive, events, metadata_path, reader, deadline)
+            counters = job.final_counters(len(events)) or counters
+            live = job.live_figures()
             summary = {
                 "published": len(events), "distinct_events": len({e["event_id"] for e in events}),
                 "messages": figures["messages"], "accepted": counters.get(metrics.EVENTS_ACCEPTED, 0),
@@ -165,7 +271,7 @@ def demo_main(args) -> int:
                 "events_per_s": round(len(events) / ingested_s, 1) if ingested_s else 0.0,
                 "ingested_s": round(ingested_s, 1) if ingested_s else None, "caught_up_s": round(caught_up_s, 1),
                 "publish_events_per_s": figures["publish_events_per_s"],
-                **recompute,
+                **live, **recompute,
             }
             _report(console, reader, summary, expected, mismatches)
         summary["wall_s"] = round(time.monotonic() - wall_start, 1)
@@ -237,8 +343,10 @@ def _report(console, reader, summary: dict, expected: dict, mismatches: list) ->
     t.add_column("figure")
     t.add_column("value", justify="right")
     for k in ("published", "distinct_events", "accepted", "duplicates_dropped", "dead_letters",
-              "aggregates_written", "events_per_s", "ingested_s", "caught_up_s"):
-        t.add_row(k, f"{summary[k]:,}" if isinstance(summary[k], int) else str(summary[k]))
+              "aggregates_written", "events_per_s", "ingested_s", "caught_up_s",
+              "watermark_lag_s", "oldest_unacked_age_s", "backlog_messages"):
+        if k in summary:
+            t.add_row(k, f"{summary[k]:,}" if isinstance(summary[k], int) else str(summary[k]))
     console.print(t)
     totals: dict[tuple, int] = {}
     hours: dict[tuple, list[int]] = {}
