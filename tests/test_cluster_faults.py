@@ -1,4 +1,5 @@
-"""Faults on a Flink session cluster (issue 13): the streaming job runs distributed on
+"""Faults on a Flink session cluster (issue 13): the streaming job, submitted detached
+(``python -m viewcounts.submit``: the launcher exits once the job runs), runs distributed on
 ``viewcounts.flink.FlinkCluster`` (2 task managers of 2 slots, Python workers from the
 EXTERNAL worker pool, retained checkpoints every 5 s), replays real 2013 flights with 5 %
 duplicates, and every fault ends with 0 mismatches between the stored minute and hour
@@ -12,19 +13,26 @@ job works on them; the rest is published while the job recovers.
   sets no restart strategy (``--number_of_execution_retries`` and
   ``--execution_retry_delay`` default to -1, "use the cluster's"), so Flink 1.19's default
   for a checkpointed job applies: exponential-delay. The job restarts in place from its
-  last checkpoint (same job id, ``numRestarts`` >= 1, the launcher never resubmits) on the
-  surviving task manager's free slots, as a cluster with spare slots does before any
+  last checkpoint (same job id, ``numRestarts`` >= 1, nothing resubmits it) on the
+  surviving task manager's slots, as a cluster with spare slots does before any
   replacement arrives; the replacement task manager is started afterwards.
 * Stop with a savepoint at parallelism 2, resume from it at parallelism 4: every vertex
-  of the new job runs 4 subtasks and its restored checkpoint is that savepoint.
+  that ran 2 subtasks runs 4 (the Impulse source runs 1 at any parallelism), on both task
+  managers, and the new job's restored checkpoint is that savepoint.
 * The job manager killed (SIGKILL; no HA: the job dies with it): the job manager is
   started again, the task managers register again, and the job, submitted again with the
-  same flags, resumes from the newest retained checkpoint (``pipelines.runners.prepare``).
+  same flags, resumes from the newest retained checkpoint (``pipelines.runners.prepare``;
+  Flink reports a checkpoint restored through ``--savepoint_path`` as ``is_savepoint``).
 """
 from __future__ import annotations
 
+import glob
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -32,7 +40,7 @@ import pytest
 
 from pipelines.runners import runner_flags
 from query.stats import StatsReader
-from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, kill, latest_checkpoint
+from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, latest_checkpoint
 from viewcounts import replay
 from viewcounts.flink import FlinkCluster
 
@@ -71,16 +79,14 @@ def _try(call, default):
         return default
 
 
-def _wait_for(predicate, timeout_s: float, what: str, job=None):
+def _wait_for(predicate, timeout_s: float, what: str):
     """Poll ``predicate`` every second until it returns something truthy (returned); raises
-    AssertionError after ``timeout_s`` or when the launcher ``job`` has exited."""
+    AssertionError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = _try(predicate, None)
         if value:
             return value
-        if job is not None and job.poll() is not None:
-            raise AssertionError(f"the launcher exited with {job.returncode} while waiting for {what}")
         time.sleep(1)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
@@ -123,6 +129,15 @@ def _num_restarts(cluster: FlinkCluster, job_id: str) -> int:
     return int(metric["value"])
 
 
+def _restart_strategy(cluster: FlinkCluster, job_id: str) -> str:
+    """The restart back-off strategy the job master logged for ``job_id`` (its class and settings)."""
+    for path in glob.glob(f"{cluster.dir}/log/jobmanager/*.log*"):
+        for line in Path(path).read_text(errors="replace").splitlines():
+            if "Using restart back off time strategy" in line and job_id in line:
+                return line.split("strategy ", 1)[1]
+    return ""
+
+
 def _parallelisms(cluster: FlinkCluster, job_id: str) -> dict[str, int]:
     """Subtasks per vertex of ``job_id``, by vertex name."""
     return {v["name"]: v["parallelism"] for v in cluster.rest(f"/jobs/{job_id}")["vertices"]}
@@ -155,86 +170,105 @@ def _flags(cluster: FlinkCluster, parallelism: int, checkpoints: str, *extra: st
                                                   worker_pool=cluster.worker_pool, checkpoint_dir=checkpoints), *extra]
 
 
-def _start(d: Deployment, cluster: FlinkCluster, flags: list[str]):
-    """Submit the job (the launcher stays alive) and wait until all its tasks run; returns (launcher, job id)."""
-    job = d.start_job(*flags)
-    (job_id,) = _wait_for(lambda: cluster.wait_for_running(timeout_s=5), JOB_START_S, "the job to run", job)
-    return job, job_id
+def _submit(d: Deployment, cluster: FlinkCluster, flags: list[str]) -> str:
+    """Submit the job detached (``python -m viewcounts.submit``: the launcher exits once every
+    task runs; its log is ``submit-N.log`` in the deployment's folder); returns the Flink job id."""
+    log_path = f"{d.folder}/submit-{len(glob.glob(f'{d.folder}/submit-*.log'))}.log"
+    with open(log_path, "wb") as log:
+        done = subprocess.run([sys.executable, "-m", "viewcounts.submit", *d.job_flags(*flags)], stdout=subprocess.PIPE,
+                              stderr=log, timeout=JOB_START_S + 60)
+    assert done.returncode == 0, f"the submission failed with {done.returncode}; see {log_path}"
+    job_id = done.stdout.decode().split()[-1]
+    assert cluster.running_jobs() == [job_id]
+    return job_id
 
 
-def _first_half_counted(d: Deployment, cluster: FlinkCluster, job, job_id: str, chunks) -> None:
+def _first_half_counted(d: Deployment, cluster: FlinkCluster, job_id: str, chunks) -> None:
     """Publish the first half, wait for stored aggregates and a checkpoint completed after them."""
     _publish(d, chunks[:CHUNKS // 2])
-    _wait_for(lambda: _some_rows(d), CONVERGE_S, "the first aggregates", job)
+    _wait_for(lambda: _some_rows(d), CONVERGE_S, "the first aggregates")
     done = _completed(cluster, job_id)
-    _wait_for(lambda: _completed(cluster, job_id) > done, 60, "a checkpoint after the first aggregates", job)
+    _wait_for(lambda: _completed(cluster, job_id) > done, 60, "a checkpoint after the first aggregates")
 
 
-def _exact(d: Deployment, job, tail: threading.Thread) -> float:
+def _by_chunk(mismatches: list, chunks: list[list[dict]]) -> dict[int, Counter]:
+    """Mismatches by the replay chunk whose events fall in their window (a window shared by
+    two chunks counts for both): ``{chunk: Counter(absent=..., low=..., high=...)}``."""
+    spans = []
+    for chunk in chunks:
+        times = [datetime.fromisoformat(e["event_time"].replace("Z", "+00:00")).timestamp() for e in chunk]
+        spans.append((min(times), max(times)))
+    found: dict[int, Counter] = {}
+    for m in mismatches:
+        start = m.key[-1]
+        end = start + (3600 if m.key[-2] == "hour" else 60)
+        kind = "absent" if m.stored is None else "low" if m.stored[0] < m.expected[0] else "high"
+        for i, (first, last) in enumerate(spans):
+            if first < end and last >= start:
+                found.setdefault(i, Counter())[kind] += 1
+    return found
+
+
+def _exact(d: Deployment, tail: threading.Thread, chunks: list[list[dict]]) -> float:
+    """Wait for the tail of the replay, then for every aggregate to equal the reference;
+    returns the seconds waited after the tail. The failure message counts the mismatches
+    per replay chunk (the fault lands after chunk ``CHUNKS // 2 + 1``)."""
     tail.join(timeout=120)
-    mismatches, waited = d.converged(CONVERGE_S, job)
-    assert mismatches == [], mismatches[:5]
+    mismatches, waited = d.converged(CONVERGE_S)
+    assert mismatches == [], (len(mismatches), _by_chunk(mismatches, chunks), mismatches[:5])
     return waited
 
 
 def test_a_killed_task_manager_is_recovered_by_the_restart_strategy_from_the_last_checkpoint(
         deployment, cluster, tmp_path):
     d, chunks = deployment, _flights()
-    job, job_id = _start(d, cluster, _flags(cluster, 2, str(tmp_path / "checkpoints")))
-    try:
-        _first_half_counted(d, cluster, job, job_id, chunks)
-        assert _num_restarts(cluster, job_id) == 0
-        _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
-        victim_id = min(_taskmanagers_of(cluster, job_id))
-        victim = _index_of(cluster, victim_id)
-        killed = cluster.kill_taskmanager(victim)
-        tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
-        fault_at = time.monotonic()
-        _wait_for(lambda: _num_restarts(cluster, job_id) >= 1, 120, "Flink to restart the job", job)
-        assert cluster.wait_for_running(timeout_s=120) == [job_id], "the job was not restarted in place"
-        running_again = time.monotonic() - fault_at
-        survivors = _taskmanagers_of(cluster, job_id)
-        assert survivors and victim_id not in survivors, (victim_id, survivors)
-        restored = _checkpoints(cluster, job_id)["latest"]["restored"]
-        assert restored is not None and not restored["is_savepoint"], restored
-        cluster.start_taskmanager(victim)  # the replacement joins the cluster
-        waited = _exact(d, job, tail)
-        assert job.poll() is None, "the launcher ended: the job was not recovered in place"
-        print(f"task manager {victim} killed (pids {killed}): {_num_restarts(cluster, job_id)} restarts, running "
-              f"again on {sorted(survivors)} after {running_again:.1f} s, restored checkpoint "
-              f"{restored['id']}; {EVENTS} flights exact {waited:.1f} s after the replay ended")
-    finally:
-        kill(job)
+    job_id = _submit(d, cluster, _flags(cluster, 2, str(tmp_path / "checkpoints")))
+    _first_half_counted(d, cluster, job_id, chunks)
+    assert _num_restarts(cluster, job_id) == 0
+    strategy = _restart_strategy(cluster, job_id)
+    assert strategy.startswith("ExponentialDelayRestartBackoffTimeStrategy("), strategy
+    _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
+    victim_id = min(_taskmanagers_of(cluster, job_id))
+    victim = _index_of(cluster, victim_id)
+    killed = cluster.kill_taskmanager(victim)
+    tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
+    fault_at = time.monotonic()
+    _wait_for(lambda: _num_restarts(cluster, job_id) >= 1, 120, "Flink to restart the job")
+    assert cluster.wait_for_running(timeout_s=120) == [job_id], "the job was not restarted in place"
+    running_again = time.monotonic() - fault_at
+    survivors = _taskmanagers_of(cluster, job_id)
+    assert survivors and victim_id not in survivors, (victim_id, survivors)
+    restored = _checkpoints(cluster, job_id)["latest"]["restored"]
+    assert restored is not None and not restored["is_savepoint"], restored
+    cluster.start_taskmanager(victim)  # the replacement joins the cluster
+    waited = _exact(d, tail, chunks)
+    assert [j["id"] for j in cluster.rest("/jobs")["jobs"]] == [job_id], "the job was resubmitted"
+    print(f"task manager {victim} killed (pids {killed}): {_num_restarts(cluster, job_id)} restarts, running "
+          f"again on {sorted(survivors)} after {running_again:.1f} s, restored checkpoint "
+          f"{restored['id']}; {EVENTS} flights exact {waited:.1f} s after the replay ended")
 
 
 def test_stop_with_savepoint_at_parallelism_2_and_resume_at_4(deployment, cluster, tmp_path):
     d, chunks = deployment, _flights()
     checkpoints = str(tmp_path / "checkpoints")
-    job, job_id = _start(d, cluster, _flags(cluster, 2, checkpoints))
-    try:
-        before = _parallelisms(cluster, job_id)
-        assert max(before.values()) == 2, before
-        _first_half_counted(d, cluster, job, job_id, chunks)
-        _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
-        savepoint = cluster.stop_with_savepoint(job_id, f"file://{tmp_path}/savepoints")
-        tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
-        job.wait(timeout=120)
-    finally:
-        kill(job)
+    job_id = _submit(d, cluster, _flags(cluster, 2, checkpoints))
+    before = _parallelisms(cluster, job_id)
+    assert max(before.values()) == 2, before
+    _first_half_counted(d, cluster, job_id, chunks)
+    _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
+    savepoint = cluster.stop_with_savepoint(job_id, f"file://{tmp_path}/savepoints")
+    tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
     assert cluster.job_status(job_id) == "FINISHED"
-    job, job_id = _start(d, cluster, _flags(cluster, 4, checkpoints, f"--savepoint_path={savepoint}"))
-    try:
-        after = _parallelisms(cluster, job_id)
-        assert after == {name: 4 if p == 2 else p for name, p in before.items()}, (before, after)
-        assert len(_taskmanagers_of(cluster, job_id)) == TASK_MANAGERS
-        restored = _checkpoints(cluster, job_id)["latest"]["restored"]
-        assert restored is not None and restored["is_savepoint"], restored
-        assert _local(restored["external_path"]) == _local(savepoint), (restored, savepoint)
-        waited = _exact(d, job, tail)
-        print(f"vertices at parallelism 1: {[name[:80] for name, p in after.items() if p == 1]}")
-        print(f"savepoint {savepoint} at parallelism 2, resumed at 4: exact {waited:.1f} s after the replay ended")
-    finally:
-        kill(job)
+    job_id = _submit(d, cluster, _flags(cluster, 4, checkpoints, f"--savepoint_path={savepoint}"))
+    after = _parallelisms(cluster, job_id)
+    assert after == {name: 4 if p == 2 else p for name, p in before.items()}, (before, after)
+    assert len(_taskmanagers_of(cluster, job_id)) == TASK_MANAGERS
+    restored = _checkpoints(cluster, job_id)["latest"]["restored"]
+    assert restored is not None and restored["is_savepoint"], restored
+    assert _local(restored["external_path"]) == _local(savepoint), (restored, savepoint)
+    waited = _exact(d, tail, chunks)
+    print(f"savepoint {savepoint} at parallelism 2, resumed at 4 (vertices at 1: "
+          f"{[name for name, p in after.items() if p == 1]}): exact {waited:.1f} s after the replay ended")
 
 
 def test_a_killed_job_manager_restarted_and_the_job_resubmitted_resumes_from_its_retained_checkpoint(
@@ -242,28 +276,26 @@ def test_a_killed_job_manager_restarted_and_the_job_resubmitted_resumes_from_its
     d, chunks = deployment, _flights()
     checkpoints = str(tmp_path / "checkpoints")
     flags = _flags(cluster, 2, checkpoints)
-    job, job_id = _start(d, cluster, flags)
-    try:
-        _first_half_counted(d, cluster, job, job_id, chunks)
-        _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
-        cluster.kill_jobmanager()
-        tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
-    finally:
-        kill(job)  # the launcher of a job that no longer exists
+    job_id = _submit(d, cluster, flags)
+    _first_half_counted(d, cluster, job_id, chunks)
+    _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
+    cluster.kill_jobmanager()
     retained = latest_checkpoint(checkpoints)
     assert retained is not None and Path(retained).parent.name == job_id
     cluster.start_jobmanager()
     cluster.wait_for_taskmanagers()
     assert cluster.rest("/jobs")["jobs"] == [], "the job survived its job manager: the fault did not happen"
-    job, job_id = _start(d, cluster, flags)
-    try:
-        restored = _checkpoints(cluster, job_id)["latest"]["restored"]
-        assert restored is not None and not restored["is_savepoint"], restored
-        assert _local(restored["external_path"]) == _local(retained), (restored, retained)
-        with open(f"{d.folder}/job-1.log", "rb") as log:
-            assert b"resuming from the newest retained checkpoint" in log.read()
-        waited = _exact(d, job, tail)
-        print(f"job manager killed and restarted, job resubmitted from {retained}: "
-              f"exact {waited:.1f} s after the replay ended")
-    finally:
-        kill(job)
+    # the task managers run the old job's tasks until they notice the job manager is gone:
+    # the rest of the replay is published once they have released every slot, so the
+    # resubmitted job, not the old one, counts it
+    _wait_for(lambda: all(tm["freeSlots"] == tm["slotsNumber"] for tm in cluster.rest("/taskmanagers")["taskmanagers"]),
+              120, "the task managers to drop the old job's tasks")
+    tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
+    job_id = _submit(d, cluster, flags)
+    restored = _checkpoints(cluster, job_id)["latest"]["restored"]  # is_savepoint: restored through the savepoint path
+    assert restored is not None and _local(restored["external_path"]) == _local(retained), (restored, retained)
+    with open(f"{d.folder}/submit-1.log", "rb") as log:
+        assert b"resuming from the newest retained checkpoint" in log.read()
+    waited = _exact(d, tail, chunks)
+    print(f"job manager killed and restarted, job resubmitted from {retained}: "
+          f"exact {waited:.1f} s after the replay ended")
