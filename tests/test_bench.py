@@ -7,7 +7,8 @@ import orjson
 import pytest
 
 from viewcounts.bench import workload
-from viewcounts.bench.harness import BenchMismatch, cross_check
+from viewcounts.bench.core_flink import newest_panes
+from viewcounts.bench.harness import FLINK_KEYS, BenchMismatch, cross_check
 
 ISSUE_KEYS = ("core_events_per_s", "naive_beam_events_per_s", "pyflink_sql_events_per_s", "loop_events_per_s",
               "dedup_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p99_s",
@@ -32,15 +33,38 @@ def test_workloads_are_deterministic_and_carry_the_duplicates_asked_for(tmp_path
     assert len(set(ids)) == 3000 and 250 < len(ids) - 3000 < 350
 
 
+def test_the_core_job_on_flink_keeps_the_newest_pane_of_each_cell(tmp_path):
+    rows = [["V1", "view", "minute", 60, 10, [1, 0, 0.0, None, None]],
+            ["V1", "view", "minute", 60, 30, [3, 0, 0.0, None, None]],  # a later pane, in another worker's file
+            ["V1", "view", "minute", 60, 20, [2, 0, 0.0, None, None]],
+            ["V2", "like", "hour", 0, 5, [1, 1, 4.0, 4.0, 4.0]]]
+    (tmp_path / "rows-a.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows[:2]))
+    (tmp_path / "rows-b.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows[2:]))
+    panes, n = newest_panes(tmp_path)
+    assert n == 4
+    assert panes == {("V1", "view", "minute", 60): (3, 0, 0.0, None, None),
+                     ("V2", "like", "hour", 0): (1, 1, 4.0, 4.0, 4.0)}
+
+
 @pytest.mark.slow
 @pytest.mark.flink
+@pytest.mark.cluster
 @pytest.mark.emulator
 def test_quick_bench_runs_every_part_and_the_systems_agree(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "viewcounts.cli", "bench", "--quick", "--json", str(out),
-                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=900)
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = orjson.loads(out.read_bytes())
     assert all(res[k] is not None for k in ISSUE_KEYS), {k: res.get(k) for k in ISSUE_KEYS}
     assert res["cross_check"] == "identical aggregates"
     assert {row["events_per_message"] for row in res["scaling"]} == {1, 10, 100, 1000}
+    # On Flink (issue 13): every key present; the core job and PyFlink SQL at parallelism 2 measured
+    # (their aggregates cross-checked); each end-to-end run counted everything and read the job's
+    # counters from Flink's REST API while it ran.
+    assert set(FLINK_KEYS) <= set(res) and "flink_core_error" not in res
+    assert res["flink_p2_core_events_per_s"] and res["pyflink_sql_p2_events_per_s"]
+    for p in (1, 2):
+        for step in res[f"flink_p{p}_e2e_steps"]:
+            assert step["e2e_complete"] and step["flink_metrics_reads"] > 0, step
+            assert step["flink_counters"]["events_in"] > 0 and step["job_cpu_s_per_million_events"] > 0

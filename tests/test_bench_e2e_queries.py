@@ -92,3 +92,15 @@ def test_measure_e2e_counts_everything_at_a_low_rate(tmp_path: Path):
     assert out["e2e_complete"] and out["e2e_events"] == 6000
     assert out["freshness_cells"] > 0 and out["freshness_cells_pending"] == 0
     assert out["freshness_p50_s"] is not None and out["e2e_sustained_events_per_s"] > 0
+
+
+def test_job_flags_on_flink_submit_to_the_cluster_with_external_workers(tmp_path: Path):
+    class Cluster:
+        master, worker_pool = "localhost:8081", "localhost:50000"
+
+    flags = e2e.job_flags(tmp_path, 2, e2e.OnFlink(parallelism=2), Cluster())
+    assert "--runner=FlinkRunner" in flags and "--flink_master=localhost:8081" in flags
+    assert {"--parallelism=2", "--environment_type=EXTERNAL", "--environment_config=localhost:50000",
+            "--early_firing_s=2", "--fresh_start"} <= set(flags)
+    assert f"--state_backend_storage_path=file://{tmp_path / 'checkpoints'}" in flags
+    assert "--runner=BundleBasedDirectRunner" in e2e.job_flags(tmp_path, 2)

@@ -75,6 +75,19 @@ process group: the job, the Pub/Sub emulator, the Bigtable emulator, this proces
 ``find_sustained_rate`` ramps ``measure_e2e`` over rising rates and stops at the first
 rate not kept up.
 
+On Flink (``flink=OnFlink(parallelism, sdk_worker_parallelism, task_managers, task_slots)``):
+after the emulators, a session cluster (``viewcounts.flink.FlinkCluster``, stopped by PID)
+starts, so its worker pool hands the emulators' addresses to the Python workers; the job is
+submitted to it (``job_flags``: EXTERNAL workers from the pool, checkpoints under
+``workdir``, ``--fresh_start``) by a launcher process that waits for it. While the stream
+runs, ``viewcounts.job_metrics.flink_job_metrics`` is read every 2 s from the REST API:
+``flink_metrics_reads``, the largest ``flink_watermark_lag_max_s``,
+``flink_oldest_unacked_age_max_s`` and ``flink_backlog_max_messages`` seen, the last read's
+``flink_counters`` and ``flink_vertices``. ``flink_cluster_cpu_cores`` is the CPU of the
+job manager, task managers, worker pool and SDK workers (psutil) over the stream and drain.
+On every runner ``job_cpu_s_per_million_events`` is the job's CPU seconds (launcher group,
+plus the cluster on Flink) over the stream and drain per million events published.
+
 Costs of measuring: the poller issues a few ``get_stats`` calls per sweep in this process
 (~a few % of a core); the probe adds one event per message. With ``profile_path`` and a
 ``py-spy`` binary (``$PY_SPY`` or on ``PATH``), the job is sampled for the stream's
@@ -99,6 +112,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import psutil
 
 from pipelines.options import DEFAULT_TIMESTAMP_ATTRIBUTE
 from pipelines.runners import runner_flags
@@ -349,15 +363,35 @@ def stored_differences(reader, stream: Stream, limit: int = 5) -> list[str]:
 
 # --- the job ----------------------------------------------------------------------------
 
-def job_flags(folder: Path, early_firing_s: int) -> list[str]:
-    """The demo's flags for ``pipelines.streaming`` on the local runner, on the bench's
-    topic, table and folders."""
+@dataclass(frozen=True)
+class OnFlink:
+    """How ``measure_e2e`` runs the job on Flink: a session cluster
+    (``viewcounts.flink.FlinkCluster``) of ``task_managers`` task managers with
+    ``task_slots`` slots each and a Python worker pool, the job's ``parallelism`` and
+    ``sdk_worker_parallelism`` (Python worker processes per task manager)."""
+
+    parallelism: int
+    sdk_worker_parallelism: int = 1
+    task_managers: int = 2
+    task_slots: int = 2
+
+
+def job_flags(folder: Path, early_firing_s: int, flink: OnFlink | None = None, cluster=None) -> list[str]:
+    """The demo's flags for ``pipelines.streaming`` on the bench's topic, table and folders:
+    on the local runner, or (``flink``) submitted to a session cluster with EXTERNAL Python
+    workers from its pool and checkpoints under ``folder``."""
+    if flink is None:
+        runner = runner_flags("local")
+    else:
+        runner = runner_flags("flink", flink_master=cluster.master, parallelism=flink.parallelism,
+                              worker_pool=cluster.worker_pool,
+                              sdk_worker_parallelism=flink.sdk_worker_parallelism,
+                              checkpoint_dir=str(folder / "checkpoints")) + ["--fresh_start"]
     return [f"--input_subscription=projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
             f"--dead_letter_topic=projects/{PROJECT}/topics/{DEAD_TOPIC}",
             f"--archive_path={folder / 'archive'}", f"--metadata_path={folder / 'metadata.jsonl'}",
             f"--bigtable_project={PROJECT}", f"--bigtable_instance={INSTANCE}", f"--bigtable_table={TABLE}",
-            f"--early_firing_s={early_firing_s}",
-            *runner_flags("local")]
+            f"--early_firing_s={early_firing_s}", *runner]
 
 
 @contextlib.contextmanager
@@ -508,11 +542,12 @@ def measure_e2e(rate_events_per_s: int, seconds: int, early_firing_s: int, event
                 tail_cells: int = 40, poll_s: float = 0.5, slack_s: float = 10.0, drain_timeout_s: float = 180.0,
                 heartbeat_s: float | None = 0.5, ready_timeout_s: float = 180.0,
                 workdir: Path | None = None, workload_root: Path | None = None,
-                profile_path: Path | None = None) -> dict:
+                profile_path: Path | None = None, flink: OnFlink | None = None) -> dict:
     """See the module docstring. ``workdir``: job log, archive and metadata (a temporary
     folder, removed, when None); ``workload_root``: where generated workloads are cached
     (inside ``workdir`` when None); ``heartbeat_s``: empty messages after the stream (None:
-    let the input go idle)."""
+    let the input go idle); ``flink``: run the job on a Flink session cluster instead of the
+    local runner (see "On Flink" in the module docstring)."""
     if events_per_message < 2 or rate_events_per_s * seconds < events_per_message:
         raise ValueError("events_per_message must be >= 2 and the stream must hold at least one message")
     with contextlib.ExitStack() as stack:
@@ -524,8 +559,10 @@ def measure_e2e(rate_events_per_s: int, seconds: int, early_firing_s: int, event
                                      disorder_s=disorder_s, span_s=seconds)
         events, offsets_ms = load_workload(spec, Path(workload_root) if workload_root else folder / "workloads")
         _write_metadata(folder / "metadata.jsonl", min(videos, 1000))
-        env = _start_product(stack, folder, early_firing_s)
+        env = _start_product(stack, folder, early_firing_s, flink)
         ready_s = wait_until_ready(env.reader, env.job, env.topic_path, ready_timeout_s)
+        if env.cluster is not None:
+            env.flink_job_id = env.cluster.wait_for_running(timeout_s=30)[0]
         _LOG.info("job ready after %.1f s; planning %d events", ready_s, len(events) + n_msgs)
         stream = plan_stream(events, offsets_ms, time.time_ns() // 1_000_000, seconds, events_per_message,
                              f"{os.getpid()}-{time.time_ns()}")
@@ -547,18 +584,26 @@ class _Product:
     job: subprocess.Popen
     reader: object  # query.stats.StatsReader
     topic_path: str
+    cluster: object = None  # viewcounts.flink.FlinkCluster on Flink
+    flink_job_id: str | None = None
 
 
-def _start_product(stack: contextlib.ExitStack, folder: Path, early_firing_s: int) -> _Product:
-    """Emulators, topics, subscription, table, the streaming job and a reader, all stopped by ``stack``."""
+def _start_product(stack: contextlib.ExitStack, folder: Path, early_firing_s: int, flink: OnFlink | None) -> _Product:
+    """Emulators, topics, subscription, table, on Flink a session cluster (started after the
+    emulators: its worker pool passes their addresses on to the Python workers through its
+    environment), the streaming job and a reader, all stopped by ``stack``."""
     from query.stats import StatsReader
+    from viewcounts.flink import FlinkCluster
 
     pubsub = stack.enter_context(emulator_env(pubsub_emulator()))
     bigtable = stack.enter_context(emulator_env(bigtable_emulator()))
     _provision()
-    job = stack.enter_context(streaming_job(job_flags(folder, early_firing_s), folder / "job.log"))
+    cluster = None
+    if flink is not None:
+        cluster = stack.enter_context(FlinkCluster(task_managers=flink.task_managers, task_slots=flink.task_slots))
+    job = stack.enter_context(streaming_job(job_flags(folder, early_firing_s, flink, cluster), folder / "job.log"))
     reader = stack.enter_context(StatsReader(PROJECT, INSTANCE, TABLE))
-    return _Product(pubsub.proc.pid, bigtable.proc.pid, job, reader, f"projects/{PROJECT}/topics/{TOPIC}")
+    return _Product(pubsub.proc.pid, bigtable.proc.pid, job, reader, f"projects/{PROJECT}/topics/{TOPIC}", cluster)
 
 
 def _stream_and_drain(env: _Product, run: _Run, seconds: int, early_firing_s: int, poll_s: float,
@@ -566,13 +611,29 @@ def _stream_and_drain(env: _Product, run: _Run, seconds: int, early_firing_s: in
     """Publish, poll until counted, confirm with a full scan; returns the CPU use
     (``*_cpu_cores``) from the first publish to the end of polling."""
     groups = {"job": env.job.pid, "pubsub_emulator": env.pubsub_pid, "bigtable_emulator": env.bigtable_pid}
+    cluster = env.cluster
     cpu0, wall0, self0 = {k: _group_cpu_s(g) for k, g in groups.items()}, time.monotonic(), time.process_time()
-    profiler = _start_profiler(env.job.pid, seconds, profile_path)
+    cluster0 = _processes_cpu_s(cluster.process_pids()) if cluster else {}
+    profiler = _start_profiler(cluster.process_pids() if cluster else [env.job.pid], seconds, profile_path)
     run.publisher.start()
-    _poll_until_counted(env.reader, run, early_firing_s, poll_s, drain_timeout_s)
+    watcher = _MetricsWatcher(cluster.master, env.flink_job_id, run.publisher) if cluster else None
+    try:
+        _poll_until_counted(env.reader, run, early_firing_s, poll_s, drain_timeout_s)
+    finally:
+        if watcher:
+            watcher.stop()
     wall = time.monotonic() - wall0
-    cpu = {f"{k}_cpu_cores": round((_group_cpu_s(g) - cpu0[k]) / wall, 2) for k, g in groups.items()}
+    used = {k: _group_cpu_s(g) - cpu0[k] for k, g in groups.items()}
+    cpu = {f"{k}_cpu_cores": round(v / wall, 2) for k, v in used.items()}
     cpu["bench_cpu_cores"] = round((time.process_time() - self0) / wall, 2)
+    job_cpu_s = used["job"]
+    if cluster:
+        cluster1 = _processes_cpu_s(cluster.process_pids())
+        cluster_cpu_s = sum(cluster1[p] - cluster0.get(p, 0.0) for p in cluster1)
+        cpu["flink_cluster_cpu_cores"] = round(cluster_cpu_s / wall, 2)
+        job_cpu_s += cluster_cpu_s
+        cpu.update(watcher.figures())
+    cpu["job_cpu_s_per_million_events"] = round(job_cpu_s / run.stream.events * 1e6, 1)
     if run.t_all is not None:
         _confirm(env.reader, run, time.monotonic() + drain_timeout_s)
     _finish_profiler(profiler)
@@ -591,26 +652,94 @@ def _write_metadata(path: Path, videos: int) -> None:
             f.write(orjson.dumps({"video_id": f"video-{i:07d}", "title": f"Video {i}", "channel": f"ch-{i % 97}"}) + b"\n")
 
 
-def _start_profiler(pid: int, seconds: float, profile_path: Path | None) -> subprocess.Popen | None:
+def _processes_cpu_s(pids: list[int]) -> dict[int, float]:
+    """``{pid: user + system CPU seconds so far}`` of the live processes among ``pids``."""
+    out = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[pid] = t.user + t.system
+    return out
+
+
+def _python_pids(pids: list[int]) -> list[int]:
+    """The Python interpreters among ``pids`` (what py-spy can sample; not the JVMs)."""
+    out = []
+    for pid in pids:
+        try:
+            if "python" in psutil.Process(pid).name():
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _start_profiler(pids: list[int], seconds: float, profile_path: Path | None) -> list[subprocess.Popen]:
+    """One ``py-spy record`` per Python process of ``pids`` (a job on the local runner: its
+    launcher; on Flink: the worker pool and its SDK workers), for ``seconds``; the first
+    writes to ``profile_path``, the others to ``profile_path`` with ``.<pid>`` appended."""
     if profile_path is None:
-        return None
+        return []
     exe = _py_spy()
     if exe is None:
         _LOG.warning("no py-spy (set PY_SPY or put it on PATH): not profiling")
-        return None
-    return subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "50",
-                             "--nonblocking", "--format", "raw", "--output", str(profile_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return []
+    procs = []
+    for n, pid in enumerate(_python_pids(pids)):
+        out = profile_path if n == 0 else profile_path.with_name(f"{profile_path.name}.{pid}")
+        procs.append(subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+                                       "--rate", "50", "--nonblocking", "--format", "raw", "--output", str(out)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
 
 
-def _finish_profiler(proc: subprocess.Popen | None) -> None:
-    if proc is None:
-        return
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        proc.wait(timeout=10)
+def _finish_profiler(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+class _MetricsWatcher(threading.Thread):
+    """Reads ``viewcounts.job_metrics.flink_job_metrics`` every ``period_s`` while the
+    stream runs (published messages from the publisher, for the backlog); ``figures()``
+    summarises what it read: ``flink_metrics_reads``, the largest watermark lag, oldest
+    unacked age and backlog seen, and the last read's counters (``flink_counters``)."""
+
+    def __init__(self, rest_url: str, job_id: str, publisher: Publisher, period_s: float = 2.0) -> None:
+        super().__init__(name="bench-flink-metrics", daemon=True)
+        self._rest, self._job, self._pub, self._period_s = rest_url, job_id, publisher, period_s
+        self._halt = threading.Event()
+        self.reads: list[dict] = []
+        self.start()
+
+    def run(self) -> None:
+        from viewcounts.job_metrics import flink_job_metrics
+
+        while not self._halt.wait(self._period_s):
+            try:
+                self.reads.append(flink_job_metrics(self._rest, self._job, self._pub.acked))
+            except OSError as exc:  # the REST API busy or restarting: skip this read
+                _LOG.warning("reading the job's metrics failed: %s", exc)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=30)
+
+    def figures(self) -> dict:
+        def peak(key: str):
+            seen = [r[key] for r in self.reads if r[key] is not None]
+            return max(seen) if seen else None
+
+        return {"flink_metrics_reads": len(self.reads), "flink_watermark_lag_max_s": peak("watermark_lag_s"),
+                "flink_oldest_unacked_age_max_s": peak("oldest_unacked_age_s"),
+                "flink_backlog_max_messages": peak("backlog_messages"),
+                "flink_counters": self.reads[-1]["counters"] if self.reads else {},
+                "flink_vertices": self.reads[-1]["vertices"] if self.reads else []}
 
 
 def find_sustained_rate(rates: tuple[int, ...] = (5_000, 10_000, 20_000, 40_000), seconds: int = 20,
@@ -631,7 +760,7 @@ def find_sustained_rate(rates: tuple[int, ...] = (5_000, 10_000, 20_000, 40_000)
 if __name__ == "__main__":
     import argparse
 
-    p = argparse.ArgumentParser(description="end-to-end throughput and freshness on the local runner")
+    p = argparse.ArgumentParser(description="end-to-end throughput and freshness on the local runner or Flink")
     p.add_argument("--rate", type=int, nargs="+", default=[2000])
     p.add_argument("--seconds", type=int, default=20)
     p.add_argument("--early-firing-s", type=int, default=2)
@@ -641,6 +770,8 @@ if __name__ == "__main__":
     p.add_argument("--no-heartbeat", action="store_true", help="let the input go idle after the stream")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of the job (first rate)")
+    p.add_argument("--flink-parallelism", type=int, default=None,
+                   help="run the job on a Flink session cluster (2 task managers x 2 slots) at this parallelism")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     for n, rate in enumerate(args.rate):
@@ -648,5 +779,6 @@ if __name__ == "__main__":
         res = measure_e2e(rate, args.seconds, args.early_firing_s, args.events_per_message, videos=args.videos,
                           drain_timeout_s=args.drain_timeout_s, workdir=wd,
                           heartbeat_s=None if args.no_heartbeat else 0.5,
-                          profile_path=args.profile if n == 0 else None)
+                          profile_path=args.profile if n == 0 else None,
+                          flink=OnFlink(args.flink_parallelism) if args.flink_parallelism else None)
         sys.stdout.write(orjson.dumps(res).decode() + "\n")

@@ -11,8 +11,12 @@ One run, one machine, the same events for every system:
    events, or the run fails (``BenchMismatch``).
 4. **Scaling**: core and loop events/s against distinct videos, events per message and the
    duplicate rate.
-5. **End to end** through the emulators (``e2e.find_sustained_rate``) and 6. **queries**
-   (``queries.measure_queries``).
+5. **End to end** through the emulators (``e2e.find_sustained_rate``) on the local runner.
+6. **On Flink** (issue 13): the core job on a session cluster beside PyFlink SQL at
+   parallelism 2 over the same events (``flink_core``: ``core_flink``), and end to end on a
+   session cluster at parallelism 1 and 2 (``flink_end_to_end``), with the job's metrics
+   read from Flink's REST API while it runs (``viewcounts.job_metrics``).
+7. **Queries** (``queries.measure_queries``).
 
 Every system runs as a child process: its CPU seconds are its own (``os.wait4``, plus the
 JVM's CPU that the PyFlink child reports) and so is its peak RSS (``VmHWM``, reported by the
@@ -63,12 +67,17 @@ class BenchConfig:
     shards: int = LOCAL_SHARDS
     events_per_step: int = 10_000
     early_firing_s: int = 2
+    flink_e2e_rates: tuple[int, ...] = (2_000,)
+    flink_e2e_seconds: int = 10
+    flink_core_events: int = 20_000
 
 
 QUICK = BenchConfig(events=20_000, naive_events=2_000, scaling_events=5_000, e2e_rates=(2_000,), e2e_seconds=10,
                     query_rounds=20)
 FULL = BenchConfig(events=1_000_000, naive_events=20_000, scaling_events=200_000,
-                   e2e_rates=(5_000, 10_000, 20_000, 40_000), e2e_seconds=30, query_rounds=200)
+                   e2e_rates=(5_000, 10_000, 20_000, 40_000), e2e_seconds=30, query_rounds=200,
+                   flink_e2e_rates=(4_000, 8_000, 16_000, 24_000), flink_e2e_seconds=20, flink_core_events=200_000)
+FLINK_PARALLELISMS = (1, 2)  # the end-to-end runs on Flink; the core job and PyFlink SQL run at the last
 
 
 @dataclass
@@ -143,13 +152,25 @@ class Bench:
         cross_check(name, reference, out)
         return m
 
-    def pyflink(self, w: workload.Workload, reference: dict) -> Measured:
+    def pyflink(self, w: workload.Workload, reference: dict, parallelism: int = 1) -> Measured:
         if not FLINK_PYTHON.exists():
             raise RuntimeError(f"{FLINK_PYTHON} is missing: run `make flink-venv` (or pass --skip pyflink)")
-        out, log = self._out("pyflink")
-        m = run_child("PyFlink SQL", [str(FLINK_PYTHON), str(ROOT / "viewcounts" / "bench" / "pyflink_sql.py"),
-                                      str(w.events_path), str(out), "--disorder-s", str(w.spec.disorder_s)], log)
-        cross_check("PyFlink SQL", reference, out)
+        name = "PyFlink SQL" if parallelism == 1 else f"PyFlink SQL p{parallelism}"
+        out, log = self._out(f"pyflink-p{parallelism}")
+        m = run_child(name, [str(FLINK_PYTHON), str(ROOT / "viewcounts" / "bench" / "pyflink_sql.py"),
+                             str(w.events_path), str(out), "--disorder-s", str(w.spec.disorder_s),
+                             "--parallelism", str(parallelism)], log)
+        cross_check(name, reference, out)
+        return m
+
+    def core_flink(self, w: workload.Workload, reference: dict, parallelism: int) -> Measured:
+        """The core job on a Flink session cluster (``core_flink``) at ``parallelism``."""
+        name = f"core job Flink p{parallelism}"
+        out, log = self._out(f"core-flink-p{parallelism}")
+        m = run_child(name, [sys.executable, "-m", "viewcounts.bench.core_flink", str(w.folder), str(out),
+                             "--parallelism", str(parallelism), "--shards", str(self.cfg.shards),
+                             "--early-firing-s", str(self.cfg.early_firing_s)], log)
+        cross_check(name, reference, out)
         return m
 
 
@@ -163,9 +184,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progress=print) -> dict:
+def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progress=print,
+        profile_flink: bool = False) -> dict:
     """Run every part not in ``skip`` (``naive``, ``pyflink``, ``scaling``, ``e2e``,
-    ``queries``) and return the figures (see the module doc)."""
+    ``flink_core``, ``flink_e2e``, ``queries``) and return the figures (see the module doc)."""
     bench = Bench(cfg, work)
     started = time.monotonic()
     res: dict = {"config": asdict(cfg)}
@@ -202,6 +224,15 @@ def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progre
     res.update(dict.fromkeys(("e2e_sustained_events_per_s", "freshness_p50_s", "freshness_p99_s")))
     if "e2e" not in skip:
         res.update(end_to_end(cfg, work, progress))
+    res.update(dict.fromkeys(FLINK_KEYS))
+    if "flink_e2e" not in skip:
+        res.update(flink_end_to_end(cfg, work, progress, profile=profile_flink))
+    if "flink_core" not in skip:
+        try:
+            res.update(flink_core(bench, progress, with_pyflink="pyflink" not in skip))
+        except RuntimeError as exc:  # a failed child: reported, its figures stay None
+            res["flink_core_error"] = str(exc)[-2000:]
+            progress(f"the core job on Flink failed: {str(exc)[:300]}")
     res.update(dict.fromkeys(("query_day_minute_p99_ms", "query_30d_hour_p99_ms")))
     if "queries" not in skip:
         from viewcounts.bench import queries
@@ -251,6 +282,69 @@ def end_to_end(cfg: BenchConfig, work: Path, progress) -> dict:
             "e2e_early_firing_s": cfg.early_firing_s, "e2e_steps": steps}
 
 
+FLINK_KEYS = ("flink_p1_e2e_sustained_events_per_s", "flink_p2_e2e_sustained_events_per_s", "flink_p2_vs_p1",
+              "flink_p1_freshness_p50_s", "flink_p1_freshness_p99_s", "flink_p2_freshness_p50_s",
+              "flink_p2_freshness_p99_s", "flink_p1_cpu_s_per_million_events", "flink_p2_cpu_s_per_million_events",
+              "flink_p2_core_events_per_s", "pyflink_sql_p2_events_per_s", "flink_p2_core_vs_pyflink_sql")
+
+
+def flink_core(bench: Bench, progress, with_pyflink: bool) -> dict:
+    """The core job on Flink and PyFlink SQL at the same parallelism (the last of
+    ``FLINK_PARALLELISMS``) over the same ``flink_core_events`` events, both cross-checked."""
+    p = FLINK_PARALLELISMS[-1]
+    w = bench.workload(events=bench.cfg.flink_core_events)
+    _, reference = bench.loop(w)
+    core = bench.core_flink(w, reference, p)
+    progress(f"core job on Flink p{p}: {core.events_per_s:,.0f} events/s ({core.events:,} events)")
+    out = {f"flink_p{p}_core_events_per_s": round(core.events_per_s), "flink_core": core.figures()}
+    if with_pyflink:
+        sql = bench.pyflink(w, reference, p)
+        progress(f"PyFlink SQL p{p}: {sql.events_per_s:,.0f} events/s")
+        out.update({f"pyflink_sql_p{p}_events_per_s": round(sql.events_per_s), "pyflink_sql_p2": sql.figures(),
+                    "flink_p2_core_vs_pyflink_sql": _ratio(core.events_per_s, sql.events_per_s)})
+    return out
+
+
+def flink_end_to_end(cfg: BenchConfig, work: Path, progress, profile: bool = False) -> dict:
+    """End to end through the emulators on a Flink session cluster (2 task managers x 2 slots,
+    EXTERNAL Python workers) at each of ``FLINK_PARALLELISMS``: ``measure_e2e`` at each of
+    ``cfg.flink_e2e_rates`` until one is not kept up. Per parallelism N:
+    ``flink_pN_e2e_sustained_events_per_s``: the highest rate measured
+    (``e2e_sustained_events_per_s``) in a run that kept up (None when none did);
+    ``flink_pN_e2e_capacity_events_per_s``: the rate measured in the first run that did not
+    keep up (what the job counted per second while overloaded; None when all kept up);
+    freshness and CPU seconds per million events of the fastest run kept up (else the first
+    run); ``flink_pN_e2e_steps``: every run's figures. ``profile``: py-spy profiles of the
+    Python workers of every run at the last parallelism (``e2e``'s profiler), in ``work``
+    as ``flink-pN-RATE.pyspy[.pid]``."""
+    from viewcounts.bench import e2e
+
+    out: dict = {}
+    for p in FLINK_PARALLELISMS:
+        steps = []
+        for rate in cfg.flink_e2e_rates:
+            prof = work / f"flink-p{p}-{rate}.pyspy" if profile and p == FLINK_PARALLELISMS[-1] else None
+            steps.append(e2e.measure_e2e(rate, cfg.flink_e2e_seconds, cfg.early_firing_s, drain_timeout_s=60.0,
+                                         workload_root=work / "workloads", flink=e2e.OnFlink(parallelism=p),
+                                         profile_path=prof))
+            progress(f"Flink p{p} at {rate:,} events/s: {steps[-1]['e2e_sustained_events_per_s']:,} counted/s, "
+                     f"kept up: {steps[-1]['e2e_kept_up']}")
+            if not steps[-1]["e2e_kept_up"]:
+                break
+        kept = [s for s in steps if s["e2e_kept_up"]]
+        best = kept[-1] if kept else steps[0]
+        over = [s for s in steps if not s["e2e_kept_up"]]
+        out.update({f"flink_p{p}_e2e_sustained_events_per_s": best["e2e_sustained_events_per_s"] if kept else None,
+                    f"flink_p{p}_e2e_capacity_events_per_s": over[0]["e2e_sustained_events_per_s"] if over else None,
+                    f"flink_p{p}_freshness_p50_s": best["freshness_p50_s"],
+                    f"flink_p{p}_freshness_p99_s": best["freshness_p99_s"],
+                    f"flink_p{p}_cpu_s_per_million_events": best["job_cpu_s_per_million_events"],
+                    f"flink_p{p}_e2e_steps": steps})
+    out["flink_p2_vs_p1"] = _ratio(out.get("flink_p2_e2e_sustained_events_per_s"),
+                                   out.get("flink_p1_e2e_sustained_events_per_s"))
+    return out
+
+
 def print_table(res: dict, console) -> None:
     from rich.table import Table
 
@@ -274,7 +368,7 @@ def print_table(res: dict, console) -> None:
         console.print(s)
     keys = ("core_vs_pyflink_sql", "core_vs_naive_beam", "core_vs_loop", "dedup_bytes_per_id",
             "dedup_state_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p50_s",
-            "freshness_p99_s", "query_day_minute_p99_ms", "query_30d_hour_p99_ms", "bench_seconds")
+            "freshness_p99_s", *FLINK_KEYS, "query_day_minute_p99_ms", "query_30d_hour_p99_ms", "bench_seconds")
     f = Table(title="figures")
     f.add_column("figure")
     f.add_column("value", justify="right")
@@ -295,7 +389,7 @@ def bench_main(args) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)  # the Google clients' grpcio notices
     cfg = QUICK if args.quick else FULL
     skip = frozenset(s for part in args.skip for s in part.split(",") if s)
-    res = run(cfg, Path(args.work), skip, progress=lambda msg: console.log(msg))
+    res = run(cfg, Path(args.work), skip, progress=lambda msg: console.log(msg), profile_flink=args.profile_flink)
     print_table(res, console)
     Path(args.json).write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
     console.print(f"figures written to {args.json}")
@@ -307,4 +401,8 @@ def add_bench_args(p) -> None:
     p.add_argument("--json", required=True, help="write the figures to this JSON file")
     p.add_argument("--work", default=str(ROOT / "build" / "bench"), help="workloads, outputs and child logs")
     p.add_argument("--skip", action="append", default=[],
-                   help="parts to leave out, comma-separated: naive, pyflink, scaling, e2e, queries")
+                   help="parts to leave out, comma-separated: naive, pyflink, scaling, e2e, flink_core, "
+                   "flink_e2e, queries")
+    p.add_argument("--profile-flink", action="store_true",
+                   help="py-spy profiles of the Python workers in the end-to-end runs on Flink at parallelism 2 "
+                   "(needs py-spy: $PY_SPY or on PATH; sampling costs a little CPU)")
