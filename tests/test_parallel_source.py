@@ -1,0 +1,105 @@
+"""Source readers and source metrics of ``transforms.pubsub_io`` without a runner (issue 13):
+how many readers a job gets, and what one worker's readers report as
+``messages_pulled``, ``messages_acked`` and ``oldest_unacked_age_ms``."""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from types import SimpleNamespace
+
+import pytest
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.metrics.execution import MetricsContainer
+from apache_beam.runners.worker import statesampler
+from apache_beam.utils.counters import CounterFactory
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.streaming import source_readers
+from transforms import metrics, pubsub_io
+from transforms.pubsub_io import PullWatermark, _PullFn, reader_elements
+
+
+def test_readers_default_to_the_parallelism_and_refuse_stamps_of_several():
+    assert source_readers(PipelineOptions([]), "flink") == 1
+    assert source_readers(PipelineOptions(["--parallelism=4"]), "flink") == 4
+    assert source_readers(PipelineOptions(["--parallelism=4", "--source_readers=2"]), "flink") == 2
+    assert source_readers(PipelineOptions([]), "prism") == 1
+    with pytest.raises(ValueError):
+        source_readers(PipelineOptions(["--source_readers=2"]), "prism")
+
+
+class _Client:
+    """A subscriber that answers each pull with the next batch of ``(ack id, publish time)``."""
+
+    def __init__(self, batches):
+        self.batches, self.acked = list(batches), []
+
+    def pull(self, request, retry, timeout):
+        batch = self.batches.pop(0) if self.batches else []
+        return SimpleNamespace(received_messages=[SimpleNamespace(ack_id=a, message=SimpleNamespace(
+            data=a.encode(), attributes={}, publish_time=dt.datetime.fromtimestamp(p, dt.timezone.utc)))
+            for a, p in batch])
+
+    def acknowledge(self, request, retry, timeout):
+        self.acked.extend(request["ack_ids"])
+
+
+class _Finalizer:
+    def __init__(self):
+        self.callbacks = []
+
+    def register(self, callback):
+        self.callbacks.append(callback)
+
+
+class _Tracker(OffsetRestrictionTracker):
+    def defer_remainder(self, after):  # the runner's wrapper provides it
+        pass
+
+
+def _bundle(fn, reader, finalizer):
+    tracker = _Tracker(OffsetRange(0, 1000))
+    return list(fn.process(reader, bundle_finalizer=finalizer, restriction_tracker=tracker,
+                           watermark=PullWatermark(None)))
+
+
+def test_source_metrics_count_pulls_acks_and_the_oldest_unacked_age(monkeypatch):
+    container = MetricsContainer("pull")
+    sampler = statesampler.StateSampler("", CounterFactory())  # how a worker scopes a step's metrics
+    statesampler.set_current_tracker(sampler)
+    sampler.start()
+    try:
+        with sampler.scoped_state("pull", "process", metrics_container=container):
+            fn = _PullFn(None, 1000, max_pull_s=60, poll_s=0.1, idle_s=5, pause_s=0, sample_s=60, max_future_skew_s=300)
+            now = time.time()
+            client = _Client([[("a", now - 30), ("b", now - 10)], [], [("c", now - 5)], []])
+            monkeypatch.setattr(pubsub_io, "subscriber_client", lambda: client)
+            fn.setup()
+            reader = reader_elements("projects/p/subscriptions/s", 1)[0]
+
+            def value(name):
+                cumulative = container.get_cumulative()
+                for key, v in {**cumulative.counters, **cumulative.gauges}.items():
+                    if key.metric.namespace == metrics.NAMESPACE and key.metric.name == name:
+                        return getattr(v, "value", v)
+                return None
+
+            first = _Finalizer()
+            assert len(_bundle(fn, reader, first)) == 2
+            assert value(metrics.MESSAGES_PULLED) == 2 and value(metrics.MESSAGES_ACKED) is None
+            assert 30_000 <= value(metrics.OLDEST_UNACKED_AGE_MS) < 40_000  # a, pulled, awaits its checkpoint
+            second = _Finalizer()
+            assert len(_bundle(fn, reader, second)) == 1
+            assert value(metrics.MESSAGES_PULLED) == 3
+            assert 30_000 <= value(metrics.OLDEST_UNACKED_AGE_MS) < 40_000
+            first.callbacks[0]()  # the first bundle's checkpoint completes: a and b acknowledged
+            assert client.acked == ["a", "b"]
+            _bundle(fn, reader, _Finalizer())  # an empty pull: the acks are reported now
+            assert value(metrics.MESSAGES_ACKED) == 2
+            assert 5_000 <= value(metrics.OLDEST_UNACKED_AGE_MS) < 15_000  # c is the oldest left
+            second.callbacks[0]()
+            _bundle(fn, reader, _Finalizer())
+            assert value(metrics.MESSAGES_ACKED) == 3 and value(metrics.OLDEST_UNACKED_AGE_MS) == 0
+    finally:
+        sampler.stop()
+        statesampler.set_current_tracker(None)
