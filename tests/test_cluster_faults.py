@@ -27,9 +27,9 @@ would have moved the watermark days past them by then.
   (``ExecutableStageDoFnOperator.notifyCheckpointComplete`` ->
   ``InMemoryFinalizer.finalizeAllOutstandingBundles``), including bundles that ran after
   checkpoint N's barrier; the source then acknowledges messages whose effects are in no
-  completed checkpoint, and a restore from N never sees them again (the chunk read
-  between checkpoint 3's barrier and checkpoint 2's notice was archived once, before the
-  kill, and never redelivered).
+  completed checkpoint, and a restore from N never sees them again (seen: the chunk
+  published 2 s after checkpoint 2 completed and 1 s before the kill was archived once,
+  before the kill, and never redelivered; the job restored checkpoint 2).
 * Stop with a savepoint at parallelism 2, resume from it at parallelism 4: every vertex
   that ran 2 subtasks runs 4 (the Impulse source runs 1 at any parallelism), on both task
   managers, and the new job's restored checkpoint is that savepoint.
