@@ -10,7 +10,7 @@ its checkpoints every 5 s included). It reads the workload's ``messages.jsonl`` 
 the read ends, the watermark goes to the end of time and every window fires, so the job
 finishes. The dedup finds the watermark with its timers (``stamped_watermark=False``, as on
 Flink). Event-age checks are off (the workload's times are historical). Each pane row is
-written to JSON-lines files in a folder (``FileRows``: the Python workers are other
+written to JSON-lines files in a folder (``counting_sink.FileRows``: the Python workers are other
 processes, so no in-memory sink); afterwards the newest pane of every cell
 (``cell_timestamp_us``) gives the aggregates, written for the harness's cross-check.
 
@@ -29,46 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import apache_beam as beam
 import orjson
-
-
-class _IdleSourceOptions(beam.options.pipeline_options.PipelineOptions):
-    """Declared so Beam passes it on to the Flink job server (it drops undeclared flags)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--shutdown_sources_after_idle_ms", type=int, default=None,
-                            help="Java FlinkPipelineOptions: stop a source idle this long (lets a bounded "
-                            "streaming job finish while checkpoints are on)")
-
-
-class FileRows(beam.DoFn):
-    """Appends each firing's rows to ``<folder>/rows-<uuid>.jsonl`` (one file per DoFn
-    instance): ``[video_id, event_type, granularity, window_start_s, cell_timestamp_us,
-    [count, value_count, sum, min, max]]`` per line."""
-
-    def __init__(self, folder: str) -> None:
-        self._folder = folder
-
-    def setup(self) -> None:
-        self._file = open(os.path.join(self._folder, f"rows-{uuid.uuid4().hex}.jsonl"), "ab")
-
-    def process(self, rows):
-        self._file.write(b"".join(orjson.dumps([*row[:4], row[6], list(row[4])]) + b"\n" for row in rows))
-
-    def finish_bundle(self) -> None:
-        self._file.flush()
-
-    def teardown(self) -> None:
-        self._file.close()
 
 
 def newest_panes(folder: Path) -> tuple[dict, int]:
@@ -119,6 +86,7 @@ def run(workload_dir: Path, out_path: Path, parallelism: int, sdk_worker_paralle
     from pipelines.runners import runner_flags
     from transforms.count_events import ROWS, CountEvents
     from transforms.validate import AcceptancePolicy
+    from viewcounts.bench.counting_sink import FileRows
     from viewcounts.bench.workload import write_aggregates
     from viewcounts.flink import FlinkCluster
 
@@ -163,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=16, help="dedup and pane shards (keys of the stateful stages)")
     ap.add_argument("--early-firing-s", type=int, default=30)
     args = ap.parse_args(argv)
-    from viewcounts.bench import core_flink  # FileRows pickled by module name, not as __main__'s
-
-    res = core_flink.run(args.workload_dir, args.out, args.parallelism, args.sdk_worker_parallelism, args.shards,
+    res = run(args.workload_dir, args.out, args.parallelism, args.sdk_worker_parallelism, args.shards,
               args.early_firing_s)
     sys.stdout.write(json.dumps(res) + "\n")
     return 0

@@ -5,12 +5,20 @@ would-be mutation. Results live in this process (the local runner runs in-proces
 ``token`` in ``RESULTS``: ``{"mutations": int, "panes": {(video, type, granularity,
 window_start_s): (cell_timestamp_us, Aggregate)}}``. A module of its own, so the DoFn
 pickles by reference (the local runner pickles every DoFn for every bundle).
+
+``FileRows(folder)``: the same rows written to files, for Python workers in other processes
+(``core_flink``); ``IdleSourceOptions`` declares the Flink option ``core_flink`` needs
+(here, not in a module that also runs as ``__main__``: a second declaration would clash).
 """
 from __future__ import annotations
 
+import os
 import threading
+import uuid
 
 import apache_beam as beam
+import orjson
+from apache_beam.options.pipeline_options import PipelineOptions
 
 RESULTS: dict[str, dict] = {}
 _LOCK = threading.Lock()
@@ -34,3 +42,34 @@ class CountingSink(beam.DoFn):
                 newest = panes.get(key)
                 if newest is None or row[6] > newest[0]:  # cell_timestamp_us
                     panes[key] = (row[6], row[4])
+
+
+class IdleSourceOptions(PipelineOptions):
+    """Declared so Beam passes it on to the Flink job server (it drops undeclared flags)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--shutdown_sources_after_idle_ms", type=int, default=None,
+                            help="Java FlinkPipelineOptions: stop a source idle this long (lets a bounded "
+                            "streaming job finish while checkpoints are on)")
+
+
+class FileRows(beam.DoFn):
+    """Appends each firing's rows to ``<folder>/rows-<uuid>.jsonl`` (one file per DoFn
+    instance): ``[video_id, event_type, granularity, window_start_s, cell_timestamp_us,
+    [count, value_count, sum, min, max]]`` per line."""
+
+    def __init__(self, folder: str) -> None:
+        self._folder = folder
+
+    def setup(self) -> None:
+        self._file = open(os.path.join(self._folder, f"rows-{uuid.uuid4().hex}.jsonl"), "ab")
+
+    def process(self, rows):
+        self._file.write(b"".join(orjson.dumps([*row[:4], row[6], list(row[4])]) + b"\n" for row in rows))
+
+    def finish_bundle(self) -> None:
+        self._file.flush()
+
+    def teardown(self) -> None:
+        self._file.close()
