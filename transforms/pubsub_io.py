@@ -24,12 +24,19 @@ Semantics:
   single reader does before the first message: the job's watermark moves once every
   reader has pulled something (with steady traffic every outstanding pull is served).
 
-* **Acknowledgement after durability.** The ack ids of a pull are acknowledged by a
-  bundle-finalization callback, which the runner calls only once the bundle's outputs and
-  state are committed (on Flink: when the checkpoint that holds them completes). A crash
-  before that leaves the messages unacknowledged, and Pub/Sub redelivers them after the
-  subscription's ack deadline; the dedup stage drops the copies that were already counted.
-  Needs checkpointing on Flink (``--checkpointing_interval``), or nothing is ever acked.
+* **Acknowledgement after durability.** The ack ids of a pull are acknowledged only once
+  the bundle's outputs and state are in a completed checkpoint (``AckLedger``): after the
+  bundle's finalization callback and ``ACK_ROUNDS`` later rounds of finalization. The
+  rounds are needed because Beam 2.70's Flink runner, when checkpoint N completes,
+  finalizes every bundle finished so far, including bundles that ran after checkpoint N's
+  barrier (their effects are only in N+1): acknowledged at once, their messages were lost
+  when a task manager died and the job restored N (seen in the cluster fault tests). A
+  crash before the acknowledgement leaves the messages unacknowledged, and Pub/Sub
+  redelivers them after the subscription's ack deadline; the dedup stage drops the copies
+  that were already counted. Acknowledgements thus trail the pulls by about
+  ``ACK_ROUNDS + 1`` checkpoint intervals: keep that under the ack deadline (60 s here,
+  checkpoints every 5 s) or every message comes back once as a duplicate. Needs
+  checkpointing on Flink (``--checkpointing_interval``), or nothing is ever acked.
   A failed acknowledgement is logged, not raised: the messages are redelivered and dropped
   as duplicates.
 * **Event-time watermark.** The publisher sets ``timestamp_attribute`` on each message to
@@ -108,6 +115,7 @@ MAX_TS_DIGITS = 20  # longer digit strings are refused unread (int() of 5,000 di
 MAX_PULL_RESPONSE_BYTES = 64 * 1024 * 1024  # six 10 MB messages with their attributes
 MAX_BACKOFF_S = 30.0  # longest pause between two bundles after failed pulls
 ACK_RETRY_S = 10.0  # how long one acknowledge request is retried
+ACK_ROUNDS = 2  # finalization rounds after a bundle's own before its messages are acknowledged (AckLedger)
 # Flink's default max parallelism (the number of key groups) for operators of parallelism
 # up to 85: KeyGroupRangeAssignment.computeDefaultMaxParallelism
 FLINK_DEFAULT_MAX_PARALLELISM = 128
@@ -311,6 +319,60 @@ class PullWatermark(WatermarkEstimator):
         self._watermark_us = max(self._watermark_us, min(to_us, self._ceiling_us(now_s)))
 
 
+class AckLedger:
+    """The ack ids of finalized bundles, released for acknowledgement once a completed
+    checkpoint surely holds their bundle (see the module docstring).
+
+    A *round* is seen when a bundle that started after the previous round is finalized: the
+    runner finalizes a bundle only at a checkpoint's completion notice, so a bundle started
+    after notice N is finalized at a notice M > N, and every round is a later checkpoint.
+    ``finalized`` files a bundle's ids when its own callback runs (that notice's checkpoint
+    may not hold it) and releases them after ``rounds`` more rounds: checkpoint N + 1 was
+    triggered after N completed, so with ``rounds=1`` its barrier reaches this stage after
+    the bundle ended unless notice N was delivered after barrier N + 1; ``rounds=2`` also
+    covers that.
+
+    A restore invalidates what it lost: ``started(reader, position)`` with a position at or
+    below the first position an entry of that reader pulled means the job went back to a
+    state before that bundle, so the entry is dropped, never acknowledged (its messages come
+    back after the ack deadline). Entries live in this process only; after a crash they are
+    lost and their messages redelivered. Times are ``time.monotonic()`` seconds."""
+
+    def __init__(self, rounds: int = ACK_ROUNDS) -> None:
+        self._rounds = rounds
+        self._entries: list[list] = []  # [reader, first position, ack ids, oldest publish µs, rounds left, mark]
+
+    def started(self, reader: str, position: int) -> None:
+        """A bundle of ``reader`` resumes at ``position`` (its restriction's start)."""
+        self._entries = [e for e in self._entries if e[0] != reader or e[1] < position]
+
+    def finalized(self, reader: str, first_position: int, ack_ids: list[str], oldest_us: int | None,
+                  started_s: float, now_s: float) -> list[str]:
+        """The bundle of ``reader`` that started at ``started_s`` and pulled from
+        ``first_position`` on is finalized at ``now_s``: files its ids and returns the ids
+        now due for acknowledgement (possibly empty)."""
+        due: list[str] = []
+        kept = []
+        for e in self._entries:
+            if started_s > e[5]:
+                e[4], e[5] = e[4] - 1, now_s
+            if e[4] <= 0:
+                due.extend(e[2])
+            else:
+                kept.append(e)
+        self._entries = kept
+        if ack_ids:
+            if self._rounds <= 0:
+                due.extend(ack_ids)
+            else:
+                self._entries.append([reader, first_position, ack_ids, oldest_us, self._rounds, now_s])
+        return due
+
+    def oldest_publish_us(self) -> int | None:
+        """Publish time (epoch µs) of the oldest message filed and not yet released."""
+        return min((e[3] for e in self._entries if e[3] is not None), default=None)
+
+
 class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
     """Pulls the subscription of a reader element (``reader_elements``); is its own watermark
     estimator provider, so the estimators it makes know ``max_future_skew_s``. Reports the
@@ -339,6 +401,7 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
         self._oldest_unacked = metrics.gauge(metrics.OLDEST_UNACKED_AGE_MS)
         self._acked_unreported = 0  # acknowledged by finalization callbacks since the last bundle
         self._unacked: dict[object, int] = {}  # per bundle awaiting finalization: oldest publish µs
+        self._ledger = AckLedger()
 
     def teardown(self) -> None:
         if self._client is not None:
@@ -355,8 +418,9 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
         # FinalizeBundle for each bundle of the stage, which fails on a released one.
         acks: list[str] = []
         bundle = object()
-        bundle_finalizer.register(lambda: self._acknowledge(subscription, acks, bundle))
         position = restriction_tracker.current_restriction().start
+        self._ledger.started(reader, position)
+        bundle_finalizer.register(lambda first=position: self._finalized(reader, first, acks, bundle, started))
         resume_after = Duration(seconds=self._pause_s)
         while time.monotonic() - started < self._max_pull_s:
             received = self._pull(subscription)
@@ -396,7 +460,8 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
         acked, self._acked_unreported = self._acked_unreported, 0
         if acked:
             self._acked_counter.inc(acked)
-        oldest_us = min(self._unacked.values(), default=None)
+        filed_us = self._ledger.oldest_publish_us()
+        oldest_us = min([*self._unacked.values(), *([] if filed_us is None else [filed_us])], default=None)
         self._oldest_unacked.set(0 if oldest_us is None else max(0, time.time_ns() // 1000 - oldest_us) // 1000)
 
     def _report(self, subscription: str, watermark: PullWatermark, every_s: float = 30.0) -> None:
@@ -406,7 +471,15 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
             _LOG.info("%s: %d messages pulled by this worker; watermark %s", subscription, self._pulled,
                       watermark.current_watermark())
 
-    def _acknowledge(self, subscription: str, ack_ids: list[str], bundle: object) -> None:
+    def _finalized(self, reader: str, first_position: int, ack_ids: list[str], bundle: object,
+                   started_s: float) -> None:
+        """A bundle's finalization callback: file its ids in the ledger, acknowledge what is due."""
+        oldest_us = self._unacked.pop(bundle, None)
+        due = self._ledger.finalized(reader, first_position, ack_ids, oldest_us, started_s, time.monotonic())
+        if due:
+            self._acknowledge(subscription_of(reader), due)
+
+    def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
         """Acknowledge in requests of 2,500 ids (well under the 512 KiB request limit), each
         retried for at most ``ACK_RETRY_S`` seconds; a failure is logged: those messages come
         back after their ack deadline and are dropped as duplicates (and pulled again, so they
@@ -414,7 +487,6 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
         from google.api_core.exceptions import GoogleAPIError
         from google.api_core.retry import Retry
 
-        self._unacked.pop(bundle, None)
         for i in range(0, len(ack_ids), 2500):
             try:
                 self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids[i:i + 2500]},
