@@ -22,7 +22,7 @@ would have moved the watermark days past them by then.
   last checkpoint (same job id, ``numRestarts`` >= 1, nothing resubmits it) on the
   surviving task manager's slots, as a cluster with spare slots does before any
   replacement arrives; the replacement task manager is started afterwards.
-  Fails in 2 of 3 runs so far (373 and 409 aggregates absent): Beam 2.70's Flink runner
+  Failed in 2 of 4 runs so far (373 and 409 aggregates absent): Beam 2.70's Flink runner
   finalizes, at the completion notice of checkpoint N, every bundle finished so far
   (``ExecutableStageDoFnOperator.notifyCheckpointComplete`` ->
   ``InMemoryFinalizer.finalizeAllOutstandingBundles``), including bundles that ran after
