@@ -22,14 +22,15 @@ would have moved the watermark days past them by then.
   last checkpoint (same job id, ``numRestarts`` >= 1, nothing resubmits it) on the
   surviving task manager's slots, as a cluster with spare slots does before any
   replacement arrives; the replacement task manager is started afterwards.
-  Failed in 2 of 4 runs so far (373 and 409 aggregates absent): Beam 2.70's Flink runner
-  finalizes, at the completion notice of checkpoint N, every bundle finished so far
-  (``ExecutableStageDoFnOperator.notifyCheckpointComplete`` ->
-  ``InMemoryFinalizer.finalizeAllOutstandingBundles``), including bundles that ran after
-  checkpoint N's barrier; the source then acknowledges messages whose effects are in no
-  completed checkpoint, and a restore from N never sees them again (seen: the chunk
-  published 2 s after checkpoint 2 completed and 1 s before the kill was archived once,
-  before the kill, and never redelivered; the job restored checkpoint 2).
+  Before ``transforms.pubsub_io.AckLedger`` this failed in 2 runs of 4 (373 and 409
+  aggregates absent): Beam 2.70's Flink runner finalizes, at the completion notice of
+  checkpoint N, every bundle finished so far (``ExecutableStageDoFnOperator.notifyCheckpointComplete``
+  -> ``InMemoryFinalizer.finalizeAllOutstandingBundles``), including bundles that ran after
+  checkpoint N's barrier, and the source acknowledged their messages at once, though no
+  completed checkpoint held their effects (seen: the chunk published 2 s after checkpoint 2
+  completed and 1 s before the kill was archived once, before the kill, and never
+  redelivered; the job restored checkpoint 2). The source now acknowledges only after two
+  later finalization rounds.
 * Stop with a savepoint at parallelism 2, resume from it at parallelism 4: every vertex
   that ran 2 subtasks runs 4 (the Impulse source runs 1 at any parallelism), on both task
   managers, and the new job's restored checkpoint is that savepoint.
