@@ -40,16 +40,23 @@ def _poll(read, ok, timeout_s: float, what: str):
 
 
 OP = "[11]{read_Pub__arrival_time__count_events}"  # operator names as Flink 1.19 lists them
-NOW_MS = int(time.time() * 1000)
-FAKE = {  # vertex -> {metric id: per-subtask values}
-    "src": {f"{OP}.viewcounts_messages_pulled": [30, 12], f"{OP}.viewcounts_events_in": [2900, 1100],
-            f"{OP}.viewcounts_oldest_unacked_age_ms": [1500, 4000], "currentInputWatermark": [-2**63, -2**63],
-            f"{OP}.numRecordsIn": [1, 1]},
-    "agg": {"[8]{count_events}.viewcounts_events_in": [7, 0],  # another step reporting the same counter
-            "[8]{count_events}.viewcounts_dead_letters_bad_json": [2, 1],
-            "currentInputWatermark": [NOW_MS - 9000, NOW_MS - 4000]},
-    "done": {"currentInputWatermark": [9223371950454775, 9223371950454775]},  # a finished branch: end of time
-}
+NOW_MS = int(time.time() * 1000)  # the fake's clock: the watermarks below are relative to it
+
+
+def _fake(now_ms: int) -> dict:
+    """vertex -> {metric id: per-subtask values}, with watermarks 9 s and 4 s behind ``now_ms``."""
+    return {
+        "src": {f"{OP}.viewcounts_messages_pulled": [30, 12], f"{OP}.viewcounts_events_in": [2900, 1100],
+                f"{OP}.viewcounts_oldest_unacked_age_ms": [1500, 4000], "currentInputWatermark": [-2**63, -2**63],
+                f"{OP}.numRecordsIn": [1, 1]},
+        "agg": {"[8]{count_events}.viewcounts_events_in": [7, 0],  # another step reporting the same counter
+                "[8]{count_events}.viewcounts_dead_letters_bad_json": [2, 1],
+                "currentInputWatermark": [now_ms - 9000, now_ms - 4000]},
+        "done": {"currentInputWatermark": [9223371950454775, 9223371950454775]},  # a finished branch: end of time
+    }
+
+
+FAKE = _fake(NOW_MS)
 
 
 class _FakeFlink(BaseHTTPRequestHandler):
@@ -82,6 +89,10 @@ class _FakeFlink(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_flink():
+    global NOW_MS
+    NOW_MS = int(time.time() * 1000)  # set when the test starts, not at import: the suite runs for many minutes
+    FAKE.clear()
+    FAKE.update(_fake(NOW_MS))
     server = ThreadingHTTPServer(("localhost", 0), _FakeFlink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"localhost:{server.server_address[1]}"
@@ -93,7 +104,8 @@ def test_metrics_are_summed_over_subtasks_and_steps_and_the_lag_is_the_lowest_wa
     assert m["counters"] == {"messages_pulled": 42, "events_in": 4007, "dead_letters_bad_json": 3}
     assert m["oldest_unacked_age_s"] == 4.0
     assert m["backlog_messages"] == 8
-    assert 9.0 <= m["watermark_lag_s"] < 9.0 + 60  # the lowest: 9 s behind when the fake was set up
+    since_setup_s = time.time() - NOW_MS / 1000
+    assert 9.0 <= m["watermark_lag_s"] <= 9.0 + since_setup_s + 0.001  # the lowest: 9 s behind at setup
     assert [v["input_watermark_ms"] for v in m["vertices"]] == [None, NOW_MS - 9000, None]
     assert flink_job_metrics(fake_flink, "j1")["backlog_messages"] is None
 
