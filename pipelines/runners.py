@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, PortableOptions, StandardOptions
 
 from pipelines import direct_runner_fix
 
@@ -33,6 +33,7 @@ RUNNERS = ("local", "prism", "flink", "dataflow")
 _LOG = logging.getLogger(__name__)
 _LOCAL = (None, "DirectRunner", "BundleBasedDirectRunner")
 DEFAULT_CHECKPOINTING_INTERVAL_MS = 5000
+ACK_DEADLINE_S = 60  # the ack deadline of the subscriptions this project makes (provision.py, Terraform)
 
 
 class FlinkJobOptions(PipelineOptions):
@@ -55,6 +56,8 @@ class FlinkJobOptions(PipelineOptions):
         parser.add_argument("--finish_bundle_before_checkpointing", action="store_true", default=None,
                             help="finish the bundle at a checkpoint instead of buffering its output in state")
         parser.add_argument("--flink_conf_dir", default=None, help="folder with a flink-conf.yaml for the job")
+        parser.add_argument("--max_concurrent_checkpoints", type=int, default=None,
+                            help="checkpoints in flight at once; the job needs 1 (pubsub_io.AckLedger)")
         # Java's attachedMode: detached, the job server returns once Flink has accepted the job
         # (a remote master only; viewcounts.submit)
         parser.add_argument("--detached", dest="attached_mode", action="store_false", default=None,
@@ -192,12 +195,32 @@ def _flink_job_settings(options: PipelineOptions) -> None:
       (``--externalized_checkpoints_enabled``, retained on cancellation), so the job started
       again with the same command resumes from the newest one (``_resume``);
     * ``--flink_job_server_jar`` defaults to this project's (``FLINK_JOB_SERVER_JAR``, when
-      built: Beam would otherwise fetch a shaded jar this registry does not serve).
+      built: Beam would otherwise fetch a shaded jar this registry does not serve);
+    * one checkpoint in flight (``--max_concurrent_checkpoints=1``) and Python workers not
+      kept across job restarts (``--environment_cache_millis=0``): the source acknowledges a
+      bundle's messages after three later checkpoint notices (``transforms.pubsub_io.AckLedger``),
+      which is safe only when each notice is a later checkpoint than the one before and no
+      worker carries filed acknowledgements from before a restore. Other values raise
+      ``ValueError``. A checkpoint interval over ``ACK_DEADLINE_S / 4`` is logged as a
+      warning: acknowledgements trail pulls by about four intervals, and messages not
+      acknowledged within the subscription's ack deadline come back (as duplicates).
     """
     options.view_as(StandardOptions).streaming = True
     flink = options.view_as(FlinkJobOptions)
+    if flink.max_concurrent_checkpoints not in (None, 1):
+        raise ValueError(f"--max_concurrent_checkpoints={flink.max_concurrent_checkpoints}: the job needs 1 "
+                         "(its source acknowledges messages after three later checkpoint notices)")
+    flink.max_concurrent_checkpoints = 1
+    portable = options.view_as(PortableOptions)
+    if portable.environment_cache_millis:
+        raise ValueError(f"--environment_cache_millis={portable.environment_cache_millis}: the job needs 0 "
+                         "(a worker kept across a restart could acknowledge messages the restore lost)")
     if not flink.checkpointing_interval or flink.checkpointing_interval <= 0:
         flink.checkpointing_interval = DEFAULT_CHECKPOINTING_INTERVAL_MS
+    if flink.checkpointing_interval > ACK_DEADLINE_S * 1000 / 4:
+        _LOG.warning("--checkpointing_interval=%d ms: acknowledgements trail pulls by about four intervals, "
+                     "over the %d s ack deadline of this project's subscriptions; messages will come back as "
+                     "duplicates", flink.checkpointing_interval, ACK_DEADLINE_S)
     flink.finish_bundle_before_checkpointing = True
     flink.state_backend = flink.state_backend or "filesystem"
     if flink.state_backend_storage_path:

@@ -21,7 +21,7 @@ from pipelines import runners
 from pipelines.graph import count_and_store, run_from_command_line
 from pipelines.options import CountingOptions, policy_of, sinks_of
 from transforms.enrich import EnrichFromFile, EnrichFromSnapshots, read_snapshot_file
-from transforms.pubsub_io import FLINK_DEFAULT_MAX_PARALLELISM, ReadFromPubSubPortable
+from transforms.pubsub_io import ReadFromPubSubPortable, flink_default_max_parallelism
 
 
 def _with_arrival_time(data: bytes) -> tuple[bytes, int]:
@@ -54,7 +54,7 @@ def read_events(pipeline: beam.Pipeline, runner: str, o: CountingOptions):
     (``o.timestamp_attribute``), ``ReadFromPubSubPortable`` on every other runner (its
     watermark never passes the wall clock plus ``o.max_future_skew_s``) with
     ``source_readers`` readers spread over Flink's key groups (``--max_parallelism``, else
-    Flink's default for parallelism up to 85)."""
+    Flink's default for ``--parallelism``)."""
     if runner == "local":
         source = beam.io.ReadFromPubSub(subscription=o.input_subscription)
     elif runners.native_pubsub(runner):
@@ -65,7 +65,8 @@ def read_events(pipeline: beam.Pipeline, runner: str, o: CountingOptions):
                                         max_future_skew_s=o.max_future_skew_s,
                                         readers=source_readers(pipeline.options, runner),
                                         max_parallelism=flink.max_parallelism if flink.max_parallelism > 0
-                                        else FLINK_DEFAULT_MAX_PARALLELISM, **runners.pull_pacing(runner))
+                                        else flink_default_max_parallelism(max(1, flink.parallelism)),
+                                        **runners.pull_pacing(runner))
     return pipeline | "read Pub/Sub" >> source | "arrival time" >> beam.Map(_with_arrival_time)
 
 

@@ -29,7 +29,7 @@ would have moved the watermark days past them by then.
   checkpoint N's barrier, and the source acknowledged their messages at once, though no
   completed checkpoint held their effects (seen: the chunk published 2 s after checkpoint 2
   completed and 1 s before the kill was archived once, before the kill, and never
-  redelivered; the job restored checkpoint 2). The source now acknowledges only after two
+  redelivered; the job restored checkpoint 2). The source now acknowledges only after three
   later finalization rounds.
 * Stop with a savepoint at parallelism 2, resume from it at parallelism 4: every vertex
   that ran 2 subtasks runs 4 (the Impulse source runs 1 at any parallelism), on both task

@@ -12,10 +12,13 @@ import apache_beam as beam
 import orjson
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipelines.runners import runner_flags
-from transforms.pubsub_io import (PullWatermark, ReadFromPubSubPortable, WriteToPubSubPortable, flink_key_group,
-                                  message_timestamp_us, reader_elements, subscription_of)
+from transforms.pubsub_io import (PullWatermark, ReadFromPubSubPortable, WriteToPubSubPortable,
+                                  flink_default_max_parallelism, flink_key_group, message_timestamp_us,
+                                  reader_elements, subscription_of)
 from viewcounts import provision, replay
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulator]
@@ -128,6 +131,29 @@ def test_readers_fall_in_their_own_share_of_flink_key_groups(readers):
         assert max(per_subtask) - min(per_subtask) <= 1 if readers >= parallelism else max(per_subtask) == 1
     with pytest.raises(ValueError):
         reader_elements(sub, 0)
+
+
+@given(st.integers(1, 40), st.integers(1, 40), st.sampled_from([128, 256]),
+       st.sampled_from(["projects/viewcounts-local/subscriptions/viewcounts-events-sub",
+                        "projects/test-project/subscriptions/events-sub", "projects/p/subscriptions/x"]))
+@settings(max_examples=150, deadline=None)
+def test_readers_spread_evenly_whenever_one_count_divides_the_other(readers, parallelism, max_parallelism, sub):
+    """Flink gives key group ``g`` to subtask ``g * p // m``: with readers a multiple of the
+    parallelism each subtask runs the same number of readers, and with the parallelism a
+    multiple of the readers no subtask runs two (reported by review: floor boundaries put
+    two readers on one subtask at parallelism 9 to 15)."""
+    if readers % parallelism and parallelism % readers:
+        return
+    elements = reader_elements(sub, readers, max_parallelism)
+    subtasks = [flink_key_group(e, max_parallelism) * parallelism // max_parallelism for e in elements]
+    per_subtask = [subtasks.count(i) for i in range(parallelism)]
+    assert max(per_subtask) == (readers // parallelism if readers >= parallelism else 1)
+    assert len(set(subtasks)) == min(readers, parallelism)
+
+
+def test_flink_default_max_parallelism_is_flinks():
+    assert [flink_default_max_parallelism(p) for p in (1, 2, 85, 86, 100, 171, 30000)] == \
+        [128, 128, 128, 256, 256, 512, 32768]
 
 
 @pytest.mark.flink

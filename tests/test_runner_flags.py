@@ -94,3 +94,19 @@ def test_detached_submission_finds_the_cluster_and_the_job_by_name():
             "--environment_config=localhost:50000", "--job_name=counts"]
     assert check_submittable(argv) == ("http://flink-jm:8081", "counts")
     assert check_submittable([*argv[:1], "--flink_master=https://jm/", *argv[2:]])[0] == "https://jm"
+
+
+@pytest.mark.parametrize("flag", ["--max_concurrent_checkpoints=2", "--environment_cache_millis=60000"])
+def test_flink_refuses_flags_that_break_acknowledgement_after_a_checkpoint(flag):
+    """The source acknowledges after three later checkpoint notices (pubsub_io.AckLedger):
+    sound with one checkpoint in flight and no worker kept across a restart."""
+    with pytest.raises(ValueError, match=flag.split("=")[0]):
+        prepare(PipelineOptions(["--runner=FlinkRunner", flag]))
+
+
+def test_flink_runs_one_checkpoint_at_a_time():
+    options = PipelineOptions(["--runner=FlinkRunner"])
+    prepare(options)
+    assert options.view_as(FlinkJobOptions).max_concurrent_checkpoints == 1
+    assert options.get_all_options()["max_concurrent_checkpoints"] == 1  # passed on to Flink
+

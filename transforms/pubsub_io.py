@@ -94,7 +94,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
+import uuid
 
 import mmh3
 
@@ -115,10 +117,18 @@ MAX_TS_DIGITS = 20  # longer digit strings are refused unread (int() of 5,000 di
 MAX_PULL_RESPONSE_BYTES = 64 * 1024 * 1024  # six 10 MB messages with their attributes
 MAX_BACKOFF_S = 30.0  # longest pause between two bundles after failed pulls
 ACK_RETRY_S = 10.0  # how long one acknowledge request is retried
-ACK_ROUNDS = 2  # finalization rounds after a bundle's own before its messages are acknowledged (AckLedger)
+ACK_ROUNDS = 3  # finalization rounds after a bundle's own before its messages are acknowledged (AckLedger)
 # Flink's default max parallelism (the number of key groups) for operators of parallelism
 # up to 85: KeyGroupRangeAssignment.computeDefaultMaxParallelism
-FLINK_DEFAULT_MAX_PARALLELISM = 128
+FLINK_DEFAULT_MAX_PARALLELISM = 128  # Flink's default for parallelism up to 85 (flink_default_max_parallelism)
+
+
+def flink_default_max_parallelism(parallelism: int) -> int:
+    """Flink's default max parallelism (number of key groups) of an operator of ``parallelism``
+    (``KeyGroupRangeAssignment.computeDefaultMaxParallelism``): ``1.5 * parallelism`` rounded
+    up to a power of two, within ``[128, 32768]``."""
+    wanted = parallelism + parallelism // 2
+    return min(max(1 << max(0, (wanted - 1).bit_length()), 128), 32768)
 _READER_MARK = "#reader-"
 
 
@@ -165,14 +175,16 @@ def flink_key_group(element: str, max_parallelism: int = FLINK_DEFAULT_MAX_PARAL
 def reader_elements(subscription: str, readers: int,
                     max_parallelism: int = FLINK_DEFAULT_MAX_PARALLELISM) -> list[str]:
     """The elements of ``readers`` readers of ``subscription``: ``"<subscription>#reader-<i>-<salt>"``
-    with the smallest salt that puts reader ``i`` in key groups ``[i * m // readers, (i + 1)
-    * m // readers)`` (``m = max_parallelism``; see the module docstring). Raises
-    ``ValueError`` when ``readers`` is not in ``1..max_parallelism``."""
+    with the smallest salt that puts reader ``i`` in key groups ``[ceil(i * m / readers),
+    ceil((i + 1) * m / readers))`` (``m = max_parallelism``; see the module docstring): Flink
+    gives key group ``g`` to subtask ``g * p // m``, so subtask ``j`` of ``p`` owns
+    ``[ceil(j * m / p), ceil((j + 1) * m / p))``, and with ``readers == p`` reader ``i`` is
+    on subtask ``i``. Raises ``ValueError`` when ``readers`` is not in ``1..max_parallelism``."""
     if not 1 <= readers <= max_parallelism:
         raise ValueError(f"readers must be 1..{max_parallelism}, not {readers}")
     out = []
     for i in range(readers):
-        low, high = i * max_parallelism // readers, (i + 1) * max_parallelism // readers
+        low, high = -(-i * max_parallelism // readers), -(-(i + 1) * max_parallelism // readers)
         salt = 0
         while not low <= flink_key_group(f"{subscription}{_READER_MARK}{i}-{salt}", max_parallelism) < high:
             salt += 1
@@ -330,27 +342,40 @@ class AckLedger:
     may not hold it) and releases them after ``rounds`` more rounds: checkpoint N + 1 was
     triggered after N completed, so with ``rounds=1`` its barrier reaches this stage after
     the bundle ended unless notice N was delivered after barrier N + 1; ``rounds=2`` also
-    covers that.
+    covers that. The ledger is shared by the subtasks a process serves, whose notices of one
+    checkpoint arrive one after the other, so one of the rounds may be a second notice of
+    the same checkpoint: ``ACK_ROUNDS`` is 3.
 
     A restore invalidates what it lost: ``started(reader, position)`` with a position at or
     below the first position an entry of that reader pulled means the job went back to a
     state before that bundle, so the entry is dropped, never acknowledged (its messages come
-    back after the ack deadline). Entries live in this process only; after a crash they are
-    lost and their messages redelivered. Times are ``time.monotonic()`` seconds."""
+    back after the ack deadline). One ledger serves every instance of the DoFn in a process
+    (``_PullFn.setup``): the SDK keeps a bundle's processor (its DoFn instance) until the
+    bundle is finalized and reuses processors last-in first-out, so a ledger per instance
+    could wait for ever for its instance's next bundle. Entries live in this process only;
+    after a crash they are lost and their messages redelivered (``pipelines.runners``
+    keeps no worker across a job restart). Thread-safe (callbacks and bundles run on the
+    SDK's threads). Times are ``time.monotonic()`` seconds."""
 
     def __init__(self, rounds: int = ACK_ROUNDS) -> None:
         self._rounds = rounds
+        self._lock = threading.Lock()
         self._entries: list[list] = []  # [reader, first position, ack ids, oldest publish µs, rounds left, mark]
 
     def started(self, reader: str, position: int) -> None:
         """A bundle of ``reader`` resumes at ``position`` (its restriction's start)."""
-        self._entries = [e for e in self._entries if e[0] != reader or e[1] < position]
+        with self._lock:
+            self._entries = [e for e in self._entries if e[0] != reader or e[1] < position]
 
     def finalized(self, reader: str, first_position: int, ack_ids: list[str], oldest_us: int | None,
                   started_s: float, now_s: float) -> list[str]:
         """The bundle of ``reader`` that started at ``started_s`` and pulled from
         ``first_position`` on is finalized at ``now_s``: files its ids and returns the ids
         now due for acknowledgement (possibly empty)."""
+        with self._lock:
+            return self._finalized(reader, first_position, ack_ids, oldest_us, started_s, now_s)
+
+    def _finalized(self, reader, first_position, ack_ids, oldest_us, started_s, now_s) -> list[str]:
         due: list[str] = []
         kept = []
         for e in self._entries:
@@ -370,7 +395,12 @@ class AckLedger:
 
     def oldest_publish_us(self) -> int | None:
         """Publish time (epoch µs) of the oldest message filed and not yet released."""
-        return min((e[3] for e in self._entries if e[3] is not None), default=None)
+        with self._lock:
+            return min((e[3] for e in self._entries if e[3] is not None), default=None)
+
+
+_LEDGERS: dict[str, AckLedger] = {}  # per process: one ledger per ReadFromPubSubPortable (its _PullFn token)
+_LEDGERS_LOCK = threading.Lock()
 
 
 class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
@@ -385,6 +415,7 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
         self._poll_s, self._idle_s, self._pause_s, self._sample_s = poll_s, idle_s, pause_s, sample_s
         self._max_future_skew_s = max_future_skew_s
         self._client = None
+        self._token = uuid.uuid4().hex  # names this transform's ledger in every worker (_LEDGERS)
 
     def initial_estimator_state(self, element, restriction):
         return None
@@ -401,7 +432,8 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
         self._oldest_unacked = metrics.gauge(metrics.OLDEST_UNACKED_AGE_MS)
         self._acked_unreported = 0  # acknowledged by finalization callbacks since the last bundle
         self._unacked: dict[object, int] = {}  # per bundle awaiting finalization: oldest publish µs
-        self._ledger = AckLedger()
+        with _LEDGERS_LOCK:
+            self._ledger = _LEDGERS.setdefault(self._token, AckLedger())
 
     def teardown(self) -> None:
         if self._client is not None:

@@ -26,8 +26,11 @@ from the job manager's REST API while the job runs
   subtasks, in seconds (``None`` until the source reports it).
 * ``backlog_messages``: ``published_messages`` (what the caller published to the
   subscription, counted in Pub/Sub messages) minus ``messages_pulled``; ``None`` without
-  ``published_messages``. Messages the job pulled and lost in a restart before acking are
-  pulled again and counted again, so after a restart this can go below the true backlog.
+  ``published_messages``. An estimate: redelivered messages are pulled and counted again
+  (it reads low), and Flink keeps metrics per execution attempt, so after a job restart
+  every counter starts again from 0 (it reads high until the backlog is pulled again).
+
+Counters count since the job's last restart (Flink's ``numRestarts`` of ``/jobs/<id>``).
 
 Raises ``urllib.error.URLError`` / ``OSError`` when the REST API does not answer and
 ``urllib.error.HTTPError`` for an unknown job id.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from pipelines.runners import ACK_DEADLINE_S
 from schemas import storage
 
 AGGREGATE_RETENTION_DAYS = 400
@@ -46,7 +47,7 @@ def create_topic_and_subscription(project: str, topic: str, subscription: str | 
         subscriber = pubsub_v1.SubscriberClient()
         try:
             subscriber.create_subscription(name=subscriber.subscription_path(project, subscription),
-                                           topic=topic_path, ack_deadline_seconds=60)
+                                           topic=topic_path, ack_deadline_seconds=ACK_DEADLINE_S)
         except AlreadyExists:
             pass
         finally:

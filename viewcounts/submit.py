@@ -71,7 +71,8 @@ def submit(argv: list[str], timeout_s: float = 300.0) -> str:
     reused once the job before it has ended, as when resuming from a savepoint). Raises
     ``ValueError`` for flags that cannot run detached (``check_submittable``) and
     ``SubmitError`` when a job of that name still runs, or the job is refused, ends, or is
-    not running within ``timeout_s``."""
+    not running within ``timeout_s`` (a job that exists by then is cancelled, so a retry never
+    leaves two jobs reading one subscription)."""
     from pipelines.streaming import build_pipeline
 
     if not any(a.startswith("--job_name") for a in argv):
@@ -82,20 +83,39 @@ def submit(argv: list[str], timeout_s: float = 300.0) -> str:
         raise SubmitError(f"the cluster already runs a job named {name!r}; stop it first or pick another --job_name")
     result = build_pipeline([*argv, "--detached"]).run()
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs = [j for j in _jobs_named(rest_url, name) if j["jid"] not in {b["jid"] for b in before}]
-        if jobs:
-            job = max(jobs, key=lambda j: j["start-time"])
-            if job["state"] in _ENDED:
-                raise SubmitError(f"job {job['jid']} ({name}) is {job['state']}; see the cluster's logs and "
-                                  f"{rest_url}/jobs/{job['jid']}/exceptions")
-            if job["state"] == "RUNNING" and _all_tasks_running(rest_url, job["jid"]):
-                _LOG.info("Flink job %s (%s) is running on %s", job["jid"], name, rest_url)
-                return job["jid"]
-        elif str(result.state) in ("FAILED", "CANCELLED", "STOPPED"):
-            raise SubmitError(f"the job server reports the submission {result.state}; see the log above")
-        time.sleep(1)
-    raise SubmitError(f"job {name} not running on {rest_url} within {timeout_s:.0f}s")
+    job_id = None
+    try:
+        while time.monotonic() < deadline:
+            jobs = [j for j in _jobs_named(rest_url, name) if j["jid"] not in {b["jid"] for b in before}]
+            if jobs:
+                job = max(jobs, key=lambda j: j["start-time"])
+                job_id = job["jid"]
+                if job["state"] in _ENDED:
+                    raise SubmitError(f"job {job_id} ({name}) is {job['state']}; see the cluster's logs and "
+                                      f"{rest_url}/jobs/{job_id}/exceptions")
+                if job["state"] == "RUNNING" and _all_tasks_running(rest_url, job_id):
+                    _LOG.info("Flink job %s (%s) is running on %s", job_id, name, rest_url)
+                    return job_id
+            elif str(result.state) in ("FAILED", "CANCELLED", "STOPPED"):
+                raise SubmitError(f"the job server reports the submission {result.state}; see the log above")
+            time.sleep(1)
+        raise SubmitError(f"job {name} not running on {rest_url} within {timeout_s:.0f}s")
+    except (SubmitError, OSError) as exc:
+        if job_id is not None:  # a job that did not come up in time must not start reading later
+            _cancel(rest_url, job_id)
+        if isinstance(exc, OSError):
+            raise SubmitError(f"the cluster's REST API failed while waiting for job {name}: {exc}") from exc
+        raise
+
+
+def _cancel(rest_url: str, job_id: str) -> None:
+    """Cancel ``job_id`` (best effort: logged when the cluster refuses)."""
+    try:
+        req = urllib.request.Request(f"{rest_url}/jobs/{job_id}?mode=cancel", method="PATCH")
+        urllib.request.urlopen(req, timeout=10).close()
+        _LOG.warning("cancelled job %s, which did not come up", job_id)
+    except OSError as exc:
+        _LOG.warning("could not cancel job %s: %s", job_id, exc)
 
 
 def _all_tasks_running(rest_url: str, job_id: str) -> bool:
