@@ -56,6 +56,8 @@ class FlinkJobOptions(PipelineOptions):
         parser.add_argument("--finish_bundle_before_checkpointing", action="store_true", default=None,
                             help="finish the bundle at a checkpoint instead of buffering its output in state")
         parser.add_argument("--flink_conf_dir", default=None, help="folder with a flink-conf.yaml for the job")
+        parser.add_argument("--max_bundle_time_ms", type=int, default=None,
+                            help="Flink's bundle-check period; the source's pause between pulls follows it (pull_pacing)")
         parser.add_argument("--max_concurrent_checkpoints", type=int, default=None,
                             help="checkpoints in flight at once; the job needs 1 (pubsub_io.AckLedger)")
         # Java's attachedMode: detached, the job server returns once Flink has accepted the job
@@ -267,13 +269,15 @@ def stamped_watermark(runner: str) -> bool:
     return not native_pubsub(runner) and runner != "flink"
 
 
-def pull_pacing(runner: str) -> dict[str, float]:
+def pull_pacing(runner: str, max_bundle_time_ms: int | None = None) -> dict[str, float]:
     """``ReadFromPubSubPortable`` pacing on ``runner``: ``max_pull_s`` of pulling per bundle and
     ``pause_s`` between bundles. On Flink the pause must outlast one bundle-check period
-    (``--max_bundle_time_ms``, 1 s) or the source's watermark is never published (see
-    ``transforms.pubsub_io``); longer bundles keep the share of time spent pulling at 2/3."""
+    (``--max_bundle_time_ms``, Beam's default 1 s) or the source's watermark is never
+    published (see ``transforms.pubsub_io``): it is that period plus 0.5 s, at least 1.5 s;
+    pulls last twice the pause, so the share of time spent pulling stays at 2/3."""
     if runner == "flink":
-        return {"max_pull_s": 3.0, "pause_s": 1.5}
+        pause_s = max(1.5, (max_bundle_time_ms or 1000) / 1000 + 0.5)
+        return {"max_pull_s": 2 * pause_s, "pause_s": pause_s}
     return {}
 
 

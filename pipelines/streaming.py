@@ -66,7 +66,8 @@ def read_events(pipeline: beam.Pipeline, runner: str, o: CountingOptions):
                                         readers=source_readers(pipeline.options, runner),
                                         max_parallelism=flink.max_parallelism if flink.max_parallelism > 0
                                         else flink_default_max_parallelism(max(1, flink.parallelism)),
-                                        **runners.pull_pacing(runner))
+                                        **runners.pull_pacing(runner, pipeline.options.view_as(
+                                            runners.FlinkJobOptions).max_bundle_time_ms))
     return pipeline | "read Pub/Sub" >> source | "arrival time" >> beam.Map(_with_arrival_time)
 
 

@@ -110,3 +110,14 @@ def test_flink_runs_one_checkpoint_at_a_time():
     assert options.view_as(FlinkJobOptions).max_concurrent_checkpoints == 1
     assert options.get_all_options()["max_concurrent_checkpoints"] == 1  # passed on to Flink
 
+
+def test_the_sources_pause_outlasts_flinks_bundle_check_period():
+    """Reported by review: a --max_bundle_time_ms above the fixed 1.5 s pause would hold the
+    source's watermark (transforms.pubsub_io module docstring)."""
+    from pipelines.runners import pull_pacing
+
+    assert pull_pacing("flink") == {"max_pull_s": 3.0, "pause_s": 1.5}
+    for ms in (500, 1000, 3000, 10_000):
+        assert pull_pacing("flink", ms)["pause_s"] > ms / 1000
+    assert pull_pacing("local", 3000) == {}
+
