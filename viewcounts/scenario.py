@@ -2,7 +2,8 @@
 
 ``run_case(case)`` replays a case's steps as a ``TestStream`` (payloads and metadata
 snapshots on two tags, an explicit processing-time clock, an explicit watermark that goes
-to infinity after the last step) on the local runner, writes aggregates to a fresh table
+to infinity after the last step) on the local runner (or Prism, or an embedded Flink at a
+given parallelism), writes aggregates to a fresh table
 on the Bigtable emulator through the production sink, and returns what was stored: rows,
 dead letters by reason, metrics and ``get_stats`` answers. ``check_case`` compares that
 with the case's ``expect`` and returns a list of mismatches (empty when it passes).
@@ -19,7 +20,9 @@ from collections import Counter
 
 import apache_beam as beam
 import orjson
+from apache_beam.coders import BytesCoder, TupleCoder, VarIntCoder
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
@@ -33,6 +36,7 @@ from schemas.event import US_PER_S, format_time_us, parse_event_time
 from transforms import metrics
 from transforms.enrich import EnrichFromSnapshots
 from transforms.validate import AcceptancePolicy
+from viewcounts.bench.counting_sink import IdleSourceOptions  # noqa: F401 -- declares the flag for Flink
 from viewcounts.emulators import bigtable_emulator
 from viewcounts.provision import create_table
 
@@ -43,6 +47,10 @@ PAYLOADS, METADATA = "payloads", "metadata"
 LONE_PAYLOADS = ""
 PROJECT, INSTANCE = "scenario", "scenario"
 REL_TOL = 1e-9
+# How long a case's job may run on Flink: a case takes 15-40 s there; a job that never ends
+# (seen: a processing-time timer left at the end of the input holds Beam's Flink operator
+# in its final flush for ever) is cancelled and reported instead of hanging the caller.
+FLINK_CASE_DEADLINE_S = 240
 
 
 def payload_tag(with_metadata: bool) -> str:
@@ -74,24 +82,39 @@ def changes_metadata_mid_stream(case: dict) -> bool:
 
 
 def _snapshots_read_once(case: dict, runner: str) -> list[tuple[int, dict]]:
-    """The case's snapshots for a runner without triggered side inputs, read once at start:
-    raises ``UnsupportedOnRunner`` when the case changes metadata mid-stream."""
+    """The case's snapshots for a runner without triggered side inputs (Prism) or a
+    ``TestStream`` of several outputs (Flink), read once at start: raises
+    ``UnsupportedOnRunner`` when the case changes metadata mid-stream."""
     if changes_metadata_mid_stream(case):
         raise UnsupportedOnRunner(f"the case changes metadata mid-stream, which needs a triggered side "
-                                  f"input; the {runner} runner has none (Beam issue 31438)")
+                                  f"input fed by the case's TestStream; the {runner} runner cannot "
+                                  f"(Prism: Beam issue 31438; Flink: one TestStream output only)")
     return [(n, _snapshot(step)) for n, step in enumerate(case["steps"]) if "metadata" in step]
 
 
-def build_test_stream(case: dict, with_metadata: bool = True) -> TestStream:
+def build_test_stream(case: dict, with_metadata: bool = True, processing_time_events: bool = True) -> TestStream:
     """The case's steps as a ``TestStream`` (SPEC.md section 7 clock rules): payloads, and
     metadata snapshots on a tag of their own unless ``with_metadata`` is False (a runner
-    without triggered side inputs reads them once instead: ``_snapshots_read_once``)."""
+    without triggered side inputs reads them once instead: ``_snapshots_read_once``).
+    Each payload carries the case's processing time (its arrival time); with
+    ``processing_time_events`` False the stream has no processing-time events (Beam's Flink
+    runner refuses them), so the carried arrival times are the only processing clock: they
+    are what the acceptance checks read, and they fire early panes (``FirePanes``).
+
+    Payloads alone are encoded, and typed, with Beam's standard coders (``(bytes, int)`` as
+    a KV of bytes and varint, in the events and on the output), which the Java side of a
+    portable runner can decode: Flink decodes a TestStream's events in Java, and with Python's default ``FastPrimitivesCoder`` it fails
+    every time (``Can't decode TestStream payload``: ``UnknownCoderWrapper``), restarting
+    the job in a loop. Snapshots (dicts) need the default coder, so the two-tag stream
+    keeps it."""
     start_us = parse_event_time(case["start"])
     processing_us = start_us
     watermark = Timestamp(micros=start_us)
     payloads = payload_tag(with_metadata)
     tags = (payloads, METADATA) if with_metadata else (payloads,)
-    ts = TestStream(output_tags=list(tags))
+    ts = (TestStream(output_tags=list(tags)) if with_metadata else
+          TestStream(coder=TupleCoder([BytesCoder(), VarIntCoder()]), output_tags=list(tags))
+          .with_output_types(tuple[bytes, int]))
     for tag in tags:
         ts.advance_watermark_to(watermark, tag=tag)
     for n, step in enumerate(case["steps"]):
@@ -101,7 +124,8 @@ def build_test_stream(case: dict, with_metadata: bool = True) -> TestStream:
         elif "advance_processing_time_s" in step:
             if step["advance_processing_time_s"] > 0:  # clocks never move back; 0 is no move
                 processing_us += round(step["advance_processing_time_s"] * US_PER_S)
-                ts.advance_processing_time(step["advance_processing_time_s"])
+                if processing_time_events:
+                    ts.advance_processing_time(step["advance_processing_time_s"])
         elif "advance_watermark" in step:
             target = Timestamp(micros=parse_event_time(step["advance_watermark"]))
             if target > watermark:
@@ -138,28 +162,44 @@ def _bigtable_host():
             del os.environ["BIGTABLE_EMULATOR_HOST"]
 
 
-def run_case(case: dict, runner: str = "local") -> dict:
-    """Run one case; returns ``{"rows", "dead_letters", "metrics", "queries", "archived_events"}``
-    (``archived_events``: lines written to the raw archive)."""
+def run_case(case: dict, runner: str = "local", parallelism: int = 1) -> dict:
+    """Run one case on ``runner`` (``parallelism``: Flink's, embedded with LOOPBACK workers;
+    other runners take 1 only, else ``ValueError``); returns ``{"rows", "dead_letters",
+    "metrics", "queries", "archived_events"}`` (``archived_events``: lines written to the raw
+    archive)."""
+    if parallelism != 1 and runner != "flink":
+        raise ValueError(f"parallelism {parallelism} needs the flink runner, not {runner}")
     policy, early_firing_s = policy_of_case(case)
     table = f"case-{uuid.uuid4().hex[:12]}"
     with _bigtable_host(), tempfile.TemporaryDirectory(prefix="scenario-") as tmp:
         create_table(PROJECT, INSTANCE, table)
         sinks = SinkConfig(PROJECT, INSTANCE, table, archive_path=f"{tmp}/archive", dead_letter_topic=None,
                            dead_letter_path=f"{tmp}/dead-letters")
-        options = PipelineOptions(runner_flags(runner))
+        # Beam's Flink runner keeps finished sources (the impulses) alive while checkpoints are
+        # on, so the case's job would never end: they stop after 1 s idle (IdleSourceOptions)
+        options = PipelineOptions([*runner_flags(runner, parallelism=parallelism),
+                                   "--shutdown_sources_after_idle_ms=1000"] if runner == "flink"
+                                  else runner_flags(runner))
         options.view_as(StandardOptions).streaming = True
         runners.prepare(options)
         pipeline = beam.Pipeline(options=options)
-        triggered = runners.triggered_side_inputs(runner)  # else the snapshots are read once
-        stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=triggered)
+        # else the snapshots are read once; Beam's Flink runner takes a TestStream of one output
+        # only ("expected one element"), so there the payloads go alone too
+        triggered = runners.triggered_side_inputs(runner) and runner != "flink"
+        stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=triggered,
+                                                              processing_time_events=runner != "flink")
         snapshots = (stream[METADATA] if triggered else
                      pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner)))
-        # the TestStream stamps each message at the watermark, as the portable source does
+        # the TestStream stamps each message at the watermark, as one reader of the portable
+        # source does (the view on Prism); on Flink the dedup stage's timers (the ladder) find
+        # the watermark, as in the streaming job there
         count_and_store(stream[payload_tag(triggered)], EnrichFromSnapshots(snapshots, triggered), policy,
                         early_firing_s, sinks, stamped_watermark=runners.stamped_watermark(runner))
         result = pipeline.run()
-        result.wait_until_finish()
+        if runner == "flink":
+            _finish_within(result, FLINK_CASE_DEADLINE_S)
+        else:
+            result.wait_until_finish()
         counters = metrics.committed_counters(result)
         dead = Counter(DeadLetter.from_json(line).reason for line in local_lines(f"{tmp}/dead-letters"))
         archived = sum(1 for _ in local_lines(f"{tmp}/archive"))
@@ -168,6 +208,15 @@ def run_case(case: dict, runner: str = "local") -> dict:
             queries = [_answer(reader, q) for q in case.get("expect", {}).get("queries", [])]
     return {"rows": rows, "dead_letters": dict(sorted(dead.items())), "metrics": dict(sorted(counters.items())),
             "queries": queries, "archived_events": archived}
+
+
+def _finish_within(result, deadline_s: float) -> None:
+    """Wait for a portable job to end; raises ``TimeoutError`` (after cancelling it) when it is
+    still running after ``deadline_s`` seconds, ``RuntimeError`` when it failed."""
+    state = result.wait_until_finish(duration=deadline_s * 1000)
+    if state != PipelineState.DONE:
+        result.cancel()
+        raise TimeoutError(f"the case's job did not finish within {deadline_s} s (state {state})")
 
 
 def stored_rows(reader: StatsReader) -> list[dict]:
