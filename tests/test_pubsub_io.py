@@ -152,8 +152,8 @@ def test_readers_spread_evenly_whenever_one_count_divides_the_other(readers, par
 
 
 def test_flink_default_max_parallelism_is_flinks():
-    assert [flink_default_max_parallelism(p) for p in (1, 2, 85, 86, 100, 171, 30000)] == \
-        [128, 128, 128, 256, 256, 512, 32768]
+    assert [flink_default_max_parallelism(p) for p in (1, 2, 85, 86, 100, 171, 172, 30000)] == \
+        [128, 128, 128, 256, 256, 256, 512, 32768]
 
 
 @pytest.mark.flink
