@@ -254,6 +254,18 @@ class FlinkCluster:
                 pass
         return pids
 
+    def cpu_seconds(self) -> dict[int, float]:
+        """``{pid: user + system CPU seconds so far}`` of every live process of the cluster
+        (``process_pids``); a process that ended meanwhile is left out."""
+        out = {}
+        for pid in self.process_pids():
+            try:
+                t = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            out[pid] = t.user + t.system
+        return out
+
     def rest(self, path: str, method: str = "GET", body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"http://{self.master}{path}", data=data, method=method,

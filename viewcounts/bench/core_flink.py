@@ -54,19 +54,6 @@ def newest_panes(folder: Path) -> tuple[dict, int]:
     return {k: agg for k, (_, agg) in newest.items()}, rows
 
 
-def _cpu_s(pids: list[int]) -> dict[int, float]:
-    import psutil
-
-    out = {}
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        out[pid] = t.user + t.system
-    return out
-
-
 def _wait_for_end(cluster, timeout_s: float) -> list[dict]:
     """Flink's overview of the cluster's jobs once a job was submitted and none runs any
     more; cancels them and raises ``TimeoutError`` after ``timeout_s``."""
@@ -106,11 +93,11 @@ def run(workload_dir: Path, out_path: Path, parallelism: int, sdk_worker_paralle
                 | "arrival time" >> beam.Map(lambda payload, at: (payload, at), meta["arrival_us"])
                 | "count events" >> CountEvents(policy, early_firing_s))[ROWS]
         rows | "file rows" >> beam.ParDo(FileRows(str(rows_dir)))
-        cpu0 = _cpu_s(cluster.process_pids())
+        cpu0 = cluster.cpu_seconds()
         t0 = time.perf_counter()
         p.run()
         jobs = _wait_for_end(cluster, timeout_s)
-        cpu1 = _cpu_s(cluster.process_pids())
+        cpu1 = cluster.cpu_seconds()
         if len(jobs) != 1 or jobs[0]["state"] != "FINISHED":
             raise RuntimeError(f"expected one finished job, found {[(j['jid'], j['state']) for j in jobs]}")
         seconds = jobs[0]["duration"] / 1000

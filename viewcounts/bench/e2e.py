@@ -613,7 +613,7 @@ def _stream_and_drain(env: _Product, run: _Run, seconds: int, early_firing_s: in
     groups = {"job": env.job.pid, "pubsub_emulator": env.pubsub_pid, "bigtable_emulator": env.bigtable_pid}
     cluster = env.cluster
     cpu0, wall0, self0 = {k: _group_cpu_s(g) for k, g in groups.items()}, time.monotonic(), time.process_time()
-    cluster0 = _processes_cpu_s(cluster.process_pids()) if cluster else {}
+    cluster0 = cluster.cpu_seconds() if cluster else {}
     profiler = _start_profiler(cluster.process_pids() if cluster else [env.job.pid], seconds, profile_path)
     run.publisher.start()
     watcher = _MetricsWatcher(cluster.master, env.flink_job_id, run.publisher) if cluster else None
@@ -628,7 +628,7 @@ def _stream_and_drain(env: _Product, run: _Run, seconds: int, early_firing_s: in
     cpu["bench_cpu_cores"] = round((time.process_time() - self0) / wall, 2)
     job_cpu_s = used["job"]
     if cluster:
-        cluster1 = _processes_cpu_s(cluster.process_pids())
+        cluster1 = cluster.cpu_seconds()
         cluster_cpu_s = sum(cluster1[p] - cluster0.get(p, 0.0) for p in cluster1)
         cpu["flink_cluster_cpu_cores"] = round(cluster_cpu_s / wall, 2)
         job_cpu_s += cluster_cpu_s
@@ -651,17 +651,6 @@ def _write_metadata(path: Path, videos: int) -> None:
         for i in range(1, videos + 1):
             f.write(orjson.dumps({"video_id": f"video-{i:07d}", "title": f"Video {i}", "channel": f"ch-{i % 97}"}) + b"\n")
 
-
-def _processes_cpu_s(pids: list[int]) -> dict[int, float]:
-    """``{pid: user + system CPU seconds so far}`` of the live processes among ``pids``."""
-    out = {}
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        out[pid] = t.user + t.system
-    return out
 
 
 def _python_pids(pids: list[int]) -> list[int]:
