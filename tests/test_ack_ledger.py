@@ -11,20 +11,16 @@ restores a state without it.
 """
 from __future__ import annotations
 
-import datetime as dt
 import pickle
 import time
-from types import SimpleNamespace
 
-from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.metrics.execution import MetricsContainer
-from apache_beam.runners.worker import statesampler
-from apache_beam.utils.counters import CounterFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms import metrics, pubsub_io
-from transforms.pubsub_io import AckLedger, PullWatermark, _PullFn, reader_elements
+from tests.pubsub_doubles import Finalizer, ScriptedSubscriber, metrics_scope, run_bundle
+from transforms import pubsub_io
+from transforms.pubsub_io import AckLedger, _PullFn, reader_elements
 
 
 def test_a_bundle_is_acknowledged_after_two_later_rounds_not_at_its_own_finalization():
@@ -96,43 +92,6 @@ def test_nothing_is_acknowledged_that_a_restore_can_lose(history, rounds):
             assert all(a < completed for a in acked)
 
 
-class Client:
-    def __init__(self):
-        self.queue, self.acked = [], []
-
-    def pull(self, request, retry, timeout):
-        batch = self.queue.pop(0) if self.queue else []
-        return SimpleNamespace(received_messages=[SimpleNamespace(ack_id=a, message=SimpleNamespace(
-            data=a.encode(), attributes={}, publish_time=dt.datetime.fromtimestamp(p, dt.timezone.utc)))
-            for a, p in batch])
-
-    def acknowledge(self, request, retry, timeout):
-        self.acked.extend(request["ack_ids"])
-
-    def close(self):
-        pass
-
-
-class Finalizer:
-    def __init__(self):
-        self.callbacks = []
-
-    def register(self, cb):
-        self.callbacks.append(cb)
-
-
-class Tracker(OffsetRestrictionTracker):
-    def defer_remainder(self, after):
-        pass
-
-
-def _gauge(container):
-    for key, v in container.get_cumulative().gauges.items():
-        if key.metric.name == metrics.OLDEST_UNACKED_AGE_MS:
-            return v.value
-    return None
-
-
 def test_messages_are_acknowledged_whichever_processor_ran_their_bundle(monkeypatch):
     """The SDK keeps a bundle's processor (its DoFn instance) until the bundle is finalized
     and reuses released ones last-in first-out, so a processor can sit unused for good. Model
@@ -141,7 +100,7 @@ def test_messages_are_acknowledged_whichever_processor_ran_their_bundle(monkeypa
     released in that order; interval 0 runs 3 bundles, later ones 2. Every message pulled
     more than ``ACK_ROUNDS + 1`` intervals before the end is acknowledged (the ledger is
     shared by the process's instances), and none is acknowledged at its own notice."""
-    client = Client()
+    client = ScriptedSubscriber()
     monkeypatch.setattr(pubsub_io, "subscriber_client", lambda: client)
     reader = reader_elements("projects/p/subscriptions/s", 1)[0]
     template = pickle.dumps(_PullFn(None, 1000, max_pull_s=60, poll_s=0.01, idle_s=5, pause_s=0, sample_s=60,
@@ -150,46 +109,31 @@ def test_messages_are_acknowledged_whichever_processor_ran_their_bundle(monkeypa
     pending: list[tuple[_PullFn, Finalizer]] = []
     position, seq, made = 0, 0, 0
     pulled_at: dict[str, int] = {}
-    latest_gauge = None
     t0 = time.time() - 25 * 5.0  # model time: interval k is 5 s after interval k - 1, the last one ends now
-    try:
-        for interval in range(25):      # 25 checkpoint intervals = 125 s at 5 s
-            for _ in range(3 if interval == 0 else 2):
-                if cache:
-                    fn = cache.pop()
-                else:
-                    fn = pickle.loads(template)  # as the SDK makes a processor's DoFn: from the pickled one
-                    fn.setup()
-                    made += 1
-                ack_id = f"m{seq}"
-                seq += 1
-                pulled_at[ack_id] = interval
-                client.queue += [[(ack_id, t0 + 5.0 * interval)], []]
-                finalizer = Finalizer()
-                container = MetricsContainer("pull")
-                sampler = statesampler.StateSampler("", CounterFactory())  # a fresh metrics scope per bundle
-                statesampler.set_current_tracker(sampler)
-                sampler.start()
-                try:
-                    with sampler.scoped_state("pull", "process", metrics_container=container):
-                        list(fn.process(reader, bundle_finalizer=finalizer,
-                                        restriction_tracker=Tracker(OffsetRange(position, 10**9)),
-                                        watermark=PullWatermark(None)))
-                finally:
-                    sampler.stop()
-                    statesampler.set_current_tracker(None)
-                latest_gauge = _gauge(container)
-                position += 1
-                pending.append((fn, finalizer))
-                time.sleep(0.002)
-            for fn, finalizer in pending:  # completion notice: finalize all, release in that order
-                for cb in finalizer.callbacks:
-                    cb()
-                cache.append(fn)
-            pending.clear()
+    for interval in range(25):      # 25 checkpoint intervals = 125 s at 5 s
+        for _ in range(3 if interval == 0 else 2):
+            if cache:
+                fn = cache.pop()
+            else:
+                fn = pickle.loads(template)  # as the SDK makes a processor's DoFn: from the pickled one
+                fn.setup()
+                made += 1
+            ack_id = f"m{seq}"
+            seq += 1
+            pulled_at[ack_id] = interval
+            client.batches += [[(ack_id, t0 + 5.0 * interval)], []]
+            finalizer = Finalizer()
+            with metrics_scope(MetricsContainer("pull")):  # a fresh metrics scope per bundle
+                run_bundle(fn, reader, finalizer, start=position)
+            position += 1
+            pending.append((fn, finalizer))
             time.sleep(0.002)
-    finally:
-        pass
+        for fn, finalizer in pending:  # completion notice: finalize all, release in that order
+            for cb in finalizer.callbacks:
+                cb()
+            cache.append(fn)
+        pending.clear()
+        time.sleep(0.002)
     due = {a for a, i in pulled_at.items() if i < 25 - (pubsub_io.ACK_ROUNDS + 1)}
     assert made >= 2  # several processors really served the source
     assert due <= set(client.acked), sorted(due - set(client.acked), key=lambda a: int(a[1:]))

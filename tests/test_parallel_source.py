@@ -3,20 +3,16 @@ how many readers a job gets, and what one worker's readers report as
 ``messages_pulled``, ``messages_acked`` and ``oldest_unacked_age_ms``."""
 from __future__ import annotations
 
-import datetime as dt
 import time
-from types import SimpleNamespace
 
 import pytest
-from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.metrics.execution import MetricsContainer
-from apache_beam.runners.worker import statesampler
-from apache_beam.utils.counters import CounterFactory
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.streaming import source_readers
+from tests.pubsub_doubles import Finalizer, ScriptedSubscriber, metric_value, metrics_scope, run_bundle
 from transforms import metrics, pubsub_io
-from transforms.pubsub_io import PullWatermark, _PullFn, reader_elements
+from transforms.pubsub_io import _PullFn, reader_elements
 
 
 def test_readers_default_to_the_parallelism_and_refuse_stamps_of_several():
@@ -28,82 +24,35 @@ def test_readers_default_to_the_parallelism_and_refuse_stamps_of_several():
         source_readers(PipelineOptions(["--source_readers=2"]), "prism")
 
 
-class _Client:
-    """A subscriber that answers each pull with the next batch of ``(ack id, publish time)``."""
-
-    def __init__(self, batches):
-        self.batches, self.acked = list(batches), []
-
-    def pull(self, request, retry, timeout):
-        batch = self.batches.pop(0) if self.batches else []
-        return SimpleNamespace(received_messages=[SimpleNamespace(ack_id=a, message=SimpleNamespace(
-            data=a.encode(), attributes={}, publish_time=dt.datetime.fromtimestamp(p, dt.timezone.utc)))
-            for a, p in batch])
-
-    def acknowledge(self, request, retry, timeout):
-        self.acked.extend(request["ack_ids"])
-
-
-class _Finalizer:
-    def __init__(self):
-        self.callbacks = []
-
-    def register(self, callback):
-        self.callbacks.append(callback)
-
-
-class _Tracker(OffsetRestrictionTracker):
-    def defer_remainder(self, after):  # the runner's wrapper provides it
-        pass
-
-
-def _bundle(fn, reader, finalizer, start=0):
-    """One bundle of ``reader`` resuming at restriction position ``start`` (one position per pull)."""
-    tracker = _Tracker(OffsetRange(start, 1000))
-    return list(fn.process(reader, bundle_finalizer=finalizer, restriction_tracker=tracker,
-                           watermark=PullWatermark(None)))
-
-
 def test_source_metrics_count_pulls_acks_and_the_oldest_unacked_age(monkeypatch):
     container = MetricsContainer("pull")
-    sampler = statesampler.StateSampler("", CounterFactory())  # how a worker scopes a step's metrics
-    statesampler.set_current_tracker(sampler)
-    sampler.start()
-    try:
-        with sampler.scoped_state("pull", "process", metrics_container=container):
-            fn = _PullFn(None, 1000, max_pull_s=60, poll_s=0.1, idle_s=5, pause_s=0, sample_s=60, max_future_skew_s=300)
-            now = time.time()
-            client = _Client([[("a", now - 30), ("b", now - 10)], [], [("c", now - 5)], []])
-            monkeypatch.setattr(pubsub_io, "subscriber_client", lambda: client)
-            fn.setup()
-            reader = reader_elements("projects/p/subscriptions/s", 1)[0]
+    with metrics_scope(container):
+        fn = _PullFn(None, 1000, max_pull_s=60, poll_s=0.1, idle_s=5, pause_s=0, sample_s=60, max_future_skew_s=300)
+        now = time.time()
+        client = ScriptedSubscriber([[("a", now - 30), ("b", now - 10)], [], [("c", now - 5)], []])
+        monkeypatch.setattr(pubsub_io, "subscriber_client", lambda: client)
+        fn.setup()
+        reader = reader_elements("projects/p/subscriptions/s", 1)[0]
 
-            def value(name):
-                cumulative = container.get_cumulative()
-                for key, v in {**cumulative.counters, **cumulative.gauges}.items():
-                    if key.metric.namespace == metrics.NAMESPACE and key.metric.name == name:
-                        return getattr(v, "value", v)
-                return None
+        def value(name):
+            return metric_value(container, name)
 
-            first = _Finalizer()
-            assert len(_bundle(fn, reader, first)) == 2
-            assert value(metrics.MESSAGES_PULLED) == 2 and value(metrics.MESSAGES_ACKED) is None
-            assert 30_000 <= value(metrics.OLDEST_UNACKED_AGE_MS) < 40_000  # a, pulled, awaits its checkpoint
-            second = _Finalizer()
-            assert len(_bundle(fn, reader, second, start=1)) == 1
-            assert value(metrics.MESSAGES_PULLED) == 3
-            assert 30_000 <= value(metrics.OLDEST_UNACKED_AGE_MS) < 40_000
-            first.callbacks[0]()  # a completion notice finalizes both bundles: their ids are filed,
-            second.callbacks[0]()  # not acknowledged (that checkpoint may not hold them: AckLedger)
-            assert client.acked == []
-            assert 30_000 <= value(metrics.OLDEST_UNACKED_AGE_MS) < 40_000
-            for _ in range(pubsub_io.ACK_ROUNDS):  # later rounds: a bundle started after the last notice
-                later = _Finalizer()
-                _bundle(fn, reader, later, start=2)  # empty pulls claim nothing
-                later.callbacks[0]()
-            assert sorted(client.acked) == ["a", "b", "c"]
-            _bundle(fn, reader, _Finalizer(), start=2)  # callbacks run outside bundles: reported with the next one
-            assert value(metrics.MESSAGES_ACKED) == 3 and value(metrics.OLDEST_UNACKED_AGE_MS) == 0
-    finally:
-        sampler.stop()
-        statesampler.set_current_tracker(None)
+        first = Finalizer()
+        assert len(run_bundle(fn, reader, first)) == 2
+        assert value(metrics.MESSAGES_PULLED) == 2 and value(metrics.MESSAGES_ACKED) is None
+        assert 30_000 <= value(metrics.OLDEST_UNACKED_AGE_MS) < 40_000  # a, pulled, awaits its checkpoint
+        second = Finalizer()
+        assert len(run_bundle(fn, reader, second, start=1)) == 1
+        assert value(metrics.MESSAGES_PULLED) == 3
+        assert 30_000 <= value(metrics.OLDEST_UNACKED_AGE_MS) < 40_000
+        first.callbacks[0]()  # a completion notice finalizes both bundles: their ids are filed,
+        second.callbacks[0]()  # not acknowledged (that checkpoint may not hold them: AckLedger)
+        assert client.acked == []
+        assert 30_000 <= value(metrics.OLDEST_UNACKED_AGE_MS) < 40_000
+        for _ in range(pubsub_io.ACK_ROUNDS):  # later rounds: a bundle started after the last notice
+            later = Finalizer()
+            run_bundle(fn, reader, later, start=2)  # empty pulls claim nothing
+            later.callbacks[0]()
+        assert sorted(client.acked) == ["a", "b", "c"]
+        run_bundle(fn, reader, Finalizer(), start=2)  # callbacks run outside bundles: reported with the next one
+        assert value(metrics.MESSAGES_ACKED) == 3 and value(metrics.OLDEST_UNACKED_AGE_MS) == 0
