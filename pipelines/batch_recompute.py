@@ -1,11 +1,13 @@
-"""Batch recompute: re-count a time range from the raw archive with the streaming job's transforms.
+"""Batch recompute: re-count a time range from the raw archive, linearly (issue 14).
 
 Reads the archive's hour folders for ``[--start, --end)`` (hour-aligned RFC 3339 instants),
-runs the same ``CountEvents`` core (dedup by ``event_id`` across the whole range, no
-processing-time checks, one pane per window) and overwrites those windows' aggregates in
-Bigtable. Events the streaming job refused as ``too_late`` are in the archive and are
-counted here: that is the point of a recompute. ``build_pipeline(argv)`` returns the job
-without running it::
+counts them with the batch-shaped path ``transforms.batch_count.CountArchive`` (the same
+function of the archive as SPEC.md sections 2-3 without processing-time checks: every valid
+event once per ``event_id``, the copy first in archive order; cost proportional to the events
+read) and overwrites those windows' aggregates in Bigtable (one pane per window, cells stamped
+from the recompute's wall clock: they win over streaming panes of closed windows). Events the
+streaming job refused as ``too_late`` are in the archive and are counted here: that is the
+point of a recompute. ``build_pipeline(argv)`` returns the job without running it::
 
     python -m pipelines.batch_recompute --archive_path gs://B/archive \\
         --start 2024-05-14T00:00:00Z --end 2024-05-15T00:00:00Z --bigtable_project P ...
@@ -16,26 +18,39 @@ without state may have left low (``pipelines.restarts.plan_recompute``; within
 closed yet (run it again later); it is safe to run repeatedly::
 
     python -m pipelines.batch_recompute --archive_path gs://B/archive --after_restarts --bigtable_project P ...
+
+``--rows_path FOLDER`` writes the rows as JSONL (``transforms.bigtable_sink.row_to_json``,
+one folder per hour of the window start) instead of Bigtable: the ``viewcounts recompute
+--dry-run`` audit. Runs as a batch job on every runner (``pipelines.runners.prepare_batch``):
+the local runner is Beam's FnApiRunner. Only the hours in the range are read: a copy of an
+event re-stamped into an hour outside the range is not seen.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.graph import count_and_store, run_from_command_line
-from pipelines.options import CountingOptions, policy_of, sinks_of
-from pipelines.streaming import metadata_snapshots
+from pipelines import runners
+from pipelines.graph import run_from_command_line
+from pipelines.options import DISTRIBUTED_SHARDS, CountingOptions, sinks_of
 from pipelines.restarts import plan_recompute
+from pipelines.streaming import metadata_snapshots
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folder
 from schemas.event import US_PER_S, format_time_us, parse_event_time
+from transforms.batch_count import DEAD_LETTER, ROWS, CountArchive
+from transforms.bigtable_sink import WriteAggregates, row_to_json
+from transforms.dead_letters import WriteDeadLetters
 from transforms.enrich import EnrichFromSnapshots
+from transforms.files import WriteJsonlByHour
 
 _LOG = logging.getLogger(__name__)
+ROWS_FILE_PREFIX = "rows"
 
 
 class RecomputeOptions(PipelineOptions):
@@ -46,6 +61,10 @@ class RecomputeOptions(PipelineOptions):
         parser.add_argument("--end", help="RFC 3339, hour-aligned, exclusive; required without --after_restarts")
         parser.add_argument("--after_restarts", action="store_true", default=False,
                             help="recompute the closed hours affected by streaming jobs started without state")
+        parser.add_argument("--rows_path", help="write the rows as JSONL files under this folder instead of "
+                            "Bigtable (a dry run: viewcounts recompute --dry-run)")
+        parser.add_argument("--progress_path", help="append the size of each archive file to this local file "
+                            "as it is read (a line per file: the progress bar of viewcounts recompute)")
 
 
 def _range_s(start: str | None, end: str | None) -> tuple[int, int]:
@@ -73,12 +92,25 @@ def hours_to_recompute(archive_path: str, r: RecomputeOptions, now_s: float) -> 
     return plan.closed
 
 
-def _lines(readable_file):
-    with readable_file.open() as f:
-        for line in f:
-            line = line.rstrip(b"\r\n")
-            if line:
-                yield line, 0
+class _NoteProgress(beam.DoFn):
+    """Pass a ``fileio.ReadableFile`` through, appending ``<size in bytes>\\n`` to a local file
+    first (``O_APPEND``: whole lines from any number of workers on this machine)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def process(self, readable_file):
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"%d\n" % readable_file.metadata.size_in_bytes)
+        finally:
+            os.close(fd)
+        yield readable_file
+
+
+def archive_patterns(archive_path: str, hours: list[int]) -> list[str]:
+    """The file patterns of the archive's hour folders (``*.jsonl``) of ``hours``."""
+    return [f"{hour_folder(archive_path, h)}/*.jsonl" for h in hours]
 
 
 def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
@@ -90,15 +122,39 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     hours = hours_to_recompute(o.archive_path, r, time.time())
     # the recompute reads the archive; it must not write a second copy of it
     sinks = dataclasses.replace(sinks_of(o, streaming=False), archive_path=None)
+    runners.prepare_batch(options)
     pipeline = beam.Pipeline(options=options)
-    payloads = (pipeline
-                | "archive hours" >> beam.Create([f"{hour_folder(o.archive_path, h)}/*.jsonl" for h in hours])
-                | "match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-                | "open" >> fileio.ReadMatches()
-                | "lines" >> beam.FlatMap(_lines))
-    count_and_store(payloads, EnrichFromSnapshots(metadata_snapshots(pipeline, o.metadata_path, None), triggered=False),
-                    policy_of(o, check_age=False), None, sinks)
+    files = (pipeline
+             | "archive hours" >> beam.Create(archive_patterns(o.archive_path, hours))
+             | "match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+             | "open" >> fileio.ReadMatches())
+    if r.progress_path:
+        files = files | "progress" >> beam.ParDo(_NoteProgress(r.progress_path))
+    counted = files | "count archive" >> CountArchive(o.dedup_shards or DISTRIBUTED_SHARDS)
+    enriched = counted[ROWS] | "enrich" >> EnrichFromSnapshots(metadata_snapshots(pipeline, o.metadata_path, None),
+                                                               triggered=False)
+    dead = [counted[DEAD_LETTER]]
+    if r.rows_path:
+        (enriched
+         | "rows by hour" >> beam.FlatMap(_lines_by_hour)
+         | "row files" >> WriteJsonlByHour(r.rows_path, ROWS_FILE_PREFIX, sinks.run_id))
+    else:
+        dead.append(enriched | "write to Bigtable" >> beam.ParDo(WriteAggregates(
+            sinks.bigtable_project, sinks.bigtable_instance, sinks.bigtable_table,
+            write_budget_s=sinks.bigtable_write_budget_s, attempt_timeout_s=sinks.bigtable_attempt_timeout_s)))
+    (dead
+     | "all dead letters" >> beam.Flatten()
+     | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id))
     return pipeline
+
+
+def _lines_by_hour(enriched_rows):
+    """``list[EnrichedRow]`` -> ``(hour_s, [row_to_json line, ...])`` per hour of the window starts."""
+    by_hour: dict[int, list] = {}
+    for e in enriched_rows:
+        w = e.row.window_start_s
+        by_hour.setdefault(w - w % ARCHIVE_WINDOW_S, []).append(row_to_json(e))
+    yield from by_hour.items()
 
 
 if __name__ == "__main__":

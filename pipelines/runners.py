@@ -31,7 +31,7 @@ FLINK_JOB_SERVER_JAR = BUILD_DIR / "flink-job-server" / "flink-job-server.jar"
 FLINK_VERSION = "1.19"  # the Flink minor of beam-runners-flink-1.19 (the job server) and the cluster wheels
 RUNNERS = ("local", "prism", "flink", "dataflow")
 _LOG = logging.getLogger(__name__)
-_LOCAL = (None, "DirectRunner", "BundleBasedDirectRunner")
+_LOCAL = (None, "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
 DEFAULT_CHECKPOINTING_INTERVAL_MS = 5000
 ACK_DEADLINE_S = 60  # the ack deadline of the subscriptions this project makes (provision.py, Terraform)
 
@@ -248,6 +248,25 @@ def prepare(options: PipelineOptions) -> str:
     elif runner == "flink":
         _flink_job_settings(options)
         _resume(options)
+    return runner
+
+
+def prepare_batch(options: PipelineOptions) -> str:
+    """A batch job (the recompute): the local runner is Beam's ``FnApiRunner`` (the portable
+    in-process runner, which executes a bounded pipeline stage by stage; the
+    BundleBasedDirectRunner that ``prepare`` pins for streaming is far slower on a batch
+    GroupByKey); on Flink the job runs in Flink's batch mode: not forced to streaming, no
+    checkpoints (a bounded job restarts from its input), this project's job server jar by
+    default. Raises ``ValueError`` for ``--streaming``. Returns ``runner_of``."""
+    if options.view_as(StandardOptions).streaming:
+        raise ValueError("a batch job cannot run with --streaming")
+    runner = runner_of(options)
+    if runner == "local":
+        options.view_as(StandardOptions).runner = "FnApiRunner"
+    elif runner == "flink":
+        flink = options.view_as(FlinkRunnerOptions)
+        if not flink.flink_job_server_jar and FLINK_JOB_SERVER_JAR.exists():
+            flink.flink_job_server_jar = str(FLINK_JOB_SERVER_JAR)
     return runner
 
 

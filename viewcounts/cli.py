@@ -1,4 +1,5 @@
-"""The ``viewcounts`` command: ``demo``, ``replay``, ``stats``, ``scenario run|check``, ``bench``, ``submit``."""
+"""The ``viewcounts`` command: ``demo``, ``replay``, ``recompute``, ``stats``, ``scenario run|check``, ``bench``,
+``submit``."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +68,12 @@ def _replay(args) -> int:
     return replay_main(args)
 
 
+def _recompute(args) -> int:
+    from viewcounts.recompute import recompute_main
+
+    return recompute_main(args)
+
+
 def _bench(args) -> int:
     from viewcounts.bench.harness import bench_main
 
@@ -119,11 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     from viewcounts.bench.harness import add_bench_args
     from viewcounts.replay import add_replay_args
     from viewcounts.demo import add_demo_args
+    from viewcounts.recompute import add_recompute_args
 
     rp = sub.add_parser("replay", help="publish events (flights or JSONL) to Pub/Sub, with a manifest",
                         formatter_class=formatter, description="Publishes to PUBSUB_EMULATOR_HOST when set.")
     add_replay_args(rp)
     rp.set_defaults(func=_replay)
+
+    rc = sub.add_parser("recompute", help="re-count hours of the raw archive into Bigtable (batch), or audit them "
+                        "with --dry-run", formatter_class=formatter,
+                        description="The batch recompute (pipelines.batch_recompute) with a progress bar, a dry run "
+                        "that audits the stored aggregates, and a refusal to overwrite hours the streaming job may "
+                        "still fire (viewcounts.recompute). BIGTABLE_EMULATOR_HOST for an emulator.")
+    add_recompute_args(rc)
+    rc.set_defaults(func=_recompute)
 
     dm = sub.add_parser("demo", help="run the streaming job end to end on the local emulators",
                         formatter_class=formatter)
@@ -144,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     sm.set_defaults(func=_submit)
 
     args = parser.parse_args(argv)
-    if args.command == "submit" and args.job_flags[:1] == ["--"]:
+    if args.command in ("submit", "recompute") and args.job_flags[:1] == ["--"]:
         args.job_flags = args.job_flags[1:]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

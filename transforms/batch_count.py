@@ -1,0 +1,290 @@
+"""The batch-shaped counting path of the recompute (issue 14): linear in the events read.
+
+The streaming core (``transforms.count_events.CountEvents``) decides dedup and panes with
+state and timers; in batch the watermark stands still until the input ends, so its dedup
+stage kept every minute's id set of the whole range and intersected each chunk with all of
+them (cost events x minutes). Here the same result (SPEC.md sections 2-3 with no
+processing-time checks and a watermark that never refuses: every valid event counts once per
+``event_id``) comes from Beam's own ``GroupByKey`` and ``CombinePerKey`` over batches:
+
+1. ``ParseArchiveFile``: one archive file (``fileio.ReadableFile``) -> per dedup shard
+   (``validate.shard_of``: CRC-32 of the id) one batch ``(shard, EventBatch bytes)`` of the
+   file's valid events, each with its place in the archive; invalid lines become dead letters
+   (``DEAD_LETTER``) as in ``ValidateEvents`` (same parser, ``schemas.event.parse_payload``).
+2. ``GroupByKey`` on the shard, then ``DedupShard``: per ``event_id`` the copy FIRST IN
+   ARCHIVE ORDER (``ArchiveOrder``: the file's written time, then its name, then the line;
+   the first item of a line for a line holding a batch) is kept; a re-stamped copy (another
+   time, another hour folder) is the same event. The kept events are folded into minute
+   partials per ``(video_id, event_type)``: output ``((video_id, event_type), partial bytes)``,
+   one element per shard and entity.
+3. ``CombinePerKey(MergeMinutePartials)``: the shards' partials of an entity merged (each
+   event is in exactly one shard, so the merge is exact); ``ToRows`` makes the minute rows
+   and folds them into hour rows: ``list[AggregateRow]``, pane 0, cell timestamps
+   ``storage.cell_timestamp_us(wall clock ms when the row is made, count)``, so a recompute's
+   cells win over the streaming panes of windows closed before it (schemas/storage.py).
+
+Work per stage is O(events) (elements: files x shards, shards x entities, entities), the ids
+held by ``DedupShard`` are those of its shard (about events / shards), whatever the range of
+event time. ``EventBatch`` is the columnar shape another reader (the Parquet archive) can
+produce with the same ``ArchiveOrder`` fields, so both feed ``DedupShard``.
+"""
+from __future__ import annotations
+
+import posixpath
+import time
+from collections import defaultdict
+from typing import NamedTuple
+
+import apache_beam as beam
+import orjson
+
+from schemas.archive import DeadLetter, parse_file_path
+from schemas.event import US_PER_S, parse_payload
+from schemas.storage import GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, wall_clock_ms
+from transforms import metrics
+from transforms.aggregate import AggregateRow
+from transforms.validate import shard_of
+
+DEAD_LETTER = "dead_letter"
+ROWS = "rows"
+BATCH_EVENTS = 50_000  # events per EventBatch at most: bounds one element's size whatever the file's
+_MINUTE_S = 60
+_HOUR_S = GRANULARITY_SECONDS["hour"]
+
+
+class ArchiveOrder(NamedTuple):
+    """Where a copy of an event sits in the archive; the smallest is the copy that counts.
+    ``written_ms``: the file's ``<written>`` time (``schemas.archive.parse_file_path``; a file
+    not named by that layout: its modification time); ``file_name``: the file's base name;
+    ``line``: 1-based line number in the file."""
+
+    written_ms: int
+    file_name: str
+    line: int
+
+
+class EventBatch(NamedTuple):
+    """Valid events of one file (or part of one) that share a dedup shard, as columns.
+    ``times_us``: event times in epoch µs; ``values``: float or None. Encoded with orjson
+    (``encode``/``decode``): one bytes element per batch on the shuffle."""
+
+    written_ms: int
+    file_name: str
+    lines: list
+    event_ids: list
+    video_ids: list
+    event_types: list
+    times_us: list
+    values: list
+
+    def encode(self) -> bytes:
+        return orjson.dumps(list(self))
+
+    @classmethod
+    def decode(cls, blob: bytes) -> "EventBatch":
+        return cls(*orjson.loads(blob))
+
+
+def file_written_ms(path: str, modified_s: float | None) -> int:
+    """``ArchiveOrder.written_ms`` of an archive file: from its name, else its modification time."""
+    name = parse_file_path(path)
+    if name is not None:
+        return name.written_ms
+    return int((modified_s or 0) * 1000)
+
+
+class ParseArchiveFile(beam.DoFn):
+    """``fileio.ReadableFile`` -> ``(shard, EventBatch bytes)`` (main) and ``DeadLetter``
+    (``DEAD_LETTER``, processing time: now) for lines that are no valid event. Counts
+    ``events_in`` (as ``ValidateEvents`` does, per line) and the dead-letter counters."""
+
+    def __init__(self, shards: int) -> None:
+        self._shards = shards
+
+    def setup(self) -> None:
+        self._events_in = metrics.counter(metrics.EVENTS_IN)
+        self._dead = metrics.DeadLetterCounters()
+
+    def process(self, readable_file):
+        path = readable_file.metadata.path
+        written_ms = file_written_ms(path, readable_file.metadata.last_updated_in_seconds)
+        name = posixpath.basename(path)
+        batches: dict[int, EventBatch] = {}
+        shards = self._shards
+        with readable_file.open() as f:
+            for line_no, line in enumerate(f, 1):
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    continue
+                events, rejections, n_in = parse_payload(line)
+                self._events_in.inc(n_in)
+                for r in rejections:
+                    self._dead.inc(r.reason)
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(r.payload, r.reason, r.detail,
+                                                                           time.time_ns() // 1000))
+                for ev in events:
+                    shard = shard_of(ev.event_id, shards)
+                    b = batches.get(shard)
+                    if b is None:
+                        b = batches[shard] = EventBatch(written_ms, name, [], [], [], [], [], [])
+                    b.lines.append(line_no)
+                    b.event_ids.append(ev.event_id)
+                    b.video_ids.append(ev.video_id)
+                    b.event_types.append(ev.event_type)
+                    b.times_us.append(ev.time_us)
+                    b.values.append(ev.value)
+                    if len(b.lines) >= BATCH_EVENTS:
+                        yield shard, b.encode()
+                        del batches[shard]
+        for shard, b in batches.items():
+            yield shard, b.encode()
+
+
+def first_copies(batches) -> tuple[dict, int]:
+    """``({event_id: (ArchiveOrder tuple, video_id, event_type, time_us, value)}, copies read)``:
+    per id the copy first in archive order, over ``EventBatch``es in any order."""
+    best: dict = {}
+    n = 0
+    for b in batches:
+        w, name = b.written_ms, b.file_name
+        n += len(b.lines)
+        for line, eid, video, etype, t, v in zip(b.lines, b.event_ids, b.video_ids, b.event_types, b.times_us,
+                                                  b.values):
+            order = (w, name, line)
+            old = best.get(eid)
+            if old is None or order < old[0]:
+                best[eid] = (order, video, etype, t, v)
+    return best, n
+
+
+def fold_minutes(events) -> dict:
+    """``{(video_id, event_type): {minute_s: [count, value_count, sum, min, max]}}`` of
+    ``(video_id, event_type, time_us, value)`` events."""
+    out: dict = defaultdict(dict)
+    for video, etype, t, v in events:
+        minutes = out[(video, etype)]
+        m = t // US_PER_S
+        m -= m % _MINUTE_S
+        acc = minutes.get(m)
+        if acc is None:
+            acc = minutes[m] = [0, 0, 0.0, None, None]
+        acc[0] += 1
+        if v is not None:
+            acc[1] += 1
+            acc[2] += v
+            if acc[3] is None or v < acc[3]:
+                acc[3] = v
+            if acc[4] is None or v > acc[4]:
+                acc[4] = v
+    return out
+
+
+def merge_into(into: dict, partial: dict) -> dict:
+    """Merge ``{window_s: [count, value_count, sum, min, max]}`` ``partial`` into ``into`` (mutated)."""
+    for w, (c, vc, s, lo, hi) in partial.items():
+        acc = into.get(w)
+        if acc is None:
+            into[w] = [c, vc, s, lo, hi]
+            continue
+        acc[0] += c
+        if vc:
+            acc[1] += vc
+            acc[2] += s
+            if acc[3] is None or lo < acc[3]:
+                acc[3] = lo
+            if acc[4] is None or hi > acc[4]:
+                acc[4] = hi
+    return into
+
+
+class DedupShard(beam.DoFn):
+    """``(shard, [EventBatch bytes, ...])`` -> ``((video_id, event_type), minute partials as
+    orjson bytes)``; counts ``events_accepted`` and ``duplicates_dropped``. Holds the shard's
+    ids (one dict entry per distinct id) while it runs."""
+
+    def setup(self) -> None:
+        self._accepted = metrics.counter(metrics.EVENTS_ACCEPTED)
+        self._duplicates = metrics.counter(metrics.DUPLICATES_DROPPED)
+
+    def process(self, element):
+        _, blobs = element
+        best, n = first_copies(EventBatch.decode(b) for b in blobs)
+        self._accepted.inc(len(best))
+        self._duplicates.inc(n - len(best))
+        folded = fold_minutes(e[1:] for e in best.values())
+        del best
+        for key, minutes in folded.items():
+            yield key, orjson.dumps(minutes, option=orjson.OPT_NON_STR_KEYS)
+
+
+class MergeMinutePartials(beam.CombineFn):
+    """Minute partials (orjson bytes of ``{minute_s: [count, value_count, sum, min, max]}``)
+    -> one merged ``{minute_s: [...]}``."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, blob):
+        return merge_into(acc, {int(k): v for k, v in orjson.loads(blob).items()})
+
+    def merge_accumulators(self, accs):
+        accs = iter(accs)
+        out = next(accs)
+        for a in accs:
+            merge_into(out, a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def rows_of(video_id: str, event_type: str, minutes: dict, base_ms: int) -> list[AggregateRow]:
+    """The minute rows of ``{minute_s: [count, value_count, sum, min, max]}`` and the hour
+    rows folded from them, pane 0, cell timestamps from ``base_ms`` (``cell_timestamp_us``)."""
+    hours: dict = {}
+    rows = []
+    for m, acc in minutes.items():
+        agg = Aggregate(*acc)
+        rows.append(AggregateRow(video_id, event_type, "minute", m, agg, 0, cell_timestamp_us(base_ms, agg.count)))
+        merge_into(hours, {m - m % _HOUR_S: acc})
+    for h, acc in hours.items():
+        agg = Aggregate(*acc)
+        rows.append(AggregateRow(video_id, event_type, "hour", h, agg, 0, cell_timestamp_us(base_ms, agg.count)))
+    return rows
+
+
+class ToRows(beam.DoFn):
+    """``((video_id, event_type), {minute_s: [...]})`` -> ``list[AggregateRow]`` (``rows_of``,
+    base: the wall clock when the rows are made)."""
+
+    def process(self, element):
+        (video_id, event_type), minutes = element
+        yield rows_of(video_id, event_type, minutes, wall_clock_ms())
+
+
+class CountArchive(beam.PTransform):
+    """``PCollection[fileio.ReadableFile]`` (archive files) -> ``{ROWS: list[AggregateRow]
+    per entity, DEAD_LETTER: DeadLetter}`` (module docstring). ``shards``: dedup shards; more
+    shards hold fewer ids each (memory), at a few more elements."""
+
+    def __init__(self, shards: int) -> None:
+        super().__init__()
+        if shards < 1:
+            raise ValueError(f"shards must be >= 1, got {shards}")
+        self._shards = shards
+
+    def expand(self, files):
+        parsed = files | "parse files" >> beam.ParDo(ParseArchiveFile(self._shards)).with_outputs(
+            DEAD_LETTER, main="batches")
+        return {ROWS: count_batches(parsed.batches), DEAD_LETTER: parsed[DEAD_LETTER]}
+
+
+def count_batches(batches):
+    """``PCollection[(shard, EventBatch bytes)]`` -> ``PCollection[list[AggregateRow]]``: dedup
+    per shard, merge per entity, rows. Any reader of the archive that yields ``EventBatch``es
+    keyed by ``shard_of(event_id, shards)`` feeds it."""
+    return (batches
+            | "group by shard" >> beam.GroupByKey()
+            | "dedup per shard" >> beam.ParDo(DedupShard())
+            | "merge per entity" >> beam.CombinePerKey(MergeMinutePartials())
+            | "rows" >> beam.ParDo(ToRows()))

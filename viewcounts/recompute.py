@@ -1,0 +1,298 @@
+"""``viewcounts recompute``: the batch recompute (``pipelines.batch_recompute``) as a command.
+
+* ``--start/--end`` (hour-aligned) or ``--after-restarts``: which hours; the archive's files
+  of those hours are listed first, and a progress bar (``rich``) follows the bytes read.
+* A refusal to overwrite windows the streaming job may still fire: an hour is *open* while
+  ``hour end + allowed lateness`` is later than the streaming job's watermark, taken here as
+  the wall clock minus ``pipelines.restarts.CLOSE_MARGIN_S`` (a job that keeps up trails the
+  wall clock by less; a job with a backlog trails by more: wait for it). A recompute of an
+  open hour could write a cell that a later streaming pane of the same window loses to (the
+  recompute's cells are stamped from its own later wall clock, ``schemas.storage``), so open
+  hours are refused unless ``--force``.
+* ``--dry-run``: nothing is written to Bigtable; the recompute's rows go to files
+  (``--rows_path``) and are compared with the stored aggregates: per hour (of the window
+  start), how many stored aggregates would change, and by how much (count and sum deltas,
+  batch minus stored): an audit of streaming against batch (``audit``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import orjson
+
+from schemas.event import US_PER_S, format_time_us, parse_event_time
+
+REFRESH_S = 0.5
+
+
+@dataclass
+class HourAudit:
+    """One hour's audit: aggregates (minute and hour windows starting in the hour) that the
+    recompute would ``change`` (a different count, value count, sum, min or max, or none stored
+    yet: ``missing``), ``count_delta``/``sum_delta`` summed over the hour's minute windows
+    (batch minus stored), ``unchanged`` ones, and stored ones the recompute has no row for
+    (``stored_only``: it would leave them as they are)."""
+
+    hour_s: int
+    changed: int = 0
+    missing: int = 0
+    unchanged: int = 0
+    stored_only: int = 0
+    count_delta: int = 0
+    sum_delta: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"hour": format_time_us(self.hour_s * US_PER_S), "changed": self.changed, "missing": self.missing,
+                "unchanged": self.unchanged, "stored_only": self.stored_only, "count_delta": self.count_delta,
+                "sum_delta": self.sum_delta}
+
+
+def read_row_files(folder: str) -> dict[tuple, tuple]:
+    """The rows a dry run wrote (``row_to_json`` lines under ``folder``):
+    ``{(video_id, event_type, granularity, window_start_s): (count, value_count, sum, min, max)}``."""
+    from schemas.archive import local_lines
+
+    out = {}
+    for line in local_lines(folder):
+        d = orjson.loads(line)
+        out[(d["video_id"], d["event_type"], d["granularity"], d["window_start_s"])] = (
+            d["count"], d["value_count"], d["sum"], d["min"], d["max"])
+    return out
+
+
+def stored_in_range(reader, entities, start_s: int, end_s: int) -> dict[tuple, tuple]:
+    """Stored aggregates of ``entities`` (``(video_id, event_type)``) with windows starting in
+    ``[start_s, end_s)``, in the shape of ``read_row_files``."""
+    out = {}
+    for video_id, event_type in entities:
+        for granularity in ("minute", "hour"):
+            for w, a in reader.read_windows(video_id, event_type, granularity, start_s, end_s).items():
+                out[(video_id, event_type, granularity, w)] = tuple(a)
+    return out
+
+
+def audit(batch: dict[tuple, tuple], stored: dict[tuple, tuple]) -> list[HourAudit]:
+    """Per hour (sorted), what the recompute's ``batch`` rows would do to ``stored`` (``HourAudit``)."""
+    from viewcounts.reconcile import _same
+
+    hours: dict[int, HourAudit] = {}
+
+    def hour(key) -> HourAudit:
+        h = key[3] - key[3] % 3600
+        return hours.setdefault(h, HourAudit(h))
+
+    for key, b in batch.items():
+        s = stored.get(key)
+        a = hour(key)
+        if s is not None and all(_same(x, y) for x, y in zip(b, s)):
+            a.unchanged += 1
+            continue
+        a.changed += 1
+        a.missing += s is None
+        if key[2] == "minute":
+            a.count_delta += b[0] - (s[0] if s else 0)
+            a.sum_delta += b[2] - (s[2] if s else 0.0)
+    for key in stored.keys() - batch.keys():
+        hour(key).stored_only += 1
+    return [hours[h] for h in sorted(hours)]
+
+
+def open_hours(hours: list[int], allowed_lateness_s: int, now_s: float) -> list[int]:
+    """The hours (epoch seconds of their start) whose windows the streaming job may still fire:
+    ``hour end + allowed_lateness_s`` later than its watermark, taken as ``now_s -
+    CLOSE_MARGIN_S`` (module docstring)."""
+    from pipelines.restarts import CLOSE_MARGIN_S
+
+    return [h for h in hours if h + 3600 + allowed_lateness_s > now_s - CLOSE_MARGIN_S]
+
+
+def _job_flags(args, rows_path: str | None, progress_path: str) -> list[str]:
+    flags = [f"--archive_path={args.archive_path}", f"--bigtable_project={args.project}",
+             f"--bigtable_instance={args.instance}", f"--bigtable_table={args.table}",
+             f"--progress_path={progress_path}", f"--allowed_lateness_s={args.allowed_lateness_s}"]
+    if args.start:
+        flags.append(f"--start={args.start}")
+    if args.end:
+        flags.append(f"--end={args.end}")
+    if args.after_restarts:
+        flags.append("--after_restarts")
+    for name in ("dead_letter_path", "metadata_path", "dedup_shards"):
+        if getattr(args, name) is not None:
+            flags.append(f"--{name}={getattr(args, name)}")
+    if rows_path:
+        flags.append(f"--rows_path={rows_path}")
+    return flags + list(args.job_flags)
+
+
+@dataclass
+class Outcome:
+    """What ``run_recompute`` did: the hours, the bytes and files read, the job's counters,
+    and for a dry run the audit."""
+
+    hours: list[int]
+    files: int
+    bytes_read: int
+    seconds: float
+    counters: dict = field(default_factory=dict)
+    audit: list[HourAudit] | None = None
+
+    def to_json(self) -> dict:
+        return {"hours": [format_time_us(h * US_PER_S) for h in self.hours], "files": self.files,
+                "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3), "counters": self.counters,
+                "audit": None if self.audit is None else [a.to_json() for a in self.audit]}
+
+
+class RefusedOpenHours(ValueError):
+    """The range holds hours the streaming job may still fire (``open_hours``) and no ``--force``."""
+
+
+def run_recompute(args, progress=None) -> Outcome:
+    """Run the recompute the parsed ``args`` describe (``add_recompute_args``); ``progress``:
+    ``callable(bytes_read, bytes_total)`` called while files are read. Raises
+    ``RefusedOpenHours`` (open hours without ``--force``), ``ValueError`` for a bad range."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import batch_recompute
+    from transforms import metrics
+
+    hours = batch_recompute.hours_to_recompute(
+        args.archive_path, PipelineOptions(_job_flags(args, None, "-")).view_as(batch_recompute.RecomputeOptions),
+        time.time())
+    refused = open_hours(hours, args.allowed_lateness_s, time.time())
+    if refused and not args.force:
+        raise RefusedOpenHours(
+            f"{len(refused)} hour(s) from {format_time_us(refused[0] * US_PER_S)} may still be fired by the streaming "
+            f"job (hour end + {args.allowed_lateness_s} s of allowed lateness is after its watermark, taken as now "
+            f"minus a safety margin); recompute them later or pass --force")
+    patterns = batch_recompute.archive_patterns(args.archive_path, hours)
+    listed = [m for r in FileSystems.match(patterns) for m in r.metadata_list] if patterns else []
+    total = sum(m.size_in_bytes for m in listed)
+    work = tempfile.mkdtemp(prefix="recompute-")
+    progress_path = os.path.join(work, "progress")
+    rows_path = os.path.join(work, "rows") if args.dry_run else None
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            r = batch_recompute.build_pipeline(_job_flags(args, rows_path, progress_path)).run()
+            r.wait_until_finish()
+            result["counters"] = metrics.committed_counters(r)
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread
+            result["error"] = exc
+
+    try:
+        started = time.monotonic()
+        worker = threading.Thread(target=run, name="recompute", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(REFRESH_S)
+            if progress is not None:
+                progress(_bytes_noted(progress_path), total)
+        if "error" in result:
+            raise result["error"]
+        outcome = Outcome(hours, len(listed), _bytes_noted(progress_path), time.monotonic() - started,
+                          result.get("counters", {}))
+        if args.dry_run:
+            outcome.audit = _audit_rows(args, rows_path, hours)
+        return outcome
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _audit_rows(args, rows_path: str, hours: list[int]) -> list[HourAudit]:
+    """``audit`` of a dry run's row files against the stored aggregates of ``hours``."""
+    from query.stats import StatsReader
+
+    batch = read_row_files(rows_path)
+    start_s, end_s = (hours[0], hours[-1] + 3600) if hours else (0, 0)
+    with StatsReader(args.project, args.instance, args.table) as reader:
+        stored = stored_in_range(reader, {k[:2] for k in batch}, start_s, end_s)
+    in_hours = set(hours)
+    return audit(batch, {k: v for k, v in stored.items() if k[3] - k[3] % 3600 in in_hours})
+
+
+def _bytes_noted(progress_path: str) -> int:
+    try:
+        with open(progress_path, "rb") as f:
+            return sum(int(line) for line in f.read().split())
+    except FileNotFoundError:
+        return 0
+
+
+def recompute_main(args) -> int:
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                      console=console, transient=not console.is_terminal) as bar:
+            task = bar.add_task("reading the archive", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total or None,
+                           description="reading the archive" if done < total else "deduplicating and writing")
+
+            outcome = run_recompute(args, progress)
+    except RefusedOpenHours as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        return 3
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    c = outcome.counters
+    console.print(f"{len(outcome.hours)} hour(s), {outcome.files:,} files, {outcome.bytes_read:,} bytes in "
+                  f"{outcome.seconds:.1f} s: {c.get('events_in', 0):,} events read, {c.get('events_accepted', 0):,} "
+                  f"counted, {c.get('duplicates_dropped', 0):,} duplicates, {c.get('dead_letters', 0):,} dead letters, "
+                  f"{c.get('aggregates_written', 0):,} aggregates written")
+    if outcome.audit is not None:
+        t = Table(title="dry run: what the recompute would change (batch minus stored)")
+        for col in ("hour", "changed", "of which missing", "unchanged", "stored only", "count delta", "sum delta"):
+            t.add_column(col, justify="right")
+        for a in outcome.audit:
+            t.add_row(format_time_us(a.hour_s * US_PER_S), f"{a.changed:,}", f"{a.missing:,}", f"{a.unchanged:,}",
+                      f"{a.stored_only:,}", f"{a.count_delta:+,}", f"{a.sum_delta:+,.6g}")
+        console.print(t)
+    if args.json:
+        with open(args.json, "wb") as f:
+            f.write(orjson.dumps(outcome.to_json(), option=orjson.OPT_INDENT_2))
+    sys.stdout.flush()
+    return 0
+
+
+def add_recompute_args(p) -> None:
+    from schemas import storage
+
+    p.add_argument("--archive-path", dest="archive_path", required=True, help="the raw archive's root (local or gs://)")
+    p.add_argument("--start", help="RFC 3339, hour-aligned, inclusive")
+    p.add_argument("--end", help="RFC 3339, hour-aligned, exclusive")
+    p.add_argument("--after-restarts", dest="after_restarts", action="store_true",
+                   help="the closed hours affected by streaming jobs started without state (within --start/--end "
+                   "when given)")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="write nothing; report per hour how many stored aggregates would change and by how much")
+    p.add_argument("--force", action="store_true",
+                   help="also overwrite hours the streaming job may still fire: those whose end plus the allowed "
+                   "lateness is after the streaming job's watermark, which this command takes as the wall clock "
+                   "minus a safety margin (pipelines.restarts.CLOSE_MARGIN_S) since it cannot read the job's")
+    p.add_argument("--allowed-lateness-s", dest="allowed_lateness_s", type=int, default=600,
+                   help="the streaming job's --allowed_lateness_s")
+    p.add_argument("--project", default=storage.DEFAULT_PROJECT, help="Bigtable project")
+    p.add_argument("--instance", default=storage.DEFAULT_INSTANCE, help="Bigtable instance")
+    p.add_argument("--table", default=storage.DEFAULT_TABLE, help="Bigtable table")
+    p.add_argument("--dead-letter-path", dest="dead_letter_path",
+                   help="folder for the dead letters of unreadable lines (default: beside the archive)")
+    p.add_argument("--metadata-path", dest="metadata_path", help="JSONL metadata snapshot for titles and channels")
+    p.add_argument("--dedup-shards", dest="dedup_shards", type=int, help="dedup shards of the batch job")
+    p.add_argument("--json", help="also write the outcome (counters, audit) as JSON to this file")
+    p.add_argument("job_flags", nargs="*", help="more Beam flags after --, e.g. -- --runner=FlinkRunner ...")
