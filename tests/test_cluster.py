@@ -52,16 +52,23 @@ def _group_alive(pgid: int) -> list[int]:
     return alive
 
 
-def submit_detached(d: Deployment, cluster: FlinkCluster, parallelism: int, *flags: str) -> str:
-    """``python -m viewcounts.submit`` in a process group of its own; waits for it to exit,
-    then kills whatever is left of its group; returns the Flink job id it printed."""
+def _launch(d: Deployment, cluster: FlinkCluster, parallelism: int, *flags: str,
+            checkpointing_interval_ms: int = 5000) -> subprocess.Popen:
+    """``python -m viewcounts.submit`` in a process group of its own (stdout piped, stderr to
+    ``submit.log`` in the deployment's folder)."""
     argv = [sys.executable, "-m", "viewcounts.submit", "--no_event_age_check",
             *d.job_flags(*runner_flags("flink", flink_master=cluster.master, parallelism=parallelism,
-                                       worker_pool=cluster.worker_pool,
-                                       checkpoint_dir=f"{d.folder}/checkpoints"), *flags)]
+                                       worker_pool=cluster.worker_pool, checkpoint_dir=f"{d.folder}/checkpoints",
+                                       checkpointing_interval_ms=checkpointing_interval_ms), *flags)]
     with open(f"{d.folder}/submit.log", "wb") as log:
-        launcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
-        out, _ = launcher.communicate(timeout=SUBMIT_S)
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+
+
+def submit_detached(d: Deployment, cluster: FlinkCluster, parallelism: int, *flags: str) -> str:
+    """``python -m viewcounts.submit``; waits for it to exit, then kills whatever is left of
+    its group; returns the Flink job id it printed."""
+    launcher = _launch(d, cluster, parallelism, *flags)
+    out, _ = launcher.communicate(timeout=SUBMIT_S)
     assert launcher.returncode == 0, f"submission failed; see {d.folder}/submit.log"
     try:
         os.killpg(launcher.pid, 9)  # anything the launcher left behind (its job server exits with it)
@@ -78,6 +85,9 @@ def test_detached_job_spreads_over_the_cluster_and_equals_the_reference(cluster,
     submitted_s = time.monotonic() - started
     try:
         assert cluster.job_status(job_id) == "RUNNING"
+        # the launcher returns only once the job is healthy: a checkpoint completed, no exception
+        assert cluster.rest(f"/jobs/{job_id}/checkpoints")["counts"]["completed"] >= 1
+        assert cluster.rest(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"] == []
         events = replay.plan_events(replay.read_source("flights", 3000), HISTORICAL, time.time_ns() // 1000)
         figures = deployment.publish(events, HISTORICAL)
         workers = cluster.sdk_workers()
@@ -95,6 +105,39 @@ def test_detached_job_spreads_over_the_cluster_and_equals_the_reference(cluster,
               f"every aggregate equal {waited:.1f} s after publishing; {workers} SDK workers")
     finally:
         _cancel(cluster, job_id)
+
+
+def test_a_launcher_stopped_before_the_job_is_healthy_cancels_it_and_leaves_nothing(cluster, deployment):
+    """SIGTERM to the launcher while it waits (a 10-minute checkpoint interval keeps the job
+    from being healthy, so the launcher is still waiting when the job already runs): the job
+    it submitted is cancelled and no process of its group (Beam's Java job server) is left."""
+    launcher = _launch(deployment, cluster, 2, checkpointing_interval_ms=600_000)
+    try:
+        job_id = None
+        deadline = time.monotonic() + SUBMIT_S
+        while job_id is None and time.monotonic() < deadline:
+            assert launcher.poll() is None, f"the launcher exited early; see {deployment.folder}/submit.log"
+            job_id = next(iter(cluster.running_jobs()), None)
+            time.sleep(0.5)
+        assert job_id is not None, "the job never ran"
+        launcher.terminate()
+        launcher.wait(timeout=60)
+        assert launcher.returncode != 0
+        deadline = time.monotonic() + 30
+        while _group_alive(launcher.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _group_alive(launcher.pid) == [], "processes of the launcher outlived it"
+        deadline = time.monotonic() + 60  # the launcher asked for the cancellation; Flink does it asynchronously
+        while cluster.job_status(job_id) != "CANCELED" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert cluster.job_status(job_id) == "CANCELED"
+    finally:
+        try:
+            os.killpg(launcher.pid, 9)
+        except ProcessLookupError:
+            pass
+        for j in cluster.running_jobs():
+            _cancel(cluster, j)
 
 
 def _cancel(cluster: FlinkCluster, job_id: str) -> None:

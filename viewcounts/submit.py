@@ -4,8 +4,11 @@
 ``pipelines.streaming`` from the same flags as ``python -m pipelines.streaming``, submits
 it through Beam's Flink job server in detached mode (``--detached``, Java's
 ``attachedMode=false``: the job server hands the job graph and its jars to the cluster's
-REST API and returns), waits until Flink lists the job as RUNNING, prints its Flink job id
-and exits; the job server stops with it and the job keeps running on the cluster. The
+REST API and returns), waits until the job is healthy on the cluster (every task RUNNING,
+a first checkpoint completed, no exception recorded), prints its Flink job id and exits;
+the job server stops with it and the job keeps running on the cluster. A launcher stopped
+before it printed the id (SIGTERM, Ctrl-C) cancels the job it was submitting and stops
+the job server, so a retry never leaves two jobs reading one subscription. The
 Python workers must live outside the launcher: ``--environment_type=EXTERNAL`` (a worker
 pool beside each task manager) or ``PROCESS``; LOOPBACK is refused.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 import urllib.request
@@ -66,13 +70,15 @@ def check_submittable(argv: list[str]) -> tuple[str, str]:
 
 def submit(argv: list[str], timeout_s: float = 300.0) -> str:
     """Submit ``pipelines.streaming`` with ``argv`` detached; returns the Flink job id once
-    every task of the job is RUNNING. A ``--job_name`` is added when none is given
-    (``viewcounts-<random>``: the job is found by its name on the cluster; a name may be
+    the job is healthy (``_health``: every task RUNNING, a checkpoint completed, no
+    exception). A ``--job_name`` is added when none is given (``viewcounts-<random>``: the
+    job is found by its name on the cluster; a name may be
     reused once the job before it has ended, as when resuming from a savepoint). Raises
     ``ValueError`` for flags that cannot run detached (``check_submittable``) and
-    ``SubmitError`` when a job of that name still runs, or the job is refused, ends, or is
-    not running within ``timeout_s`` (a job that exists by then is cancelled, so a retry never
-    leaves two jobs reading one subscription)."""
+    ``SubmitError`` when a job of that name still runs, or the job is refused, ends, records
+    an exception (it failed and restarted), or is not healthy within ``timeout_s``. A job
+    submitted by a call that raises (``SubmitError``, or an interruption: ``KeyboardInterrupt``,
+    ``SystemExit``) is cancelled, so a retry never leaves two jobs reading one subscription."""
     from pipelines.streaming import build_pipeline
 
     if not any(a.startswith("--job_name") for a in argv):
@@ -81,31 +87,59 @@ def submit(argv: list[str], timeout_s: float = 300.0) -> str:
     before = _jobs_named(rest_url, name)
     if any(j["state"] not in _ENDED for j in before):
         raise SubmitError(f"the cluster already runs a job named {name!r}; stop it first or pick another --job_name")
-    result = build_pipeline([*argv, "--detached"]).run()
+    known = {b["jid"] for b in before}
     deadline = time.monotonic() + timeout_s
-    job_id = None
     try:
+        result = build_pipeline([*argv, "--detached"]).run()
         while time.monotonic() < deadline:
-            jobs = [j for j in _jobs_named(rest_url, name) if j["jid"] not in {b["jid"] for b in before}]
+            jobs = [j for j in _jobs_named(rest_url, name) if j["jid"] not in known]
             if jobs:
                 job = max(jobs, key=lambda j: j["start-time"])
-                job_id = job["jid"]
                 if job["state"] in _ENDED:
-                    raise SubmitError(f"job {job_id} ({name}) is {job['state']}; see the cluster's logs and "
-                                      f"{rest_url}/jobs/{job_id}/exceptions")
-                if job["state"] == "RUNNING" and _all_tasks_running(rest_url, job_id):
-                    _LOG.info("Flink job %s (%s) is running on %s", job_id, name, rest_url)
-                    return job_id
+                    raise SubmitError(f"job {job['jid']} ({name}) is {job['state']}; see the cluster's logs and "
+                                      f"{rest_url}/jobs/{job['jid']}/exceptions")
+                if job["state"] == "RUNNING" and _health(rest_url, job["jid"]):
+                    _LOG.info("Flink job %s (%s) is running on %s", job["jid"], name, rest_url)
+                    return job["jid"]
             elif str(result.state) in ("FAILED", "CANCELLED", "STOPPED"):
                 raise SubmitError(f"the job server reports the submission {result.state}; see the log above")
             time.sleep(1)
-        raise SubmitError(f"job {name} not running on {rest_url} within {timeout_s:.0f}s")
-    except (SubmitError, OSError) as exc:
-        if job_id is not None:  # a job that did not come up in time must not start reading later
-            _cancel(rest_url, job_id)
+        raise SubmitError(f"job {name} not healthy on {rest_url} within {timeout_s:.0f}s "
+                          f"(every task RUNNING and a first checkpoint completed)")
+    except BaseException as exc:  # a job that did not come up (or whose launcher was stopped) must not run on
+        _cancel_new_jobs(rest_url, name, known)
         if isinstance(exc, OSError):
             raise SubmitError(f"the cluster's REST API failed while waiting for job {name}: {exc}") from exc
         raise
+
+
+def _health(rest_url: str, job_id: str) -> bool:
+    """True once every task of ``job_id`` is RUNNING and a checkpoint has completed; raises
+    ``SubmitError`` when the job has recorded an exception (a task failed, so the job restarted
+    or will), with the exception's first line."""
+    with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}/exceptions", timeout=10) as resp:
+        history = json.loads(resp.read()).get("exceptionHistory", {}).get("entries", [])
+    if history:
+        first = (history[0].get("stacktrace") or history[0].get("exceptionName") or "").splitlines()[:1]
+        raise SubmitError(f"job {job_id} failed after it started: {first[0] if first else 'see the cluster'}; "
+                          f"{rest_url}/jobs/{job_id}/exceptions")
+    with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}", timeout=10) as resp:
+        if not all(v["status"] == "RUNNING" for v in json.loads(resp.read())["vertices"]):
+            return False
+    with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}/checkpoints", timeout=10) as resp:
+        return json.loads(resp.read())["counts"]["completed"] >= 1
+
+
+def _cancel_new_jobs(rest_url: str, name: str, known: set[str]) -> None:
+    """Cancel every job named ``name`` that is not in ``known`` and has not ended (best effort)."""
+    try:
+        jobs = _jobs_named(rest_url, name)
+    except OSError as exc:
+        _LOG.warning("could not list the cluster's jobs to cancel %s: %s", name, exc)
+        return
+    for job in jobs:
+        if job["jid"] not in known and job["state"] not in _ENDED:
+            _cancel(rest_url, job["jid"])
 
 
 def _cancel(rest_url: str, job_id: str) -> None:
@@ -118,14 +152,12 @@ def _cancel(rest_url: str, job_id: str) -> None:
         _LOG.warning("could not cancel job %s: %s", job_id, exc)
 
 
-def _all_tasks_running(rest_url: str, job_id: str) -> bool:
-    with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}", timeout=10) as resp:
-        return all(v["status"] == "RUNNING" for v in json.loads(resp.read())["vertices"])
-
-
 def main(argv: list[str] | None = None) -> int:
     """Submit, print the Flink job id on stdout; errors on stderr, exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    # SIGTERM unwinds like Ctrl-C: the job being submitted is cancelled and Beam's job server
+    # (a Java process, stopped by an ``atexit`` hook) does not outlive the launcher
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         job_id = submit(sys.argv[1:] if argv is None else argv)
     except (ValueError, SubmitError) as exc:
