@@ -18,7 +18,9 @@ accumulating mode would, for a whole shard at once:
   time carried by the data (the pipeline's clock of SPEC.md section 2): an element that
   arrives ``early_firing_s`` or more after the first unfired data fires the early pane
   itself. The second keeps early panes firing where a DoFn cannot read the runner's clock
-  (the local runner's ``TestStream`` clock starts at the epoch, not at the wall clock);
+  (the local runner's ``TestStream`` clock starts at the epoch, not at the wall clock).
+  Once no open window waits for its on-time pane, the on-time firing clears the
+  processing-time timer and the first unfired arrival (``on_window_end``);
 * the on-time pane: when the watermark passes the window's end, holding every (video, type)
   of the window (Beam's on-time pane fires whether or not data came since the last one);
 * late panes: each late element fires one pane at once, holding what it changed;
@@ -288,7 +290,8 @@ class FirePanes(beam.DoFn):
     @on_timer(WINDOW_END)
     def on_window_end(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                       bag=beam.DoFn.StateParam(PARTIALS), panes=beam.DoFn.StateParam(PANES),
-                      version=beam.DoFn.StateParam(VERSION), window_end=beam.DoFn.TimerParam(WINDOW_END)):
+                      version=beam.DoFn.StateParam(VERSION), first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED),
+                      window_end=beam.DoFn.TimerParam(WINDOW_END), early=beam.DoFn.TimerParam(EARLY)):
         shard = self._shard(key, bag, panes, version)
         new_version(shard, version)
         rows: list[AggregateRow] = []
@@ -306,6 +309,12 @@ class FirePanes(beam.DoFn):
                 for blob in w.blobs:
                     bag.add((size_s, start_s, blob))
         self._commit(shard, panes)
+        if self._early_s is not None and all(w.on_time_fired for w in shard.windows.values()):
+            # no window waits for its on-time pane, so none can take an early one: a
+            # processing-time timer left set would hold a bounded job on Flink for ever
+            # (Beam's operator flushes every timer at the end of its input)
+            early.clear()
+            first_unfired.clear()
         boundary_us = self._next_boundary_us(shard)
         if boundary_us is not None:
             window_end.set(Timestamp(micros=boundary_us))
