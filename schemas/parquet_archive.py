@@ -1,0 +1,228 @@
+"""Parquet archive: the raw archive's closed hours as typed, deduplicated Parquet (issue 14).
+
+Layout (Hive-style partitions, one file per hour, written by ``pipelines.compact``)::
+
+    <parquet root>/dt=YYYY-MM-DD/hour=HH/part-0.parquet
+
+``dt``/``hour`` are the UTC date and hour of the *event time*, like the raw archive's
+``YYYY/MM/DD/HH`` folders (``schemas.archive``); files being written wait under
+``<parquet root>/_staging/`` (outside every ``dt=`` folder, so no reader sees them).
+
+Columns (``SCHEMA``), one row per distinct ``event_id`` of the hour:
+
+==============  =========================  =====================================================
+column          type                       meaning
+==============  =========================  =====================================================
+event_id        string, not null           the dedup key (SPEC section 1)
+video_id        string, not null           the counted entity
+event_type      string, not null           ``[a-z0-9_]+``
+event_time      timestamp[us, UTC], not    the event time to the microsecond (an RFC 3339 string
+                null                       with any offset, or integer milliseconds, as sent)
+value           float64, nullable          the value; null when absent or ``null``
+extra           string, not null           the other fields as one compact JSON object (``{}``
+                                           when none), numbers and strings exactly as archived
+written_ms      int64, not null            the archive file's ``<written>`` time, epoch ms
+source_file     string, not null           the archive file, relative to the archive root
+                                           (``YYYY/MM/DD/HH/events-....jsonl``)
+line            int32, not null            the line number in that file, from 0
+==============  =========================  =====================================================
+
+Rows are in *archive order* ``(written_ms, source_file, line)`` (``ORDER_KEY``), and of
+the copies of one ``event_id`` the hour keeps the first in that order: the copy a
+recompute from the JSONL counts too. The footer's key-value metadata
+``viewcounts.source_files`` is the JSON list of every archive file merged so far (a file
+whose lines were all duplicates included), so a later run merges only files that arrived
+since (late events are archived in their event time's hour, whenever they come).
+
+Reading back (``hour_payloads``, ``file_payloads``): each row becomes the compact JSON of
+an event object ``{"event_id", "video_id", "event_type", "event_time": RFC 3339 UTC,
+"value"?, <extra fields>}``, which parses (``schemas.event.parse_payload``) to the same
+fields, the same microsecond and the same float value as the archived line; field order
+and the spelling of ``event_time`` are normalised, and a ``"value": null`` reads back
+absent (both mean "no value", SPEC section 1).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Iterable, Iterator
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.archive import ARCHIVE_WINDOW_S
+from schemas.event import MAX_NESTING, Event, _dumps, _loads, format_time_us, validate_object
+
+SCHEMA = pa.schema([
+    pa.field("event_id", pa.string(), nullable=False),
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("event_type", pa.string(), nullable=False),
+    pa.field("event_time", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("value", pa.float64()),
+    pa.field("extra", pa.string(), nullable=False),
+    pa.field("written_ms", pa.int64(), nullable=False),
+    pa.field("source_file", pa.string(), nullable=False),
+    pa.field("line", pa.int32(), nullable=False),
+])
+ORDER_KEY = ("written_ms", "source_file", "line")
+KNOWN_FIELDS = ("event_id", "video_id", "event_type", "event_time", "value")
+PART_NAME = "part-0.parquet"
+STAGING_FOLDER = "_staging"
+SOURCE_FILES_KEY = b"viewcounts.source_files"
+
+# DuckDB recipe (README; tests/test_parquet_archive.py runs it): the SPEC section 3 hour
+# aggregates per (video_id, event_type) straight from the Parquet folders. Dedup across hours
+# keeps the first copy in archive order, as the recompute does (a re-stamped copy may sit in
+# another hour); ``dt``/``hour`` come from the folder names, and a WHERE on them reads only
+# those folders. ``{root}``: the Parquet root (a local folder, or gs:// with DuckDB's httpfs).
+DUCKDB_HOURLY_SQL = """
+SELECT video_id, event_type, dt, hour,
+       count(*) AS count, count(value) AS value_count, sum(value) AS sum, min(value) AS min, max(value) AS max
+FROM (
+    SELECT * FROM read_parquet('{root}/dt=*/hour=*/*.parquet', hive_partitioning = true)
+    QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY written_ms, source_file, line) = 1
+)
+GROUP BY video_id, event_type, dt, hour
+ORDER BY video_id, event_type, dt, hour
+"""
+
+# One archive position: (written_ms, source_file relative to the archive root, line from 0).
+OrderKey = tuple[int, str, int]
+
+
+def hour_partition(root: str, hour_s: int) -> str:
+    """The folder of one hour (epoch seconds of its start): ``<root>/dt=YYYY-MM-DD/hour=HH``."""
+    t = dt.datetime.fromtimestamp(hour_s, dt.timezone.utc)
+    return f"{root.rstrip('/')}/dt={t:%Y-%m-%d}/hour={t:%H}"
+
+
+def hour_part_path(root: str, hour_s: int) -> str:
+    return f"{hour_partition(root, hour_s)}/{PART_NAME}"
+
+
+def hour_of_partition(path: str) -> int | None:
+    """The hour (epoch seconds) of a path inside ``dt=YYYY-MM-DD/hour=HH/``, else None."""
+    parts = path.rstrip("/").split("/")
+    for d, h in zip(parts, parts[1:]):
+        if d.startswith("dt=") and h.startswith("hour="):
+            try:
+                t = dt.datetime.strptime(f"{d[3:]} {h[5:]}", "%Y-%m-%d %H")
+            except ValueError:
+                return None
+            return int(t.replace(tzinfo=dt.timezone.utc).timestamp())
+    return None
+
+
+class RowBuilder:
+    """Columns of ``SCHEMA`` built one archived event at a time; ``table()`` when done."""
+
+    def __init__(self) -> None:
+        self._cols: dict[str, list] = {f.name: [] for f in SCHEMA}
+
+    def add(self, event: Event, extra: bytes, key: OrderKey) -> None:
+        """``extra``: compact JSON object of the event's other fields (``b"{}"`` for none)."""
+        c = self._cols
+        c["event_id"].append(event.event_id)
+        c["video_id"].append(event.video_id)
+        c["event_type"].append(event.event_type)
+        c["event_time"].append(event.time_us)
+        c["value"].append(event.value)
+        c["extra"].append(extra.decode("utf-8"))
+        c["written_ms"].append(key[0])
+        c["source_file"].append(key[1])
+        c["line"].append(key[2])
+
+    def add_line(self, line: bytes, key: OrderKey) -> bool:
+        """Add one archived line (an event object); False, adding nothing, for a line that is
+        not a valid event (the archive holds only valid ones: a damaged file)."""
+        try:
+            obj = _loads(line)
+        except ValueError:  # UnicodeDecodeError and the nesting limit included
+            return False
+        event = validate_object(obj, line)
+        if type(event) is not Event:
+            return False
+        extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
+        self.add(event, _dumps(extra, MAX_NESTING) if extra else b"{}", key)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._cols["event_id"])
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pydict(self._cols, schema=SCHEMA)
+
+
+def first_in_archive_order(table: pa.Table) -> pa.Table:
+    """The rows of a ``SCHEMA`` table sorted by ``ORDER_KEY``, keeping the first of each ``event_id``."""
+    table = table.sort_by([(k, "ascending") for k in ORDER_KEY])
+    firsts = (pa.table({"event_id": table["event_id"], "i": pa.array(range(len(table)), pa.int64())})
+              .group_by("event_id", use_threads=False).aggregate([("i", "min")]))
+    if len(firsts) == len(table):
+        return table
+    i_min = firsts["i_min"]
+    return table.take(pc.take(i_min, pc.sort_indices(i_min)))
+
+
+def merged_sources(table: pa.Table) -> list[str]:
+    """The ``viewcounts.source_files`` list of a part read with ``read_part`` (empty without one)."""
+    kv = table.schema.metadata or {}
+    return orjson.loads(kv[SOURCE_FILES_KEY]) if SOURCE_FILES_KEY in kv else []
+
+
+def with_sources(table: pa.Table, sources: Iterable[str]) -> pa.Table:
+    """``table`` carrying ``sources`` (sorted, distinct) as its ``viewcounts.source_files`` metadata."""
+    return table.replace_schema_metadata({SOURCE_FILES_KEY: orjson.dumps(sorted(set(sources)))})
+
+
+def read_part(path: str) -> pa.Table:
+    """A Parquet part (local or ``gs://``, through Beam's ``FileSystems``) as a ``SCHEMA`` table
+    with its footer's metadata. Raises ``OSError``/``ArrowInvalid`` for a missing or broken file."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, mime_type="application/octet-stream",
+                          compression_type="uncompressed") as f:
+        table = pq.ParquetFile(f).read()
+    return table.cast(SCHEMA.with_metadata(table.schema.metadata))
+
+
+def payload_of(event_id: str, video_id: str, event_type: str, time_us: int, value: float | None,
+               extra: str) -> bytes:
+    """An event object's compact JSON from its columns (module docstring)."""
+    known = {"event_id": event_id, "video_id": video_id, "event_type": event_type,
+             "event_time": format_time_us(time_us)}
+    if value is not None:
+        known["value"] = value
+    head = orjson.dumps(known)
+    # extra is already JSON (it may hold numbers orjson cannot read): spliced, not re-encoded
+    return head if extra == "{}" else head[:-1] + b"," + extra[1:].encode("utf-8")
+
+
+def table_payloads(table: pa.Table) -> Iterator[tuple[bytes, OrderKey]]:
+    """``(payload, (written_ms, source_file, line))`` per row of a ``SCHEMA`` table, in its order."""
+    for batch in table.to_batches():
+        times = batch.column("event_time").cast(pa.int64()).to_pylist()
+        ids, videos, types, values, extras, written, files, lines = (
+            batch.column(name).to_pylist()
+            for name in ("event_id", "video_id", "event_type", "value", "extra", *ORDER_KEY))
+        for i in range(len(ids)):
+            yield (payload_of(ids[i], videos[i], types[i], times[i], values[i], extras[i]),
+                   (written[i], files[i], lines[i]))
+
+
+def hour_payloads(root: str, hour_s: int) -> Iterator[tuple[bytes, OrderKey]]:
+    """The compacted events of one hour (epoch seconds of its start) under a Parquet root, local
+    or ``gs://``: ``(payload bytes, (written_ms, source_file, line))`` in archive order, one per
+    distinct ``event_id``; nothing for an hour not compacted (no part)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    path = hour_part_path(root, hour_s)
+    if FileSystems.exists(path):
+        yield from table_payloads(read_part(path))
+
+
+def range_payloads(root: str, start_s: int, end_s: int) -> Iterator[tuple[bytes, OrderKey]]:
+    """``hour_payloads`` of every hour in ``[start_s, end_s)`` (hour-aligned epoch seconds), in hour order."""
+    for hour_s in range(start_s - start_s % ARCHIVE_WINDOW_S, end_s, ARCHIVE_WINDOW_S):
+        yield from hour_payloads(root, hour_s)
