@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.options import DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DEFAULT_TOPIC
 from schemas import storage
+from schemas.parquet_archive import STAGING_FOLDER, hour_partition
 from tests.conftest import REPO
 from viewcounts import provision
 from viewcounts.demo import DEAD_LETTER_SUBSCRIPTION
@@ -85,8 +86,45 @@ def test_archive_bucket_purges_raw_events_after_configurable_days(tf):
     assert isinstance(tf["variable"]["raw_retention_days"]["default"], int)
 
 
+def _rule(bucket, prefix):
+    [rule] = [r for r in bucket["lifecycle_rule"] if r["condition"][0]["matches_prefix"] == [prefix]]
+    return rule
+
+
+def test_parquet_archive_has_its_own_retention_beside_the_raw_archive(tf):
+    bucket = tf["resource"]["google_storage_bucket"]["archive"]
+    parquet = _rule(bucket, "parquet/")
+    assert parquet["action"][0]["type"] == "Delete"
+    assert parquet["condition"][0]["age"] == "${var.parquet_retention_days}"
+    assert _rule(bucket, "archive/")["condition"][0]["age"] == "${var.raw_retention_days}"
+    # the analysts' copy outlives the raw one it is compacted from
+    assert tf["variable"]["parquet_retention_days"]["default"] > tf["variable"]["raw_retention_days"]["default"]
+    assert tf["output"]["parquet_path"]["value"] == "gs://${google_storage_bucket.archive.name}/parquet"
+
+
+def test_bigquery_external_table_reads_the_parquet_layout_compaction_writes(tf):
+    table = tf["resource"]["google_bigquery_table"]["events"]
+    assert table["dataset_id"] == "${google_bigquery_dataset.archive.dataset_id}"
+    ext = table["external_data_configuration"][0]
+    parquet_path = tf["output"]["parquet_path"]["value"]
+    assert ext["source_format"] == "PARQUET"
+    # only dt= folders: files being written wait under _staging/, outside them
+    assert ext["source_uris"] == [f"{parquet_path}/dt=*"]
+    assert not STAGING_FOLDER.startswith("dt=")
+    hive = ext["hive_partitioning_options"][0]
+    assert hive["mode"] == "CUSTOM"
+    # the partition keys are those of schemas.parquet_archive's folders, in their order
+    prefix, keys = hive["source_uri_prefix"].split("/{", 1)
+    assert prefix == parquet_path
+    names = [k.split(":")[0] for k in ("{" + keys).strip("{}").split("}/{")]
+    folders = hour_partition(parquet_path, 1_715_680_800)[len(parquet_path) + 1:].split("/")
+    assert names == [f.split("=")[0] for f in folders] == ["dt", "hour"]
+    assert "{dt:DATE}" in hive["source_uri_prefix"] and "{hour:INTEGER}" in hive["source_uri_prefix"]
+
+
 def test_outputs_name_the_pipeline_flags(tf):
-    assert set(tf["output"]) == {"input_subscription", "dead_letter_topic", "archive_path", "bigtable"}
+    assert set(tf["output"]) == {"input_subscription", "dead_letter_topic", "archive_path", "parquet_path",
+                                 "bigquery_events_table", "bigtable"}
 
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="no terraform binary on this machine")

@@ -64,6 +64,7 @@ resource "google_bigtable_gc_policy" "aggregates" {
 }
 
 # Raw archive (and dead-letter files): purge raw events after raw_retention_days.
+# Parquet archive (pipelines/compact.py: closed hours, deduplicated): kept longer, for analysts.
 resource "google_storage_bucket" "archive" {
   name                        = var.archive_bucket
   location                    = var.region
@@ -76,6 +77,39 @@ resource "google_storage_bucket" "archive" {
     }
     action {
       type = "Delete"
+    }
+  }
+  lifecycle_rule {
+    condition {
+      age            = var.parquet_retention_days
+      matches_prefix = ["parquet/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+}
+
+# The Parquet archive as a BigQuery external table: columns from the files
+# (schemas/parquet_archive.py), dt (DATE) and hour (INTEGER) from the Hive-style folders;
+# the wildcard starts with dt= so files being written under parquet/_staging/ are never read.
+resource "google_bigquery_dataset" "archive" {
+  dataset_id = var.bigquery_dataset
+  location   = var.region
+}
+
+resource "google_bigquery_table" "events" {
+  dataset_id          = google_bigquery_dataset.archive.dataset_id
+  table_id            = var.bigquery_events_table
+  deletion_protection = false
+  external_data_configuration {
+    autodetect    = true
+    source_format = "PARQUET"
+    source_uris   = ["gs://${google_storage_bucket.archive.name}/parquet/dt=*"]
+    hive_partitioning_options {
+      mode                     = "CUSTOM"
+      source_uri_prefix        = "gs://${google_storage_bucket.archive.name}/parquet/{dt:DATE}/{hour:INTEGER}"
+      require_partition_filter = var.bigquery_require_partition_filter
     }
   }
 }

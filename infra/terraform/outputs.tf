@@ -13,6 +13,16 @@ output "archive_path" {
   value       = "gs://${google_storage_bucket.archive.name}/archive"
 }
 
+output "parquet_path" {
+  description = "Pass as --parquet-path to python -m pipelines.compact"
+  value       = "gs://${google_storage_bucket.archive.name}/parquet"
+}
+
+output "bigquery_events_table" {
+  description = "The Parquet archive in BigQuery: PROJECT.DATASET.TABLE"
+  value       = "${var.project}.${google_bigquery_dataset.archive.dataset_id}.${google_bigquery_table.events.table_id}"
+}
+
 output "bigtable" {
   description = "Pass as --bigtable_instance and --bigtable_table"
   value = {

@@ -83,3 +83,27 @@ variable "raw_retention_days" {
   type        = number
   default     = 30
 }
+
+variable "parquet_retention_days" {
+  description = "Compacted Parquet hours (gs://BUCKET/parquet, pipelines/compact.py) are deleted after this many days"
+  type        = number
+  default     = 400
+}
+
+variable "bigquery_dataset" {
+  description = "BigQuery dataset of the Parquet archive's external table"
+  type        = string
+  default     = "viewcounts_archive"
+}
+
+variable "bigquery_events_table" {
+  description = "BigQuery external table over gs://BUCKET/parquet (one row per distinct event of each hour)"
+  type        = string
+  default     = "events"
+}
+
+variable "bigquery_require_partition_filter" {
+  description = "Queries of the events table must filter on dt (or hour), so none scans the whole archive by mistake"
+  type        = bool
+  default     = true
+}
