@@ -9,9 +9,15 @@ Returns ``Stats``: one ``Bucket`` per bucket start in range (empty buckets inclu
 count 0 and null avg/min/max) and the combined ``Aggregate`` over the range; ``value`` is
 ``function`` of the combined aggregate. Averages are recombined from sums and value
 counts. Raises ``QueryError`` for an unknown function or granularity, a reversed range,
-a range not aligned to the granularity (never a silent rounding), an unknown time zone or a
-``video_id`` that is not valid Unicode. A caller's time zone (``tz``) only changes bucket
+a range not aligned to the granularity (never a silent rounding), an unknown time zone, a
+``video_id`` that is not valid Unicode, or a ``video_id``/``event_type`` longer than any
+event may carry (``parse_query``). A caller's time zone (``tz``) only changes bucket
 labels: buckets are UTC instants.
+
+Stored windows are read into dense columns and merged into buckets by ``query.windows``,
+shared with the HTTP service's cached reader (``query.cached_reader``): the rows read are
+the coarsest that answer (``SOURCE``: minute rows for minute buckets, hour rows for hour,
+day and total), one row per UTC day of minutes or UTC month of hours (``row_spans``).
 
 Stored cells are read with ``storage.decode_cell``: a cell the pipeline could not have
 written (corrupted, or a sum stored as null by versions before the value bound) raises
@@ -24,13 +30,14 @@ import datetime as dt
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from query.windows import WindowArrays, bucket_columns, decode, decode_cells
 from schemas import storage
-from schemas.event import BadTimestamp, parse_event_time
-from schemas.storage import EMPTY, Aggregate, merge
+from schemas.event import MAX_EVENT_TYPE_BYTES, MAX_VIDEO_ID_BYTES, BadTimestamp, parse_event_time
+from schemas.storage import Aggregate
 
 FUNCTIONS = ("count", "sum", "avg", "min", "max")
 BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400, "total": 3600}
-_SOURCE = {"minute": "minute", "hour": "hour", "day": "hour", "total": "hour"}
+SOURCE = {"minute": "minute", "hour": "hour", "day": "hour", "total": "hour"}
 
 
 class QueryError(ValueError):
@@ -91,8 +98,111 @@ def _instant_s(value, name: str) -> int:
     return us // 1_000_000
 
 
+@dataclass(frozen=True)
+class StatsQuery:
+    """A checked ``get_stats`` request: ``[start_s, end_s)`` in epoch seconds, aligned to the
+    granularity; ``zone`` labels the buckets."""
+
+    video_id: str
+    event_type: str
+    function: str
+    granularity: str
+    start_s: int
+    end_s: int
+    zone: dt.tzinfo
+
+    @property
+    def source(self) -> str:
+        """The stored granularity that answers it: minute rows for minutes, hour rows otherwise."""
+        return SOURCE[self.granularity]
+
+    @property
+    def bucket_size(self) -> int | None:
+        """Seconds per bucket; None for ``total`` (no buckets)."""
+        return None if self.granularity == "total" else BUCKET_SECONDS[self.granularity]
+
+    def label(self, s: int) -> dt.datetime:
+        return dt.datetime.fromtimestamp(s, self.zone)
+
+
+def zone_of(tz: str | None) -> dt.tzinfo:
+    """The IANA time zone ``tz`` (UTC when None or empty); raises ``QueryError`` for an unknown one."""
+    try:
+        return ZoneInfo(tz) if tz else dt.timezone.utc
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise QueryError(f"unknown time zone {tz!r}") from None
+
+
+def parse_query(video_id: str, event_type: str, function: str, start, end, granularity: str,
+                tz: str | None = None) -> StatsQuery:
+    """Check a ``get_stats`` request (module docstring); raises ``QueryError`` with the message
+    the CLI prints."""
+    if function not in FUNCTIONS:
+        raise QueryError(f"function must be one of {', '.join(FUNCTIONS)}, got {function!r}")
+    if granularity not in BUCKET_SECONDS:
+        raise QueryError(f"granularity must be one of {', '.join(BUCKET_SECONDS)}, got {granularity!r}")
+    start_s, end_s = _instant_s(start, "start"), _instant_s(end, "end")
+    if end_s < start_s:
+        raise QueryError("end is before start")
+    size = BUCKET_SECONDS[granularity]
+    for name, s in (("start", start_s), ("end", end_s)):
+        if s % size:
+            unit = "hour" if granularity == "total" else granularity
+            raise QueryError(f"{name} is not aligned to a UTC {unit} boundary; ranges are never rounded")
+    zone = zone_of(tz)
+    if not isinstance(video_id, str) or not isinstance(event_type, str):
+        raise QueryError("video_id and event_type must be strings")
+    try:
+        video_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueryError("video_id is not valid Unicode (lone surrogate)") from None
+    for name, text, most in (("video_id", video_id, MAX_VIDEO_ID_BYTES), ("event_type", event_type, MAX_EVENT_TYPE_BYTES)):
+        if len(text.encode("utf-8", "surrogatepass")) > most:
+            raise QueryError(f"{name} is longer than {most} UTF-8 bytes: no stored aggregate can have it")
+    return StatsQuery(video_id, event_type, function, granularity, start_s, end_s, zone)
+
+
+@dataclass(frozen=True)
+class RowSpan:
+    """One stored row a read needs: its key and the windows it holds, ``[first_s, end_s)``."""
+
+    key: bytes
+    first_s: int
+    end_s: int
+
+
+def row_spans(video_id: str, event_type: str, granularity: str, start_s: int, end_s: int) -> list[RowSpan]:
+    """The rows holding the ``granularity`` ('minute'/'hour') windows that start in ``[start_s,
+    end_s)``, in time order: a UTC day of minutes or a UTC month of hours each."""
+    size = storage.GRANULARITY_SECONDS[granularity]
+    spans: list[RowSpan] = []
+    s = start_s - start_s % size
+    while s < end_s:
+        first = _period_start(granularity, s)
+        nxt = _period_start(granularity, first + 32 * 86400) if granularity == "hour" else first + 86400
+        spans.append(RowSpan(storage.row_key(video_id, event_type, granularity, s), first, nxt))
+        s = nxt
+    return spans
+
+
+def _period_start(granularity: str, s: int) -> int:
+    if granularity == "minute":
+        return s - s % 86400
+    day = dt.datetime.fromtimestamp(s, dt.timezone.utc)
+    return int(dt.datetime(day.year, day.month, 1, tzinfo=dt.timezone.utc).timestamp())
+
+
+def stats_of(query: StatsQuery, windows: WindowArrays) -> Stats:
+    """``Stats`` of ``query`` from its source windows over ``[query.start_s, query.end_s)``."""
+    cols = bucket_columns(windows, query.bucket_size)
+    buckets = [Bucket(query.label(b), a) for b, a in zip(cols.starts, cols.aggregates())]
+    return Stats(query.video_id, query.event_type, query.function, query.granularity,
+                 query.label(query.start_s), query.label(query.end_s), buckets, cols.combined)
+
+
 class StatsReader:
-    """Reads stored aggregates from one Bigtable table (honours ``BIGTABLE_EMULATOR_HOST``)."""
+    """Reads stored aggregates from one Bigtable table (honours ``BIGTABLE_EMULATOR_HOST``);
+    one blocking read per call, no cache (``query.cached_reader`` serves with one)."""
 
     def __init__(self, project: str = storage.DEFAULT_PROJECT, instance: str = storage.DEFAULT_INSTANCE,
                  table: str = storage.DEFAULT_TABLE) -> None:
@@ -118,84 +228,41 @@ class StatsReader:
         for row in self._table.read_rows(filter_=CellsColumnLimitFilter(1)):
             video_id, event_type, granularity, _ = storage.parse_row_key(row.row_key)
             for q, cells in sorted(row.cells.get(storage.FAMILY, {}).items()):
-                agg, title, channel = _decode(row.row_key, q, cells[0].value)
+                agg, title, channel = decode(row.row_key, q, cells[0].value)
                 yield storage.StoredCell(video_id, event_type, granularity, storage.window_of_qualifier(q),
                                          agg, title, channel)
 
-    def read_windows(self, video_id: str, event_type: str, granularity: str,
-                     start_s: int, end_s: int) -> dict[int, Aggregate]:
-        """Stored aggregates of ``granularity`` ('minute'/'hour') windows starting in ``[start_s, end_s)``."""
+    def read_arrays(self, video_id: str, event_type: str, granularity: str, start_s: int,
+                    end_s: int) -> WindowArrays:
+        """The ``granularity`` ('minute'/'hour') windows starting in ``[start_s, end_s)`` as dense
+        columns from the window holding ``start_s``; one ReadRows request."""
         from google.cloud.bigtable.row_filters import CellsColumnLimitFilter
         from google.cloud.bigtable.row_set import RowSet
 
         size = storage.GRANULARITY_SECONDS[granularity]
-        keys = []
-        first_s = start_s - start_s % size
-        # a row holds a UTC day (minutes) or month (hours): one key per day covers every row
-        for day_s in range(first_s - first_s % 86400, end_s, 86400):
-            k = storage.row_key(video_id, event_type, granularity, max(day_s, first_s))
-            if not keys or keys[-1] != k:
-                keys.append(k)
-        if not keys:
-            return {}
+        out = WindowArrays.empty(start_s - start_s % size, end_s, size)
+        spans = row_spans(video_id, event_type, granularity, start_s, end_s)
+        if not spans:
+            return out
         row_set = RowSet()
-        for k in keys:
-            row_set.add_row_key(k)
-        out: dict[int, Aggregate] = {}
+        for span in spans:
+            row_set.add_row_key(span.key)
         for row in self._table.read_rows(row_set=row_set, filter_=CellsColumnLimitFilter(1)):
-            for q, cells in row.cells.get(storage.FAMILY, {}).items():
-                w = storage.window_of_qualifier(q)
-                if start_s <= w < end_s:
-                    out[w] = _decode(row.row_key, q, cells[0].value)[0]
+            decode_cells(row.row_key, ((q, cells[0].value, cells[0].timestamp_micros)
+                                       for q, cells in row.cells.get(storage.FAMILY, {}).items()),
+                         out, start_s, end_s)
         return out
+
+    def read_windows(self, video_id: str, event_type: str, granularity: str,
+                     start_s: int, end_s: int) -> dict[int, Aggregate]:
+        """Stored aggregates of ``granularity`` ('minute'/'hour') windows starting in ``[start_s, end_s)``."""
+        return self.read_arrays(video_id, event_type, granularity, start_s, end_s).aggregates()
 
     def get_stats(self, video_id: str, event_type: str, function: str, start, end,
                   granularity: str, tz: str | None = None) -> Stats:
-        if function not in FUNCTIONS:
-            raise QueryError(f"function must be one of {', '.join(FUNCTIONS)}, got {function!r}")
-        if granularity not in BUCKET_SECONDS:
-            raise QueryError(f"granularity must be one of {', '.join(BUCKET_SECONDS)}, got {granularity!r}")
-        start_s, end_s = _instant_s(start, "start"), _instant_s(end, "end")
-        if end_s < start_s:
-            raise QueryError("end is before start")
-        size = BUCKET_SECONDS[granularity]
-        for name, s in (("start", start_s), ("end", end_s)):
-            if s % size:
-                unit = "hour" if granularity == "total" else granularity
-                raise QueryError(f"{name} is not aligned to a UTC {unit} boundary; ranges are never rounded")
-        try:
-            zone = ZoneInfo(tz) if tz else dt.timezone.utc
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise QueryError(f"unknown time zone {tz!r}") from None
-        if not isinstance(video_id, str) or not isinstance(event_type, str):
-            raise QueryError("video_id and event_type must be strings")
-        try:
-            video_id.encode("utf-8")
-        except UnicodeEncodeError:
-            raise QueryError("video_id is not valid Unicode (lone surrogate)") from None
-        windows = self.read_windows(video_id, event_type, _SOURCE[granularity], start_s, end_s)
-        combined = EMPTY
-        for a in windows.values():
-            combined = merge(combined, a)
-        buckets = []
-        if granularity != "total":
-            src = storage.GRANULARITY_SECONDS[_SOURCE[granularity]]
-            for b in range(start_s, end_s, size):
-                agg = EMPTY
-                for w in range(b, b + size, src):
-                    if w in windows:
-                        agg = merge(agg, windows[w])
-                buckets.append(Bucket(dt.datetime.fromtimestamp(b, zone), agg))
-        return Stats(video_id, event_type, function, granularity,
-                     dt.datetime.fromtimestamp(start_s, zone), dt.datetime.fromtimestamp(end_s, zone),
-                     buckets, combined)
-
-
-def _decode(row_key: bytes, q: bytes, value: bytes):
-    try:
-        return storage.decode_cell(value)
-    except storage.CellError as exc:
-        raise storage.CellError(f"row {row_key!r} column {q!r}: {exc}") from None
+        query = parse_query(video_id, event_type, function, start, end, granularity, tz)
+        return stats_of(query, self.read_arrays(query.video_id, query.event_type, query.source,
+                                                query.start_s, query.end_s))
 
 
 def get_stats(video_id: str, event_type: str, function: str, start, end, granularity: str,
