@@ -18,10 +18,18 @@ from the job manager's REST API while the job runs
   the SPEC section 5 counters, ``dead_letters_<code>``, and the source's
   ``messages_pulled`` / ``messages_acked``), summed over subtasks and over the steps that
   report it. A counter no bundle has reported yet is absent (read it with ``.get(name, 0)``).
-* ``watermark_lag_s``: wall clock minus the lowest input watermark of the job's vertices
-  that have one (Flink's per-subtask ``currentInputWatermark``; a source vertex has none,
-  and a vertex whose input watermark is at the end of time, a finished branch such as the
-  metadata read, is left out). ``None`` while no vertex has a watermark yet.
+* ``watermark_lag_s``: wall clock minus the lowest input watermark over every subtask of
+  every vertex the stream flows through (``GET /jobs/<id>/vertices/<v>/watermarks``: each
+  subtask's ``currentInputWatermark``, epoch ms). Left out: subtasks whose input watermark
+  is at the end of time, those of the finished branches (the impulses, the reader
+  elements, the source's own vertex, whose input is such a branch, the metadata read).
+  What remains is the dedup, windows and sink stages, however Beam fused them; watermarks
+  only fall downstream, so the lowest is the stage that fires the windows and writes them:
+  the lag is how far the event time the job has completed trails the wall clock. ``None``
+  while any subtask of those vertices has no watermark yet (Long.MIN_VALUE: on this
+  source, until every reader has pulled a message, ``transforms.pubsub_io``) or while
+  there is no such vertex. Each vertex's ``input_watermark_ms`` is the lowest of its
+  subtasks not at the end of time (``None`` without one, or while it is Long.MIN_VALUE).
 * ``oldest_unacked_age_s``: the largest ``oldest_unacked_age_ms`` gauge over the source's
   subtasks, in seconds (``None`` until the source reports it).
 * ``backlog_messages``: ``published_messages`` (what the caller published to the
@@ -48,8 +56,8 @@ OLDEST_UNACKED_AGE_MS = "oldest_unacked_age_ms"
 # Beam's Flink runner (FlinkMetricContainerBase) registers a Beam metric on the operator of
 # its stage as "<namespace>_<name>"; the REST API lists it as "<operator name>.<that>".
 _BEAM_METRIC = re.compile(rf"(?:^|\.){NAMESPACE}_(\w+)$")
-_WATERMARK = "currentInputWatermark"
-# watermarks outside [2000-01-01, now + 1 day] are "none yet" (Long.MIN_VALUE) or "end of time"
+# an input watermark below 2000-01-01 is "none yet" (Long.MIN_VALUE), one more than a day
+# ahead of the wall clock "end of time" (Long.MAX_VALUE, or Beam's end of the global window)
 _EARLIEST_MS = 946_684_800_000
 _DAY_MS = 86_400_000
 _GET_BATCH = 40  # metric names per REST request (the names are long; URLs stay short)
@@ -74,6 +82,12 @@ def _subtask_metrics(rest_url: str, job_id: str, vertex_id: str, names: list[str
     return out
 
 
+def _input_watermarks_ms(rest_url: str, job_id: str, vertex_id: str, timeout_s: float) -> list[int]:
+    """Each subtask's input watermark of a vertex, epoch ms (Long.MIN_VALUE / MAX_VALUE as is)."""
+    return [int(w["value"]) for w in _get(rest_url, f"/jobs/{job_id}/vertices/{vertex_id}/watermarks", timeout_s)
+            if w["id"].endswith(".currentInputWatermark")]
+
+
 def flink_job_metrics(rest_url: str, job_id: str, published_messages: int | None = None,
                       timeout_s: float = 10.0) -> dict:
     """The job's counters, watermark lag, oldest unacked message age and source backlog
@@ -82,7 +96,7 @@ def flink_job_metrics(rest_url: str, job_id: str, published_messages: int | None
     now_ms = time.time() * 1000
     counters: dict[str, int] = {}
     oldest_ms: float | None = None
-    vertices, lowest_ms = [], None
+    vertices, stream_ms = [], []  # stream_ms: the input watermarks of the vertices the stream flows through
     for v in _get(rest_url, f"/jobs/{job_id}", timeout_s)["vertices"]:
         listed = [m["id"] for m in _get(rest_url, f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics", timeout_s)]
         beam = [n for n in listed if _BEAM_METRIC.search(n)]
@@ -93,16 +107,17 @@ def flink_job_metrics(rest_url: str, job_id: str, published_messages: int | None
             counters[short] = counters.get(short, 0) + int(value)
         for value in _subtask_metrics(rest_url, job_id, v["id"], gauges, "max", timeout_s).values():
             oldest_ms = value if oldest_ms is None else max(oldest_ms, value)
-        wm = None
-        if _WATERMARK in listed:
-            low = _subtask_metrics(rest_url, job_id, v["id"], [_WATERMARK], "min", timeout_s).get(_WATERMARK)
-            if low is not None and _EARLIEST_MS <= low <= now_ms + _DAY_MS:
-                wm = int(low)
-                lowest_ms = wm if lowest_ms is None else min(lowest_ms, wm)
-        vertices.append({"name": v["name"], "parallelism": v["parallelism"], "input_watermark_ms": wm})
+        marks = _input_watermarks_ms(rest_url, job_id, v["id"], timeout_s)
+        live = [w for w in marks if w <= now_ms + _DAY_MS]  # not at the end of time
+        stream_ms += live
+        low = min(live, default=None)
+        vertices.append({"name": v["name"], "parallelism": v["parallelism"],
+                         "input_watermark_ms": low if low is not None and low >= _EARLIEST_MS else None})
+    lowest = min(stream_ms, default=None)
     pulled = counters.get("messages_pulled")
     return {"counters": counters,
-            "watermark_lag_s": round((now_ms - lowest_ms) / 1000, 3) if lowest_ms is not None else None,
+            "watermark_lag_s": (round((now_ms - lowest) / 1000, 3)
+                                if lowest is not None and lowest >= _EARLIEST_MS else None),
             "oldest_unacked_age_s": round(oldest_ms / 1000, 3) if oldest_ms is not None else None,
             "backlog_messages": (published_messages - (pulled or 0)) if published_messages is not None else None,
             "vertices": vertices}
