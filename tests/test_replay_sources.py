@@ -16,6 +16,7 @@ from schemas.archive import DeadLetter, file_name, hour_folder, hour_of_us
 from schemas.event import (JSON_ERROR, NOT_AN_OBJECT, TOO_LATE, US_PER_S, WRITE_FAILED, _loads, format_time_us,
                            parse_event_time, parse_payload)
 from schemas.parquet_archive import hour_part_path
+from tests.test_parquet_archive import _upload, gcs_bucket  # noqa: F401 (a fixture)
 from viewcounts import replay
 
 T0_US = 1_715_680_800 * US_PER_S  # 2024-05-14T10:00:00Z
@@ -160,3 +161,23 @@ def test_replay_of_an_archive_folder_publishes_odd_json_verbatim(pubsub_host, tm
     assert sorted(map(_loads, received), key=lambda e: e["event_id"]) == [_loads(x) for x in lines]
     assert all(parse_payload(d)[0] for d in received)  # valid events: times kept (real mode)
     assert [_loads(x) for x in manifest.read_bytes().splitlines()] == [_loads(x) for x in lines]
+
+
+def test_gcs_folders_globs_and_parquet_replay_like_local_ones(gcs_bucket, tmp_path):
+    """An archive, a dead-letter file and a Parquet root copied to GCS read as they do on disk."""
+    events = [{"event_id": f"e{i}", "video_id": "v", "event_type": "view", "event_time": format_time_us(T0_US + i)}
+              for i in range(4)]
+    local = str(tmp_path / "src")
+    os.makedirs(f"{local}/dead")
+    with open(f"{local}/dead/dead.jsonl", "wb") as f:
+        f.write(b"".join(DeadLetter(orjson.dumps(e), TOO_LATE, "", 0).to_json() + b"\n" for e in events[:2]))
+    archive = hour_folder(f"{local}/archive", T0_US // US_PER_S)
+    os.makedirs(archive)
+    with open(f"{archive}/{file_name('events', 1, 'aa01', '1')}", "wb") as f:
+        f.write(b"".join(orjson.dumps(e) + b"\n" for e in events[2:]))
+    compact(f"{local}/archive", f"{local}/parquet", NOW_S)
+    gs = f"{gcs_bucket}/{tmp_path.name}/src"
+    _upload(local, gs)
+    for spec in ("", "/archive", "/parquet", "/dead/dead.jsonl"):
+        assert replay.read_source([gs + spec], None) == replay.read_source([local + spec], None)
+    assert replay.read_source([f"{gs}/**/*.jsonl"], None) == events[2:] + events[:2]
