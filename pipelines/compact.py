@@ -56,7 +56,7 @@ from pipelines.restarts import CLOSE_MARGIN_S
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folder, parse_file_path
 from schemas.event import US_PER_S, format_time_us, parse_event_time
 from schemas.parquet_archive import (STAGING_FOLDER, RowBuilder, first_in_archive_order, hour_part_path,
-                                     merged_sources, read_part, with_sources)
+                                     part_sources, read_part, with_sources)
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_ALLOWED_LATENESS_S = 600  # the streaming job's default (pipelines.options)
@@ -108,13 +108,13 @@ def compact_hour(archive_root: str, parquet_root: str, hour_s: int, files: list[
     """Merge the raw ``files`` of one hour (paths under ``archive_root``) not yet in its part
     into it, or every file into a new part with ``force`` (module docstring)."""
     part = hour_part_path(parquet_root, hour_s)
-    existing = read_part(part) if not force and FileSystems.exists(part) else None
-    done = set(merged_sources(existing)) if existing is not None else set()
-    root = archive_root.rstrip("/") + "/"
-    new = [(p, p[len(root):]) for p in files if p[len(root):] not in done]
+    compacted = not force and FileSystems.exists(part)
+    done, rows_before = part_sources(part) if compacted else ([], 0)
+    root, merged = archive_root.rstrip("/") + "/", set(done)
+    new = [(p, p[len(root):]) for p in files if p[len(root):] not in merged]
     label = format_time_us(hour_s * US_PER_S)
-    if not new and existing is not None:
-        return HourResult(label, 0, 0, 0, existing.num_rows)
+    if compacted and not new:
+        return HourResult(label, 0, 0, 0, rows_before)
     rows, lines, bad = RowBuilder(), 0, 0
     for path, relative in new:
         written_ms = parse_file_path(path).written_ms
@@ -122,9 +122,9 @@ def compact_hour(archive_root: str, parquet_root: str, hour_s: int, files: list[
             lines += 1
             bad += not rows.add_line(line, (written_ms, relative, n))
     table = rows.table()
-    if existing is not None:
-        table = pa.concat_tables([existing.replace_schema_metadata(None), table])
-    table = with_sources(first_in_archive_order(table), done | {relative for _, relative in new})
+    if compacted:
+        table = pa.concat_tables([read_part(part), table])
+    table = with_sources(first_in_archive_order(table), [*done, *(relative for _, relative in new)])
     _replace(parquet_root, part, table)
     if bad:
         _LOG.warning("hour %s: %d archived lines were no valid event and were skipped", label, bad)

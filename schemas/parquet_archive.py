@@ -101,19 +101,6 @@ def hour_part_path(root: str, hour_s: int) -> str:
     return f"{hour_partition(root, hour_s)}/{PART_NAME}"
 
 
-def hour_of_partition(path: str) -> int | None:
-    """The hour (epoch seconds) of a path inside ``dt=YYYY-MM-DD/hour=HH/``, else None."""
-    parts = path.rstrip("/").split("/")
-    for d, h in zip(parts, parts[1:]):
-        if d.startswith("dt=") and h.startswith("hour="):
-            try:
-                t = dt.datetime.strptime(f"{d[3:]} {h[5:]}", "%Y-%m-%d %H")
-            except ValueError:
-                return None
-            return int(t.replace(tzinfo=dt.timezone.utc).timestamp())
-    return None
-
-
 class RowBuilder:
     """Columns of ``SCHEMA`` built one archived event at a time; ``table()`` when done."""
 
@@ -165,26 +152,30 @@ def first_in_archive_order(table: pa.Table) -> pa.Table:
     return table.take(pc.take(i_min, pc.sort_indices(i_min)))
 
 
-def merged_sources(table: pa.Table) -> list[str]:
-    """The ``viewcounts.source_files`` list of a part read with ``read_part`` (empty without one)."""
-    kv = table.schema.metadata or {}
-    return orjson.loads(kv[SOURCE_FILES_KEY]) if SOURCE_FILES_KEY in kv else []
-
-
 def with_sources(table: pa.Table, sources: Iterable[str]) -> pa.Table:
     """``table`` carrying ``sources`` (sorted, distinct) as its ``viewcounts.source_files`` metadata."""
     return table.replace_schema_metadata({SOURCE_FILES_KEY: orjson.dumps(sorted(set(sources)))})
 
 
-def read_part(path: str) -> pa.Table:
-    """A Parquet part (local or ``gs://``, through Beam's ``FileSystems``) as a ``SCHEMA`` table
-    with its footer's metadata. Raises ``OSError``/``ArrowInvalid`` for a missing or broken file."""
+def _open(path: str):
     from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(path, mime_type="application/octet-stream",
-                          compression_type="uncompressed") as f:
-        table = pq.ParquetFile(f).read()
-    return table.cast(SCHEMA.with_metadata(table.schema.metadata))
+    return FileSystems.open(path, mime_type="application/octet-stream", compression_type="uncompressed")
+
+
+def read_part(path: str) -> pa.Table:
+    """A Parquet part (local or ``gs://``, through Beam's ``FileSystems``) as a ``SCHEMA`` table
+    without metadata. Raises ``OSError``/``ArrowInvalid`` for a missing or broken file."""
+    with _open(path) as f:
+        return pq.ParquetFile(f).read().cast(SCHEMA)
+
+
+def part_sources(path: str) -> tuple[list[str], int]:
+    """``(viewcounts.source_files, rows)`` of a Parquet part, from its footer alone."""
+    with _open(path) as f:
+        meta = pq.ParquetFile(f).metadata
+    kv = meta.metadata or {}
+    return (orjson.loads(kv[SOURCE_FILES_KEY]) if SOURCE_FILES_KEY in kv else []), meta.num_rows
 
 
 def payload_of(event_id: str, video_id: str, event_type: str, time_us: int, value: float | None,
