@@ -24,9 +24,17 @@ is per shard key, in state, and comes from one of two places:
 
 * ``stamped_watermark=True``: each element's timestamp is the watermark it arrived at
   (``transforms.pubsub_io.ReadFromPubSubPortable`` stamps messages so, and the scenario
-  runner's ``TestStream`` does the same); the view is the highest stamp seen. This is the
-  path on Prism, with one source reader: the stamps of several readers are each their own
-  reader's watermark, which can be above the runner's (the minimum over the readers).
+  runner's ``TestStream`` does the same); a message is judged against its own stamp (or
+  the key's view from expiry timers, below, when that is higher), never against another
+  message's (SPEC's ``watermark_at_arrival`` is each message's own). Messages of one key
+  can reach this stage out of order wherever a runner fans one source out over parallel
+  subtasks: on Flink at parallelism 2 (the stage after a one-subtask source takes its
+  elements round robin) a later message's stamp, taken as the key's view, refused an
+  earlier copy the SPEC accepts (shared case 02, before the scenario runner kept its
+  source's order: ``viewcounts.scenario.InSourceOrder``). This is the path on Prism, with
+  one source reader, and of the scenario runner on Prism and Flink (one ``TestStream``):
+  the stamps of several readers are each their own reader's watermark, which can be above
+  the runner's (the minimum over the readers).
 * ``stamped_watermark=False`` (Flink, with any number of source readers; the native
   ``ReadFromPubSub`` of the local runner and Dataflow, whose element timestamps are
   publish or event times): every shard key keeps a
@@ -40,10 +48,13 @@ is per shard key, in state, and comes from one of two places:
   its earliest pending timer, so the ladder there advances 5 s per round (a 3,000-flight
   replay of 2013 had not caught up after 240 s), which is why Prism takes the stamped path.
 
-Expiry timers raise the view too. The view is per key: a runner orders a key's elements
-and timers by time, but not one key's timers against other keys' elements (Prism fires
-timers at the upstream watermark while older elements of other keys still wait in the
-stage: a view shared between keys ran hours ahead, ``repro_prism.py``). Both views are
+Expiry timers raise the view (in both modes): an expiry at ``T`` forgot ids, so no copy
+judged after it may be judged below ``T``; it fired at this stage's input watermark, which
+no later element of the key was stamped below (a runner holds a stage's output watermark
+until the elements before it are out). The view is per key: a runner orders a key's
+elements and timers by time, but not one key's timers against other keys' elements (Prism
+fires timers at the upstream watermark while older elements of other keys still wait in
+the stage: a view shared between keys ran hours ahead, ``repro_prism.py``). Both views are
 lower bounds of the watermark each element of the key is judged at, so neither refuses an
 event the SPEC accepts.
 
@@ -165,8 +176,8 @@ class DedupAndJudgeLateness(beam.DoFn):
                 base=beam.DoFn.StateParam(LADDER_BASE), expiry=beam.DoFn.TimerParam(EXPIRY),
                 rung=beam.DoFn.TimerParam(RUNG)):
         key, (arrival_us, chunk) = element
-        if self._stamped:
-            view_us = self._raise_view(view, timestamp.micros)
+        if self._stamped:  # this message's own watermark at arrival, not the key's highest stamp
+            view_us = max(timestamp.micros, self._view_us(view))
         else:
             view_us = self._view_us(view)
             if base.read() is None:

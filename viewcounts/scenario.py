@@ -24,6 +24,7 @@ from apache_beam.coders import BytesCoder, TupleCoder, VarIntCoder
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 from apache_beam.testing.test_stream import TestStream
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines import runners
@@ -92,29 +93,37 @@ def _snapshots_read_once(case: dict, runner: str) -> list[tuple[int, dict]]:
     return [(n, _snapshot(step)) for n, step in enumerate(case["steps"]) if "metadata" in step]
 
 
-def build_test_stream(case: dict, with_metadata: bool = True, processing_time_events: bool = True) -> TestStream:
+def build_test_stream(case: dict, with_metadata: bool = True, flink: bool = False) -> TestStream:
     """The case's steps as a ``TestStream`` (SPEC.md section 7 clock rules): payloads, and
     metadata snapshots on a tag of their own unless ``with_metadata`` is False (a runner
     without triggered side inputs reads them once instead: ``_snapshots_read_once``).
-    Each payload carries the case's processing time (its arrival time); with
-    ``processing_time_events`` False the stream has no processing-time events (Beam's Flink
+    Each payload ``(bytes, arrival_us)`` carries the case's processing time (its arrival
+    time), and is stamped with the watermark it arrives at.
+
+    ``flink`` (needs ``with_metadata`` False): no processing-time events (Beam's Flink
     runner refuses them), so the carried arrival times are the only processing clock: they
-    are what the acceptance checks read, and they fire early panes (``FirePanes``).
+    are what the acceptance checks read, and they fire early panes (``FirePanes``); and
+    each payload is keyed, ``(0, (bytes, arrival_us))``, for ``InSourceOrder``.
 
     Payloads alone are encoded, and typed, with Beam's standard coders (``(bytes, int)`` as
-    a KV of bytes and varint, in the events and on the output), which the Java side of a
-    portable runner can decode: Flink decodes a TestStream's events in Java, and with Python's default ``FastPrimitivesCoder`` it fails
+    a KV of bytes and varint, keyed as a KV of varint and that, in the events and on the
+    output), which the Java side of a portable runner can decode: Flink decodes a
+    TestStream's events in Java, and with Python's default ``FastPrimitivesCoder`` it fails
     every time (``Can't decode TestStream payload``: ``UnknownCoderWrapper``), restarting
     the job in a loop. Snapshots (dicts) need the default coder, so the two-tag stream
     keeps it."""
+    if flink and with_metadata:
+        raise ValueError("Beam's Flink runner takes a TestStream of one output only")
     start_us = parse_event_time(case["start"])
     processing_us = start_us
     watermark = Timestamp(micros=start_us)
     payloads = payload_tag(with_metadata)
     tags = (payloads, METADATA) if with_metadata else (payloads,)
+    message_coder, message_type = TupleCoder([BytesCoder(), VarIntCoder()]), tuple[bytes, int]
+    if flink:
+        message_coder, message_type = TupleCoder([VarIntCoder(), message_coder]), tuple[int, message_type]
     ts = (TestStream(output_tags=list(tags)) if with_metadata else
-          TestStream(coder=TupleCoder([BytesCoder(), VarIntCoder()]), output_tags=list(tags))
-          .with_output_types(tuple[bytes, int]))
+          TestStream(coder=message_coder, output_tags=list(tags)).with_output_types(message_type))
     for tag in tags:
         ts.advance_watermark_to(watermark, tag=tag)
     for n, step in enumerate(case["steps"]):
@@ -124,7 +133,7 @@ def build_test_stream(case: dict, with_metadata: bool = True, processing_time_ev
         elif "advance_processing_time_s" in step:
             if step["advance_processing_time_s"] > 0:  # clocks never move back; 0 is no move
                 processing_us += round(step["advance_processing_time_s"] * US_PER_S)
-                if processing_time_events:
+                if not flink:
                     ts.advance_processing_time(step["advance_processing_time_s"])
         elif "advance_watermark" in step:
             target = Timestamp(micros=parse_event_time(step["advance_watermark"]))
@@ -133,11 +142,31 @@ def build_test_stream(case: dict, with_metadata: bool = True, processing_time_ev
                 for tag in tags:
                     ts.advance_watermark_to(watermark, tag=tag)
         else:
-            ts.add_elements([beam.window.TimestampedValue((m, processing_us), watermark)
+            ts.add_elements([beam.window.TimestampedValue((0, (m, processing_us)) if flink else (m, processing_us),
+                                                          watermark)
                              for m in _messages(step)], tag=payloads)
     for tag in tags:
         ts.advance_watermark_to_infinity(tag=tag)
     return ts
+
+
+class InSourceOrder(beam.DoFn):
+    """``(0, (payload, arrival_us))`` -> ``(payload, arrival_us)``, timestamps kept: the
+    ``TestStream``'s payloads (``build_test_stream(flink=True)``) in the order it emitted
+    them, up to the dedup stage, as one Pub/Sub reader's messages reach it on Flink (the
+    reader's task validates them). Flink hands a one-subtask source's elements to the next
+    stage's subtasks round robin, so without this copies of an event reached the dedup stage
+    in another order than the case published them (seen at parallelism 2), and which copy
+    counts follows that order. A stateful DoFn on one key, reading the source's output
+    directly: the runner sends every payload to one subtask over one channel, and the stages
+    after it (validation) run in its task. The state (payloads passed) only makes the DoFn
+    stateful."""
+
+    PASSED = ReadModifyWriteStateSpec("payloads_passed", VarIntCoder())
+
+    def process(self, element, passed=beam.DoFn.StateParam(PASSED)):
+        passed.write((passed.read() or 0) + 1)
+        yield element[1]
 
 
 def policy_of_case(case: dict) -> tuple[AcceptancePolicy, int]:
@@ -186,15 +215,21 @@ def run_case(case: dict, runner: str = "local", parallelism: int = 1) -> dict:
         # else the snapshots are read once; Beam's Flink runner takes a TestStream of one output
         # only ("expected one element"), so there the payloads go alone too
         triggered = runners.triggered_side_inputs(runner) and runner != "flink"
-        stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=triggered,
-                                                              processing_time_events=runner != "flink")
+        stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=triggered, flink=runner == "flink")
         snapshots = (stream[METADATA] if triggered else
                      pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner)))
-        # the TestStream stamps each message at the watermark, as one reader of the portable
-        # source does (the view on Prism); on Flink the dedup stage's timers (the ladder) find
-        # the watermark, as in the streaming job there
-        count_and_store(stream[payload_tag(triggered)], EnrichFromSnapshots(snapshots, triggered), policy,
-                        early_firing_s, sinks, stamped_watermark=runners.stamped_watermark(runner))
+        payloads = stream[payload_tag(triggered)]
+        # The TestStream stamps each message at the watermark, as one reader of the portable
+        # source does; with one TestStream those stamps are the runner's source watermark on
+        # any runner and at any parallelism. Prism takes them (the view there); so does
+        # Flink, where the dedup stage's ladder of timers (the streaming job's view there)
+        # gets no rounds between a case's steps, which take no processing time on Flink, and
+        # lagged minutes behind after a watermark jump (cases 02, 06, 09, 18 failed). The
+        # local runner keeps the ladder, the view of its native source.
+        if runner == "flink":
+            payloads = payloads | "in source order" >> beam.ParDo(InSourceOrder()).with_output_types(tuple[bytes, int])
+        count_and_store(payloads, EnrichFromSnapshots(snapshots, triggered), policy, early_firing_s, sinks,
+                        stamped_watermark=runner == "flink" or runners.stamped_watermark(runner))
         result = pipeline.run()
         if runner == "flink":
             _finish_within(result, FLINK_CASE_DEADLINE_S)
