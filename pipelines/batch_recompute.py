@@ -46,7 +46,6 @@ from schemas.event import US_PER_S, format_time_us, parse_event_time
 from transforms.batch_count import DEAD_LETTER, ROWS, CountArchive
 from transforms.bigtable_sink import WriteAggregates, row_to_json
 from transforms.dead_letters import WriteDeadLetters
-from transforms.enrich import EnrichFromSnapshots
 from transforms.files import WriteJsonlByHour
 
 _LOG = logging.getLogger(__name__)
@@ -130,9 +129,9 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
              | "open" >> fileio.ReadMatches())
     if r.progress_path:
         files = files | "progress" >> beam.ParDo(_NoteProgress(r.progress_path))
-    counted = files | "count archive" >> CountArchive(o.dedup_shards or DISTRIBUTED_SHARDS)
-    enriched = counted[ROWS] | "enrich" >> EnrichFromSnapshots(metadata_snapshots(pipeline, o.metadata_path, None),
-                                                               triggered=False)
+    counted = files | "count archive" >> CountArchive(o.dedup_shards or DISTRIBUTED_SHARDS,
+                                                      metadata_snapshots(pipeline, o.metadata_path, None))
+    enriched = counted[ROWS]
     dead = [counted[DEAD_LETTER]]
     if r.rows_path:
         (enriched

@@ -15,11 +15,12 @@ processing-time checks and a watermark that never refuses: every valid event cou
    ARCHIVE ORDER (``ArchiveOrder``: the file's written time, then its name, then the line;
    the first item of a line for a line holding a batch) is kept; a re-stamped copy (another
    time, another hour folder) is the same event. The kept events are folded into minute
-   partials per ``(video_id, event_type)``: output ``((video_id, event_type), partial bytes)``,
+   partials per ``(video_id, event_type)``: output ``((video_id, event_type), {minute_s: [...]})``,
    one element per shard and entity.
 3. ``CombinePerKey(MergeMinutePartials)``: the shards' partials of an entity merged (each
-   event is in exactly one shard, so the merge is exact); ``ToRows`` makes the minute rows
-   and folds them into hour rows: ``list[AggregateRow]``, pane 0, cell timestamps
+   event is in exactly one shard, so the merge is exact); ``ToEnrichedRows`` makes the minute
+   rows, folds them into hour rows and enriches them (``transforms.enrich.Enrich``, metadata
+   side input): ``list[EnrichedRow]`` per entity, pane 0, cell timestamps
    ``storage.cell_timestamp_us(wall clock ms when the row is made, count)``, so a recompute's
    cells win over the streaming panes of windows closed before it (schemas/storage.py).
 
@@ -43,10 +44,12 @@ from schemas.event import US_PER_S, parse_payload
 from schemas.storage import GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, wall_clock_ms
 from transforms import metrics
 from transforms.aggregate import AggregateRow
+from transforms.enrich import Enrich, LatestSnapshot
 from transforms.validate import shard_of
 
 DEAD_LETTER = "dead_letter"
 ROWS = "rows"
+IDS_PER_SHARD = "recompute_ids_per_shard"  # distribution: distinct ids one DedupShard call held
 BATCH_EVENTS = 50_000  # events per EventBatch at most: bounds one element's size whatever the file's
 _MINUTE_S = 60
 _HOUR_S = GRANULARITY_SECONDS["hour"]
@@ -179,53 +182,63 @@ def fold_minutes(events) -> dict:
     return out
 
 
+def add_into(acc: list, other) -> None:
+    """Add accumulator ``other`` (``[count, value_count, sum, min, max]``) into ``acc`` (mutated)."""
+    c, vc, s, lo, hi = other
+    acc[0] += c
+    if vc:
+        acc[1] += vc
+        acc[2] += s
+        if acc[3] is None or lo < acc[3]:
+            acc[3] = lo
+        if acc[4] is None or hi > acc[4]:
+            acc[4] = hi
+
+
 def merge_into(into: dict, partial: dict) -> dict:
     """Merge ``{window_s: [count, value_count, sum, min, max]}`` ``partial`` into ``into`` (mutated)."""
-    for w, (c, vc, s, lo, hi) in partial.items():
+    for w, other in partial.items():
         acc = into.get(w)
         if acc is None:
-            into[w] = [c, vc, s, lo, hi]
-            continue
-        acc[0] += c
-        if vc:
-            acc[1] += vc
-            acc[2] += s
-            if acc[3] is None or lo < acc[3]:
-                acc[3] = lo
-            if acc[4] is None or hi > acc[4]:
-                acc[4] = hi
+            into[w] = list(other)
+        else:
+            add_into(acc, other)
     return into
 
 
 class DedupShard(beam.DoFn):
-    """``(shard, [EventBatch bytes, ...])`` -> ``((video_id, event_type), minute partials as
-    orjson bytes)``; counts ``events_accepted`` and ``duplicates_dropped``. Holds the shard's
-    ids (one dict entry per distinct id) while it runs."""
+    """``(shard, [EventBatch bytes, ...])`` -> ``((video_id, event_type), {minute_s: [count,
+    value_count, sum, min, max]})``; counts ``events_accepted`` and ``duplicates_dropped``.
+    Holds the shard's ids (one dict entry per distinct id) while it runs: their number goes to
+    the ``IDS_PER_SHARD`` distribution."""
 
     def setup(self) -> None:
+        from apache_beam.metrics import Metrics
+
         self._accepted = metrics.counter(metrics.EVENTS_ACCEPTED)
         self._duplicates = metrics.counter(metrics.DUPLICATES_DROPPED)
+        self._ids = Metrics.distribution(metrics.NAMESPACE, IDS_PER_SHARD)
 
     def process(self, element):
         _, blobs = element
         best, n = first_copies(EventBatch.decode(b) for b in blobs)
         self._accepted.inc(len(best))
         self._duplicates.inc(n - len(best))
+        self._ids.update(len(best))
         folded = fold_minutes(e[1:] for e in best.values())
         del best
-        for key, minutes in folded.items():
-            yield key, orjson.dumps(minutes, option=orjson.OPT_NON_STR_KEYS)
+        yield from folded.items()
 
 
 class MergeMinutePartials(beam.CombineFn):
-    """Minute partials (orjson bytes of ``{minute_s: [count, value_count, sum, min, max]}``)
-    -> one merged ``{minute_s: [...]}``."""
+    """Minute partials ``{minute_s: [count, value_count, sum, min, max]}`` -> one merged
+    partial."""
 
     def create_accumulator(self):
         return {}
 
-    def add_input(self, acc, blob):
-        return merge_into(acc, {int(k): v for k, v in orjson.loads(blob).items()})
+    def add_input(self, acc, partial):
+        return merge_into(acc, partial)
 
     def merge_accumulators(self, accs):
         accs = iter(accs)
@@ -241,50 +254,64 @@ class MergeMinutePartials(beam.CombineFn):
 def rows_of(video_id: str, event_type: str, minutes: dict, base_ms: int) -> list[AggregateRow]:
     """The minute rows of ``{minute_s: [count, value_count, sum, min, max]}`` and the hour
     rows folded from them, pane 0, cell timestamps from ``base_ms`` (``cell_timestamp_us``)."""
-    hours: dict = {}
+    by_hour: dict = {}
     rows = []
     for m, acc in minutes.items():
         agg = Aggregate(*acc)
         rows.append(AggregateRow(video_id, event_type, "minute", m, agg, 0, cell_timestamp_us(base_ms, agg.count)))
-        merge_into(hours, {m - m % _HOUR_S: acc})
-    for h, acc in hours.items():
+        hour = by_hour.get(m - m % _HOUR_S)
+        if hour is None:
+            by_hour[m - m % _HOUR_S] = list(acc)
+        else:
+            add_into(hour, acc)
+    for h, acc in by_hour.items():
         agg = Aggregate(*acc)
         rows.append(AggregateRow(video_id, event_type, "hour", h, agg, 0, cell_timestamp_us(base_ms, agg.count)))
     return rows
 
 
-class ToRows(beam.DoFn):
-    """``((video_id, event_type), {minute_s: [...]})`` -> ``list[AggregateRow]`` (``rows_of``,
-    base: the wall clock when the rows are made)."""
+class ToEnrichedRows(beam.DoFn):
+    """``((video_id, event_type), {minute_s: [...]})`` -> ``list[EnrichedRow]``: ``rows_of``
+    (base: the wall clock when the rows are made) enriched by ``transforms.enrich.Enrich``
+    from the side input of ``LatestSnapshot``s, in one step: the rows go to the sink in the
+    same fused stage, never encoded between stages (pickling a row costs more than making it)."""
 
-    def process(self, element):
+    def setup(self) -> None:
+        self._enrich = Enrich()
+
+    def start_bundle(self) -> None:
+        self._enrich.start_bundle()
+
+    def process(self, element, snapshots):
         (video_id, event_type), minutes = element
-        yield rows_of(video_id, event_type, minutes, wall_clock_ms())
+        yield from self._enrich.process(rows_of(video_id, event_type, minutes, wall_clock_ms()), snapshots)
 
 
 class CountArchive(beam.PTransform):
-    """``PCollection[fileio.ReadableFile]`` (archive files) -> ``{ROWS: list[AggregateRow]
+    """``PCollection[fileio.ReadableFile]`` (archive files) -> ``{ROWS: list[EnrichedRow]
     per entity, DEAD_LETTER: DeadLetter}`` (module docstring). ``shards``: dedup shards; more
-    shards hold fewer ids each (memory), at a few more elements."""
+    shards hold fewer ids each (memory), at a few more elements. ``snapshots``: the metadata
+    snapshots ``(version, {video_id: (title, channel)})`` (``transforms.enrich``)."""
 
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, snapshots) -> None:
         super().__init__()
         if shards < 1:
             raise ValueError(f"shards must be >= 1, got {shards}")
-        self._shards = shards
+        self._shards, self._snapshots = shards, snapshots
 
     def expand(self, files):
         parsed = files | "parse files" >> beam.ParDo(ParseArchiveFile(self._shards)).with_outputs(
             DEAD_LETTER, main="batches")
-        return {ROWS: count_batches(parsed.batches), DEAD_LETTER: parsed[DEAD_LETTER]}
+        return {ROWS: count_batches(parsed.batches, self._snapshots), DEAD_LETTER: parsed[DEAD_LETTER]}
 
 
-def count_batches(batches):
-    """``PCollection[(shard, EventBatch bytes)]`` -> ``PCollection[list[AggregateRow]]``: dedup
-    per shard, merge per entity, rows. Any reader of the archive that yields ``EventBatch``es
-    keyed by ``shard_of(event_id, shards)`` feeds it."""
+def count_batches(batches, snapshots):
+    """``PCollection[(shard, EventBatch bytes)]`` -> ``PCollection[list[EnrichedRow]]``: dedup
+    per shard, merge per entity, enriched rows. Any reader of the archive that yields
+    ``EventBatch``es keyed by ``shard_of(event_id, shards)`` feeds it."""
+    latest = snapshots | "latest metadata" >> LatestSnapshot(triggered=False)
     return (batches
             | "group by shard" >> beam.GroupByKey()
             | "dedup per shard" >> beam.ParDo(DedupShard())
             | "merge per entity" >> beam.CombinePerKey(MergeMinutePartials())
-            | "rows" >> beam.ParDo(ToRows()))
+            | "rows" >> beam.ParDo(ToEnrichedRows(), beam.pvalue.AsList(latest)))
