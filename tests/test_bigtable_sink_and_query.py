@@ -1,11 +1,15 @@
 """Storage on the real Bigtable emulator: overwrite semantics, layout limits, get_stats (SPEC 3, 6)."""
+import uuid
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from query.stats import QueryError, StatsReader
 from schemas import storage
 from schemas.storage import Aggregate, cell_timestamp_us, wall_clock_ms
 from transforms.aggregate import AggregateRow
-from transforms.bigtable_sink import WriteAggregates
+from transforms.bigtable_sink import WriteAggregates, row_from_json
 from transforms.enrich import EnrichedRow
 
 pytestmark = pytest.mark.emulator
@@ -74,13 +78,13 @@ def test_many_cells_split_into_requests_under_the_mutation_limit(table):
     rows = [_row(Aggregate(1, 0, 0.0, None, None), window_start_s=H + 60 * i) for i in range(1440)]
     sink.setup()
     per_request = []
-    real_mutate_rows = sink._bt_table.bulk_mutate_rows
+    real_mutate_rows = sink._mutate_rows
 
-    def counting_mutate_rows(entries, *args, **kwargs):
-        per_request.append(sum(len(e.mutations) for e in entries))
-        return real_mutate_rows(entries, *args, **kwargs)
+    def counting_mutate_rows(table, request, timeout_s):
+        per_request.append(sum(len(e.mutations) for e in request.entries))
+        return real_mutate_rows(table, request, timeout_s)
 
-    sink._bt_table.bulk_mutate_rows = counting_mutate_rows
+    sink._mutate_rows = counting_mutate_rows
     sink.start_bundle()
     dead = [d for r in rows for d in sink.process([r])] + [wv.value for wv in sink.finish_bundle()]
     sink.teardown()
@@ -88,6 +92,46 @@ def test_many_cells_split_into_requests_under_the_mutation_limit(table):
     assert per_request == [500, 500, 440]  # one row (a UTC day) split over requests, none over the cap
     with pytest.raises(ValueError):
         WriteAggregates(*table, max_mutations_per_request=100_001)
+
+
+# a row of the request is refused by the server when its cell timestamp is not whole
+# milliseconds (the emulator answers that entry alone with a non-OK status, INTERNAL)
+_ROW_KINDS = ("ok", "refused by the server", "not encodable")
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(panes=st.lists(st.tuples(st.sampled_from(["V1", "A#B", "%", "w" * 300]), st.sampled_from(["minute", "hour"]),
+                                st.integers(0, 3), st.sampled_from(_ROW_KINDS)), min_size=1, max_size=25))
+def test_each_bigtable_row_is_written_or_dead_lettered_on_its_own_status(bigtable_host, panes):
+    """One bundle of generated panes (several per cell, several cells per Bigtable row, one
+    request): the newest pane of each cell is what the sink sends, one entry per row; a row
+    whose entry the server refuses, or whose cell cannot be encoded, becomes ``write_failed``
+    dead letters (every newest pane of that row, once) and holds up no other row of the
+    request: every other cell stores its newest pane. (A later request of the same bundle
+    after the budget is spent on a refused row is dead-lettered at once: the budget rule.)"""
+    from viewcounts.provision import create_table
+
+    table = ("test-project", "test-instance", f"t-{uuid.uuid4().hex[:10]}")
+    create_table(*table)
+    base, rows, newest = wall_clock_ms(), [], {}
+    for i, (video, gran, w, kind) in enumerate(panes):  # pane i is newer than every pane before it
+        start = H + w * (60 if gran == "minute" else 3600)
+        agg = Aggregate(i + 1, 1, float("inf") if kind == "not encodable" else 1.0, 1.0, 1.0)
+        ts = cell_timestamp_us(base, i + 1) + (1 if kind == "refused by the server" else 0)
+        rows.append(_row(agg, start, gran, video, ts_us=ts))
+        newest[(video, gran, start)] = (i + 1, kind)
+    bad_rows = {(v, g) for (v, g, _), (_, kind) in newest.items() if kind != "ok"}  # one Bigtable row each
+    sink = WriteAggregates(*table, write_budget_s=0.5, attempt_timeout_s=0.5)
+    sink.setup()
+    sink.start_bundle()
+    dead = [tv.value for tv in sink.process(rows)] + [wv.value for wv in sink.finish_bundle()]
+    sink.teardown()
+    lettered = [row_from_json(d.payload).row for d in dead]
+    assert {d.reason for d in dead} <= {"write_failed"}
+    assert sorted((r.video_id, r.granularity, r.window_start_s, r.aggregate.count) for r in lettered) == sorted(
+        (*cell, count) for cell, (count, _) in newest.items() if cell[:2] in bad_rows)
+    assert {cell: c.aggregate.count for cell, c in _cells(table).items()} == {
+        cell: count for cell, (count, _) in newest.items() if cell[:2] not in bad_rows}
 
 
 def test_failed_writes_become_write_failed_dead_letters(bigtable_host):
