@@ -13,13 +13,15 @@ FLINK_VENV := .venv-flink
 FLINK_STAMP := $(FLINK_VENV)/.installed
 TOXIPROXY_VERSION := 2.5.0
 TOXIPROXY := $(BUILD)/bin/toxiproxy-server
+VEGETA_VERSION := 12.13.0
+VEGETA := $(BUILD)/bin/vegeta
 RUNNER ?= local
 RUNNER_BUILDS_local :=
 RUNNER_BUILDS_prism := $(PRISM)
 RUNNER_BUILDS_flink := $(JOB_SERVER)
 RUNNER_BUILDS_flink-cluster := $(JOB_SERVER) $(FLINK_STAMP)
 
-.PHONY: venv prism flink-job-server flink-venv toxiproxy runners demo bench test test-fast test-cluster clean
+.PHONY: venv prism flink-job-server flink-venv toxiproxy vegeta runners demo bench test test-fast test-cluster clean
 
 venv: $(STAMP)
 
@@ -66,7 +68,15 @@ $(TOXIPROXY): Makefile
 		go install github.com/Shopify/toxiproxy/v2/cmd/server@v$(TOXIPROXY_VERSION)
 	mkdir -p $(BUILD)/bin && mv $(BUILD)/toxiproxy-gobin/server $(TOXIPROXY) && rmdir $(BUILD)/toxiproxy-gobin
 
-runners: prism flink-job-server flink-venv toxiproxy
+# Vegeta (the constant-rate HTTP load generator of the stats service's benchmark,
+# viewcounts/bench/http.py) from the Go module proxy, at an exact version.
+vegeta: $(VEGETA)
+$(VEGETA): Makefile
+	@command -v go >/dev/null || { echo "needs Go to build Vegeta"; exit 1; }
+	GOBIN=$(BUILD)/bin go install github.com/tsenart/vegeta/v12@v$(VEGETA_VERSION)
+	touch $(VEGETA)
+
+runners: prism flink-job-server flink-venv toxiproxy vegeta
 
 demo: venv $(RUNNER_BUILDS_$(RUNNER))
 	$(BIN)/viewcounts demo --runner $(RUNNER)

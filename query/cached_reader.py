@@ -38,6 +38,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+from query.bigtable_rows import read_columns
 from query.stats import RowSpan, StatsQuery, row_spans
 from query.windows import WindowArrays, decode_cells
 from schemas import storage
@@ -135,65 +136,67 @@ class CachedStatsReader:
         self.allowed_lateness_s, self.final_margin_s = allowed_lateness_s, final_margin_s
         self.cache = FinalRowCache(cache_bytes)
         self.clock = clock
-        self._client = self._table = None
+        self._client = None
+        self._table_name = f"projects/{project}/instances/{instance}/tables/{table}"
 
     async def open(self) -> None:
         from google.cloud.bigtable.data import BigtableDataClientAsync
 
         self._client = BigtableDataClientAsync(project=self.project)
-        self._table = self._client.get_table(self.instance, self.table_id)
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
-            self._client = self._table = None
+            self._client = None
 
     def final_before(self, size: int, now_s: float) -> int:
         return final_before(size, now_s, self.allowed_lateness_s, self.final_margin_s)
 
     async def read(self, query: StatsQuery) -> Answer:
-        """The windows of ``query`` (cached final part, fresh tail). Raises
-        ``storage.CellError`` for a stored cell the pipeline cannot write and the Bigtable
-        client's errors (``google.api_core.exceptions``) when the table cannot be read."""
+        """``read_many([query])[0]``."""
+        return (await self.read_many([query]))[0]
+
+    async def read_many(self, queries: list[StatsQuery]) -> list[Answer]:
+        """The windows of each query (cached final part, fresh tail): one ReadRows request per
+        distinct column range to read, all under way at once. Raises ``storage.CellError`` for a
+        stored cell the pipeline cannot write and ``google.api_core.exceptions`` errors when the
+        table cannot be read."""
         now = self.clock()
-        size = storage.GRANULARITY_SECONDS[query.source]
-        final_to = self.final_before(size, now)
-        out = WindowArrays.empty(query.start_s, query.end_s, size)
         generation = self.cache.generation
-        reads = []
-        for span in row_spans(query.video_id, query.event_type, query.source, query.start_s, query.end_s):
-            lo, hi = max(query.start_s, span.first_s), min(query.end_s, span.end_s)
-            entry = self.cache.get(span.key)
-            known = span.first_s if entry is None else entry.through_s
-            if entry is not None and lo < known:
-                out.copy_range(entry.windows, lo, min(known, hi))
-            if hi <= known:
-                self.cache.hits += 1
-            else:
-                self.cache.misses += 1
-                reads.append((span, known, hi))
+        answers, reads, pending = [], {}, []  # reads: (known, hi, size) -> {row key: span}
+        for query in queries:
+            size = storage.GRANULARITY_SECONDS[query.source]
+            out = WindowArrays.empty(query.start_s, query.end_s, size)
+            fresh = False
+            for span in row_spans(query.video_id, query.event_type, query.source, query.start_s, query.end_s):
+                lo, hi = max(query.start_s, span.first_s), min(query.end_s, span.end_s)
+                entry = self.cache.get(span.key)
+                known = span.first_s if entry is None else entry.through_s
+                if entry is not None and lo < known:
+                    out.copy_range(entry.windows, lo, min(known, hi))
+                if hi <= known:
+                    self.cache.hits += 1
+                else:
+                    self.cache.misses += 1
+                    reads.setdefault((known, hi, size), {})[span.key] = span
+                    pending.append((out, span.key, known, hi))
+                    fresh = True
+            answers.append(Answer(query, out, now, now if fresh else None))
         if not reads:
-            return Answer(query, out, now, None)
-        rows = await asyncio.gather(*(self._read_row(span.key, known, hi) for span, known, hi in reads))
-        for (span, known, hi), cells in zip(reads, rows):
-            fresh = WindowArrays.empty(known, hi, size)
-            decode_cells(span.key, cells, fresh, known, hi)
-            self.cache.extend(span.key, span, fresh, known, min(final_to, hi), generation)
-            out.copy_range(fresh, max(known, query.start_s), hi)
-        return Answer(query, out, now, now)
-
-    async def _read_row(self, key: bytes, lo_s: int, hi_s: int) -> list[tuple[bytes, bytes, int]]:
-        """``(qualifier, value, timestamp_us)`` of the newest cell of the row's columns for the
-        windows ``[lo_s, hi_s)`` (a column range; the whole row for windows before 1970)."""
-        from google.cloud.bigtable.data import ReadRowsQuery
-        from google.cloud.bigtable.data.row_filters import (CellsColumnLimitFilter, ColumnRangeFilter,
-                                                            RowFilterChain)
-
-        row_filter = CellsColumnLimitFilter(1)
-        if lo_s >= 0:
-            row_filter = RowFilterChain([ColumnRangeFilter(storage.FAMILY, storage.qualifier(lo_s),
-                                                           storage.qualifier(hi_s), inclusive_end=False),
-                                         row_filter])
-        rows = await self._table.read_rows(ReadRowsQuery(row_keys=[key], row_filter=row_filter))
-        return [(c.qualifier, c.value, c.timestamp_micros) for row in rows for c in row.cells
-                if c.family == storage.FAMILY]
+            return answers
+        # qualifiers sort as numbers from 1970 on; a range reaching before reads whole rows
+        results = await asyncio.gather(*(read_columns(self._client, self._table_name, list(spans), storage.FAMILY,
+                                                      *((storage.qualifier(known), storage.qualifier(hi))
+                                                        if known >= 0 else (None, None)))
+                                         for (known, hi, _), spans in reads.items()))
+        fresh_rows = {}
+        for ((known, hi, size), spans), rows in zip(reads.items(), results):
+            final_to = self.final_before(size, now)
+            for key, span in spans.items():
+                fresh = WindowArrays.empty(known, hi, size)
+                decode_cells(key, rows.get(key, ()), fresh, known, hi)
+                self.cache.extend(key, span, fresh, known, min(final_to, hi), generation)
+                fresh_rows[(key, known, hi)] = fresh
+        for out, key, known, hi in pending:
+            out.copy_range(fresh_rows[(key, known, hi)], max(known, out.first_s), hi)
+        return answers

@@ -38,7 +38,6 @@ are 28,800; one 30-day hour series is 720; a year of hours by day or total is 8,
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import functools
@@ -168,7 +167,7 @@ def create_app(reader: CachedStatsReader):
                     tz: str | None = Query(None, description="IANA time zone for bucket labels")) -> Response:
         queries = [parse_query(v, t, function, start, end, granularity, tz) for v in video_id for t in event_type]
         check_bounds(queries)
-        answers = await asyncio.gather(*(reader.read(q) for q in queries))
+        answers = await reader.read_many(queries)
         q = queries[0]
         body = {"function": function, "granularity": granularity, "start": q.label(q.start_s).isoformat(),
                 "end": q.label(q.end_s).isoformat(), "tz": tz, "allowed_lateness_s": reader.allowed_lateness_s,

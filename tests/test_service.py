@@ -297,3 +297,56 @@ def test_serve_main_runs_uvicorn_with_docs_and_health(bigtable_host):
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+_CELL = st.tuples(st.sampled_from(("a", "b")), st.sampled_from((b"q1", b"q2")), st.integers(0, 2**40),
+                  st.binary(max_size=40))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.dictionaries(st.binary(min_size=1, max_size=6), st.lists(_CELL, min_size=1, max_size=5), max_size=4),
+       data=st.data())
+def test_chunk_merger_rebuilds_rows_from_split_values_resets_and_any_response_boundaries(rows, data):
+    """Rows encoded as the Bigtable API's cell chunks (family and qualifier only when they
+    change, values split over chunks with value_size, rows restarted with reset_row, chunks
+    spread over responses) merge back into the cells of the asked family."""
+    from google.cloud.bigtable_v2.types import bigtable
+
+    from query.bigtable_rows import ChunkMerger
+
+    chunk_cls = bigtable.ReadRowsResponse.pb().CellChunk
+
+    def encode(key, cells):
+        out, fam, q = [], None, None
+        for i, (f, qual, ts, value) in enumerate(cells):
+            cut = sorted(data.draw(st.lists(st.integers(0, len(value)), max_size=3))) if value else []
+            parts = [value[a:b] for a, b in zip([0] + cut, cut + [len(value)])]
+            for j, part in enumerate(parts):
+                c = chunk_cls(value=part)
+                if i == 0 and j == 0:
+                    c.row_key = key
+                if j == 0:
+                    c.timestamp_micros = ts
+                    if f != fam or i == 0:
+                        c.family_name.value = f
+                    if qual != q or f != fam or i == 0:
+                        c.qualifier.value = qual
+                    fam, q = f, qual
+                if j < len(parts) - 1:
+                    c.value_size = len(value)
+                out.append(c)
+        return out
+
+    chunks = []
+    for key, cells in rows.items():
+        if data.draw(st.booleans()):  # a partial attempt at the row, then a reset
+            chunks += encode(key, cells[:data.draw(st.integers(1, len(cells)))])
+            chunks.append(chunk_cls(reset_row=True))
+        encoded = encode(key, cells)
+        encoded[-1].commit_row = True
+        chunks += encoded
+    merger = ChunkMerger("a")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(chunks)), max_size=4)))
+    for a, b in zip([0] + cuts, cuts + [len(chunks)]):
+        merger.feed(chunks[a:b])
+    assert merger.rows == {k: [(q, v, ts) for f, q, ts, v in cells if f == "a"] for k, cells in rows.items()}

@@ -1,0 +1,226 @@
+"""HTTP load on the stats service (``viewcounts serve``, ``query.service``) against the real
+Bigtable emulator, driven by Vegeta (``make vegeta``: Go, constant request rate, open loop,
+so a slow answer never slows the offered load; it keeps up with thousands of requests/s on a
+fraction of a core, which a Python generator on this 2-core machine cannot without taking
+the server's CPU).
+
+``measure_http(rate=500, duration_s=10, ...) -> dict``:
+
+1. starts a Bigtable emulator and creates the table (stopped by PID at the end);
+2. stores ``videos`` x ``EVENT_TYPES`` aggregates anchored at the wall clock through the
+   sink's write step (``viewcounts.bench.queries.store_cells``): minute windows from the
+   start of the UTC day before yesterday up to the current minute, hour windows of the last
+   ``HOUR_DAYS`` days up to the current hour, so today's minute row and this month's hour row
+   have an open tail the service must read fresh on every request;
+3. runs ``python -m query.service`` (one uvicorn process, stopped by PID) on the table,
+   warms it with one request of every target, and checks a sample of HTTP answers against
+   the sync ``get_stats`` (a wrong answer raises ``AssertionError``);
+4. attacks it for ``duration_s`` at ``rate`` requests/s with a mix of targets (``KINDS``): a
+   live one-day minute series (the last 1,440 minutes, its newest minutes open: 40 %), a
+   past UTC day by minute (final, from the cache: 10 %), a live 30-day hour series (720
+   hours, two hour rows: 40 %) and three event types by day over 7 days (one request, three
+   series: 10 %), on videos drawn at random;
+5. then offers ``step_rates`` for ``step_s`` each, in order, and keeps the highest at which
+   the p99 over all kinds stays <= 50 ms with no error (stops at the first that does not).
+
+Returns ``{"http_day_minute_p99_ms", "http_30d_hour_p99_ms", "http_errors",
+"http_max_rps_p99_50ms"}`` plus, per kind, ``http_<kind>_p50_ms``/``_p99_ms``,
+``http_rate``, ``http_requests`` and ``http_server_cpu_share`` (the service process's CPU
+seconds per second of the attack: 1.0 is one core). Latency is Vegeta's: from sending the
+request to reading the whole answer, over keep-alive connections on the same machine.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import io
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from urllib.parse import urlencode
+
+import httpx
+import numpy as np
+
+from schemas.storage import Aggregate
+from viewcounts import provision
+from viewcounts.bench.queries import EVENT_TYPES, emulator_env, store_cells, video_name
+from viewcounts.emulators import bigtable_emulator
+
+_LOG = logging.getLogger(__name__)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VEGETA = os.path.join(REPO, "build", "bin", "vegeta")
+PROJECT, INSTANCE, TABLE = "viewcounts-local", "viewcounts", "bench-http"
+HOUR_DAYS = 62
+KINDS = {"day_minute": 0.4, "past_day_minute": 0.1, "30d_hour": 0.4, "types_7d_day": 0.1}
+TARGET_P99_MS = 50.0
+
+
+def _iso(s: int) -> str:
+    return dt.datetime.fromtimestamp(s, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def live_cells(videos: int, now_s: int, seed: int = 5) -> dict:
+    """Aggregates for ``videos`` x ``EVENT_TYPES`` (module docstring, step 2): counts follow a
+    daily cycle with Poisson noise, ``watch`` carries sums/min/max of integer seconds."""
+    rng = np.random.default_rng(seed)
+    day = now_s - now_s % 86400
+    minute_starts = np.arange(day - 2 * 86400, now_s - now_s % 60 + 60, 60)
+    hour_starts = np.arange(now_s - now_s % 3600 - HOUR_DAYS * 86400, now_s - now_s % 3600 + 3600, 3600)
+    cells = {}
+    for v in range(videos):
+        for t, share in zip(EVENT_TYPES, (1.0, 0.1, 0.1)):
+            for gran, starts, per in (("minute", minute_starts, 1), ("hour", hour_starts, 60)):
+                cycle = 1.0 + 0.8 * np.sin(2 * np.pi * (starts % 86400) / 86400)
+                counts = rng.poisson(50.0 / (v + 1) * share * per * cycle) + 1
+                for w, c in zip(starts.tolist(), counts.tolist()):
+                    if t == "watch":
+                        cells[(video_name(v), t, gran, w)] = Aggregate(c, c, float(c * 300), 1.0, 3600.0)
+                    else:
+                        cells[(video_name(v), t, gran, w)] = Aggregate(c, 0, 0.0, None, None)
+    return cells
+
+
+def targets(base_url: str, videos: int, now_s: int, n: int, seed: int = 3) -> list[tuple[str, str]]:
+    """``n`` ``(kind, url)`` in random order, kinds in the ``KINDS`` shares."""
+    rng = np.random.default_rng(seed)
+    minute, hour, day = now_s - now_s % 60, now_s - now_s % 3600, now_s - now_s % 86400
+    ranges = {"day_minute": (minute - 1439 * 60, minute + 60, "minute"),
+              "past_day_minute": (day - 2 * 86400, day - 86400, "minute"),
+              "30d_hour": (hour - 719 * 3600, hour + 3600, "hour"),
+              "types_7d_day": (day - 6 * 86400, day + 86400, "day")}
+    kinds = rng.choice(list(KINDS), size=n, p=list(KINDS.values()))
+    out = []
+    for kind in kinds.tolist():
+        start, end, gran = ranges[kind]
+        types = list(EVENT_TYPES) if kind == "types_7d_day" else [str(rng.choice(EVENT_TYPES))]
+        params = [("video_id", video_name(int(rng.integers(videos))))] + [("event_type", t) for t in types]
+        params += [("function", "count"), ("start", _iso(start)), ("end", _iso(end)), ("granularity", gran)]
+        out.append((kind, f"{base_url}/v1/stats?{urlencode(params)}"))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _service(port: int):
+    """``python -m query.service`` on the bench table, ready (``/healthz``) on leaving the
+    ``with`` line; stopped by PID. Yields the ``psutil.Process``."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "query.service", "--port", str(port), "--project", PROJECT,
+                             "--instance", INSTANCE, "--table", TABLE], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the service did not start (exit {proc.poll()})") from None
+                time.sleep(0.2)
+        yield psutil.Process(proc.pid)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def attack(urls: list[str], rate: int, duration_s: float) -> list[tuple[str, int, float, str]]:
+    """Vegeta at ``rate`` requests/s for ``duration_s`` over ``urls`` (round robin): per
+    request ``(url, status, latency_ms, error)``. Bodies are not kept (``-max-body 0``)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("".join(f"GET {u}\n\n" for u in urls))
+        path = f.name
+    try:
+        run = subprocess.run(f"{VEGETA} attack -targets={path} -rate={rate}/s -duration={duration_s}s -max-body=0 "
+                             f"-timeout=10s -keepalive=true | {VEGETA} encode --to csv",
+                             shell=True, check=True, capture_output=True)
+    finally:
+        os.unlink(path)
+    return [(r[10], int(r[1]), int(r[2]) / 1e6, r[5]) for r in csv.reader(io.StringIO(run.stdout.decode()))]
+
+
+def _p(ms: list[float], q: float) -> float:
+    return float(np.percentile(ms, q)) if ms else float("nan")
+
+
+def _check_answers(base_url: str, sample: list[tuple[str, str]]) -> None:
+    """Every sampled HTTP answer's combined count equals the sync ``get_stats``."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from query.stats import StatsReader
+
+    with StatsReader(PROJECT, INSTANCE, TABLE) as reader, httpx.Client() as client:
+        for _, url in sample:
+            q = parse_qs(urlsplit(url).query)
+            body = client.get(url).json()
+            for series in body["series"]:
+                want = reader.get_stats(series["video_id"], series["event_type"], "count", q["start"][0],
+                                        q["end"][0], q["granularity"][0])
+                if series["value"] != want.value:
+                    raise AssertionError(f"{url}: HTTP answered {series['value']}, get_stats {want.value}")
+
+
+def measure_http(rate: int = 500, duration_s: float = 10.0, videos: int = 10,
+                 step_rates: tuple[int, ...] = (500, 750, 1000, 1500, 2000, 3000), step_s: float = 5.0) -> dict:
+    """See the module docstring. Needs ``build/bin/vegeta`` (``make vegeta``)."""
+    if not os.path.exists(VEGETA):
+        raise RuntimeError(f"{VEGETA} is missing: run `make vegeta`")
+    now_s = int(time.time())
+    with emulator_env(bigtable_emulator()):
+        provision.create_table(PROJECT, INSTANCE, TABLE)
+        started = time.monotonic()
+        store_cells(live_cells(videos, now_s), PROJECT, INSTANCE, TABLE)
+        _LOG.info("stored the bench aggregates in %.1f s", time.monotonic() - started)
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        with _service(port) as server:
+            mix = targets(base, videos, now_s, 4000)
+            kind_of = dict((u, k) for k, u in mix)
+            with httpx.Client() as client:
+                for url in kind_of:  # warm: every distinct target once
+                    client.get(url).raise_for_status()
+            _check_answers(base, mix[:40])
+            cpu0 = server.cpu_times()
+            results = attack([u for _, u in mix], rate, duration_s)
+            cpu1 = server.cpu_times()
+            out = {"http_rate": rate, "http_requests": len(results),
+                   "http_errors": sum(1 for _, code, _, err in results if code != 200 or err),
+                   "http_server_cpu_share": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / duration_s}
+            for kind in KINDS:
+                ms = [lat for url, _, lat, _ in results if kind_of.get(url) == kind]
+                out[f"http_{kind}_p50_ms"], out[f"http_{kind}_p99_ms"] = _p(ms, 50), _p(ms, 99)
+            held = 0
+            for step in step_rates:
+                res = attack([u for _, u in mix], step, step_s)
+                p99 = _p([lat for _, _, lat, _ in res], 99)
+                failed = sum(1 for _, code, _, err in res if code != 200 or err)
+                _LOG.info("%d req/s: p99 %.1f ms, %d errors", step, p99, failed)
+                if p99 > TARGET_P99_MS or failed:
+                    break
+                held = step
+            out["http_max_rps_p99_50ms"] = held
+    return out
+
+
+if __name__ == "__main__":
+    import orjson
+
+    logging.basicConfig(level=logging.INFO)
+    sys.stdout.write(orjson.dumps(measure_http(), option=orjson.OPT_INDENT_2).decode() + "\n")
