@@ -1,11 +1,12 @@
 """Property tests (hypothesis): random streams against a straightforward model of SPEC.md.
 
 Random event streams with duplicates (same-time copies, and copies re-stamped while their
-id is remembered), out-of-order arrival, late and too-late events and watermark moves run through the real pipeline (the scenario runner: TestStream, local
-runner, Bigtable emulator). The stored aggregates and the metrics must equal a reference
-model of SPEC.md sections 2-3, and must not depend on how the events are batched into
-messages. Events are kept at least 10 s away from the ``too_late`` boundary, where SPEC
-lets the product's watermark view decide either way.
+id is remembered), out-of-order arrival, late and too-late events and watermark moves run
+through the real pipeline (the scenario runner: TestStream, the local runner and an
+embedded Flink at parallelism 2, Bigtable emulator). The stored aggregates and the metrics
+must equal a reference model of SPEC.md sections 2-3, and must not depend on how the
+events are batched into messages. Events are kept at least 10 s away from the
+``too_late`` boundary, where SPEC lets the product's watermark view decide either way.
 """
 import math
 from collections import Counter, defaultdict
@@ -136,14 +137,11 @@ def _diff(got, want):
     return out
 
 
-# Each example runs two pipelines (~3 s each); no shrinking phase, which would run hundreds.
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-          phases=[Phase.explicit, Phase.reuse, Phase.generate])
-@given(streams())
-def test_stored_aggregates_equal_the_model_for_any_batching(bigtable_host, steps):
+def _check_against_the_model(steps, runner="local", parallelism=1):
+    """Run the stream one event per message and four per message; both must equal ``model``."""
     want_rows, want_metrics = model(steps)
-    one_per_message = run_case(_case(steps, 1))
-    batched = run_case(_case(steps, 4))
+    one_per_message = run_case(_case(steps, 1), runner, parallelism)
+    batched = run_case(_case(steps, 4), runner, parallelism)
     assert _diff(_stored(one_per_message), want_rows) == {}
     assert _diff(_stored(batched), want_rows) == {}
     for name in ("events_in", "events_accepted", "duplicates_dropped", "dead_letters_too_late",
@@ -152,3 +150,22 @@ def test_stored_aggregates_equal_the_model_for_any_batching(bigtable_host, steps
         assert batched["metrics"].get(name, 0) == want_metrics[name], name
     valid = want_metrics["events_in"] - want_metrics["dead_letters_future_timestamp"]
     assert one_per_message["archived_events"] == batched["archived_events"] == valid  # late ones too
+
+
+# Each example runs two pipelines (~3 s each locally, ~15 s each on Flink); no shrinking
+# phase, which would run hundreds.
+_EXAMPLES = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                 phases=[Phase.explicit, Phase.reuse, Phase.generate])
+
+
+@settings(max_examples=12, **_EXAMPLES)
+@given(streams())
+def test_stored_aggregates_equal_the_model_for_any_batching(bigtable_host, steps):
+    _check_against_the_model(steps)
+
+
+@pytest.mark.flink
+@settings(max_examples=5, **_EXAMPLES)
+@given(streams())
+def test_stored_aggregates_equal_the_model_on_flink_at_parallelism_2(bigtable_host, steps):
+    _check_against_the_model(steps, "flink", 2)

@@ -1,9 +1,10 @@
 """Every scenario in ../shared/cases (SPEC.md section 7), through the real pipeline and emulator,
-on the local runner and on Prism.
+on the local runner, on Prism and on an embedded Flink at parallelism 2 (``FLINK_PARALLELISM``).
 
 The cases are read where they are, never copied or edited. A case that changes metadata
-mid-stream needs a triggered side input, which Prism does not have (Beam issue 31438):
-there the scenario runner must refuse it, not store stale titles.
+mid-stream needs a triggered side input fed by the case's stream, which Prism does not
+have (Beam issue 31438) and Flink cannot be fed (one TestStream output only): there the
+scenario runner must refuse it, not store stale titles.
 """
 import glob
 import os
@@ -23,15 +24,20 @@ def test_the_shared_cases_are_there():
     assert CASES, f"no case files under {SHARED_CASES}"
 
 
-@pytest.mark.parametrize("runner", ["local", pytest.param("prism", marks=pytest.mark.prism)])
+FLINK_PARALLELISM = 2
+
+
+@pytest.mark.parametrize("runner", ["local", pytest.param("prism", marks=pytest.mark.prism),
+                                    pytest.param("flink", marks=pytest.mark.flink)])
 @pytest.mark.parametrize("path", CASES, ids=[os.path.basename(c) for c in CASES])
 def test_case(path, runner, bigtable_host):
     case = load_case(path)
-    if runner == "prism" and changes_metadata_mid_stream(case):
+    parallelism = FLINK_PARALLELISM if runner == "flink" else 1
+    if runner != "local" and changes_metadata_mid_stream(case):
         with pytest.raises(UnsupportedOnRunner):
-            run_case(case, runner)
+            run_case(case, runner, parallelism)
         return
-    assert check_case(case, run_case(case, runner)) == []
+    assert check_case(case, run_case(case, runner, parallelism)) == []
 
 
 def test_check_fails_on_a_wrong_expectation(bigtable_host):
