@@ -95,8 +95,9 @@ def test_many_cells_split_into_requests_under_the_mutation_limit(table):
 
 
 # a row of the request is refused by the server when its cell timestamp is not whole
-# milliseconds (the emulator answers that entry alone with a non-OK status, INTERNAL)
-_ROW_KINDS = ("ok", "refused by the server", "not encodable")
+# milliseconds (the emulator answers that entry alone with a non-OK status, INTERNAL); a
+# timestamp that is not an integer cannot go in the request at all
+_ROW_KINDS = ("ok", "refused by the server", "not encodable", "not buildable")
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
@@ -105,7 +106,8 @@ _ROW_KINDS = ("ok", "refused by the server", "not encodable")
 def test_each_bigtable_row_is_written_or_dead_lettered_on_its_own_status(bigtable_host, panes):
     """One bundle of generated panes (several per cell, several cells per Bigtable row, one
     request): the newest pane of each cell is what the sink sends, one entry per row; a row
-    whose entry the server refuses, or whose cell cannot be encoded, becomes ``write_failed``
+    whose entry the server refuses, or whose cell cannot be encoded or put in the request
+    (a float timestamp, after other cells of its row went in), becomes ``write_failed``
     dead letters (every newest pane of that row, once) and holds up no other row of the
     request: every other cell stores its newest pane. (A later request of the same bundle
     after the budget is spent on a refused row is dead-lettered at once: the budget rule.)"""
@@ -117,7 +119,7 @@ def test_each_bigtable_row_is_written_or_dead_lettered_on_its_own_status(bigtabl
     for i, (video, gran, w, kind) in enumerate(panes):  # pane i is newer than every pane before it
         start = H + w * (60 if gran == "minute" else 3600)
         agg = Aggregate(i + 1, 1, float("inf") if kind == "not encodable" else 1.0, 1.0, 1.0)
-        ts = cell_timestamp_us(base, i + 1) + (1 if kind == "refused by the server" else 0)
+        ts = cell_timestamp_us(base, i + 1) + {"refused by the server": 1, "not buildable": 0.5}.get(kind, 0)
         rows.append(_row(agg, start, gran, video, ts_us=ts))
         newest[(video, gran, start)] = (i + 1, kind)
     bad_rows = {(v, g) for (v, g, _), (_, kind) in newest.items() if kind != "ok"}  # one Bigtable row each
@@ -130,8 +132,11 @@ def test_each_bigtable_row_is_written_or_dead_lettered_on_its_own_status(bigtabl
     assert {d.reason for d in dead} <= {"write_failed"}
     assert sorted((r.video_id, r.granularity, r.window_start_s, r.aggregate.count) for r in lettered) == sorted(
         (*cell, count) for cell, (count, _) in newest.items() if cell[:2] in bad_rows)
-    assert {cell: c.aggregate.count for cell, c in _cells(table).items()} == {
+    stored = {cell: c.aggregate.count for cell, c in _cells(table).items()}
+    assert {cell: n for cell, n in stored.items() if cell[:2] not in bad_rows} == {
         cell: count for cell, (count, _) in newest.items() if cell[:2] not in bad_rows}
+    # the emulator applies a refused entry's cells up to the refused one (Bigtable: none of them)
+    assert all(newest[cell][0] == n for cell, n in stored.items() if cell[:2] in bad_rows)
 
 
 def test_failed_writes_become_write_failed_dead_letters(bigtable_host):
