@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import posixpath
 import sys
 import time
 import uuid
@@ -96,35 +97,36 @@ def closed_hours(hours, now_s: float, allowed_lateness_s: int) -> list[int]:
 
 
 def _read_lines(path: str):
+    """``(line number from 1, line)`` of a raw file's non-empty lines."""
     with FileSystems.open(path, compression_type="uncompressed") as f:
-        for n, line in enumerate(f):
+        for n, line in enumerate(f, 1):
             line = line.rstrip(b"\r\n")
             if line:
                 yield n, line
 
 
-def compact_hour(archive_root: str, parquet_root: str, hour_s: int, files: list[str],
+def compact_hour(parquet_root: str, hour_s: int, files: list[str],
                  force: bool = False) -> HourResult:
-    """Merge the raw ``files`` of one hour (paths under ``archive_root``) not yet in its part
-    into it, or every file into a new part with ``force`` (module docstring)."""
+    """Merge the raw ``files`` of one hour (their paths) not yet in its part into it, or every
+    file into a new part with ``force`` (module docstring)."""
     part = hour_part_path(parquet_root, hour_s)
     compacted = not force and FileSystems.exists(part)
     done, rows_before = part_sources(part) if compacted else ([], 0)
-    root, merged = archive_root.rstrip("/") + "/", set(done)
-    new = [(p, p[len(root):]) for p in files if p[len(root):] not in merged]
+    merged = set(done)
+    new = [(p, name) for p in files if (name := posixpath.basename(p)) not in merged]
     label = format_time_us(hour_s * US_PER_S)
     if compacted and not new:
         return HourResult(label, 0, 0, 0, rows_before)
     rows, lines, bad = RowBuilder(), 0, 0
-    for path, relative in new:
+    for path, name in new:
         written_ms = parse_file_path(path).written_ms
         for n, line in _read_lines(path):
             lines += 1
-            bad += not rows.add_line(line, (written_ms, relative, n))
+            bad += not rows.add_line(line, (written_ms, name, n))
     table = rows.table()
     if compacted:
         table = pa.concat_tables([read_part(part), table])
-    table = with_sources(first_in_archive_order(table), [*done, *(relative for _, relative in new)])
+    table = with_sources(first_in_archive_order(table), [*done, *(name for _, name in new)])
     _replace(parquet_root, part, table)
     if bad:
         _LOG.warning("hour %s: %d archived lines were no valid event and were skipped", label, bad)
@@ -160,7 +162,7 @@ def compact(archive_root: str, parquet_root: str, now_s: float, allowed_lateness
     closed = closed_hours(found, now_s, allowed_lateness_s)
     if len(closed) < len(found):
         _LOG.info("%d hours not closed yet, left for a later run", len(found) - len(closed))
-    jobs = [(archive_root, parquet_root, h, found[h], force) for h in closed]
+    jobs = [(parquet_root, h, found[h], force) for h in closed]
     if workers <= 1 or len(jobs) <= 1:
         return [_compact_one(j) for j in jobs]
     with ProcessPoolExecutor(workers) as pool:

@@ -22,14 +22,15 @@ value           float64, nullable          the value; null when absent or ``null
 extra           string, not null           the other fields as one compact JSON object (``{}``
                                            when none), numbers and strings exactly as archived
 written_ms      int64, not null            the archive file's ``<written>`` time, epoch ms
-source_file     string, not null           the archive file, relative to the archive root
-                                           (``YYYY/MM/DD/HH/events-....jsonl``)
-line            int32, not null            the line number in that file, from 0
+source_file     string, not null           the archive file's name (``events-....jsonl``; its
+                                           folder is the row's hour)
+line            int32, not null            the line number in that file, from 1
 ==============  =========================  =====================================================
 
 Rows are in *archive order* ``(written_ms, source_file, line)`` (``ORDER_KEY``), and of
 the copies of one ``event_id`` the hour keeps the first in that order: the copy a
-recompute from the JSONL counts too. The footer's key-value metadata
+recompute from the JSONL counts too (``transforms.batch_count.ArchiveOrder`` is the same
+triple: the file's name and 1-based line number). The footer's key-value metadata
 ``viewcounts.source_files`` is the JSON list of every archive file merged so far (a file
 whose lines were all duplicates included), so a later run merges only files that arrived
 since (late events are archived in their event time's hour, whenever they come).
@@ -88,7 +89,7 @@ GROUP BY video_id, event_type, dt, hour
 ORDER BY video_id, event_type, dt, hour
 """
 
-# One archive position: (written_ms, source_file relative to the archive root, line from 0).
+# One archive position: (written_ms, source_file name, line from 1): transforms.batch_count.ArchiveOrder.
 OrderKey = tuple[int, str, int]
 
 

@@ -67,7 +67,8 @@ _files = st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["aa01", "bb02"])
 
 def _write_archive(root: str, files, first: int = 0) -> list[tuple[tuple, bytes]]:
     """Write the files (each copy into its event time's hour folder; ``first``: number of the
-    first file, unique in names); returns every archived ``((written_ms, relative path, line), line)``."""
+    first file, unique in names); returns every archived ``((written_ms, file name, line from 1),
+    line)``."""
     out = []
     for n, (written, run, copies) in enumerate(files, first):
         written_ms = T0_US // 1000 + 4 * 3_600_000 + written
@@ -77,11 +78,10 @@ def _write_archive(root: str, files, first: int = 0) -> list[tuple[tuple, bytes]
         for hour_s, lines in by_hour.items():
             folder = hour_folder(root, hour_s)
             os.makedirs(folder, exist_ok=True)
-            name = file_name("events", written_ms, run, f"{n:04x}")
+            name = file_name("events", written_ms, run, f"{n:04x}{hour_s:x}")  # unique per folder too
             with open(f"{folder}/{name}", "wb") as f:
                 f.write(b"\n".join(lines) + b"\n")
-            rel = os.path.relpath(f"{folder}/{name}", root)
-            out += [((written_ms, rel, i), line) for i, line in enumerate(lines)]
+            out += [((written_ms, name, i), line) for i, line in enumerate(lines, 1)]
     return out
 
 
@@ -142,8 +142,9 @@ def test_a_rerun_rewrites_nothing_and_a_purged_raw_hour_keeps_its_part(tmp_path)
     again = compact(f"{tmp_path}/archive", f"{tmp_path}/pq", NOW_S)
     assert [r.files_merged for r in first] == [1] and [r.files_merged for r in again] == [0]
     assert os.stat(part).st_mtime_ns == written
-    for _, rel, _ in (key for key, _ in archived):
-        os.remove(f"{tmp_path}/archive/{rel}")  # the raw archive's retention ran
+    for folder, _, names in os.walk(f"{tmp_path}/archive"):
+        for name in names:
+            os.remove(f"{folder}/{name}")  # the raw archive's retention ran
     assert compact(f"{tmp_path}/archive", f"{tmp_path}/pq", NOW_S) == []
     assert [key for _, key in hour_payloads(f"{tmp_path}/pq", T0_US // US_PER_S)] == [archived[0][0]]
 
