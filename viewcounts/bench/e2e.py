@@ -81,7 +81,8 @@ starts, so its worker pool hands the emulators' addresses to the Python workers;
 submitted to it (``job_flags``: EXTERNAL workers from the pool, checkpoints under
 ``workdir``, ``--fresh_start``) by a launcher process that waits for it. While the stream
 runs, ``viewcounts.job_metrics.flink_job_metrics`` is read every 2 s from the REST API:
-``flink_metrics_reads``, the largest ``flink_watermark_lag_max_s``,
+``flink_metrics_reads``, the largest ``flink_watermark_lag_max_s`` and the last
+``flink_watermark_lag_last_s``,
 ``flink_oldest_unacked_age_max_s`` and ``flink_backlog_max_messages`` seen, the last read's
 ``flink_counters`` and ``flink_vertices``. ``flink_cluster_cpu_cores`` is the CPU of the
 job manager, task managers, worker pool and SDK workers (psutil) over the stream and drain.
@@ -90,7 +91,7 @@ plus the cluster on Flink) over the stream and drain per million events publishe
 
 Costs of measuring: the poller issues a few ``get_stats`` calls per sweep in this process
 (~a few % of a core); the probe adds one event per message. With ``profile_path`` and a
-``py-spy`` binary (``$PY_SPY`` or on ``PATH``), the job is sampled for the stream's
+``py-spy`` binary (``$PY_SPY``, on ``PATH`` or beside this interpreter), the job is sampled for the stream's
 duration (``py-spy record --format raw``, collapsed stacks) without pausing it.
 """
 from __future__ import annotations
@@ -444,7 +445,10 @@ def _group_cpu_s(pgid: int) -> float:
 
 
 def _py_spy() -> str | None:
-    return os.environ.get("PY_SPY") or shutil.which("py-spy")
+    """``$PY_SPY``, else ``py-spy`` on ``PATH``, else the one beside this interpreter (the
+    venv's, pinned in requirements.lock)."""
+    return (os.environ.get("PY_SPY") or shutil.which("py-spy")
+            or shutil.which("py-spy", path=str(Path(sys.executable).parent)))
 
 
 # --- the measurement --------------------------------------------------------------------
@@ -697,7 +701,8 @@ class _MetricsWatcher(threading.Thread):
     """Reads ``viewcounts.job_metrics.flink_job_metrics`` every ``period_s`` while the
     stream runs (published messages from the publisher, for the backlog); ``figures()``
     summarises what it read: ``flink_metrics_reads``, the largest watermark lag, oldest
-    unacked age and backlog seen, and the last read's counters (``flink_counters``)."""
+    unacked age and backlog seen, the last read's watermark lag
+    (``flink_watermark_lag_last_s``), counters (``flink_counters``) and vertices."""
 
     def __init__(self, rest_url: str, job_id: str, publisher: Publisher, period_s: float = 2.0) -> None:
         super().__init__(name="bench-flink-metrics", daemon=True)
@@ -725,6 +730,7 @@ class _MetricsWatcher(threading.Thread):
             return max(seen) if seen else None
 
         return {"flink_metrics_reads": len(self.reads), "flink_watermark_lag_max_s": peak("watermark_lag_s"),
+                "flink_watermark_lag_last_s": self.reads[-1]["watermark_lag_s"] if self.reads else None,
                 "flink_oldest_unacked_age_max_s": peak("oldest_unacked_age_s"),
                 "flink_backlog_max_messages": peak("backlog_messages"),
                 "flink_counters": self.reads[-1]["counters"] if self.reads else {},
