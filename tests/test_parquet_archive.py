@@ -279,3 +279,22 @@ def test_compaction_on_gcs_equals_compaction_on_local_folders(gcs_bucket, files,
             assert part_sources(on_gcs) == part_sources(on_disk)
             assert list(hour_payloads(f"{gs}/parquet", hour_s)) == list(hour_payloads(f"{tmp}/parquet", hour_s))
         assert FileSystems.match([f"{gs}/parquet/{STAGING_FOLDER}/*"])[0].metadata_list == []
+
+
+def test_the_command_compacts_only_the_hours_of_its_range_and_prints_a_summary(tmp_path, capsys):
+    import argparse
+
+    from pipelines.compact import add_compact_args, compact_main
+
+    lines = [(T0_US + h * ARCHIVE_WINDOW_S * US_PER_S, orjson.dumps(
+        {"event_id": f"e{h}", "video_id": "v", "event_type": "view",
+         "event_time": format_time_us(T0_US + h * ARCHIVE_WINDOW_S * US_PER_S)})) for h in range(3)]
+    _write_archive(f"{tmp_path}/archive", [(0, "aa01", lines)])
+    p = argparse.ArgumentParser()
+    add_compact_args(p)
+    assert compact_main(p.parse_args(["--archive-path", f"{tmp_path}/archive", "--parquet-path", f"{tmp_path}/pq",
+                                      "--start", "2024-05-14T11:30:00Z", "--end", "2024-05-14T12:00:00Z"])) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert (summary["closed_hours"], summary["rows"], [h["hour"] for h in summary["hours"]]) == (
+        1, 1, ["2024-05-14T11:00:00Z"])
+    assert sorted(os.listdir(f"{tmp_path}/pq/dt=2024-05-14")) == ["hour=11"]
