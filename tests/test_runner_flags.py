@@ -7,7 +7,7 @@ import pytest
 from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, StandardOptions
 
 from pipelines.runners import (DEFAULT_CHECKPOINTING_INTERVAL_MS, FLINK_JOB_SERVER_JAR, FlinkJobOptions, prepare,
-                               runner_flags)
+                               prepare_batch, runner_flags)
 from viewcounts.submit import check_submittable
 
 pytestmark = pytest.mark.skipif(not os.path.exists(FLINK_JOB_SERVER_JAR), reason="needs `make flink-job-server`")
@@ -53,6 +53,20 @@ def test_a_bare_flink_command_gets_what_the_job_needs():
     # what reaches the Java runner: the options as the portable runner sends them
     sent = options.get_all_options(drop_default=True)
     assert sent["finish_bundle_before_checkpointing"] is True and sent["checkpointing_interval"] == 5000
+
+
+def test_a_batch_job_is_not_forced_to_streaming_and_runs_on_the_fn_api_runner_locally():
+    flink = PipelineOptions(["--runner=FlinkRunner", "--flink_master=localhost:8081"])
+    assert prepare_batch(flink) == "flink"
+    assert not flink.view_as(StandardOptions).streaming
+    assert flink.view_as(FlinkJobOptions).checkpointing_interval is None
+    assert flink.view_as(FlinkRunnerOptions).flink_job_server_jar == str(FLINK_JOB_SERVER_JAR)
+    for local in ([], ["--runner=DirectRunner"], ["--runner=BundleBasedDirectRunner"]):
+        options = PipelineOptions(local)
+        assert prepare_batch(options) == "local"
+        assert options.view_as(StandardOptions).runner == "FnApiRunner"
+    with pytest.raises(ValueError):
+        prepare_batch(PipelineOptions(["--runner=FlinkRunner", "--streaming"]))
 
 
 def test_a_given_checkpoint_folder_is_retained_and_resumed_from(tmp_path):

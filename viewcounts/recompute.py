@@ -177,32 +177,30 @@ def run_recompute(args, progress=None) -> Outcome:
     work = tempfile.mkdtemp(prefix="recompute-")
     progress_path = os.path.join(work, "progress")
     rows_path = os.path.join(work, "rows") if args.dry_run else None
-    result: dict = {}
+    stop = threading.Event()
 
-    def run() -> None:
-        try:
-            r = batch_recompute.build_pipeline(_job_flags(args, rows_path, progress_path)).run()
-            r.wait_until_finish()
-            result["counters"] = metrics.committed_counters(r)
-        except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread
-            result["error"] = exc
+    def report() -> None:  # the job runs in this thread: portable runners install signal handlers
+        while not stop.wait(REFRESH_S):
+            progress(_bytes_noted(progress_path), total)
 
+    reporter = threading.Thread(target=report, name="recompute progress", daemon=True)
     try:
         started = time.monotonic()
-        worker = threading.Thread(target=run, name="recompute", daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(REFRESH_S)
-            if progress is not None:
-                progress(_bytes_noted(progress_path), total)
-        if "error" in result:
-            raise result["error"]
+        if progress is not None:
+            reporter.start()
+        result = batch_recompute.build_pipeline(_job_flags(args, rows_path, progress_path)).run()
+        result.wait_until_finish()
+        stop.set()
+        if progress is not None:
+            reporter.join()
+            progress(_bytes_noted(progress_path), total)
         outcome = Outcome(hours, len(listed), _bytes_noted(progress_path), time.monotonic() - started,
-                          result.get("counters", {}))
+                          metrics.committed_counters(result))
         if args.dry_run:
             outcome.audit = _audit_rows(args, rows_path, hours)
         return outcome
     finally:
+        stop.set()
         shutil.rmtree(work, ignore_errors=True)
 
 
