@@ -78,16 +78,22 @@ class HourResult:
 
 def archive_hours(archive_root: str, hours: range | None = None) -> dict[int, list[str]]:
     """``{hour start (epoch s): [raw archive file paths]}`` of the archive (local or ``gs://``):
-    every hour folder, or those of ``hours``. Files not laid out by ``schemas.archive.file_name``
-    (a local writer's ``.tmp``) are left out."""
+    every hour folder, or those of ``hours``. ``.jsonl`` files not named by
+    ``schemas.archive.file_name`` (no write time to order them by) are left out, with a warning."""
     root = archive_root.rstrip("/")
     patterns = [f"{root}/*/*/*/*/*.jsonl"] if hours is None else [f"{hour_folder(root, h)}/*.jsonl" for h in hours]
     out: dict[int, list[str]] = defaultdict(list)
+    unnamed = []
     for result in FileSystems.match(patterns) if patterns else []:
         for m in result.metadata_list:
             name = parse_file_path(m.path)
-            if name is not None:
+            if name is None:
+                unnamed.append(m.path)
+            else:
                 out[name.hour_s].append(m.path)
+    if unnamed:
+        _LOG.warning("%d .jsonl files in the archive are not named as its writer names them and are not "
+                     "compacted, e.g. %s", len(unnamed), unnamed[0])
     return {h: sorted(paths) for h, paths in sorted(out.items())}
 
 
