@@ -149,7 +149,8 @@ def fresh_service(bigtable_host):
 
     table = _new_table()
     clock = _Clock(BASE)
-    reader = CachedStatsReader(PROJECT, INSTANCE, table, allowed_lateness_s=120, final_margin_s=60, clock=clock)
+    reader = CachedStatsReader(PROJECT, INSTANCE, table, allowed_lateness_s=120, final_margin_s=60, tail_ttl_s=0,
+                               clock=clock)
     with TestClient(create_app(reader)) as client:
         yield client, reader, clock, table
 
@@ -182,6 +183,26 @@ def test_a_final_window_comes_from_the_cache_until_invalidated_an_open_one_is_re
     dropped = client.post("/v1/cache/invalidate").json()["dropped_rows"]
     assert dropped >= (1 if final else 0)
     assert count() == 5
+
+
+def test_an_open_tail_read_serves_for_tail_ttl_s_then_is_read_again(fresh_service):
+    client, reader, clock, table = fresh_service
+    reader.tail_ttl_s = 5.0
+    w = BASE + 3600
+    clock.now = w + 30  # the window is open
+    _write(table, "T", w, 3)
+
+    def series() -> dict:
+        return _get(client, ["T"], ["view"], "count", _iso(w), _iso(w + 60), "minute").json()["series"][0]
+
+    first = series()
+    _write(table, "T", w, 5)
+    clock.now += 5.0
+    again = series()
+    assert (first["value"], again["value"]) == (3, 3) and again["read_at"] == first["read_at"]
+    clock.now += 0.5
+    later = series()
+    assert later["value"] == 5 and later["read_at"] > first["read_at"]
 
 
 def test_freshness_says_when_the_newest_window_was_opened_and_when_the_tail_was_read(fresh_service):
@@ -249,6 +270,8 @@ def test_missing_parameters_are_json_errors(served):
     error = resp.json()["error"]
     for name in ("event_type", "start", "end", "granularity"):
         assert name in error
+    resp = _get(served[0], ["V1"], ["view"], ["count", "sum"], _iso(BASE), _iso(BASE + 60), "minute")
+    assert resp.status_code == 400 and "function" in resp.json()["error"]
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -288,7 +311,9 @@ def test_serve_main_runs_uvicorn_with_docs_and_health(bigtable_host):
             except httpx.TransportError:
                 assert proc.poll() is None, proc.stderr.read().decode()
                 time.sleep(0.1)
-        assert "/v1/stats" in httpx.get(f"{url}/openapi.json").json()["paths"]
+        documented = httpx.get(f"{url}/openapi.json").json()["paths"]["/v1/stats"]["get"]["parameters"]
+        assert {p["name"] for p in documented} == {"video_id", "event_type", "function", "start", "end",
+                                                   "granularity", "tz"}
         assert httpx.get(f"{url}/docs").status_code == 200
         resp = httpx.get(f"{url}/v1/stats", params={"video_id": "V1", "event_type": "view", "function": "count",
                                                     "start": _iso(BASE), "end": _iso(BASE + 86400),

@@ -25,8 +25,9 @@ the server's CPU).
 
 Returns ``{"http_day_minute_p99_ms", "http_30d_hour_p99_ms", "http_errors",
 "http_max_rps_p99_50ms"}`` plus, per kind, ``http_<kind>_p50_ms``/``_p99_ms``,
-``http_rate``, ``http_requests`` and ``http_server_cpu_share`` (the service process's CPU
-seconds per second of the attack: 1.0 is one core). Latency is Vegeta's: from sending the
+``http_rate``, ``http_requests``, ``http_videos`` and the CPU seconds per second of the
+attack (1.0 is one core) of the service, the emulator and Vegeta (``http_server_cpu_share``,
+``http_emulator_cpu_share``, ``http_vegeta_cpu_share``). Latency is Vegeta's: from sending the
 request to reading the whole answer, over keep-alive connections on the same machine.
 """
 from __future__ import annotations
@@ -156,6 +157,19 @@ def attack(urls: list[str], rate: int, duration_s: float) -> list[tuple[str, int
     return [(r[10], int(r[1]), int(r[2]) / 1e6, r[5]) for r in csv.reader(io.StringIO(run.stdout.decode()))]
 
 
+def _cpu_s(proc) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's waited-for children (the Vegeta runs)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _p(ms: list[float], q: float) -> float:
     return float(np.percentile(ms, q)) if ms else float("nan")
 
@@ -177,13 +191,15 @@ def _check_answers(base_url: str, sample: list[tuple[str, str]]) -> None:
                     raise AssertionError(f"{url}: HTTP answered {series['value']}, get_stats {want.value}")
 
 
-def measure_http(rate: int = 500, duration_s: float = 10.0, videos: int = 10,
+def measure_http(rate: int = 500, duration_s: float = 10.0, videos: int = 20,
                  step_rates: tuple[int, ...] = (500, 750, 1000, 1500, 2000, 3000), step_s: float = 5.0) -> dict:
     """See the module docstring. Needs ``build/bin/vegeta`` (``make vegeta``)."""
     if not os.path.exists(VEGETA):
         raise RuntimeError(f"{VEGETA} is missing: run `make vegeta`")
     now_s = int(time.time())
-    with emulator_env(bigtable_emulator()):
+    import psutil
+
+    with emulator_env(bigtable_emulator()) as emu:
         provision.create_table(PROJECT, INSTANCE, TABLE)
         started = time.monotonic()
         store_cells(live_cells(videos, now_s), PROJECT, INSTANCE, TABLE)
@@ -197,12 +213,15 @@ def measure_http(rate: int = 500, duration_s: float = 10.0, videos: int = 10,
                 for url in kind_of:  # warm: every distinct target once
                     client.get(url).raise_for_status()
             _check_answers(base, mix[:40])
-            cpu0 = server.cpu_times()
+            procs = {"server": server, "emulator": psutil.Process(emu.proc.pid)}
+            before = {name: _cpu_s(p) for name, p in procs.items()}
+            before["vegeta"] = _children_cpu_s()
             results = attack([u for _, u in mix], rate, duration_s)
-            cpu1 = server.cpu_times()
-            out = {"http_rate": rate, "http_requests": len(results),
-                   "http_errors": sum(1 for _, code, _, err in results if code != 200 or err),
-                   "http_server_cpu_share": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / duration_s}
+            out = {"http_rate": rate, "http_requests": len(results), "http_videos": videos,
+                   "http_errors": sum(1 for _, code, _, err in results if code != 200 or err)}
+            for name, p in procs.items():
+                out[f"http_{name}_cpu_share"] = (_cpu_s(p) - before[name]) / duration_s
+            out["http_vegeta_cpu_share"] = (_children_cpu_s() - before["vegeta"]) / duration_s
             for kind in KINDS:
                 ms = [lat for url, _, lat, _ in results if kind_of.get(url) == kind]
                 out[f"http_{kind}_p50_ms"], out[f"http_{kind}_p99_ms"] = _p(ms, 50), _p(ms, 99)
