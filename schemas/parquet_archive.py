@@ -191,32 +191,53 @@ def payload_of(event_id: str, video_id: str, event_type: str, event_time: str, v
     return head if extra == "{}" else head[:-1] + b"," + extra[1:].encode("utf-8")
 
 
+def table_columns(batch: pa.RecordBatch | pa.Table) -> dict[str, list]:
+    """The columns of ``SCHEMA`` rows as Python lists, in row order, for code that needs no
+    JSON: ``event_id``, ``video_id``, ``event_type``, ``extra`` (str), ``time_us`` (epoch µs,
+    int: ``event_time``), ``value`` (float or None), ``written_ms``, ``source_file``, ``line``."""
+    cols = {name: _pylist(batch[name]) for name in ("event_id", "video_id", "event_type", "extra", *ORDER_KEY)}
+    cols["time_us"] = _pylist(batch["event_time"].cast(pa.int64()))
+    # value is finite where not null (SPEC section 1): NaN marks the nulls in numpy's copy
+    cols["value"] = [None if v != v else v for v in _pylist(batch["value"])]
+    return cols
+
+
+def _pylist(column) -> list:
+    """``column.to_pylist()``, ten times faster through numpy (measured; null floats become NaN)."""
+    return column.to_numpy(zero_copy_only=False).tolist()
+
+
 def table_payloads(table: pa.Table) -> Iterator[tuple[bytes, OrderKey]]:
     """``(payload, (written_ms, source_file, line))`` per row of a ``SCHEMA`` table, in its order."""
     for batch in table.to_batches():
-        times = _pylist(pc.strftime(batch.column("event_time"), format=RFC3339_US))
-        ids, videos, types, extras, written, files, lines = (
-            _pylist(batch.column(name)) for name in ("event_id", "video_id", "event_type", "extra", *ORDER_KEY))
-        # value is finite where not null (SPEC section 1): NaN marks the nulls in numpy's copy
-        values = [None if v != v else v for v in _pylist(batch.column("value"))]
-        for row in zip(ids, videos, types, times, values, extras, written, files, lines):
+        c = table_columns(batch)
+        times = _pylist(pc.strftime(batch["event_time"], format=RFC3339_US))
+        for row in zip(c["event_id"], c["video_id"], c["event_type"], times, c["value"], c["extra"],
+                       c["written_ms"], c["source_file"], c["line"]):
             yield payload_of(*row[:6]), row[6:]
 
 
-def _pylist(column: pa.Array) -> list:
-    """``column.to_pylist()``, ten times faster through numpy (measured; null floats become NaN)."""
-    return column.to_numpy(zero_copy_only=False).tolist()
+def _hour_table(root: str, hour_s: int) -> pa.Table | None:
+    from apache_beam.io.filesystems import FileSystems
+
+    path = hour_part_path(root, hour_s)
+    return read_part(path) if FileSystems.exists(path) else None
 
 
 def hour_payloads(root: str, hour_s: int) -> Iterator[tuple[bytes, OrderKey]]:
     """The compacted events of one hour (epoch seconds of its start) under a Parquet root, local
     or ``gs://``: ``(payload bytes, (written_ms, source_file, line))`` in archive order, one per
     distinct ``event_id``; nothing for an hour not compacted (no part)."""
-    from apache_beam.io.filesystems import FileSystems
+    table = _hour_table(root, hour_s)
+    if table is not None:
+        yield from table_payloads(table)
 
-    path = hour_part_path(root, hour_s)
-    if FileSystems.exists(path):
-        yield from table_payloads(read_part(path))
+
+def hour_columns(root: str, hour_s: int) -> dict[str, list] | None:
+    """``table_columns`` of one hour's part (archive order, one row per distinct ``event_id``),
+    or None for an hour not compacted: the recompute's input without a JSON round trip."""
+    table = _hour_table(root, hour_s)
+    return None if table is None else table_columns(table)
 
 
 def range_payloads(root: str, start_s: int, end_s: int) -> Iterator[tuple[bytes, OrderKey]]:

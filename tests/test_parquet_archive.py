@@ -18,7 +18,7 @@ from pipelines.compact import CLOSE_MARGIN_S, archive_hours, closed_hours, compa
 from schemas.archive import ARCHIVE_WINDOW_S, file_name, hour_folder, hour_of_us
 from schemas.event import US_PER_S, _loads, format_time_us, parse_payload
 from schemas.parquet_archive import (DUCKDB_HOURLY_SQL, KNOWN_FIELDS, PART_NAME, SCHEMA, STAGING_FOLDER,
-                                     hour_part_path, hour_payloads, part_sources, range_payloads, read_part)
+                                     hour_columns, hour_part_path, hour_payloads, part_sources, range_payloads, read_part)
 from viewcounts.reconcile import expected_aggregates, reconcile
 
 T0_US = 1_715_680_800 * US_PER_S  # 2024-05-14T10:00:00Z
@@ -113,6 +113,10 @@ def test_compacted_hours_keep_the_first_copy_in_archive_order_and_read_back_exac
             got = list(hour_payloads(f"{tmp}/parquet", hour_s))
             assert [key for _, key in got] == [key for key, _ in firsts]
             assert all(_same_event(p, line) for (p, _), (_, line) in zip(got, firsts))
+            c = hour_columns(f"{tmp}/parquet", hour_s)
+            assert list(zip(c["event_id"], c["video_id"], c["event_type"], c["time_us"], c["value"])) == [
+                tuple(parse_payload(p)[0][0][:5]) for p, _ in got]
+            assert list(zip(c["written_ms"], c["source_file"], c["line"])) == [key for _, key in got]
             assert pq.ParquetFile(hour_part_path(f"{tmp}/parquet", hour_s)).schema_arrow.remove_metadata() == SCHEMA
 
 
