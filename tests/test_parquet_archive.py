@@ -18,7 +18,8 @@ from pipelines.compact import CLOSE_MARGIN_S, archive_hours, closed_hours, compa
 from schemas.archive import ARCHIVE_WINDOW_S, file_name, hour_folder, hour_of_us
 from schemas.event import US_PER_S, _loads, format_time_us, parse_payload
 from schemas.parquet_archive import (DUCKDB_HOURLY_SQL, KNOWN_FIELDS, PART_NAME, SCHEMA, STAGING_FOLDER,
-                                     hour_columns, hour_part_path, hour_payloads, part_sources, range_payloads, read_part)
+                                     hour_columns, hour_part_path, hour_payloads, part_sources, range_payloads,
+                                     read_part)
 from viewcounts.reconcile import expected_aggregates, reconcile
 
 T0_US = 1_715_680_800 * US_PER_S  # 2024-05-14T10:00:00Z
