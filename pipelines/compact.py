@@ -23,7 +23,9 @@ alone (only while the raw archive still holds the whole hour). A part is replace
 atomically: written under ``<parquet root>/_staging/``, then renamed over the old one (a
 POSIX rename locally; on GCS a copy, which replaces the object whole, then a delete), so
 readers see the old part or the new one, and a run killed midway leaves at most a
-staging file, which the next run of that hour ignores.
+staging file, which the next run of that hour ignores. Two runs of one hour at once: the
+later rename wins, and a file the winner had not seen is merged by the next run (its
+footer does not list it).
 
 Why a per-hour pyarrow job rather than a Beam batch job: the unit is the hour (dedup needs
 all copies of an hour together, and each hour's output is one file replaced as a whole).
