@@ -5,12 +5,6 @@ from the cache until invalidated, the open tail read fresh), error JSON, request
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 
 import httpx
@@ -25,6 +19,7 @@ from query.stats import QueryError, StatsReader, parse_query
 from schemas import storage
 from schemas.storage import Aggregate
 from viewcounts import provision
+from viewcounts.bench.http import serving
 from viewcounts.bench.queries import store_cells
 
 pytestmark = pytest.mark.emulator
@@ -289,28 +284,10 @@ def test_request_bounds(served, videos, types, days, granularity):
         assert "at most" in resp.json()["error"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_main_runs_uvicorn_with_docs_and_health(bigtable_host):
     table = _new_table()
     store_cells({("V1", "view", "hour", BASE): Aggregate(9, 0, 0.0, None, None)}, PROJECT, INSTANCE, table)
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "query.service", "--port", str(port), "--project", PROJECT,
-                             "--instance", INSTANCE, "--table", table],
-                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                time.sleep(0.1)
+    with serving(PROJECT, INSTANCE, table) as (url, _):
         documented = httpx.get(f"{url}/openapi.json").json()["paths"]["/v1/stats"]["get"]["parameters"]
         assert {p["name"] for p in documented} == {"video_id", "event_type", "function", "start", "end",
                                                    "granularity", "tz"}
@@ -319,9 +296,6 @@ def test_serve_main_runs_uvicorn_with_docs_and_health(bigtable_host):
                                                     "start": _iso(BASE), "end": _iso(BASE + 86400),
                                                     "granularity": "day"})
         assert resp.json()["series"][0]["value"] == 9
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 _CELL = st.tuples(st.sampled_from(("a", "b")), st.sampled_from((b"q1", b"q2")), st.integers(0, 2**40),

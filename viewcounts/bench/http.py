@@ -39,7 +39,6 @@ import io
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,7 @@ import numpy as np
 from schemas.storage import Aggregate
 from viewcounts import provision
 from viewcounts.bench.queries import EVENT_TYPES, emulator_env, store_cells, video_name
-from viewcounts.emulators import bigtable_emulator
+from viewcounts.emulators import bigtable_emulator, free_port
 
 _LOG = logging.getLogger(__name__)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -107,32 +106,29 @@ def targets(base_url: str, videos: int, now_s: int, n: int, seed: int = 3) -> li
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def _service(port: int):
-    """``python -m query.service`` on the bench table, ready (``/healthz``) on leaving the
-    ``with`` line; stopped by PID. Yields the ``psutil.Process``."""
+def serving(project: str, instance: str, table: str):
+    """``python -m query.service`` (``serve_main``) on a free port, ready (``/healthz`` answers)
+    when the ``with`` body starts; stopped by PID (SIGTERM) on leaving. Yields ``(base_url,
+    psutil.Process)``; raises ``RuntimeError`` when it does not start within 60 s."""
     import psutil
 
-    proc = subprocess.Popen([sys.executable, "-m", "query.service", "--port", str(port), "--project", PROJECT,
-                             "--instance", INSTANCE, "--table", TABLE], cwd=REPO,
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "query.service", "--port", str(port), "--project", project,
+                             "--instance", instance, "--table", table], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                if httpx.get(f"{url}/healthz").status_code == 200:
                     break
             except httpx.TransportError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the service did not start (exit {proc.poll()})") from None
                 time.sleep(0.2)
-        yield psutil.Process(proc.pid)
+        yield url, psutil.Process(proc.pid)
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         try:
@@ -204,9 +200,7 @@ def measure_http(rate: int = 500, duration_s: float = 10.0, videos: int = 20,
         started = time.monotonic()
         store_cells(live_cells(videos, now_s), PROJECT, INSTANCE, TABLE)
         _LOG.info("stored the bench aggregates in %.1f s", time.monotonic() - started)
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
-        with _service(port) as server:
+        with serving(PROJECT, INSTANCE, TABLE) as (base, server):
             mix = targets(base, videos, now_s, 4000)
             kind_of = dict((u, k) for k, u in mix)
             with httpx.Client() as client:
