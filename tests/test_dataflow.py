@@ -1,4 +1,5 @@
-"""The streaming job as Dataflow receives it, and the Flex Template that launches it; offline.
+"""The streaming job and the batch recompute as Dataflow receives them, and the Flex Template
+that launches the streaming job; offline.
 
 The job is built through the Flex Template launcher (``infra/dataflow/flex-template/main.py``,
 which selects the DataflowRunner) with ``--dry_run=True``: the runner translates the job
@@ -81,16 +82,19 @@ def _launcher():
     return module
 
 
-@pytest.fixture(scope="module")
-def job_request(tmp_path_factory):
-    """``(job, staged)``: the Dataflow ``Job`` message the job request would carry, as JSON
-    (a dict), and the files staging would upload, ``{file name: bytes}``."""
-    source = tmp_path_factory.mktemp("source")  # the sdist writes an egg-info next to setup.py: not in the checkout
+def _source(tmp_path_factory):
+    """A copy of setup.py and the packages it ships (the sdist writes an egg-info next to
+    setup.py: not in the checkout); returns its setup.py."""
+    source = tmp_path_factory.mktemp("source")
     shutil.copy(os.path.join(REPO, "setup.py"), source)
     for package in {p.split(".")[0] for p in _setup_packages()}:
         shutil.copytree(os.path.join(REPO, package), source / package, ignore=shutil.ignore_patterns("__pycache__"))
-    flags = [f"--{k}={v}" for k, v in PARAMETERS.items()] + DATAFLOW_FLAGS + [f"--setup_file={source / 'setup.py'}"]
-    job = _launcher().launch(flags).job
+    return source / "setup.py"
+
+
+def _request(job) -> tuple[dict, dict]:
+    """``(job, staged)`` of a translated job (``--dry_run``): the Dataflow ``Job`` message as
+    JSON and the files staging would upload, ``{file name: bytes}``."""
     staged = {}
 
     def stage_file(self, folder, name, stream, mime_type=None, total_size=None):
@@ -100,6 +104,31 @@ def job_request(tmp_path_factory):
         patch.setattr(apiclient.DataflowApplicationClient, "stage_file", stage_file)
         apiclient.DataflowApplicationClient(job.options).create_job_description(job)
     return json.loads(job.json()), staged
+
+
+@pytest.fixture(scope="module")
+def job_request(tmp_path_factory):
+    """``_request`` of the streaming job launched through the Flex Template."""
+    flags = [f"--{k}={v}" for k, v in PARAMETERS.items()] + DATAFLOW_FLAGS + [f"--setup_file={_source(tmp_path_factory)}"]
+    return _request(_launcher().launch(flags).job)
+
+
+def test_the_batch_recompute_translates_to_a_dataflow_batch_job(tmp_path_factory):
+    from pipelines import batch_recompute
+    from pipelines.runners import runner_flags
+
+    pipeline = batch_recompute.build_pipeline(runner_flags("dataflow") + DATAFLOW_FLAGS + [
+        f"--archive_path=gs://{BUCKET}/archive", "--start=2024-05-14T00:00:00Z", "--end=2024-05-15T00:00:00Z",
+        f"--bigtable_project={PROJECT}", f"--metadata_path=gs://{BUCKET}/metadata/videos.jsonl",
+        f"--setup_file={_source(tmp_path_factory)}"])
+    job, staged = _request(pipeline.run().job)
+    assert job["type"] == "JOB_TYPE_BATCH"
+    assert job["environment"]["sdkPipelineOptions"]["options"]["streaming"] is False
+    proto = beam_runner_api_pb2.Pipeline.FromString(staged["pipeline.pb"])
+    steps = {t.unique_name for t in proto.components.transforms.values()}
+    assert {"count archive/parse files", "count archive/group by shard", "count archive/dedup per shard",
+            "count archive/merge per entity", "count archive/rows", "write to Bigtable", "dead letters/files"} <= steps
+    assert all(pc.is_bounded == beam_runner_api_pb2.IsBounded.BOUNDED for pc in proto.components.pcollections.values())
 
 
 def test_the_job_request_is_a_streaming_job_with_the_template_parameters(job_request):
