@@ -8,11 +8,11 @@ import pytest
 
 from viewcounts.bench import workload
 from viewcounts.bench.core_flink import newest_panes
-from viewcounts.bench.harness import FLINK_KEYS, BenchMismatch, cross_check
+from viewcounts.bench.harness import FLINK_KEYS, QUICK, RECOMPUTE_KEYS, BenchMismatch, cross_check, recompute
 
 ISSUE_KEYS = ("core_events_per_s", "naive_beam_events_per_s", "pyflink_sql_events_per_s", "loop_events_per_s",
               "dedup_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p99_s",
-              "query_day_minute_p99_ms", "query_30d_hour_p99_ms")
+              "query_day_minute_p99_ms", "query_30d_hour_p99_ms", "recompute_events_per_s", "recompute_1d_events_per_s")
 
 
 def test_cross_check_fails_loudly_on_one_different_aggregate(tmp_path):
@@ -44,6 +44,28 @@ def test_the_core_job_on_flink_keeps_the_newest_pane_of_each_cell(tmp_path):
     assert n == 4
     assert panes == {("V1", "view", "minute", 60): (3, 0, 0.0, None, None),
                      ("V2", "like", "hour", 0): (1, 1, 4.0, 4.0, 4.0)}
+
+
+@pytest.mark.emulator
+def test_the_recompute_part_counts_generated_archives_exactly(tmp_path):
+    from dataclasses import replace
+
+    from viewcounts.bench import recompute as rc
+
+    cfg = replace(QUICK, recompute_events=4_000, recompute_1d_events=2_000)
+    res = recompute(cfg, tmp_path, progress=print)
+    assert set(RECOMPUTE_KEYS) <= set(res) and res["recompute_300k_events_per_s"] is None
+    for name, days, events in (("30d", 30, 4_000), ("1d", 1, 2_000)):
+        figures = res[f"recompute_{name}"]
+        assert figures["days"] == days and figures["mismatches"] == 0 and figures["accepted"] == events
+        assert figures["events"] == events + figures["duplicates"] and figures["duplicates"] > 0
+        assert figures["aggregates_written"] == figures["aggregates_stored"]
+    # the archive is laid out as the streaming job's: every file's name parses, one hour folder each
+    archive, _, start_s, end_s = rc.build_archive(rc.spec_for(4_000, 30), tmp_path)
+    from schemas.archive import parse_file_path
+
+    names = [parse_file_path(str(p)) for p in archive.rglob("*.jsonl")]
+    assert names and all(n is not None and start_s <= n.hour_s < end_s for n in names)
 
 
 @pytest.mark.slow

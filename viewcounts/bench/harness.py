@@ -17,6 +17,11 @@ One run, one machine, the same events for every system:
    session cluster at parallelism 1 and 2 (``flink_end_to_end``), with the job's metrics
    read from Flink's REST API while it runs (``viewcounts.job_metrics``).
 7. **Queries** (``queries.measure_queries``).
+8. **Recompute** (issue 14, ``viewcounts.bench.recompute``): the batch recompute on the local
+   runner over a 30-day archive (``recompute_events``, 2,000 videos x 3 types, Zipf, 5 %
+   duplicates) and a 1-day one (``recompute_1d_events``), into the Bigtable emulator,
+   cross-checked against a polars computation: ``recompute_events_per_s``,
+   ``recompute_1d_events_per_s`` (and ``recompute_300k_events_per_s`` in the full run).
 
 Every system runs as a child process: its CPU seconds are its own (``os.wait4``, plus the
 JVM's CPU that the PyFlink child reports) and so is its peak RSS (``VmHWM``, reported by the
@@ -70,13 +75,17 @@ class BenchConfig:
     flink_e2e_rates: tuple[int, ...] = (2_000,)
     flink_e2e_seconds: int = 10
     flink_core_events: int = 20_000
+    recompute_events: int = 30_000
+    recompute_1d_events: int = 10_000
+    recompute_small_events: int | None = None  # a quick figure at this size (30 days) too
 
 
 QUICK = BenchConfig(events=20_000, naive_events=2_000, scaling_events=5_000, e2e_rates=(2_000,), e2e_seconds=10,
                     query_rounds=20)
 FULL = BenchConfig(events=1_000_000, naive_events=20_000, scaling_events=200_000,
                    e2e_rates=(5_000, 10_000, 20_000, 40_000), e2e_seconds=30, query_rounds=200,
-                   flink_e2e_rates=(4_000, 8_000, 16_000, 24_000), flink_e2e_seconds=20, flink_core_events=200_000)
+                   flink_e2e_rates=(4_000, 8_000, 16_000, 24_000), flink_e2e_seconds=20, flink_core_events=200_000,
+                   recompute_events=3_000_000, recompute_1d_events=1_000_000, recompute_small_events=300_000)
 FLINK_PARALLELISMS = (1, 2)  # the end-to-end runs on Flink; the core job and PyFlink SQL run at the last
 
 
@@ -187,7 +196,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progress=print,
         profile_flink: bool = False) -> dict:
     """Run every part not in ``skip`` (``naive``, ``pyflink``, ``scaling``, ``e2e``,
-    ``flink_core``, ``flink_e2e``, ``queries``) and return the figures (see the module doc)."""
+    ``flink_core``, ``flink_e2e``, ``queries``, ``recompute``) and return the figures (see the
+    module doc)."""
     bench = Bench(cfg, work)
     started = time.monotonic()
     res: dict = {"config": asdict(cfg)}
@@ -239,8 +249,43 @@ def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progre
 
         res.update({k: round(v, 2) if isinstance(v, float) else v
                     for k, v in queries.measure_queries(cfg.query_rounds).items()})
+    res.update(dict.fromkeys(RECOMPUTE_KEYS))
+    if "recompute" not in skip:
+        res.update(recompute(cfg, work, progress))
     res["bench_seconds"] = round(time.monotonic() - started, 1)
     return res
+
+
+RECOMPUTE_KEYS = ("recompute_events_per_s", "recompute_1d_events_per_s", "recompute_300k_events_per_s",
+                  "recompute_1d_vs_30d")
+
+
+def recompute(cfg: BenchConfig, work: Path, progress) -> dict:
+    """The recompute part (module doc, 8.), on a Bigtable emulator of its own."""
+    from viewcounts.bench import recompute as rc
+    from viewcounts.emulators import bigtable_emulator
+
+    runs = {"30d": rc.spec_for(cfg.recompute_events, 30), "1d": rc.spec_for(cfg.recompute_1d_events, 1)}
+    if cfg.recompute_small_events:
+        runs["300k"] = rc.spec_for(cfg.recompute_small_events, 30)
+    out: dict = {}
+    with bigtable_emulator() as emu:
+        old = os.environ.get(emu.env_var)
+        os.environ[emu.env_var] = emu.host
+        try:
+            for name, spec in runs.items():
+                out[f"recompute_{name}"] = figures = rc.measure(spec, work, name)
+                progress(f"recompute {name}: {figures['events']:,} events in {figures['seconds']} s, "
+                         f"{figures['events_per_s']:,} events/s, {figures['aggregates_written']:,} aggregates written")
+        finally:
+            if old is None:
+                del os.environ[emu.env_var]
+            else:
+                os.environ[emu.env_var] = old
+    rate = {name: out[f"recompute_{name}"]["events_per_s"] for name in runs}
+    out.update(recompute_events_per_s=rate["30d"], recompute_1d_events_per_s=rate["1d"],
+               recompute_300k_events_per_s=rate.get("300k"), recompute_1d_vs_30d=_ratio(rate["1d"], rate["30d"]))
+    return out
 
 
 def scaling(bench: Bench, progress) -> list[dict]:
@@ -368,7 +413,8 @@ def print_table(res: dict, console) -> None:
         console.print(s)
     keys = ("core_vs_pyflink_sql", "core_vs_naive_beam", "core_vs_loop", "dedup_bytes_per_id",
             "dedup_state_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p50_s",
-            "freshness_p99_s", *FLINK_KEYS, "query_day_minute_p99_ms", "query_30d_hour_p99_ms", "bench_seconds")
+            "freshness_p99_s", *FLINK_KEYS, "query_day_minute_p99_ms", "query_30d_hour_p99_ms", *RECOMPUTE_KEYS,
+            "bench_seconds")
     f = Table(title="figures")
     f.add_column("figure")
     f.add_column("value", justify="right")
@@ -402,7 +448,7 @@ def add_bench_args(p) -> None:
     p.add_argument("--work", default=str(ROOT / "build" / "bench"), help="workloads, outputs and child logs")
     p.add_argument("--skip", action="append", default=[],
                    help="parts to leave out, comma-separated: naive, pyflink, scaling, e2e, flink_core, "
-                   "flink_e2e, queries")
+                   "flink_e2e, queries, recompute")
     p.add_argument("--profile-flink", action="store_true",
                    help="py-spy profiles of the Python workers in the end-to-end runs on Flink at parallelism 2 "
                    "(needs py-spy: $PY_SPY or on PATH; sampling costs a little CPU)")
