@@ -53,7 +53,7 @@ from google.api_core import exceptions as google_exceptions
 
 from query.cached_reader import (DEFAULT_ALLOWED_LATENESS_S, DEFAULT_CACHE_BYTES, DEFAULT_FINAL_MARGIN_S,
                                  DEFAULT_TAIL_TTL_S, Answer, CachedStatsReader)
-from query.stats import FUNCTIONS, QueryError, StatsQuery, parse_query, value_of, zone_of
+from query.stats import FUNCTIONS, QueryError, StatsQuery, aggregate_json, parse_query, value_of, zone_of
 from query.windows import COUNT, MAX, MIN, OPENED_MS, SUM, VALUE_COUNT, bucket_columns
 from schemas import storage
 
@@ -114,10 +114,6 @@ def _labels(first_s: int, n: int, size: int, tz: str | None) -> orjson.Fragment:
                                          for i in range(n)]))
 
 
-def _aggregate_json(a: storage.Aggregate) -> dict:
-    return {"count": a.count, "value_count": a.value_count, "sum": a.sum, "avg": a.avg, "min": a.min, "max": a.max}
-
-
 def series_json(answer: Answer, tz: str | None, allowed_lateness_s: int, final_margin_s: int) -> dict:
     """One series of the ``/v1/stats`` answer (module docstring) from a reader's ``Answer``."""
     q, w = answer.query, answer.windows
@@ -126,7 +122,7 @@ def series_json(answer: Answer, tz: str | None, allowed_lateness_s: int, final_m
     with_data = np.flatnonzero(w.ints[COUNT])
     newest = int(with_data[-1]) if with_data.size else None
     series = {"video_id": q.video_id, "event_type": q.event_type, "value": value_of(cols.combined, q.function),
-              "combined": _aggregate_json(cols.combined), "final": q.end_s + closes <= answer.now_s,
+              "combined": aggregate_json(cols.combined), "final": q.end_s + closes <= answer.now_s,
               "read_at": _instant(answer.read_at),
               "newest_window": None if newest is None else _instant(w.first_s + newest * w.size),
               "newest_window_opened_at": None if newest is None else _instant(w.ints[OPENED_MS, newest] / 1000)}

@@ -66,13 +66,17 @@ class Stats:
         return value_of(self.combined, self.function)
 
     def to_json(self) -> dict:
-        def agg(a: Aggregate) -> dict:
-            return {"count": a.count, "value_count": a.value_count, "sum": a.sum,
-                    "avg": a.avg, "min": a.min, "max": a.max}
+        agg = aggregate_json
         return {"video_id": self.video_id, "event_type": self.event_type, "function": self.function,
                 "granularity": self.granularity, "start": self.start.isoformat(), "end": self.end.isoformat(),
                 "value": self.value, "combined": agg(self.combined),
                 "buckets": [{"start": b.start.isoformat(), **agg(b.aggregate)} for b in self.buckets]}
+
+
+def aggregate_json(a: Aggregate) -> dict:
+    """``{"count", "value_count", "sum", "avg", "min", "max"}`` of an aggregate (null avg/min/max
+    without values)."""
+    return {"count": a.count, "value_count": a.value_count, "sum": a.sum, "avg": a.avg, "min": a.min, "max": a.max}
 
 
 def value_of(a: Aggregate, function: str):
