@@ -147,8 +147,6 @@ def create_app(reader: CachedStatsReader):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await reader.open()
-        gc.collect()
-        gc.freeze()  # start-up objects out of the collector's reach: no full-collection pauses on them
         try:
             yield
         finally:
@@ -221,7 +219,7 @@ def add_serve_args(parser) -> None:
 
 def serve_main(args) -> int:
     """Run the service until SIGINT/SIGTERM (uvicorn, one process, uvloop + httptools, no access
-    log). Returns 2 without a Bigtable to read (no emulator variable and no credentials)."""
+    log; the start-up objects frozen out of the garbage collector, ``gc.freeze``). Returns 2 without a Bigtable to read (no emulator variable and no credentials)."""
     import uvicorn
 
     if not os.environ.get("BIGTABLE_EMULATOR_HOST"):
@@ -236,8 +234,11 @@ def serve_main(args) -> int:
             return 2
     reader = CachedStatsReader(args.project, args.instance, args.table, args.allowed_lateness_s,
                                args.final_margin_s, args.cache_mb * 2**20, args.tail_ttl_s)
-    uvicorn.run(create_app(reader), host=args.host, port=args.port, loop="uvloop", http="httptools",
-                access_log=False, log_level="info")
+    app = create_app(reader)
+    gc.collect()
+    gc.freeze()  # the start-up objects out of the collector's reach: no full-collection pauses over them
+    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools", access_log=False,
+                log_level="info")
     return 0
 
 
