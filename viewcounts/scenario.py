@@ -48,9 +48,10 @@ PAYLOADS, METADATA = "payloads", "metadata"
 LONE_PAYLOADS = ""
 PROJECT, INSTANCE = "scenario", "scenario"
 REL_TOL = 1e-9
-# How long a case's job may run on Flink: a case takes 15-40 s there; a job that never ends
-# (seen: a processing-time timer left at the end of the input holds Beam's Flink operator
-# in its final flush for ever) is cancelled and reported instead of hanging the caller.
+# How long a case's job may run on Flink: a case takes 12-30 s there at parallelism 2; a
+# job that never ends (seen before ``FirePanes`` cleared its early timer: a processing-time
+# timer left at the end of the input held Beam's Flink operator in its final flush for
+# ever) is cancelled and reported instead of hanging the caller.
 FLINK_CASE_DEADLINE_S = 240
 
 
