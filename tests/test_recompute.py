@@ -1,6 +1,6 @@
 """The linear batch recompute (issue 14; ``transforms/batch_count.py``, ``pipelines/batch_recompute.py``).
 
-* The batch function against an independent model (polars, as ``viewcounts.reconcile``): for any
+* The batch function against an independent model (``viewcounts.reconcile``'s polars computation): for any
   split of the events into files, shards and batches, any delivery order, exact duplicates
   and re-stamped copies (another time, entity, value, hour), the stored aggregates are those
   of the copy first in archive order (written time, file name, line) of each ``event_id``.
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 
 import orjson
-import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,33 +24,24 @@ from schemas.archive import file_name, hour_folder
 from schemas.event import US_PER_S, format_time_us
 from transforms.batch_count import EventBatch, MergeMinutePartials, first_copies, fold_minutes, rows_of
 from transforms.validate import shard_of
-from viewcounts.reconcile import reconcile
+from viewcounts.reconcile import expected_aggregates, reconcile
 
 H0 = 1_715_680_800  # 2024-05-14T10:00:00Z
 
 
 def model(copies: list[dict]) -> dict[tuple, tuple]:
-    """Independent of the pipeline: per ``event_id`` the copy with the smallest ``(written_ms,
-    file_name, line)``, then count/value_count/sum/min/max per (video, type, minute or hour)."""
+    """Independent of the pipeline: the copies sorted by ``(written_ms, file_name, line)``,
+    then ``viewcounts.reconcile.expected_aggregates`` (polars: the first copy of each
+    ``event_id``, count/value_count/sum/min/max per (video, type, minute or hour))."""
     if not copies:
         return {}
-    df = (pl.DataFrame(copies, schema={"event_id": pl.Utf8, "video_id": pl.Utf8, "event_type": pl.Utf8,
-                                       "t_us": pl.Int64, "value": pl.Float64, "written_ms": pl.Int64,
-                                       "file_name": pl.Utf8, "line": pl.Int64})
-          .sort("written_ms", "file_name", "line")
-          .unique(subset="event_id", keep="first", maintain_order=True)
-          .with_columns((pl.col("t_us") // US_PER_S).alias("t_s")))
-    out = {}
-    for granularity, size in (("minute", 60), ("hour", 3600)):
-        agg = (df.with_columns((pl.col("t_s") - pl.col("t_s") % size).alias("w"))
-               .group_by("video_id", "event_type", "w")
-               .agg(pl.len().alias("count"), pl.col("value").count().alias("value_count"),
-                    pl.col("value").sum().alias("sum"), pl.col("value").min().alias("min"),
-                    pl.col("value").max().alias("max")))
-        for r in agg.iter_rows(named=True):
-            out[(r["video_id"], r["event_type"], granularity, r["w"])] = (
-                r["count"], r["value_count"], float(r["sum"] or 0.0), r["min"], r["max"])
-    return out
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as manifest:
+        for c in sorted(copies, key=lambda c: (c["written_ms"], c["file_name"], c["line"])):
+            manifest.write(orjson.dumps({"event_id": c["event_id"], "video_id": c["video_id"],
+                                         "event_type": c["event_type"], "event_time": format_time_us(c["t_us"]),
+                                         "value": c["value"]}) + b"\n")
+        manifest.flush()
+        return expected_aggregates(manifest.name)
 
 
 def _as_stored(rows) -> dict[tuple, tuple]:
@@ -115,7 +106,7 @@ def test_the_batch_function_equals_the_model_for_any_batching_and_copies(copies,
         # batches cross the shuffle as bytes
         best, n = first_copies(EventBatch.decode(b.encode()) for b in batches)
         assert n == len([c for c in copies if shard_of(c["event_id"], shards) == shard])
-        for key, partial in fold_minutes(e[1:] for e in best.values()).items():
+        for key, partial in fold_minutes(best).items():
             per_entity.setdefault(key, []).append(partial)
     rows = []
     for (video, etype), partials in per_entity.items():

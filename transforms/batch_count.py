@@ -9,13 +9,15 @@ processing-time checks and a watermark that never refuses: every valid event cou
 
 1. ``ParseArchiveFile``: one archive file (``fileio.ReadableFile``) -> per dedup shard
    (``validate.shard_of``: CRC-32 of the id) one batch ``(shard, EventBatch bytes)`` of the
-   file's valid events, each with its place in the archive; invalid lines become dead letters
+   file's valid events, each with its place in the archive (``ARCHIVE ORDER`` below); invalid lines become dead letters
    (``DEAD_LETTER``) as in ``ValidateEvents`` (same parser, ``schemas.event.parse_payload``).
 2. ``GroupByKey`` on the shard, then ``DedupShard``: per ``event_id`` the copy FIRST IN
-   ARCHIVE ORDER (``ArchiveOrder``: the file's written time, then its name, then the line;
-   the first item of a line for a line holding a batch) is kept; a re-stamped copy (another
+   ARCHIVE ORDER is kept: the smallest ``(written_ms, file_name, line)``, the file's
+   ``<written>`` time (``schemas.archive.parse_file_path``; a file not named by that layout:
+   its modification time), its base name, the 1-based line number (for a line holding a
+   batch, its first item with the id); a re-stamped copy (another
    time, another hour folder) is the same event. The kept events are folded into minute
-   partials per ``(video_id, event_type)``: output ``((video_id, event_type), {minute_s: [...]})``,
+   partials per ``(video_id, event_type)``: output ``((video_id, event_type), {minute_s: (...)})``,
    one element per shard and entity.
 3. ``CombinePerKey(MergeMinutePartials)``: the shards' partials of an entity merged (each
    event is in exactly one shard, so the merge is exact); ``ToEnrichedRows`` makes the minute
@@ -27,7 +29,7 @@ processing-time checks and a watermark that never refuses: every valid event cou
 Work per stage is O(events) (elements: files x shards, shards x entities, entities), the ids
 held by ``DedupShard`` are those of its shard (about events / shards), whatever the range of
 event time. ``EventBatch`` is the columnar shape another reader (the Parquet archive) can
-produce with the same ``ArchiveOrder`` fields, so both feed ``DedupShard``.
+produce with the same archive-order fields, so both feed ``DedupShard`` (``count_batches``).
 """
 from __future__ import annotations
 
@@ -40,10 +42,10 @@ import apache_beam as beam
 import orjson
 
 from schemas.archive import DeadLetter, parse_file_path
-from schemas.event import US_PER_S, parse_payload
-from schemas.storage import GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, wall_clock_ms
+from schemas.event import US_PER_S, Event, parse_payload
+from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, merge, wall_clock_ms
 from transforms import metrics
-from transforms.aggregate import AggregateRow
+from transforms.aggregate import AggregateRow, aggregate_events
 from transforms.enrich import Enrich, LatestSnapshot
 from transforms.validate import shard_of
 
@@ -52,22 +54,13 @@ ROWS = "rows"
 IDS_PER_SHARD = "recompute_ids_per_shard"  # distribution: distinct ids one DedupShard call held
 BATCH_EVENTS = 50_000  # events per EventBatch at most: bounds one element's size whatever the file's
 _MINUTE_S = 60
+_MINUTE_US = _MINUTE_S * US_PER_S
 _HOUR_S = GRANULARITY_SECONDS["hour"]
 
 
-class ArchiveOrder(NamedTuple):
-    """Where a copy of an event sits in the archive; the smallest is the copy that counts.
-    ``written_ms``: the file's ``<written>`` time (``schemas.archive.parse_file_path``; a file
-    not named by that layout: its modification time); ``file_name``: the file's base name;
-    ``line``: 1-based line number in the file."""
-
-    written_ms: int
-    file_name: str
-    line: int
-
-
 class EventBatch(NamedTuple):
-    """Valid events of one file (or part of one) that share a dedup shard, as columns.
+    """Valid events of one file (or part of one) that share a dedup shard, as columns: the
+    file's ``written_ms`` and ``file_name`` and each event's ``line`` are its archive order.
     ``times_us``: event times in epoch µs; ``values``: float or None. Encoded with orjson
     (``encode``/``decode``): one bytes element per batch on the shuffle."""
 
@@ -89,7 +82,7 @@ class EventBatch(NamedTuple):
 
 
 def file_written_ms(path: str, modified_s: float | None) -> int:
-    """``ArchiveOrder.written_ms`` of an archive file: from its name, else its modification time."""
+    """The ``written_ms`` of an archive file's archive order: from its name, else its modification time."""
     name = parse_file_path(path)
     if name is not None:
         return name.written_ms
@@ -144,8 +137,8 @@ class ParseArchiveFile(beam.DoFn):
 
 
 def first_copies(batches) -> tuple[dict, int]:
-    """``({event_id: (ArchiveOrder tuple, video_id, event_type, time_us, value)}, copies read)``:
-    per id the copy first in archive order, over ``EventBatch``es in any order."""
+    """``({event_id: ((written_ms, file_name, line), video_id, event_type, time_us, value)},
+    copies read)``: per id the copy first in archive order, over ``EventBatch``es in any order."""
     best: dict = {}
     n = 0
     for b in batches:
@@ -160,55 +153,31 @@ def first_copies(batches) -> tuple[dict, int]:
     return best, n
 
 
-def fold_minutes(events) -> dict:
-    """``{(video_id, event_type): {minute_s: [count, value_count, sum, min, max]}}`` of
-    ``(video_id, event_type, time_us, value)`` events."""
+def fold_minutes(best: dict) -> dict:
+    """``{(video_id, event_type): {minute_s: (count, value_count, sum, min, max)}}`` of the
+    events of ``first_copies`` (``transforms.aggregate.aggregate_events`` per minute)."""
+    by_minute: dict = defaultdict(list)
+    for eid, (_, video, etype, t, v) in best.items():
+        by_minute[t // _MINUTE_US * _MINUTE_S].append(Event(eid, video, etype, t, v, b""))
     out: dict = defaultdict(dict)
-    for video, etype, t, v in events:
-        minutes = out[(video, etype)]
-        m = t // US_PER_S
-        m -= m % _MINUTE_S
-        acc = minutes.get(m)
-        if acc is None:
-            acc = minutes[m] = [0, 0, 0.0, None, None]
-        acc[0] += 1
-        if v is not None:
-            acc[1] += 1
-            acc[2] += v
-            if acc[3] is None or v < acc[3]:
-                acc[3] = v
-            if acc[4] is None or v > acc[4]:
-                acc[4] = v
+    for m, events in by_minute.items():
+        for key, agg in aggregate_events(events).items():
+            out[key][m] = tuple(agg)
     return out
 
 
-def add_into(acc: list, other) -> None:
-    """Add accumulator ``other`` (``[count, value_count, sum, min, max]``) into ``acc`` (mutated)."""
-    c, vc, s, lo, hi = other
-    acc[0] += c
-    if vc:
-        acc[1] += vc
-        acc[2] += s
-        if acc[3] is None or lo < acc[3]:
-            acc[3] = lo
-        if acc[4] is None or hi > acc[4]:
-            acc[4] = hi
-
-
 def merge_into(into: dict, partial: dict) -> dict:
-    """Merge ``{window_s: [count, value_count, sum, min, max]}`` ``partial`` into ``into`` (mutated)."""
+    """Merge ``{window_s: (count, value_count, sum, min, max)}`` ``partial`` into ``into``
+    (mutated; ``storage.merge``)."""
     for w, other in partial.items():
-        acc = into.get(w)
-        if acc is None:
-            into[w] = list(other)
-        else:
-            add_into(acc, other)
+        old = into.get(w)
+        into[w] = other if old is None else tuple(merge(Aggregate(*old), Aggregate(*other)))
     return into
 
 
 class DedupShard(beam.DoFn):
-    """``(shard, [EventBatch bytes, ...])`` -> ``((video_id, event_type), {minute_s: [count,
-    value_count, sum, min, max]})``; counts ``events_accepted`` and ``duplicates_dropped``.
+    """``(shard, [EventBatch bytes, ...])`` -> ``((video_id, event_type), {minute_s: (count,
+    value_count, sum, min, max)})``; counts ``events_accepted`` and ``duplicates_dropped``.
     Holds the shard's ids (one dict entry per distinct id) while it runs: their number goes to
     the ``IDS_PER_SHARD`` distribution."""
 
@@ -225,14 +194,11 @@ class DedupShard(beam.DoFn):
         self._accepted.inc(len(best))
         self._duplicates.inc(n - len(best))
         self._ids.update(len(best))
-        folded = fold_minutes(e[1:] for e in best.values())
-        del best
-        yield from folded.items()
+        yield from fold_minutes(best).items()
 
 
 class MergeMinutePartials(beam.CombineFn):
-    """Minute partials ``{minute_s: [count, value_count, sum, min, max]}`` -> one merged
-    partial."""
+    """Minute partials ``{minute_s: (count, value_count, sum, min, max)}`` -> one merged partial."""
 
     def create_accumulator(self):
         return {}
@@ -252,26 +218,22 @@ class MergeMinutePartials(beam.CombineFn):
 
 
 def rows_of(video_id: str, event_type: str, minutes: dict, base_ms: int) -> list[AggregateRow]:
-    """The minute rows of ``{minute_s: [count, value_count, sum, min, max]}`` and the hour
-    rows folded from them, pane 0, cell timestamps from ``base_ms`` (``cell_timestamp_us``)."""
-    by_hour: dict = {}
+    """The minute rows of ``{minute_s: (count, value_count, sum, min, max)}`` and the hour
+    rows merged from them, pane 0, cell timestamps from ``base_ms`` (``cell_timestamp_us``)."""
+    hours: dict = {}
     rows = []
     for m, acc in minutes.items():
         agg = Aggregate(*acc)
         rows.append(AggregateRow(video_id, event_type, "minute", m, agg, 0, cell_timestamp_us(base_ms, agg.count)))
-        hour = by_hour.get(m - m % _HOUR_S)
-        if hour is None:
-            by_hour[m - m % _HOUR_S] = list(acc)
-        else:
-            add_into(hour, acc)
-    for h, acc in by_hour.items():
-        agg = Aggregate(*acc)
+        h = m - m % _HOUR_S
+        hours[h] = merge(hours.get(h, EMPTY), agg)
+    for h, agg in hours.items():
         rows.append(AggregateRow(video_id, event_type, "hour", h, agg, 0, cell_timestamp_us(base_ms, agg.count)))
     return rows
 
 
 class ToEnrichedRows(beam.DoFn):
-    """``((video_id, event_type), {minute_s: [...]})`` -> ``list[EnrichedRow]``: ``rows_of``
+    """``((video_id, event_type), {minute_s: (...)})`` -> ``list[EnrichedRow]``: ``rows_of``
     (base: the wall clock when the rows are made) enriched by ``transforms.enrich.Enrich``
     from the side input of ``LatestSnapshot``s, in one step: the rows go to the sink in the
     same fused stage, never encoded between stages (pickling a row costs more than making it)."""
