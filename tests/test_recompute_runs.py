@@ -123,3 +123,33 @@ def test_the_recompute_runs_as_a_batch_job_on_an_embedded_flink(table, tmp_path)
     # the flags a streaming job gets (checkpoints among them): the batch job runs with them
     assert main(_args(table, archive, H0, H0 + 4 * 3600, "--", *runner_flags("flink"))) == 0
     assert reconcile(model(copies), _stored(table)) == []
+
+
+@pytest.mark.slow
+@pytest.mark.flink
+@pytest.mark.skipif(not FLINK_JOB_SERVER_JAR.exists(), reason="needs `make flink-job-server`")
+def test_streaming_and_the_batch_recompute_agree_on_the_archive_streaming_wrote(tmp_path, pubsub_host, bigtable_host):
+    """The streaming job (embedded Flink) counts real 2013 flights with 5 % duplicates and
+    writes the raw archive; the recompute of that archive into another table stores the same
+    aggregates, and both equal the reference."""
+    from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, archive_missing, kill
+    from tests.test_streaming_runners import CONVERGE_S, HISTORICAL, _flights, _wait_for
+    from viewcounts import provision
+
+    d = Deployment(str(tmp_path))
+    job = d.start_job("--no_event_age_check", *runner_flags("flink", checkpoint_dir=str(tmp_path / "checkpoints")))
+    try:
+        events = _flights(2000)
+        d.publish(events, HISTORICAL)
+        mismatches, _ = d.converged(CONVERGE_S, job)
+        assert mismatches == [], mismatches[:5]
+        _wait_for(lambda: archive_missing(d.folder, events) == 0, 60, "every event in the raw archive")
+    finally:
+        kill(job)
+    streaming = d.stored()
+    batch_table = (PROJECT, INSTANCE, f"{d.table}-batch")
+    provision.create_table(*batch_table)
+    hours = sorted({k[3] for k in streaming if k[2] == "hour"})
+    assert main(_args(batch_table, f"{d.folder}/archive", hours[0], hours[-1] + 3600)) == 0
+    assert reconcile(streaming, _stored(batch_table)) == []
+    assert reconcile(d.expected(), _stored(batch_table)) == []

@@ -265,9 +265,8 @@ def recompute(cfg: BenchConfig, work: Path, progress) -> dict:
     from viewcounts.bench import recompute as rc
     from viewcounts.emulators import bigtable_emulator
 
-    runs = {"30d": rc.spec_for(cfg.recompute_events, 30), "1d": rc.spec_for(cfg.recompute_1d_events, 1)}
-    if cfg.recompute_small_events:
-        runs["300k"] = rc.spec_for(cfg.recompute_small_events, 30)
+    runs = {"300k": rc.spec_for(cfg.recompute_small_events, 30)} if cfg.recompute_small_events else {}
+    runs.update({"1d": rc.spec_for(cfg.recompute_1d_events, 1), "30d": rc.spec_for(cfg.recompute_events, 30)})
     out: dict = {}
     with bigtable_emulator() as emu:
         old = os.environ.get(emu.env_var)
