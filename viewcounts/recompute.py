@@ -282,14 +282,14 @@ def add_recompute_args(p) -> None:
     p.add_argument("--force", action="store_true",
                    help="also overwrite hours the streaming job may still fire: those whose end plus the allowed "
                    "lateness is after the streaming job's watermark, which this command takes as the wall clock "
-                   "minus a safety margin (pipelines.restarts.CLOSE_MARGIN_S) since it cannot read the job's")
+                   "minus a safety margin (pipelines.restarts.CLOSE_MARGIN_S, 300 s) since it cannot read the job's")
     p.add_argument("--allowed-lateness-s", dest="allowed_lateness_s", type=int, default=600,
                    help="the streaming job's --allowed_lateness_s")
     p.add_argument("--project", default=storage.DEFAULT_PROJECT, help="Bigtable project")
     p.add_argument("--instance", default=storage.DEFAULT_INSTANCE, help="Bigtable instance")
     p.add_argument("--table", default=storage.DEFAULT_TABLE, help="Bigtable table")
     p.add_argument("--dead-letter-path", dest="dead_letter_path",
-                   help="folder for the dead letters of unreadable lines (default: beside the archive)")
+                   help="folder for the dead letters of unreadable lines; none: a dead-letters folder beside the archive")
     p.add_argument("--metadata-path", dest="metadata_path", help="JSONL metadata snapshot for titles and channels")
     p.add_argument("--dedup-shards", dest="dedup_shards", type=int, help="dedup shards of the batch job")
     p.add_argument("--json", help="also write the outcome (counters, audit) as JSON to this file")
