@@ -107,13 +107,14 @@ class ParseArchiveFile(beam.DoFn):
         name = posixpath.basename(path)
         batches: dict[int, EventBatch] = {}
         shards = self._shards
+        events_in = 0
         with readable_file.open() as f:
             for line_no, line in enumerate(f, 1):
                 line = line.rstrip(b"\r\n")
                 if not line:
                     continue
                 events, rejections, n_in = parse_payload(line)
-                self._events_in.inc(n_in)
+                events_in += n_in
                 for r in rejections:
                     self._dead.inc(r.reason)
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(r.payload, r.reason, r.detail,
@@ -132,6 +133,7 @@ class ParseArchiveFile(beam.DoFn):
                     if len(b.lines) >= BATCH_EVENTS:
                         yield shard, b.encode()
                         del batches[shard]
+        self._events_in.inc(events_in)
         for shard, b in batches.items():
             yield shard, b.encode()
 
