@@ -1,5 +1,6 @@
 """The serving reader: ``get_stats`` answers from one long-lived async Bigtable data client
-(``google.cloud.bigtable.data.BigtableDataClientAsync``) with final windows cached in memory.
+(``google.cloud.bigtable.data.BigtableDataClientAsync``, opened once per process; its channel
+carries the reads, ``query.bigtable_rows``) with final windows cached in memory.
 
 **Final.** A window (or bucket) ``[w, w + size)`` is *final* at wall clock ``now`` when
 
