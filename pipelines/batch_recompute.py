@@ -19,6 +19,11 @@ closed yet (run it again later); it is safe to run repeatedly::
 
     python -m pipelines.batch_recompute --archive_path gs://B/archive --after_restarts --bigtable_project P ...
 
+``--parquet_path ROOT`` reads each hour compacted there (``pipelines.compact``: deduplicated,
+the first copy in archive order kept, with its archive-order fields) from Parquet and the other
+hours from the JSONL archive; the result is the same (``tests/test_recompute.py``). Files
+archived into an hour after it was compacted are read only once compaction has merged them.
+
 ``--rows_path FOLDER`` writes the rows as JSONL (``transforms.bigtable_sink.row_to_json``,
 one folder per hour of the window start) instead of Bigtable: the ``viewcounts recompute
 --dry-run`` audit. Runs as a batch job on every runner (``pipelines.runners.prepare_batch``):
@@ -62,6 +67,8 @@ class RecomputeOptions(PipelineOptions):
                             help="recompute the closed hours affected by streaming jobs started without state")
         parser.add_argument("--rows_path", help="write the rows as JSONL files under this folder instead of "
                             "Bigtable (a dry run: viewcounts recompute --dry-run)")
+        parser.add_argument("--parquet_path", help="root of the Parquet archive (pipelines.compact): each hour "
+                            "compacted there is read from it, the others from --archive_path's JSONL")
         parser.add_argument("--progress_path", help="append the size of each archive file to this local file "
                             "as it is read (a line per file: the progress bar of viewcounts recompute)")
 
@@ -107,6 +114,15 @@ class _NoteProgress(beam.DoFn):
         yield readable_file
 
 
+def parquet_hours(parquet_path: str, hours: list[int]) -> list[int]:
+    """The ``hours`` compacted under ``parquet_path`` (their part file exists)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from schemas.parquet_archive import hour_part_path
+
+    return [h for h in hours if FileSystems.exists(hour_part_path(parquet_path, h))]
+
+
 def archive_patterns(archive_path: str, hours: list[int]) -> list[str]:
     """The file patterns of the archive's hour folders (``*.jsonl``) of ``hours``."""
     return [f"{hour_folder(archive_path, h)}/*.jsonl" for h in hours]
@@ -123,14 +139,17 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     sinks = dataclasses.replace(sinks_of(o, streaming=False), archive_path=None)
     runners.prepare_batch(options)
     pipeline = beam.Pipeline(options=options)
+    compacted = parquet_hours(r.parquet_path, hours) if r.parquet_path else []
+    jsonl_hours = sorted(set(hours) - set(compacted))
     files = (pipeline
-             | "archive hours" >> beam.Create(archive_patterns(o.archive_path, hours))
+             | "archive hours" >> beam.Create(archive_patterns(o.archive_path, jsonl_hours))
              | "match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
              | "open" >> fileio.ReadMatches())
     if r.progress_path:
         files = files | "progress" >> beam.ParDo(_NoteProgress(r.progress_path))
-    counted = files | "count archive" >> CountArchive(o.dedup_shards or DISTRIBUTED_SHARDS,
-                                                      metadata_snapshots(pipeline, o.metadata_path, None))
+    counted = files | "count archive" >> CountArchive(
+        o.dedup_shards or DISTRIBUTED_SHARDS, metadata_snapshots(pipeline, o.metadata_path, None), r.parquet_path,
+        pipeline | "Parquet hours" >> beam.Create(compacted) if r.parquet_path else None)
     enriched = counted[ROWS]
     dead = [counted[DEAD_LETTER]]
     if r.rows_path:

@@ -138,6 +138,38 @@ class ParseArchiveFile(beam.DoFn):
             yield shard, b.encode()
 
 
+class ParseParquetHour(beam.DoFn):
+    """An hour (epoch seconds of its start) of the Parquet archive under ``root``
+    (``schemas.parquet_archive.hour_columns``: one row per distinct id, with its archive-order
+    fields) -> ``(shard, EventBatch bytes)``, one batch per shard and source file. Counts
+    ``events_in`` (a row is an archived line). An hour not compacted yields nothing."""
+
+    def __init__(self, root: str, shards: int) -> None:
+        self._root, self._shards = root, shards
+
+    def setup(self) -> None:
+        self._events_in = metrics.counter(metrics.EVENTS_IN)
+
+    def process(self, hour_s: int):
+        from schemas.parquet_archive import hour_columns
+
+        c = hour_columns(self._root, hour_s)
+        if c is None:
+            return
+        self._events_in.inc(len(c["event_id"]))
+        batches: dict[tuple, EventBatch] = {}
+        for row in zip(c["written_ms"], c["source_file"], c["line"], c["event_id"], c["video_id"], c["event_type"],
+                       c["time_us"], c["value"]):
+            key = (shard_of(row[3], self._shards), row[0], row[1])
+            b = batches.get(key)
+            if b is None:
+                b = batches[key] = EventBatch(row[0], row[1], [], [], [], [], [], [])
+            for column, v in zip(b[2:], row[2:]):
+                column.append(v)
+        for (shard, _, _), b in batches.items():
+            yield shard, b.encode()
+
+
 def first_copies(batches) -> tuple[dict, int]:
     """``({event_id: ((written_ms, file_name, line), video_id, event_type, time_us, value)},
     copies read)``: per id the copy first in archive order, over ``EventBatch``es in any order."""
@@ -255,18 +287,26 @@ class CountArchive(beam.PTransform):
     """``PCollection[fileio.ReadableFile]`` (archive files) -> ``{ROWS: list[EnrichedRow]
     per entity, DEAD_LETTER: DeadLetter}`` (module docstring). ``shards``: dedup shards; more
     shards hold fewer ids each (memory), at a few more elements. ``snapshots``: the metadata
-    snapshots ``(version, {video_id: (title, channel)})`` (``transforms.enrich``)."""
+    snapshots ``(version, {video_id: (title, channel)})`` (``transforms.enrich``).
+    ``parquet_hours``: with ``parquet_root``, a ``PCollection`` of hours (epoch seconds) read
+    from the Parquet archive there (``ParseParquetHour``) besides the files."""
 
-    def __init__(self, shards: int, snapshots) -> None:
+    def __init__(self, shards: int, snapshots, parquet_root: str | None = None, parquet_hours=None) -> None:
         super().__init__()
         if shards < 1:
             raise ValueError(f"shards must be >= 1, got {shards}")
         self._shards, self._snapshots = shards, snapshots
+        self._parquet_root, self._parquet_hours = parquet_root, parquet_hours
 
     def expand(self, files):
         parsed = files | "parse files" >> beam.ParDo(ParseArchiveFile(self._shards)).with_outputs(
             DEAD_LETTER, main="batches")
-        return {ROWS: count_batches(parsed.batches, self._snapshots), DEAD_LETTER: parsed[DEAD_LETTER]}
+        batches = parsed.batches
+        if self._parquet_root:
+            from_parquet = self._parquet_hours | "read Parquet hours" >> beam.ParDo(
+                ParseParquetHour(self._parquet_root, self._shards))
+            batches = (batches, from_parquet) | "all batches" >> beam.Flatten()
+        return {ROWS: count_batches(batches, self._snapshots), DEAD_LETTER: parsed[DEAD_LETTER]}
 
 
 def count_batches(batches, snapshots):
