@@ -1,7 +1,8 @@
 """``viewcounts recompute``: the batch recompute (``pipelines.batch_recompute``) as a command.
 
 * ``--start/--end`` (hour-aligned) or ``--after-restarts``: which hours; the archive's files
-  of those hours are listed first, and a progress bar (``rich``) follows the bytes read.
+  of those hours are listed first, and a progress bar (``rich``) follows the bytes read
+  (``--parquet-path``: hours compacted there are read from Parquet, outside the bar).
 * A refusal to overwrite windows the streaming job may still fire: an hour is *open* while
   ``hour end + allowed lateness`` is later than the streaming job's watermark, taken here as
   the wall clock minus ``pipelines.restarts.CLOSE_MARGIN_S`` (a job that keeps up trails the
@@ -122,7 +123,7 @@ def _job_flags(args, rows_path: str | None, progress_path: str) -> list[str]:
         flags.append(f"--end={args.end}")
     if args.after_restarts:
         flags.append("--after_restarts")
-    for name in ("dead_letter_path", "metadata_path", "dedup_shards"):
+    for name in ("dead_letter_path", "metadata_path", "dedup_shards", "parquet_path"):
         if getattr(args, name) is not None:
             flags.append(f"--{name}={getattr(args, name)}")
     if rows_path:
@@ -171,7 +172,8 @@ def run_recompute(args, progress=None) -> Outcome:
             f"{len(refused)} hour(s) from {format_time_us(refused[0] * US_PER_S)} may still be fired by the streaming "
             f"job (hour end + {args.allowed_lateness_s} s of allowed lateness is after its watermark, taken as now "
             f"minus a safety margin); recompute them later or pass --force")
-    patterns = batch_recompute.archive_patterns(args.archive_path, hours)
+    compacted = set(batch_recompute.parquet_hours(args.parquet_path, hours)) if args.parquet_path else set()
+    patterns = batch_recompute.archive_patterns(args.archive_path, [h for h in hours if h not in compacted])
     listed = [m for r in FileSystems.match(patterns) for m in r.metadata_list] if patterns else []
     total = sum(m.size_in_bytes for m in listed)
     work = tempfile.mkdtemp(prefix="recompute-")
@@ -290,6 +292,8 @@ def add_recompute_args(p) -> None:
     p.add_argument("--table", default=storage.DEFAULT_TABLE, help="Bigtable table")
     p.add_argument("--dead-letter-path", dest="dead_letter_path",
                    help="folder for the dead letters of unreadable lines; none: a dead-letters folder beside the archive")
+    p.add_argument("--parquet-path", dest="parquet_path",
+                   help="the Parquet archive's root (pipelines.compact): hours compacted there are read from it")
     p.add_argument("--metadata-path", dest="metadata_path", help="JSONL metadata snapshot for titles and channels")
     p.add_argument("--dedup-shards", dest="dedup_shards", type=int, help="dedup shards of the batch job")
     p.add_argument("--json", help="also write the outcome (counters, audit) as JSON to this file")
