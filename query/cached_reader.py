@@ -28,8 +28,10 @@ overwrites them: after one, call ``invalidate`` (the service's ``POST
 what it read into the cache (``generation``).
 
 **Open tail.** What is not final is read from Bigtable, at most ``tail_ttl_s`` (default 1 s)
-before the answer: a row's tail read is kept that long and serves the requests for the same
-row meanwhile (0: every request reads). Panes of an open window come every
+before the answer: a row's tail read serves the requests for the same row for a time drawn
+between ``tail_ttl_s / 2`` and ``tail_ttl_s`` (0: every request reads). The draw keeps rows
+read together (a warm-up, a burst) from expiring together: measured, synchronized expiries
+put a burst of reads in one moment and raised the p99 tenfold. Panes of an open window come every
 ``early_firing_s`` (30 s by default), so a 1 s old tail is as fresh as a new read but for a
 pane landing in that second, and the reads per second are bounded by the rows being asked
 for, not by the requests (measured: ``viewcounts.bench.http``). Every answer says when its
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -123,6 +126,7 @@ class FinalRowCache:
 @dataclass(frozen=True)
 class _Tail:
     read_at: float
+    expires_at: float
     windows: WindowArrays  # the row's windows [windows.first_s, windows.end_s) as read then
 
 
@@ -203,7 +207,7 @@ class CachedStatsReader:
                 tail = self._tails.get(span.key)
                 if hi <= known:
                     self.cache.hits += 1
-                elif tail and now - tail.read_at <= self.tail_ttl_s and tail.windows.first_s <= known \
+                elif tail and now < tail.expires_at and tail.windows.first_s <= known \
                         and hi <= tail.windows.end_s:
                     out.copy_range(tail.windows, max(known, lo), hi)
                     read_at = min(read_at or now, tail.read_at)
@@ -229,7 +233,7 @@ class CachedStatsReader:
                 self.cache.extend(key, span, fresh, known, min(final_to, hi), generation)
                 fresh_rows[(key, known, hi)] = fresh
                 if self.tail_ttl_s:
-                    self._tails[key] = _Tail(now, fresh)
+                    self._tails[key] = _Tail(now, now + self.tail_ttl_s * (0.5 + 0.5 * random.random()), fresh)
                     self._tails.move_to_end(key)
                     if len(self._tails) > MAX_TAILS:
                         self._tails.popitem(last=False)

@@ -192,10 +192,10 @@ def test_an_open_tail_read_serves_for_tail_ttl_s_then_is_read_again(fresh_servic
 
     first = series()
     _write(table, "T", w, 5)
-    clock.now += 5.0
+    clock.now += 2.0  # kept for tail_ttl_s / 2 at least
     again = series()
     assert (first["value"], again["value"]) == (3, 3) and again["read_at"] == first["read_at"]
-    clock.now += 0.5
+    clock.now += 3.0  # and tail_ttl_s at most
     later = series()
     assert later["value"] == 5 and later["read_at"] > first["read_at"]
 
