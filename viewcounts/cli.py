@@ -74,6 +74,18 @@ def _recompute(args) -> int:
     return recompute_main(args)
 
 
+def _compact(args) -> int:
+    from pipelines.compact import compact_main
+
+    return compact_main(args)
+
+
+def _serve(args) -> int:
+    from query.service import serve_main
+
+    return serve_main(args)
+
+
 def _bench(args) -> int:
     from viewcounts.bench.harness import bench_main
 
@@ -127,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     from viewcounts.replay import add_replay_args
     from viewcounts.demo import add_demo_args
     from viewcounts.recompute import add_recompute_args
+    from pipelines.compact import add_compact_args
+    from query.service import add_serve_args
 
     rp = sub.add_parser("replay", help="publish events (flights or JSONL) to Pub/Sub, with a manifest",
                         formatter_class=formatter, description="Publishes to PUBSUB_EMULATOR_HOST when set.")
@@ -140,6 +154,18 @@ def main(argv: list[str] | None = None) -> int:
                         "still fire (viewcounts.recompute). BIGTABLE_EMULATOR_HOST for an emulator.")
     add_recompute_args(rc)
     rc.set_defaults(func=_recompute)
+
+    cp = sub.add_parser("compact", help="compact closed hours of the raw archive into Parquet (dt=/hour= folders)",
+                        formatter_class=formatter, description="pipelines.compact: deduplicated by event_id, typed "
+                        "columns; prints a one-line JSON summary.")
+    add_compact_args(cp)
+    cp.set_defaults(func=_compact)
+
+    sv = sub.add_parser("serve", help="serve the stats over HTTP (GET /v1/stats, docs at /docs)",
+                        formatter_class=formatter, description="query.service: FastAPI on uvicorn, one async "
+                        "Bigtable client, final buckets cached. BIGTABLE_EMULATOR_HOST for an emulator.")
+    add_serve_args(sv)
+    sv.set_defaults(func=_serve)
 
     dm = sub.add_parser("demo", help="run the streaming job end to end on the local emulators",
                         formatter_class=formatter)
