@@ -3,11 +3,13 @@ assertions: figures belong to the harness, DESIGN.md)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import orjson
 import pytest
 
+from pipelines.runners import FLINK_JOB_SERVER_JAR
 from viewcounts.bench import e2e, queries, workload
 
 
@@ -94,6 +96,7 @@ def test_measure_e2e_counts_everything_at_a_low_rate(tmp_path: Path):
     assert out["freshness_p50_s"] is not None and out["e2e_sustained_events_per_s"] > 0
 
 
+@pytest.mark.skipif(not os.path.exists(FLINK_JOB_SERVER_JAR), reason="needs `make flink-job-server`")
 def test_job_flags_on_flink_submit_to_the_cluster_with_external_workers(tmp_path: Path):
     class Cluster:
         master, worker_pool = "localhost:8081", "localhost:50000"
