@@ -29,7 +29,7 @@ line            int32, not null            the line number in that file, from 1
 
 Rows are in *archive order* ``(written_ms, source_file, line)`` (``ORDER_KEY``), and of
 the copies of one ``event_id`` the hour keeps the first in that order: the copy a
-recompute from the JSONL counts too (``transforms.batch_count.ArchiveOrder`` is the same
+recompute from the JSONL counts too (``transforms.batch_count``'s ``(written_ms, file_name, line)`` key is the same
 triple: the file's name and 1-based line number). The footer's key-value metadata
 ``viewcounts.source_files`` is the JSON list of every archive file merged so far (a file
 whose lines were all duplicates included), so a later run merges only files that arrived
@@ -89,7 +89,7 @@ GROUP BY video_id, event_type, dt, hour
 ORDER BY video_id, event_type, dt, hour
 """
 
-# One archive position: (written_ms, source_file name, line from 1): transforms.batch_count.ArchiveOrder.
+# One archive position: (written_ms, source_file name, line from 1), the order key of transforms.batch_count.
 OrderKey = tuple[int, str, int]
 
 
