@@ -15,13 +15,15 @@ TOXIPROXY_VERSION := 2.5.0
 TOXIPROXY := $(BUILD)/bin/toxiproxy-server
 VEGETA_VERSION := 12.13.0
 VEGETA := $(BUILD)/bin/vegeta
+DASHBOARD_NPM := $(BUILD)/dashboard
+DASHBOARD_JS := $(DASHBOARD_NPM)/node_modules/uplot/dist/uPlot.iife.min.js
 RUNNER ?= local
 RUNNER_BUILDS_local :=
 RUNNER_BUILDS_prism := $(PRISM)
 RUNNER_BUILDS_flink := $(JOB_SERVER)
 RUNNER_BUILDS_flink-cluster := $(JOB_SERVER) $(FLINK_STAMP)
 
-.PHONY: venv prism flink-job-server flink-venv toxiproxy vegeta runners demo bench test test-fast test-cluster clean
+.PHONY: venv prism flink-job-server flink-venv toxiproxy vegeta runners js browser demo bench test test-fast test-cluster clean
 
 venv: $(STAMP)
 
@@ -78,16 +80,37 @@ $(VEGETA): Makefile
 
 runners: prism flink-job-server flink-venv toxiproxy vegeta
 
-demo: venv $(RUNNER_BUILDS_$(RUNNER))
+# The dashboard's JavaScript (uPlot, query/dashboard/package-lock.json) from the npm registry
+# into build/dashboard, where `viewcounts serve` (query/dashboard.py) serves it from: the page
+# loads nothing from the internet.
+js: $(DASHBOARD_JS)
+$(DASHBOARD_JS): query/dashboard/package.json query/dashboard/package-lock.json
+	@command -v npm >/dev/null || { echo "needs npm (Node.js) to fetch the dashboard's JavaScript"; exit 1; }
+	mkdir -p $(DASHBOARD_NPM)
+	cp query/dashboard/package.json query/dashboard/package-lock.json $(DASHBOARD_NPM)/
+	cd $(DASHBOARD_NPM) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(DASHBOARD_JS)
+
+# Debian's Chromium (and its driver) for the dashboard's browser test (tests/test_dashboard_browser.py,
+# Playwright driving /usr/bin/chromium; no browser build is downloaded), with apt-get as root or
+# through sudo; elsewhere a note, and that test skips.
+browser:
+	@if [ -x /usr/bin/chromium ]; then /usr/bin/chromium --version; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "note: no root or sudo to install Debian's chromium: the browser test (pytest -m browser) will skip"; fi
+
+demo: venv js $(RUNNER_BUILDS_$(RUNNER))
 	$(BIN)/viewcounts demo --runner $(RUNNER)
 
-bench: venv flink-venv
+bench: venv flink-venv vegeta
 	$(BIN)/viewcounts bench --json $(BUILD)/bench.json
 
-test: venv runners
+test: venv runners js browser
 	$(BIN)/pytest
 
-test-fast: venv
+test-fast: venv js
 	$(BIN)/pytest -m "not slow"
 
 # the production recipe on a local session cluster: detached submission, faults, rescaling

@@ -10,6 +10,8 @@ setup(
     version="0.1.0",
     python_requires=">=3.11,<3.12",
     packages=["pipelines", "transforms", "schemas", "query", "viewcounts"],
+    # the dashboard page's own files (query/dashboard.py serves them; uPlot comes from `make js`)
+    package_data={"query": ["dashboard/*.html", "dashboard/*.js", "dashboard/*.css"]},
     install_requires=[
         "apache-beam[gcp]==2.70.0",
         "orjson>=3.10",

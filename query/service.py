@@ -51,6 +51,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from google.api_core import exceptions as google_exceptions
 
+from query import dashboard
 from query.cached_reader import (DEFAULT_ALLOWED_LATENESS_S, DEFAULT_CACHE_BYTES, DEFAULT_FINAL_MARGIN_S,
                                  DEFAULT_TAIL_TTL_S, Answer, CachedStatsReader)
 from query.stats import FUNCTIONS, QueryError, StatsQuery, aggregate_json, parse_query, value_of, zone_of
@@ -154,6 +155,7 @@ def create_app(reader: CachedStatsReader):
 
     app = FastAPI(title="viewcounts stats", lifespan=lifespan,
                   description="Stored per-minute and per-hour aggregates (SPEC.md section 6) over HTTP.")
+    app.include_router(dashboard.router)  # the dashboard page at / and /dashboard (query.dashboard)
 
     @app.exception_handler(QueryError)
     async def _query_error(request: Request, exc: QueryError):
