@@ -22,6 +22,16 @@ One run, one machine, the same events for every system:
    duplicates) and a 1-day one (``recompute_1d_events``), into the Bigtable emulator,
    cross-checked against a polars computation: ``recompute_events_per_s``,
    ``recompute_1d_events_per_s`` (and ``recompute_300k_events_per_s`` in the full run).
+9. **HTTP** (issue 15, ``viewcounts.bench.http.measure_http``): the stats service
+   (``viewcounts serve``) under Vegeta at ``http_rate`` requests/s of mixed queries against
+   the Bigtable emulator, per-kind p50/p99 (``http_day_minute_p99_ms``,
+   ``http_30d_hour_p99_ms``, ...), ``http_errors``, and the highest stepped rate held with
+   p99 <= 50 ms and no error (``http_max_rps_p99_50ms``). Needs ``make vegeta``.
+
+Parts: ``core`` (the workload, the plain loop, the core job and the dedup state: 1., 3.), which
+``naive``, ``pyflink`` and ``scaling`` build on, then ``e2e``, ``flink_e2e``, ``flink_core``,
+``queries``, ``recompute``, ``http``. ``--parts`` runs only the parts named, ``--skip`` all
+but those named.
 
 Every system runs as a child process: its CPU seconds are its own (``os.wait4``, plus the
 JVM's CPU that the PyFlink child reports) and so is its peak RSS (``VmHWM``, reported by the
@@ -78,6 +88,11 @@ class BenchConfig:
     recompute_events: int = 30_000
     recompute_1d_events: int = 10_000
     recompute_small_events: int | None = None  # a quick figure at this size (30 days) too
+    http_rate: int = 500  # requests/s of the main attack (viewcounts.bench.http)
+    http_seconds: float = 10.0
+    http_step_rates: tuple[int, ...] = (500, 750, 1000, 1250, 1500, 2000)  # offered in order for the max rate
+    http_step_s: float = 5.0
+    http_videos: int = 20
 
 
 QUICK = BenchConfig(events=20_000, naive_events=2_000, scaling_events=5_000, e2e_rates=(2_000,), e2e_seconds=10,
@@ -85,7 +100,8 @@ QUICK = BenchConfig(events=20_000, naive_events=2_000, scaling_events=5_000, e2e
 FULL = BenchConfig(events=1_000_000, naive_events=20_000, scaling_events=200_000,
                    e2e_rates=(5_000, 10_000, 20_000, 40_000), e2e_seconds=30, query_rounds=200,
                    flink_e2e_rates=(4_000, 8_000, 16_000, 24_000), flink_e2e_seconds=20, flink_core_events=200_000,
-                   recompute_events=3_000_000, recompute_1d_events=1_000_000, recompute_small_events=300_000)
+                   recompute_events=3_000_000, recompute_1d_events=1_000_000, recompute_small_events=300_000,
+                   http_seconds=30.0, http_step_s=10.0)
 FLINK_PARALLELISMS = (1, 2)  # the end-to-end runs on Flink; the core job and PyFlink SQL run at the last
 
 
@@ -193,14 +209,57 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
+PARTS = ("core", "naive", "pyflink", "scaling", "e2e", "flink_e2e", "flink_core", "queries", "recompute", "http")
+CORE_PARTS = ("core", "naive", "pyflink", "scaling")  # on the main workload and its plain-loop reference
+CORE_KEYS = ("core_events_per_s", "loop_events_per_s", "pyflink_sql_events_per_s", "naive_beam_events_per_s",
+             "core_vs_pyflink_sql", "core_vs_naive_beam", "core_vs_loop", "mutations_per_event", "cross_check",
+             "dedup_bytes_per_id", "dedup_state_bytes_per_id", "dedup_live_ids")
+
+
 def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progress=print,
         profile_flink: bool = False) -> dict:
-    """Run every part not in ``skip`` (``naive``, ``pyflink``, ``scaling``, ``e2e``,
-    ``flink_core``, ``flink_e2e``, ``queries``, ``recompute``) and return the figures (see the
-    module doc)."""
-    bench = Bench(cfg, work)
+    """Run every part (``PARTS``) not in ``skip`` and return the figures (see the module doc).
+    Skipping ``core`` skips ``naive``, ``pyflink`` and ``scaling`` too; the keys of a part not
+    run are None."""
     started = time.monotonic()
+    bench = Bench(cfg, work)
     res: dict = {"config": asdict(cfg)}
+    res.update(dict.fromkeys(CORE_KEYS))
+    if "core" not in skip:
+        res.update(core_and_peers(bench, skip, progress))
+    res.update(dict.fromkeys(("e2e_sustained_events_per_s", "freshness_p50_s", "freshness_p99_s")))
+    if "e2e" not in skip:
+        res.update(end_to_end(cfg, work, progress))
+    res.update(dict.fromkeys(FLINK_KEYS))
+    if "flink_e2e" not in skip:
+        res.update(flink_end_to_end(cfg, work, progress, profile=profile_flink))
+    if "flink_core" not in skip:
+        try:
+            res.update(flink_core(bench, progress, with_pyflink="pyflink" not in skip))
+        except RuntimeError as exc:  # a failed child: reported, its figures stay None
+            res["flink_core_error"] = str(exc)[-2000:]
+            progress(f"the core job on Flink failed: {str(exc)[:300]}")
+    res.update(dict.fromkeys(("query_day_minute_p99_ms", "query_30d_hour_p99_ms")))
+    if "queries" not in skip:
+        from viewcounts.bench import queries
+
+        res.update({k: round(v, 2) if isinstance(v, float) else v
+                    for k, v in queries.measure_queries(cfg.query_rounds).items()})
+    res.update(dict.fromkeys(RECOMPUTE_KEYS))
+    if "recompute" not in skip:
+        res.update(recompute(cfg, work, progress))
+    res.update(dict.fromkeys(HTTP_KEYS))
+    if "http" not in skip:
+        res.update(http(cfg, progress))
+    res["bench_seconds"] = round(time.monotonic() - started, 1)
+    return res
+
+
+def core_and_peers(bench: Bench, skip: frozenset[str], progress) -> dict:
+    """The core job and the plain loop on the main workload, the peers not in ``skip``
+    (``pyflink``, ``naive``), the dedup state and the ``scaling`` rows (module doc, 1.-4.)."""
+    cfg = bench.cfg
+    res: dict = {}
     main = bench.workload()
     progress(f"workload: {main.folder.name}")
     loop, reference = bench.loop(main)
@@ -231,29 +290,23 @@ def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progre
     progress(f"dedup state {res['dedup_bytes_per_id']:.0f} bytes per live id")
     if "scaling" not in skip:
         res["scaling"] = scaling(bench, progress)
-    res.update(dict.fromkeys(("e2e_sustained_events_per_s", "freshness_p50_s", "freshness_p99_s")))
-    if "e2e" not in skip:
-        res.update(end_to_end(cfg, work, progress))
-    res.update(dict.fromkeys(FLINK_KEYS))
-    if "flink_e2e" not in skip:
-        res.update(flink_end_to_end(cfg, work, progress, profile=profile_flink))
-    if "flink_core" not in skip:
-        try:
-            res.update(flink_core(bench, progress, with_pyflink="pyflink" not in skip))
-        except RuntimeError as exc:  # a failed child: reported, its figures stay None
-            res["flink_core_error"] = str(exc)[-2000:]
-            progress(f"the core job on Flink failed: {str(exc)[:300]}")
-    res.update(dict.fromkeys(("query_day_minute_p99_ms", "query_30d_hour_p99_ms")))
-    if "queries" not in skip:
-        from viewcounts.bench import queries
-
-        res.update({k: round(v, 2) if isinstance(v, float) else v
-                    for k, v in queries.measure_queries(cfg.query_rounds).items()})
-    res.update(dict.fromkeys(RECOMPUTE_KEYS))
-    if "recompute" not in skip:
-        res.update(recompute(cfg, work, progress))
-    res["bench_seconds"] = round(time.monotonic() - started, 1)
     return res
+
+
+HTTP_KEYS = ("http_day_minute_p99_ms", "http_30d_hour_p99_ms", "http_errors",
+             "http_max_rps_p99_50ms")
+
+
+def http(cfg: BenchConfig, progress) -> dict:
+    """The HTTP part (module doc, 9.): ``measure_http`` at ``cfg.http_*``, milliseconds and
+    shares rounded to 0.01. Raises ``RuntimeError`` without ``build/bin/vegeta``."""
+    from viewcounts.bench.http import measure_http
+
+    out = measure_http(cfg.http_rate, cfg.http_seconds, cfg.http_videos, cfg.http_step_rates, cfg.http_step_s)
+    progress(f"HTTP at {out['http_offered_rps']:,} requests/s: one-day minute p99 {out['http_day_minute_p99_ms']:.1f} ms, "
+             f"30-day hour p99 {out['http_30d_hour_p99_ms']:.1f} ms, {out['http_errors']} errors; held with "
+             f"p99 <= 50 ms: {out['http_max_rps_p99_50ms']:,} requests/s")
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
 
 
 RECOMPUTE_KEYS = ("recompute_events_per_s", "recompute_1d_events_per_s", "recompute_300k_events_per_s",
@@ -392,14 +445,15 @@ def flink_end_to_end(cfg: BenchConfig, work: Path, progress, profile: bool = Fal
 def print_table(res: dict, console) -> None:
     from rich.table import Table
 
-    t = Table(title="viewcounts bench: same events, same machine")
-    for col in ("system", "events", "events/s", "vs core", "CPU s / M events", "peak RSS MB"):
-        t.add_column(col, justify="right")
-    core = res["core_events_per_s"]
-    for name, f in res["systems"].items():
-        t.add_row(name, f"{f['events']:,}", f"{f['events_per_s']:,}", f"{core / f['events_per_s']:.2f}x",
-                  f"{f['cpu_s_per_million']:,}", "-" if f["peak_rss_mb"] is None else f"{f['peak_rss_mb']:,}")
-    console.print(t)
+    if res.get("systems"):
+        t = Table(title="viewcounts bench: same events, same machine")
+        for col in ("system", "events", "events/s", "vs core", "CPU s / M events", "peak RSS MB"):
+            t.add_column(col, justify="right")
+        core = res["core_events_per_s"]
+        for name, f in res["systems"].items():
+            t.add_row(name, f"{f['events']:,}", f"{f['events_per_s']:,}", f"{core / f['events_per_s']:.2f}x",
+                      f"{f['cpu_s_per_million']:,}", "-" if f["peak_rss_mb"] is None else f"{f['peak_rss_mb']:,}")
+        console.print(t)
     if res.get("scaling"):
         s = Table(title="scaling (core job vs plain loop)")
         for col in ("videos", "events/msg", "dup rate", "core events/s", "loop events/s", "core/loop",
@@ -410,10 +464,19 @@ def print_table(res: dict, console) -> None:
                       f"{r['core_events_per_s']:,}", f"{r['loop_events_per_s']:,}", str(r["core_vs_loop"]),
                       str(r["mutations_per_event"]))
         console.print(s)
+    if res.get("http_kinds"):
+        h = Table(title=f"stats service over HTTP at {res['http_offered_rps']:,} requests/s "
+                  f"(answered {res['http_achieved_rps']:,.0f}/s, {res['http_errors']} errors)")
+        for col in ("query kind", "share", "requests", "p50 ms", "p99 ms", "target p99 ms"):
+            h.add_column(col, justify="right")
+        for kind, k in res["http_kinds"].items():
+            h.add_row(kind, f"{k['share']:.0%}", f"{k['requests']:,}", f"{k['p50_ms']:.1f}", f"{k['p99_ms']:.1f}",
+                      "-" if k["target_p99_ms"] is None else f"{k['target_p99_ms']:g}")
+        console.print(h)
     keys = ("core_vs_pyflink_sql", "core_vs_naive_beam", "core_vs_loop", "dedup_bytes_per_id",
             "dedup_state_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p50_s",
             "freshness_p99_s", *FLINK_KEYS, "query_day_minute_p99_ms", "query_30d_hour_p99_ms", *RECOMPUTE_KEYS,
-            "bench_seconds")
+            *HTTP_KEYS, "bench_seconds")
     f = Table(title="figures")
     f.add_column("figure")
     f.add_column("value", justify="right")
@@ -433,7 +496,11 @@ def bench_main(args) -> int:
         logging.getLogger("viewcounts").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=FutureWarning)  # the Google clients' grpcio notices
     cfg = QUICK if args.quick else FULL
-    skip = frozenset(s for part in args.skip for s in part.split(",") if s)
+    try:
+        skip = parts_skipped(args.parts, args.skip)
+    except ValueError as exc:
+        console.print(str(exc))
+        return 2
     res = run(cfg, Path(args.work), skip, progress=lambda msg: console.log(msg), profile_flink=args.profile_flink)
     print_table(res, console)
     Path(args.json).write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
@@ -441,13 +508,28 @@ def bench_main(args) -> int:
     return 0
 
 
+def parts_skipped(parts: list[str], skip: list[str]) -> frozenset[str]:
+    """The parts not to run, from ``--parts`` and ``--skip`` (each a list of comma-separated
+    names): with ``parts``, every part not named there (but ``core`` when ``naive``,
+    ``pyflink`` or ``scaling`` is named: they build on it); plus ``skip``. Raises
+    ``ValueError`` naming an unknown part."""
+    run, left_out = ({s for item in given for s in item.split(",") if s} for given in (parts, skip))
+    unknown = sorted((run | left_out) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown bench part(s): {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
+    if run & set(CORE_PARTS):
+        run.add("core")
+    return frozenset((set(PARTS) - run if run else set()) | left_out)
+
+
 def add_bench_args(p) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes (a few minutes; what CI runs)")
     p.add_argument("--json", required=True, help="write the figures to this JSON file")
     p.add_argument("--work", default=str(ROOT / "build" / "bench"), help="workloads, outputs and child logs")
-    p.add_argument("--skip", action="append", default=[],
-                   help="parts to leave out, comma-separated: naive, pyflink, scaling, e2e, flink_core, "
-                   "flink_e2e, queries, recompute")
+    p.add_argument("--parts", action="append", default=[],
+                   help=f"run only these parts, comma-separated: {', '.join(PARTS)} (core: the core job, which "
+                   "naive, pyflink and scaling build on)")
+    p.add_argument("--skip", action="append", default=[], help="parts to leave out, comma-separated (as --parts)")
     p.add_argument("--profile-flink", action="store_true",
                    help="py-spy profiles of the Python workers in the end-to-end runs on Flink at parallelism 2 "
                    "(needs py-spy: $PY_SPY or on PATH; sampling costs a little CPU)")
