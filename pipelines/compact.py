@@ -68,7 +68,8 @@ DEFAULT_ALLOWED_LATENESS_S = 600  # the streaming job's default (pipelines.optio
 @dataclass(frozen=True)
 class HourResult:
     """What compacting one hour did: ``files_merged`` raw files read (0: part up to date),
-    ``lines_read`` events in them, ``bad_lines`` lines that were no valid event (skipped),
+    ``lines_read`` lines in them, ``bad_lines`` lines (or items of an array line) that were no
+    valid event (skipped),
     ``rows`` distinct events in the part afterwards."""
 
     hour: str
@@ -130,14 +131,14 @@ def compact_hour(parquet_root: str, hour_s: int, files: list[str],
         written_ms = parse_file_path(path).written_ms
         for n, line in _read_lines(path):
             lines += 1
-            bad += not rows.add_line(line, (written_ms, name, n))
+            bad += rows.add_line(line, (written_ms, name, n))
     table = rows.table()
     if compacted:
         table = pa.concat_tables([read_part(part), table])
     table = with_sources(first_in_archive_order(table), [*done, *(name for _, name in new)])
     _replace(parquet_root, part, table)
     if bad:
-        _LOG.warning("hour %s: %d archived lines were no valid event and were skipped", label, bad)
+        _LOG.warning("hour %s: %d archived lines (or array items) were no valid event and were skipped", label, bad)
     return HourResult(label, len(new), lines, bad, table.num_rows)
 
 

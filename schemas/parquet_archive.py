@@ -122,19 +122,25 @@ class RowBuilder:
         c["source_file"].append(key[1])
         c["line"].append(key[2])
 
-    def add_line(self, line: bytes, key: OrderKey) -> bool:
-        """Add one archived line (an event object); False, adding nothing, for a line that is
-        not a valid event (the archive holds only valid ones: a damaged file)."""
+    def add_line(self, line: bytes, key: OrderKey) -> int:
+        """Add one archived line: an event object, or a JSON array of them (a batch line, each
+        item judged on its own and added under the line's ``key``, as the recompute reads it:
+        ``transforms.batch_count``). Returns how many items were no valid event (a line that is
+        not JSON counts as one), adding nothing for them (the archive holds only valid ones: a
+        damaged file)."""
         try:
-            obj = _loads(line)
+            doc = _loads(line)
         except ValueError:  # UnicodeDecodeError and the nesting limit included
-            return False
-        event = validate_object(obj, line)
-        if type(event) is not Event:
-            return False
-        extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
-        self.add(event, _dumps(extra, MAX_NESTING) if extra else b"{}", key)
-        return True
+            return 1
+        bad = 0
+        for obj in doc if type(doc) is list else [doc]:
+            event = validate_object(obj, line)
+            if type(event) is not Event:
+                bad += 1
+                continue
+            extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
+            self.add(event, _dumps(extra, MAX_NESTING) if extra else b"{}", key)
+        return bad
 
     def __len__(self) -> int:
         return len(self._cols["event_id"])
