@@ -1,8 +1,17 @@
-"""infra/terraform checked offline: the names the pipeline uses exist there and vice versa."""
+"""infra/terraform checked offline: the names the pipeline uses exist there and vice versa; the
+stats service's account reads Bigtable and nothing more, and its Cloud Run service runs the image
+of infra/service/Dockerfile with the settings that image's command reads (the command itself
+run here, from the checkout, against the Bigtable emulator)."""
+import argparse
 import glob
+import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import hcl2
 import pytest
@@ -10,11 +19,14 @@ import pytest
 from pipelines.options import DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DEFAULT_TOPIC
 from schemas import storage
 from schemas.parquet_archive import STAGING_FOLDER, hour_partition
+from query import dashboard
+from query.service import add_serve_args
 from tests.conftest import REPO
 from viewcounts import provision
 from viewcounts.demo import DEAD_LETTER_SUBSCRIPTION
 
 TF_DIR = os.path.join(REPO, "infra", "terraform")
+SERVICE_DOCKERFILE = os.path.join(REPO, "infra", "service", "Dockerfile")
 
 
 def _unquote(v):
@@ -124,10 +136,162 @@ def test_bigquery_external_table_reads_the_parquet_layout_compaction_writes(tf):
 
 def test_outputs_name_the_pipeline_flags(tf):
     assert set(tf["output"]) == {"input_subscription", "dead_letter_topic", "archive_path", "parquet_path",
-                                 "bigquery_events_table", "bigtable"}
+                                 "bigquery_events_table", "bigtable", "stats_service_url"}
 
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="no terraform binary on this machine")
 def test_terraform_fmt_check():
     r = subprocess.run(["terraform", "fmt", "-check", "-diff", TF_DIR], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+STATS_SA = "google_service_account.stats_service"
+
+
+def _grants(tf):
+    """``(resource type, body)`` of every resource that names a ``member``."""
+    return [(rtype, body) for rtype, rs in tf["resource"].items() for body in rs.values() if "member" in body]
+
+
+def test_stats_service_account_only_reads_the_bigtable_instance(tf):
+    assert STATS_SA.split(".")[1] in tf["resource"]["google_service_account"]
+    grants = [(rtype, body) for rtype, body in _grants(tf) if STATS_SA in body["member"]]
+    # one grant, read-only, on the instance of the aggregates: no project-wide role
+    assert [(rtype, body["role"]) for rtype, body in grants] == [("google_bigtable_instance_iam_member",
+                                                                   "roles/bigtable.reader")]
+    assert grants[0][1]["instance"] == "${google_bigtable_instance.counts.name}"
+    assert grants[0][1]["member"] == f"serviceAccount:${{{STATS_SA}.email}}"
+    # nothing grants roles on the whole project, to this account or any other
+    assert not [rtype for rtype in tf["resource"] if rtype.startswith("google_project_iam")]
+
+
+def _container(tf) -> dict:
+    [template] = tf["resource"]["google_cloud_run_v2_service"]["stats"]["template"]
+    [container] = template["containers"]
+    return container
+
+
+def test_cloud_run_service_runs_as_the_reader_with_bounded_scaling(tf):
+    service = tf["resource"]["google_cloud_run_v2_service"]["stats"]
+    [template] = service["template"]
+    assert template["service_account"] == f"${{{STATS_SA}.email}}"
+    assert "${google_bigtable_instance_iam_member.stats_service_reader}" in service["depends_on"]
+    [scaling] = template["scaling"]
+    assert scaling == {"min_instance_count": "${var.service_min_instances}",
+                       "max_instance_count": "${var.service_max_instances}"}
+    lo, hi = (tf["variable"][f"service_{k}_instances"]["default"] for k in ("min", "max"))
+    assert 0 <= lo <= hi
+    assert _container(tf)["image"] == "${var.service_image}" and "default" not in tf["variable"]["service_image"]
+    # not public unless someone lists allUsers
+    assert tf["variable"]["service_invokers"]["default"] == []
+    assert tf["output"]["stats_service_url"]["value"] == "${google_cloud_run_v2_service.stats.uri}"
+
+
+def test_cloud_run_env_names_the_bigtable_the_pipeline_writes(tf):
+    env = {e["name"]: e["value"] for e in _container(tf)["env"]}
+    assert env == {"BIGTABLE_PROJECT": "${var.project}", "BIGTABLE_INSTANCE": "${google_bigtable_instance.counts.name}",
+                   "BIGTABLE_TABLE": "${google_bigtable_table.aggregates.name}"}
+
+
+def _dockerfile(path: str) -> list[tuple[str, str]]:
+    """``(instruction, rest of the line)`` of each instruction (no continuation lines)."""
+    with open(path) as f:
+        lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    assert not any(line.endswith("\\") for line in lines)
+    return [tuple(line.split(None, 1)) for line in lines]
+
+
+def _stages(path: str) -> list[list[tuple[str, str]]]:
+    stages = []
+    for op, rest in _dockerfile(path):
+        if op == "FROM":
+            stages.append([])
+        stages[-1].append((op, rest))
+    return stages
+
+
+def _service_cmd() -> tuple[list[str], dict[str, str]]:
+    """The final stage's command as an argv (``sh -c`` script split) and its ``ENV`` values."""
+    final = _stages(SERVICE_DOCKERFILE)[-1]
+    workdir = next(rest.split("=", 1)[1] for op, rest in final if op == "ARG" and rest.startswith("WORKDIR="))
+    env = dict(rest.replace("${WORKDIR}", workdir).split("=", 1) for op, rest in final if op == "ENV")
+    [cmd] = [json.loads(rest) for op, rest in final if op == "CMD"]
+    assert cmd[:2] == ["sh", "-c"]
+    return shlex.split(cmd[2]), {k: v.strip('"') for k, v in env.items()}
+
+
+def test_service_image_copies_the_code_the_lock_and_the_built_dashboard():
+    js, final = _stages(SERVICE_DOCKERFILE)
+    assert js[0][1].endswith(" AS js")
+    assert ("RUN", "npm ci --no-audit --no-fund") in js
+    js_copies = [shlex.split(rest) for op, rest in js if op == "COPY"]
+    assert js_copies == [["query/dashboard/package.json", "query/dashboard/package-lock.json", "./"]]
+    copies = [shlex.split(rest) for op, rest in final if op == "COPY"]
+    local = {src: dst for *srcs, dst in copies if not srcs[0].startswith("--from") for src in srcs}
+    assert all(os.path.exists(os.path.join(REPO, src)) for src in local), local
+    assert {"pipelines", "transforms", "schemas", "query", "viewcounts", "setup.py", "requirements.lock"} <= set(local)
+    assert ("RUN", "pip install --no-cache-dir -r requirements.lock") in final
+    [(source, target)] = [(c[1], c[2]) for c in copies if c[0] == "--from=js"]
+    _, env = _service_cmd()
+    # the served folder is where the js stage's npm ci put uPlot, at the path make js uses
+    assert source == "/build/dashboard/node_modules/uplot/dist"
+    assert env[dashboard.VENDOR_ENV] == os.path.join("/app", target)
+    assert [rest for op, rest in final if op == "USER"] == ["65532:65532"]
+
+
+def test_service_image_command_reads_what_cloud_run_sets(tf):
+    argv, env = _service_cmd()
+    assert argv[:4] == ["exec", "python", "-m", "query.service"]
+    referenced = {a[1:] for a in argv if a.startswith("$")}
+    cloud_run_env = {e["name"] for e in _container(tf)["env"]} | {"PORT"}
+    assert referenced == cloud_run_env
+    parser = argparse.ArgumentParser()
+    add_serve_args(parser)
+    # every flag is one viewcounts serve takes, each variable where a value of its kind goes
+    values = {"PORT": env["PORT"], "BIGTABLE_PROJECT": "p", "BIGTABLE_INSTANCE": "i", "BIGTABLE_TABLE": "t"}
+    args = parser.parse_args([values[a[1:]] if a.startswith("$") else a for a in argv[4:]])
+    assert (args.host, args.port, args.project, args.instance, args.table) == ("0.0.0.0", 8080, "p", "i", "t")
+    [port] = _container(tf)["ports"]
+    assert str(port["container_port"]) == env["PORT"]
+    probes = [_container(tf)[p][0]["http_get"][0]["path"] for p in ("startup_probe", "liveness_probe")]
+    assert probes == ["/healthz", "/healthz"]
+
+
+@pytest.mark.emulator
+def test_service_image_command_serves_health_and_dashboard_from_the_checkout(bigtable_host, tmp_path):
+    """The image's command, run as its ``sh -c`` script from the checkout with the variables
+    Cloud Run and Terraform set (the vendor folder pointed at this checkout's build)."""
+    import httpx
+
+    from viewcounts.emulators import free_port
+
+    table = f"svc-{os.urandom(5).hex()}"
+    provision.create_table("test-project", "test-instance", table)
+    final = _stages(SERVICE_DOCKERFILE)[-1]
+    [cmd] = [json.loads(rest) for op, rest in final if op == "CMD"]
+    port = free_port()
+    vendor = dashboard.vendor_dir() if not dashboard.missing_vendor_files() else str(tmp_path)
+    env = {**os.environ, "PORT": str(port), "BIGTABLE_PROJECT": "test-project", "BIGTABLE_INSTANCE": "test-instance",
+           "BIGTABLE_TABLE": table, dashboard.VENDOR_ENV: vendor,
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"{url}/healthz")
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.2)
+        assert health.status_code == 200 and health.json()["ok"] is True
+        page = httpx.get(f"{url}/")
+        assert page.status_code == (503 if vendor == str(tmp_path) else 200)
+        stats = httpx.get(f"{url}/v1/stats", params={"video_id": "v", "event_type": "view", "function": "count",
+                                                      "start": "2024-01-01T00:00:00Z", "end": "2024-01-01T01:00:00Z",
+                                                      "granularity": "hour"})
+        assert stats.status_code == 200 and stats.json()["series"][0]["value"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

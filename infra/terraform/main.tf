@@ -113,3 +113,81 @@ resource "google_bigquery_table" "events" {
     }
   }
 }
+
+# The stats service (`viewcounts serve`, query/service.py; image: infra/service/Dockerfile) on
+# Cloud Run, as a service account of its own that may only read the aggregates: roles/bigtable.reader
+# on the Bigtable instance, and nothing on the project.
+resource "google_service_account" "stats_service" {
+  account_id   = var.service_account_id
+  display_name = "viewcounts stats service (reads the Bigtable aggregates)"
+}
+
+resource "google_bigtable_instance_iam_member" "stats_service_reader" {
+  instance = google_bigtable_instance.counts.name
+  role     = "roles/bigtable.reader"
+  member   = "serviceAccount:${google_service_account.stats_service.email}"
+}
+
+resource "google_cloud_run_v2_service" "stats" {
+  name                = var.service_name
+  location            = var.region
+  ingress             = "INGRESS_TRAFFIC_ALL"
+  deletion_protection = false
+  template {
+    service_account                  = google_service_account.stats_service.email
+    max_instance_request_concurrency = var.service_concurrency
+    scaling {
+      min_instance_count = var.service_min_instances
+      max_instance_count = var.service_max_instances
+    }
+    containers {
+      image = var.service_image
+      ports {
+        container_port = 8080
+      }
+      env {
+        name  = "BIGTABLE_PROJECT"
+        value = var.project
+      }
+      env {
+        name  = "BIGTABLE_INSTANCE"
+        value = google_bigtable_instance.counts.name
+      }
+      env {
+        name  = "BIGTABLE_TABLE"
+        value = google_bigtable_table.aggregates.name
+      }
+      resources {
+        limits = {
+          cpu    = var.service_cpu
+          memory = var.service_memory
+        }
+        # the final-window cache and the open tails' expiry run between requests
+        cpu_idle = false
+      }
+      startup_probe {
+        http_get {
+          path = "/healthz"
+        }
+        period_seconds    = 2
+        failure_threshold = 30
+      }
+      liveness_probe {
+        http_get {
+          path = "/healthz"
+        }
+        period_seconds = 30
+      }
+    }
+  }
+  depends_on = [google_bigtable_instance_iam_member.stats_service_reader]
+}
+
+# Who may call the service (Cloud Run checks an identity token): none unless listed.
+resource "google_cloud_run_v2_service_iam_member" "stats_invokers" {
+  for_each = toset(var.service_invokers)
+  name     = google_cloud_run_v2_service.stats.name
+  location = google_cloud_run_v2_service.stats.location
+  role     = "roles/run.invoker"
+  member   = each.value
+}

@@ -30,3 +30,8 @@ output "bigtable" {
     table    = google_bigtable_table.aggregates.name
   }
 }
+
+output "stats_service_url" {
+  description = "URL of the stats service: /v1/stats, /v1/top, the dashboard at /, the API docs at /docs"
+  value       = google_cloud_run_v2_service.stats.uri
+}

@@ -107,3 +107,56 @@ variable "bigquery_require_partition_filter" {
   type        = bool
   default     = true
 }
+
+variable "service_image" {
+  description = "Image of the stats service (viewcounts serve), built from infra/service/Dockerfile and pushed to a registry Cloud Run can pull from"
+  type        = string
+}
+
+variable "service_name" {
+  description = "Cloud Run service of the stats API and dashboard"
+  type        = string
+  default     = "viewcounts-stats"
+}
+
+variable "service_account_id" {
+  description = "Service account the stats service runs as (roles/bigtable.reader on the instance, nothing else)"
+  type        = string
+  default     = "viewcounts-stats"
+}
+
+variable "service_min_instances" {
+  description = "Instances of the stats service kept warm (their final-window caches stay filled)"
+  type        = number
+  default     = 1
+}
+
+variable "service_max_instances" {
+  description = "Most instances of the stats service Cloud Run starts under load"
+  type        = number
+  default     = 10
+}
+
+variable "service_concurrency" {
+  description = "Requests one instance serves at once (one asyncio process each)"
+  type        = number
+  default     = 80
+}
+
+variable "service_cpu" {
+  description = "CPU limit of one instance of the stats service"
+  type        = string
+  default     = "1"
+}
+
+variable "service_memory" {
+  description = "Memory limit of one instance (the final-window cache takes --cache-mb of it)"
+  type        = string
+  default     = "1Gi"
+}
+
+variable "service_invokers" {
+  description = "Members given roles/run.invoker on the stats service, e.g. [\"group:analysts@example.com\"]; [\"allUsers\"] makes it public"
+  type        = list(string)
+  default     = []
+}
