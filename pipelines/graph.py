@@ -1,7 +1,8 @@
 """Wire the counting core to its side input and sinks; used by every entry point.
 
 ``count_and_store(payloads, enrich, policy, early_firing_s, sinks)`` builds
-validate -> dedup -> windows -> enrich -> Bigtable, plus the dead letters (files, and a
+validate -> dedup -> windows -> enrich -> Bigtable, the top lists of the panes
+(``transforms.top.TopEntities``) -> Bigtable, plus the dead letters (files, and a
 best-effort copy on a Pub/Sub topic: ``transforms.dead_letters``; ``SinkConfig`` refuses
 a job without a dead-letter folder), the raw archive (files,
 ``transforms.files``) and, for a streaming job with an archive, the marker of a start
@@ -18,6 +19,7 @@ from pipelines.restarts import RecordStatelessStart
 from schemas.archive import ARCHIVE_FILE_PREFIX
 from transforms.dead_letters import WriteDeadLetters
 from transforms.files import WriteJsonlByHour
+from transforms.top import TOP_LISTS_WRITTEN, TopEntities
 from transforms.validate import AcceptancePolicy
 
 
@@ -30,6 +32,15 @@ def run_from_command_line(build_pipeline) -> None:
     build_pipeline(sys.argv[1:]).run().wait_until_finish()
 
 
+def bigtable_writer(sinks: SinkConfig, written_counter: str | None = None) -> beam.ParDo:
+    """The Bigtable sink step (``transforms.bigtable_sink.WriteAggregates``) of ``sinks``;
+    ``written_counter``: its counter of cells written (default ``aggregates_written``)."""
+    return beam.ParDo(WriteAggregates(
+        sinks.bigtable_project, sinks.bigtable_instance, sinks.bigtable_table,
+        write_budget_s=sinks.bigtable_write_budget_s, attempt_timeout_s=sinks.bigtable_attempt_timeout_s,
+        **({"written_counter": written_counter} if written_counter else {})))
+
+
 def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy, early_firing_s: int | None,
                     sinks: SinkConfig, stamped_watermark: bool = False) -> dict:
     """``enrich``: ``transforms.enrich.EnrichFromSnapshots`` or ``EnrichFromFile``;
@@ -38,11 +49,11 @@ def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy,
     counted = payloads | "count events" >> CountEvents(policy, early_firing_s, stamped_watermark)
     write_failures = (counted[ROWS]
                       | "enrich" >> enrich
-                      | "write to Bigtable" >> beam.ParDo(WriteAggregates(
-                          sinks.bigtable_project, sinks.bigtable_instance, sinks.bigtable_table,
-                          write_budget_s=sinks.bigtable_write_budget_s,
-                          attempt_timeout_s=sinks.bigtable_attempt_timeout_s)))
-    dead = (counted[DEAD_LETTERS], write_failures) | "all dead letters" >> beam.Flatten()
+                      | "write to Bigtable" >> bigtable_writer(sinks))
+    top_write_failures = (counted[ROWS]
+                          | "top entities" >> TopEntities(policy.allowed_lateness_s)
+                          | "write top lists to Bigtable" >> bigtable_writer(sinks, TOP_LISTS_WRITTEN))
+    dead = (counted[DEAD_LETTERS], write_failures, top_write_failures) | "all dead letters" >> beam.Flatten()
     dead | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id)
     if sinks.archive_path:
         (counted[RAW_ARCHIVE]

@@ -225,11 +225,14 @@ class StatsReader:
         self.close()
 
     def all_cells(self):
-        """Every stored aggregate (newest cell of each column) as ``storage.StoredCell``; a full
+        """Every stored aggregate (newest cell of each column) as ``storage.StoredCell``, top-list
+        rows skipped; a full
         table scan, for reconciliation and tests, not for serving."""
         from google.cloud.bigtable.row_filters import CellsColumnLimitFilter
 
         for row in self._table.read_rows(filter_=CellsColumnLimitFilter(1)):
+            if storage.is_top_row_key(row.row_key):  # top lists (query.top), not aggregates
+                continue
             video_id, event_type, granularity, _ = storage.parse_row_key(row.row_key)
             for q, cells in sorted(row.cells.get(storage.FAMILY, {}).items()):
                 agg, title, channel = decode(row.row_key, q, cells[0].value)

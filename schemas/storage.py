@@ -37,6 +37,24 @@ never loses to a pane of the failed attempt. The base keeps cells near write tim
 age part of the GC rule. A batch recompute creates its windows when it runs, so its cells win
 over the streaming panes of windows closed before it. Re-sending the same mutation (a retry)
 rewrites the same cell: writes are idempotent overwrites.
+
+Top lists (issue 15: "the top N videos by views for this minute/hour/day", answered by one
+cell read, no scan). Row key (UTF-8)::
+
+    '#top#' <event_type> '#' <granularity letter> '#' <period>
+
+letters and periods as above for ``m`` (a UTC day of minute windows, ``YYYYMMDD``) and ``h``
+(a UTC month of hour windows, ``YYYYMM``), plus ``d``: a UTC year of day windows, period
+``YYYY`` (a day is a rollup of hours, SPEC.md section 3). An escaped ``video_id`` never starts
+with ``#`` (``#`` is escaped, and ids are 1..256 bytes), so no entity row shares a key with a
+top row, nor is one's prefix (``is_top_row_key``). Column family ``a``, qualifier the window
+start as for aggregates. Value: compact JSON ``[[video_id, count], ...]``, at most ``TOP_K``
+pairs, ranked by ``count`` descending then ``video_id`` ascending (``top_rank``). Cell
+timestamp: ``cell_timestamp_us(window base ms, sum of the list's counts)``, the base kept in
+the pipeline's state as for aggregates: counts only grow, so a later list of a window has a
+sum at least as large, and lists with equal sums hold the same count at every rank (they can
+differ only in which of equally counted videos they name). A batch recompute's base is its
+wall clock, so its lists win over streaming lists of windows closed before it.
 """
 from __future__ import annotations
 
@@ -220,3 +238,68 @@ def cell_timestamp_us(window_base_ms: int, count: int) -> int:
     base (``wall_clock_ms`` when its state was created) plus the pane's ``count``. Bigtable
     timestamps are int64 µs: any count below 9e15 minus the base fits."""
     return (window_base_ms + count) * 1000
+
+
+TOP_K = 100  # entries kept in a top list (``get_top`` answers n <= TOP_K)
+TOP_GRANULARITY_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+TOP_ROW_PREFIX = b"#top#"
+_TOP_LETTER = {"minute": "m", "hour": "h", "day": "d"}
+_TOP_PERIOD_FORMAT = {"minute": "%Y%m%d", "hour": "%Y%m", "day": "%Y"}
+
+
+def top_rank(item: tuple[str, int]) -> tuple[int, str]:
+    """Sort key of a ``(video_id, count)`` pair in a top list: higher counts first, then ids ascending."""
+    return -item[1], item[0]
+
+
+def top_row_key(event_type: str, granularity: str, window_start_s: int) -> bytes:
+    """The row holding the top lists of ``granularity`` ('minute'/'hour'/'day') windows of
+    ``event_type`` around ``window_start_s`` (module docstring). Raises ``KeyError`` for a bad
+    granularity."""
+    period = dt.datetime.fromtimestamp(window_start_s, dt.timezone.utc).strftime(_TOP_PERIOD_FORMAT[granularity])
+    return f"#top#{event_type}#{_TOP_LETTER[granularity]}#{period}".encode("utf-8")
+
+
+def is_top_row_key(key: bytes) -> bool:
+    """True for a top-list row, False for an entity's aggregate row."""
+    return key.startswith(TOP_ROW_PREFIX)
+
+
+def _top_problem(items) -> str | None:
+    if not isinstance(items, (list, tuple)) or len(items) > TOP_K:
+        return f"a top list is a list of at most {TOP_K} pairs, got {_short(items)}"
+    for item in items:
+        if (not isinstance(item, (list, tuple)) or len(item) != 2 or type(item[0]) is not str
+                or type(item[1]) is not int or item[1] < 1):
+            return f"a top list entry is [video_id, count >= 1], got {_short(item)}"
+    if len({v for v, _ in items}) != len(items):
+        return "a top list names a video twice"
+    if list(items) != sorted(items, key=top_rank):
+        return "a top list must be ranked by count descending, then video_id ascending"
+    return None
+
+
+def encode_top(items) -> bytes:
+    """The cell value of a top list: ``items`` ``[(video_id, count), ...]`` ranked by ``top_rank``,
+    at most ``TOP_K``, counts >= 1, each video once. Raises ``CellError`` otherwise (or for an id
+    that cannot be UTF-8)."""
+    problem = _top_problem(items)
+    if problem is not None:
+        raise CellError(f"refusing to store a top list: {problem}")
+    try:
+        return orjson.dumps([[v, c] for v, c in items])
+    except orjson.JSONEncodeError as exc:
+        raise CellError(f"refusing to store a top list: {exc}") from None
+
+
+def decode_top(value: bytes) -> list[tuple[str, int]]:
+    """The ``[(video_id, count), ...]`` of a top cell; raises ``CellError``, and no other
+    exception, for bytes ``encode_top`` does not write."""
+    try:
+        items = orjson.loads(value)
+    except ValueError as exc:
+        raise CellError(f"not a stored top list: {type(exc).__name__}: {str(exc)[:200]}") from None
+    problem = _top_problem(items)
+    if problem is not None:
+        raise CellError(f"not a stored top list: {problem}")
+    return [(v, c) for v, c in items]

@@ -1,8 +1,9 @@
 """Write enriched aggregates to Bigtable as idempotent overwrites (layout: schemas/storage.py).
 
-Input: ``list[EnrichedRow]`` (the rows of one firing). Each pane becomes one ``SetCell`` with
-an explicit millisecond timestamp (the pane's ``cell_timestamp_us``) in the row of its
-window's period. Cells for the same row are grouped into one row mutation; one ``MutateRows``
+Input: ``list[EnrichedRow]`` (the rows of one firing), or ``list[transforms.top.TopRow]`` (top
+lists, issue 15; any mix: ``cell_of`` addresses and encodes either). Each pane becomes one
+``SetCell`` with an explicit millisecond timestamp (the pane's ``cell_timestamp_us``) in the
+row of its window's period. Cells for the same row are grouped into one row mutation; one ``MutateRows``
 request carries at most ``max_mutations_per_request`` cells (Bigtable's limit is 100,000).
 
 Write budget (SPEC.md section 4: no input and no outage stalls the job for ever). Each bundle
@@ -57,11 +58,35 @@ from schemas.archive import DeadLetter
 from schemas.event import WRITE_FAILED
 from transforms import metrics
 from transforms.enrich import EnrichedRow
+from transforms.top import TopRow
 
 _LOG = logging.getLogger(__name__)
 
 
-def row_to_json(e: EnrichedRow) -> bytes:
+def cell_of(e) -> tuple[bytes, bytes]:
+    """``(row key, qualifier)`` of an ``EnrichedRow`` or a ``TopRow``."""
+    if isinstance(e, TopRow):
+        return storage.top_row_key(e.event_type, e.granularity, e.window_start_s), storage.qualifier(e.window_start_s)
+    r = e.row
+    return storage.row_key(r.video_id, r.event_type, r.granularity, r.window_start_s), storage.qualifier(r.window_start_s)
+
+
+def cell_timestamp_of(e) -> int:
+    """The cell timestamp (µs) of an ``EnrichedRow`` or a ``TopRow``."""
+    return e.cell_timestamp_us if isinstance(e, TopRow) else e.row.cell_timestamp_us
+
+
+def cell_value(e) -> bytes:
+    """The cell value of an ``EnrichedRow`` or a ``TopRow``; raises ``storage.CellError``."""
+    if isinstance(e, TopRow):
+        return storage.encode_top(e.items)
+    return storage.encode_cell(e.row.aggregate, e.title, e.channel)
+
+
+def row_to_json(e) -> bytes:
+    """An ``EnrichedRow`` or a ``TopRow`` (``"top": true``) as the JSON of a ``write_failed`` dead letter."""
+    if isinstance(e, TopRow):
+        return orjson.dumps({"top": True, **e._asdict()})
     r = e.row
     a = r.aggregate
     return orjson.dumps({
@@ -71,12 +96,15 @@ def row_to_json(e: EnrichedRow) -> bytes:
         "sum": a.sum, "min": a.min, "max": a.max, "title": e.title, "channel": e.channel})
 
 
-def row_from_json(payload: bytes) -> EnrichedRow:
+def row_from_json(payload: bytes):
     """The inverse of ``row_to_json``: a ``write_failed`` dead letter back into a row to write
     (with its original cell timestamp, so a redrive never overwrites a newer pane)."""
     from transforms.aggregate import AggregateRow
 
     d = orjson.loads(payload)
+    if d.get("top"):
+        return TopRow(d["event_type"], d["granularity"], d["window_start_s"],
+                      tuple((v, c) for v, c in d["items"]), d["cell_timestamp_us"])
     agg = storage.Aggregate(d["count"], d["value_count"], d["sum"], d["min"], d["max"])
     return EnrichedRow(AggregateRow(d["video_id"], d["event_type"], d["granularity"], d["window_start_s"], agg,
                                     d["pane_index"], d["cell_timestamp_us"]), d["title"], d["channel"])
@@ -95,10 +123,13 @@ _MutateRowsRequest = _bigtable_types.MutateRowsRequest.pb()
 
 
 class WriteAggregates(beam.DoFn):
-    """``write_budget_s``, ``attempt_timeout_s``: the write budget (module docstring), seconds > 0."""
+    """``write_budget_s``, ``attempt_timeout_s``: the write budget (module docstring), seconds > 0;
+    ``written_counter``: the counter of cells written (``aggregates_written``; the top lists'
+    step counts ``transforms.top.TOP_LISTS_WRITTEN``)."""
 
     def __init__(self, project: str, instance: str, table: str, max_mutations_per_request: int = 10_000,
-                 write_budget_s: float = WRITE_BUDGET_S, attempt_timeout_s: float = ATTEMPT_TIMEOUT_S) -> None:
+                 write_budget_s: float = WRITE_BUDGET_S, attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+                 written_counter: str = metrics.AGGREGATES_WRITTEN) -> None:
         if not 1 <= max_mutations_per_request <= storage.MAX_MUTATIONS_PER_REQUEST:
             raise ValueError(f"max_mutations_per_request must be 1..{storage.MAX_MUTATIONS_PER_REQUEST}")
         if not (write_budget_s > 0 and attempt_timeout_s > 0):
@@ -106,6 +137,7 @@ class WriteAggregates(beam.DoFn):
         self._project, self._instance, self._table = project, instance, table
         self._max_mutations = max_mutations_per_request
         self._budget_s, self._attempt_timeout_s = write_budget_s, attempt_timeout_s
+        self._written_counter = written_counter
 
     def setup(self) -> None:
         self._client = self._bt_table = None
@@ -114,22 +146,20 @@ class WriteAggregates(beam.DoFn):
         except Exception as exc:  # noqa: BLE001 -- e.g. credentials not yet readable: the first write tries again
             _LOG.warning("no Bigtable client yet: %s", exc)
         self._last_attempt_ok = True  # the previous attempt wrote every cell it sent (see _write)
-        self._written = metrics.counter(metrics.AGGREGATES_WRITTEN)
+        self._written = metrics.counter(self._written_counter)
         self._failures = metrics.counter(metrics.WRITE_FAILURES)
         self._dead = metrics.DeadLetterCounters()
 
     def start_bundle(self) -> None:
-        self._pending: dict[tuple[bytes, bytes], EnrichedRow] = {}
+        self._pending: dict[tuple[bytes, bytes], EnrichedRow | TopRow] = {}
         self._deadline: float | None = None  # the bundle's write budget ends: set by its first flush
 
-    def process(self, batch: list[EnrichedRow]):
+    def process(self, batch: list):
         pending = self._pending
         for e in batch:
-            r = e.row
-            cell = (storage.row_key(r.video_id, r.event_type, r.granularity, r.window_start_s),
-                    storage.qualifier(r.window_start_s))
+            cell = cell_of(e)
             old = pending.get(cell)
-            if old is None or old.row.cell_timestamp_us < r.cell_timestamp_us:
+            if old is None or cell_timestamp_of(old) <= cell_timestamp_of(e):  # a tie: the later pane
                 pending[cell] = e
         if len(pending) >= self._max_mutations:
             for dead in self._flush():
@@ -222,8 +252,7 @@ class WriteAggregates(beam.DoFn):
         sent: list[bytes] = []  # entry index -> row key
         for key, qualified in by_key.items():
             try:
-                values = [(q, storage.encode_cell(e.row.aggregate, e.title, e.channel), e.row.cell_timestamp_us)
-                          for q, e in qualified]
+                values = [(q, cell_value(e), cell_timestamp_of(e)) for q, e in qualified]
                 mutations = entries.add(row_key=key).mutations
                 try:
                     for q, value, ts in values:  # field by field: the cheapest way to fill upb messages

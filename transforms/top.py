@@ -1,0 +1,316 @@
+"""Top entities (issue 15): per (event type, window) of each granularity (``minute``, ``hour``
+and the ``day`` rollup of hours), the ``storage.TOP_K`` videos with the highest ``count``,
+ties broken by ``video_id`` ascending (``storage.top_rank``); stored as one cell per window
+(``schemas.storage`` top rows) and read by ``query.top.get_top``.
+
+Streaming (``TopEntities``: ``PCollection[list[AggregateRow]]``, the panes of
+``CountEvents``' ``rows`` -> ``PCollection[list[TopRow]]``), exact with bounded state:
+
+1. ``ShardTop``, keyed by ``(event_type, granularity, window_start_s, shard)`` with ``shard =
+   validate.shard_of(video_id, shards)``: keeps the shard's top K (``BoundedTop``) and emits
+   ``(shard, seq, items)`` when it changes (``seq`` counts the shard's lists, from state).
+   Exact: every pane carries a window's *accumulated* count, which only grows, so a video
+   outside the kept K has a count no higher (in ``top_rank`` order) than the K-th kept, the
+   K-th only rises, and any later change to that video arrives with its full new count.
+2. ``MergeTop``, keyed by ``(event_type, granularity, window_start_s)``: keeps each shard's
+   newest list (highest ``seq``: robust to lists arriving out of order) and emits the top K of
+   their union as a ``TopRow`` when it changes. A global top-K member is in its shard's top K,
+   so the union holds it.
+3. ``DayCounts``, keyed by ``(event_type, video_id, day_start_s)``: keeps that video's newest
+   (largest) hour counts of the day (at most 24) and emits the day count (their sum) when it
+   grows, into stage 1 as granularity ``day``.
+
+Cell order (``schemas.storage``): ``MergeTop`` keeps a base (wall clock ms when the window's
+state was created) and stamps each list ``cell_timestamp_us(base, sum of its counts)``; later
+lists never sort before earlier ones, whatever worker fires them.
+
+State cleanup: every stage clears a key's state ``CLEANUP_GRACE_S`` of processing time after
+an event-time timer at ``window_start + 2 * window + allowed_lateness +
+WINDOW_LATENESS_MARGIN_S`` fires (``drop_at_s``; as ``transforms.aggregate.FirePanes`` drops a
+window; a day's stages use the day's size). No pane of a window is made after that drop time:
+a late pane is fired by an event accepted within the allowed lateness of the watermark. The
+grace is for runners that do not hold the watermark for the output of timers (Beam's Python
+DirectRunner): there, one watermark jump fires ``FirePanes``' on-time panes and these stages'
+drop timers together, and a pane arriving after its window's state was cleared would start a
+new list holding only itself, with a newer base that wins (measured: ``tests/test_top_streaming.py``
+failed so without the grace).
+
+Batch (``TopFromRows``: the recompute's ``list[EnrichedRow]`` per entity -> ``list[TopRow]``)
+ranks the final aggregates with Beam's ``combiners.Top.PerKey``; day lists only for days whose
+24 hours are all recomputed.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, List, NamedTuple, Tuple
+
+import apache_beam as beam
+import orjson
+from apache_beam.coders import BytesCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
+
+from schemas.storage import TOP_GRANULARITY_SECONDS, TOP_K, cell_timestamp_us, top_rank, wall_clock_ms
+from transforms.aggregate import WINDOW_LATENESS_MARGIN_S
+from transforms.validate import shard_of
+
+TOP_SHARDS = 16  # shards of stage 1 (parallelism of the per-window ranking)
+CLEANUP_GRACE_S = 60  # processing time between a window's drop time and its state's clearing
+TOP_LISTS_WRITTEN = "top_lists_written"  # counter of the sink step writing top lists
+_DAY_S = TOP_GRANULARITY_SECONDS["day"]
+_Offers = List[Tuple[str, int]]  # [(video_id, count), ...] or [(hour_start_s, count), ...]
+_WindowShard = Tuple[str, str, int, int]  # (event_type, granularity, window_start_s, shard)
+_VideoDay = Tuple[str, str, int]  # (event_type, video_id, day_start_s)
+_Window = Tuple[str, str, int]  # (event_type, granularity, window_start_s)
+
+
+class TopRow(NamedTuple):
+    """One top list to store: ``items`` ``((video_id, count), ...)`` ranked by ``top_rank``, at
+    most ``TOP_K``; ``cell_timestamp_us`` as in the module docstring."""
+
+    event_type: str
+    granularity: str
+    window_start_s: int
+    items: tuple
+    cell_timestamp_us: int
+
+
+class BoundedTop:
+    """The top ``k`` (``top_rank``) of ``(video_id, count)`` offers where each video's newest
+    count is its largest: ``offer`` keeps a video's largest count, drops the lowest ranked past
+    ``k`` entries, and says whether the kept entries changed."""
+
+    def __init__(self, k: int, items=()) -> None:
+        self.k = k
+        self.counts: dict[str, int] = dict(items)
+        self._worst: tuple[str, int] | None = None
+
+    def offer(self, video_id: str, count: int) -> bool:
+        counts = self.counts
+        old = counts.get(video_id)
+        if old is not None:
+            if count <= old:
+                return False
+            counts[video_id] = count
+            self._worst = None
+            return True
+        if len(counts) >= self.k:
+            if self._worst is None:
+                self._worst = max(counts.items(), key=top_rank)
+            if top_rank((video_id, count)) >= top_rank(self._worst):
+                return False
+            del counts[self._worst[0]]
+        counts[video_id] = count
+        self._worst = None
+        return True
+
+    def items(self) -> tuple:
+        """The kept entries ranked by ``top_rank``."""
+        return tuple(sorted(self.counts.items(), key=top_rank))
+
+
+def top_of(counts, k: int = TOP_K) -> tuple:
+    """The first ``k`` of ``(video_id, count)`` pairs (each video once) ranked by ``top_rank``."""
+    return tuple(sorted(counts, key=top_rank)[:k])
+
+
+def drop_at_s(granularity: str, window_start_s: int, allowed_lateness_s: int) -> int:
+    """When a stage's state of a window is cleared (module docstring), epoch seconds."""
+    return window_start_s + 2 * TOP_GRANULARITY_SECONDS[granularity] + allowed_lateness_s + WINDOW_LATENESS_MARGIN_S
+
+
+def window_offers(rows, shards: int):
+    """``list[AggregateRow]`` -> ``((event_type, granularity, window_start_s, shard), [(video_id,
+    count), ...])`` per stage-1 key of the rows."""
+    by_key: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        by_key[(r.event_type, r.granularity, r.window_start_s, shard_of(r.video_id, shards))].append(
+            (r.video_id, r.aggregate.count))
+    return by_key.items()
+
+
+def day_hours(rows):
+    """``list[AggregateRow]`` -> ``((event_type, video_id, day_start_s), [(hour_start_s, count),
+    ...])`` per video and day of the hour rows."""
+    by_day: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        if r.granularity == "hour":
+            by_day[(r.event_type, r.video_id, r.window_start_s - r.window_start_s % _DAY_S)].append(
+                (r.window_start_s, r.aggregate.count))
+    return by_day.items()
+
+
+class _Cleared(beam.DoFn):
+    """A stateful stage with one state, ``STATE`` (JSON bytes), cleared ``CLEANUP_GRACE_S`` of
+    processing time after the watermark passes ``drop_at_s`` (module docstring). Each subclass
+    declares its own specs (Beam binds one callback per spec) and calls ``_callbacks``."""
+
+    def __init__(self, allowed_lateness_s: int, k: int = TOP_K) -> None:
+        self._lateness_s, self._k = allowed_lateness_s, k
+
+    def _arm(self, timer, granularity: str, window_start_s: int) -> None:
+        timer.set(Timestamp(seconds=drop_at_s(granularity, window_start_s, self._lateness_s)))
+
+
+def _cleanup_specs():
+    """``(STATE, CLEANUP, on_cleanup, on_grace)`` of one ``_Cleared`` subclass: its state spec,
+    its watermark timer at ``drop_at_s``, and the callbacks that clear the state
+    ``CLEANUP_GRACE_S`` of processing time after that timer fired (new specs per class: Beam
+    binds one callback per spec)."""
+    state_spec = ReadModifyWriteStateSpec("state", BytesCoder())
+    cleanup_spec = TimerSpec("cleanup", TimeDomain.WATERMARK)
+    grace_spec = TimerSpec("grace", TimeDomain.REAL_TIME)
+
+    @on_timer(cleanup_spec)
+    def on_cleanup(self, grace=beam.DoFn.TimerParam(grace_spec)):
+        grace.set(Timestamp.now() + CLEANUP_GRACE_S)
+
+    @on_timer(grace_spec)
+    def on_grace(self, state=beam.DoFn.StateParam(state_spec)):
+        state.clear()
+
+    return state_spec, cleanup_spec, on_cleanup, on_grace
+
+
+class DayCounts(_Cleared):
+    """Stage 3 (module docstring): ``((event_type, video_id, day_start_s), [(hour_start_s,
+    count), ...])`` -> ``((event_type, "day", day_start_s, shard), [(video_id, day count)])``
+    when the day count grew. State: ``{hour_start_s: count}``."""
+
+    STATE, CLEANUP, on_cleanup, on_grace = _cleanup_specs()
+
+    def __init__(self, allowed_lateness_s: int, shards: int) -> None:
+        super().__init__(allowed_lateness_s)
+        self._shards = shards
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE), cleanup=beam.DoFn.TimerParam(CLEANUP)):
+        (event_type, video_id, day_s), updates = element
+        stored = state.read()
+        if stored is None:
+            self._arm(cleanup, "day", day_s)
+        hours = {int(h): c for h, c in orjson.loads(stored).items()} if stored else {}
+        before = sum(hours.values())
+        for hour_s, count in updates:
+            if count > hours.get(hour_s, 0):
+                hours[hour_s] = count
+        total = sum(hours.values())
+        if total > before:
+            state.write(orjson.dumps({str(h): c for h, c in hours.items()}))
+            yield (event_type, "day", day_s, shard_of(video_id, self._shards)), [(video_id, total)]
+
+
+class ShardTop(_Cleared):
+    """Stage 1 (module docstring): ``((event_type, granularity, window_start_s, shard),
+    [(video_id, count), ...])`` -> ``((event_type, granularity, window_start_s), (shard, seq,
+    items))`` when the shard's top K changed. State: ``[seq, items]``."""
+
+    STATE, CLEANUP, on_cleanup, on_grace = _cleanup_specs()
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE), cleanup=beam.DoFn.TimerParam(CLEANUP)):
+        (event_type, granularity, window_s, shard), offers = element
+        stored = state.read()
+        if stored is None:
+            self._arm(cleanup, granularity, window_s)
+        seq, items = orjson.loads(stored) if stored else (0, ())
+        top = BoundedTop(self._k, items)
+        changed = False
+        for video_id, count in offers:
+            changed |= top.offer(video_id, count)
+        if changed:
+            items = top.items()
+            state.write(orjson.dumps([seq + 1, items]))
+            yield (event_type, granularity, window_s), (shard, seq + 1, items)
+
+
+class MergeTop(_Cleared):
+    """Stage 2 (module docstring): ``((event_type, granularity, window_start_s), (shard, seq,
+    items))`` -> ``[TopRow]`` when the window's top K changed. State: ``[base_ms, {shard: [seq,
+    items]}]``."""
+
+    STATE, CLEANUP, on_cleanup, on_grace = _cleanup_specs()
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE), cleanup=beam.DoFn.TimerParam(CLEANUP)):
+        (event_type, granularity, window_s), (shard, seq, items) = element
+        stored = state.read()
+        if stored is None:
+            self._arm(cleanup, granularity, window_s)
+        base_ms, shards = orjson.loads(stored) if stored else (wall_clock_ms(), {})
+        old = shards.get(str(shard))
+        if old is not None and old[0] >= seq:  # an older list of the shard, arriving late
+            return ()
+        before = top_of((tuple(i) for _, its in shards.values() for i in its), self._k)
+        shards[str(shard)] = [seq, items]
+        state.write(orjson.dumps([base_ms, shards]))
+        after = top_of((tuple(i) for _, its in shards.values() for i in its), self._k)
+        if after == before:
+            return ()
+        return [[TopRow(event_type, granularity, window_s, after, cell_timestamp_us(base_ms, sum(c for _, c in after)))]]
+
+
+class TopEntities(beam.PTransform):
+    """Streaming top lists (module docstring): ``PCollection[list[AggregateRow]]`` ->
+    ``PCollection[list[TopRow]]``. ``k``: entries kept per window (``TOP_K``; tests use fewer)."""
+
+    def __init__(self, allowed_lateness_s: int, shards: int = TOP_SHARDS, k: int = TOP_K) -> None:
+        super().__init__()
+        self._lateness_s, self._shards, self._k = allowed_lateness_s, shards, k
+
+    def expand(self, rows):
+        # typed keys: deterministic key coders for the stateful stages
+        offers = rows | "window offers" >> beam.FlatMap(window_offers, self._shards).with_output_types(
+            Tuple[_WindowShard, _Offers])
+        days = (rows
+                | "day hours" >> beam.FlatMap(day_hours).with_output_types(Tuple[_VideoDay, _Offers])
+                | "day counts" >> beam.ParDo(DayCounts(self._lateness_s, self._shards)).with_output_types(
+                    Tuple[_WindowShard, _Offers]))
+        return ((offers, days)
+                | "minute, hour and day offers" >> beam.Flatten().with_output_types(Tuple[_WindowShard, _Offers])
+                | "top per shard" >> beam.ParDo(ShardTop(self._lateness_s, self._k)).with_output_types(
+                    Tuple[_Window, Tuple[int, int, Any]])
+                | "top per window" >> beam.ParDo(MergeTop(self._lateness_s, self._k)))
+
+
+def _ranked(enriched_rows):
+    """``list[EnrichedRow]`` -> ``((event_type, granularity, window_start_s), (video_id, count))``."""
+    for e in enriched_rows:
+        r = e.row
+        yield (r.event_type, r.granularity, r.window_start_s), (r.video_id, r.aggregate.count)
+
+
+def _hours_of_days(enriched_rows):
+    """``list[EnrichedRow]`` -> ``((event_type, video_id, day_start_s), hour count)`` per hour row."""
+    for e in enriched_rows:
+        r = e.row
+        if r.granularity == "hour":
+            yield (r.event_type, r.video_id, r.window_start_s - r.window_start_s % _DAY_S), r.aggregate.count
+
+
+class TopFromRows(beam.PTransform):
+    """Batch top lists (module docstring): ``PCollection[list[EnrichedRow]]`` (final aggregates)
+    -> ``PCollection[list[TopRow]]``; ``hours``: the hour starts (epoch s) the rows cover; day
+    lists are made for the days all of whose hours are in it. Cell timestamps from the wall
+    clock when a list is made (a recompute's cells win)."""
+
+    def __init__(self, hours) -> None:
+        super().__init__()
+        hours = set(hours)
+        self._days = frozenset(d for d in {h - h % _DAY_S for h in hours}
+                               if all(d + i * 3600 in hours for i in range(24)))
+
+    def expand(self, rows):
+        days = self._days
+        day_counts = (rows
+                      | "hours of days" >> beam.FlatMap(_hours_of_days)
+                      | "complete days" >> beam.Filter(lambda kv: kv[0][2] in days)
+                      | "day counts" >> beam.CombinePerKey(sum)
+                      | "day offers" >> beam.MapTuple(lambda k, count: ((k[0], "day", k[2]), (k[1], count))))
+        return (((rows | "window offers" >> beam.FlatMap(_ranked)), day_counts)
+                | "all offers" >> beam.Flatten()
+                | "top per window" >> beam.combiners.Top.PerKey(TOP_K, key=top_rank, reverse=True)
+                | "top rows" >> beam.MapTuple(_top_row))
+
+
+def _top_row(key, items) -> list[TopRow]:
+    ranked = top_of(items)
+    return [TopRow(*key, ranked, cell_timestamp_us(wall_clock_ms(), sum(c for _, c in ranked)))]
