@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from query import dashboard
+from schemas import storage
 from schemas.storage import Aggregate
 from tests.conftest import REPO
 from viewcounts import provision
@@ -73,6 +74,39 @@ def _cells() -> dict:
 CELLS = _cells()
 
 
+def _tops() -> dict:
+    """``{(event_type, granularity, window_start_s): [(video_id, count), ...]}``: the top lists
+    of ``CELLS`` as the pipeline stores them (``schemas.storage`` top rows; days roll up hours)."""
+    counts: dict = {}
+    for (v, t, gran, w), agg in CELLS.items():
+        for g, start in ((gran, w),) + ((("day", w - w % 86400),) if gran == "hour" else ()):
+            if agg.count:
+                per_video = counts.setdefault((t, g, start), {})
+                per_video[v] = per_video.get(v, 0) + agg.count
+    return {k: sorted(c.items(), key=storage.top_rank)[:storage.TOP_K] for k, c in counts.items()}
+
+
+TOPS = _tops()
+
+
+def _store_tops(table: str) -> None:
+    """Write ``TOPS`` with the sink's write step (as ``store_cells`` writes aggregates)."""
+    from transforms.bigtable_sink import WriteAggregates
+    from transforms.top import TopRow
+
+    sink = WriteAggregates(PROJECT, INSTANCE, table)
+    sink.setup()
+    try:
+        now_ms = storage.wall_clock_ms()
+        batch = {}
+        for (t, g, w), items in TOPS.items():
+            batch[(storage.top_row_key(t, g, w), storage.qualifier(w))] = TopRow(
+                t, g, w, tuple(items), storage.cell_timestamp_us(now_ms, sum(c for _, c in items)))
+        assert not sink._write(batch)
+    finally:
+        sink.teardown()
+
+
 def _iso(s: int) -> str:
     return dt.datetime.fromtimestamp(s, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -111,6 +145,7 @@ def site(bigtable_host):
     table = f"dash-{uuid.uuid4().hex[:10]}"
     provision.create_table(PROJECT, INSTANCE, table)
     store_cells(CELLS, PROJECT, INSTANCE, table)
+    _store_tops(table)
     with serving(PROJECT, INSTANCE, table) as (url, _), sync_playwright() as pw:
         import tempfile
 
@@ -137,6 +172,16 @@ def _show(page, video, etype, granularity, metric, start, end) -> None:
     page.evaluate("document.body.dataset.seriesState = ''")
     page.click("#show")
     page.wait_for_selector("body[data-series-state=ok], body[data-series-state=error]")
+
+
+def _show_top(page, etype, granularity, at) -> None:
+    """Ask the top panel for the ``granularity`` window holding ``at`` and wait for its answer."""
+    page.fill("#type", etype)
+    page.select_option("#top-granularity", granularity)
+    page.fill("#top-at", _input(at))
+    page.evaluate("document.body.dataset.topState = ''")
+    page.click("#top-show")
+    page.wait_for_selector("body[data-top-state=ok], body[data-top-state=error]")
 
 
 @st.composite
@@ -189,20 +234,18 @@ def test_a_refused_query_shows_the_services_message(site):
 def test_top_panel_shows_what_the_top_endpoint_answers(site, granularity):
     url, page = site
     at = BASE + 3600 + 120
-    page.select_option("#top-granularity", granularity)
-    page.fill("#top-at", _input(at))
-    page.fill("#type", "view")
-    page.evaluate("document.body.dataset.topState = ''")
-    page.click("#top-show")
-    page.wait_for_selector("body[data-top-state=ok], body[data-top-state=error]")
+    _show_top(page, "view", granularity, at)
     resp = httpx.get(f"{url}/v1/top", params={"type": "view", "granularity": granularity, "at": _iso(at), "n": 10})
     body = resp.json()
-    if resp.status_code == 200:
+    if resp.status_code == 200:  # the stored list, as the API and the page give it
+        window = at - at % storage.TOP_GRANULARITY_SECONDS[granularity]
+        want = [[v, c] for v, c in TOPS[("view", granularity, window)][:10]]
+        assert [[i["video_id"], i["count"]] for i in body["items"]] == want
         assert page.get_attribute("body", "data-top-state") == "ok"
         shown = page.eval_on_selector_all("#top-list li", "lis => lis.map(li => [li.querySelector('button')"
                                           ".textContent, li.querySelector('.count').textContent])")
-        assert shown == [[i["video_id"], f"{i['count']:,}"] for i in body["items"]]
-    else:
+        assert shown == [[v, f"{c:,}"] for v, c in want]
+    else:  # the endpoint refuses (or does not exist yet): its message, and no list
         message = body.get("error") or body.get("detail")
         assert page.get_attribute("body", "data-top-state") == "error"
         assert page.text_content("#top-status") == f"HTTP {resp.status_code}: {message}"
@@ -211,7 +254,8 @@ def test_top_panel_shows_what_the_top_endpoint_answers(site, granularity):
 
 def test_screenshot_of_a_day_of_minutes(site, tmp_path):
     _, page = site
-    _show(page, VIDEOS[0], "watch", "minute", "avg", BASE - 3600, BASE + (HOURS + 1) * 3600)
+    _show_top(page, "view", "hour", BASE + 3600)
+    _show(page, VIDEOS[0], "view", "minute", "count", BASE - 3600, BASE + (HOURS + 1) * 3600)
     assert page.get_attribute("body", "data-series-state") == "ok"
     assert page.locator("#chart canvas").count() == 1
     shot = tmp_path / "dashboard.png"
