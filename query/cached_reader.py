@@ -39,6 +39,11 @@ tail was read (``Answer.read_at``).
 
 **Rows read.** The coarsest that answer (``query.stats.SOURCE``): minute rows only for minute
 buckets; hour rows for hour, day and total (a 30-day query: two hour rows at most).
+
+**Top lists** (``read_top``, ``query.top``): one cell per window. A final window's list is
+cached (at most ``MAX_TOPS`` lists, least recently read dropped first; ``invalidate`` drops them
+too); an open window's list serves the requests for the same window for a time drawn between
+``tail_ttl_s / 2`` and ``tail_ttl_s``, as an open tail does.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ from typing import Callable
 
 from query.bigtable_rows import read_columns
 from query.stats import RowSpan, StatsQuery, row_spans
+from query.top import Top, TopQuery, decoded, top_answer
 from query.windows import WindowArrays, decode_cells
 from schemas import storage
 
@@ -60,6 +66,7 @@ DEFAULT_FINAL_MARGIN_S = 300
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_TAIL_TTL_S = 1.0
 MAX_TAILS = 10_000  # open tails kept for tail_ttl_s (least recently read dropped first)
+MAX_TOPS = 4_096  # top lists kept (a list of TOP_K entries is a few KB)
 
 
 def final_before(size: int, now_s: float, allowed_lateness_s: int, final_margin_s: int) -> int:
@@ -131,6 +138,25 @@ class _Tail:
 
 
 @dataclass(frozen=True)
+class _TopEntry:
+    items: list  # the window's whole stored list (query.top.decoded)
+    opened_at_ms: int | None
+    read_at: float
+    expires_at: float  # inf for a final window
+
+
+@dataclass(frozen=True)
+class TopAnswer:
+    """A top list (``query.top.Top``), whether its window is ``final`` at ``now_s``, and
+    ``read_at``: the wall clock (epoch s) just before the read from Bigtable it came from."""
+
+    top: Top
+    final: bool
+    now_s: float
+    read_at: float
+
+
+@dataclass(frozen=True)
 class Answer:
     """The source windows of one query over ``[query.start_s, query.end_s)``; ``read_at``: the
     wall clock (epoch s) just before the oldest read of its non-final part from Bigtable, None
@@ -159,6 +185,7 @@ class CachedStatsReader:
         self.cache = FinalRowCache(cache_bytes)
         self.tail_ttl_s = tail_ttl_s
         self._tails: OrderedDict[bytes, _Tail] = OrderedDict()
+        self._tops: OrderedDict[tuple, _TopEntry] = OrderedDict()
         self.clock = clock
         self._client = None
         self._table_name = f"projects/{project}/instances/{instance}/tables/{table}"
@@ -180,6 +207,7 @@ class CachedStatsReader:
         """Drop every cached window, final or open tail (after a recompute); returns how many
         final rows were held."""
         self._tails.clear()
+        self._tops.clear()
         return self.cache.invalidate()
 
     async def read(self, query: StatsQuery) -> Answer:
@@ -240,3 +268,29 @@ class CachedStatsReader:
         for out, key, known, hi in pending:
             out.copy_range(fresh_rows[(key, known, hi)], max(known, out.first_s), hi)
         return answers
+
+    async def read_top(self, query: TopQuery) -> TopAnswer:
+        """The top list of ``query``'s window: one cell read, or the cache (module docstring).
+        Raises ``storage.CellError`` for a stored cell the pipeline does not write and
+        ``google.api_core.exceptions`` errors when the table cannot be read."""
+        now = self.clock()
+        size = storage.TOP_GRANULARITY_SECONDS[query.granularity]
+        final = query.window_start_s < self.final_before(size, now)
+        window = (query.event_type, query.granularity, query.window_start_s)
+        entry = self._tops.get(window)
+        if entry is not None and now < entry.expires_at:
+            self._tops.move_to_end(window)
+            return TopAnswer(top_answer(query, entry.items, entry.opened_at_ms), final, now, entry.read_at)
+        generation = self.cache.generation
+        key, q = query.cell
+        rows = await read_columns(self._client, self._table_name, [key], storage.FAMILY, q,
+                                  storage.qualifier(query.window_start_s + 1))
+        cells = rows.get(key, ())
+        items, opened_at_ms = decoded(*cells[0][1:]) if cells else decoded(None, None)
+        ttl = math.inf if final else self.tail_ttl_s * (0.5 + 0.5 * random.random())
+        if ttl and generation == self.cache.generation:  # no invalidation while it was read
+            self._tops[window] = _TopEntry(items, opened_at_ms, now, now + ttl)
+            self._tops.move_to_end(window)
+            if len(self._tops) > MAX_TOPS:
+                self._tops.popitem(last=False)
+        return TopAnswer(top_answer(query, items, opened_at_ms), final, now, now)

@@ -24,6 +24,18 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
   pipeline created that window's state, decoded from its cell timestamp
   (``schemas.storage.cell_timestamp_us``): its panes, the newest included, were written at
   or after it. Bigtable keeps no record of when a pane was written, so no answer can say more.
+* ``GET /v1/top?type=T&granularity=G&at=A[&n=N]``: ``get_top`` (``query.top``): the top ``n``
+  (default 10, 1..``TOP_K``) videos by count of type ``T`` in the ``minute``/``hour``/``day``
+  window holding the instant ``A``. Answer::
+
+      {"type", "granularity", "window_start", "window_end", "n",
+       "items": [{"video_id", "count"}, ...], "newest_pane", "final", "read_at"}
+
+  ``items`` ranked by count, then video_id; empty without data. ``newest_pane``: the wall clock
+  at which the pipeline opened this window's top list (decoded from its cell timestamp: every
+  list of the window, the newest included, was written at or after it; null without a list);
+  ``final`` as for a bucket; ``read_at``: when the list was read from Bigtable (final lists are
+  cached, open ones at most ``--tail-ttl-s`` old).
 * ``POST /v1/cache/invalidate``: drops every cached window, final or open tail (run it after
   ``viewcounts recompute``); answers ``{"dropped_rows", "generation"}``.
 * ``GET /healthz``: ``{"ok": true, "cache": {...}}`` (liveness; no Bigtable read).
@@ -55,6 +67,7 @@ from query import dashboard
 from query.cached_reader import (DEFAULT_ALLOWED_LATENESS_S, DEFAULT_CACHE_BYTES, DEFAULT_FINAL_MARGIN_S,
                                  DEFAULT_TAIL_TTL_S, Answer, CachedStatsReader)
 from query.stats import FUNCTIONS, QueryError, StatsQuery, aggregate_json, parse_query, value_of, zone_of
+from query.top import GRANULARITIES as TOP_GRANULARITIES, parse_top
 from query.windows import COUNT, MAX, MIN, OPENED_MS, SUM, VALUE_COUNT, bucket_columns
 from schemas import storage
 
@@ -74,6 +87,25 @@ STATS_PARAMETERS = [
                        ("start", "RFC 3339 instant, aligned to the granularity"),
                        ("end", "RFC 3339 instant (exclusive)"), ("granularity", "minute | hour | day | total"),
                        ("tz", "IANA time zone for bucket labels (buckets stay UTC)"))]
+
+
+TOP_PARAMETERS = [
+    {"name": name, "in": "query", "required": name != "n", "description": text, "schema": {"type": "string"}}
+    for name, text in (("type", "event type, [a-z0-9_]+"), ("granularity", " | ".join(TOP_GRANULARITIES)),
+                       ("at", "RFC 3339 instant inside the window (or its start)"),
+                       ("n", f"how many videos, 1..{storage.TOP_K} (default 10)"))]
+
+
+def top_params(params) -> tuple:
+    """``(type, granularity, at, n)`` from a query-string multi-dict (``n`` default 10); raises
+    ``QueryError`` naming missing or repeated parameters."""
+    missing = [name for name in ("type", "granularity", "at") if name not in params]
+    if missing:
+        raise QueryError(f"missing query parameter(s): {', '.join(missing)}")
+    repeated = [name for name in ("type", "granularity", "at", "n") if len(params.getlist(name)) > 1]
+    if repeated:
+        raise QueryError(f"query parameter(s) given more than once: {', '.join(repeated)}")
+    return params["type"], params["granularity"], params["at"], params.get("n", "10")
 
 
 def stats_params(params) -> tuple:
@@ -186,6 +218,16 @@ def create_app(reader: CachedStatsReader):
                 "final_margin_s": reader.final_margin_s,
                 "series": [series_json(a, tz, reader.allowed_lateness_s, reader.final_margin_s) for a in answers]}
         return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type=_JSON)
+
+    @app.get("/v1/top", summary="the top n videos by count of one event type in one minute, hour or day",
+             openapi_extra={"parameters": TOP_PARAMETERS},
+             responses={200: {"description": "the top list (see the module docstring of query.service)"},
+                        400: {"description": "{\"error\": message}: a refused query"}})
+    async def top(request: Request) -> Response:
+        answer = await reader.read_top(parse_top(*top_params(request.query_params)))
+        body = answer.top.to_json(answer.final)
+        body["read_at"] = _instant(answer.read_at)
+        return Response(orjson.dumps(body), media_type=_JSON)
 
     @app.post("/v1/cache/invalidate", summary="drop every cached final window (after a recompute)")
     async def invalidate() -> Response:

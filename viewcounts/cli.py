@@ -1,5 +1,5 @@
-"""The ``viewcounts`` command: ``demo``, ``replay``, ``recompute``, ``stats``, ``scenario run|check``, ``bench``,
-``submit``."""
+"""The ``viewcounts`` command: ``demo``, ``replay``, ``recompute``, ``stats``, ``top``, ``scenario run|check``,
+``bench``, ``submit``."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,10 @@ def _scenario(args) -> int:
     return 1 if problems else 0
 
 
+_NO_BIGTABLE = ("error: no Bigtable to read: set BIGTABLE_EMULATOR_HOST=host:port for an emulator (for example the "
+                "one `viewcounts demo --keep-running` prints) or configure Google Cloud credentials")
+
+
 def _stats(args) -> int:
     from query.stats import QueryError, StatsReader
 
@@ -39,9 +43,7 @@ def _stats(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except DefaultCredentialsError:
-        print("error: no Bigtable to read: set BIGTABLE_EMULATOR_HOST=host:port for an emulator (for example "
-              "the one `viewcounts demo --keep-running` prints) or configure Google Cloud credentials",
-              file=sys.stderr)
+        print(_NO_BIGTABLE, file=sys.stderr)
         return 2
     if args.json:
         sys.stdout.write(orjson.dumps(stats.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -59,6 +61,45 @@ def _stats(args) -> int:
     console = Console()
     console.print(table)
     console.print(f"{args.function} over [{stats.start.isoformat()}, {stats.end.isoformat()}): {stats.value}")
+    return 0
+
+
+def _top(args) -> int:
+    import time
+
+    from google.auth.exceptions import DefaultCredentialsError
+
+    from query.cached_reader import DEFAULT_ALLOWED_LATENESS_S, DEFAULT_FINAL_MARGIN_S, final_before
+    from query.stats import QueryError
+    from query.top import TopReader
+    from schemas.storage import TOP_GRANULARITY_SECONDS
+
+    try:
+        with TopReader(args.project, args.instance, args.table) as reader:
+            top = reader.get_top(args.type, args.granularity, args.at, args.n)
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DefaultCredentialsError:
+        print(_NO_BIGTABLE, file=sys.stderr)
+        return 2
+    q = top.query
+    final = q.window_start_s < final_before(TOP_GRANULARITY_SECONDS[q.granularity], time.time(),
+                                            DEFAULT_ALLOWED_LATENESS_S, DEFAULT_FINAL_MARGIN_S)
+    body = top.to_json(final)
+    if args.json:
+        sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"top {q.n} by {q.event_type}, {q.granularity} [{body['window_start']}, {body['window_end']})"
+                  f"{'' if final else ' (open)'}")
+    for col, justify in (("#", "right"), ("video_id", "left"), ("count", "right")):
+        table.add_column(col, justify=justify)
+    for rank, item in enumerate(body["items"], 1):
+        table.add_row(str(rank), item["video_id"], str(item["count"]))
+    Console().print(table)
     return 0
 
 
@@ -134,6 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--table", default="viewcounts", help="Bigtable table")
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=_stats)
+
+    tp = sub.add_parser("top", help="the top N videos by count of an event type in one minute, hour or day (get_top)",
+                        formatter_class=formatter, description="Reads one cell of Bigtable (BIGTABLE_EMULATOR_HOST "
+                        "for an emulator): the top list the pipeline keeps per window.")
+    tp.add_argument("--type", required=True, help="the event type, e.g. view")
+    tp.add_argument("--granularity", required=True, choices=("minute", "hour", "day"))
+    tp.add_argument("--at", required=True, help="RFC 3339 instant inside the window (or its start)")
+    tp.add_argument("-n", type=int, default=10, help="how many videos (1..100)")
+    tp.add_argument("--project", default="viewcounts-local", help="Bigtable project")
+    tp.add_argument("--instance", default="viewcounts", help="Bigtable instance")
+    tp.add_argument("--table", default="viewcounts", help="Bigtable table")
+    tp.add_argument("--json", action="store_true", help="print the /v1/top JSON instead of a table")
+    tp.set_defaults(func=_top)
 
     from viewcounts.bench.harness import add_bench_args
     from viewcounts.replay import add_replay_args

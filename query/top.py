@@ -1,0 +1,160 @@
+"""``get_top(event_type, granularity, at, n)``: the top ``n`` videos of one window by ``count``
+of ``event_type`` (issue 15), ties broken by ``video_id`` ascending.
+
+* ``granularity``: ``minute``, ``hour`` or ``day`` (UTC-aligned windows; a day is the rollup of
+  its hours).
+* ``at``: any instant inside the window, or its start (aware ``datetime`` or RFC 3339 string);
+  the window is the one holding it.
+* ``n``: ``1 <= n <= storage.TOP_K``.
+
+One cell read, no scan: the pipeline stores each window's top ``TOP_K`` list in one cell
+(``schemas.storage`` top rows, written by ``transforms.top``). Returns ``Top``: the window, the
+first ``n`` entries, and ``opened_at_ms``: the wall clock (ms) at which the pipeline opened
+this window's top list, decoded from the cell timestamp (``cell_timestamp_us(base, sum of the
+list's counts)``): every list of the window was written at or after it; None without a
+stored list (no event of the type in the window: an empty list). Raises ``QueryError`` for a
+bad ``n``, an unknown granularity, an ``event_type`` that no event may carry, or a bad
+instant; ``storage.CellError`` for a stored cell the pipeline does not write.
+
+``TopReader`` reads with a blocking client (the CLI); the service reads through
+``query.cached_reader.CachedStatsReader.read_top`` (final windows cached).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from query.stats import QueryError
+from schemas import storage
+from schemas.event import MAX_EVENT_TYPE_BYTES, US_PER_S, BadTimestamp, parse_event_time
+
+GRANULARITIES = tuple(storage.TOP_GRANULARITY_SECONDS)
+_EVENT_TYPE = re.compile(f"[a-z0-9_]{{1,{MAX_EVENT_TYPE_BYTES}}}")  # SPEC.md section 1 (ASCII: chars are bytes)
+
+
+@dataclass(frozen=True)
+class TopQuery:
+    """A checked ``get_top`` request: the window ``[window_start_s, window_end_s)``, epoch s."""
+
+    event_type: str
+    granularity: str
+    window_start_s: int
+    n: int
+
+    @property
+    def window_end_s(self) -> int:
+        return self.window_start_s + storage.TOP_GRANULARITY_SECONDS[self.granularity]
+
+    @property
+    def cell(self) -> tuple[bytes, bytes]:
+        """``(row key, qualifier)`` of the window's top list."""
+        return (storage.top_row_key(self.event_type, self.granularity, self.window_start_s),
+                storage.qualifier(self.window_start_s))
+
+
+def _at_us(at) -> int:
+    if isinstance(at, dt.datetime):
+        if at.tzinfo is None:
+            raise QueryError("at must carry a time zone")
+        return (at - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+    try:
+        return parse_event_time(at)
+    except BadTimestamp as exc:
+        raise QueryError(f"at: {exc}") from None
+
+
+def parse_top(event_type: str, granularity: str, at, n) -> TopQuery:
+    """Check a ``get_top`` request (module docstring); raises ``QueryError`` with the message the
+    CLI prints and the service answers."""
+    if granularity not in storage.TOP_GRANULARITY_SECONDS:
+        raise QueryError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    if isinstance(n, str):
+        try:
+            n = int(n)
+        except ValueError:
+            raise QueryError(f"n must be an integer, got {n!r}") from None
+    if type(n) is not int or not 1 <= n <= storage.TOP_K:
+        raise QueryError(f"n must be an integer from 1 to {storage.TOP_K}, got {n!r}")
+    if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
+        raise QueryError(f"event_type must be 1..{MAX_EVENT_TYPE_BYTES} characters of [a-z0-9_], got {event_type!r}")
+    size = storage.TOP_GRANULARITY_SECONDS[granularity]
+    at_s = _at_us(at) // US_PER_S
+    if not 0 <= at_s < 253402300800:  # year 10000: the storage periods are 4-digit years
+        raise QueryError("at must be between 1970-01-01 and 9999-12-31")
+    return TopQuery(event_type, granularity, at_s - at_s % size, n)
+
+
+@dataclass(frozen=True)
+class Top:
+    """A ``get_top`` answer: ``items`` ``[(video_id, count), ...]``, at most ``query.n``."""
+
+    query: TopQuery
+    items: list[tuple[str, int]]
+    opened_at_ms: int | None
+
+    def to_json(self, final: bool) -> dict:
+        """The ``/v1/top`` answer (``query.service``); ``final``: no pane of the window can come any more."""
+        q = self.query
+        return {"type": q.event_type, "granularity": q.granularity, "window_start": _instant(q.window_start_s),
+                "window_end": _instant(q.window_end_s), "n": q.n,
+                "items": [{"video_id": v, "count": c} for v, c in self.items],
+                "newest_pane": None if self.opened_at_ms is None else _instant(self.opened_at_ms / 1000),
+                "final": final}
+
+
+def _instant(s: float) -> str:
+    return dt.datetime.fromtimestamp(s, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def decoded(value: bytes | None, timestamp_us: int | None) -> tuple[list[tuple[str, int]], int | None]:
+    """``(items, opened_at_ms)`` of a stored top cell (``storage.decode_top``), ``([], None)`` for none."""
+    if value is None:
+        return [], None
+    items = storage.decode_top(value)
+    return items, timestamp_us // 1000 - sum(c for _, c in items)
+
+
+def top_answer(query: TopQuery, items: list[tuple[str, int]], opened_at_ms: int | None) -> Top:
+    """The ``Top`` of ``query`` from the window's stored list (``decoded``)."""
+    return Top(query, items[:query.n], opened_at_ms)
+
+
+class TopReader:
+    """Reads top lists from one Bigtable table (honours ``BIGTABLE_EMULATOR_HOST``): one blocking
+    read of one cell per call."""
+
+    def __init__(self, project: str = storage.DEFAULT_PROJECT, instance: str = storage.DEFAULT_INSTANCE,
+                 table: str = storage.DEFAULT_TABLE) -> None:
+        from google.cloud import bigtable
+
+        self._client = bigtable.Client(project=project, admin=False)
+        self._table = self._client.instance(instance).table(table)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "TopReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def get_top(self, event_type: str, granularity: str, at, n: int = 10) -> Top:
+        from google.cloud.bigtable import row_filters as f
+
+        query = parse_top(event_type, granularity, at, n)
+        key, q = query.cell
+        row = self._table.read_row(key, filter_=f.RowFilterChain([
+            f.ColumnRangeFilter(storage.FAMILY, q, q, inclusive_end=True), f.CellsColumnLimitFilter(1)]))
+        cells = [] if row is None else row.cells.get(storage.FAMILY, {}).get(q, [])
+        cell = cells[0] if cells else None
+        return top_answer(query, *decoded(cell and cell.value, cell and cell.timestamp_micros))
+
+
+def get_top(event_type: str, granularity: str, at, n: int = 10, reader: TopReader | None = None) -> Top:
+    """Module-level form of ``TopReader.get_top``; opens a default reader when none is given."""
+    if reader is not None:
+        return reader.get_top(event_type, granularity, at, n)
+    with TopReader() as r:
+        return r.get_top(event_type, granularity, at, n)
