@@ -5,7 +5,9 @@ counts them with the batch-shaped path ``transforms.batch_count.CountArchive`` (
 function of the archive as SPEC.md sections 2-3 without processing-time checks: every valid
 event once per ``event_id``, the copy first in archive order; cost proportional to the events
 read) and overwrites those windows' aggregates in Bigtable (one pane per window, cells stamped
-from the recompute's wall clock: they win over streaming panes of closed windows). Events the
+from the recompute's wall clock: they win over streaming panes of closed windows), and their
+top lists (``transforms.top.TopFromRows``: minute and hour windows, and the days whose 24
+hours are all recomputed; the same lists the streaming job keeps). Events the
 streaming job refused as ``too_late`` are in the archive and are counted here: that is the
 point of a recompute. ``build_pipeline(argv)`` returns the job without running it::
 
@@ -24,7 +26,7 @@ the first copy in archive order kept, with its archive-order fields) from Parque
 hours from the JSONL archive; the result is the same (``tests/test_recompute.py``). Files
 archived into an hour after it was compacted are read only once compaction has merged them.
 
-``--rows_path FOLDER`` writes the rows as JSONL (``transforms.bigtable_sink.row_to_json``,
+``--rows_path FOLDER`` writes the rows (not the top lists) as JSONL (``transforms.bigtable_sink.row_to_json``,
 one folder per hour of the window start) instead of Bigtable: the ``viewcounts recompute
 --dry-run`` audit. Runs as a batch job on every runner (``pipelines.runners.prepare_batch``):
 the local runner is Beam's FnApiRunner. Only the hours in the range are read: a copy of an
@@ -42,16 +44,17 @@ from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import runners
-from pipelines.graph import run_from_command_line
+from pipelines.graph import bigtable_writer, run_from_command_line
 from pipelines.options import DISTRIBUTED_SHARDS, CountingOptions, sinks_of
 from pipelines.restarts import plan_recompute
 from pipelines.streaming import metadata_snapshots
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folder
 from schemas.event import US_PER_S, format_time_us, parse_event_time
 from transforms.batch_count import DEAD_LETTER, ROWS, CountArchive
-from transforms.bigtable_sink import WriteAggregates, row_to_json
+from transforms.bigtable_sink import row_to_json
 from transforms.dead_letters import WriteDeadLetters
 from transforms.files import WriteJsonlByHour
+from transforms.top import TOP_LISTS_WRITTEN, TopFromRows
 
 _LOG = logging.getLogger(__name__)
 ROWS_FILE_PREFIX = "rows"
@@ -157,9 +160,10 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
          | "rows by hour" >> beam.FlatMap(_lines_by_hour)
          | "row files" >> WriteJsonlByHour(r.rows_path, ROWS_FILE_PREFIX, sinks.run_id))
     else:
-        dead.append(enriched | "write to Bigtable" >> beam.ParDo(WriteAggregates(
-            sinks.bigtable_project, sinks.bigtable_instance, sinks.bigtable_table,
-            write_budget_s=sinks.bigtable_write_budget_s, attempt_timeout_s=sinks.bigtable_attempt_timeout_s)))
+        dead.append(enriched | "write to Bigtable" >> bigtable_writer(sinks))
+        dead.append(enriched
+                    | "top entities" >> TopFromRows(hours)
+                    | "write top lists to Bigtable" >> bigtable_writer(sinks, TOP_LISTS_WRITTEN))
     (dead
      | "all dead letters" >> beam.Flatten()
      | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id))

@@ -7,6 +7,7 @@ The reference: SPEC.md's acceptance (``tests.test_properties.model``), then per 
 granularity, window) sort by (-count, video_id) and keep the first K; a day sums its hours."""
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import uuid
 from collections import defaultdict
@@ -38,9 +39,10 @@ SMALL_K, SMALL_SHARDS = 2, 3
 
 
 @st.composite
-def streams(draw):
+def streams(draw, earliest_s: int = -900):
     """Steps as ``tests.test_properties`` takes them, over more videos and up to hours of event
-    time: ("publish", [event, ...]), ("wait", s), ("watermark", us)."""
+    time: ("publish", [event, ...]), ("wait", s), ("watermark", us). Events are up to
+    ``-earliest_s`` seconds behind the watermark (past ``LATENESS_S``: too late)."""
     steps, known = [], []
     proc_us = wm_us = START_US
     for _ in range(draw(st.integers(3, 12))):
@@ -58,7 +60,7 @@ def streams(draw):
                 if known and draw(st.integers(0, 4)) == 0:
                     events.append(dict(draw(st.sampled_from(known))))  # a same-time copy: a duplicate
                     continue
-                t = wm_us + draw(st.integers(-900, 200)) * US_PER_S
+                t = wm_us + draw(st.integers(earliest_s, 200)) * US_PER_S
                 boundary = wm_us - LATENESS_S * US_PER_S
                 if abs(t - boundary) < 10 * US_PER_S:
                     t = boundary + 20 * US_PER_S
@@ -82,11 +84,12 @@ def reference_tops(rows: dict, k: int) -> dict:
     return {key: sorted(per_video.items(), key=lambda vc: (-vc[1], vc[0]))[:k] for key, per_video in counts.items()}
 
 
-def run_stream(case: dict, table: str, small_table: str) -> None:
-    """The streaming job of ``case`` on the local runner (``count_and_store``: the full job), plus
-    a second ``TopEntities`` branch with ``SMALL_K`` entries over ``SMALL_SHARDS`` into ``small_table``."""
+def run_stream(case: dict, table: str, small_table: str, tmp: str | None = None) -> None:
+    """The streaming job of ``case`` on the local runner (``count_and_store``: the full job, its
+    archive under ``tmp``, default a temporary folder), plus a second ``TopEntities`` branch with
+    ``SMALL_K`` entries over ``SMALL_SHARDS`` into ``small_table``."""
     policy, early_firing_s = policy_of_case(case)
-    with tempfile.TemporaryDirectory(prefix="top-") as tmp:
+    with (contextlib.nullcontext(tmp) if tmp else tempfile.TemporaryDirectory(prefix="top-")) as tmp:
         sinks = SinkConfig(PROJECT, INSTANCE, table, archive_path=f"{tmp}/archive", dead_letter_topic=None,
                            dead_letter_path=f"{tmp}/dead-letters")
         options = PipelineOptions(runner_flags("local"))
@@ -133,3 +136,42 @@ def check_stream(steps) -> None:
 @given(streams())
 def test_streaming_top_lists_equal_the_reference(bigtable_host, steps):
     check_stream(steps)
+
+
+def all_top_lists(table: str) -> dict:
+    """Every stored top list: ``{(row key, qualifier): [(video_id, count), ...]}`` (a scan of the
+    top rows, for tests)."""
+    from google.cloud import bigtable
+    from google.cloud.bigtable.row_filters import CellsColumnLimitFilter
+
+    client = bigtable.Client(project=PROJECT, admin=False)
+    try:
+        rows = client.instance(INSTANCE).table(table).read_rows(
+            start_key=storage.TOP_ROW_PREFIX, end_key=storage.TOP_ROW_PREFIX[:-1] + b"$",
+            filter_=CellsColumnLimitFilter(1))
+        return {(row.row_key, q): storage.decode_top(cells[0].value)
+                for row in rows for q, cells in row.cells[storage.FAMILY].items()}
+    finally:
+        client.close()
+
+
+@settings(max_examples=2, **_EXAMPLES)
+@given(streams(earliest_s=-500))
+def test_streaming_and_the_batch_recompute_write_the_same_top_lists(bigtable_host, tmp_path_factory, steps):
+    """One archive (a stream with no too-late event: streaming counts what the archive holds):
+    the streaming job's top lists and the batch recompute's over the whole day are the same."""
+    from pipelines import batch_recompute
+
+    tmp = str(tmp_path_factory.mktemp("agree"))
+    table, small_table, batch_table = _new_table(), _new_table(), _new_table()
+    run_stream(_case(steps, 3), table, small_table, tmp)
+    day_s = START_US // US_PER_S - START_US // US_PER_S % 86400
+    batch_recompute.build_pipeline([
+        f"--archive_path={tmp}/archive", f"--start={format_time_us(day_s * US_PER_S)}",
+        f"--end={format_time_us((day_s + 86400) * US_PER_S)}", f"--bigtable_project={PROJECT}",
+        f"--bigtable_instance={INSTANCE}", f"--bigtable_table={batch_table}",
+        f"--dead_letter_path={tmp}/recompute-dead-letters"]).run().wait_until_finish()
+    streamed = all_top_lists(table)
+    assert streamed == all_top_lists(batch_table)
+    assert streamed == {(storage.top_row_key(t, g, w), storage.qualifier(w)): items
+                        for (t, g, w), items in reference_tops(model(steps)[0], storage.TOP_K).items()}
