@@ -206,16 +206,50 @@ def run_recompute(args, progress=None) -> Outcome:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def stored_entities(project: str, instance: str, table: str, hours: list[int]) -> set[tuple[str, str]]:
+    """The ``(video_id, event_type)`` pairs with a stored row of a period that holds one of
+    ``hours`` (epoch s): minute rows of their UTC days, hour rows of their UTC months. One scan
+    of the table's row keys, filtered by Bigtable (a key regex on the period; values stripped,
+    one cell per row): the entities of stored aggregates the archive has no event of."""
+    from google.cloud import bigtable
+    from google.cloud.bigtable import row_filters as rf
+
+    from schemas import storage
+
+    periods = sorted({storage.period_of(g, h) for h in hours for g in ("minute", "hour")})
+    if not periods:
+        return set()
+    key_regex = f"(?s)^[^#]*#[^#]*#[mh]#({'|'.join(periods)})$".encode()
+    client = bigtable.Client(project=project, admin=False)
+    try:
+        rows = client.instance(instance).table(table).read_rows(filter_=rf.RowFilterChain([
+            rf.RowKeyRegexFilter(key_regex), rf.CellsRowLimitFilter(1), rf.StripValueTransformerFilter(True)]))
+        return {storage.parse_row_key(row.row_key)[:2] for row in rows}
+    finally:
+        client.close()
+
+
 def _audit_rows(args, rows_path: str, hours: list[int]) -> list[HourAudit]:
-    """``audit`` of a dry run's row files against the stored aggregates of ``hours``."""
+    """``audit`` of a dry run's row files against the stored aggregates of ``hours``, those of
+    entities the recompute has no row for included (``stored_only``)."""
     from query.stats import StatsReader
 
     batch = read_row_files(rows_path)
     start_s, end_s = (hours[0], hours[-1] + 3600) if hours else (0, 0)
-    with StatsReader(args.project, args.instance, args.table) as reader:
-        stored = stored_in_range(reader, {k[:2] for k in batch}, start_s, end_s)
+    entities = {k[:2] for k in batch} | stored_entities(args.project, args.instance, args.table, hours)
     in_hours = set(hours)
-    return audit(batch, {k: v for k, v in stored.items() if k[3] - k[3] % 3600 in in_hours})
+    # rows the job would write outside the hours asked for (an archived line whose event time is
+    # not its folder's hour) are compared with what they would overwrite too
+    outside: dict[int, set] = defaultdict(set)
+    for k in batch:
+        if k[3] - k[3] % 3600 not in in_hours:
+            outside[k[3] - k[3] % 3600].add(k[:2])
+    with StatsReader(args.project, args.instance, args.table) as reader:
+        stored = {k: v for k, v in stored_in_range(reader, entities, start_s, end_s).items()
+                  if k[3] - k[3] % 3600 in in_hours}
+        for h, pairs in outside.items():
+            stored.update(stored_in_range(reader, pairs, h, h + 3600))
+    return audit(batch, stored)
 
 
 def _bytes_noted(progress_path: str) -> int:
