@@ -217,10 +217,11 @@ CORE_KEYS = ("core_events_per_s", "loop_events_per_s", "pyflink_sql_events_per_s
 
 
 def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progress=print,
-        profile_flink: bool = False) -> dict:
+        profile_flink: bool = False, profile_http: bool = False) -> dict:
     """Run every part (``PARTS``) not in ``skip`` and return the figures (see the module doc).
     Skipping ``core`` skips ``naive``, ``pyflink`` and ``scaling`` too; the keys of a part not
-    run are None."""
+    run are None. ``profile_http``: a py-spy profile of the stats service during the HTTP
+    part's main attack, ``work/http.pyspy``."""
     started = time.monotonic()
     bench = Bench(cfg, work)
     res: dict = {"config": asdict(cfg)}
@@ -250,7 +251,7 @@ def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progre
         res.update(recompute(cfg, work, progress))
     res.update(dict.fromkeys(HTTP_KEYS))
     if "http" not in skip:
-        res.update(http(cfg, progress))
+        res.update(http(cfg, progress, work / "http.pyspy" if profile_http else None))
     res["bench_seconds"] = round(time.monotonic() - started, 1)
     return res
 
@@ -293,18 +294,20 @@ def core_and_peers(bench: Bench, skip: frozenset[str], progress) -> dict:
     return res
 
 
-HTTP_KEYS = ("http_day_minute_p99_ms", "http_30d_hour_p99_ms", "http_errors",
+HTTP_KEYS = ("http_day_minute_p99_ms", "http_30d_hour_p99_ms", "http_top_p99_ms", "http_errors",
              "http_max_rps_p99_50ms")
 
 
-def http(cfg: BenchConfig, progress) -> dict:
+def http(cfg: BenchConfig, progress, profile_path: Path | None = None) -> dict:
     """The HTTP part (module doc, 9.): ``measure_http`` at ``cfg.http_*``, milliseconds and
     shares rounded to 0.01. Raises ``RuntimeError`` without ``build/bin/vegeta``."""
     from viewcounts.bench.http import measure_http
 
-    out = measure_http(cfg.http_rate, cfg.http_seconds, cfg.http_videos, cfg.http_step_rates, cfg.http_step_s)
+    out = measure_http(cfg.http_rate, cfg.http_seconds, cfg.http_videos, cfg.http_step_rates, cfg.http_step_s,
+                       profile_path=profile_path)
     progress(f"HTTP at {out['http_offered_rps']:,} requests/s: one-day minute p99 {out['http_day_minute_p99_ms']:.1f} ms, "
-             f"30-day hour p99 {out['http_30d_hour_p99_ms']:.1f} ms, {out['http_errors']} errors; held with "
+             f"30-day hour p99 {out['http_30d_hour_p99_ms']:.1f} ms, top-N p99 {out['http_top_p99_ms']:.1f} ms, "
+             f"{out['http_errors']} errors; held with "
              f"p99 <= 50 ms: {out['http_max_rps_p99_50ms']:,} requests/s")
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
 
@@ -501,7 +504,8 @@ def bench_main(args) -> int:
     except ValueError as exc:
         console.print(str(exc))
         return 2
-    res = run(cfg, Path(args.work), skip, progress=lambda msg: console.log(msg), profile_flink=args.profile_flink)
+    res = run(cfg, Path(args.work), skip, progress=lambda msg: console.log(msg), profile_flink=args.profile_flink,
+              profile_http=args.profile_http)
     print_table(res, console)
     Path(args.json).write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
     console.print(f"figures written to {args.json}")
@@ -533,3 +537,6 @@ def add_bench_args(p) -> None:
     p.add_argument("--profile-flink", action="store_true",
                    help="py-spy profiles of the Python workers in the end-to-end runs on Flink at parallelism 2 "
                    "(needs py-spy: $PY_SPY or on PATH; sampling costs a little CPU)")
+    p.add_argument("--profile-http", action="store_true",
+                   help="a py-spy profile (raw, collapsed stacks) of the stats service during the HTTP part's "
+                   "500 requests/s attack, in WORK/http.pyspy")

@@ -12,16 +12,20 @@ the server's CPU).
    sink's write step (``viewcounts.bench.queries.store_cells``): minute windows from the
    start of the UTC day before yesterday up to the current minute, hour windows of the last
    ``HOUR_DAYS`` days up to the current hour, so today's minute row and this month's hour row
-   have an open tail the service must read fresh on every request;
+   have an open tail the service must read fresh on every request; and, through the same
+   sink step, the top lists the pipeline would store for them (``top_rows``: per event type
+   and minute, hour and UTC day window, the videos ranked by count, a day summed from its
+   hours);
 3. runs ``python -m query.service`` (one uvicorn process, stopped by PID) on the table,
    warms it with one request of every target, and checks a sample of HTTP answers against
-   the sync ``get_stats`` (a wrong answer raises ``AssertionError``);
+   the sync ``get_stats`` and the stored top lists (a wrong answer raises ``AssertionError``);
 4. attacks it for ``duration_s`` at ``rate`` requests/s with one mix of targets
    (``KINDS``, in one attack, in random order): a live one-day minute series (the last 1,440
-   minutes, its newest minutes open: 40 %), a past UTC day by minute (final, from the cache:
-   10 %), a live 30-day hour series (720 hours, two hour rows: 40 %) and three event types by
-   day over 7 days (one request, three series: 10 %), on videos drawn at random; p50 and p99
-   per kind over that attack's requests;
+   minutes, its newest minutes open: 30 %), a past UTC day by minute (final, from the cache:
+   10 %), a live 30-day hour series (720 hours, two hour rows: 30 %), three event types by
+   day over 7 days (one request, three series: 10 %), on videos drawn at random, and the top
+   10 (``/v1/top``, 20 %) of an event type for the current or the previous minute, hour or
+   UTC day (at random); p50 and p99 per kind over that attack's requests;
 5. the highest rate held: offers each of ``step_rates`` (ascending) in turn, ``step_s`` each,
    with the same mix. A step is *held* when, over all its requests, the p99 latency is
    <= 50 ms (``TARGET_P99_MS``), no request failed (a status other than 200, a transport error
@@ -59,14 +63,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlencode
 
 import httpx
 import numpy as np
 
+from schemas import storage
 from schemas.storage import Aggregate
 from viewcounts import provision
+from viewcounts.bench.e2e import _finish_profiler, _start_profiler
 from viewcounts.bench.queries import EVENT_TYPES, emulator_env, store_cells, video_name
 from viewcounts.emulators import bigtable_emulator, free_port
 
@@ -75,8 +82,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 VEGETA = os.path.join(REPO, "build", "bin", "vegeta")
 PROJECT, INSTANCE, TABLE = "viewcounts-local", "viewcounts", "bench-http"
 HOUR_DAYS = 62
-KINDS = {"day_minute": 0.4, "past_day_minute": 0.1, "30d_hour": 0.4, "types_7d_day": 0.1}
-TARGETS_P99_MS = {"day_minute": 10.0, "30d_hour": 20.0}  # issue 15, at 500 requests/s
+KINDS = {"day_minute": 0.3, "past_day_minute": 0.1, "30d_hour": 0.3, "types_7d_day": 0.1, "top": 0.2}
+TARGETS_P99_MS = {"day_minute": 10.0, "30d_hour": 20.0, "top": 20.0}  # issue 15, at 500 requests/s
+TOP_N = 10
 TARGET_P99_MS = 50.0  # of a step held (module docstring, 5.)
 HELD_SHARE = 0.95  # of the offered rate answered, for a step held
 
@@ -106,6 +114,44 @@ def live_cells(videos: int, now_s: int, seed: int = 5) -> dict:
     return cells
 
 
+def top_rows(cells: dict, base_ms: int) -> list:
+    """The ``transforms.top.TopRow`` lists of ``cells`` (``live_cells``): per (event type,
+    granularity, window) the videos ranked by ``storage.top_rank``, the first ``TOP_K``; a UTC
+    day's counts are the sums of its hours. Cell timestamps from ``base_ms`` as the pipeline's
+    (``storage.cell_timestamp_us`` of the list's count sum)."""
+    from transforms.top import TopRow
+
+    counts: dict[tuple[str, str, int], dict[str, int]] = {}
+    for (video_id, event_type, gran, w), agg in cells.items():
+        counts.setdefault((event_type, gran, w), {})[video_id] = agg.count
+        if gran == "hour":
+            day = counts.setdefault((event_type, "day", w - w % 86400), {})
+            day[video_id] = day.get(video_id, 0) + agg.count
+    rows = []
+    for (event_type, gran, w), by_video in counts.items():
+        items = tuple(sorted(by_video.items(), key=storage.top_rank)[:storage.TOP_K])
+        rows.append(TopRow(event_type, gran, w, items, storage.cell_timestamp_us(base_ms, sum(c for _, c in items))))
+    return rows
+
+
+def store_top_rows(rows: list, project: str, instance: str, table: str, per_request: int = 10_000) -> None:
+    """Write top lists with the sink's write step (``WriteAggregates._write``, as
+    ``queries.store_cells`` writes aggregates), ``per_request`` cells per request. Raises
+    ``RuntimeError`` when cells still fail after the sink's retries."""
+    from transforms.bigtable_sink import WriteAggregates, cell_of
+
+    sink = WriteAggregates(project, instance, table, max_mutations_per_request=per_request)
+    sink.setup()
+    try:
+        failed = []
+        for i in range(0, len(rows), per_request):
+            failed += sink._write({cell_of(r): r for r in rows[i:i + per_request]})
+    finally:
+        sink.teardown()
+    if failed:
+        raise RuntimeError(f"{len(failed)} top lists could not be written, e.g. {failed[0]}")
+
+
 def targets(base_url: str, videos: int, now_s: int, n: int, seed: int = 3) -> list[tuple[str, str]]:
     """``n`` ``(kind, url)`` in random order, kinds in the ``KINDS`` shares."""
     rng = np.random.default_rng(seed)
@@ -117,6 +163,12 @@ def targets(base_url: str, videos: int, now_s: int, n: int, seed: int = 3) -> li
     kinds = rng.choice(list(KINDS), size=n, p=list(KINDS.values()))
     out = []
     for kind in kinds.tolist():
+        if kind == "top":
+            gran = str(rng.choice(list(storage.TOP_GRANULARITY_SECONDS)))
+            at = now_s - int(rng.integers(2)) * storage.TOP_GRANULARITY_SECONDS[gran]
+            params = [("type", str(rng.choice(EVENT_TYPES))), ("granularity", gran), ("at", _iso(at)), ("n", TOP_N)]
+            out.append((kind, f"{base_url}/v1/top?{urlencode(params)}"))
+            continue
         start, end, gran = ranges[kind]
         types = list(EVENT_TYPES) if kind == "types_7d_day" else [str(rng.choice(EVENT_TYPES))]
         params = [("video_id", video_name(int(rng.integers(videos))))] + [("event_type", t) for t in types]
@@ -239,16 +291,25 @@ def summary(results: list[Result], offered_rps: int) -> dict:
     return out
 
 
-def _check_answers(base_url: str, sample: list[tuple[str, str]]) -> None:
-    """Every sampled HTTP answer's combined count equals the sync ``get_stats``."""
+def _check_answers(sample: list[tuple[str, str]], tops: list) -> None:
+    """Every sampled HTTP answer's combined count equals the sync ``get_stats``; every top
+    answer's items are the first ``n`` of the stored list (``tops``: ``TopRow``)."""
     from urllib.parse import parse_qs, urlsplit
 
     from query.stats import StatsReader
 
+    stored = {(r.event_type, r.granularity, r.window_start_s): r.items for r in tops}
     with StatsReader(PROJECT, INSTANCE, TABLE) as reader, httpx.Client() as client:
-        for _, url in sample:
+        for kind, url in sample:
             q = parse_qs(urlsplit(url).query)
             body = client.get(url).json()
+            if kind == "top":
+                at = int(dt.datetime.fromisoformat(q["at"][0]).timestamp())
+                window = at - at % storage.TOP_GRANULARITY_SECONDS[q["granularity"][0]]
+                want = [{"video_id": v, "count": c} for v, c in stored[(q["type"][0], q["granularity"][0], window)]]
+                if body["items"] != want[:int(q["n"][0])]:
+                    raise AssertionError(f"{url}: HTTP answered {body['items']}, stored {want}")
+                continue
             for series in body["series"]:
                 want = reader.get_stats(series["video_id"], series["event_type"], "count", q["start"][0],
                                         q["end"][0], q["granularity"][0])
@@ -257,10 +318,12 @@ def _check_answers(base_url: str, sample: list[tuple[str, str]]) -> None:
 
 
 def measure_http(rate: int, duration_s: float, videos: int, step_rates: tuple[int, ...], step_s: float,
-                 niceness: int = -10) -> dict:
+                 niceness: int = -10, profile_path: Path | None = None) -> dict:
     """See the module docstring. Needs ``build/bin/vegeta`` (``make vegeta``). ``niceness``: of
     the service, the emulator and Vegeta (the system measured), so that other work on a shared
-    machine does not take their cores (0: as started)."""
+    machine does not take their cores (0: as started). ``profile_path``: a py-spy profile of
+    the service during the main attack (``record --nonblocking --format raw``, collapsed
+    stacks at 50 Hz; ``viewcounts.bench.e2e``'s profiler) written there."""
     if not os.path.exists(VEGETA):
         raise RuntimeError(f"{VEGETA} is missing: run `make vegeta`")
     now_s = int(time.time())
@@ -270,7 +333,11 @@ def measure_http(rate: int, duration_s: float, videos: int, step_rates: tuple[in
         _prioritise(emu.proc.pid, niceness)
         provision.create_table(PROJECT, INSTANCE, TABLE)
         started = time.monotonic()
-        store_cells(live_cells(videos, now_s), PROJECT, INSTANCE, TABLE)
+        cells = live_cells(videos, now_s)
+        store_cells(cells, PROJECT, INSTANCE, TABLE)
+        tops = top_rows(cells, storage.wall_clock_ms())
+        store_top_rows(tops, PROJECT, INSTANCE, TABLE)
+        del cells
         _LOG.info("stored the bench aggregates in %.1f s", time.monotonic() - started)
         with serving(PROJECT, INSTANCE, TABLE, niceness) as (base, server):
             mix = targets(base, videos, now_s, 4000)
@@ -278,11 +345,13 @@ def measure_http(rate: int, duration_s: float, videos: int, step_rates: tuple[in
             with httpx.Client() as client:
                 for url in kind_of:  # warm: every distinct target once
                     client.get(url).raise_for_status()
-            _check_answers(base, mix[:40])
+            _check_answers(mix[:60], tops)
             procs = {"server": server, "emulator": psutil.Process(emu.proc.pid)}
             before = {name: _cpu_s(p) for name, p in procs.items()}
             before["vegeta"] = _children_cpu_s()
+            profiler = _start_profiler([server.pid], duration_s, profile_path)
             results = attack([u for _, u in mix], rate, duration_s, niceness)
+            _finish_profiler(profiler)
             out = {f"http_{name}_cpu_share": (_cpu_s(p) - before[name]) / duration_s for name, p in procs.items()}
             out["http_vegeta_cpu_share"] = (_children_cpu_s() - before["vegeta"]) / duration_s
             main = summary(results, rate)
