@@ -13,7 +13,7 @@ import uuid
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from query.stats import StatsReader
@@ -88,7 +88,8 @@ def test_the_dry_run_counts_stored_aggregates_of_entities_the_archive_has_no_eve
 @pytest.mark.xfail(strict=True, reason="transforms/batch_count.py counts an archived line at its event time even "
                    "when that is outside its folder's hour and outside --start/--end: the job overwrites windows it "
                    "was not asked for (with partial counts), and ones the streaming job may still fire, unforced")
-@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck),
+          phases=[Phase.generate])  # xfail: no shrinking
 @given(offset_s=st.one_of(st.integers(3600, 30 * 86400), st.just(None)))
 def test_the_job_writes_no_window_outside_the_hours_asked_for(bigtable_host, tmp_path_factory, offset_s):
     table = _fresh_table(bigtable_host)

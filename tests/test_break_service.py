@@ -8,7 +8,7 @@ import datetime as dt
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from query.cached_reader import CachedStatsReader
@@ -75,3 +75,53 @@ def test_every_error_answer_is_the_documented_error_json(client, method, path):
     r = client.request(method, path)
     if r.status_code >= 400:
         assert set(r.json()) == {"error"}, (method, path, r.status_code, r.text)
+
+
+@pytest.mark.xfail(strict=True, reason="query.cached_reader.read_many keeps a tail read that was under way during "
+                   "an invalidation (only the final-window cache checks the generation): for up to tail_ttl_s after "
+                   "POST /v1/cache/invalidate the service answers the windows as they were before the recompute")
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          phases=[Phase.generate])  # xfail: no shrinking
+@given(old=st.integers(1, 1000), new=st.integers(1001, 2000), ttl=st.floats(0.5, 60))
+def test_after_an_invalidation_no_answer_holds_windows_read_before_it(bigtable_host, monkeypatch, old, new, ttl):
+    """A read under way while a recompute writes and the cache is invalidated (its ReadRows
+    answered before the write, its answer handled after the invalidation); the next request
+    must see the recomputed value. The read is only held back, Bigtable is real."""
+    import asyncio
+
+    from query import cached_reader
+    from query.stats import parse_query, stats_of
+    from schemas.storage import Aggregate
+    from viewcounts.bench.queries import store_cells
+
+    table = f"brk-{uuid.uuid4().hex[:10]}"
+    provision.create_table(PROJECT, INSTANCE, table)
+    hour = int(dt.datetime(2024, 5, 14, 10, tzinfo=dt.timezone.utc).timestamp())
+    store_cells({("V", "view", "hour", hour): Aggregate(old, 0, 0.0, None, None)}, PROJECT, INSTANCE, table)
+    query = parse_query("V", "view", "count", _iso(hour), _iso(hour + 3600), "hour")
+    now = hour + 1800  # the hour is open: its windows come from tail reads
+    real_read, held, release = cached_reader.read_columns, asyncio.Event(), asyncio.Event()
+
+    async def held_back(*args, **kwargs):
+        rows = await real_read(*args, **kwargs)
+        held.set()
+        await release.wait()
+        return rows
+
+    async def scenario() -> int:
+        reader = CachedStatsReader(PROJECT, INSTANCE, table, tail_ttl_s=ttl, clock=lambda: now)
+        await reader.open()
+        try:
+            monkeypatch.setattr(cached_reader, "read_columns", held_back)
+            first = asyncio.ensure_future(reader.read(query))
+            await held.wait()
+            monkeypatch.setattr(cached_reader, "read_columns", real_read)
+            store_cells({("V", "view", "hour", hour): Aggregate(new, 0, 0.0, None, None)}, PROJECT, INSTANCE, table)
+            reader.invalidate()  # POST /v1/cache/invalidate after the recompute
+            release.set()
+            await first
+            return stats_of(query, (await reader.read(query)).windows).value
+        finally:
+            await reader.close()
+
+    assert asyncio.run(scenario()) == new
