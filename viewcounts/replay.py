@@ -9,7 +9,8 @@ Sources (``--source``, one or more, read in the order given; ``read_source``):
 * JSONL files: event objects (raw-archive files, replay manifests, any JSON array line
   counts as its items), or dead-letter lines (``schemas.archive.DeadLetter``): their payload
   is decoded and republished when it is a JSON object or an array of objects; other
-  payloads (not JSON, not objects) and ``write_failed`` ones (aggregates, for
+  payloads (not JSON, not objects), dead letters that cannot be decoded (a
+  ``payload_base64`` that is no base64 text) and ``write_failed`` ones (aggregates, for
   ``pipelines.redrive``) are skipped and counted in a warning, as are undecodable lines;
 * Parquet files or folders of the Parquet archive (``schemas.parquet_archive``): their rows
   as event objects, times as RFC 3339 UTC.
@@ -119,7 +120,11 @@ def _jsonl_events(path: str, skipped: Counter) -> Iterator[dict]:
                 skipped["lines that are not JSON"] += 1
                 continue
             if type(doc) is dict and doc.keys() == DEAD_LETTER_KEYS:
-                letter = DeadLetter.from_json(line)
+                try:
+                    letter = DeadLetter.from_json(line)
+                except (ValueError, TypeError):  # payload_base64 not base64 text, numbers orjson cannot read
+                    skipped["dead letters that cannot be decoded"] += 1
+                    continue
                 if letter.reason == WRITE_FAILED:
                     skipped["write_failed dead letters (aggregates: use pipelines.redrive)"] += 1
                     continue
