@@ -25,7 +25,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from query.stats import QueryError
+from query.stats import QueryError, StatsReader
 from schemas import storage
 from schemas.event import MAX_EVENT_TYPE_BYTES, US_PER_S, BadTimestamp, parse_event_time
 
@@ -120,25 +120,9 @@ def top_answer(query: TopQuery, items: list[tuple[str, int]], opened_at_ms: int 
     return Top(query, items[:query.n], opened_at_ms)
 
 
-class TopReader:
-    """Reads top lists from one Bigtable table (honours ``BIGTABLE_EMULATOR_HOST``): one blocking
-    read of one cell per call."""
-
-    def __init__(self, project: str = storage.DEFAULT_PROJECT, instance: str = storage.DEFAULT_INSTANCE,
-                 table: str = storage.DEFAULT_TABLE) -> None:
-        from google.cloud import bigtable
-
-        self._client = bigtable.Client(project=project, admin=False)
-        self._table = self._client.instance(instance).table(table)
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> "TopReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+class TopReader(StatsReader):
+    """``query.stats.StatsReader`` (one Bigtable table, ``BIGTABLE_EMULATOR_HOST`` honoured) that
+    also reads top lists: one blocking read of one cell per ``get_top``."""
 
     def get_top(self, event_type: str, granularity: str, at, n: int = 10) -> Top:
         from google.cloud.bigtable import row_filters as f

@@ -30,7 +30,8 @@ from transforms.count_events import ROWS
 from transforms.enrich import EnrichFromSnapshots
 from transforms.top import TopEntities
 from viewcounts import provision
-from viewcounts.scenario import METADATA, build_test_stream, payload_tag, policy_of_case
+from viewcounts.scenario import (FLINK_CASE_DEADLINE_S, METADATA, InSourceOrder, _finish_within,
+                                 _snapshots_read_once, build_test_stream, payload_tag, policy_of_case)
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 PROJECT, INSTANCE = "test-project", "test-instance"
@@ -84,27 +85,40 @@ def reference_tops(rows: dict, k: int) -> dict:
     return {key: sorted(per_video.items(), key=lambda vc: (-vc[1], vc[0]))[:k] for key, per_video in counts.items()}
 
 
-def run_stream(case: dict, table: str, small_table: str, tmp: str | None = None) -> None:
-    """The streaming job of ``case`` on the local runner (``count_and_store``: the full job, its
-    archive under ``tmp``, default a temporary folder), plus a second ``TopEntities`` branch with
-    ``SMALL_K`` entries over ``SMALL_SHARDS`` into ``small_table``."""
+def run_stream(case: dict, table: str, small_table: str, tmp: str | None = None, flink_parallelism: int = 0) -> None:
+    """The streaming job of ``case`` (``count_and_store``: the full job, its archive under ``tmp``,
+    default a temporary folder) on the local runner, or on an embedded Flink at
+    ``flink_parallelism`` (built as ``viewcounts.scenario.run_case`` builds it there), plus a
+    second ``TopEntities`` branch with ``SMALL_K`` entries over ``SMALL_SHARDS`` into ``small_table``."""
     policy, early_firing_s = policy_of_case(case)
+    flink = flink_parallelism > 0
     with (contextlib.nullcontext(tmp) if tmp else tempfile.TemporaryDirectory(prefix="top-")) as tmp:
         sinks = SinkConfig(PROJECT, INSTANCE, table, archive_path=f"{tmp}/archive", dead_letter_topic=None,
                            dead_letter_path=f"{tmp}/dead-letters")
-        options = PipelineOptions(runner_flags("local"))
+        options = PipelineOptions([*runner_flags("flink", parallelism=flink_parallelism),
+                                   "--shutdown_sources_after_idle_ms=1000"] if flink else runner_flags("local"))
         options.view_as(StandardOptions).streaming = True
         runners.prepare(options)
         pipeline = beam.Pipeline(options=options)
-        stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=True)
-        counted = count_and_store(stream[payload_tag(True)], EnrichFromSnapshots(stream[METADATA], True), policy,
-                                  early_firing_s, sinks, stamped_watermark=runners.stamped_watermark("local"))
+        stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=not flink, flink=flink)
+        if flink:
+            snapshots = pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, "flink"))
+            payloads = (stream[payload_tag(False)]
+                        | "in source order" >> beam.ParDo(InSourceOrder()).with_output_types(tuple[bytes, int]))
+        else:
+            snapshots, payloads = stream[METADATA], stream[payload_tag(True)]
+        counted = count_and_store(payloads, EnrichFromSnapshots(snapshots, not flink), policy, early_firing_s, sinks,
+                                  stamped_watermark=flink or runners.stamped_watermark("local"))
         small = SinkConfig(PROJECT, INSTANCE, small_table, archive_path=None, dead_letter_topic=None,
                            dead_letter_path=f"{tmp}/dead-letters-small")
         (counted[ROWS]
          | "small top" >> TopEntities(policy.allowed_lateness_s, SMALL_SHARDS, SMALL_K)
          | "write small top" >> bigtable_writer(small))
-        pipeline.run().wait_until_finish()
+        result = pipeline.run()
+        if flink:
+            _finish_within(result, FLINK_CASE_DEADLINE_S)
+        else:
+            result.wait_until_finish()
 
 
 def stored_tops(table: str, windows) -> dict:
@@ -121,10 +135,10 @@ def _new_table() -> str:
     return name
 
 
-def check_stream(steps) -> None:
+def check_stream(steps, flink_parallelism: int = 0) -> None:
     rows, _ = model(steps)
     table, small_table = _new_table(), _new_table()
-    run_stream(_case(steps, 3), table, small_table)
+    run_stream(_case(steps, 3), table, small_table, flink_parallelism=flink_parallelism)
     want, want_small = reference_tops(rows, storage.TOP_K), reference_tops(rows, SMALL_K)
     # every window of the reference, and windows next to them that must hold nothing
     probes = set(want) | {(t, g, w + storage.TOP_GRANULARITY_SECONDS[g]) for t, g, w in want}
@@ -136,6 +150,13 @@ def check_stream(steps) -> None:
 @given(streams())
 def test_streaming_top_lists_equal_the_reference(bigtable_host, steps):
     check_stream(steps)
+
+
+@pytest.mark.flink
+@settings(max_examples=2, **_EXAMPLES)
+@given(streams())
+def test_streaming_top_lists_equal_the_reference_on_flink_at_parallelism_2(bigtable_host, steps):
+    check_stream(steps, flink_parallelism=2)
 
 
 def all_top_lists(table: str) -> dict:

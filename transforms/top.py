@@ -144,7 +144,7 @@ def day_hours(rows):
 class _Cleared(beam.DoFn):
     """A stateful stage with one state, ``STATE`` (JSON bytes), cleared ``CLEANUP_GRACE_S`` of
     processing time after the watermark passes ``drop_at_s`` (module docstring). Each subclass
-    declares its own specs (Beam binds one callback per spec) and calls ``_callbacks``."""
+    takes its own specs and callbacks from ``_cleanup_specs``."""
 
     def __init__(self, allowed_lateness_s: int, k: int = TOP_K) -> None:
         self._lateness_s, self._k = allowed_lateness_s, k
