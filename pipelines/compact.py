@@ -178,12 +178,17 @@ def compact(archive_root: str, parquet_root: str, now_s: float, allowed_lateness
         return list(pool.map(_compact_one, jobs))
 
 
-def _hours_arg(start: str | None, end: str | None) -> range | None:
+def hours_arg(start: str | None, end: str | None) -> range | None:
+    """The hour starts (epoch s) of ``--start``/``--end`` (the hours they touch), None for
+    neither. Raises ``ValueError`` for one without the other, an instant that is not RFC 3339,
+    or an ``--end`` not after ``--start``."""
     if not start and not end:
         return None
     if not (start and end):
         raise ValueError("--start and --end go together")
     start_s, end_s = parse_event_time(start) // US_PER_S, parse_event_time(end) // US_PER_S
+    if end_s <= start_s:
+        raise ValueError(f"--end ({end}) must be after --start ({start})")
     return range(start_s - start_s % ARCHIVE_WINDOW_S, end_s, ARCHIVE_WINDOW_S)
 
 
@@ -201,10 +206,16 @@ def add_compact_args(p: argparse.ArgumentParser) -> None:
 
 
 def compact_main(args) -> int:
-    """Run ``compact`` from parsed ``add_compact_args`` flags; prints one JSON summary line."""
+    """Run ``compact`` from parsed ``add_compact_args`` flags; prints one JSON summary line.
+    Returns 2, with the message on stderr, for a bad ``--start``/``--end``."""
     started = time.monotonic()
+    try:
+        hours = hours_arg(args.start, args.end)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     results = compact(args.archive_path, args.parquet_path, time.time(), args.allowed_lateness_s,
-                      _hours_arg(args.start, args.end), args.force, args.workers)
+                      hours, args.force, args.workers)
     changed = [r for r in results if r.files_merged]
     print(orjson.dumps({
         "closed_hours": len(results), "hours_written": len(changed),

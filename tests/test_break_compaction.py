@@ -62,3 +62,22 @@ def test_a_compacted_hour_holds_what_the_jsonl_recompute_counts_array_lines_incl
                                                               cols["event_type"], cols["time_us"], cols["value"])}
         assert len(got) == len(cols["event_id"])  # one row per distinct id
         assert got == _recompute_view(files)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(start_s=st.integers(0, 4_000_000_000), back_s=st.integers(0, 10**7),
+       bad=st.sampled_from(["garbage", "2024-05-14 10:00:00", "2024-05-14T10:00:00", ""]), which=st.integers(0, 2))
+def test_the_command_refuses_a_reversed_or_unreadable_range_with_a_message(start_s, back_s, bad, which, capsys):
+    """A reversed (or empty) range, an unreadable instant or one bound alone: exit 2 and a
+    message, never a traceback nor a silent run over no hour."""
+    from viewcounts.cli import main
+
+    start, end = format_time_us(start_s * US_PER_S), format_time_us((start_s - back_s) * US_PER_S)
+    if which == 1:
+        start = bad or start
+    elif which == 2:
+        end = bad
+    flags = ["--start", start] + (["--end", end] if end else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        assert main(["compact", "--archive-path", tmp, "--parquet-path", os.path.join(tmp, "p"), *flags]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
