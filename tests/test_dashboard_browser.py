@@ -245,6 +245,14 @@ def test_top_panel_shows_what_the_top_endpoint_answers(site, granularity):
         shown = page.eval_on_selector_all("#top-list li", "lis => lis.map(li => [li.querySelector('button')"
                                           ".textContent, li.querySelector('.count').textContent])")
         assert shown == [[v, f"{c:,}"] for v, c in want]
+        # a click on an entry charts that video (over the range in the form)
+        page.fill("#from", _input(BASE))
+        page.fill("#to", _input(BASE + HOURS * 3600))
+        page.evaluate("document.body.dataset.seriesState = ''")
+        page.click("#top-list li:last-child button")
+        page.wait_for_selector("body[data-series-state=ok], body[data-series-state=error]")
+        assert page.input_value("#video") == want[-1][0]
+        assert page.text_content("#series-status").startswith(f"{want[-1][0]} · view · ")
     else:  # the endpoint refuses (or does not exist yet): its message, and no list
         message = body.get("error") or body.get("detail")
         assert page.get_attribute("body", "data-top-state") == "error"
