@@ -11,6 +11,7 @@ import datetime as dt
 import math
 import os
 import shutil
+import time
 import uuid
 
 import httpx
@@ -258,6 +259,24 @@ def test_top_panel_shows_what_the_top_endpoint_answers(site, granularity):
         assert page.get_attribute("body", "data-top-state") == "error"
         assert page.text_content("#top-status") == f"HTTP {resp.status_code}: {message}"
         assert page.eval_on_selector_all("#top-list li", "lis => lis.length") == 0
+
+
+def test_follow_now_ends_the_range_at_the_current_minute(site):
+    _, page = site
+    _show(page, VIDEOS[1], "watch", "minute", "sum", BASE, BASE + 3 * 3600)
+    page.evaluate("document.body.dataset.seriesState = ''")
+    before = time.time()
+    page.check("#follow")
+    page.wait_for_selector("body[data-series-state=ok], body[data-series-state=error]")
+    after = time.time()
+    assert "follow=1" in page.url
+    page.uncheck("#follow")
+    assert page.get_attribute("body", "data-series-state") == "ok"
+    to = int(dt.datetime.fromisoformat(page.input_value("#to") + "+00:00").timestamp())
+    start = int(dt.datetime.fromisoformat(page.input_value("#from") + "+00:00").timestamp())
+    assert math.ceil(before / 60) * 60 <= to <= math.ceil(after / 60) * 60 and to - start == 3 * 3600
+    xs = page.evaluate("() => Array.from(viewcountsDashboard.chart.data[0])")
+    assert xs == list(range(start, to, 60))
 
 
 def test_screenshot_of_a_day_of_minutes(site, tmp_path):

@@ -1,7 +1,9 @@
 // The dashboard page (query/dashboard.py): one video and event type as a uPlot chart over a UTC
 // range from GET /v1/stats, and the top list of a minute, hour or day from GET /v1/top.
 // Times are UTC everywhere. The page's state is in its URL (?video=&type=&granularity=&metric=
-// &from=&to=&top=&at=) so a view can be bookmarked. For tests and the curious,
+// &from=&to=&top=&at=&follow=1) so a view can be bookmarked. "Follow now" moves the range to end at
+// the current minute (keeping its length) and reloads both panels every <body data-refresh-s>
+// seconds (10 unless set). For tests and the curious,
 // window.viewcountsDashboard holds the chart, the last answers, and <body data-series-state /
 // data-top-state> says "loading", "ok" or "error" for the newest request of each panel.
 (function () {
@@ -9,7 +11,7 @@
   const SIZES = { minute: 60, hour: 3600, day: 86400 };
   const TOP_N = 10;
   const $ = (id) => document.getElementById(id);
-  const state = { chart: null, stats: null, top: null, seriesRequest: 0, topRequest: 0 };
+  const state = { chart: null, stats: null, top: null, seriesRequest: 0, topRequest: 0, follow: null };
   window.viewcountsDashboard = state;
 
   // "YYYY-MM-DDTHH:MM[:SS]" (a datetime-local value, read as UTC; or an RFC 3339 instant) <-> epoch seconds
@@ -59,6 +61,7 @@
     for (const id of ["video", "type", "granularity", "metric", "from", "to"]) p.set(id, $(id).value);
     p.set("top", $("top-granularity").value);
     if ($("top-at").value) p.set("at", $("top-at").value);
+    if ($("follow").checked) p.set("follow", "1");
     history.replaceState(null, "", location.pathname + "?" + p.toString());
   }
 
@@ -152,6 +155,27 @@
     if (!$("video").value && body.items.length) { $("video").value = body.items[0].video_id; loadSeries(); }
   }
 
+  // One "follow now" step: the range ends at the current minute; the top panel reloads when it
+  // shows "now" (At empty).
+  function followStep() {
+    const length = fromInput($("to").value) - fromInput($("from").value), to = Math.ceil(nowS() / 60) * 60;
+    $("to").value = toInput(to);
+    $("from").value = toInput(to - length);
+    loadSeries();
+    if (!$("top-at").value) loadTop();
+  }
+
+  function setFollow(on) {
+    clearInterval(state.follow);
+    state.follow = null;
+    if (on) {
+      followStep();
+      state.follow = setInterval(followStep, 1000 * Number(document.body.dataset.refreshS || 10));
+    } else {
+      saveUrl();
+    }
+  }
+
   function init() {
     const p = new URLSearchParams(location.search);
     for (const id of ["video", "type", "granularity", "metric"]) if (p.get(id)) $(id).value = p.get(id);
@@ -160,6 +184,8 @@
     $("to").value = p.get("to") ? toInput(fromInput(p.get("to"))) : toInput(end);
     if (p.get("top")) $("top-granularity").value = p.get("top");
     if (p.get("at")) $("top-at").value = toInput(fromInput(p.get("at")));
+    $("follow").checked = p.get("follow") === "1";
+    $("follow").addEventListener("change", () => setFollow($("follow").checked));
     $("series-form").addEventListener("submit", (e) => { e.preventDefault(); loadSeries(); });
     $("top-form").addEventListener("submit", (e) => { e.preventDefault(); loadTop(); });
     for (const b of document.querySelectorAll("[data-last]")) {
@@ -174,6 +200,7 @@
     window.addEventListener("resize", () => {
       if (state.chart) state.chart.setSize({ width: Math.max($("chart").clientWidth, 300), height: 320 });
     });
+    if ($("follow").checked) { setFollow(true); return; }
     if ($("video").value) loadSeries(); else setStatus("series", "pick a video (or click one in the top list)");
     loadTop();
   }
