@@ -73,9 +73,9 @@ async def asset(name: str) -> Response:
 
 @router.get("/dashboard/vendor/{name}", summary="uPlot's built files (make js)")
 async def vendor(name: str) -> Response:
-    path = os.path.join(vendor_dir(), name)
     if name not in VENDOR:
         return Response(status_code=404)
+    path = os.path.join(vendor_dir(), name)
     if not os.path.isfile(path):
         return Response(BUILD_HINT, status_code=404, media_type="text/plain")
     return FileResponse(path, media_type=VENDOR[name])
