@@ -140,6 +140,27 @@ def test_a_launcher_stopped_before_the_job_is_healthy_cancels_it_and_leaves_noth
             _cancel(cluster, j)
 
 
+def test_the_recompute_runs_as_a_batch_job_on_the_cluster(cluster, table, tmp_path):
+    """``viewcounts recompute`` submitted to the session cluster at parallelism 2 with the
+    worker pool (the production recipe, in Flink's batch mode): it ends, the job is FINISHED
+    on the cluster, and the stored aggregates equal the model of the archive (copies across
+    files and hours included)."""
+    from tests.test_recompute import H0, model, write_archive
+    from tests.test_recompute_runs import _args, _copies, _stored
+    from viewcounts.cli import main
+    from viewcounts.reconcile import reconcile
+
+    copies = _copies(4000, H0, 6 * 3600, seed=11)
+    archive = str(tmp_path / "archive")
+    write_archive(archive, copies)
+    before = {j["jid"] for j in cluster.rest("/jobs/overview")["jobs"]}
+    flags = runner_flags("flink", flink_master=cluster.master, parallelism=2, worker_pool=cluster.worker_pool)
+    assert main(_args(table, archive, H0, H0 + 6 * 3600, "--", *flags)) == 0
+    jobs = [j for j in cluster.rest("/jobs/overview")["jobs"] if j["jid"] not in before]
+    assert [j["state"] for j in jobs] == ["FINISHED"]
+    assert reconcile(model(copies), _stored(table)) == []
+
+
 def _cancel(cluster: FlinkCluster, job_id: str) -> None:
     """Cancel ``job_id`` and wait until it has ended (its slots are free again)."""
     if cluster.job_status(job_id) not in ("CANCELED", "FAILED", "FINISHED"):

@@ -58,7 +58,7 @@ def test_demo_on_a_flink_session_cluster_reconciles_and_stops_what_it_started(tm
 
     def cluster_pids() -> set[int]:
         return {p.pid for p in psutil.process_iter(["cmdline"])
-                if any("flink-cluster-" in a or "worker_pool_main" in a for a in p.info["cmdline"] or [])}
+                if any("flink-cluster-" in a or "worker_pool" in a for a in p.info["cmdline"] or [])}
 
     before = cluster_pids()
     out = tmp_path / "demo-out"

@@ -2,9 +2,10 @@
 started and stopped by PID.
 
 ``with FlinkCluster(task_managers=2, task_slots=2) as cluster:`` starts one job manager,
-``task_managers`` task managers and one Beam Python worker pool
-(``python -m apache_beam.runners.worker.worker_pool_main``, the project's venv first on its
-``PATH``: the pool starts each SDK worker with the ``python`` it finds there), each in a
+``task_managers`` task managers and one Python worker pool that they all share
+(``python -m viewcounts.worker_pool``: Beam's pool would let one task manager stop another's
+worker; the project's venv first on its ``PATH``: the pool starts each SDK worker with the
+``python`` it finds there), each in a
 process group of its own, with a config of their own (free ports, a temporary folder).
 ``cluster.master`` is ``localhost:REST_PORT`` for ``--flink_master``; ``cluster.worker_pool``
 is ``localhost:PORT`` for ``--environment_type=EXTERNAL --environment_config=...``. Leaving
@@ -146,7 +147,7 @@ class FlinkCluster:
         log_dir = Path(self.dir) / "log" / "worker-pool"
         log_dir.mkdir(parents=True, exist_ok=True)
         self._pool = subprocess.Popen(
-            [str(Path(venv_bin) / "python"), "-m", "apache_beam.runners.worker.worker_pool_main",
+            [str(Path(venv_bin) / "python"), "-m", "viewcounts.worker_pool",
              f"--service_port={self._pool_port}"], env=env, stdout=open(log_dir / "pool.log", "ab"),
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
         self._wait(lambda: socket.create_connection(("localhost", self._pool_port), timeout=1).close() or True,
