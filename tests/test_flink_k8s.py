@@ -63,7 +63,7 @@ def test_task_managers_carry_a_worker_pool_sidecar_on_the_port_the_job_uses(depl
     tm = deployment["spec"]["taskManager"]
     containers = _containers(tm["podTemplate"])
     assert "flink-main-container" in containers
-    (pool,) = [c for c in containers.values() if "apache_beam.runners.worker.worker_pool_main" in c.get("command", [])]
+    (pool,) = [c for c in containers.values() if "viewcounts.worker_pool" in c.get("command", [])]
     port = int(_flag(pool["args"], "service_port"))
     assert port in {p["containerPort"] for p in pool["ports"]}
     args = _submit_args(submit)

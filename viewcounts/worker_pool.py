@@ -19,8 +19,9 @@ control stream is closed exits by itself, so on ``StopWorker(id)``:
   released and is forgotten; no process is killed, since the id alone cannot tell which task
   manager asked. A worker that does not exit stays until its own stream closes.
 
-One pool per task manager (the Kubernetes sidecar recipe, ``infra/flink/k8s``) never shares
-ids; this pool is for the pools that serve several task managers on one host.
+Used by the session cluster on one host (``viewcounts.flink``, the README's recipe) and by the
+Kubernetes sidecar (``infra/flink/k8s``: one pool per task manager pod, whose task manager
+container, restarted, names its workers as its predecessor did).
 """
 from __future__ import annotations
 
