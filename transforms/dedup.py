@@ -2,7 +2,8 @@
 
 Input: ``((DEDUP_KEY, shard), (arrival_us, [Event, ...]))`` from ``ValidateEvents``, plus,
 when the view comes from timers (below), one ``((DEDUP_KEY, shard), (0, []))`` element per
-shard from ``probe_elements`` (an empty chunk that starts the shard's ladder).
+shard from ``probe_elements`` (an empty chunk, stamped with the wall clock, that starts the
+shard's search for the watermark).
 
 Dedup. A shard key (``crc32(event_id) % dedup_shards``) holds every remembered id of its
 shard, grouped by the event-time minute of the first accepted copy, so a copy is found
@@ -38,15 +39,31 @@ is per shard key, in state, and comes from one of two places:
 * ``stamped_watermark=False`` (Flink, with any number of source readers; the native
   ``ReadFromPubSub`` of the local runner and Dataflow, whose element timestamps are
   publish or event times): every shard key keeps a
-  *ladder* of event-time timers at ``view + 5 s * 2**i`` (i = 0..41, dynamic timer tags),
-  started by one probe element per key (``probe_elements``). A timer that fires at ``T``
-  proves the watermark reached ``T``; the view becomes the highest rung that fired and the
-  rungs up to one above it are set again from there (``_set_ladder``). After a jump of the
-  watermark by D the view is back within 5 s in about log2(D / 5 s) rounds, and while the
-  watermark creeps forward rung 0 fires every 5 s of event time. This needs a runner that
-  fires every due timer of a key together: Prism (2.70) holds a stage's input watermark at
-  its earliest pending timer, so the ladder there advances 5 s per round (a 3,000-flight
-  replay of 2013 had not caught up after 240 s), which is why Prism takes the stamped path.
+  *ladder* of event-time timers at ``view + 5 s * 2**i`` (i = 0..41, dynamic timer tags
+  ``"0"`` .. ``"41"``). A timer that fires at ``T`` proves the watermark reached ``T``; the
+  view becomes the highest rung that fired and the rungs up to one above it are set again
+  from there (``_set_ladder``): while the watermark creeps forward rung 0 fires every 5 s
+  of event time, and after a jump of D the view is back within 5 s in about
+  log2(D / 5 s) rounds (a round: the runner fires the due timers of a key together).
+  A ladder climbing from nowhere (the minimum of time, 292,000 years back) would take
+  ~41 rounds, and every rung still below the watermark holds this stage's output
+  watermark there (Beam holds a stateful DoFn's output watermark at its pending
+  event-time timers; Python's timers hold at their firing time): on the Flink session
+  cluster at parallelism 2 the windows stage's input watermark trailed the dedup stage's
+  by 1.5 years (then 118,000 years) for the first 15-40 s of every job, longer under
+  load, and on-time panes waited for it. So the ladder is found by a *search* from a
+  guess ``G`` of the watermark (``_search_from``): rungs ``"d0"`` .. ``"d41"`` at
+  ``G - 5 s * 2**i`` (those above the view). All the rungs below the watermark fire in
+  the next round, and the highest of them is within ``|G - W|`` of it; it starts the
+  ladder from there like an ordinary rung (``"dj"`` counts as rung ``j``). The guesses:
+  an element's timestamp (``ReadFromPubSubPortable`` stamps each message with its
+  reader's watermark; a native source with its publish or event time), taken when the
+  key has no ladder yet or the stamp is more than ``SEARCH_GAP_S`` above the view and as
+  far from the last guess; the probe elements (``probe_elements``, one per key, so that
+  keys without data find the watermark too and hold nothing below it) carry the wall
+  clock at the job's start. Prism (2.70) holds a stage's input watermark at its earliest
+  pending timer, so the ladder there advances 5 s per round (a 3,000-flight replay of
+  2013 had not caught up after 240 s), which is why Prism takes the stamped path.
 
 Expiry timers raise the view (in both modes): an expiry at ``T`` forgot ids, so no copy
 judged after it may be judged below ``T``; it fired at this stage's input watermark, which
@@ -73,7 +90,7 @@ import orjson
 from apache_beam.coders import BytesCoder, TupleCoder, VarIntCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.transforms.window import GlobalWindow
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from schemas.archive import DeadLetter
@@ -84,6 +101,8 @@ from transforms.validate import DEAD_LETTER, DEDUP_KEY
 
 WATERMARK_VIEW_STEP_S = 5
 LADDER_RUNGS = 42  # 5 s * 2**41 spans Beam's whole timestamp range
+SEARCH_GAP_S = WATERMARK_VIEW_STEP_S * 2**6  # a stamp further above the view starts a search (_search_from)
+_DESCENDING = "d"  # the tag prefix of a search's rungs
 _END_US = GlobalWindow().max_timestamp().micros
 _START_US = MIN_TIMESTAMP.micros
 # Per pipeline (keyed by a token made at construction), shared by every instance of the
@@ -91,9 +110,12 @@ _START_US = MIN_TIMESTAMP.micros
 _IDS: dict[tuple[str, tuple[int, int]], "_ShardIds"] = {}
 
 
-def probe_elements(shards: int) -> list[tuple[tuple[int, int], tuple[int, list]]]:
-    """The elements that start every shard key's ladder (fed once, from an ``Impulse``)."""
-    return [((DEDUP_KEY, s), (0, [])) for s in range(shards)]
+def probe_elements(shards: int) -> list[TimestampedValue]:
+    """The elements that start every shard key's search for the watermark (fed once, from an
+    ``Impulse``): ``((DEDUP_KEY, shard), (0, []))``, timestamped with the wall clock now
+    (the search's guess; an ``Impulse``'s own timestamp, the minimum of time, is no guess)."""
+    now = Timestamp.now()
+    return [TimestampedValue(((DEDUP_KEY, s), (0, [])), now) for s in range(shards)]
 
 
 class _ShardIds:
@@ -137,6 +159,7 @@ class DedupAndJudgeLateness(beam.DoFn):
     VERSION = ReadModifyWriteStateSpec("version", VarIntCoder())
     VIEW = ReadModifyWriteStateSpec("watermark_view_us", VarIntCoder())
     LADDER_BASE = ReadModifyWriteStateSpec("ladder_base_us", VarIntCoder())
+    GUESS = ReadModifyWriteStateSpec("search_guess_us", VarIntCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
     RUNG = TimerSpec("watermark_ladder", TimeDomain.WATERMARK)
 
@@ -173,15 +196,14 @@ class DedupAndJudgeLateness(beam.DoFn):
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, ids=beam.DoFn.StateParam(IDS),
                 version=beam.DoFn.StateParam(VERSION), view=beam.DoFn.StateParam(VIEW),
-                base=beam.DoFn.StateParam(LADDER_BASE), expiry=beam.DoFn.TimerParam(EXPIRY),
-                rung=beam.DoFn.TimerParam(RUNG)):
+                base=beam.DoFn.StateParam(LADDER_BASE), guess=beam.DoFn.StateParam(GUESS),
+                expiry=beam.DoFn.TimerParam(EXPIRY), rung=beam.DoFn.TimerParam(RUNG)):
         key, (arrival_us, chunk) = element
         if self._stamped:  # this message's own watermark at arrival, not the key's highest stamp
             view_us = max(timestamp.micros, self._view_us(view))
         else:
             view_us = self._view_us(view)
-            if base.read() is None:
-                self._set_ladder(view_us, base, rung)
+            self._maybe_search(timestamp.micros, view_us, base, guess, rung)
         if not chunk:
             return
         boundary_us = view_us - self._lateness_s * US_PER_S
@@ -244,7 +266,33 @@ class DedupAndJudgeLateness(beam.DoFn):
                 rung=beam.DoFn.TimerParam(RUNG)):
         view_us = self._raise_view(view, fired.micros)
         if view_us > base.read():
-            self._set_ladder(view_us, base, rung, min(int(tag) + 2, LADDER_RUNGS))
+            self._set_ladder(view_us, base, rung, min(int(tag.lstrip(_DESCENDING)) + 2, LADDER_RUNGS))
+
+    @staticmethod
+    def _maybe_search(stamp_us: int, view_us: int, base, guess, rung) -> None:
+        """Search from an element's timestamp when the key has no ladder yet, or when the
+        stamp is more than ``SEARCH_GAP_S`` above the view and as far from the last guess
+        (a jump of the watermark, or a first guess far off: the wall clock of the probes
+        against a replay of 2013)."""
+        gap_us = SEARCH_GAP_S * US_PER_S
+        last_us = guess.read()
+        if base.read() is None or (stamp_us - view_us > gap_us
+                                   and (last_us is None or abs(stamp_us - last_us) > gap_us)):
+            DedupAndJudgeLateness._search_from(stamp_us, view_us, base, guess, rung)
+
+    @staticmethod
+    def _search_from(guess_us: int, view_us: int, base, guess, rung) -> None:
+        """Set rungs ``"d0"`` .. ``"d41"`` at ``guess_us - 5 s * 2**i`` (those above the view;
+        stale ones of an earlier search stay, each still a time the watermark must reach
+        before it fires): the highest that fires starts the ladder like rung ``i``."""
+        guess.write(guess_us)
+        if base.read() is None:
+            base.write(view_us)
+        for i in range(LADDER_RUNGS):
+            at_us = guess_us - WATERMARK_VIEW_STEP_S * US_PER_S * 2**i
+            if at_us <= view_us:
+                break
+            rung.set(Timestamp(micros=min(at_us, _END_US)), dynamic_timer_tag=f"{_DESCENDING}{i}")
 
     @staticmethod
     def _set_ladder(from_us: int, base, rung, rungs: int = LADDER_RUNGS) -> None:

@@ -1,0 +1,95 @@
+"""The dedup stage's search for the watermark (``transforms.dedup``, ``stamped_watermark=False``),
+one shard key driven directly through rounds of a runner's event-time timers.
+
+A round at watermark ``W`` fires the key's pending timers at or below ``W`` in time order
+(a timer set again before it fires moves). Every pending timer holds the stage's output
+watermark at its time (Beam's watermark holds; Python's event-time timers hold at their
+firing time), so a rung left below ``W`` holds the next stage back. For a guess ``G`` (the
+stamp of the element that starts the search) anywhere from years before to years after
+``W``, generated:
+
+* the view never passes the watermark (it is a lower bound: nothing the SPEC accepts is refused);
+* after one round, no pending rung is more than ``|G - W|`` below ``W`` (the ladder that
+  climbed from the minimum of time held the stage 1.5 years, then 118,000 years back);
+* after ``2 * log2(|G - W| / 5 s) + 3`` rounds (up the ladder, then down) the view is within 5 s of ``W`` and nothing is held below it.
+"""
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from apache_beam.utils.timestamp import Timestamp
+
+from schemas.event import US_PER_S, parse_event_time
+from tests.test_parallel_state import KEY, Cell
+from transforms.dedup import WATERMARK_VIEW_STEP_S, DedupAndJudgeLateness
+
+W0_US = parse_event_time("2013-06-01T12:00:00Z")
+YEAR_S = 365 * 86400
+STEP_US = WATERMARK_VIEW_STEP_S * US_PER_S
+
+
+class Timers:
+    """One key's pending event-time timers, ``{tag: time_us}`` (``rung.set`` as Beam's TimerParam)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, int] = {}
+
+    def set(self, ts: Timestamp, dynamic_timer_tag: str = "") -> None:
+        self.pending[dynamic_timer_tag] = ts.micros
+
+    def held_us(self) -> int | None:
+        return min(self.pending.values(), default=None)
+
+
+def _round(fn, state: dict, timers: Timers, w_us: int) -> None:
+    for at_us, tag in sorted((t, tag) for tag, t in timers.pending.items() if t <= w_us):
+        if timers.pending.get(tag) != at_us:
+            continue  # set again earlier in this round
+        del timers.pending[tag]
+        fn.on_rung(fired=Timestamp(micros=at_us), tag=tag, view=state["view"], base=state["base"], rung=timers)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-10 * YEAR_S, 10 * YEAR_S), st.integers(0, 3))
+def test_one_round_finds_the_watermark_within_the_guess_distance(guess_offset_s, probes_first):
+    fn = DedupAndJudgeLateness(600, stamped_watermark=False)
+    fn.setup()
+    state = {"ids": Cell(bag=True), "version": Cell(), "view": Cell(), "base": Cell(), "guess": Cell()}
+    timers = Timers()
+    g_us = W0_US + guess_offset_s * US_PER_S
+    for _ in range(probes_first):  # the same guess again: no second search
+        list(fn.process((KEY, (0, [])), timestamp=Timestamp(micros=g_us), expiry=Cell(), rung=timers, **state))
+    list(fn.process((KEY, (0, [])), timestamp=Timestamp(micros=g_us), expiry=Cell(), rung=timers, **state))
+    distance_us = max(abs(g_us - W0_US), STEP_US)
+    _round(fn, state, timers, W0_US)
+    assert state["view"].read() is None or state["view"].read() <= W0_US
+    assert timers.held_us() is None or timers.held_us() >= W0_US - distance_us
+    for _ in range(2 * math.ceil(math.log2(distance_us / STEP_US)) + 2):
+        _round(fn, state, timers, W0_US)
+        assert state["view"].read() is None or state["view"].read() <= W0_US
+    if g_us > W0_US or state["view"].read() is not None:  # a guess below W is found when W creeps on
+        assert W0_US - STEP_US <= state["view"].read() <= W0_US
+        assert timers.held_us() > W0_US - STEP_US
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(-YEAR_S, YEAR_S), st.lists(st.integers(0, 3 * YEAR_S), min_size=1, max_size=8))
+def test_the_view_follows_jumps_with_elements_stamped_at_the_watermark(guess_offset_s, jumps_s):
+    """The probe's guess anywhere, then the watermark jumps; each element after a jump is
+    stamped at the new watermark (its reader's), as ``ReadFromPubSubPortable`` stamps them."""
+    fn = DedupAndJudgeLateness(600, stamped_watermark=False)
+    fn.setup()
+    state = {"ids": Cell(bag=True), "version": Cell(), "view": Cell(), "base": Cell(), "guess": Cell()}
+    timers = Timers()
+    list(fn.process((KEY, (0, [])), timestamp=Timestamp(micros=W0_US + guess_offset_s * US_PER_S), expiry=Cell(),
+                    rung=timers, **state))
+    w_us = W0_US
+    for jump_s in jumps_s:
+        w_us += jump_s * US_PER_S
+        list(fn.process((KEY, (0, [])), timestamp=Timestamp(micros=w_us), expiry=Cell(), rung=timers, **state))
+        _round(fn, state, timers, w_us)
+        assert state["view"].read() <= w_us
+        # one round: nothing held further below W than the search's guess was from it, or a 320 s gap
+        assert timers.held_us() >= w_us - max(abs(jump_s), 320) * US_PER_S * 2
