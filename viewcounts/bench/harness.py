@@ -469,13 +469,21 @@ def print_table(res: dict, console) -> None:
         console.print(s)
     if res.get("http_kinds"):
         h = Table(title=f"stats service over HTTP at {res['http_offered_rps']:,} requests/s "
-                  f"(answered {res['http_achieved_rps']:,.0f}/s, {res['http_errors']} errors)")
+                  f"(answered {res['http_achieved_rps']:,.0f}/s, {res['http_errors']} errors; cores used by the "
+                  f"service {res['http_server_cpu_share']}, by other work {res['http_other_cpu_share']})")
         for col in ("query kind", "share", "requests", "p50 ms", "p99 ms", "target p99 ms"):
             h.add_column(col, justify="right")
         for kind, k in res["http_kinds"].items():
             h.add_row(kind, f"{k['share']:.0%}", f"{k['requests']:,}", f"{k['p50_ms']:.1f}", f"{k['p99_ms']:.1f}",
                       "-" if k["target_p99_ms"] is None else f"{k['target_p99_ms']:g}")
         console.print(h)
+        st = Table(title="HTTP steps (held: p99 <= 50 ms, no error, 95 % answered)")
+        for col in ("offered/s", "answered/s", "p50 ms", "p99 ms", "errors", "held", "machine cores busy"):
+            st.add_column(col, justify="right")
+        for r in res["http_steps"]:
+            st.add_row(f"{r['offered_rps']:,}", f"{r['achieved_rps']:,.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                       str(r["errors"]), "yes" if r["held"] else "no", str(r["machine_cpu_share"]))
+        console.print(st)
     keys = ("core_vs_pyflink_sql", "core_vs_naive_beam", "core_vs_loop", "dedup_bytes_per_id",
             "dedup_state_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p50_s",
             "freshness_p99_s", *FLINK_KEYS, "query_day_minute_p99_ms", "query_30d_hour_p99_ms", *RECOMPUTE_KEYS,

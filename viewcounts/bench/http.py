@@ -44,9 +44,12 @@ issue's targets in ``TARGETS_P99_MS``), ``http_offered_rps`` (``rate``),
 ``http_achieved_rps`` (answers with status 200 per second: their count over the span from the
 first request sent to the last answer read), ``http_requests``, ``http_videos``,
 ``http_steps`` (per step: ``offered_rps``, ``achieved_rps``, ``requests``, ``errors``,
-``p50_ms``, ``p99_ms``, ``held``) and the CPU seconds per second of the main attack (1.0 is
-one core) of the service, the emulator and Vegeta (``http_server_cpu_share``,
-``http_emulator_cpu_share``, ``http_vegeta_cpu_share``). Milliseconds are floats; with no
+``p50_ms``, ``p99_ms``, ``held``, ``machine_cpu_share``) and the CPU seconds per second of the
+main attack (1.0 is one core) of the service, the emulator and Vegeta (``http_server_cpu_share``,
+``http_emulator_cpu_share``, ``http_vegeta_cpu_share``), of the whole machine
+(``http_machine_cpu_share``, at most the core count) and of everything else on it
+(``http_other_cpu_share``: the machine's less the three measured; other work competes for
+the cores and shows in the p99). Milliseconds are floats; with no
 request of a kind its percentiles are NaN. Latency is Vegeta's: from sending the request
 to reading the whole answer, over keep-alive connections on the same machine.
 """
@@ -264,6 +267,14 @@ def _cpu_s(proc) -> float:
     return t.user + t.system
 
 
+def _machine_cpu_s() -> float:
+    """Busy CPU seconds of the whole machine since boot (all cores, idle and I/O wait excluded)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
+
+
 def _children_cpu_s() -> float:
     """CPU seconds of this process's waited-for children (the Vegeta runs)."""
     import resource
@@ -348,12 +359,15 @@ def measure_http(rate: int, duration_s: float, videos: int, step_rates: tuple[in
             _check_answers(mix[:60], tops)
             procs = {"server": server, "emulator": psutil.Process(emu.proc.pid)}
             before = {name: _cpu_s(p) for name, p in procs.items()}
-            before["vegeta"] = _children_cpu_s()
+            before["vegeta"], before["machine"] = _children_cpu_s(), _machine_cpu_s()
             profiler = _start_profiler([server.pid], duration_s, profile_path)
             results = attack([u for _, u in mix], rate, duration_s, niceness)
             _finish_profiler(profiler)
             out = {f"http_{name}_cpu_share": (_cpu_s(p) - before[name]) / duration_s for name, p in procs.items()}
             out["http_vegeta_cpu_share"] = (_children_cpu_s() - before["vegeta"]) / duration_s
+            out["http_machine_cpu_share"] = (_machine_cpu_s() - before["machine"]) / duration_s
+            out["http_other_cpu_share"] = out["http_machine_cpu_share"] - sum(
+                out[f"http_{name}_cpu_share"] for name in ("server", "emulator", "vegeta"))
             main = summary(results, rate)
             out.update(http_offered_rps=rate, http_achieved_rps=main["achieved_rps"], http_requests=len(results),
                        http_videos=videos, http_errors=main["errors"], http_kinds={})
@@ -364,7 +378,9 @@ def measure_http(rate: int, duration_s: float, videos: int, step_rates: tuple[in
                                            "p99_ms": round(_p(ms, 99), 2), "target_p99_ms": TARGETS_P99_MS.get(kind)}
             out["http_steps"] = []
             for step in sorted(step_rates):
+                busy = _machine_cpu_s()
                 out["http_steps"].append(summary(attack([u for _, u in mix], step, step_s, niceness), step))
+                out["http_steps"][-1]["machine_cpu_share"] = round((_machine_cpu_s() - busy) / step_s, 2)
                 _LOG.info("step %s", out["http_steps"][-1])
                 if not out["http_steps"][-1]["held"]:
                     break
