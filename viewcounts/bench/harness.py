@@ -478,11 +478,11 @@ def print_table(res: dict, console) -> None:
                       "-" if k["target_p99_ms"] is None else f"{k['target_p99_ms']:g}")
         console.print(h)
         st = Table(title="HTTP steps (held: p99 <= 50 ms, no error, 95 % answered)")
-        for col in ("offered/s", "answered/s", "p50 ms", "p99 ms", "errors", "held", "machine cores busy"):
+        for col in ("offered/s", "answered/s", "p50 ms", "p99 ms", "errors", "held", "cores used by other work"):
             st.add_column(col, justify="right")
         for r in res["http_steps"]:
             st.add_row(f"{r['offered_rps']:,}", f"{r['achieved_rps']:,.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                       str(r["errors"]), "yes" if r["held"] else "no", str(r["machine_cpu_share"]))
+                       str(r["errors"]), "yes" if r["held"] else "no", str(r["other_cpu_share"]))
         console.print(st)
     keys = ("core_vs_pyflink_sql", "core_vs_naive_beam", "core_vs_loop", "dedup_bytes_per_id",
             "dedup_state_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p50_s",
