@@ -260,6 +260,16 @@ def _bytes_noted(progress_path: str) -> int:
         return 0
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """True for a ``KeyboardInterrupt`` (Ctrl-C), also as Beam re-raises it from a step: a
+    ``RuntimeError`` raised while handling one."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def recompute_main(args) -> int:
     import sys
 
@@ -281,6 +291,12 @@ def recompute_main(args) -> int:
     except RefusedOpenHours as exc:
         console.print(f"[red]refused:[/] {exc}")
         return 3
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        if not _interrupted(exc):
+            raise
+        console.print("[red]interrupted:[/] some windows may be written, others not (each write is an overwrite "
+                      "with the recomputed value): run the same command again to finish")
+        return 130
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
