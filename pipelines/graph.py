@@ -19,7 +19,7 @@ from pipelines.restarts import RecordStatelessStart
 from schemas.archive import ARCHIVE_FILE_PREFIX
 from transforms.dead_letters import WriteDeadLetters
 from transforms.files import WriteJsonlByHour
-from transforms.top import TOP_LISTS_WRITTEN, TopEntities
+from transforms.top import TOP_LISTS_WRITTEN, TopEntities, cleanup_grace_for
 from transforms.validate import AcceptancePolicy
 
 
@@ -51,7 +51,8 @@ def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy,
                       | "enrich" >> enrich
                       | "write to Bigtable" >> bigtable_writer(sinks))
     top_write_failures = (counted[ROWS]
-                          | "top entities" >> TopEntities(policy.allowed_lateness_s)
+                          | "top entities" >> TopEntities(policy.allowed_lateness_s,
+                                                        cleanup_grace_s=cleanup_grace_for(payloads.pipeline.options))
                           | "write top lists to Bigtable" >> bigtable_writer(sinks, TOP_LISTS_WRITTEN))
     dead = (counted[DEAD_LETTERS], write_failures, top_write_failures) | "all dead letters" >> beam.Flatten()
     dead | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id)

@@ -24,16 +24,16 @@ Cell order (``schemas.storage``): ``MergeTop`` keeps a base (wall clock ms when 
 state was created) and stamps each list ``cell_timestamp_us(base, sum of its counts)``; later
 lists never sort before earlier ones, whatever worker fires them.
 
-State cleanup: every stage clears a key's state ``CLEANUP_GRACE_S`` of processing time after
-an event-time timer at ``window_start + 2 * window + allowed_lateness +
-WINDOW_LATENESS_MARGIN_S`` fires (``drop_at_s``; as ``transforms.aggregate.FirePanes`` drops a
-window; a day's stages use the day's size). No pane of a window is made after that drop time:
-a late pane is fired by an event accepted within the allowed lateness of the watermark. The
-grace is for runners that do not hold the watermark for the output of timers (Beam's Python
-DirectRunner): there, one watermark jump fires ``FirePanes``' on-time panes and these stages'
-drop timers together, and a pane arriving after its window's state was cleared would start a
-new list holding only itself, with a newer base that wins (measured: ``tests/test_top_streaming.py``
-failed so without the grace).
+State cleanup: every stage clears a key's state when an event-time timer at ``window_start +
+2 * window + allowed_lateness + WINDOW_LATENESS_MARGIN_S`` fires (``drop_at_s``; as
+``transforms.aggregate.FirePanes`` drops a window; a day's stages use the day's size). No pane
+of a window is made after that drop time (a late pane is fired by an event accepted within the
+allowed lateness of the watermark), and the runner holds the watermark for the output of
+``FirePanes``' timers. On a runner that does not (Beam's Python DirectRunner), the state is
+cleared ``cleanup_grace_s`` of processing time after that timer fires (``cleanup_grace_for``):
+there one watermark jump fires ``FirePanes``' on-time panes and these stages' drop timers
+together, and a pane arriving after its window's state was cleared would start a new list
+holding only itself, with a newer base that wins (``tests/test_top_streaming.py`` failed so).
 
 Batch (``TopFromRows``: the recompute's ``list[EnrichedRow]`` per entity -> ``list[TopRow]``)
 ranks the final aggregates with Beam's ``combiners.Top.PerKey``; day lists only for days whose
@@ -59,7 +59,8 @@ TOP_SHARDS = 16  # shards of stage 1 (parallelism of the per-window ranking)
 CLEANUP_GRACE_S = 60  # processing time between a window's drop time and its state's clearing
 TOP_LISTS_WRITTEN = "top_lists_written"  # counter of the sink step writing top lists
 _DAY_S = TOP_GRANULARITY_SECONDS["day"]
-_Offers = List[Tuple[str, int]]  # [(video_id, count), ...] or [(hour_start_s, count), ...]
+_Offers = List[Tuple[str, int]]  # [(video_id, count), ...]
+_HourCounts = List[Tuple[int, int]]  # [(hour_start_s, count), ...]
 _WindowShard = Tuple[str, str, int, int]  # (event_type, granularity, window_start_s, shard)
 _VideoDay = Tuple[str, str, int]  # (event_type, video_id, day_start_s)
 _Window = Tuple[str, str, int]  # (event_type, granularity, window_start_s)
@@ -115,6 +116,20 @@ def top_of(counts, k: int = TOP_K) -> tuple:
     return tuple(sorted(counts, key=top_rank)[:k])
 
 
+def cleanup_grace_for(options) -> int | None:
+    """``CLEANUP_GRACE_S`` for a job on Beam's Python DirectRunner (``options``: its
+    ``PipelineOptions``), which does not hold the watermark for the output of timers; None (clear
+    at the drop time) on the other runners, which do, and where a processing-time timer set at
+    the end of a bounded job's input kept the job from ending (embedded Flink: measured, the
+    job ran past its 240 s deadline; it ends in seconds without it)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    return CLEANUP_GRACE_S if name in (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner") \
+        else None
+
+
 def drop_at_s(granularity: str, window_start_s: int, allowed_lateness_s: int) -> int:
     """When a stage's state of a window is cleared (module docstring), epoch seconds."""
     return window_start_s + 2 * TOP_GRANULARITY_SECONDS[granularity] + allowed_lateness_s + WINDOW_LATENESS_MARGIN_S
@@ -146,8 +161,8 @@ class _Cleared(beam.DoFn):
     processing time after the watermark passes ``drop_at_s`` (module docstring). Each subclass
     takes its own specs and callbacks from ``_cleanup_specs``."""
 
-    def __init__(self, allowed_lateness_s: int, k: int = TOP_K) -> None:
-        self._lateness_s, self._k = allowed_lateness_s, k
+    def __init__(self, allowed_lateness_s: int, k: int = TOP_K, grace_s: int | None = None) -> None:
+        self._lateness_s, self._k, self._grace_s = allowed_lateness_s, k, grace_s
 
     def _arm(self, timer, granularity: str, window_start_s: int) -> None:
         timer.set(Timestamp(seconds=drop_at_s(granularity, window_start_s, self._lateness_s)))
@@ -163,8 +178,11 @@ def _cleanup_specs():
     grace_spec = TimerSpec("grace", TimeDomain.REAL_TIME)
 
     @on_timer(cleanup_spec)
-    def on_cleanup(self, grace=beam.DoFn.TimerParam(grace_spec)):
-        grace.set(Timestamp.now() + CLEANUP_GRACE_S)
+    def on_cleanup(self, grace=beam.DoFn.TimerParam(grace_spec), state=beam.DoFn.StateParam(state_spec)):
+        if self._grace_s is None:
+            state.clear()
+        else:
+            grace.set(Timestamp.now() + self._grace_s)
 
     @on_timer(grace_spec)
     def on_grace(self, state=beam.DoFn.StateParam(state_spec)):
@@ -180,8 +198,8 @@ class DayCounts(_Cleared):
 
     STATE, CLEANUP, on_cleanup, on_grace = _cleanup_specs()
 
-    def __init__(self, allowed_lateness_s: int, shards: int) -> None:
-        super().__init__(allowed_lateness_s)
+    def __init__(self, allowed_lateness_s: int, shards: int, grace_s: int | None = None) -> None:
+        super().__init__(allowed_lateness_s, grace_s=grace_s)
         self._shards = shards
 
     def process(self, element, state=beam.DoFn.StateParam(STATE), cleanup=beam.DoFn.TimerParam(CLEANUP)):
@@ -250,25 +268,28 @@ class MergeTop(_Cleared):
 
 class TopEntities(beam.PTransform):
     """Streaming top lists (module docstring): ``PCollection[list[AggregateRow]]`` ->
-    ``PCollection[list[TopRow]]``. ``k``: entries kept per window (``TOP_K``; tests use fewer)."""
+    ``PCollection[list[TopRow]]``. ``k``: entries kept per window (``TOP_K``; tests use fewer).
+    ``cleanup_grace_s``: see the module docstring (``cleanup_grace_for``)."""
 
-    def __init__(self, allowed_lateness_s: int, shards: int = TOP_SHARDS, k: int = TOP_K) -> None:
+    def __init__(self, allowed_lateness_s: int, shards: int = TOP_SHARDS, k: int = TOP_K,
+                 cleanup_grace_s: int | None = None) -> None:
         super().__init__()
         self._lateness_s, self._shards, self._k = allowed_lateness_s, shards, k
+        self._grace_s = cleanup_grace_s
 
     def expand(self, rows):
         # typed keys: deterministic key coders for the stateful stages
         offers = rows | "window offers" >> beam.FlatMap(window_offers, self._shards).with_output_types(
             Tuple[_WindowShard, _Offers])
         days = (rows
-                | "day hours" >> beam.FlatMap(day_hours).with_output_types(Tuple[_VideoDay, _Offers])
-                | "day counts" >> beam.ParDo(DayCounts(self._lateness_s, self._shards)).with_output_types(
+                | "day hours" >> beam.FlatMap(day_hours).with_output_types(Tuple[_VideoDay, _HourCounts])
+                | "day counts" >> beam.ParDo(DayCounts(self._lateness_s, self._shards, self._grace_s)).with_output_types(
                     Tuple[_WindowShard, _Offers]))
         return ((offers, days)
                 | "minute, hour and day offers" >> beam.Flatten().with_output_types(Tuple[_WindowShard, _Offers])
-                | "top per shard" >> beam.ParDo(ShardTop(self._lateness_s, self._k)).with_output_types(
+                | "top per shard" >> beam.ParDo(ShardTop(self._lateness_s, self._k, self._grace_s)).with_output_types(
                     Tuple[_Window, Tuple[int, int, Any]])
-                | "top per window" >> beam.ParDo(MergeTop(self._lateness_s, self._k)))
+                | "top per window" >> beam.ParDo(MergeTop(self._lateness_s, self._k, self._grace_s)))
 
 
 def _ranked(enriched_rows):
