@@ -197,15 +197,21 @@ class Result(NamedTuple):
 
 
 def _prioritise(pid: int, niceness: int) -> None:
-    """Set a process's niceness (negative: ahead of other work); a warning where not allowed."""
+    """Set the niceness of every thread a process has now (negative: ahead of other work); the
+    threads they start inherit it. Per thread because Linux's ``setpriority`` on a pid sets
+    only its main thread's, and the Go programs (the emulator, Vegeta) start their threads at
+    once. A warning where not allowed."""
     import psutil
 
     if niceness:
         try:
-            psutil.Process(pid).nice(niceness)
-        except psutil.AccessDenied:
+            for t in psutil.Process(pid).threads():
+                os.setpriority(os.PRIO_PROCESS, t.id, niceness)
+        except (PermissionError, psutil.AccessDenied):
             _LOG.warning("could not set niceness %d (needs root): measuring among the machine's other work",
                          niceness)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass  # it ended (a failed start is reported by its caller)
 
 
 @contextlib.contextmanager
@@ -232,6 +238,7 @@ def serving(project: str, instance: str, table: str, niceness: int = 0):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the service did not start (exit {proc.poll()})") from None
                 time.sleep(0.2)
+        _prioritise(proc.pid, niceness)  # the threads started since
         yield url, psutil.Process(proc.pid)
     finally:
         os.kill(proc.pid, signal.SIGTERM)
