@@ -131,14 +131,14 @@ def compact_hour(parquet_root: str, hour_s: int, files: list[str],
         written_ms = parse_file_path(path).written_ms
         for n, line in _read_lines(path):
             lines += 1
-            bad += rows.add_line(line, (written_ms, name, n))
+            bad += rows.add_line(line, (written_ms, name, n), hour_s)
     table = rows.table()
     if compacted:
         table = pa.concat_tables([read_part(part), table])
     table = with_sources(first_in_archive_order(table), [*done, *(name for _, name in new)])
     _replace(parquet_root, part, table)
     if bad:
-        _LOG.warning("hour %s: %d archived lines (or array items) were no valid event and were skipped", label, bad)
+        _LOG.warning("hour %s: %d archived lines (or array items) were no valid event of the hour and were skipped", label, bad)
     return HourResult(label, len(new), lines, bad, table.num_rows)
 
 

@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas.archive import ARCHIVE_WINDOW_S
+from schemas.archive import ARCHIVE_WINDOW_S, outside_its_hour
 from schemas.event import MAX_NESTING, Event, _dumps, _loads, validate_object
 
 SCHEMA = pa.schema([
@@ -122,12 +122,13 @@ class RowBuilder:
         c["source_file"].append(key[1])
         c["line"].append(key[2])
 
-    def add_line(self, line: bytes, key: OrderKey) -> int:
+    def add_line(self, line: bytes, key: OrderKey, folder_hour_s: int | None = None) -> int:
         """Add one archived line: an event object, or a JSON array of them (a batch line, each
         item judged on its own and added under the line's ``key``, as the recompute reads it:
         ``transforms.batch_count``). Returns how many items were no valid event (a line that is
         not JSON counts as one), adding nothing for them (the archive holds only valid ones: a
-        damaged file)."""
+        damaged file). With ``folder_hour_s``, an event whose time is not in that hour counts as
+        no valid event too (``schemas.archive.outside_its_hour``, as the recompute reads it)."""
         try:
             doc = _loads(line)
         except ValueError:  # UnicodeDecodeError and the nesting limit included
@@ -135,7 +136,7 @@ class RowBuilder:
         bad = 0
         for obj in doc if type(doc) is list else [doc]:
             event = validate_object(obj, line)
-            if type(event) is not Event:
+            if type(event) is not Event or (folder_hour_s is not None and outside_its_hour(event, folder_hour_s)):
                 bad += 1
                 continue
             extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}

@@ -10,7 +10,9 @@ processing-time checks and a watermark that never refuses: every valid event cou
 1. ``ParseArchiveFile``: one archive file (``fileio.ReadableFile``) -> per dedup shard
    (``validate.shard_of``: CRC-32 of the id) one batch ``(shard, EventBatch bytes)`` of the
    file's valid events, each with its place in the archive (``ARCHIVE ORDER`` below); invalid lines become dead letters
-   (``DEAD_LETTER``) as in ``ValidateEvents`` (same parser, ``schemas.event.parse_payload``).
+   (``DEAD_LETTER``) as in ``ValidateEvents`` (same parser, ``schemas.event.parse_payload``), and
+   so do events of a file laid out by ``schemas.archive`` whose event time is not its folder's
+   hour (``schemas.archive.outside_its_hour``): a recompute writes no window outside the hours it reads.
 2. ``GroupByKey`` on the shard, then ``DedupShard``: per ``event_id`` the copy FIRST IN
    ARCHIVE ORDER is kept: the smallest ``(written_ms, file_name, line)``, the file's
    ``<written>`` time (``schemas.archive.parse_file_path``; a file not named by that layout:
@@ -41,7 +43,7 @@ from typing import NamedTuple
 import apache_beam as beam
 import orjson
 
-from schemas.archive import DeadLetter, parse_file_path
+from schemas.archive import DeadLetter, hour_of_us, outside_its_hour, parse_file_path
 from schemas.event import US_PER_S, Event, parse_payload
 from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, merge, wall_clock_ms
 from transforms import metrics
@@ -104,6 +106,8 @@ class ParseArchiveFile(beam.DoFn):
     def process(self, readable_file):
         path = readable_file.metadata.path
         written_ms = file_written_ms(path, readable_file.metadata.last_updated_in_seconds)
+        laid_out = parse_file_path(path)
+        folder_hour_s = laid_out.hour_s if laid_out else None
         name = posixpath.basename(path)
         batches: dict[int, EventBatch] = {}
         shards = self._shards
@@ -115,6 +119,11 @@ class ParseArchiveFile(beam.DoFn):
                     continue
                 events, rejections, n_in = parse_payload(line)
                 events_in += n_in
+                if folder_hour_s is not None:
+                    misplaced = [r for ev in events if (r := outside_its_hour(ev, folder_hour_s))]
+                    if misplaced:
+                        events = [ev for ev in events if hour_of_us(ev.time_us) == folder_hour_s]
+                        rejections = [*rejections, *misplaced]
                 for r in rejections:
                     self._dead.inc(r.reason)
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(r.payload, r.reason, r.detail,
