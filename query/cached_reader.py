@@ -260,7 +260,7 @@ class CachedStatsReader:
                 decode_cells(key, rows.get(key, ()), fresh, known, hi)
                 self.cache.extend(key, span, fresh, known, min(final_to, hi), generation)
                 fresh_rows[(key, known, hi)] = fresh
-                if self.tail_ttl_s:
+                if self.tail_ttl_s and generation == self.cache.generation:  # no invalidation while it was read
                     self._tails[key] = _Tail(now, now + self.tail_ttl_s * (0.5 + 0.5 * random.random()), fresh)
                     self._tails.move_to_end(key)
                     if len(self._tails) > MAX_TAILS:

@@ -60,8 +60,10 @@ import os
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from google.api_core import exceptions as google_exceptions
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from query import dashboard
 from query.cached_reader import (DEFAULT_ALLOWED_LATENESS_S, DEFAULT_CACHE_BYTES, DEFAULT_FINAL_MARGIN_S,
@@ -192,6 +194,15 @@ def create_app(reader: CachedStatsReader):
     @app.exception_handler(QueryError)
     async def _query_error(request: Request, exc: QueryError):
         return error(400, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):  # 404, 405 (with its Allow header)
+        return Response(orjson.dumps({"error": str(exc.detail)}), status_code=exc.status_code, media_type=_JSON,
+                        headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return error(400, "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()))
 
     @app.exception_handler(storage.CellError)
     async def _cell_error(request: Request, exc: storage.CellError):

@@ -137,6 +137,17 @@ def zone_of(tz: str | None) -> dt.tzinfo:
         raise QueryError(f"unknown time zone {tz!r}") from None
 
 
+# The instants a query may span: stored windows start at or after the epoch (10-digit epoch-second
+# qualifiers), and every row and local label of a range ending by 9999-12-01 is a representable date.
+EARLIEST_S, LATEST_S = 0, 253_399_622_400  # 1970-01-01T00:00:00Z, 9999-12-01T00:00:00Z
+
+
+def check_in_calendar(start_s: int, end_s: int) -> None:
+    """Raise ``QueryError`` unless ``[start_s, end_s)`` lies within ``[EARLIEST_S, LATEST_S]``."""
+    if start_s < EARLIEST_S or end_s > LATEST_S:
+        raise QueryError("ranges must lie between 1970-01-01T00:00:00Z and 9999-12-01T00:00:00Z")
+
+
 def parse_query(video_id: str, event_type: str, function: str, start, end, granularity: str,
                 tz: str | None = None) -> StatsQuery:
     """Check a ``get_stats`` request (module docstring); raises ``QueryError`` with the message
@@ -148,6 +159,7 @@ def parse_query(video_id: str, event_type: str, function: str, start, end, granu
     start_s, end_s = _instant_s(start, "start"), _instant_s(end, "end")
     if end_s < start_s:
         raise QueryError("end is before start")
+    check_in_calendar(start_s, end_s)
     size = BUCKET_SECONDS[granularity]
     for name, s in (("start", start_s), ("end", end_s)):
         if s % size:

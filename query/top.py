@@ -25,7 +25,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from query.stats import QueryError, StatsReader
+from query.stats import QueryError, StatsReader, check_in_calendar
 from schemas import storage
 from schemas.event import MAX_EVENT_TYPE_BYTES, US_PER_S, BadTimestamp, parse_event_time
 
@@ -80,9 +80,9 @@ def parse_top(event_type: str, granularity: str, at, n) -> TopQuery:
         raise QueryError(f"event_type must be 1..{MAX_EVENT_TYPE_BYTES} characters of [a-z0-9_], got {event_type!r}")
     size = storage.TOP_GRANULARITY_SECONDS[granularity]
     at_s = _at_us(at) // US_PER_S
-    if not 0 <= at_s < 253402300800:  # year 10000: the storage periods are 4-digit years
-        raise QueryError("at must be between 1970-01-01 and 9999-12-31")
-    return TopQuery(event_type, granularity, at_s - at_s % size, n)
+    start_s = at_s - at_s % size
+    check_in_calendar(start_s, start_s + size)
+    return TopQuery(event_type, granularity, start_s, n)
 
 
 @dataclass(frozen=True)
