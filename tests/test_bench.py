@@ -8,7 +8,7 @@ import pytest
 
 from viewcounts.bench import workload
 from viewcounts.bench.core_flink import newest_panes
-from viewcounts.bench.harness import FLINK_KEYS, QUICK, RECOMPUTE_KEYS, BenchMismatch, cross_check, recompute
+from viewcounts.bench.harness import FLINK_KEYS, HTTP_KEYS, QUICK, RECOMPUTE_KEYS, BenchMismatch, cross_check, recompute
 
 ISSUE_KEYS = ("core_events_per_s", "naive_beam_events_per_s", "pyflink_sql_events_per_s", "loop_events_per_s",
               "dedup_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p99_s",
@@ -84,6 +84,11 @@ def test_quick_bench_runs_every_part_and_the_systems_agree(tmp_path):
     # On Flink (issue 13): every key present; the core job and PyFlink SQL at parallelism 2 measured
     # (their aggregates cross-checked); each end-to-end run counted everything and read the job's
     # counters from Flink's REST API while it ran.
+    # the stats service over HTTP (issue 15): every kind of the mixed attack measured (the highest rate
+    # held may be None on a loaded machine: no step held)
+    assert set(HTTP_KEYS) <= set(res)
+    assert all(res[k] is not None for k in ("http_day_minute_p99_ms", "http_30d_hour_p99_ms", "http_top_p99_ms"))
+    assert isinstance(res["http_errors"], int)
     assert set(FLINK_KEYS) <= set(res) and "flink_core_error" not in res
     assert res["flink_p2_core_events_per_s"] and res["pyflink_sql_p2_events_per_s"]
     for p in (1, 2):
