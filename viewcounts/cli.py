@@ -30,21 +30,30 @@ _NO_BIGTABLE = ("error: no Bigtable to read: set BIGTABLE_EMULATOR_HOST=host:por
                 "one `viewcounts demo --keep-running` prints) or configure Google Cloud credentials")
 
 
-def _stats(args) -> int:
-    from query.stats import QueryError, StatsReader
-
+def _ask(reader_class, args, ask):
+    """``(ask(reader), None)`` for a reader of the table the flags name, or ``(None, 2)`` with the
+    message printed for a refused query or no Bigtable to reach."""
     from google.auth.exceptions import DefaultCredentialsError
 
+    from query.stats import QueryError
+
     try:
-        with StatsReader(args.project, args.instance, args.table) as reader:
-            stats = reader.get_stats(args.video_id, args.event_type, args.function, args.start, args.end,
-                                     args.granularity, args.tz)
+        with reader_class(args.project, args.instance, args.table) as reader:
+            return ask(reader), None
     except QueryError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
     except DefaultCredentialsError:
         print(_NO_BIGTABLE, file=sys.stderr)
-        return 2
+    return None, 2
+
+
+def _stats(args) -> int:
+    from query.stats import StatsReader
+
+    stats, failed = _ask(StatsReader, args, lambda r: r.get_stats(
+        args.video_id, args.event_type, args.function, args.start, args.end, args.granularity, args.tz))
+    if failed:
+        return failed
     if args.json:
         sys.stdout.write(orjson.dumps(stats.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
@@ -67,22 +76,13 @@ def _stats(args) -> int:
 def _top(args) -> int:
     import time
 
-    from google.auth.exceptions import DefaultCredentialsError
-
     from query.cached_reader import DEFAULT_ALLOWED_LATENESS_S, DEFAULT_FINAL_MARGIN_S, final_before
-    from query.stats import QueryError
     from query.top import TopReader
     from schemas.storage import TOP_GRANULARITY_SECONDS
 
-    try:
-        with TopReader(args.project, args.instance, args.table) as reader:
-            top = reader.get_top(args.type, args.granularity, args.at, args.n)
-    except QueryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except DefaultCredentialsError:
-        print(_NO_BIGTABLE, file=sys.stderr)
-        return 2
+    top, failed = _ask(TopReader, args, lambda r: r.get_top(args.type, args.granularity, args.at, args.n))
+    if failed:
+        return failed
     q = top.query
     final = q.window_start_s < final_before(TOP_GRANULARITY_SECONDS[q.granularity], time.time(),
                                             DEFAULT_ALLOWED_LATENESS_S, DEFAULT_FINAL_MARGIN_S)
