@@ -7,15 +7,17 @@ Streaming (``TopEntities``: ``PCollection[list[AggregateRow]]``, the panes of
 ``CountEvents``' ``rows`` -> ``PCollection[list[TopRow]]``), exact with bounded state:
 
 1. ``ShardTop``, keyed by ``(event_type, granularity, window_start_s, shard)`` with ``shard =
-   validate.shard_of(video_id, shards)``: keeps the shard's top K (``BoundedTop``) and emits
-   ``(shard, seq, items)`` when it changes (``seq`` counts the shard's lists, from state).
+   validate.shard_of(video_id, shards)``: keeps the shard's top K (``BoundedTop``) and emits the
+   entries that entered it or rose in it, ``[(video_id, count), ...]``, when there are any.
    Exact: every pane carries a window's *accumulated* count, which only grows, so a video
    outside the kept K has a count no higher (in ``top_rank`` order) than the K-th kept, the
    K-th only rises, and any later change to that video arrives with its full new count.
-2. ``MergeTop``, keyed by ``(event_type, granularity, window_start_s)``: keeps each shard's
-   newest list (highest ``seq``: robust to lists arriving out of order) and emits the top K of
-   their union as a ``TopRow`` when it changes. A global top-K member is in its shard's top K,
-   so the union holds it.
+2. ``MergeTop``, keyed by ``(event_type, granularity, window_start_s)``: offers the shards'
+   changed entries to one ``BoundedTop`` of K (the same argument: a video dropped from its
+   shard's top K has K videos of its shard ranked above it, each offered here when it entered
+   or rose, so it is in no global top K) and emits the top K as a ``TopRow`` when it changes.
+   Entries arriving out of order are harmless: an older count of a video is never above the
+   one kept. Work per element: the entries it carries and the K kept, not the shards.
 3. ``DayCounts``, keyed by ``(event_type, video_id, day_start_s)``: keeps that video's newest
    (largest) hour counts of the day (at most 24) and emits the day count (their sum) when it
    grows, into stage 1 as granularity ``day``.
@@ -42,14 +44,16 @@ ranks the final aggregates with Beam's ``combiners.Top.PerKey``; day lists only 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, List, NamedTuple, Tuple
+from typing import List, NamedTuple, Tuple
 
 import apache_beam as beam
 import orjson
 from apache_beam.coders import BytesCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.storage import TOP_GRANULARITY_SECONDS, TOP_K, cell_timestamp_us, top_rank, wall_clock_ms
 from transforms.aggregate import WINDOW_LATENESS_MARGIN_S
@@ -135,14 +139,30 @@ def drop_at_s(granularity: str, window_start_s: int, allowed_lateness_s: int) ->
     return window_start_s + 2 * TOP_GRANULARITY_SECONDS[granularity] + allowed_lateness_s + WINDOW_LATENESS_MARGIN_S
 
 
-def window_offers(rows, shards: int):
+class WindowOffers(beam.DoFn):
     """``list[AggregateRow]`` -> ``((event_type, granularity, window_start_s, shard), [(video_id,
-    count), ...])`` per stage-1 key of the rows."""
-    by_key: dict[tuple, list] = defaultdict(list)
-    for r in rows:
-        by_key[(r.event_type, r.granularity, r.window_start_s, shard_of(r.video_id, shards))].append(
-            (r.video_id, r.aggregate.count))
-    return by_key.items()
+    count), ...])``: per stage-1 key, each video's highest count among the bundle's rows (a
+    higher count of a video holds every lower one: counts only grow), emitted at the end of the
+    bundle, one element per key, timestamped with the window's start. Fewer, larger elements
+    into the keyed stage: each element crossing a stage costs the runner more than its offers."""
+
+    def __init__(self, shards: int) -> None:
+        self._shards = shards
+
+    def start_bundle(self) -> None:
+        self._offers: dict[tuple, dict[str, int]] = defaultdict(dict)
+
+    def process(self, rows):
+        offers, shards = self._offers, self._shards
+        for r in rows:
+            by_video = offers[(r.event_type, r.granularity, r.window_start_s, shard_of(r.video_id, shards))]
+            if r.aggregate.count > by_video.get(r.video_id, 0):
+                by_video[r.video_id] = r.aggregate.count
+
+    def finish_bundle(self):
+        for key, by_video in self._offers.items():
+            yield WindowedValue((key, list(by_video.items())), Timestamp(seconds=key[2]), (GlobalWindow(),))
+        self._offers = defaultdict(dict)
 
 
 def day_hours(rows):
@@ -220,8 +240,9 @@ class DayCounts(_Cleared):
 
 class ShardTop(_Cleared):
     """Stage 1 (module docstring): ``((event_type, granularity, window_start_s, shard),
-    [(video_id, count), ...])`` -> ``((event_type, granularity, window_start_s), (shard, seq,
-    items))`` when the shard's top K changed. State: ``[seq, items]``."""
+    [(video_id, count), ...])`` -> ``((event_type, granularity, window_start_s), [(video_id,
+    count), ...])``: the offers that changed the shard's top K, when there are any. State: the
+    kept ``[[video_id, count], ...]``."""
 
     STATE, CLEANUP, on_cleanup, on_grace = _cleanup_specs()
 
@@ -230,40 +251,35 @@ class ShardTop(_Cleared):
         stored = state.read()
         if stored is None:
             self._arm(cleanup, granularity, window_s)
-        seq, items = orjson.loads(stored) if stored else (0, ())
-        top = BoundedTop(self._k, items)
-        changed = False
-        for video_id, count in offers:
-            changed |= top.offer(video_id, count)
+        top = BoundedTop(self._k, orjson.loads(stored) if stored else ())
+        changed = [(video_id, count) for video_id, count in offers if top.offer(video_id, count)]
         if changed:
-            items = top.items()
-            state.write(orjson.dumps([seq + 1, items]))
-            yield (event_type, granularity, window_s), (shard, seq + 1, items)
+            state.write(orjson.dumps(list(top.counts.items())))
+            yield (event_type, granularity, window_s), changed
 
 
 class MergeTop(_Cleared):
-    """Stage 2 (module docstring): ``((event_type, granularity, window_start_s), (shard, seq,
-    items))`` -> ``[TopRow]`` when the window's top K changed. State: ``[base_ms, {shard: [seq,
-    items]}]``."""
+    """Stage 2 (module docstring): ``((event_type, granularity, window_start_s), [(video_id,
+    count), ...])`` -> ``[TopRow]`` when the window's top K changed. State: ``[base_ms,
+    [[video_id, count], ...]]``."""
 
     STATE, CLEANUP, on_cleanup, on_grace = _cleanup_specs()
 
     def process(self, element, state=beam.DoFn.StateParam(STATE), cleanup=beam.DoFn.TimerParam(CLEANUP)):
-        (event_type, granularity, window_s), (shard, seq, items) = element
+        (event_type, granularity, window_s), offers = element
         stored = state.read()
         if stored is None:
             self._arm(cleanup, granularity, window_s)
-        base_ms, shards = orjson.loads(stored) if stored else (wall_clock_ms(), {})
-        old = shards.get(str(shard))
-        if old is not None and old[0] >= seq:  # an older list of the shard, arriving late
+        base_ms, kept = orjson.loads(stored) if stored else (wall_clock_ms(), ())
+        top = BoundedTop(self._k, kept)
+        changed = False
+        for video_id, count in offers:
+            changed |= top.offer(video_id, count)
+        if not changed:
             return ()
-        before = top_of((tuple(i) for _, its in shards.values() for i in its), self._k)
-        shards[str(shard)] = [seq, items]
-        state.write(orjson.dumps([base_ms, shards]))
-        after = top_of((tuple(i) for _, its in shards.values() for i in its), self._k)
-        if after == before:
-            return ()
-        return [[TopRow(event_type, granularity, window_s, after, cell_timestamp_us(base_ms, sum(c for _, c in after)))]]
+        state.write(orjson.dumps([base_ms, list(top.counts.items())]))
+        items = top.items()
+        return [[TopRow(event_type, granularity, window_s, items, cell_timestamp_us(base_ms, sum(c for _, c in items)))]]
 
 
 class TopEntities(beam.PTransform):
@@ -279,7 +295,7 @@ class TopEntities(beam.PTransform):
 
     def expand(self, rows):
         # typed keys: deterministic key coders for the stateful stages
-        offers = rows | "window offers" >> beam.FlatMap(window_offers, self._shards).with_output_types(
+        offers = rows | "window offers" >> beam.ParDo(WindowOffers(self._shards)).with_output_types(
             Tuple[_WindowShard, _Offers])
         days = (rows
                 | "day hours" >> beam.FlatMap(day_hours).with_output_types(Tuple[_VideoDay, _HourCounts])
@@ -288,7 +304,7 @@ class TopEntities(beam.PTransform):
         return ((offers, days)
                 | "minute, hour and day offers" >> beam.Flatten().with_output_types(Tuple[_WindowShard, _Offers])
                 | "top per shard" >> beam.ParDo(ShardTop(self._lateness_s, self._k, self._grace_s)).with_output_types(
-                    Tuple[_Window, Tuple[int, int, Any]])
+                    Tuple[_Window, _Offers])
                 | "top per window" >> beam.ParDo(MergeTop(self._lateness_s, self._k, self._grace_s)))
 
 
