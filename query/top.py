@@ -30,6 +30,7 @@ from schemas import storage
 from schemas.event import MAX_EVENT_TYPE_BYTES, US_PER_S, BadTimestamp, parse_event_time
 
 GRANULARITIES = tuple(storage.TOP_GRANULARITY_SECONDS)
+_N_TEXT = re.compile(r"\s*[0-9]{1,4}\s*")  # n as query text: longer is out of range anyway
 _EVENT_TYPE = re.compile(f"[a-z0-9_]{{1,{MAX_EVENT_TYPE_BYTES}}}")  # SPEC.md section 1 (ASCII: chars are bytes)
 
 
@@ -69,11 +70,10 @@ def parse_top(event_type: str, granularity: str, at, n) -> TopQuery:
     CLI prints and the service answers."""
     if granularity not in storage.TOP_GRANULARITY_SECONDS:
         raise QueryError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-    if isinstance(n, str):
-        try:
-            n = int(n)
-        except ValueError:
-            raise QueryError(f"n must be an integer, got {n!r}") from None
+    if isinstance(n, str):  # ASCII digits only: int() also takes '1_0', '٥' and 4,300-digit limits
+        if not _N_TEXT.fullmatch(n):
+            raise QueryError(f"n must be an integer from 1 to {storage.TOP_K}, got {n[:40]!r}")
+        n = int(n)
     if type(n) is not int or not 1 <= n <= storage.TOP_K:
         raise QueryError(f"n must be an integer from 1 to {storage.TOP_K}, got {n!r}")
     if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
