@@ -16,6 +16,8 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
+from apache_beam.utils.timestamp import Timestamp
+
 from schemas.event import parse_payload
 from transforms import dedup
 from transforms.validate import shard_of
@@ -57,7 +59,7 @@ class _Bag:
 def measure(messages_path, shards: int = 16) -> dict:
     fn = dedup.DedupAndJudgeLateness(allowed_lateness_s=600, stamped_watermark=False)
     fn.setup()
-    state = {s: (_Bag(), _Cell(), _Cell(), _Cell()) for s in range(shards)}
+    state = {s: (_Bag(), _Cell(), _Cell(), _Cell(), _Cell()) for s in range(shards)}
     with open(messages_path, "rb") as f:
         payloads = f.read().splitlines()
     gc.collect()
@@ -70,9 +72,10 @@ def measure(messages_path, shards: int = 16) -> dict:
         for ev in events:
             by_shard.setdefault(shard_of(ev.event_id, shards), []).append(ev)
         for s, chunk in by_shard.items():
-            bag, version, view, base = state[s]
-            for out in fn.process(((0, s), (0, chunk)), ids=bag, version=version, view=view, base=base, expiry=_Cell(),
-                                  rung=_Cell()):
+            bag, version, view, base, guess = state[s]
+            stamp = Timestamp(micros=min(ev.time_us for ev in chunk))  # the watermark guess the element carries
+            for out in fn.process(((0, s), (0, chunk)), timestamp=stamp, ids=bag, version=version, view=view,
+                                  base=base, guess=guess, expiry=_Cell(), rung=_Cell()):
                 live += len(out.value[1])
         del events, by_shard, chunk
     gc.collect()
