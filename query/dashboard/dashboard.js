@@ -18,6 +18,9 @@
   const toInput = (s) => new Date(s * 1000).toISOString().slice(0, 16);
   const fromInput = (v) => Date.parse(/(Z|[+-]\d\d:\d\d)$/.test(v) ? v : v.length <= 16 ? v + ":00Z" : v + "Z") / 1000;
   const iso = (s) => new Date(s * 1000).toISOString().replace(".000Z", "Z");
+  // epoch seconds of a URL or form time, or fallback when it is none (or outside what Date holds)
+  const isTime = (s) => Number.isFinite(s) && Math.abs(s) <= 8.64e12;
+  const timeOr = (v, fallback) => (v && isTime(fromInput(v)) ? fromInput(v) : fallback);
   const nowS = () => Math.floor(Date.now() / 1000);
   const fmt = (x, digits = 3) => (x === null || x === undefined || Number.isNaN(x)) ? "–"
     : x.toLocaleString("en-US", { maximumFractionDigits: digits });
@@ -102,6 +105,7 @@
     if (!video || !type) { setStatus("series", "pick a video (or click one in the top list) and an event type", true); return; }
     const granularity = $("granularity").value, metric = $("metric").value, range = seriesRange();
     const request = ++state.seriesRequest;
+    if (!range.every(isTime)) { setStatus("series", "pick a From and a To (UTC)", true); return; }
     setStatus("series", "loading…");
     const q = new URLSearchParams({ video_id: video, event_type: type, function: metric, start: iso(range[0]),
                                     end: iso(range[1]), granularity });
@@ -158,7 +162,7 @@
   // One "follow now" step: the range ends at the current minute; the top panel reloads when it
   // shows "now" (At empty).
   function followStep() {
-    const length = fromInput($("to").value) - fromInput($("from").value), to = Math.ceil(nowS() / 60) * 60;
+    const to = Math.ceil(nowS() / 60) * 60, length = timeOr($("to").value, to) - timeOr($("from").value, to - 3600);
     $("to").value = toInput(to);
     $("from").value = toInput(to - length);
     loadSeries();
@@ -178,12 +182,15 @@
 
   function init() {
     const p = new URLSearchParams(location.search);
-    for (const id of ["video", "type", "granularity", "metric"]) if (p.get(id)) $(id).value = p.get(id);
+    // URL values the form cannot hold (no such option, no time) keep the form's defaults
+    for (const id of ["video", "type"]) if (p.get(id)) $(id).value = p.get(id);
+    for (const [id, name] of [["granularity", "granularity"], ["metric", "metric"], ["top-granularity", "top"]]) {
+      if ([...$(id).options].some((o) => o.value === p.get(name))) $(id).value = p.get(name);
+    }
     const end = Math.ceil(nowS() / 60) * 60;
-    $("from").value = p.get("from") ? toInput(fromInput(p.get("from"))) : toInput(end - 3600);
-    $("to").value = p.get("to") ? toInput(fromInput(p.get("to"))) : toInput(end);
-    if (p.get("top")) $("top-granularity").value = p.get("top");
-    if (p.get("at")) $("top-at").value = toInput(fromInput(p.get("at")));
+    $("from").value = toInput(timeOr(p.get("from"), end - 3600));
+    $("to").value = toInput(timeOr(p.get("to"), end));
+    if (timeOr(p.get("at"), null) !== null) $("top-at").value = toInput(timeOr(p.get("at"), null));
     $("follow").checked = p.get("follow") === "1";
     $("follow").addEventListener("change", () => setFollow($("follow").checked));
     $("series-form").addEventListener("submit", (e) => { e.preventDefault(); loadSeries(); });
