@@ -30,3 +30,13 @@ def test_ascii_digits_in_range_are_the_count(n, lead, trail):
 def test_odd_numerals_are_refused(text):
     with pytest.raises(QueryError, match=f"n must be an integer from 1 to {TOP_K}"):
         parse_top("view", "hour", AT, text)
+
+
+@pytest.mark.parametrize("text", ["1_0", "٥"])
+def test_cli_refuses_odd_numerals(text, capsys, monkeypatch):
+    """``viewcounts top -n``: argparse's ``type=int`` took them too; the text goes to ``get_top``."""
+    from viewcounts import cli
+
+    monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", "127.0.0.1:9")  # refused before any read
+    assert cli.main(["top", "--type", "view", "--granularity", "hour", "--at", AT, "-n", text]) == 2
+    assert f"n must be an integer from 1 to {TOP_K}" in capsys.readouterr().err

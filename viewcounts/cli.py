@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--type", required=True, help="the event type, e.g. view")
     tp.add_argument("--granularity", required=True, choices=("minute", "hour", "day"))
     tp.add_argument("--at", required=True, help="RFC 3339 instant inside the window (or its start)")
-    tp.add_argument("-n", type=int, default=10, help="how many videos (1..100)")
+    tp.add_argument("-n", default="10", help="how many videos (1..100; get_top checks the text)")
     tp.add_argument("--project", default="viewcounts-local", help="Bigtable project")
     tp.add_argument("--instance", default="viewcounts", help="Bigtable instance")
     tp.add_argument("--table", default="viewcounts", help="Bigtable table")
