@@ -59,8 +59,9 @@ def _stats(args) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"{args.function} of {args.event_type} for {args.video_id}")
+    table = Table(title=Text(f"{args.function} of {args.event_type} for {args.video_id}"))  # ids are no markup
     for col in ("bucket", "count", "sum", "avg", "min", "max"):
         table.add_column(col, justify="right")
     for b in stats.buckets:
@@ -92,13 +93,14 @@ def _top(args) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"top {q.n} by {q.event_type}, {q.granularity} [{body['window_start']}, {body['window_end']})"
                   f"{'' if final else ' (open)'}")
     for col, justify in (("#", "right"), ("video_id", "left"), ("count", "right")):
         table.add_column(col, justify=justify)
     for rank, item in enumerate(body["items"], 1):
-        table.add_row(str(rank), item["video_id"], str(item["count"]))
+        table.add_row(str(rank), Text(item["video_id"]), str(item["count"]))  # verbatim: ids are no console markup
     Console().print(table)
     return 0
 
