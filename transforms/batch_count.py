@@ -43,7 +43,7 @@ from typing import NamedTuple
 import apache_beam as beam
 import orjson
 
-from schemas.archive import DeadLetter, hour_of_us, outside_its_hour, parse_file_path
+from schemas.archive import DeadLetter, outside_its_hour, parse_file_path
 from schemas.event import US_PER_S, Event, parse_payload
 from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, merge, wall_clock_ms
 from transforms import metrics
@@ -120,10 +120,14 @@ class ParseArchiveFile(beam.DoFn):
                 events, rejections, n_in = parse_payload(line)
                 events_in += n_in
                 if folder_hour_s is not None:
-                    misplaced = [r for ev in events if (r := outside_its_hour(ev, folder_hour_s))]
-                    if misplaced:
-                        events = [ev for ev in events if hour_of_us(ev.time_us) == folder_hour_s]
-                        rejections = [*rejections, *misplaced]
+                    kept = []
+                    for ev in events:
+                        misplaced = outside_its_hour(ev, folder_hour_s)
+                        if misplaced is None:
+                            kept.append(ev)
+                        else:
+                            rejections.append(misplaced)
+                    events = kept
                 for r in rejections:
                     self._dead.inc(r.reason)
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(r.payload, r.reason, r.detail,
