@@ -275,16 +275,19 @@ class DedupAndJudgeLateness(beam.DoFn):
         (a jump of the watermark, or a first guess far off: the wall clock of the probes
         against a replay of 2013)."""
         gap_us = SEARCH_GAP_S * US_PER_S
-        last_us = guess.read()
-        if base.read() is None or (stamp_us - view_us > gap_us
-                                   and (last_us is None or abs(stamp_us - last_us) > gap_us)):
+        if base.read() is None:
             DedupAndJudgeLateness._search_from(stamp_us, view_us, base, guess, rung)
+        elif stamp_us - view_us > gap_us:  # the last guess is read only then: not once per element
+            last_us = guess.read()
+            if last_us is None or abs(stamp_us - last_us) > gap_us:
+                DedupAndJudgeLateness._search_from(stamp_us, view_us, base, guess, rung)
 
     @staticmethod
     def _search_from(guess_us: int, view_us: int, base, guess, rung) -> None:
-        """Set rungs ``"d0"`` .. ``"d41"`` at ``guess_us - 5 s * 2**i`` (those above the view;
-        stale ones of an earlier search stay, each still a time the watermark must reach
-        before it fires): the highest that fires starts the ladder like rung ``i``."""
+        """Set rungs ``"d0"`` .. ``"d41"`` at ``guess_us - 5 s * 2**i`` (those above the view):
+        the highest that fires starts the ladder like rung ``i``. The tags are those of any
+        earlier search, so its rungs of the same indices are replaced; those of higher indices
+        (below this search's lowest) stay."""
         guess.write(guess_us)
         if base.read() is None:
             base.write(view_us)
