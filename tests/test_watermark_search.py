@@ -43,35 +43,55 @@ class Timers:
         return min(self.pending.values(), default=None)
 
 
-def _round(fn, state: dict, timers: Timers, w_us: int) -> None:
-    for at_us, tag in sorted((t, tag) for tag, t in timers.pending.items() if t <= w_us):
-        if timers.pending.get(tag) != at_us:
-            continue  # set again earlier in this round
-        del timers.pending[tag]
-        fn.on_rung(fired=Timestamp(micros=at_us), tag=tag, view=state["view"], base=state["base"], rung=timers)
+class SearchingKey:
+    """One shard key of a ``DedupAndJudgeLateness`` on the timer path: its state and its rungs."""
+
+    def __init__(self) -> None:
+        self.fn = DedupAndJudgeLateness(600, stamped_watermark=False)
+        self.fn.setup()
+        self.state = {"ids": Cell(bag=True), "version": Cell(), "view": Cell(), "base": Cell(), "guess": Cell()}
+        self.timers = Timers()
+
+    def stamp(self, at_us: int) -> None:
+        """One empty element stamped ``at_us`` (a probe, or a message's stamp)."""
+        list(self.fn.process((KEY, (0, [])), timestamp=Timestamp(micros=at_us), expiry=Cell(), rung=self.timers,
+                             **self.state))
+
+    def round(self, w_us: int) -> None:
+        """The runner's round at watermark ``w_us``: the rungs due when it starts fire in time order."""
+        for at_us, tag in sorted((t, tag) for tag, t in self.timers.pending.items() if t <= w_us):
+            if self.timers.pending.get(tag) != at_us:
+                continue  # set again earlier in this round
+            del self.timers.pending[tag]
+            self.fn.on_rung(fired=Timestamp(micros=at_us), tag=tag, view=self.state["view"], base=self.state["base"],
+                            rung=self.timers)
+
+    def view_us(self) -> int | None:
+        return self.state["view"].read()
+
+    def searches(self) -> list[tuple[int, int]]:
+        """The key's searches as its state holds them, ``[(guess_us, view_us when it started), ...]``."""
+        return list(self.state["guess"].read() or ())
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(-10 * YEAR_S, 10 * YEAR_S), st.integers(0, 3))
 def test_one_round_finds_the_watermark_within_the_guess_distance(guess_offset_s, probes_first):
-    fn = DedupAndJudgeLateness(600, stamped_watermark=False)
-    fn.setup()
-    state = {"ids": Cell(bag=True), "version": Cell(), "view": Cell(), "base": Cell(), "guess": Cell()}
-    timers = Timers()
+    key = SearchingKey()
     g_us = W0_US + guess_offset_s * US_PER_S
     for _ in range(probes_first):  # the same guess again: no second search
-        list(fn.process((KEY, (0, [])), timestamp=Timestamp(micros=g_us), expiry=Cell(), rung=timers, **state))
-    list(fn.process((KEY, (0, [])), timestamp=Timestamp(micros=g_us), expiry=Cell(), rung=timers, **state))
+        key.stamp(g_us)
+    key.stamp(g_us)
     distance_us = max(abs(g_us - W0_US), STEP_US)
-    _round(fn, state, timers, W0_US)
-    assert state["view"].read() is None or state["view"].read() <= W0_US
-    assert timers.held_us() is None or timers.held_us() >= W0_US - distance_us
+    key.round(W0_US)
+    assert key.view_us() is None or key.view_us() <= W0_US
+    assert key.timers.held_us() is None or key.timers.held_us() >= W0_US - distance_us
     for _ in range(2 * math.ceil(math.log2(distance_us / STEP_US)) + 2):
-        _round(fn, state, timers, W0_US)
-        assert state["view"].read() is None or state["view"].read() <= W0_US
-    if g_us > W0_US or state["view"].read() is not None:  # a guess below W is found when W creeps on
-        assert W0_US - STEP_US <= state["view"].read() <= W0_US
-        assert timers.held_us() > W0_US - STEP_US
+        key.round(W0_US)
+        assert key.view_us() is None or key.view_us() <= W0_US
+    if g_us > W0_US or key.view_us() is not None:  # a guess below W is found when W creeps on
+        assert W0_US - STEP_US <= key.view_us() <= W0_US
+        assert key.timers.held_us() > W0_US - STEP_US
 
 
 @settings(max_examples=100, deadline=None)
@@ -79,17 +99,13 @@ def test_one_round_finds_the_watermark_within_the_guess_distance(guess_offset_s,
 def test_the_view_follows_jumps_with_elements_stamped_at_the_watermark(guess_offset_s, jumps_s):
     """The probe's guess anywhere, then the watermark jumps; each element after a jump is
     stamped at the new watermark (its reader's), as ``ReadFromPubSubPortable`` stamps them."""
-    fn = DedupAndJudgeLateness(600, stamped_watermark=False)
-    fn.setup()
-    state = {"ids": Cell(bag=True), "version": Cell(), "view": Cell(), "base": Cell(), "guess": Cell()}
-    timers = Timers()
-    list(fn.process((KEY, (0, [])), timestamp=Timestamp(micros=W0_US + guess_offset_s * US_PER_S), expiry=Cell(),
-                    rung=timers, **state))
+    key = SearchingKey()
+    key.stamp(W0_US + guess_offset_s * US_PER_S)
     w_us = W0_US
     for jump_s in jumps_s:
         w_us += jump_s * US_PER_S
-        list(fn.process((KEY, (0, [])), timestamp=Timestamp(micros=w_us), expiry=Cell(), rung=timers, **state))
-        _round(fn, state, timers, w_us)
-        assert state["view"].read() <= w_us
+        key.stamp(w_us)
+        key.round(w_us)
+        assert key.view_us() <= w_us
         # one round: nothing held further below W than the search's guess was from it, or a 320 s gap
-        assert timers.held_us() >= w_us - max(abs(jump_s), 320) * US_PER_S * 2
+        assert key.timers.held_us() >= w_us - max(abs(jump_s), 320) * US_PER_S * 2

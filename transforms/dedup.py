@@ -52,16 +52,29 @@ is per shard key, in state, and comes from one of two places:
   cluster at parallelism 2 the windows stage's input watermark trailed the dedup stage's
   by 1.5 years (then 118,000 years) for the first 15-40 s of every job, longer under
   load, and on-time panes waited for it. So the ladder is found by a *search* from a
-  guess ``G`` of the watermark (``_search_from``): rungs ``"d0"`` .. ``"d41"`` at
-  ``G - 5 s * 2**i`` (those above the view). All the rungs below the watermark fire in
-  the next round, and the highest of them is within ``|G - W|`` of it; it starts the
-  ladder from there like an ordinary rung (``"dj"`` counts as rung ``j``). The guesses:
-  an element's timestamp (``ReadFromPubSubPortable`` stamps each message with its
-  reader's watermark; a native source with its publish or event time), taken when the
-  key has no ladder yet or the stamp is more than ``SEARCH_GAP_S`` above the view and as
-  far from the last guess; the probe elements (``probe_elements``, one per key, so that
-  keys without data find the watermark too and hold nothing below it) carry the wall
-  clock at the job's start. Prism (2.70) holds a stage's input watermark at its earliest
+  guess ``G`` of the watermark (``_maybe_search``): rungs ``"{k}d0"`` .. ``"{k}d41"`` at
+  ``G - 5 s * 2**i`` (those above the view), ``k`` the search's slot. All the rungs below
+  the watermark fire in the next round, and the highest of them is within ``|G - W|`` of
+  it; it starts the ladder from there like an ordinary rung (``"{k}dj"`` counts as rung
+  ``j``). The guesses: an element's timestamp (``ReadFromPubSubPortable`` stamps each
+  message with its reader's watermark; a native source with its publish or event time)
+  more than ``SEARCH_GAP_S`` above the view and as far from the guess of every search
+  whose first rung has not fired yet; the probe elements (``probe_elements``, one per
+  key, so that keys without data find the watermark too and hold nothing below it) carry
+  the wall clock at the job's start. Several searches can start before a round (the
+  probe, a replay's first stamp, a publisher's ``ts`` years ahead or a backfill's years
+  back): each has its own slot, so a later one moves no rung of an earlier one, and a
+  guess that was right is found in the next round whatever came after it. A key holds at
+  most ``SEARCH_SLOTS`` searches (state ``[(guess_us, view_us at its start), ...]``, read
+  only for a stamp more than ``SEARCH_GAP_S`` above the view): a new one takes the slot of
+  a search whose first rung fired, else of one that a round has already tested (the view
+  rose since it started, so the watermark was below its first rung then), else none (no
+  search until the next round: a search no round has tested is never replaced). So a key
+  has at most ``(SEARCH_SLOTS + 1) * LADDER_RUNGS`` timers and starts at most
+  ``SEARCH_SLOTS`` searches between two rounds whatever its elements carry. A replaced search's
+  rungs that the new one does not set again stay: above the watermark of the round that
+  tested it, they fire when the watermark gets there, and any rung that fires proves it.
+  Prism (2.70) holds a stage's input watermark at its earliest
   pending timer, so the ladder there advances 5 s per round (a 3,000-flight replay of
   2013 had not caught up after 240 s), which is why Prism takes the stamped path.
 
@@ -87,7 +100,7 @@ from collections import defaultdict
 
 import apache_beam as beam
 import orjson
-from apache_beam.coders import BytesCoder, TupleCoder, VarIntCoder
+from apache_beam.coders import BytesCoder, IterableCoder, TupleCoder, VarIntCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
@@ -101,8 +114,10 @@ from transforms.validate import DEAD_LETTER, DEDUP_KEY
 
 WATERMARK_VIEW_STEP_S = 5
 LADDER_RUNGS = 42  # 5 s * 2**41 spans Beam's whole timestamp range
-SEARCH_GAP_S = WATERMARK_VIEW_STEP_S * 2**6  # a stamp further above the view starts a search (_search_from)
-_DESCENDING = "d"  # the tag prefix of a search's rungs
+SEARCH_GAP_S = WATERMARK_VIEW_STEP_S * 2**6  # a stamp further above the view starts a search (_slot_for)
+SEARCH_SLOTS = 3  # searches a key holds at once, each with rung tags of its own (_slot_for)
+_DESCENDING = "d"  # a search's rung tags: f"{slot}d{i}" (a ladder's: f"{i}")
+_STEP_US = WATERMARK_VIEW_STEP_S * US_PER_S
 _END_US = GlobalWindow().max_timestamp().micros
 _START_US = MIN_TIMESTAMP.micros
 # Per pipeline (keyed by a token made at construction), shared by every instance of the
@@ -144,6 +159,30 @@ class _ShardIds:
             del self.by_minute[minute_s], self.blobs[minute_s]
 
 
+def _slot_for(searches: list[tuple[int, int]], stamp_us: int, view_us: int) -> int | None:
+    """The slot for a search from ``stamp_us`` at view ``view_us``, or None for no search.
+
+    ``searches``: ``[(guess_us, view_us when it started), ...]``, the search in slot ``k`` at
+    position ``k``. A search is *done* once the view reached its first rung (``guess - 5 s``):
+    it has nothing left to find. One that is not done and whose guess is within
+    ``SEARCH_GAP_S`` of the stamp makes the search needless (its rungs are still set). Else
+    the slot is the first done one, or a new one while fewer than ``SEARCH_SLOTS`` are held,
+    or, among the searches that a round has tested (the view rose since they started, and
+    their first rung did not fire: the watermark was below it), the one with the highest
+    guess. A search that no round has tested yet is never replaced: if every slot holds one,
+    there is no search (until the next round)."""
+    gap_us = SEARCH_GAP_S * US_PER_S
+    pending = [guess_us - _STEP_US > view_us for guess_us, _ in searches]
+    if any(p and abs(stamp_us - guess_us) <= gap_us for p, (guess_us, _) in zip(pending, searches)):
+        return None
+    if False in pending:
+        return pending.index(False)
+    if len(searches) < SEARCH_SLOTS:
+        return len(searches)
+    tested = [k for k, (_, started_view_us) in enumerate(searches) if view_us > started_view_us]
+    return max(tested, key=lambda k: searches[k][0], default=None)
+
+
 def encode_ids(ids) -> bytes:
     """A minute's ids as one opaque state value (a JSON array), so a runner that copies
     state per access (the local runner deep-copies it) copies one object, not every id."""
@@ -159,7 +198,7 @@ class DedupAndJudgeLateness(beam.DoFn):
     VERSION = ReadModifyWriteStateSpec("version", VarIntCoder())
     VIEW = ReadModifyWriteStateSpec("watermark_view_us", VarIntCoder())
     LADDER_BASE = ReadModifyWriteStateSpec("ladder_base_us", VarIntCoder())
-    GUESS = ReadModifyWriteStateSpec("search_guess_us", VarIntCoder())
+    SEARCHES = ReadModifyWriteStateSpec("watermark_searches", IterableCoder(TupleCoder((VarIntCoder(), VarIntCoder()))))
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
     RUNG = TimerSpec("watermark_ladder", TimeDomain.WATERMARK)
 
@@ -196,14 +235,15 @@ class DedupAndJudgeLateness(beam.DoFn):
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, ids=beam.DoFn.StateParam(IDS),
                 version=beam.DoFn.StateParam(VERSION), view=beam.DoFn.StateParam(VIEW),
-                base=beam.DoFn.StateParam(LADDER_BASE), guess=beam.DoFn.StateParam(GUESS),
+                base=beam.DoFn.StateParam(LADDER_BASE), guess=beam.DoFn.StateParam(SEARCHES),
                 expiry=beam.DoFn.TimerParam(EXPIRY), rung=beam.DoFn.TimerParam(RUNG)):
         key, (arrival_us, chunk) = element
         if self._stamped:  # this message's own watermark at arrival, not the key's highest stamp
             view_us = max(timestamp.micros, self._view_us(view))
         else:
             view_us = self._view_us(view)
-            self._maybe_search(timestamp.micros, view_us, base, guess, rung)
+            if timestamp.micros - view_us > SEARCH_GAP_S * US_PER_S:  # the searches are read only then
+                self._maybe_search(timestamp.micros, view_us, base, guess, rung)
         if not chunk:
             return
         boundary_us = view_us - self._lateness_s * US_PER_S
@@ -266,36 +306,27 @@ class DedupAndJudgeLateness(beam.DoFn):
                 rung=beam.DoFn.TimerParam(RUNG)):
         view_us = self._raise_view(view, fired.micros)
         if view_us > base.read():
-            self._set_ladder(view_us, base, rung, min(int(tag.lstrip(_DESCENDING)) + 2, LADDER_RUNGS))
+            self._set_ladder(view_us, base, rung, min(int(tag.rpartition(_DESCENDING)[2]) + 2, LADDER_RUNGS))
 
     @staticmethod
     def _maybe_search(stamp_us: int, view_us: int, base, guess, rung) -> None:
-        """Search from an element's timestamp when the key has no ladder yet, or when the
-        stamp is more than ``SEARCH_GAP_S`` above the view and as far from the last guess
-        (a jump of the watermark, or a first guess far off: the wall clock of the probes
-        against a replay of 2013)."""
-        gap_us = SEARCH_GAP_S * US_PER_S
-        if base.read() is None:
-            DedupAndJudgeLateness._search_from(stamp_us, view_us, base, guess, rung)
-        elif stamp_us - view_us > gap_us:  # the last guess is read only then: not once per element
-            last_us = guess.read()
-            if last_us is None or abs(stamp_us - last_us) > gap_us:
-                DedupAndJudgeLateness._search_from(stamp_us, view_us, base, guess, rung)
-
-    @staticmethod
-    def _search_from(guess_us: int, view_us: int, base, guess, rung) -> None:
-        """Set rungs ``"d0"`` .. ``"d41"`` at ``guess_us - 5 s * 2**i`` (those above the view):
-        the highest that fires starts the ladder like rung ``i``. The tags are those of any
-        earlier search, so its rungs of the same indices are replaced; those of higher indices
-        (below this search's lowest) stay."""
-        guess.write(guess_us)
+        """Search from an element's timestamp, more than ``SEARCH_GAP_S`` above the view (a
+        first guess, a jump of the watermark, or a first guess far off: the wall clock of the
+        probes against a replay of 2013), in the slot ``_slot_for`` gives, if any. ``guess``
+        holds the key's searches, ``[(guess_us, view_us when it started), ...]``, one per slot."""
+        searches = list(guess.read() or ())
+        slot = _slot_for(searches, stamp_us, view_us)
+        if slot is None:
+            return
+        searches[slot:slot + 1] = [(stamp_us, view_us)]  # replaces the slot's search, or appends one
+        guess.write(searches)
         if base.read() is None:
             base.write(view_us)
         for i in range(LADDER_RUNGS):
-            at_us = guess_us - WATERMARK_VIEW_STEP_S * US_PER_S * 2**i
+            at_us = stamp_us - _STEP_US * 2**i
             if at_us <= view_us:
                 break
-            rung.set(Timestamp(micros=min(at_us, _END_US)), dynamic_timer_tag=f"{_DESCENDING}{i}")
+            rung.set(Timestamp(micros=min(at_us, _END_US)), dynamic_timer_tag=f"{slot}{_DESCENDING}{i}")
 
     @staticmethod
     def _set_ladder(from_us: int, base, rung, rungs: int = LADDER_RUNGS) -> None:
@@ -304,6 +335,6 @@ class DedupAndJudgeLateness(beam.DoFn):
         view, and a creeping watermark costs two timers per rung 0 instead of the ladder."""
         base.write(from_us)
         for i in range(rungs):
-            at_us = min(from_us + WATERMARK_VIEW_STEP_S * US_PER_S * 2**i, _END_US)
+            at_us = min(from_us + _STEP_US * 2**i, _END_US)
             if at_us > from_us:
                 rung.set(Timestamp(micros=at_us), dynamic_timer_tag=str(i))
