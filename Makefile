@@ -11,6 +11,8 @@ PRISM := $(BUILD)/bin/prism
 JOB_SERVER := $(BUILD)/flink-job-server/flink-job-server.jar
 FLINK_VENV := .venv-flink
 FLINK_STAMP := $(FLINK_VENV)/.installed
+CHECKOV_VENV := $(BUILD)/checkov-venv
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
 TOXIPROXY_VERSION := 2.5.0
 TOXIPROXY := $(BUILD)/bin/toxiproxy-server
 VEGETA_VERSION := 12.13.0
@@ -23,7 +25,7 @@ RUNNER_BUILDS_prism := $(PRISM)
 RUNNER_BUILDS_flink := $(JOB_SERVER)
 RUNNER_BUILDS_flink-cluster := $(JOB_SERVER) $(FLINK_STAMP)
 
-.PHONY: venv prism flink-job-server flink-venv toxiproxy vegeta runners js browser demo bench test test-fast test-cluster clean
+.PHONY: venv prism flink-job-server flink-venv checkov toxiproxy vegeta runners js browser demo bench test test-fast test-cluster clean
 
 venv: $(STAMP)
 
@@ -59,6 +61,15 @@ $(FLINK_STAMP): infra/flink/requirements.lock
 	$(FLINK_VENV)/bin/pip install --quiet --upgrade pip==26.3
 	$(FLINK_VENV)/bin/pip install --quiet --no-deps -r infra/flink/requirements.lock
 	touch $(FLINK_STAMP)
+
+# checkov (static checks of infra/terraform, tests/test_checkov.py) in a venv of its own:
+# checkov pins packaging<24, requirements.lock has a newer one.
+checkov: $(CHECKOV)
+$(CHECKOV): requirements-checkov.lock
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip==26.3
+	$(CHECKOV_VENV)/bin/pip install --quiet --no-deps -r requirements-checkov.lock
+	touch $(CHECKOV)
 
 # Toxiproxy (the fault-injecting TCP proxy of the `faults` tests: viewcounts/faultproxy.py)
 # from the Go module proxy, at an exact version; `go install` names the binary after its
@@ -107,10 +118,10 @@ demo: venv js $(RUNNER_BUILDS_$(RUNNER))
 bench: venv flink-venv vegeta
 	$(BIN)/viewcounts bench --json $(BUILD)/bench.json
 
-test: venv runners js browser
+test: venv runners js browser checkov
 	$(BIN)/pytest
 
-test-fast: venv js
+test-fast: venv js checkov
 	$(BIN)/pytest -m "not slow"
 
 # the production recipe on a local session cluster: detached submission, faults, rescaling

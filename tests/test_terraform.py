@@ -1,11 +1,14 @@
 """infra/terraform checked offline: the names the pipeline uses exist there and vice versa; the
-stats service's account reads Bigtable and nothing more, and its Cloud Run service runs the image
+outputs give every flag the job needs; the workers' account holds one role per resource it uses
+and the stats service's account reads Bigtable and nothing more; every resource waits for its
+API; the alert policies watch the job's own counters; and the Cloud Run service runs the image
 of infra/service/Dockerfile with the settings that image's command reads (the command itself
-run here, from the checkout, against the Bigtable emulator)."""
+run here, from the checkout, against the Bigtable emulator). checkov: tests/test_checkov.py."""
 import argparse
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -15,25 +18,30 @@ import time
 
 import hcl2
 import pytest
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from pipelines.options import DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DEFAULT_TOPIC
+from pipelines.options import (DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DEFAULT_TOPIC, CountingOptions,
+                               default_dead_letter_path)
+from pipelines.redrive import default_redrive_path
 from schemas import storage
 from schemas.parquet_archive import STAGING_FOLDER, hour_partition
 from query import dashboard
 from query.service import add_serve_args
 from tests.conftest import REPO
+from transforms import metrics
 from viewcounts import provision
 from viewcounts.demo import DEAD_LETTER_SUBSCRIPTION
 
 TF_DIR = os.path.join(REPO, "infra", "terraform")
 SERVICE_DOCKERFILE = os.path.join(REPO, "infra", "service", "Dockerfile")
+TEMPLATE_METADATA = os.path.join(REPO, "infra", "dataflow", "flex-template", "metadata.json")
 
 
 def _unquote(v):
     if isinstance(v, str) and len(v) >= 2 and v[0] == v[-1] == '"':
         return v[1:-1]
     if isinstance(v, dict):
-        return {_unquote(k): _unquote(x) for k, x in v.items() if k not in ("__is_block__", "__comments__")}
+        return {_unquote(k): _unquote(x) for k, x in v.items() if not k.startswith("__")}
     if isinstance(v, list):
         return [_unquote(x) for x in v]
     return v
@@ -41,7 +49,7 @@ def _unquote(v):
 
 @pytest.fixture(scope="module")
 def tf():
-    merged = {"resource": {}, "variable": {}, "output": {}}
+    merged = {"resource": {}, "variable": {}, "output": {}, "locals": {}}
     for path in glob.glob(os.path.join(TF_DIR, "*.tf")):
         with open(path) as f:
             doc = _unquote(hcl2.load(f))
@@ -50,8 +58,10 @@ def tf():
                 for name, body in block.items():
                     if kind == "resource":
                         for rname, rbody in body.items():
+                            assert rname not in merged["resource"].get(name, {}), (name, rname)
                             merged["resource"].setdefault(name, {})[rname] = rbody
                     else:
+                        assert name not in merged[kind], (kind, name)
                         merged[kind][name] = body
     return merged
 
@@ -98,8 +108,8 @@ def test_archive_bucket_purges_raw_events_after_configurable_days(tf):
     assert isinstance(tf["variable"]["raw_retention_days"]["default"], int)
 
 
-def _rule(bucket, prefix):
-    [rule] = [r for r in bucket["lifecycle_rule"] if r["condition"][0]["matches_prefix"] == [prefix]]
+def _rule(bucket, *prefixes):
+    [rule] = [r for r in bucket["lifecycle_rule"] if r["condition"][0].get("matches_prefix") == list(prefixes)]
     return rule
 
 
@@ -111,14 +121,15 @@ def test_parquet_archive_has_its_own_retention_beside_the_raw_archive(tf):
     assert _rule(bucket, "archive/")["condition"][0]["age"] == "${var.raw_retention_days}"
     # the analysts' copy outlives the raw one it is compacted from
     assert tf["variable"]["parquet_retention_days"]["default"] > tf["variable"]["raw_retention_days"]["default"]
-    assert tf["output"]["parquet_path"]["value"] == "gs://${google_storage_bucket.archive.name}/parquet"
+    assert tf["output"]["parquet_path"]["value"] == "${local.bucket_url}/parquet"
+    assert tf["locals"]["bucket_url"] == "gs://${google_storage_bucket.archive.name}"
 
 
 def test_bigquery_external_table_reads_the_parquet_layout_compaction_writes(tf):
     table = tf["resource"]["google_bigquery_table"]["events"]
     assert table["dataset_id"] == "${google_bigquery_dataset.archive.dataset_id}"
     ext = table["external_data_configuration"][0]
-    parquet_path = tf["output"]["parquet_path"]["value"]
+    parquet_path = tf["output"]["parquet_path"]["value"].replace("${local.bucket_url}", tf["locals"]["bucket_url"])
     assert ext["source_format"] == "PARQUET"
     # only dt= folders: files being written wait under _staging/, outside them
     assert ext["source_uris"] == [f"{parquet_path}/dt=*"]
@@ -134,9 +145,174 @@ def test_bigquery_external_table_reads_the_parquet_layout_compaction_writes(tf):
     assert "{dt:DATE}" in hive["source_uri_prefix"] and "{hour:INTEGER}" in hive["source_uri_prefix"]
 
 
-def test_outputs_name_the_pipeline_flags(tf):
-    assert set(tf["output"]) == {"input_subscription", "dead_letter_topic", "archive_path", "parquet_path",
-                                 "bigquery_events_table", "bigtable", "stats_service_url"}
+def test_dead_letter_files_have_their_own_retention_and_deleted_objects_a_grace(tf):
+    bucket = tf["resource"]["google_storage_bucket"]["archive"]
+    # the folders the job and the redrive write dead letters to by default
+    folder = default_dead_letter_path("gs://b/archive")[len("gs://b/"):]
+    redrive = default_redrive_path(f"gs://b/{folder}/**")[len("gs://b/"):]
+    rule = _rule(bucket, f"{folder}/", f"{redrive}/")
+    assert rule["action"][0]["type"] == "Delete"
+    assert rule["condition"][0]["age"] == "${var.dead_letter_retention_days}"
+    assert tf["variable"]["dead_letter_retention_days"]["default"] > 0
+    # versioned: what a rule or a person deletes stays restorable for a while, then goes
+    assert bucket["versioning"] == [{"enabled": True}]
+    [noncurrent] = [r for r in bucket["lifecycle_rule"] if "days_since_noncurrent_time" in r["condition"][0]]
+    assert noncurrent["condition"][0] == {"days_since_noncurrent_time": "${var.noncurrent_retention_days}",
+                                          "with_state": "ARCHIVED"}
+    # every other rule deletes live objects under one of its prefixes only
+    assert all(r["condition"][0]["matches_prefix"] for r in bucket["lifecycle_rule"] if r is not noncurrent)
+
+
+def test_bucket_name_comes_from_the_project_unless_given(tf):
+    bucket = tf["resource"]["google_storage_bucket"]["archive"]
+    assert bucket["name"] == "${local.archive_bucket}"
+    assert tf["locals"]["archive_bucket"] == '${coalesce(var.archive_bucket, "${var.project}-viewcounts")}'
+    assert tf["variable"]["archive_bucket"]["default"] is None
+
+
+def test_bigtable_deletion_protection_is_a_variable_on_by_default(tf):
+    assert tf["variable"]["bigtable_deletion_protection"]["default"] is True
+    instance = tf["resource"]["google_bigtable_instance"]["counts"]
+    table = tf["resource"]["google_bigtable_table"]["aggregates"]
+    assert instance["deletion_protection"] == "${var.bigtable_deletion_protection}"
+    assert table["deletion_protection"] == '${var.bigtable_deletion_protection ? "PROTECTED" : "UNPROTECTED"}'
+
+
+# Flags of the streaming job (pipelines/options.py) that no output gives, and why.
+NOT_FROM_TERRAFORM = {
+    "metadata_refresh_s": "how often to re-read the snapshot: the operator's choice (README: 300)",
+    "bigtable_write_budget_s": "tuning, the job's default holds",
+    "bigtable_attempt_timeout_s": "tuning, the job's default holds",
+    "timestamp_attribute": "set by the publishers, the job's default (ts) is theirs",
+    "allowed_lateness_s": "the contract's value is the job's default",
+    "max_future_skew_s": "the contract's value is the job's default",
+    "max_event_age_s": "the contract's value is the job's default",
+    "no_event_age_check": "for replays of historical data only",
+    "early_firing_s": "tuning, the job's default holds",
+    "source_readers": "Prism and Flink only",
+    "dedup_shards": "the runner's default; fixed across restores, so never from the environment",
+}
+
+
+def _parser_flags(options_class) -> set[str]:
+    parser = argparse.ArgumentParser()
+    options_class._add_argparse_args(parser)
+    return {o[2:] for a in parser._actions if a.dest != "help" for o in a.option_strings if o.startswith("--")}
+
+
+def test_outputs_give_every_flag_the_job_needs(tf):
+    assert set(tf["output"]) == {"job_flags", "dataflow_flags", "job_args", "template_parameters", "parquet_path",
+                                 "bigquery_events_table", "stats_service_url"}
+    job_flags, dataflow_flags = tf["locals"]["job_flags"], tf["locals"]["dataflow_flags"]
+    assert tf["output"]["job_flags"]["value"] == "${local.job_flags}"
+    assert tf["output"]["dataflow_flags"]["value"] == "${local.dataflow_flags}"
+    # every flag of the job is an output or has its reason above, not both
+    assert set(job_flags) | set(NOT_FROM_TERRAFORM) == _parser_flags(CountingOptions)
+    assert not set(job_flags) & set(NOT_FROM_TERRAFORM)
+    # so is every parameter of the Flex Template
+    with open(TEMPLATE_METADATA) as f:
+        params = {p["name"] for p in json.load(f)["parameters"]}
+    assert params <= set(job_flags) | set(NOT_FROM_TERRAFORM)
+    # Dataflow's flags are Beam's GoogleCloudOptions, the worker account among them
+    assert set(dataflow_flags) <= _parser_flags(GoogleCloudOptions)
+    assert dataflow_flags["service_account_email"] == "${google_service_account.worker.email}"
+    assert {dataflow_flags[k] for k in ("temp_location", "staging_location")} <= {
+        f"${{local.bucket_url}}/dataflow/{d}" for d in ("tmp", "staging")}
+    # the job's names are the resources', and dead letters go where the job would put them
+    assert job_flags["input_subscription"] == "${google_pubsub_subscription.events.id}"
+    assert job_flags["dead_letter_topic"] == "${google_pubsub_topic.dead_letters.id}"
+    archive = job_flags["archive_path"]
+    assert archive == "${local.bucket_url}/archive" and _rule(tf["resource"]["google_storage_bucket"]["archive"],
+                                                              "archive/")
+    assert job_flags["dead_letter_path"] == default_dead_letter_path(archive)
+    assert tf["output"]["job_args"]["value"] == ('${join(" ", [for flag, value in merge(local.job_flags, '
+                                                 'local.dataflow_flags) : "--${flag}=${value}"])}')
+    assert tf["output"]["template_parameters"]["value"] == (
+        '${join(",", [for flag, value in local.job_flags : "${flag}=${value}"])}')
+
+
+WORKER_SA = "google_service_account.worker"
+
+
+def test_worker_account_holds_one_role_per_resource_it_uses(tf):
+    assert tf["locals"]["worker"] == f"serviceAccount:${{{WORKER_SA}.email}}"
+    grants = sorted((rtype, body["role"], next((body[k] for k in ("subscription", "topic", "table", "bucket", "project")
+                                                if k in body), None))
+                    for rtype, body in _grants(tf) if body["member"] == "${local.worker}")
+    assert grants == [
+        ("google_bigtable_table_iam_member", "roles/bigtable.user", "${google_bigtable_table.aggregates.name}"),
+        ("google_project_iam_member", "roles/dataflow.worker", "${var.project}"),
+        ("google_pubsub_subscription_iam_member", "roles/pubsub.subscriber", "${google_pubsub_subscription.events.name}"),
+        ("google_pubsub_subscription_iam_member", "roles/pubsub.viewer", "${google_pubsub_subscription.events.name}"),
+        ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "${google_pubsub_topic.dead_letters.name}"),
+        ("google_storage_bucket_iam_member", "roles/storage.objectAdmin", "${google_storage_bucket.archive.name}"),
+    ]
+    table_grant = tf["resource"]["google_bigtable_table_iam_member"]["worker_aggregates_user"]
+    assert table_grant["instance"] == "${google_bigtable_instance.counts.name}"
+    # who may act as it: only those listed, none by default
+    launchers = tf["resource"]["google_service_account_iam_member"]["worker_launchers"]
+    assert launchers["role"] == "roles/iam.serviceAccountUser" and launchers["member"] == "${each.value}"
+    assert launchers["service_account_id"] == f"${{{WORKER_SA}.name}}"
+    assert tf["variable"]["job_launchers"]["default"] == []
+
+
+def _references(tf, value) -> set[str]:
+    """``type.name`` of every resource an expression (or block) refers to, through the locals it uses."""
+    text = json.dumps(value)
+    refs = set(re.findall(r"\b(google_[a-z0-9_]+\.[a-z0-9_]+)", text))
+    for name in set(re.findall(r"\blocal\.([a-z0-9_]+)", text)):
+        refs |= _references(tf, tf["locals"][name])
+    return refs
+
+
+# the API each kind of resource is created through
+API_OF = {"google_pubsub_": "pubsub", "google_bigtable_": "bigtableadmin", "google_storage_": "storage",
+          "google_bigquery_": "bigquery", "google_cloud_run_": "run", "google_service_account": "iam",
+          "google_monitoring_": "monitoring", "google_project_iam_": "cloudresourcemanager"}
+
+
+def test_every_resource_waits_for_the_apis_and_its_api_is_enabled(tf):
+    apis = set(re.findall(r'"([a-z]+)\.googleapis\.com"', tf["locals"]["apis"]))
+    assert tf["resource"]["google_project_service"]["apis"] == {
+        "for_each": "${local.apis}", "service": "${each.value}", "disable_on_destroy": False}
+    # the job's own APIs: Dataflow on Compute Engine VMs, Bigtable's data API
+    assert {"dataflow", "compute", "bigtable"} <= apis
+    refs = {f"{rtype}.{name}": _references(tf, body) for rtype, rs in tf["resource"].items() for name, body in rs.items()}
+
+    def waits(resource):  # Terraform refuses cycles, so this ends
+        return "google_project_service.apis" in refs[resource] or any(waits(r) for r in refs[resource])
+
+    for resource in refs:
+        rtype = resource.split(".")[0]
+        if rtype != "google_project_service":
+            assert waits(resource), resource
+            [api] = [a for prefix, a in API_OF.items() if rtype.startswith(prefix)]
+            assert api in apis, resource
+
+
+def test_alert_policies_watch_lag_backlog_and_the_jobs_counters(tf):
+    policies = tf["resource"]["google_monitoring_alert_policy"]
+    assert set(policies) == {"system_lag", "oldest_unacked", "counter"}
+    assert all(p["notification_channels"] == "${var.notification_channels}" for p in policies.values())
+    assert tf["variable"]["notification_channels"]["default"] == []
+    [lag] = policies["system_lag"]["conditions"][0]["condition_threshold"]
+    assert 'metric.type = \\"dataflow.googleapis.com/job/system_lag\\"' in lag["filter"]
+    assert lag["filter"].startswith("${local.dataflow_jobs}") and lag["threshold_value"] == "${var.alert_system_lag_s}"
+    assert 'resource.type = \\"dataflow_job\\"' in tf["locals"]["dataflow_jobs"]
+    [unacked] = policies["oldest_unacked"]["conditions"][0]["condition_threshold"]
+    for part in ('resource.type = \\"pubsub_subscription\\"',
+                 'resource.label.subscription_id = \\"${google_pubsub_subscription.events.name}\\"',
+                 'metric.type = \\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\\"'):
+        assert part in unacked["filter"], part
+    # the counters are the job's, by the names transforms/metrics.py gives them
+    counters = policies["counter"]
+    assert counters["for_each"] == "${local.counter_alerts}"
+    assert set(tf["locals"]["counter_alerts"]) == {metrics.WRITE_FAILURES, metrics.DEAD_LETTERS}
+    assert tf["locals"]["counter_alerts"][metrics.WRITE_FAILURES]["threshold"] == 0
+    [promql] = counters["conditions"][0]["condition_prometheus_query_language"]
+    assert "increase(dataflow_googleapis_com:job_user_counter{" in promql["query"]
+    assert 'metric_name=\\"${each.key}\\"' in promql["query"]
+    assert promql["query"].endswith("> ${each.value.threshold}")
 
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="no terraform binary on this machine")
@@ -161,8 +337,10 @@ def test_stats_service_account_only_reads_the_bigtable_instance(tf):
                                                                    "roles/bigtable.reader")]
     assert grants[0][1]["instance"] == "${google_bigtable_instance.counts.name}"
     assert grants[0][1]["member"] == f"serviceAccount:${{{STATS_SA}.email}}"
-    # nothing grants roles on the whole project, to this account or any other
-    assert not [rtype for rtype in tf["resource"] if rtype.startswith("google_project_iam")]
+    # the one role on the whole project is the workers' Dataflow role (worker.tf says why)
+    project_grants = [(rtype, name, body["role"]) for rtype, rs in tf["resource"].items()
+                      if rtype.startswith("google_project_iam") for name, body in rs.items()]
+    assert project_grants == [("google_project_iam_member", "worker_dataflow", "roles/dataflow.worker")]
 
 
 def _container(tf) -> dict:

@@ -73,9 +73,9 @@ variable "aggregate_retention_days" {
 }
 
 variable "archive_bucket" {
-  description = "Bucket of the raw archive and dead-letter files (--archive_path gs://BUCKET/archive)"
+  description = "Bucket of the raw archive, dead-letter files, Parquet archive and Dataflow's files; default: PROJECT-viewcounts (bucket names are global)"
   type        = string
-  default     = "viewcounts-archive"
+  default     = null
 }
 
 variable "raw_retention_days" {
@@ -159,4 +159,70 @@ variable "service_invokers" {
   description = "Members given roles/run.invoker on the stats service, e.g. [\"group:analysts@example.com\"]; [\"allUsers\"] makes it public"
   type        = list(string)
   default     = []
+}
+
+variable "bigtable_deletion_protection" {
+  description = "Refuse to delete the Bigtable instance and table (terraform destroy, or a change that replaces them); set false before tearing them down"
+  type        = bool
+  default     = true
+}
+
+variable "dead_letter_retention_days" {
+  description = "Dead-letter files (gs://BUCKET/dead-letters, and dead-letters-redrive of pipelines.redrive) are deleted after this many days: redrive write_failed ones before"
+  type        = number
+  default     = 90
+}
+
+variable "noncurrent_retention_days" {
+  description = "A deleted or overwritten object of the bucket (versioned) can be restored for this many days"
+  type        = number
+  default     = 7
+}
+
+variable "worker_account_id" {
+  description = "Service account the job's workers run as (--service_account_email): Pub/Sub, Bigtable and bucket roles on those resources only"
+  type        = string
+  default     = "viewcounts-worker"
+}
+
+variable "job_launchers" {
+  description = "Members given roles/iam.serviceAccountUser on the worker account, so they can start jobs as it, e.g. [\"user:oncall@example.com\"]"
+  type        = list(string)
+  default     = []
+}
+
+variable "dataflow_job_name" {
+  description = "Name of the streaming job (--job_name); the alert policies watch the Dataflow jobs whose name starts with it"
+  type        = string
+  default     = "viewcounts"
+}
+
+variable "notification_channels" {
+  description = "Cloud Monitoring notification channel ids (projects/P/notificationChannels/N) every alert policy notifies"
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_system_lag_s" {
+  description = "Dataflow system lag (seconds) that, held for 5 minutes, opens an incident"
+  type        = number
+  default     = 300
+}
+
+variable "alert_oldest_unacked_s" {
+  description = "Age (seconds) of the oldest unacknowledged event on the events subscription that, held for 5 minutes, opens an incident"
+  type        = number
+  default     = 900
+}
+
+variable "alert_counter_window_s" {
+  description = "Window (seconds) over which the growth of write_failures and dead_letters is measured"
+  type        = number
+  default     = 600
+}
+
+variable "alert_dead_letters_threshold" {
+  description = "Dead letters within alert_counter_window_s that open an incident (0: any); write_failures alerts on any"
+  type        = number
+  default     = 0
 }
