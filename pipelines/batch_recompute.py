@@ -6,18 +6,28 @@ function of the archive as SPEC.md sections 2-3 without processing-time checks: 
 event once per ``event_id``, the copy first in archive order; cost proportional to the events
 read) and overwrites those windows' aggregates in Bigtable (one pane per window, cells stamped
 from the recompute's wall clock: they win over streaming panes of closed windows), and their
-top lists (``transforms.top.TopFromRows``: minute and hour windows, and the days whose 24
-hours are all recomputed; the same lists the streaming job keeps). Events the
-streaming job refused as ``too_late`` are in the archive and are counted here: that is the
-point of a recompute. ``build_pipeline(argv)`` returns the job without running it::
+top lists (``transforms.top.TopFromRows``; the same lists the streaming job keeps). Events
+the streaming job refused as ``too_late`` are in the archive and are counted here: that is
+the point of a recompute. ``build_pipeline(argv)`` returns the job without running it::
 
     python -m pipelines.batch_recompute --archive_path gs://B/archive \\
         --start 2024-05-14T00:00:00Z --end 2024-05-15T00:00:00Z --bigtable_project P ...
 
+Day top lists (``RecomputeScope``): a day's list is a function of the archive of the whole
+UTC day. A recompute that overwrites any hour of a day rebuilds that day's list once the day
+is closed (``pipelines.restarts.closes_at_s``, the rule that closes hours): it also reads the
+day's other hours, counts them with the hours (one dedup over every hour read: the recomputed
+hours get the aggregates a recompute of their whole days would give them) and ranks the day
+from all 24 hour rows, but writes neither those hours' aggregates nor their minute and hour
+lists. A day still open gets no list (the archive does not hold the whole day yet, and a
+recompute's list would win over the streaming job's later ones); the job logs it with the
+time after which to run again. Cost: linear in the events read, up to 23 more hours of a
+partial day than the range.
+
 ``--after_restarts`` instead recomputes the closed hours that streaming jobs started
 without state may have left low (``pipelines.restarts.plan_recompute``; within
 ``[--start, --end)`` when those are given too), and logs the affected hours that are not
-closed yet (run it again later); it is safe to run repeatedly::
+closed yet (run it again after the time it gives); it is safe to run repeatedly::
 
     python -m pipelines.batch_recompute --archive_path gs://B/archive --after_restarts --bigtable_project P ...
 
@@ -28,9 +38,10 @@ archived into an hour after it was compacted are read only once compaction has m
 
 ``--rows_path FOLDER`` writes the rows (not the top lists) as JSONL (``transforms.bigtable_sink.row_to_json``,
 one folder per hour of the window start) instead of Bigtable: the ``viewcounts recompute
---dry-run`` audit. Runs as a batch job on every runner (``pipelines.runners.prepare_batch``):
-the local runner is Beam's FnApiRunner. Only the hours in the range are read: a copy of an
-event re-stamped into an hour outside the range is not seen.
+--dry-run`` audit; it reads what the recompute would read, so its rows are the ones the
+recompute writes. Runs as a batch job on every runner (``pipelines.runners.prepare_batch``):
+the local runner is Beam's FnApiRunner. Only the hours read are deduplicated together: a copy
+of an event re-stamped into an hour not read is not seen.
 """
 from __future__ import annotations
 
@@ -38,6 +49,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections import defaultdict
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -46,10 +58,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import runners
 from pipelines.graph import bigtable_writer, run_from_command_line
 from pipelines.options import DISTRIBUTED_SHARDS, CountingOptions, sinks_of
-from pipelines.restarts import plan_recompute
+from pipelines.restarts import closes_at_s, plan_recompute
 from pipelines.streaming import metadata_snapshots
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folder
 from schemas.event import US_PER_S, format_time_us, parse_event_time
+from schemas.storage import TOP_GRANULARITY_SECONDS
 from transforms.batch_count import DEAD_LETTER, ROWS, CountArchive
 from transforms.bigtable_sink import row_to_json
 from transforms.dead_letters import WriteDeadLetters
@@ -58,6 +71,7 @@ from transforms.top import TOP_LISTS_WRITTEN, TopFromRows
 
 _LOG = logging.getLogger(__name__)
 ROWS_FILE_PREFIX = "rows"
+DAY_S = TOP_GRANULARITY_SECONDS["day"]
 
 
 class RecomputeOptions(PipelineOptions):
@@ -85,20 +99,67 @@ def _range_s(start: str | None, end: str | None) -> tuple[int, int]:
     return start_s, end_s
 
 
-def hours_to_recompute(archive_path: str, r: RecomputeOptions, now_s: float) -> list[int]:
-    """Start instants (epoch seconds) of the hours to recompute: ``[--start, --end)``, or with
-    ``--after_restarts`` the closed hours of ``plan_recompute`` (within the range if given)."""
-    if not r.after_restarts:
-        start_s, end_s = _range_s(r.start, r.end)
-        return list(range(start_s, end_s, ARCHIVE_WINDOW_S))
-    plan = plan_recompute(archive_path, now_s,
-                          range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S) if r.start or r.end else None)
-    if plan.open:
-        _LOG.warning("hours affected by a start without state but not closed yet (recompute them later): %s",
-                     ", ".join(format_time_us(h * US_PER_S) for h in plan.open))
-    _LOG.info("recomputing %d hours affected by starts without state: %s", len(plan.closed),
-              ", ".join(format_time_us(h * US_PER_S) for h in plan.closed))
-    return plan.closed
+@dataclasses.dataclass(frozen=True)
+class RecomputeScope:
+    """What a recompute reads and writes (epoch seconds of window starts, sorted; module docstring):
+
+    * ``hours``: the hours whose aggregates and minute and hour top lists it overwrites;
+    * ``days``: the closed days holding one of ``hours``, whose day lists it rebuilds (it reads
+      all their hours: ``hours_read``);
+    * ``open_days``: ``{day: closes_at_s}`` of the days holding one of ``hours`` that are not
+      closed: no day list is written; run again after that time;
+    * ``open_hours``: with ``--after_restarts``, ``{hour: closes_at_s}`` of the affected hours
+      not closed yet, not recomputed; run again after that time."""
+
+    hours: list[int]
+    days: list[int]
+    open_days: dict[int, int]
+    open_hours: dict[int, int]
+
+    @property
+    def hours_read(self) -> list[int]:
+        return sorted(set(self.hours).union(*(range(d, d + DAY_S, ARCHIVE_WINDOW_S) for d in self.days)))
+
+
+def recompute_scope(archive_path: str, r: RecomputeOptions, allowed_lateness_s: int, now_s: float) -> RecomputeScope:
+    """The ``RecomputeScope`` at wall clock ``now_s``: ``[--start, --end)``, or with
+    ``--after_restarts`` the closed hours of ``plan_recompute`` (within the range if given).
+    A day is closed by ``closes_at_s`` with the streaming job's ``allowed_lateness_s`` (with
+    ``--after_restarts``: or its hours' markers', if larger). Logs what is left open."""
+    if r.after_restarts:
+        plan = plan_recompute(archive_path, now_s,
+                              range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S) if r.start or r.end else None)
+        hours, lateness = plan.closed, plan.lateness_s
+        open_hours = {h: closes_at_s(h, ARCHIVE_WINDOW_S, lateness[h]) for h in plan.open}
+        _LOG.info("recomputing %d hours affected by starts without state: %s", len(hours), _times(hours))
+    else:
+        hours, lateness, open_hours = list(range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S)), {}, {}
+    days_lateness: dict[int, int] = {}
+    for h in hours:
+        d = h - h % DAY_S
+        days_lateness[d] = max(days_lateness.get(d, allowed_lateness_s), lateness.get(h, 0))
+    closing = {d: closes_at_s(d, DAY_S, late) for d, late in days_lateness.items()}
+    scope = RecomputeScope(hours, sorted(d for d, at in closing.items() if at <= now_s),
+                           {d: at for d, at in sorted(closing.items()) if at > now_s}, open_hours)
+    if open_hours:
+        _LOG.warning("hours affected by a start without state but not closed yet, not recomputed: %s",
+                     _run_again(open_hours))
+    if scope.open_days:
+        _LOG.warning("days not closed yet: their day top lists are not rebuilt: %s", _run_again(scope.open_days))
+    return scope
+
+
+def _times(starts) -> str:
+    return ", ".join(format_time_us(s * US_PER_S) for s in starts)
+
+
+def _run_again(closes_at: dict[int, int]) -> str:
+    """``{window start: closes_at_s}`` -> "run again after T: start, start; run again after ..."."""
+    by_time: dict[int, list[int]] = defaultdict(list)
+    for start, at in closes_at.items():
+        by_time[at].append(start)
+    return "; ".join(f"run again after {format_time_us(at * US_PER_S)}: {_times(sorted(starts))}"
+                     for at, starts in sorted(by_time.items()))
 
 
 class _NoteProgress(beam.DoFn):
@@ -131,19 +192,22 @@ def archive_patterns(archive_path: str, hours: list[int]) -> list[str]:
     return [f"{hour_folder(archive_path, h)}/*.jsonl" for h in hours]
 
 
-def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
+def build_pipeline(argv: list[str] | None = None, now_s: float | None = None) -> beam.Pipeline:
+    """The recompute job of ``argv``; ``now_s``: the wall clock its scope is judged at
+    (``recompute_scope``; default now)."""
     options = PipelineOptions(argv)
     o = options.view_as(CountingOptions)
     r = options.view_as(RecomputeOptions)
     if not o.archive_path:
         raise ValueError("--archive_path is required")
-    hours = hours_to_recompute(o.archive_path, r, time.time())
+    scope = recompute_scope(o.archive_path, r, o.allowed_lateness_s, time.time() if now_s is None else now_s)
+    hours_read = scope.hours_read
     # the recompute reads the archive; it must not write a second copy of it
     sinks = dataclasses.replace(sinks_of(o, streaming=False), archive_path=None)
     runners.prepare_batch(options)
     pipeline = beam.Pipeline(options=options)
-    compacted = parquet_hours(r.parquet_path, hours) if r.parquet_path else []
-    jsonl_hours = sorted(set(hours) - set(compacted))
+    compacted = parquet_hours(r.parquet_path, hours_read) if r.parquet_path else []
+    jsonl_hours = sorted(set(hours_read) - set(compacted))
     files = (pipeline
              | "archive hours" >> beam.Create(archive_patterns(o.archive_path, jsonl_hours))
              | "match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
@@ -154,6 +218,8 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
         o.dedup_shards or DISTRIBUTED_SHARDS, metadata_snapshots(pipeline, o.metadata_path, None), r.parquet_path,
         pipeline | "Parquet hours" >> beam.Create(compacted) if r.parquet_path else None)
     enriched = counted[ROWS]
+    if len(hours_read) > len(scope.hours):  # hours read for day lists only: their rows are not written
+        enriched = enriched | "rows of the recomputed hours" >> beam.FlatMap(_rows_in, frozenset(scope.hours))
     dead = [counted[DEAD_LETTER]]
     if r.rows_path:
         (enriched
@@ -161,13 +227,21 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
          | "row files" >> WriteJsonlByHour(r.rows_path, ROWS_FILE_PREFIX, sinks.run_id))
     else:
         dead.append(enriched | "write to Bigtable" >> bigtable_writer(sinks))
-        dead.append(enriched
-                    | "top entities" >> TopFromRows(hours)
+        dead.append(counted[ROWS]
+                    | "top entities" >> TopFromRows(scope.hours, scope.days)
                     | "write top lists to Bigtable" >> bigtable_writer(sinks, TOP_LISTS_WRITTEN))
     (dead
      | "all dead letters" >> beam.Flatten()
      | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id))
     return pipeline
+
+
+def _rows_in(enriched_rows, hours: frozenset):
+    """``list[EnrichedRow]`` -> the same list holding only the rows of windows starting in
+    ``hours`` (epoch s), when there are any."""
+    kept = [e for e in enriched_rows if e.row.window_start_s - e.row.window_start_s % ARCHIVE_WINDOW_S in hours]
+    if kept:
+        yield kept
 
 
 def _lines_by_hour(enriched_rows):

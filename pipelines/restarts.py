@@ -18,12 +18,16 @@ affected hours from the raw archive, once their windows have closed:
   started without state *and* files of any other run, written before or after that start
   (the archive's file names carry the run, ``schemas.archive``; an old job still writing
   after the new one started -- start the new job, then drain the old -- counted part of
-  the hour too; a superfluous recompute is harmless), split into ``closed`` ones (the
-  hour's end plus the job's allowed lateness plus ``CLOSE_MARGIN_S`` is past ``now_s``:
-  no pane of them can change any more) and ``open`` ones (run the recompute again later). ``python -m pipelines.batch_recompute --after_restarts``
-  recomputes the closed hours; running it again is harmless (it overwrites with the same
-  values). Cost: one listing of the archive's files (of the ``--start``/``--end`` hours
-  when those are given).
+  the hour too; a superfluous recompute is harmless), split into ``closed`` ones
+  (``closes_at_s``: the hour's end plus the job's allowed lateness plus ``CLOSE_MARGIN_S`` is
+  past ``now_s``: no pane of them can change any more) and ``open`` ones (run the recompute
+  again after their ``closes_at_s``). ``python -m pipelines.batch_recompute --after_restarts``
+  recomputes the closed hours, and rebuilds the day top lists of their days from the archive
+  of the whole day once those days are closed too (the new job's day stage started empty: its
+  day lists summed only the hours it saw, and won); running it again is harmless (it
+  overwrites with the same values), and is how the lists of days still open then get rebuilt.
+  Cost: one listing of the archive's files (of the ``--start``/``--end`` hours when those
+  are given).
 
 ``CLOSE_MARGIN_S`` assumes a job that keeps up: its watermark then trails the wall clock by
 the portable source's sample period (the earliest timestamp pulled in the last 60 s,
@@ -38,7 +42,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 import orjson
@@ -71,7 +75,8 @@ class _WriteMarker(beam.DoFn):
         _LOG.warning("run %s started without the state of any job before it (%s): aggregates of windows "
                      "that job stored and this one writes may stay low until recomputed; once they have "
                      "closed, run: python -m pipelines.batch_recompute --archive_path %s --after_restarts "
-                     "(plus the Bigtable flags)", self._run_id, path, self._archive_path)
+                     "(plus the Bigtable flags), and again once their UTC days have closed (day top lists)",
+                     self._run_id, path, self._archive_path)
 
 
 class RecordStatelessStart(beam.PTransform):
@@ -85,12 +90,21 @@ class RecordStatelessStart(beam.PTransform):
         return pbegin | "impulse" >> beam.Impulse() | "write marker" >> beam.ParDo(self._fn)
 
 
+def closes_at_s(window_start_s: int, window_s: int, allowed_lateness_s: int) -> int:
+    """When a recompute may overwrite a window (epoch s) with no later streaming pane of it
+    winning: its end plus the streaming job's allowed lateness plus ``CLOSE_MARGIN_S``."""
+    return window_start_s + window_s + allowed_lateness_s + CLOSE_MARGIN_S
+
+
 @dataclass(frozen=True)
 class RecomputePlan:
-    """Hours (epoch seconds of their start, sorted) affected by starts without state."""
+    """Hours (epoch seconds of their start, sorted) affected by starts without state, and
+    ``lateness_s``: each one's allowed lateness (the largest of the runs' markers that select
+    it; ``closes_at_s``)."""
 
     closed: list[int]
     open: list[int]
+    lateness_s: dict[int, int] = field(default_factory=dict)
 
 
 def _match(patterns: list[str]) -> list[str]:
@@ -120,5 +134,5 @@ def plan_recompute(archive_path: str, now_s: float, hours: range | None = None) 
             if runs_of_hour[hour_s] - {run_id}:  # another run wrote there, whenever
                 lateness_by_hour[hour_s] = max(lateness_by_hour.get(hour_s, 0), marker["allowed_lateness_s"])
     closed = sorted(h for h, lateness in lateness_by_hour.items()
-                    if h + ARCHIVE_WINDOW_S + lateness + CLOSE_MARGIN_S <= now_s)
-    return RecomputePlan(closed, sorted(set(lateness_by_hour) - set(closed)))
+                    if closes_at_s(h, ARCHIVE_WINDOW_S, lateness) <= now_s)
+    return RecomputePlan(closed, sorted(set(lateness_by_hour) - set(closed)), lateness_by_hour)

@@ -38,8 +38,9 @@ together, and a pane arriving after its window's state was cleared would start a
 holding only itself, with a newer base that wins (``tests/test_top_streaming.py`` failed so).
 
 Batch (``TopFromRows``: the recompute's ``list[EnrichedRow]`` per entity -> ``list[TopRow]``)
-ranks the final aggregates with Beam's ``combiners.Top.PerKey``; day lists only for days whose
-24 hours are all recomputed.
+ranks the final aggregates with Beam's ``combiners.Top.PerKey``: minute and hour lists of the
+hours the recompute overwrites, and day lists of the days it was given, each from the hour rows
+of all 24 hours (the recompute reads a day's other hours for that, ``pipelines.batch_recompute``).
 """
 from __future__ import annotations
 
@@ -308,41 +309,46 @@ class TopEntities(beam.PTransform):
                 | "top per window" >> beam.ParDo(MergeTop(self._lateness_s, self._k, self._grace_s)))
 
 
-def _ranked(enriched_rows):
-    """``list[EnrichedRow]`` -> ``((event_type, granularity, window_start_s), (video_id, count))``."""
-    for e in enriched_rows:
-        r = e.row
-        yield (r.event_type, r.granularity, r.window_start_s), (r.video_id, r.aggregate.count)
+_HOUR_S = TOP_GRANULARITY_SECONDS["hour"]
 
 
-def _hours_of_days(enriched_rows):
-    """``list[EnrichedRow]`` -> ``((event_type, video_id, day_start_s), hour count)`` per hour row."""
+def _ranked(enriched_rows, hours: frozenset):
+    """``list[EnrichedRow]`` -> ``((event_type, granularity, window_start_s), (video_id, count))``
+    per row of a window starting in one of ``hours`` (epoch s)."""
     for e in enriched_rows:
         r = e.row
-        if r.granularity == "hour":
+        if r.window_start_s - r.window_start_s % _HOUR_S in hours:
+            yield (r.event_type, r.granularity, r.window_start_s), (r.video_id, r.aggregate.count)
+
+
+def _hours_of_days(enriched_rows, days: frozenset):
+    """``list[EnrichedRow]`` -> ``((event_type, video_id, day_start_s), hour count)`` per hour row
+    of one of ``days`` (epoch s)."""
+    for e in enriched_rows:
+        r = e.row
+        if r.granularity == "hour" and r.window_start_s - r.window_start_s % _DAY_S in days:
             yield (r.event_type, r.video_id, r.window_start_s - r.window_start_s % _DAY_S), r.aggregate.count
 
 
 class TopFromRows(beam.PTransform):
     """Batch top lists (module docstring): ``PCollection[list[EnrichedRow]]`` (final aggregates)
-    -> ``PCollection[list[TopRow]]``; ``hours``: the hour starts (epoch s) the rows cover; day
-    lists are made for the days all of whose hours are in it. Cell timestamps from the wall
-    clock when a list is made (a recompute's cells win)."""
+    -> ``PCollection[list[TopRow]]``. ``hours``: the hour starts (epoch s) whose minute and hour
+    lists are made (rows of other hours make none); ``days``: the day starts (epoch s) whose day
+    lists are made, each the sum of its hour rows: the rows must hold all 24 hours of each.
+    Cell timestamps from the wall clock when a list is made (a recompute's cells win)."""
 
-    def __init__(self, hours) -> None:
+    def __init__(self, hours, days) -> None:
         super().__init__()
-        hours = set(hours)
-        self._days = frozenset(d for d in {h - h % _DAY_S for h in hours}
-                               if all(d + i * 3600 in hours for i in range(24)))
+        self._hours, self._days = frozenset(hours), frozenset(days)
+        if any(d % _DAY_S for d in self._days):
+            raise ValueError(f"days must be UTC day starts, got {sorted(self._days)}")
 
     def expand(self, rows):
-        days = self._days
         day_counts = (rows
-                      | "hours of days" >> beam.FlatMap(_hours_of_days)
-                      | "complete days" >> beam.Filter(lambda kv: kv[0][2] in days)
+                      | "hours of days" >> beam.FlatMap(_hours_of_days, self._days)
                       | "day counts" >> beam.CombinePerKey(sum)
                       | "day offers" >> beam.MapTuple(lambda k, count: ((k[0], "day", k[2]), (k[1], count))))
-        return (((rows | "window offers" >> beam.FlatMap(_ranked)), day_counts)
+        return (((rows | "window offers" >> beam.FlatMap(_ranked, self._hours)), day_counts)
                 | "all offers" >> beam.Flatten()
                 | "top per window" >> beam.combiners.Top.PerKey(TOP_K, key=top_rank, reverse=True)
                 | "top rows" >> beam.MapTuple(_top_row))

@@ -1,8 +1,12 @@
 """``viewcounts recompute``: the batch recompute (``pipelines.batch_recompute``) as a command.
 
-* ``--start/--end`` (hour-aligned) or ``--after-restarts``: which hours; the archive's files
-  of those hours are listed first, and a progress bar (``rich``) follows the bytes read
-  (``--parquet-path``: hours compacted there are read from Parquet, outside the bar).
+* ``--start/--end`` (hour-aligned) or ``--after-restarts``: which hours
+  (``pipelines.batch_recompute.RecomputeScope``: plus the other hours of the closed days
+  holding them, read for those days' top lists); the archive's files of the hours read are
+  listed first, and a progress bar (``rich``) follows the bytes read (``--parquet-path``:
+  hours compacted there are read from Parquet, outside the bar). What is left open (days whose
+  top lists are not rebuilt yet, affected hours not closed yet) is printed with the time
+  after which to run the command again.
 * A refusal to overwrite windows the streaming job may still fire: an hour is *open* while
   ``hour end + allowed lateness`` is later than the streaming job's watermark, taken here as
   the wall clock minus ``pipelines.restarts.CLOSE_MARGIN_S`` (a job that keeps up trails the
@@ -24,10 +28,14 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
 from schemas.event import US_PER_S, format_time_us, parse_event_time
+
+if TYPE_CHECKING:
+    from pipelines.batch_recompute import RecomputeScope
 
 REFRESH_S = 0.5
 
@@ -107,10 +115,10 @@ def audit(batch: dict[tuple, tuple], stored: dict[tuple, tuple]) -> list[HourAud
 def open_hours(hours: list[int], allowed_lateness_s: int, now_s: float) -> list[int]:
     """The hours (epoch seconds of their start) whose windows the streaming job may still fire:
     ``hour end + allowed_lateness_s`` later than its watermark, taken as ``now_s -
-    CLOSE_MARGIN_S`` (module docstring)."""
-    from pipelines.restarts import CLOSE_MARGIN_S
+    CLOSE_MARGIN_S`` (module docstring; ``pipelines.restarts.closes_at_s``)."""
+    from pipelines.restarts import closes_at_s
 
-    return [h for h in hours if h + 3600 + allowed_lateness_s > now_s - CLOSE_MARGIN_S]
+    return [h for h in hours if closes_at_s(h, 3600, allowed_lateness_s) > now_s]
 
 
 def _job_flags(args, rows_path: str | None, progress_path: str) -> list[str]:
@@ -131,12 +139,17 @@ def _job_flags(args, rows_path: str | None, progress_path: str) -> list[str]:
     return flags + list(args.job_flags)
 
 
+def _time(s: int) -> str:
+    return format_time_us(s * US_PER_S)
+
+
 @dataclass
 class Outcome:
-    """What ``run_recompute`` did: the hours, the bytes and files read, the job's counters,
-    and for a dry run the audit."""
+    """What ``run_recompute`` did: its ``RecomputeScope`` (hours overwritten, day lists rebuilt,
+    what is left open and when it closes), the files and bytes read, the job's counters, and
+    for a dry run the audit."""
 
-    hours: list[int]
+    scope: RecomputeScope
     files: int
     bytes_read: int
     seconds: float
@@ -144,36 +157,43 @@ class Outcome:
     audit: list[HourAudit] | None = None
 
     def to_json(self) -> dict:
-        return {"hours": [format_time_us(h * US_PER_S) for h in self.hours], "files": self.files,
-                "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3), "counters": self.counters,
-                "audit": None if self.audit is None else [a.to_json() for a in self.audit]}
+        sc = self.scope
+        return {"hours": [_time(h) for h in sc.hours], "hours_read": len(sc.hours_read),
+                "day_lists": [_time(d) for d in sc.days],
+                "open_days": {_time(d): {"run_again_after": _time(at)} for d, at in sc.open_days.items()},
+                "open_hours": {_time(h): {"run_again_after": _time(at)} for h, at in sc.open_hours.items()},
+                "files": self.files, "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3),
+                "counters": self.counters, "audit": None if self.audit is None else [a.to_json() for a in self.audit]}
 
 
 class RefusedOpenHours(ValueError):
     """The range holds hours the streaming job may still fire (``open_hours``) and no ``--force``."""
 
 
-def run_recompute(args, progress=None) -> Outcome:
+def run_recompute(args, progress=None, now_s: float | None = None) -> Outcome:
     """Run the recompute the parsed ``args`` describe (``add_recompute_args``); ``progress``:
-    ``callable(bytes_read, bytes_total)`` called while files are read. Raises
-    ``RefusedOpenHours`` (open hours without ``--force``), ``ValueError`` for a bad range."""
+    ``callable(bytes_read, bytes_total)`` called while files are read; ``now_s``: the wall
+    clock open hours and days are judged at (default now). Raises ``RefusedOpenHours`` (open
+    hours without ``--force``), ``ValueError`` for a bad range."""
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipelines import batch_recompute
     from transforms import metrics
 
-    hours = batch_recompute.hours_to_recompute(
+    now_s = time.time() if now_s is None else now_s
+    scope = batch_recompute.recompute_scope(
         args.archive_path, PipelineOptions(_job_flags(args, None, "-")).view_as(batch_recompute.RecomputeOptions),
-        time.time())
-    refused = open_hours(hours, args.allowed_lateness_s, time.time())
+        args.allowed_lateness_s, now_s)
+    refused = open_hours(scope.hours, args.allowed_lateness_s, now_s)
     if refused and not args.force:
         raise RefusedOpenHours(
             f"{len(refused)} hour(s) from {format_time_us(refused[0] * US_PER_S)} may still be fired by the streaming "
             f"job (hour end + {args.allowed_lateness_s} s of allowed lateness is after its watermark, taken as now "
             f"minus a safety margin); recompute them later or pass --force")
-    compacted = set(batch_recompute.parquet_hours(args.parquet_path, hours)) if args.parquet_path else set()
-    patterns = batch_recompute.archive_patterns(args.archive_path, [h for h in hours if h not in compacted])
+    hours_read = scope.hours_read
+    compacted = set(batch_recompute.parquet_hours(args.parquet_path, hours_read)) if args.parquet_path else set()
+    patterns = batch_recompute.archive_patterns(args.archive_path, [h for h in hours_read if h not in compacted])
     listed = [m for r in FileSystems.match(patterns) for m in r.metadata_list] if patterns else []
     total = sum(m.size_in_bytes for m in listed)
     work = tempfile.mkdtemp(prefix="recompute-")
@@ -190,16 +210,16 @@ def run_recompute(args, progress=None) -> Outcome:
         started = time.monotonic()
         if progress is not None:
             reporter.start()
-        result = batch_recompute.build_pipeline(_job_flags(args, rows_path, progress_path)).run()
+        result = batch_recompute.build_pipeline(_job_flags(args, rows_path, progress_path), now_s).run()
         result.wait_until_finish()
         stop.set()
         if progress is not None:
             reporter.join()
             progress(_bytes_noted(progress_path), total)
-        outcome = Outcome(hours, len(listed), _bytes_noted(progress_path), time.monotonic() - started,
+        outcome = Outcome(scope, len(listed), _bytes_noted(progress_path), time.monotonic() - started,
                           metrics.committed_counters(result))
         if args.dry_run:
-            outcome.audit = _audit_rows(args, rows_path, hours)
+            outcome.audit = _audit_rows(args, rows_path, scope.hours)
         return outcome
     finally:
         stop.set()
@@ -300,11 +320,21 @@ def recompute_main(args) -> int:
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    c = outcome.counters
-    console.print(f"{len(outcome.hours)} hour(s), {outcome.files:,} files, {outcome.bytes_read:,} bytes in "
-                  f"{outcome.seconds:.1f} s: {c.get('events_in', 0):,} events read, {c.get('events_accepted', 0):,} "
-                  f"counted, {c.get('duplicates_dropped', 0):,} duplicates, {c.get('dead_letters', 0):,} dead letters, "
+    c, scope = outcome.counters, outcome.scope
+    extra = len(scope.hours_read) - len(scope.hours)
+    console.print(f"{len(scope.hours)} hour(s) recomputed{f' ({extra} more read for day top lists)' if extra else ''}"
+                  f", {outcome.files:,} files, {outcome.bytes_read:,} bytes in {outcome.seconds:.1f} s: "
+                  f"{c.get('events_in', 0):,} events read, {c.get('events_accepted', 0):,} counted, "
+                  f"{c.get('duplicates_dropped', 0):,} duplicates, {c.get('dead_letters', 0):,} dead letters, "
                   f"{c.get('aggregates_written', 0):,} aggregates written")
+    if scope.days and not args.dry_run:
+        console.print(f"day top lists rebuilt from the whole day: {', '.join(_time(d)[:10] for d in scope.days)}")
+    for day, at in scope.open_days.items():
+        console.print(f"[yellow]open day[/] {_time(day)[:10]}: its day top lists are not rebuilt; run again after "
+                      f"{_time(at)}")
+    for hour, at in scope.open_hours.items():
+        console.print(f"[yellow]open hour[/] {_time(hour)}: affected by a restart, not recomputed; run again after "
+                      f"{_time(at)}")
     if outcome.audit is not None:
         t = Table(title="dry run: what the recompute would change (batch minus stored)")
         for col in ("hour", "changed", "of which missing", "unchanged", "stored only", "count delta", "sum delta"):
