@@ -13,6 +13,8 @@ FLINK_VENV := .venv-flink
 FLINK_STAMP := $(FLINK_VENV)/.installed
 CHECKOV_VENV := $(BUILD)/checkov-venv
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
+TF_SCHEMA_NPM := $(BUILD)/terraform-provider-schema
+TF_SCHEMA := $(TF_SCHEMA_NPM)/node_modules/@cdktf/provider-google/.jsii
 TOXIPROXY_VERSION := 2.5.0
 TOXIPROXY := $(BUILD)/bin/toxiproxy-server
 VEGETA_VERSION := 12.13.0
@@ -25,7 +27,7 @@ RUNNER_BUILDS_prism := $(PRISM)
 RUNNER_BUILDS_flink := $(JOB_SERVER)
 RUNNER_BUILDS_flink-cluster := $(JOB_SERVER) $(FLINK_STAMP)
 
-.PHONY: venv prism flink-job-server flink-venv checkov toxiproxy vegeta runners js browser demo bench test test-fast test-cluster clean
+.PHONY: venv prism flink-job-server flink-venv checkov tf-schema toxiproxy vegeta runners js browser demo bench test test-fast test-cluster clean
 
 venv: $(STAMP)
 
@@ -70,6 +72,18 @@ $(CHECKOV): requirements-checkov.lock
 	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip==26.3
 	$(CHECKOV_VENV)/bin/pip install --quiet --no-deps -r requirements-checkov.lock
 	touch $(CHECKOV)
+
+# The google provider's schema, for the offline check terraform validate would make
+# (tests/test_terraform_schema.py): the provider itself comes only from the Terraform registry,
+# which is not reachable here; its prebuilt CDKTF bindings on the npm registry carry the same
+# schema (a jsii assembly: every resource's arguments and blocks, required or not).
+tf-schema: $(TF_SCHEMA)
+$(TF_SCHEMA): infra/terraform/provider-schema/package.json infra/terraform/provider-schema/package-lock.json
+	@command -v npm >/dev/null || { echo "needs npm (Node.js) to fetch the provider schema"; exit 1; }
+	mkdir -p $(TF_SCHEMA_NPM)
+	cp infra/terraform/provider-schema/package.json infra/terraform/provider-schema/package-lock.json $(TF_SCHEMA_NPM)/
+	cd $(TF_SCHEMA_NPM) && npm ci --omit=peer --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(TF_SCHEMA)
 
 # Toxiproxy (the fault-injecting TCP proxy of the `faults` tests: viewcounts/faultproxy.py)
 # from the Go module proxy, at an exact version; `go install` names the binary after its
@@ -118,10 +132,10 @@ demo: venv js $(RUNNER_BUILDS_$(RUNNER))
 bench: venv flink-venv vegeta
 	$(BIN)/viewcounts bench --json $(BUILD)/bench.json
 
-test: venv runners js browser checkov
+test: venv runners js browser checkov tf-schema
 	$(BIN)/pytest
 
-test-fast: venv js checkov
+test-fast: venv js checkov tf-schema
 	$(BIN)/pytest -m "not slow"
 
 # the production recipe on a local session cluster: detached submission, faults, rescaling

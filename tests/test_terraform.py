@@ -18,6 +18,8 @@ import time
 
 import hcl2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from pipelines.options import (DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DEFAULT_TOPIC, CountingOptions,
@@ -248,7 +250,7 @@ def test_worker_account_holds_one_role_per_resource_it_uses(tf):
         ("google_storage_bucket_iam_member", "roles/storage.objectAdmin", "${google_storage_bucket.archive.name}"),
     ]
     table_grant = tf["resource"]["google_bigtable_table_iam_member"]["worker_aggregates_user"]
-    assert table_grant["instance"] == "${google_bigtable_instance.counts.name}"
+    assert table_grant["instance_name"] == "${google_bigtable_instance.counts.name}"
     # who may act as it: only those listed, none by default
     launchers = tf["resource"]["google_service_account_iam_member"]["worker_launchers"]
     assert launchers["role"] == "roles/iam.serviceAccountUser" and launchers["member"] == "${each.value}"
@@ -473,3 +475,119 @@ def test_service_image_command_serves_health_and_dashboard_from_the_checkout(big
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+# What `terraform validate` would check, offline: every argument and block of every resource
+# (and of the provider block) is one the google provider's schema has, and every required one
+# is given. The provider binary comes only from the Terraform registry, which this workplace
+# cannot reach; `make tf-schema` fetches the same schema from the npm registry: the jsii
+# assembly of the provider's prebuilt CDKTF bindings, at the version in
+# infra/terraform/provider-schema/package.json (hashicorp/google 6.50.0).
+PROVIDER_JSII = os.path.join(REPO, "build", "terraform-provider-schema", "node_modules", "@cdktf", "provider-google",
+                             ".jsii")
+META_ARGUMENTS = {"count", "for_each", "depends_on", "provider", "lifecycle"}
+_DOC_ANCHOR = re.compile(r"registry\.terraform\.io/providers/hashicorp/google/([0-9.]+)/docs"
+                         r"(?:/resources/([a-z0-9_]+))?#([a-z0-9_]+)")
+
+
+def _argument_name(prop: dict) -> str:
+    """A jsii property's Terraform name: the anchor of its registry link, else its camelCase
+    name in snake_case (a few properties have no link)."""
+    m = _DOC_ANCHOR.search(prop["docs"].get("summary", "") + " " + prop["docs"].get("remarks", ""))
+    return m.group(3) if m else re.sub(r"(?<!^)([A-Z])", r"_\1", prop["name"]).lower()
+
+
+def _nested(jsii_type: dict) -> str | None:
+    """The provider struct a property's type holds (one block or a list of them), else None."""
+    fqns = re.findall(r'"fqn": "(@cdktf/provider-google\.[^"]+)"', json.dumps(jsii_type))
+    return fqns[0] if fqns else None
+
+
+@pytest.fixture(scope="module")
+def provider_schema() -> dict:
+    """``{"version": provider version, "resources": {type: struct}, "provider": struct,
+    "structs": {struct: {argument: (required, nested struct or None)}}}``."""
+    if not os.path.exists(PROVIDER_JSII):
+        pytest.skip("no provider schema here: run make tf-schema")
+    with open(PROVIDER_JSII, "rb") as f:
+        types = json.load(f)["types"]
+    structs, resources, versions = {}, {}, set()
+    for fqn, t in types.items():
+        if t["kind"] != "interface" or not t.get("datatype"):
+            continue
+        structs[fqn] = {_argument_name(p): (not p.get("optional", False), _nested(p["type"]))
+                        for p in t.get("properties", [])}
+        if "cdktf.TerraformMetaArguments" in t.get("interfaces", []) and fqn.endswith("Config"):
+            links = [m for p in t.get("properties", []) if (m := _DOC_ANCHOR.search(json.dumps(p["docs"])))]
+            versions |= {m.group(1) for m in links}
+            if links and links[0].group(2):
+                resources[f"google_{links[0].group(2)}"] = fqn
+    [version] = versions
+    return {"version": version, "resources": resources, "structs": structs,
+            "provider": "@cdktf/provider-google.provider.GoogleProviderConfig"}
+
+
+def _schema_errors(schema: dict, struct: str, body: dict, where: str, top: bool = False) -> list[str]:
+    """What `terraform validate` would refuse in ``body`` (a parsed block) against ``struct``:
+    unknown arguments or blocks, missing required ones, each as ``where.name: why``."""
+    args = schema["structs"][struct]
+    errors = [f"{where}.{k}: no such argument" for k in body if k not in args and not (top and k in META_ARGUMENTS)]
+    errors += [f"{where}.{k}: required" for k, (required, _) in args.items() if required and k not in body]
+    for k, value in body.items():
+        nested = args.get(k, (False, None))[1]
+        if nested:
+            for i, block in enumerate(value if isinstance(value, list) else [value]):
+                if isinstance(block, dict):
+                    errors += _schema_errors(schema, nested, block, f"{where}.{k}[{i}]")
+    return errors
+
+
+def _all_schema_errors(schema: dict, tf: dict, provider: dict) -> list[str]:
+    errors = []
+    for rtype, rs in tf["resource"].items():
+        if rtype not in schema["resources"]:
+            errors.append(f"{rtype}: no such resource type")
+            continue
+        for name, body in rs.items():
+            errors += _schema_errors(schema, schema["resources"][rtype], body, f"{rtype}.{name}", top=True)
+    return errors + _schema_errors(schema, schema["provider"], provider, "provider.google")
+
+
+def _provider_block() -> dict:
+    with open(os.path.join(TF_DIR, "versions.tf")) as f:
+        doc = _unquote(hcl2.load(f))
+    [block] = doc["provider"]
+    return block["google"]
+
+
+def test_every_argument_is_in_the_provider_schema_and_every_required_one_given(tf, provider_schema):
+    # the schema is of a version versions.tf accepts (~> 6.0: 6.x)
+    with open(os.path.join(TF_DIR, "versions.tf")) as f:
+        constraint = _unquote(hcl2.load(f))["terraform"][0]["required_providers"][0]["google"]["version"]
+    assert constraint == "~> 6.0" and provider_schema["version"].split(".")[0] == "6"
+    assert _all_schema_errors(provider_schema, tf, _provider_block()) == []
+
+
+_identifiers = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=24)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_schema_check_finds_an_unknown_or_a_missing_argument(tf, provider_schema, data):
+    """The check can fail: an argument the resource type lacks (a typo, an argument of another
+    version), or a required one left out, anywhere in the files, is reported there."""
+    rtype = data.draw(st.sampled_from(sorted(tf["resource"])))
+    name = data.draw(st.sampled_from(sorted(tf["resource"][rtype])))
+    body = dict(tf["resource"][rtype][name])
+    args = provider_schema["structs"][provider_schema["resources"][rtype]]
+    required = sorted(k for k, (req, _) in args.items() if req and k in body)
+    if required and data.draw(st.booleans()):
+        gone = data.draw(st.sampled_from(required))
+        del body[gone]
+        expected = f"{rtype}.{name}.{gone}: required"
+    else:
+        bad = data.draw(_identifiers.filter(lambda k: k not in args and k not in META_ARGUMENTS))
+        body[bad] = "x"
+        expected = f"{rtype}.{name}.{bad}: no such argument"
+    mutated = {**tf, "resource": {**tf["resource"], rtype: {**tf["resource"][rtype], name: body}}}
+    assert _all_schema_errors(provider_schema, mutated, _provider_block()) == [expected]

@@ -46,10 +46,10 @@ resource "google_pubsub_topic_iam_member" "worker_dead_letters_publisher" {
 # write-only role): data access on the one table, nothing on the instance's other tables or
 # its configuration.
 resource "google_bigtable_table_iam_member" "worker_aggregates_user" {
-  instance = google_bigtable_instance.counts.name
-  table    = google_bigtable_table.aggregates.name
-  role     = "roles/bigtable.user"
-  member   = local.worker
+  instance_name = google_bigtable_instance.counts.name
+  table         = google_bigtable_table.aggregates.name
+  role          = "roles/bigtable.user"
+  member        = local.worker
 }
 
 # The bucket's objects: archive and dead-letter files, restart markers, the Parquet archive,
