@@ -67,16 +67,17 @@ is per shard key, in state, and comes from one of two places:
   guess that was right is found in the next round whatever came after it. A key holds at
   most ``SEARCH_SLOTS`` searches (state ``[(guess_us, view_us at its start), ...]``, read
   only for a stamp more than ``SEARCH_GAP_S`` above the view): a new one takes the slot of
-  a search whose first rung fired, else of one that a round has already tested (the view
-  rose since it started, so the watermark was below its first rung then), else none (no
-  search until the next round: a search no round has tested is never replaced). So a key
-  has at most ``(SEARCH_SLOTS + 1) * LADDER_RUNGS`` timers and starts at most
-  ``SEARCH_SLOTS`` searches between two rounds whatever its elements carry. A replaced search's
-  rungs that the new one does not set again stay: above the watermark of the round that
-  tested it, they fire when the watermark gets there, and any rung that fires proves it.
-  Prism (2.70) holds a stage's input watermark at its earliest
-  pending timer, so the ladder there advances 5 s per round (a 3,000-flight replay of
-  2013 had not caught up after 240 s), which is why Prism takes the stamped path.
+  a search whose first rung fired, or a new slot, else that of one a round has already
+  tested (the view rose since it started, so the watermark was below its first rung then),
+  else none (no search until the next round: a search no round has tested is never
+  replaced; ``_slot_for``). So a key has at most ``(SEARCH_SLOTS + 1) * LADDER_RUNGS``
+  timers and starts at most ``SEARCH_SLOTS`` searches between two rounds whatever its
+  elements carry. A replaced search's rungs that the new one does not set again stay:
+  above the watermark of the round that tested it, they fire when the watermark gets
+  there, and any rung that fires proves it.
+  Prism (2.70) holds a stage's input watermark at its earliest pending timer, so the
+  ladder there advances 5 s per round (a 3,000-flight replay of 2013 had not caught up
+  after 240 s), which is why Prism takes the stamped path.
 
 Expiry timers raise the view (in both modes): an expiry at ``T`` forgot ids, so no copy
 judged after it may be judged below ``T``; it fired at this stage's input watermark, which
