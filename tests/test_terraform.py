@@ -294,18 +294,22 @@ def test_every_resource_waits_for_the_apis_and_its_api_is_enabled(tf):
 
 def test_alert_policies_watch_lag_backlog_and_the_jobs_counters(tf):
     policies = tf["resource"]["google_monitoring_alert_policy"]
-    assert set(policies) == {"system_lag", "oldest_unacked", "counter"}
+    assert set(policies) == {"gauge", "counter"}
     assert all(p["notification_channels"] == "${var.notification_channels}" for p in policies.values())
     assert tf["variable"]["notification_channels"]["default"] == []
-    [lag] = policies["system_lag"]["conditions"][0]["condition_threshold"]
-    assert 'metric.type = \\"dataflow.googleapis.com/job/system_lag\\"' in lag["filter"]
-    assert lag["filter"].startswith("${local.dataflow_jobs}") and lag["threshold_value"] == "${var.alert_system_lag_s}"
-    assert 'resource.type = \\"dataflow_job\\"' in tf["locals"]["dataflow_jobs"]
-    [unacked] = policies["oldest_unacked"]["conditions"][0]["condition_threshold"]
+    gauges = tf["locals"]["gauge_alerts"]
+    assert policies["gauge"]["for_each"] == "${local.gauge_alerts}"
+    [threshold] = policies["gauge"]["conditions"][0]["condition_threshold"]
+    assert threshold["filter"] == "${each.value.filter}" and threshold["threshold_value"] == "${each.value.threshold}"
+    assert set(gauges) == {"system_lag", "oldest_unacked"}
+    for part in ('resource.type = \\"dataflow_job\\"', 'metric.type = \\"dataflow.googleapis.com/job/system_lag\\"'):
+        assert part in gauges["system_lag"]["filter"], part
+    assert gauges["system_lag"]["threshold"] == "${var.alert_system_lag_s}"
     for part in ('resource.type = \\"pubsub_subscription\\"',
                  'resource.label.subscription_id = \\"${google_pubsub_subscription.events.name}\\"',
                  'metric.type = \\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\\"'):
-        assert part in unacked["filter"], part
+        assert part in gauges["oldest_unacked"]["filter"], part
+    assert gauges["oldest_unacked"]["threshold"] == "${var.alert_oldest_unacked_s}"
     # the counters are the job's, by the names transforms/metrics.py gives them
     counters = policies["counter"]
     assert counters["for_each"] == "${local.counter_alerts}"

@@ -4,7 +4,20 @@
 # streaming job, and the recompute and redrive jobs if so named).
 
 locals {
-  dataflow_jobs = "resource.type = \"dataflow_job\" AND resource.label.job_name = starts_with(\"${var.dataflow_job_name}\")"
+  gauge_alerts = {
+    system_lag = {
+      what      = "Dataflow system lag"
+      threshold = var.alert_system_lag_s
+      filter    = "resource.type = \"dataflow_job\" AND resource.label.job_name = starts_with(\"${var.dataflow_job_name}\") AND metric.type = \"dataflow.googleapis.com/job/system_lag\""
+      todo      = "The streaming job is behind: panes fire late and windows close late. Look for a backlog (oldest unacked message age), workers at their limit, or a stuck step in the job's graph."
+    }
+    oldest_unacked = {
+      what      = "age of the oldest unacked event on ${google_pubsub_subscription.events.name}"
+      threshold = var.alert_oldest_unacked_s
+      filter    = "resource.type = \"pubsub_subscription\" AND resource.label.subscription_id = \"${google_pubsub_subscription.events.name}\" AND metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
+      todo      = "Events wait in the subscription: the job is not running, not keeping up, or not acknowledging (acks follow checkpoints on Flink). Past the subscription's retention (subscription_retention) they are lost."
+    }
+  }
   # The job's Beam counters (transforms/metrics.py, namespace viewcounts) that open an incident
   # when they grow by more than the threshold within alert_counter_window_s. Dataflow exports
   # a user counter as the gauge dataflow.googleapis.com/job/user_counter (PromQL:
@@ -15,25 +28,28 @@ locals {
   counter_alerts = {
     write_failures = {
       threshold = 0
-      what      = "aggregates Bigtable refused within the write budget: they are write_failed dead letters; once Bigtable answers, redrive them (pipelines.redrive)"
+      todo      = "aggregates Bigtable refused within the write budget: they are write_failed dead letters; once Bigtable answers, redrive them (pipelines.redrive)"
     }
     dead_letters = {
       threshold = var.alert_dead_letters_threshold
-      what      = "events refused (dead letters, by reason: the dead_letters_<reason> counters and the files under dead-letters/); input errors come from a producer"
+      todo      = "events refused (dead letters, by reason: the dead_letters_<reason> counters and the files under dead-letters/); input errors come from a producer"
     }
   }
 }
 
-resource "google_monitoring_alert_policy" "system_lag" {
-  display_name          = "viewcounts: Dataflow system lag over ${var.alert_system_lag_s} s"
+# Gauges that open an incident when above their threshold for 5 minutes (their highest value
+# in each minute).
+resource "google_monitoring_alert_policy" "gauge" {
+  for_each              = local.gauge_alerts
+  display_name          = "viewcounts: ${each.value.what} over ${each.value.threshold} s"
   combiner              = "OR"
   notification_channels = var.notification_channels
   conditions {
-    display_name = "system lag > ${var.alert_system_lag_s} s for 5 min"
+    display_name = "${each.value.what} > ${each.value.threshold} s for 5 min"
     condition_threshold {
-      filter          = "${local.dataflow_jobs} AND metric.type = \"dataflow.googleapis.com/job/system_lag\""
+      filter          = each.value.filter
       comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_system_lag_s
+      threshold_value = each.value.threshold
       duration        = "300s"
       aggregations {
         alignment_period   = "60s"
@@ -43,31 +59,7 @@ resource "google_monitoring_alert_policy" "system_lag" {
   }
   documentation {
     mime_type = "text/markdown"
-    content   = "The streaming job is behind: panes fire late and windows close late. Look for a backlog (oldest unacked message age), workers at their limit, or a stuck step in the job's graph."
-  }
-  depends_on = [google_project_service.apis]
-}
-
-resource "google_monitoring_alert_policy" "oldest_unacked" {
-  display_name          = "viewcounts: events waiting over ${var.alert_oldest_unacked_s} s"
-  combiner              = "OR"
-  notification_channels = var.notification_channels
-  conditions {
-    display_name = "oldest unacked message on ${google_pubsub_subscription.events.name} > ${var.alert_oldest_unacked_s} s for 5 min"
-    condition_threshold {
-      filter          = "resource.type = \"pubsub_subscription\" AND resource.label.subscription_id = \"${google_pubsub_subscription.events.name}\" AND metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_oldest_unacked_s
-      duration        = "300s"
-      aggregations {
-        alignment_period   = "60s"
-        per_series_aligner = "ALIGN_MAX"
-      }
-    }
-  }
-  documentation {
-    mime_type = "text/markdown"
-    content   = "Events wait in the subscription: the job is not running, not keeping up, or not acknowledging (acks follow checkpoints on Flink). Past the subscription's retention (subscription_retention) they are lost."
+    content   = each.value.todo
   }
   depends_on = [google_project_service.apis]
 }
@@ -86,7 +78,7 @@ resource "google_monitoring_alert_policy" "counter" {
   }
   documentation {
     mime_type = "text/markdown"
-    content   = "${each.key}: ${each.value.what}. README, Failure modes."
+    content   = "${each.key}: ${each.value.todo}. README, Failure modes."
   }
   depends_on = [google_project_service.apis]
 }
