@@ -125,13 +125,12 @@ def recompute_scope(archive_path: str, r: RecomputeOptions, allowed_lateness_s: 
     """The ``RecomputeScope`` at wall clock ``now_s``: ``[--start, --end)``, or with
     ``--after_restarts`` the closed hours of ``plan_recompute`` (within the range if given).
     A day is closed by ``closes_at_s`` with the streaming job's ``allowed_lateness_s`` (with
-    ``--after_restarts``: or its hours' markers', if larger). Logs what is left open."""
+    ``--after_restarts``: or its hours' markers', if larger)."""
     if r.after_restarts:
         plan = plan_recompute(archive_path, now_s,
                               range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S) if r.start or r.end else None)
         hours, lateness = plan.closed, plan.lateness_s
         open_hours = {h: closes_at_s(h, ARCHIVE_WINDOW_S, lateness[h]) for h in plan.open}
-        _LOG.info("recomputing %d hours affected by starts without state: %s", len(hours), _times(hours))
     else:
         hours, lateness, open_hours = list(range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S)), {}, {}
     days_lateness: dict[int, int] = {}
@@ -139,14 +138,18 @@ def recompute_scope(archive_path: str, r: RecomputeOptions, allowed_lateness_s: 
         d = h - h % DAY_S
         days_lateness[d] = max(days_lateness.get(d, allowed_lateness_s), lateness.get(h, 0))
     closing = {d: closes_at_s(d, DAY_S, late) for d, late in days_lateness.items()}
-    scope = RecomputeScope(hours, sorted(d for d, at in closing.items() if at <= now_s),
-                           {d: at for d, at in sorted(closing.items()) if at > now_s}, open_hours)
-    if open_hours:
+    return RecomputeScope(hours, sorted(d for d, at in closing.items() if at <= now_s),
+                          {d: at for d, at in sorted(closing.items()) if at > now_s}, open_hours)
+
+
+def _log_scope(scope: RecomputeScope, after_restarts: bool) -> None:
+    if after_restarts:
+        _LOG.info("recomputing %d hours affected by starts without state: %s", len(scope.hours), _times(scope.hours))
+    if scope.open_hours:
         _LOG.warning("hours affected by a start without state but not closed yet, not recomputed: %s",
-                     _run_again(open_hours))
+                     _run_again(scope.open_hours))
     if scope.open_days:
         _LOG.warning("days not closed yet: their day top lists are not rebuilt: %s", _run_again(scope.open_days))
-    return scope
 
 
 def _times(starts) -> str:
@@ -201,6 +204,7 @@ def build_pipeline(argv: list[str] | None = None, now_s: float | None = None) ->
     if not o.archive_path:
         raise ValueError("--archive_path is required")
     scope = recompute_scope(o.archive_path, r, o.allowed_lateness_s, time.time() if now_s is None else now_s)
+    _log_scope(scope, r.after_restarts)
     hours_read = scope.hours_read
     # the recompute reads the archive; it must not write a second copy of it
     sinks = dataclasses.replace(sinks_of(o, streaming=False), archive_path=None)

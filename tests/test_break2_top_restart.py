@@ -275,7 +275,7 @@ def recomputes(draw, restart_s: int):
     return flags, max(now_s + draw(st.integers(-1, 12 * HOUR_S)), restart_s + 2 * HOUR_S)
 
 
-@settings(max_examples=20, **_EXAMPLES)
+@settings(max_examples=15, **_EXAMPLES)
 @given(st.data())
 def test_after_a_restart_or_a_partial_recompute_day_lists_are_the_whole_days_reference(
         bigtable_host, tmp_path_factory, data):
