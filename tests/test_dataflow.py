@@ -38,7 +38,7 @@ from tests.conftest import REPO
 
 FLEX_TEMPLATE = os.path.join(REPO, "infra", "dataflow", "flex-template")
 PROJECT = "viewcounts-test"
-BUCKET = "viewcounts-archive"  # infra/terraform var.archive_bucket
+BUCKET = "viewcounts-archive"  # any name (infra/terraform: PROJECT-viewcounts unless var.archive_bucket)
 # One valid value per template parameter, in infra/terraform's names; passed to the launcher
 # as the Flex Template launcher passes parameters (``--name=value``).
 PARAMETERS = {
