@@ -232,7 +232,8 @@ def check_repair(tmp_path, copies, restart_s: int, flags: list[str], now_s: int)
     want = newest(streamed)
     for d in closed_days:
         per_video: dict = defaultdict(lambda: defaultdict(int))
-        for (etype, h), counts in hour_counts([c for c in copies if c["t_us"] // US_PER_S // 86400 * 86400 == d]).items():
+        of_day = [c for c in copies if c["t_us"] // US_PER_S // 86400 * 86400 == d]
+        for (etype, _), counts in hour_counts(of_day).items():
             for v, n in counts.items():
                 per_video[etype][v] += n
         for etype in ("view", "like"):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from schemas.event import US_PER_S, format_time_us, parse_event_time
+from schemas.event import US_PER_S, format_time_us
 
 if TYPE_CHECKING:
     from pipelines.batch_recompute import RecomputeScope
