@@ -14,7 +14,7 @@ import apache_beam as beam
 
 from pipelines.options import SinkConfig
 from transforms.bigtable_sink import WriteAggregates
-from transforms.count_events import DEAD_LETTERS, RAW_ARCHIVE, ROWS, CountEvents
+from transforms.count_events import DAY_COUNTS, DEAD_LETTERS, RAW_ARCHIVE, ROWS, CountEvents
 from pipelines.restarts import RecordStatelessStart
 from schemas.archive import ARCHIVE_FILE_PREFIX
 from transforms.dead_letters import WriteDeadLetters
@@ -50,7 +50,7 @@ def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy,
     write_failures = (counted[ROWS]
                       | "enrich" >> enrich
                       | "write to Bigtable" >> bigtable_writer(sinks))
-    top_write_failures = (counted[ROWS]
+    top_write_failures = ((counted[ROWS], counted[DAY_COUNTS])
                           | "top entities" >> TopEntities(policy.allowed_lateness_s,
                                                         cleanup_grace_s=cleanup_grace_for(payloads.pipeline.options))
                           | "write top lists to Bigtable" >> bigtable_writer(sinks, TOP_LISTS_WRITTEN))

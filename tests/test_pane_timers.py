@@ -41,7 +41,8 @@ class PaneShard:
 
     def __init__(self):
         self.fn = FirePanes(600, 30)
-        self.state = {"bag": Cell(bag=True), "panes": Cell(), "version": Cell(), "first_unfired": Cell()}
+        self.state = {"bag": Cell(bag=True), "panes": Cell(), "version": Cell(), "first_unfired": Cell(),
+                      "dropped_hours": Cell()}
         self.window_end, self.early = RuntimeTimer(), RuntimeTimer()
 
     def add(self, minute_s: int, arrival_us: int) -> None:

@@ -135,7 +135,8 @@ class PaneKey:
 
     def __init__(self):
         self.fn = FirePanes(600, 30)
-        self.state = {"bag": Cell(bag=True), "panes": Cell(), "version": Cell(), "first_unfired": Cell()}
+        self.state = {"bag": Cell(bag=True), "panes": Cell(), "version": Cell(), "first_unfired": Cell(),
+                      "dropped_hours": Cell()}
 
     def add(self, minute_s, count, arrival_us):
         partials = {("V1", "view"): Aggregate(count, 0, 0.0, None, None)}
@@ -143,7 +144,7 @@ class PaneKey:
                                     **self.state))
 
     def early(self):
-        return [r for rows in self.fn.on_early(key=1, **self.state) for r in rows]
+        return [r for rows in self.fn.on_early(key=1, **self.state) if isinstance(rows, list) for r in rows]
 
     def snapshot(self):
         return copy.deepcopy(self.state)

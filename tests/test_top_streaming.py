@@ -26,7 +26,7 @@ from query.top import TopReader
 from schemas import storage
 from schemas.event import US_PER_S, format_time_us
 from tests.test_properties import _EXAMPLES, LATENESS_S, START_US, _case, model
-from transforms.count_events import ROWS
+from transforms.count_events import DAY_COUNTS, ROWS
 from transforms.enrich import EnrichFromSnapshots
 from transforms.top import TopEntities, cleanup_grace_for
 from viewcounts import provision
@@ -111,7 +111,7 @@ def run_stream(case: dict, table: str, small_table: str, tmp: str | None = None,
                                   stamped_watermark=flink or runners.stamped_watermark("local"))
         small = SinkConfig(PROJECT, INSTANCE, small_table, archive_path=None, dead_letter_topic=None,
                            dead_letter_path=f"{tmp}/dead-letters-small")
-        (counted[ROWS]
+        ((counted[ROWS], counted[DAY_COUNTS])
          | "small top" >> TopEntities(policy.allowed_lateness_s, SMALL_SHARDS, SMALL_K, cleanup_grace_for(options))
          | "write small top" >> bigtable_writer(small))
         result = pipeline.run()

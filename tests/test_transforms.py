@@ -361,7 +361,7 @@ def test_a_later_pane_wins_when_its_workers_clock_is_behind(monkeypatch):
     for panes in by_window.values():
         for (count0, ts0), (count1, ts1) in zip(panes, panes[1:]):
             assert ts1 >= ts0 and (ts1 > ts0) == (count1 > count0), panes
-    shard = _ShardWindows(0, None, [])
+    shard = _ShardWindows(0, None, [], None)
     shard.window(60, 1715680800)
-    rebuilt = _ShardWindows(1, shard.bookkeeping(), [])
+    rebuilt = _ShardWindows(1, shard.bookkeeping(), [], None)
     assert rebuilt.windows[(60, 1715680800)].base_ms == shard.windows[(60, 1715680800)].base_ms

@@ -31,11 +31,18 @@ Output: ``list[AggregateRow]``, the rows of one firing (one pane of each window 
 at most one row, so one mutation, per (video, type, window) per pane. Every row carries the
 *absolute* running aggregate, which the sink writes as an overwrite.
 
+Tagged output ``DAY_COUNTS``: per firing that holds hour rows, ``list[DayCount]``, the UTC day
+count of each (video, type) of those rows: the counts of the day's hour windows this shard
+dropped (kept per day in state until the day's last hour is dropped) plus those of its open
+hour windows of that day. It only grows, like the rows' counts, and needs no stage keyed by
+video (``transforms.top`` ranks it).
+
 State: a bag of ``(window_size_s, window_start_s, partials)`` entries (``partials``: the
 encoded ``{(video, type): Aggregate}`` of one input element), rewritten without the dropped
 window's entries whenever a window is dropped (the entries are kept encoded in memory, so a
 rewrite encodes nothing); the pane bookkeeping ``{window: (next pane index,
-on-time fired, cell timestamp base ms)}``; a version, a fresh random token drawn before every
+on-time fired, cell timestamp base ms)}``; the day counts of dropped hour windows
+``{day_start_s: {(video, type): count}}``; a version, a fresh random token drawn before every
 write (``state_values.new_version``). As in ``transforms.dedup``, each process
 keeps the merged aggregates of the keys it serves in memory, tagged with the version they
 were built from (``state_values.cached_view``), and rebuilds them from the bag when the
@@ -63,6 +70,9 @@ from transforms.state_values import cached_view, dumps_exact, new_version
 from transforms.validate import shard_of
 
 WINDOW_LATENESS_MARGIN_S = 60
+DAY_COUNTS = "day_counts"  # FirePanes' tagged output of DayCount lists
+_HOUR_S = GRANULARITY_SECONDS["hour"]
+_DAY_S = 86400
 _GRANULARITY_OF_SIZE = {size: g for g, size in GRANULARITY_SECONDS.items()}
 
 
@@ -80,6 +90,15 @@ class AggregateRow(NamedTuple):
     aggregate: Aggregate
     pane_index: int
     cell_timestamp_us: int
+
+
+class DayCount(NamedTuple):
+    """The count of one (video, type) over the UTC day starting at ``day_start_s`` so far."""
+
+    video_id: str
+    event_type: str
+    day_start_s: int
+    count: int
 
 
 def aggregate_events(events) -> dict[tuple[str, str], Aggregate]:
@@ -168,11 +187,14 @@ class _Window:
 
 
 class _ShardWindows:
-    """The open windows of one pane shard, ``{(size_s, start_s): _Window}``, at a state version."""
+    """The open windows of one pane shard, ``{(size_s, start_s): _Window}``, and the day counts
+    of its dropped hour windows, ``{day_start_s: {(video, type): count}}``, at a state version."""
 
-    def __init__(self, version: int, bookkeeping: bytes | None, entries) -> None:
+    def __init__(self, version: int, bookkeeping: bytes | None, entries, dropped_hours: bytes | None) -> None:
         self.version = version
         self.windows: dict[tuple[int, int], _Window] = {}
+        self.dropped_hours: dict[int, dict[tuple[str, str], int]] = {
+            day_s: {(v, t): c for v, t, c in counts} for day_s, counts in orjson.loads(dropped_hours or b"[]")}
         # state written before windows kept a base (four fields) takes the base from now
         for size_s, start_s, next_pane, fired, *base_ms in orjson.loads(bookkeeping or b"[]"):
             self.windows[(size_s, start_s)] = _Window(base_ms[0] if base_ms else wall_clock_ms(), next_pane, fired)
@@ -188,6 +210,26 @@ class _ShardWindows:
     def bookkeeping(self) -> bytes:
         return orjson.dumps([[s, t, w.next_pane, w.on_time_fired, w.base_ms] for (s, t), w in self.windows.items()])
 
+    def encoded_dropped_hours(self) -> bytes:
+        return orjson.dumps([[day_s, [[v, t, c] for (v, t), c in counts.items()]]
+                             for day_s, counts in self.dropped_hours.items()])
+
+    def drop_hour(self, start_s: int, w: _Window) -> None:
+        """Fold a dropped hour window's counts into its day's."""
+        day = self.dropped_hours.setdefault(start_s - start_s % _DAY_S, {})
+        for key, agg in w.aggs.items():
+            day[key] = day.get(key, 0) + agg.count
+
+    def day_counts(self, out: list, hour_start_s: int, keys) -> None:
+        """Append the ``DayCount`` of each (video, type) of ``keys`` for the day of ``hour_start_s``."""
+        day_s = hour_start_s - hour_start_s % _DAY_S
+        dropped = self.dropped_hours.get(day_s, {})
+        hours = [w.aggs for (size_s, start_s), w in self.windows.items()
+                 if size_s == _HOUR_S and start_s - start_s % _DAY_S == day_s]
+        for key in keys:
+            out.append(DayCount(key[0], key[1], day_s,
+                                dropped.get(key, 0) + sum(aggs[key].count for aggs in hours if key in aggs)))
+
 
 # Per pipeline (keyed by a token made at construction) and shard key, in this process.
 _WINDOWS: dict[tuple[str, int], _ShardWindows] = {}
@@ -200,6 +242,7 @@ class FirePanes(beam.DoFn):
     PANES = ReadModifyWriteStateSpec("panes", BytesCoder())
     VERSION = ReadModifyWriteStateSpec("version", VarIntCoder())
     FIRST_UNFIRED = ReadModifyWriteStateSpec("first_unfired_arrival_us", VarIntCoder())
+    DROPPED_HOURS = ReadModifyWriteStateSpec("dropped_hour_day_counts", BytesCoder())
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
     EARLY = TimerSpec("early", TimeDomain.REAL_TIME)
 
@@ -208,9 +251,9 @@ class FirePanes(beam.DoFn):
         self._early_s = early_firing_s
         self._token = uuid.uuid4().hex
 
-    def _shard(self, key, bag, panes, version) -> _ShardWindows:
+    def _shard(self, key, bag, panes, dropped_hours, version) -> _ShardWindows:
         return cached_view(_WINDOWS, (self._token, key), version,
-                           lambda v: _ShardWindows(v, panes.read(), bag.read()))
+                           lambda v: _ShardWindows(v, panes.read(), bag.read(), dropped_hours.read()))
 
     @staticmethod
     def _commit(shard: _ShardWindows, panes) -> None:
@@ -230,19 +273,28 @@ class FirePanes(beam.DoFn):
     def _drop_after_us(self, size_s: int, start_s: int) -> int:
         return (start_s + 2 * size_s + self._lateness_s + WINDOW_LATENESS_MARGIN_S) * US_PER_S
 
+    def _day_done_us(self, day_start_s: int) -> int:
+        """When a day's counts of dropped hours go: the drop time of its last hour, after
+        which no pane is of that day."""
+        return self._drop_after_us(_HOUR_S, day_start_s + _DAY_S - _HOUR_S)
+
     def _next_boundary_us(self, shard: _ShardWindows) -> int | None:
         """When the watermark next matters: the earliest end of a window not yet fired on
-        time (``_on_time_at_us``) or drop time of one that was."""
-        return min(((self._drop_after_us(s, t) if w.on_time_fired else self._on_time_at_us(s, t))
-                    for (s, t), w in shard.windows.items()), default=None)
+        time (``_on_time_at_us``), drop time of one that was, or ``_day_done_us`` of a day
+        whose dropped hours' counts are kept."""
+        return min([*((self._drop_after_us(s, t) if w.on_time_fired else self._on_time_at_us(s, t))
+                      for (s, t), w in shard.windows.items()),
+                    *map(self._day_done_us, shard.dropped_hours)], default=None)
 
     def process(self, element, bag=beam.DoFn.StateParam(PARTIALS), panes=beam.DoFn.StateParam(PANES),
                 version=beam.DoFn.StateParam(VERSION), first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED),
+                dropped_hours=beam.DoFn.StateParam(DROPPED_HOURS),
                 window_end=beam.DoFn.TimerParam(WINDOW_END), early=beam.DoFn.TimerParam(EARLY)):
         key, (arrival_us, by_minute) = element
-        shard = self._shard(key, bag, panes, version)
+        shard = self._shard(key, bag, panes, dropped_hours, version)
         new_version(shard, version)
         rows: list[AggregateRow] = []
+        days: list[DayCount] = []
         unfired = False
         for minute_s, partials in by_minute.items():
             blob = encode_partials(partials)
@@ -252,7 +304,7 @@ class FirePanes(beam.DoFn):
                 w.add(partials, blob)
                 bag.add((size_s, start_s, blob))
                 if w.on_time_fired:  # late data: a late pane now (AfterCount(1))
-                    self._pane(rows, size_s, start_s, w, w.changed)
+                    self._pane(rows, days, shard, size_s, start_s, w, w.changed)
                 else:
                     unfired = True
         if unfired and self._early_s is not None:
@@ -261,53 +313,65 @@ class FirePanes(beam.DoFn):
                 first_unfired.write(arrival_us)
                 early.set(Timestamp.now() + self._early_s)
             elif arrival_us - since_us >= self._early_s * US_PER_S:
-                self._early_panes(rows, shard)
+                self._early_panes(rows, days, shard)
                 first_unfired.clear()
         self._commit(shard, panes)
         window_end.set(Timestamp(micros=self._next_boundary_us(shard)))
-        if rows:
-            yield rows
+        yield from _outputs(rows, days)
 
     @on_timer(EARLY)
     def on_early(self, key=beam.DoFn.KeyParam, bag=beam.DoFn.StateParam(PARTIALS),
                  panes=beam.DoFn.StateParam(PANES), version=beam.DoFn.StateParam(VERSION),
-                 first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED)):
+                 first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED), dropped_hours=beam.DoFn.StateParam(DROPPED_HOURS)):
         first_unfired.clear()
-        shard = self._shard(key, bag, panes, version)
+        shard = self._shard(key, bag, panes, dropped_hours, version)
         if not any(not w.on_time_fired and w.changed for w in shard.windows.values()):
             return
         new_version(shard, version)
         rows: list[AggregateRow] = []
-        self._early_panes(rows, shard)
+        days: list[DayCount] = []
+        self._early_panes(rows, days, shard)
         self._commit(shard, panes)
-        yield rows
+        yield from _outputs(rows, days)
 
-    def _early_panes(self, rows: list, shard: _ShardWindows) -> None:
+    def _early_panes(self, rows: list, days: list, shard: _ShardWindows) -> None:
         for (size_s, start_s), w in shard.windows.items():
             if not w.on_time_fired and w.changed:
-                self._pane(rows, size_s, start_s, w, w.changed)
+                self._pane(rows, days, shard, size_s, start_s, w, w.changed)
 
     @on_timer(WINDOW_END)
     def on_window_end(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                       bag=beam.DoFn.StateParam(PARTIALS), panes=beam.DoFn.StateParam(PANES),
                       version=beam.DoFn.StateParam(VERSION), first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED),
+                      dropped_hours=beam.DoFn.StateParam(DROPPED_HOURS),
                       window_end=beam.DoFn.TimerParam(WINDOW_END), early=beam.DoFn.TimerParam(EARLY)):
-        shard = self._shard(key, bag, panes, version)
+        shard = self._shard(key, bag, panes, dropped_hours, version)
         new_version(shard, version)
         rows: list[AggregateRow] = []
+        days: list[DayCount] = []
         dropped = False
         for (size_s, start_s), w in list(shard.windows.items()):
             if not w.on_time_fired and self._on_time_at_us(size_s, start_s) <= fired.micros:
-                self._pane(rows, size_s, start_s, w, w.aggs)
+                self._pane(rows, days, shard, size_s, start_s, w, w.aggs)
                 w.on_time_fired = True
             if w.on_time_fired and self._drop_after_us(size_s, start_s) <= fired.micros:
                 del shard.windows[(size_s, start_s)]
+                if size_s == _HOUR_S:
+                    shard.drop_hour(start_s, w)
                 dropped = True
         if dropped:  # the bag holds only the remaining windows' entries
             bag.clear()
             for (size_s, start_s), w in shard.windows.items():
                 for blob in w.blobs:
                     bag.add((size_s, start_s, blob))
+        days_done = [d for d in shard.dropped_hours if self._day_done_us(d) <= fired.micros]
+        for day_s in days_done:
+            del shard.dropped_hours[day_s]
+        if dropped or days_done:
+            if shard.dropped_hours:
+                dropped_hours.write(shard.encoded_dropped_hours())
+            else:
+                dropped_hours.clear()
         self._commit(shard, panes)
         if self._early_s is not None and all(w.on_time_fired for w in shard.windows.values()):
             # no window waits for its on-time pane, so none can take an early one: a
@@ -318,25 +382,36 @@ class FirePanes(beam.DoFn):
         boundary_us = self._next_boundary_us(shard)
         if boundary_us is not None:
             window_end.set(Timestamp(micros=boundary_us))
-        if rows:
-            yield rows
+        yield from _outputs(rows, days)
 
     @staticmethod
-    def _pane(rows: list, size_s: int, start_s: int, w: _Window, keys) -> None:
+    def _pane(rows: list, days: list, shard: _ShardWindows, size_s: int, start_s: int, w: _Window, keys) -> None:
         """Append one pane of window ``w``: a row for each of ``keys``, its cell timestamp from
-        the window's state (``storage.cell_timestamp_us``), never from this worker's clock."""
+        the window's state (``storage.cell_timestamp_us``), never from this worker's clock; for
+        an hour window, the ``DayCount`` of each of ``keys`` too."""
         granularity = _GRANULARITY_OF_SIZE[size_s]
         for video_id, event_type in keys:
             agg = w.aggs[(video_id, event_type)]
             rows.append(AggregateRow(video_id, event_type, granularity, start_s, agg, w.next_pane,
                                      cell_timestamp_us(w.base_ms, agg.count)))
+        if size_s == _HOUR_S:
+            shard.day_counts(days, start_s, keys)
         w.next_pane += 1
         w.changed = set()
 
 
+def _outputs(rows: list[AggregateRow], days: list[DayCount]):
+    """What one firing emits: its rows, and its day counts on ``DAY_COUNTS``."""
+    if rows:
+        yield rows
+    if days:
+        yield beam.pvalue.TaggedOutput(DAY_COUNTS, days)
+
+
 class WindowedAggregates(beam.PTransform):
     """Accepted events per minute (``[Event, ...]``) -> ``PCollection[list[AggregateRow]]`` for
-    minute and hour windows. ``early_firing_s=None``: no early or late panes (batch)."""
+    minute and hour windows (main output) and ``PCollection[list[DayCount]]`` (``DAY_COUNTS``).
+    ``early_firing_s=None``: no early or late panes (batch)."""
 
     def __init__(self, allowed_lateness_s: int, early_firing_s: int | None, shards: int) -> None:
         super().__init__()
@@ -347,4 +422,5 @@ class WindowedAggregates(beam.PTransform):
     def expand(self, accepted):
         return (accepted
                 | "pre-aggregate" >> beam.ParDo(PreAggregate(self._shards))
-                | "fire panes" >> beam.ParDo(FirePanes(self._lateness_s, self._early_s)))
+                | "fire panes" >> beam.ParDo(FirePanes(self._lateness_s, self._early_s)).with_outputs(
+                    DAY_COUNTS, main="rows"))

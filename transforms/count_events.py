@@ -3,6 +3,8 @@
 ``CountEvents``: ``PCollection[(payload: bytes, arrival_us: int)]`` -> a dict of
 * ``rows``: ``list[AggregateRow]``, the rows of one firing (at most one per (video, type,
   window) and pane), minute and hour;
+* ``day_counts``: ``list[DayCount]``, the day counts of the (video, type)s of a firing's hour
+  rows (``transforms.aggregate``);
 * ``dead_letters``: ``DeadLetter`` for every refused input (before storage);
 * ``archive``: ``(hour_s, [raw JSON bytes])``, the valid events of one message per event-time hour.
 
@@ -16,7 +18,7 @@ import typing
 
 import apache_beam as beam
 
-from transforms.aggregate import WindowedAggregates
+from transforms.aggregate import DAY_COUNTS, WindowedAggregates
 from transforms.dedup import DedupAndJudgeLateness, probe_elements
 from transforms.validate import ARCHIVE, DEAD_LETTER, AcceptancePolicy, ValidateEvents
 
@@ -49,8 +51,8 @@ class CountEvents(beam.PTransform):
                       | "chunks and probes" >> beam.Flatten().with_output_types(typing.Tuple[_ChunkKey, typing.Any]))
         deduped = chunks | "dedup and lateness" >> beam.ParDo(DedupAndJudgeLateness(
             self._policy.allowed_lateness_s, self._stamped)).with_outputs(DEAD_LETTER, main="accepted")
-        rows = deduped.accepted | "windows" >> WindowedAggregates(
+        windows = deduped.accepted | "windows" >> WindowedAggregates(
             self._policy.allowed_lateness_s, self._early_s, self._policy.dedup_shards)
         dead = ((validated[DEAD_LETTER], deduped[DEAD_LETTER])
                 | "dead letters" >> beam.Flatten())
-        return {ROWS: rows, DEAD_LETTERS: dead, RAW_ARCHIVE: validated[ARCHIVE]}
+        return {ROWS: windows.rows, DAY_COUNTS: windows[DAY_COUNTS], DEAD_LETTERS: dead, RAW_ARCHIVE: validated[ARCHIVE]}

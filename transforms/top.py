@@ -3,8 +3,11 @@ and the ``day`` rollup of hours), the ``storage.TOP_K`` videos with the highest 
 ties broken by ``video_id`` ascending (``storage.top_rank``); stored as one cell per window
 (``schemas.storage`` top rows) and read by ``query.top.get_top``.
 
-Streaming (``TopEntities``: ``PCollection[list[AggregateRow]]``, the panes of
-``CountEvents``' ``rows`` -> ``PCollection[list[TopRow]]``), exact with bounded state:
+Streaming (``TopEntities``: ``(PCollection[list[AggregateRow]], PCollection[list[DayCount]])``,
+``CountEvents``' ``rows`` and ``day_counts`` -> ``PCollection[list[TopRow]]``), exact with
+bounded state. The day counts come from the windows stage itself (``transforms.aggregate``:
+per video and type, the day's dropped hours plus its open ones), so no stage is keyed by video.
+``WindowOffers`` first merges each bundle's rows and day counts per stage-1 key.
 
 1. ``ShardTop``, keyed by ``(event_type, granularity, window_start_s, shard)`` with ``shard =
    validate.shard_of(video_id, shards)``: keeps the shard's top K (``BoundedTop``) and emits the
@@ -18,9 +21,6 @@ Streaming (``TopEntities``: ``PCollection[list[AggregateRow]]``, the panes of
    or rose, so it is in no global top K) and emits the top K as a ``TopRow`` when it changes.
    Entries arriving out of order are harmless: an older count of a video is never above the
    one kept. Work per element: the entries it carries and the K kept, not the shards.
-3. ``DayCounts``, keyed by ``(event_type, video_id, day_start_s)``: keeps that video's newest
-   (largest) hour counts of the day (at most 24) and emits the day count (their sum) when it
-   grows, into stage 1 as granularity ``day``.
 
 Cell order (``schemas.storage``): ``MergeTop`` keeps a base (wall clock ms when the window's
 state was created) and stamps each list ``cell_timestamp_us(base, sum of its counts)``; later
@@ -28,7 +28,7 @@ lists never sort before earlier ones, whatever worker fires them.
 
 State cleanup: every stage clears a key's state when an event-time timer at ``window_start +
 2 * window + allowed_lateness + WINDOW_LATENESS_MARGIN_S`` fires (``drop_at_s``; as
-``transforms.aggregate.FirePanes`` drops a window; a day's stages use the day's size). No pane
+``transforms.aggregate.FirePanes`` drops a window; a day's lists use the day's size). No pane
 of a window is made after that drop time (a late pane is fired by an event accepted within the
 allowed lateness of the watermark), and the runner holds the watermark for the output of
 ``FirePanes``' timers. On a runner that does not (Beam's Python DirectRunner), the state is
@@ -57,7 +57,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.storage import TOP_GRANULARITY_SECONDS, TOP_K, cell_timestamp_us, top_rank, wall_clock_ms
-from transforms.aggregate import WINDOW_LATENESS_MARGIN_S
+from transforms.aggregate import WINDOW_LATENESS_MARGIN_S, DayCount
 from transforms.validate import shard_of
 
 TOP_SHARDS = 16  # shards of stage 1 (parallelism of the per-window ranking)
@@ -65,9 +65,7 @@ CLEANUP_GRACE_S = 60  # processing time between a window's drop time and its sta
 TOP_LISTS_WRITTEN = "top_lists_written"  # counter of the sink step writing top lists
 _DAY_S = TOP_GRANULARITY_SECONDS["day"]
 _Offers = List[Tuple[str, int]]  # [(video_id, count), ...]
-_HourCounts = List[Tuple[int, int]]  # [(hour_start_s, count), ...]
 _WindowShard = Tuple[str, str, int, int]  # (event_type, granularity, window_start_s, shard)
-_VideoDay = Tuple[str, str, int]  # (event_type, video_id, day_start_s)
 _Window = Tuple[str, str, int]  # (event_type, granularity, window_start_s)
 
 
@@ -140,12 +138,21 @@ def drop_at_s(granularity: str, window_start_s: int, allowed_lateness_s: int) ->
     return window_start_s + 2 * TOP_GRANULARITY_SECONDS[granularity] + allowed_lateness_s + WINDOW_LATENESS_MARGIN_S
 
 
+def offers_of(counts: list) -> list[tuple]:
+    """A firing's ``list[AggregateRow]`` or ``list[DayCount]`` -> ``[(event_type, granularity,
+    window_start_s, video_id, count), ...]``."""
+    if counts and isinstance(counts[0], DayCount):
+        return [(d.event_type, "day", d.day_start_s, d.video_id, d.count) for d in counts]
+    return [(r.event_type, r.granularity, r.window_start_s, r.video_id, r.aggregate.count) for r in counts]
+
+
 class WindowOffers(beam.DoFn):
-    """``list[AggregateRow]`` -> ``((event_type, granularity, window_start_s, shard), [(video_id,
-    count), ...])``: per stage-1 key, each video's highest count among the bundle's rows (a
-    higher count of a video holds every lower one: counts only grow), emitted at the end of the
-    bundle, one element per key, timestamped with the window's start. Fewer, larger elements
-    into the keyed stage: each element crossing a stage costs the runner more than its offers."""
+    """``list[AggregateRow]`` or ``list[DayCount]`` -> ``((event_type, granularity,
+    window_start_s, shard), [(video_id, count), ...])``: per stage-1 key, each video's highest
+    count among the bundle's elements (a higher count of a video holds every lower one: counts
+    only grow), emitted at the end of the bundle, one element per key, timestamped with the
+    window's start. Fewer, larger elements into the keyed stage: each element crossing a stage
+    costs the runner more than its offers."""
 
     def __init__(self, shards: int) -> None:
         self._shards = shards
@@ -153,28 +160,17 @@ class WindowOffers(beam.DoFn):
     def start_bundle(self) -> None:
         self._offers: dict[tuple, dict[str, int]] = defaultdict(dict)
 
-    def process(self, rows):
+    def process(self, counts):
         offers, shards = self._offers, self._shards
-        for r in rows:
-            by_video = offers[(r.event_type, r.granularity, r.window_start_s, shard_of(r.video_id, shards))]
-            if r.aggregate.count > by_video.get(r.video_id, 0):
-                by_video[r.video_id] = r.aggregate.count
+        for event_type, granularity, window_s, video_id, count in offers_of(counts):
+            by_video = offers[(event_type, granularity, window_s, shard_of(video_id, shards))]
+            if count > by_video.get(video_id, 0):
+                by_video[video_id] = count
 
     def finish_bundle(self):
         for key, by_video in self._offers.items():
             yield WindowedValue((key, list(by_video.items())), Timestamp(seconds=key[2]), (GlobalWindow(),))
         self._offers = defaultdict(dict)
-
-
-def day_hours(rows):
-    """``list[AggregateRow]`` -> ``((event_type, video_id, day_start_s), [(hour_start_s, count),
-    ...])`` per video and day of the hour rows."""
-    by_day: dict[tuple, list] = defaultdict(list)
-    for r in rows:
-        if r.granularity == "hour":
-            by_day[(r.event_type, r.video_id, r.window_start_s - r.window_start_s % _DAY_S)].append(
-                (r.window_start_s, r.aggregate.count))
-    return by_day.items()
 
 
 class _Cleared(beam.DoFn):
@@ -210,33 +206,6 @@ def _cleanup_specs():
         state.clear()
 
     return state_spec, cleanup_spec, on_cleanup, on_grace
-
-
-class DayCounts(_Cleared):
-    """Stage 3 (module docstring): ``((event_type, video_id, day_start_s), [(hour_start_s,
-    count), ...])`` -> ``((event_type, "day", day_start_s, shard), [(video_id, day count)])``
-    when the day count grew. State: ``{hour_start_s: count}``."""
-
-    STATE, CLEANUP, on_cleanup, on_grace = _cleanup_specs()
-
-    def __init__(self, allowed_lateness_s: int, shards: int, grace_s: int | None = None) -> None:
-        super().__init__(allowed_lateness_s, grace_s=grace_s)
-        self._shards = shards
-
-    def process(self, element, state=beam.DoFn.StateParam(STATE), cleanup=beam.DoFn.TimerParam(CLEANUP)):
-        (event_type, video_id, day_s), updates = element
-        stored = state.read()
-        if stored is None:
-            self._arm(cleanup, "day", day_s)
-        hours = {int(h): c for h, c in orjson.loads(stored).items()} if stored else {}
-        before = sum(hours.values())
-        for hour_s, count in updates:
-            if count > hours.get(hour_s, 0):
-                hours[hour_s] = count
-        total = sum(hours.values())
-        if total > before:
-            state.write(orjson.dumps({str(h): c for h, c in hours.items()}))
-            yield (event_type, "day", day_s, shard_of(video_id, self._shards)), [(video_id, total)]
 
 
 class ShardTop(_Cleared):
@@ -284,8 +253,8 @@ class MergeTop(_Cleared):
 
 
 class TopEntities(beam.PTransform):
-    """Streaming top lists (module docstring): ``PCollection[list[AggregateRow]]`` ->
-    ``PCollection[list[TopRow]]``. ``k``: entries kept per window (``TOP_K``; tests use fewer).
+    """Streaming top lists (module docstring): ``(rows, day_counts)``, ``CountEvents``' outputs
+    of those names -> ``PCollection[list[TopRow]]``. ``k``: entries kept per window (``TOP_K``; tests use fewer).
     ``cleanup_grace_s``: see the module docstring (``cleanup_grace_for``)."""
 
     def __init__(self, allowed_lateness_s: int, shards: int = TOP_SHARDS, k: int = TOP_K,
@@ -294,15 +263,14 @@ class TopEntities(beam.PTransform):
         self._lateness_s, self._shards, self._k = allowed_lateness_s, shards, k
         self._grace_s = cleanup_grace_s
 
-    def expand(self, rows):
-        # typed keys: deterministic key coders for the stateful stages
-        offers = rows | "window offers" >> beam.ParDo(WindowOffers(self._shards)).with_output_types(
-            Tuple[_WindowShard, _Offers])
-        days = (rows
-                | "day hours" >> beam.FlatMap(day_hours).with_output_types(Tuple[_VideoDay, _HourCounts])
-                | "day counts" >> beam.ParDo(DayCounts(self._lateness_s, self._shards, self._grace_s)).with_output_types(
-                    Tuple[_WindowShard, _Offers]))
-        return ((offers, days)
+    def expand(self, rows_and_day_counts):
+        rows, day_counts = rows_and_day_counts
+        # typed keys: deterministic key coders for the stateful stages. A ParDo on each input,
+        # not a Flatten of them: Beam's portable fuser fails ("consumed but never produced") on
+        # a PCollection read by a Flatten and another transform (apache/beam#34647), as the rows are.
+        offers = [pcoll | name >> beam.ParDo(WindowOffers(self._shards)).with_output_types(Tuple[_WindowShard, _Offers])
+                  for name, pcoll in (("window offers", rows), ("day offers", day_counts))]
+        return (offers
                 | "minute, hour and day offers" >> beam.Flatten().with_output_types(Tuple[_WindowShard, _Offers])
                 | "top per shard" >> beam.ParDo(ShardTop(self._lateness_s, self._k, self._grace_s)).with_output_types(
                     Tuple[_Window, _Offers])
