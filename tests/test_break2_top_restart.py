@@ -1,8 +1,9 @@
 """Day top lists after a streaming job restarted without state, and after any recompute of
 part of a day (``pipelines.batch_recompute``, README "Restarts without state").
 
-The break: the new job's day stage (``transforms.top.DayCounts``) starts empty, so its day list
-sums only the hours it saw itself, and its ``MergeTop`` base is the wall clock at the restart:
+The break: the new job's day counts (``transforms.aggregate``'s windows stage) start empty, so
+its day list sums only the hours it saw itself, and its ``MergeTop`` base is the wall clock at
+the restart:
 that list wins over the old job's. The documented repair (``--after_restarts``) recomputes the
 hours holding files of both runs, and day lists used to be written only for days whose 24
 hours were all recomputed: the day's stored list stayed the new job's partial one for good.
@@ -44,7 +45,7 @@ from tests.test_parallel_state import Cell
 from tests.test_recompute import write_archive
 from tests.test_top_streaming import all_top_lists
 from transforms import top
-from transforms.aggregate import AggregateRow
+from transforms.aggregate import AggregateRow, DayCount
 from transforms.bigtable_sink import WriteAggregates, cell_of
 from viewcounts import provision
 from viewcounts.reconcile import stored_aggregates
@@ -59,29 +60,37 @@ VIDEOS = ["A", "B", "C", "D", "é", "x#%"]
 
 
 class StreamingJob:
-    """``DayCounts`` -> ``ShardTop`` -> ``MergeTop`` of one job, each key's state in memory;
-    ``base_ms``: the wall clock when the job opens a window's list."""
+    """The day-list path of one job: the day counts its windows stage emits for the hour
+    panes it fired (``transforms.aggregate.DayCount``: the sum of the hour counts this job
+    saw, as its state started empty) -> ``WindowOffers`` -> ``ShardTop`` -> ``MergeTop``,
+    each key's state in memory; ``base_ms``: the wall clock when the job opens a window's list."""
 
     def __init__(self, base_ms: int) -> None:
         self.base_ms = base_ms
-        self.day = top.DayCounts(LATENESS_S, shards=4)
+        self.hours: dict = defaultdict(dict)  # (video, type, day) -> {hour_s: count}
+        self.offers = top.WindowOffers(shards=4)
         self.shard = top.ShardTop(LATENESS_S)
         self.merge = top.MergeTop(LATENESS_S)
         self.state: dict = defaultdict(Cell)
 
     def pane(self, rows) -> list:
         """The day lists ``MergeTop`` emits for a pane of hour ``rows``."""
+        days = []
+        for r in rows:
+            key = (r.video_id, r.event_type, r.window_start_s - r.window_start_s % 86400)
+            self.hours[key][r.window_start_s] = r.aggregate.count
+            days.append(DayCount(*key, sum(self.hours[key].values())))
         lists = []
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(top, "wall_clock_ms", lambda: self.base_ms)
-            for day_key, hours in top.day_hours(rows):
-                for shard_key, offers in self.day.process((day_key, hours), state=self.state[("d", day_key)],
+            self.offers.start_bundle()
+            self.offers.process(days)
+            for offered in self.offers.finish_bundle():
+                shard_key, offers = offered.value
+                for window, changed in self.shard.process((shard_key, offers), state=self.state[("s", shard_key)],
                                                           cleanup=Cell()):
-                    for window, changed in self.shard.process((shard_key, offers), state=self.state[("s", shard_key)],
-                                                              cleanup=Cell()):
-                        for out in self.merge.process((window, changed), state=self.state[("m", window)],
-                                                      cleanup=Cell()):
-                            lists.extend(out)
+                    for out in self.merge.process((window, changed), state=self.state[("m", window)], cleanup=Cell()):
+                        lists.extend(out)
         return lists
 
 
