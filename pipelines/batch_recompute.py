@@ -212,15 +212,12 @@ def build_pipeline(argv: list[str] | None = None, now_s: float | None = None) ->
     pipeline = beam.Pipeline(options=options)
     compacted = parquet_hours(r.parquet_path, hours_read) if r.parquet_path else []
     jsonl_hours = sorted(set(hours_read) - set(compacted))
-    files = (pipeline
-             | "archive hours" >> beam.Create(archive_patterns(o.archive_path, jsonl_hours))
-             | "match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-             | "open" >> fileio.ReadMatches())
-    if r.progress_path:
-        files = files | "progress" >> beam.ParDo(_NoteProgress(r.progress_path))
-    counted = files | "count archive" >> CountArchive(
+    day_only = sorted(set(jsonl_hours) - set(scope.hours))  # read for day lists: no dead letters
+    counted = _archive_files(pipeline, o.archive_path, sorted(set(jsonl_hours) & set(scope.hours)),
+                             r.progress_path) | "count archive" >> CountArchive(
         o.dedup_shards or DISTRIBUTED_SHARDS, metadata_snapshots(pipeline, o.metadata_path, None), r.parquet_path,
-        pipeline | "Parquet hours" >> beam.Create(compacted) if r.parquet_path else None)
+        pipeline | "Parquet hours" >> beam.Create(compacted) if r.parquet_path else None,
+        _archive_files(pipeline, o.archive_path, day_only, r.progress_path, "day hours: ") if day_only else None)
     enriched = counted[ROWS]
     if len(hours_read) > len(scope.hours):  # hours read for day lists only: their rows are not written
         enriched = enriched | "rows of the recomputed hours" >> beam.FlatMap(_rows_in, frozenset(scope.hours))
@@ -238,6 +235,18 @@ def build_pipeline(argv: list[str] | None = None, now_s: float | None = None) ->
      | "all dead letters" >> beam.Flatten()
      | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id))
     return pipeline
+
+
+def _archive_files(pipeline, archive_path: str, hours: list[int], progress_path: str | None, label: str = ""):
+    """The archive's JSONL files of ``hours`` as ``fileio.ReadableFile``s (each noted in
+    ``progress_path`` as it is read, when given); ``label`` prefixes the steps' names."""
+    files = (pipeline
+             | f"{label}archive hours" >> beam.Create(archive_patterns(archive_path, hours))
+             | f"{label}match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+             | f"{label}open" >> fileio.ReadMatches())
+    if progress_path:
+        files = files | f"{label}progress" >> beam.ParDo(_NoteProgress(progress_path))
+    return files
 
 
 def _rows_in(enriched_rows, hours: frozenset):

@@ -94,10 +94,13 @@ def file_written_ms(path: str, modified_s: float | None) -> int:
 class ParseArchiveFile(beam.DoFn):
     """``fileio.ReadableFile`` -> ``(shard, EventBatch bytes)`` (main) and ``DeadLetter``
     (``DEAD_LETTER``, processing time: now) for lines that are no valid event. Counts
-    ``events_in`` (as ``ValidateEvents`` does, per line) and the dead-letter counters."""
+    ``events_in`` (as ``ValidateEvents`` does, per line) and the dead-letter counters.
+    ``dead_letters=False``: such lines are skipped, neither emitted nor counted (files read
+    only for other windows' sake: ``CountArchive``'s ``context_files``)."""
 
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, dead_letters: bool = True) -> None:
         self._shards = shards
+        self._dead_letters = dead_letters
 
     def setup(self) -> None:
         self._events_in = metrics.counter(metrics.EVENTS_IN)
@@ -128,7 +131,7 @@ class ParseArchiveFile(beam.DoFn):
                         else:
                             rejections.append(misplaced)
                     events = kept
-                for r in rejections:
+                for r in rejections if self._dead_letters else ():
                     self._dead.inc(r.reason)
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(r.payload, r.reason, r.detail,
                                                                            time.time_ns() // 1000))
@@ -302,23 +305,30 @@ class CountArchive(beam.PTransform):
     shards hold fewer ids each (memory), at a few more elements. ``snapshots``: the metadata
     snapshots ``(version, {video_id: (title, channel)})`` (``transforms.enrich``).
     ``parquet_hours``: with ``parquet_root``, a ``PCollection`` of hours (epoch seconds) read
-    from the Parquet archive there (``ParseParquetHour``) besides the files."""
+    from the Parquet archive there (``ParseParquetHour``) besides the files. ``context_files``:
+    more archive files, deduplicated and counted with ``files``, whose invalid lines are no
+    dead letters (the recompute's hours read for day lists only)."""
 
-    def __init__(self, shards: int, snapshots, parquet_root: str | None = None, parquet_hours=None) -> None:
+    def __init__(self, shards: int, snapshots, parquet_root: str | None = None, parquet_hours=None,
+                 context_files=None) -> None:
         super().__init__()
         if shards < 1:
             raise ValueError(f"shards must be >= 1, got {shards}")
         self._shards, self._snapshots = shards, snapshots
         self._parquet_root, self._parquet_hours = parquet_root, parquet_hours
+        self._context_files = context_files
 
     def expand(self, files):
         parsed = files | "parse files" >> beam.ParDo(ParseArchiveFile(self._shards)).with_outputs(
             DEAD_LETTER, main="batches")
-        batches = parsed.batches
+        more = []
+        if self._context_files is not None:
+            more.append(self._context_files | "parse context files" >> beam.ParDo(
+                ParseArchiveFile(self._shards, dead_letters=False)))
         if self._parquet_root:
-            from_parquet = self._parquet_hours | "read Parquet hours" >> beam.ParDo(
-                ParseParquetHour(self._parquet_root, self._shards))
-            batches = (batches, from_parquet) | "all batches" >> beam.Flatten()
+            more.append(self._parquet_hours | "read Parquet hours" >> beam.ParDo(
+                ParseParquetHour(self._parquet_root, self._shards)))
+        batches = (parsed.batches, *more) | "all batches" >> beam.Flatten() if more else parsed.batches
         return {ROWS: count_batches(batches, self._snapshots), DEAD_LETTER: parsed[DEAD_LETTER]}
 
 
