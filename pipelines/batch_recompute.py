@@ -19,7 +19,7 @@ is closed (``pipelines.restarts.closes_at_s``, the rule that closes hours): it a
 day's other hours, counts them with the hours (one dedup over every hour read: the recomputed
 hours get the aggregates a recompute of their whole days would give them) and ranks the day
 from all 24 hour rows, but writes neither those hours' aggregates nor their minute and hour
-lists. A day still open gets no list (the archive does not hold the whole day yet, and a
+lists nor their dead letters. A day still open gets no list (the archive does not hold the whole day yet, and a
 recompute's list would win over the streaming job's later ones); the job logs it with the
 time after which to run again. Cost: linear in the events read, up to 23 more hours of a
 partial day than the range.
