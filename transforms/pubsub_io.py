@@ -70,6 +70,12 @@ Semantics:
   that doubles per consecutive failure up to ``MAX_BACKOFF_S``. Nothing unacknowledged is
   lost, and a failed pull never counts as an empty one for the idle rule (a pull that
   times out does: that is how Pub/Sub's long poll answers an empty subscription).
+* **A killed worker's last pull.** A pull waits on the server for at most
+  ``pull_deadline_s(poll_s)``. The Pub/Sub emulator keeps the pull of a process that died
+  open until then and hands it the messages published meanwhile: nobody receives them, and
+  they come back only after the subscription's ack deadline, behind messages published
+  later (a new job's watermark may have passed them by then). Messages the killed worker
+  pulled and had not acknowledged (``AckLedger``) also come back after the ack deadline.
 
 ``WriteToPubSubPortable(topic)`` publishes ``(data, attributes)`` pairs with the
 google-cloud-pubsub client, best effort and bounded: it never raises and never holds a
@@ -195,6 +201,12 @@ def reader_elements(subscription: str, readers: int,
 def subscription_of(element: str) -> str:
     """The subscription a reader element pulls."""
     return element.split(_READER_MARK, 1)[0]
+
+
+def pull_deadline_s(poll_s: float) -> float:
+    """Seconds one pull may wait on the server for messages (its gRPC deadline), for a source
+    that polls an empty subscription every ``poll_s`` seconds: ``poll_s + 5``."""
+    return poll_s + 5
 
 
 def message_timestamp_us(attributes, publish_time_us: int, timestamp_attribute: str | None,
@@ -541,7 +553,7 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
         asked = self._batch
         try:
             received = self._client.pull(request={"subscription": subscription, "max_messages": asked},
-                                         retry=None, timeout=self._poll_s + 5).received_messages
+                                         retry=None, timeout=pull_deadline_s(self._poll_s)).received_messages
         except (DeadlineExceeded, Cancelled):
             return []
         except (GoogleAPIError, ValueError) as e:  # ValueError: a channel closed under the call
