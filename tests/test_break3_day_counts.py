@@ -8,7 +8,11 @@ the last hour of a day and across midnight UTC, lost caches (a key moved) and re
 checkpoint taken at any step (state and the watermark timer as they were then; the inputs
 since are lost with the failed attempt, so the reference goes back too). Invariant: no day
 count is ever above the day's events so far, the highest day count of each (video, day) is
-exactly its events once the input ends, and the state of dropped hours is gone then.
+exactly its events once the input ends, and the state of dropped hours is gone then. And end to
+end on the local runner (``test_streaming_day_lists_across_midnight_equal_the_reference``, slow,
+emulator): streams over midnight UTC with hours dropped before it, late events of 23:xx after
+it, too-late ones and duplicates; every stored list equals the reference (forgetting dropped
+hours' counts makes it fail).
 
 ``test_a_restore_from_a_job_without_dropped_hours_state`` (xfail, not fixed): a job of the
 version before 6266ca2 had no ``dropped_hour_day_counts`` state (its day lists came from a
@@ -22,10 +26,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.event import US_PER_S
+from schemas.event import US_PER_S, format_time_us
 from schemas.storage import Aggregate
 from tests.test_day_counts import DAY0_S, DayShard
 from tests.test_pane_timers import END_US, _call, _pending
@@ -161,3 +165,60 @@ def test_a_restore_from_a_job_without_dropped_hours_state():
     shard.advance_watermark(END_US)
     highest = max(d.count for _rows, days in shard.firings for d in days if d.day_start_s == day_s)
     assert highest == 7  # the day's events: one per hour 00 .. 06
+
+
+MIDNIGHT_US = (DAY0_S + DAY_S) * US_PER_S  # 2024-05-15T00:00:00Z, a day after test_properties' START's day
+_STREAM_VIDEOS = ["V1", "V2", "V3", "V#1", "é"]
+
+
+@st.composite
+def _midnight_streams(draw):
+    """Steps as ``tests.test_top_streaming.streams`` makes them, over midnight UTC: the
+    processing clock and the watermark moved from ``START`` to 20:00-21:00 (hours dropped
+    before the day ends: ``FirePanes``' dropped-hour day counts), then in phases to 23:40, 23:50-23:59, 00:00-00:09 (the last hour's late events still accepted), 00:10-00:40
+    (they are too late), each phase publishing events from 900 s behind the watermark (too late
+    past 600 s) to 200 s ahead of it, with same-time copies: late events of the day's last hour
+    after midnight, first events of the next day before it."""
+    from tests.test_properties import START_US
+
+    proc_us = MIDNIGHT_US - 4 * 3600 * US_PER_S
+    steps, known = [("wait", (proc_us - START_US) // US_PER_S)], []
+    for lo_s, hi_s in ((-4 * 3600, -3 * 3600), (-20 * 60, -20 * 60), (-10 * 60, -60), (0, 540), (600, 2400)):
+        wm_us = MIDNIGHT_US + draw(st.integers(lo_s, hi_s)) * US_PER_S
+        if wm_us > proc_us:
+            steps.append(("wait", (wm_us - proc_us) // US_PER_S))
+            proc_us = wm_us
+        steps.append(("watermark", wm_us))
+        for _ in range(draw(st.integers(1, 3))):
+            events = []
+            for _ in range(draw(st.integers(1, 8))):
+                if known and draw(st.integers(0, 4)) == 0:
+                    events.append(dict(draw(st.sampled_from(known))))  # a same-time copy: a duplicate
+                    continue
+                t = wm_us + draw(st.integers(-900, 200)) * US_PER_S
+                boundary = wm_us - 600 * US_PER_S
+                if abs(t - boundary) < 10 * US_PER_S:
+                    t = boundary + 20 * US_PER_S
+                e = {"event_id": f"e{len(known)}", "video_id": draw(st.sampled_from(_STREAM_VIDEOS)),
+                     "event_type": "view", "event_time": format_time_us(t)}
+                events.append(e)
+                known.append(e)
+            steps.append(("publish", events))
+            if draw(st.booleans()):
+                s = draw(st.integers(1, 40))  # an early firing may come between publishes
+                steps.append(("wait", s))
+                proc_us += s * US_PER_S
+    return steps
+
+
+@pytest.mark.emulator
+@pytest.mark.slow
+@settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(_midnight_streams())
+def test_streaming_day_lists_across_midnight_equal_the_reference(bigtable_host, steps):
+    """End to end on the local runner (``tests.test_top_streaming.check_stream``: the full job
+    and a K=2 branch over 3 shards, every stored list equal to the reference's, days summing
+    their hours), over midnight UTC."""
+    from tests.test_top_streaming import check_stream
+
+    check_stream(steps)
