@@ -49,7 +49,7 @@ class SearchingKey:
     def __init__(self) -> None:
         self.fn = DedupAndJudgeLateness(600, stamped_watermark=False)
         self.fn.setup()
-        self.state = {"ids": Cell(bag=True), "version": Cell(), "view": Cell(), "base": Cell(), "guess": Cell()}
+        self.state = {"ids": Cell(bag=True), "version": Cell(), "view": Cell(), "base": Cell(), "searches": Cell()}
         self.timers = Timers()
 
     def stamp(self, at_us: int) -> None:
@@ -71,7 +71,7 @@ class SearchingKey:
 
     def searches(self) -> list[tuple[int, int]]:
         """The key's searches as its state holds them, ``[(guess_us, view_us when it started), ...]``."""
-        return list(self.state["guess"].read() or ())
+        return list(self.state["searches"].read() or ())
 
 
 @settings(max_examples=300, deadline=None)

@@ -236,7 +236,7 @@ class DedupAndJudgeLateness(beam.DoFn):
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, ids=beam.DoFn.StateParam(IDS),
                 version=beam.DoFn.StateParam(VERSION), view=beam.DoFn.StateParam(VIEW),
-                base=beam.DoFn.StateParam(LADDER_BASE), guess=beam.DoFn.StateParam(SEARCHES),
+                base=beam.DoFn.StateParam(LADDER_BASE), searches=beam.DoFn.StateParam(SEARCHES),
                 expiry=beam.DoFn.TimerParam(EXPIRY), rung=beam.DoFn.TimerParam(RUNG)):
         key, (arrival_us, chunk) = element
         if self._stamped:  # this message's own watermark at arrival, not the key's highest stamp
@@ -244,7 +244,7 @@ class DedupAndJudgeLateness(beam.DoFn):
         else:
             view_us = self._view_us(view)
             if timestamp.micros - view_us > SEARCH_GAP_S * US_PER_S:  # the searches are read only then
-                self._maybe_search(timestamp.micros, view_us, base, guess, rung)
+                self._maybe_search(timestamp.micros, view_us, base, searches, rung)
         if not chunk:
             return
         boundary_us = view_us - self._lateness_s * US_PER_S
@@ -310,17 +310,17 @@ class DedupAndJudgeLateness(beam.DoFn):
             self._set_ladder(view_us, base, rung, min(int(tag.rpartition(_DESCENDING)[2]) + 2, LADDER_RUNGS))
 
     @staticmethod
-    def _maybe_search(stamp_us: int, view_us: int, base, guess, rung) -> None:
+    def _maybe_search(stamp_us: int, view_us: int, base, searches, rung) -> None:
         """Search from an element's timestamp, more than ``SEARCH_GAP_S`` above the view (a
         first guess, a jump of the watermark, or a first guess far off: the wall clock of the
-        probes against a replay of 2013), in the slot ``_slot_for`` gives, if any. ``guess``
+        probes against a replay of 2013), in the slot ``_slot_for`` gives, if any. ``searches``
         holds the key's searches, ``[(guess_us, view_us when it started), ...]``, one per slot."""
-        searches = list(guess.read() or ())
-        slot = _slot_for(searches, stamp_us, view_us)
+        held = list(searches.read() or ())
+        slot = _slot_for(held, stamp_us, view_us)
         if slot is None:
             return
-        searches[slot:slot + 1] = [(stamp_us, view_us)]  # replaces the slot's search, or appends one
-        guess.write(searches)
+        held[slot:slot + 1] = [(stamp_us, view_us)]  # replaces the slot's search, or appends one
+        searches.write(held)
         if base.read() is None:
             base.write(view_us)
         for i in range(LADDER_RUNGS):

@@ -72,10 +72,10 @@ def measure(messages_path, shards: int = 16) -> dict:
         for ev in events:
             by_shard.setdefault(shard_of(ev.event_id, shards), []).append(ev)
         for s, chunk in by_shard.items():
-            bag, version, view, base, guess = state[s]
+            bag, version, view, base, searches = state[s]
             stamp = Timestamp(micros=min(ev.time_us for ev in chunk))  # the watermark guess the element carries
             for out in fn.process(((0, s), (0, chunk)), timestamp=stamp, ids=bag, version=version, view=view,
-                                  base=base, guess=guess, expiry=_Cell(), rung=_Cell()):
+                                  base=base, searches=searches, expiry=_Cell(), rung=_Cell()):
                 live += len(out.value[1])
         del events, by_shard, chunk
     gc.collect()
