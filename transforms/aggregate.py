@@ -349,7 +349,7 @@ class FirePanes(beam.DoFn):
         new_version(shard, version)
         rows: list[AggregateRow] = []
         days: list[DayCount] = []
-        dropped = False
+        dropped = hour_dropped = False
         for (size_s, start_s), w in list(shard.windows.items()):
             if not w.on_time_fired and self._on_time_at_us(size_s, start_s) <= fired.micros:
                 self._pane(rows, days, shard, size_s, start_s, w, w.aggs)
@@ -358,6 +358,7 @@ class FirePanes(beam.DoFn):
                 del shard.windows[(size_s, start_s)]
                 if size_s == _HOUR_S:
                     shard.drop_hour(start_s, w)
+                    hour_dropped = True
                 dropped = True
         if dropped:  # the bag holds only the remaining windows' entries
             bag.clear()
@@ -367,7 +368,7 @@ class FirePanes(beam.DoFn):
         days_done = [d for d in shard.dropped_hours if self._day_done_us(d) <= fired.micros]
         for day_s in days_done:
             del shard.dropped_hours[day_s]
-        if dropped or days_done:
+        if hour_dropped or days_done:  # the day counts change only then (not per minute dropped)
             if shard.dropped_hours:
                 dropped_hours.write(shard.encoded_dropped_hours())
             else:
