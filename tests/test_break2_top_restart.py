@@ -68,7 +68,7 @@ class StreamingJob:
     def __init__(self, base_ms: int) -> None:
         self.base_ms = base_ms
         self.hours: dict = defaultdict(dict)  # (video, type, day) -> {hour_s: count}
-        self.offers = top.WindowOffers(shards=4)
+        self.offers = top.WindowOffers(4, top.day_offers)
         self.shard = top.ShardTop(LATENESS_S)
         self.merge = top.MergeTop(LATENESS_S)
         self.state: dict = defaultdict(Cell)

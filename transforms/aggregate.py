@@ -65,14 +65,15 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.event import US_PER_S
-from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, merge, wall_clock_ms
+from schemas.storage import (EMPTY, GRANULARITY_SECONDS, TOP_GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, merge,
+                             wall_clock_ms)
 from transforms.state_values import cached_view, dumps_exact, new_version
 from transforms.validate import shard_of
 
 WINDOW_LATENESS_MARGIN_S = 60
 DAY_COUNTS = "day_counts"  # FirePanes' tagged output of DayCount lists
 _HOUR_S = GRANULARITY_SECONDS["hour"]
-_DAY_S = 86400
+_DAY_S = TOP_GRANULARITY_SECONDS["day"]
 _GRANULARITY_OF_SIZE = {size: g for g, size in GRANULARITY_SECONDS.items()}
 
 

@@ -57,12 +57,13 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.storage import TOP_GRANULARITY_SECONDS, TOP_K, cell_timestamp_us, top_rank, wall_clock_ms
-from transforms.aggregate import WINDOW_LATENESS_MARGIN_S, DayCount
+from transforms.aggregate import WINDOW_LATENESS_MARGIN_S, AggregateRow, DayCount
 from transforms.validate import shard_of
 
 TOP_SHARDS = 16  # shards of stage 1 (parallelism of the per-window ranking)
 CLEANUP_GRACE_S = 60  # processing time between a window's drop time and its state's clearing
 TOP_LISTS_WRITTEN = "top_lists_written"  # counter of the sink step writing top lists
+_HOUR_S = TOP_GRANULARITY_SECONDS["hour"]
 _DAY_S = TOP_GRANULARITY_SECONDS["day"]
 _Offers = List[Tuple[str, int]]  # [(video_id, count), ...]
 _WindowShard = Tuple[str, str, int, int]  # (event_type, granularity, window_start_s, shard)
@@ -138,31 +139,33 @@ def drop_at_s(granularity: str, window_start_s: int, allowed_lateness_s: int) ->
     return window_start_s + 2 * TOP_GRANULARITY_SECONDS[granularity] + allowed_lateness_s + WINDOW_LATENESS_MARGIN_S
 
 
-def offers_of(counts: list) -> list[tuple]:
-    """A firing's ``list[AggregateRow]`` or ``list[DayCount]`` -> ``[(event_type, granularity,
-    window_start_s, video_id, count), ...]``."""
-    if counts and isinstance(counts[0], DayCount):
-        return [(d.event_type, "day", d.day_start_s, d.video_id, d.count) for d in counts]
-    return [(r.event_type, r.granularity, r.window_start_s, r.video_id, r.aggregate.count) for r in counts]
+def row_offers(rows: list[AggregateRow]):
+    """A firing's rows -> ``(event_type, granularity, window_start_s, video_id, count)`` each."""
+    return ((r.event_type, r.granularity, r.window_start_s, r.video_id, r.aggregate.count) for r in rows)
+
+
+def day_offers(days: list[DayCount]):
+    """A firing's day counts -> ``(event_type, "day", day_start_s, video_id, count)`` each."""
+    return ((d.event_type, "day", d.day_start_s, d.video_id, d.count) for d in days)
 
 
 class WindowOffers(beam.DoFn):
-    """``list[AggregateRow]`` or ``list[DayCount]`` -> ``((event_type, granularity,
-    window_start_s, shard), [(video_id, count), ...])``: per stage-1 key, each video's highest
+    """A firing's list, read by ``offers_of`` (``row_offers`` or ``day_offers``) -> ``((event_type,
+    granularity, window_start_s, shard), [(video_id, count), ...])``: per stage-1 key, each video's highest
     count among the bundle's elements (a higher count of a video holds every lower one: counts
     only grow), emitted at the end of the bundle, one element per key, timestamped with the
     window's start. Fewer, larger elements into the keyed stage: each element crossing a stage
     costs the runner more than its offers."""
 
-    def __init__(self, shards: int) -> None:
-        self._shards = shards
+    def __init__(self, shards: int, offers_of) -> None:
+        self._shards, self._offers_of = shards, offers_of
 
     def start_bundle(self) -> None:
         self._offers: dict[tuple, dict[str, int]] = defaultdict(dict)
 
     def process(self, counts):
         offers, shards = self._offers, self._shards
-        for event_type, granularity, window_s, video_id, count in offers_of(counts):
+        for event_type, granularity, window_s, video_id, count in self._offers_of(counts):
             by_video = offers[(event_type, granularity, window_s, shard_of(video_id, shards))]
             if count > by_video.get(video_id, 0):
                 by_video[video_id] = count
@@ -254,7 +257,8 @@ class MergeTop(_Cleared):
 
 class TopEntities(beam.PTransform):
     """Streaming top lists (module docstring): ``(rows, day_counts)``, ``CountEvents``' outputs
-    of those names -> ``PCollection[list[TopRow]]``. ``k``: entries kept per window (``TOP_K``; tests use fewer).
+    of those names -> ``PCollection[list[TopRow]]``. ``k``: entries kept per window (``TOP_K``;
+    tests use fewer).
     ``cleanup_grace_s``: see the module docstring (``cleanup_grace_for``)."""
 
     def __init__(self, allowed_lateness_s: int, shards: int = TOP_SHARDS, k: int = TOP_K,
@@ -268,16 +272,15 @@ class TopEntities(beam.PTransform):
         # typed keys: deterministic key coders for the stateful stages. A ParDo on each input,
         # not a Flatten of them: Beam's portable fuser fails ("consumed but never produced") on
         # a PCollection read by a Flatten and another transform (apache/beam#34647), as the rows are.
-        offers = [pcoll | name >> beam.ParDo(WindowOffers(self._shards)).with_output_types(Tuple[_WindowShard, _Offers])
-                  for name, pcoll in (("window offers", rows), ("day offers", day_counts))]
+        offers = [pcoll | name >> beam.ParDo(WindowOffers(self._shards, read)).with_output_types(
+                      Tuple[_WindowShard, _Offers])
+                  for name, pcoll, read in (("window offers", rows, row_offers), ("day offers", day_counts, day_offers))]
         return (offers
                 | "minute, hour and day offers" >> beam.Flatten().with_output_types(Tuple[_WindowShard, _Offers])
                 | "top per shard" >> beam.ParDo(ShardTop(self._lateness_s, self._k, self._grace_s)).with_output_types(
                     Tuple[_Window, _Offers])
                 | "top per window" >> beam.ParDo(MergeTop(self._lateness_s, self._k, self._grace_s)))
 
-
-_HOUR_S = TOP_GRANULARITY_SECONDS["hour"]
 
 
 def _ranked(enriched_rows, hours: frozenset):
