@@ -42,6 +42,7 @@ would have moved the watermark days past them by then.
 from __future__ import annotations
 
 import glob
+import re
 import subprocess
 import sys
 import threading
@@ -155,9 +156,20 @@ def _restart_strategy(cluster: FlinkCluster, job_id: str) -> str:
     return ""
 
 
+def _vertex_key(name: str) -> str:
+    """A Flink vertex name with its fused stages in sorted order.
+
+    Beam's portable fuser lists a fused vertex's stages in an order that may differ between two
+    submissions of the same pipeline (``[9]{count events, enrich, top entities, ...}`` once,
+    ``[9]{count events, top entities, enrich, ...}`` the next time); the set of stages is what names it.
+    """
+    match = re.fullmatch(r"(\[\d+\])\{(.*)\}", name)
+    return name if match is None else f"{match[1]}{{{', '.join(sorted(match[2].split(', ')))}}}"
+
+
 def _parallelisms(cluster: FlinkCluster, job_id: str) -> dict[str, int]:
-    """Subtasks per vertex of ``job_id``, by vertex name."""
-    return {v["name"]: v["parallelism"] for v in cluster.rest(f"/jobs/{job_id}")["vertices"]}
+    """Subtasks per vertex of ``job_id``, by vertex name with its fused stages sorted (``_vertex_key``)."""
+    return {_vertex_key(v["name"]): v["parallelism"] for v in cluster.rest(f"/jobs/{job_id}")["vertices"]}
 
 
 def _taskmanagers_of(cluster: FlinkCluster, job_id: str) -> set[str]:
