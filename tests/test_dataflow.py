@@ -8,29 +8,27 @@ own ``DataflowApplicationClient`` then fills in the job request as ``create_job`
 with ``stage_file`` keeping the staged files in memory instead of uploading them to GCS, and
 ``--no_auth`` so it looks for no credentials. Nothing is submitted.
 
-The Flex Template files are checked against the code: the parameters in ``metadata.json``
-are flags ``CountingOptions`` declares, and the Dockerfile copies files that exist.
+The Flex Template's image is checked against the repository: the Dockerfile copies files that
+exist. Its parameters and the job update: ``tests/test_flex_template.py``.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import io
 import json
 import os
-import re
 import shlex
 import shutil
 import tarfile
+import tomllib
 
 import pytest
+import setuptools
 import yaml
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
-from apache_beam.runners.dataflow.internal.clients import dataflow
-from apitools.base.py import encoding
 
 from pipelines.options import DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, CountingOptions
 from schemas import storage
@@ -39,8 +37,8 @@ from tests.conftest import REPO
 FLEX_TEMPLATE = os.path.join(REPO, "infra", "dataflow", "flex-template")
 PROJECT = "viewcounts-test"
 BUCKET = "viewcounts-archive"  # any name (infra/terraform: PROJECT-viewcounts unless var.archive_bucket)
-# One valid value per template parameter, in infra/terraform's names; passed to the launcher
-# as the Flex Template launcher passes parameters (``--name=value``).
+# One valid value per template parameter (every flag of CountingOptions: test_flex_template), in
+# infra/terraform's names; passed to the launcher as Dataflow passes parameters (``--name=value``).
 PARAMETERS = {
     "input_subscription": f"projects/{PROJECT}/subscriptions/{DEFAULT_SUBSCRIPTION}",
     "dead_letter_topic": f"projects/{PROJECT}/topics/{DEFAULT_DEAD_LETTER_TOPIC}",
@@ -49,44 +47,62 @@ PARAMETERS = {
     "bigtable_project": PROJECT,
     "bigtable_instance": storage.DEFAULT_INSTANCE,
     "bigtable_table": storage.DEFAULT_TABLE,
+    "bigtable_write_budget_s": "90.5",
+    "bigtable_attempt_timeout_s": "15",
     "metadata_path": f"gs://{BUCKET}/metadata/videos.jsonl",
     "metadata_refresh_s": "300",
     "allowed_lateness_s": "900",
+    "max_future_skew_s": "120",
+    "max_event_age_s": "86400",
+    "no_event_age_check": "true",
     "early_firing_s": "20",
     "timestamp_attribute": "ts",
+    "source_readers": "1",
+    "dedup_shards": "8",
 }
 DATAFLOW_FLAGS = [f"--project={PROJECT}", "--region=us-central1", f"--temp_location=gs://{BUCKET}/dataflow/tmp",
                   "--no_auth", "--dry_run=True"]
 
 
-def _counting_flags() -> dict[str, argparse.Action]:
-    """``CountingOptions``' own argparse actions by flag name (without ``--``)."""
+def counting_parser() -> argparse.ArgumentParser:
+    """An argparse parser of ``CountingOptions``' flags alone: the streaming job's own flags."""
     parser = argparse.ArgumentParser()
     CountingOptions._add_argparse_args(parser)
-    return {flag[2:]: action for action in parser._actions for flag in action.option_strings}
+    return parser
 
 
 def _setup_packages() -> list[str]:
-    """The ``packages=[...]`` of the ``setup()`` call in setup.py."""
-    with open(os.path.join(REPO, "setup.py")) as f:
-        tree = ast.parse(f.read())
-    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
-    return ast.literal_eval(next(k.value for k in call.keywords if k.arg == "packages"))
+    """The packages the sdist of setup.py ships: pyproject.toml's
+    ``[tool.setuptools.packages.find]``, found in the checkout as setuptools finds them."""
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        find = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]
+    return setuptools.find_packages(REPO, include=find["include"])
 
 
-def _launcher():
-    """The Flex Template's ``main.py`` as a module, loaded from its file (its folder is no package)."""
-    spec = importlib.util.spec_from_file_location("flex_template_main", os.path.join(FLEX_TEMPLATE, "main.py"))
+def file_module(path: str):
+    """The Python file at ``path`` as a module (its folder is no package: ``infra/dataflow``)."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def launcher():
+    """The Flex Template's launcher, ``main.py``."""
+    return file_module(os.path.join(FLEX_TEMPLATE, "main.py"))
+
+
+def parameter_flags(parameters: dict[str, str]) -> list[str]:
+    """``parameters`` as Dataflow hands them to the launcher: ``--name=value``."""
+    return [f"--{k}={v}" for k, v in parameters.items()]
+
+
 def _source(tmp_path_factory):
-    """A copy of setup.py and the packages it ships (the sdist writes an egg-info next to
-    setup.py: not in the checkout); returns its setup.py."""
+    """A copy of setup.py, pyproject.toml (its metadata) and the packages it ships (the sdist
+    writes an egg-info next to setup.py: not in the checkout); returns its setup.py."""
     source = tmp_path_factory.mktemp("source")
-    shutil.copy(os.path.join(REPO, "setup.py"), source)
+    for name in ("setup.py", "pyproject.toml"):
+        shutil.copy(os.path.join(REPO, name), source)
     for package in {p.split(".")[0] for p in _setup_packages()}:
         shutil.copytree(os.path.join(REPO, package), source / package, ignore=shutil.ignore_patterns("__pycache__"))
     return source / "setup.py"
@@ -109,8 +125,8 @@ def _request(job) -> tuple[dict, dict]:
 @pytest.fixture(scope="module")
 def job_request(tmp_path_factory):
     """``_request`` of the streaming job launched through the Flex Template."""
-    flags = [f"--{k}={v}" for k, v in PARAMETERS.items()] + DATAFLOW_FLAGS + [f"--setup_file={_source(tmp_path_factory)}"]
-    return _request(_launcher().launch(flags).job)
+    flags = parameter_flags(PARAMETERS) + DATAFLOW_FLAGS + [f"--setup_file={_source(tmp_path_factory)}"]
+    return _request(launcher().launch(flags).job)
 
 
 def test_the_batch_recompute_translates_to_a_dataflow_batch_job(tmp_path_factory):
@@ -138,9 +154,9 @@ def test_the_job_request_is_a_streaming_job_with_the_template_parameters(job_req
     assert environment["version"]["job_type"] == "FNAPI_STREAMING"
     options = environment["sdkPipelineOptions"]["options"]
     assert options["runner"] == "DataflowRunner" and options["streaming"] is True
-    flags = _counting_flags()
-    for name, value in PARAMETERS.items():
-        assert options[flags[name].dest] == (flags[name].type or str)(value), name
+    # each parameter reached the job as the job's own parser reads the launcher's flags
+    expected = vars(counting_parser().parse_args(launcher().job_flags(parameter_flags(PARAMETERS))))
+    assert {dest: options[dest] for dest in expected} == expected
     assert os.path.basename(options["pipelineUrl"]) in staged
 
 
@@ -166,24 +182,6 @@ def test_workers_get_the_packages_setup_py_ships(job_request):
     with tarfile.open(fileobj=io.BytesIO(staged["workflow.tar.gz"])) as sdist:
         files = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     assert {f"{p.replace('.', '/')}/__init__.py" for p in _setup_packages()} <= files
-
-
-def test_flex_template_metadata_declares_job_flags_only():
-    with open(os.path.join(FLEX_TEMPLATE, "metadata.json")) as f:
-        text = f.read()
-    json.loads(text)
-    metadata = encoding.JsonToMessage(dataflow.TemplateMetadata, text)
-    assert metadata.all_unrecognized_fields() == [] and metadata.streaming
-    flags = _counting_flags()
-    for p in metadata.parameters:
-        assert p.name in flags, f"--{p.name} is no CountingOptions flag"
-        assert p.all_unrecognized_fields() == [] and p.label and p.helpText, p.name
-        assert all(re.fullmatch(r, PARAMETERS[p.name]) for r in p.regexes), p.name
-        if p.defaultValue is not None:
-            assert p.defaultValue == str(flags[p.name].default), p.name
-    names = [p.name for p in metadata.parameters]
-    assert sorted(names) == sorted(PARAMETERS)  # each once, and each sent to the job by the tests above
-    assert {p.name for p in metadata.parameters if not p.isOptional} == {"input_subscription", "bigtable_project"}
 
 
 def test_flex_template_image_copies_existing_files_and_every_package():
