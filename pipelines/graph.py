@@ -13,13 +13,14 @@ from __future__ import annotations
 import apache_beam as beam
 
 from pipelines.options import SinkConfig
+from pipelines.runners import top_cleanup_grace_s
 from transforms.bigtable_sink import WriteAggregates
 from transforms.count_events import DAY_COUNTS, DEAD_LETTERS, RAW_ARCHIVE, ROWS, CountEvents
 from pipelines.restarts import RecordStatelessStart
 from schemas.archive import ARCHIVE_FILE_PREFIX
 from transforms.dead_letters import WriteDeadLetters
 from transforms.files import WriteJsonlByHour
-from transforms.top import TOP_LISTS_WRITTEN, TopEntities, cleanup_grace_for
+from transforms.top import TOP_LISTS_WRITTEN, TopEntities
 from transforms.validate import AcceptancePolicy
 
 
@@ -44,7 +45,8 @@ def bigtable_writer(sinks: SinkConfig, written_counter: str | None = None) -> be
 def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy, early_firing_s: int | None,
                     sinks: SinkConfig, stamped_watermark: bool = False) -> dict:
     """``enrich``: ``transforms.enrich.EnrichFromSnapshots`` or ``EnrichFromFile``;
-    ``stamped_watermark``: see ``CountEvents``. Dead letters go to ``sinks.dead_letter_path``,
+    ``stamped_watermark``: see ``CountEvents``; the top stages' ``cleanup_grace_s`` follows the
+    runner of the pipeline's options (``pipelines.runners.top_cleanup_grace_s``). Dead letters go to ``sinks.dead_letter_path``,
     which a ``SinkConfig`` always has."""
     counted = payloads | "count events" >> CountEvents(policy, early_firing_s, stamped_watermark)
     write_failures = (counted[ROWS]
@@ -52,7 +54,7 @@ def count_and_store(payloads, enrich: beam.PTransform, policy: AcceptancePolicy,
                       | "write to Bigtable" >> bigtable_writer(sinks))
     top_write_failures = ((counted[ROWS], counted[DAY_COUNTS])
                           | "top entities" >> TopEntities(policy.allowed_lateness_s,
-                                                        cleanup_grace_s=cleanup_grace_for(payloads.pipeline.options))
+                                                        cleanup_grace_s=top_cleanup_grace_s(payloads.pipeline.options))
                           | "write top lists to Bigtable" >> bigtable_writer(sinks, TOP_LISTS_WRITTEN))
     dead = (counted[DEAD_LETTERS], write_failures, top_write_failures) | "all dead letters" >> beam.Flatten()
     dead | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id)

@@ -11,14 +11,21 @@ Runner names used by the CLI, the demo and the tests:
   ``[local]`` is an embedded Flink, ``host:port`` a session cluster (``viewcounts.flink``).
 * ``dataflow``: Google Cloud Dataflow (native ``ReadFromPubSub`` with the timestamp attribute).
 
-Prism and Flink read Pub/Sub through ``transforms.pubsub_io.ReadFromPubSubPortable``.
+What each runner supports and needs is declared once, in ``PROFILES`` (a ``RunnerProfile``
+per runner); the pipeline builders read it and give transforms runner-neutral parameters.
+``docs/runners.md`` tabulates the profiles and tells, per workaround, the upstream issue and
+the symptom.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+import mmh3
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, PortableOptions, StandardOptions
@@ -31,7 +38,7 @@ FLINK_JOB_SERVER_JAR = BUILD_DIR / "flink-job-server" / "flink-job-server.jar"
 FLINK_VERSION = "1.19"  # the Flink minor of beam-runners-flink-1.19 (the job server) and the cluster wheels
 RUNNERS = ("local", "prism", "flink", "dataflow")
 _LOG = logging.getLogger(__name__)
-_LOCAL = (None, "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
+_LOCAL = (None, "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner")  # Beam runner names runner_of calls local
 DEFAULT_CHECKPOINTING_INTERVAL_MS = 5000
 ACK_DEADLINE_S = 60  # the ack deadline of the subscriptions this project makes (provision.py, Terraform)
 
@@ -95,9 +102,9 @@ def runner_flags(runner: str, flink_master: str = "[local]",
     when a runner's build is missing, ``ValueError`` for an unknown runner.
     """
     if runner == "local":
-        return ["--runner=BundleBasedDirectRunner"]
+        return [f"--runner={PROFILES['local'].beam_runner}"]
     if runner == "prism":
-        return ["--runner=PrismRunner", f"--prism_location={_require(PRISM_BINARY, 'prism')}",
+        return [f"--runner={PROFILES['prism'].beam_runner}", f"--prism_location={_require(PRISM_BINARY, 'prism')}",
                 "--environment_type=LOOPBACK",
                 # a Prism server of its own: Beam shares one per process, and a DirectRunner that
                 # tried Prism first (with no --prism_location) may already have made it
@@ -109,7 +116,7 @@ def runner_flags(runner: str, flink_master: str = "[local]",
                 # read) in 4 runs of 8, and the demo overcounted; without splits, 0 of 8 and 0
                 "--experiments=prism_disable_sdf_split"]
     if runner == "flink":
-        flags = ["--runner=FlinkRunner", f"--flink_master={flink_master}", f"--flink_version={FLINK_VERSION}",
+        flags = [f"--runner={PROFILES['flink'].beam_runner}", f"--flink_master={flink_master}", f"--flink_version={FLINK_VERSION}",
                  f"--flink_job_server_jar={_require(FLINK_JOB_SERVER_JAR, 'flink-job-server')}",
                  f"--parallelism={parallelism}"]
         flags += (["--environment_type=EXTERNAL", f"--environment_config={worker_pool}",
@@ -125,7 +132,7 @@ def runner_flags(runner: str, flink_master: str = "[local]",
             flags.append(f"--savepoint_path={savepoint_path}")
         return flags
     if runner == "dataflow":
-        return ["--runner=DataflowRunner"]
+        return [f"--runner={PROFILES['dataflow'].beam_runner}"]
     raise ValueError(f"unknown runner {runner!r}; one of {', '.join(RUNNERS)}")
 
 
@@ -169,11 +176,14 @@ def _resume(options: PipelineOptions) -> None:
 
 
 def runner_of(options: PipelineOptions) -> str:
-    """The ``RUNNERS`` name of the runner ``options`` select (unknown runners count as portable)."""
+    """The ``RUNNERS`` name of the runner ``options`` select (a runner given as an object by its
+    class name); any other name is returned as it is (``profile`` takes it as ``PORTABLE``)."""
     name = options.view_as(StandardOptions).runner
+    if not (name is None or isinstance(name, str)):
+        name = type(name).__name__
     if name in _LOCAL:
         return "local"
-    return {"PrismRunner": "prism", "FlinkRunner": "flink", "DataflowRunner": "dataflow"}.get(name, name)
+    return next((runner for runner, p in PROFILES.items() if p.beam_runner == name), name)
 
 
 def _flink_job_settings(options: PipelineOptions) -> None:
@@ -243,7 +253,7 @@ def prepare(options: PipelineOptions) -> str:
     default (``_resume``); returns ``runner_of``."""
     runner = runner_of(options)
     if runner == "local":
-        options.view_as(StandardOptions).runner = "BundleBasedDirectRunner"
+        options.view_as(StandardOptions).runner = PROFILES["local"].beam_runner
         direct_runner_fix.apply()
     elif runner == "flink":
         _flink_job_settings(options)
@@ -270,58 +280,170 @@ def prepare_batch(options: PipelineOptions) -> str:
     return runner
 
 
-def native_pubsub(runner: str) -> bool:
-    """Python's own ``ReadFromPubSub`` runs only on the local runner and Dataflow."""
-    return runner in ("local", "dataflow")
+@dataclass(frozen=True)
+class RunnerProfile:
+    """What a runner supports and needs, as the pipeline builders read it (``pipelines.streaming``,
+    ``pipelines.graph``). ``docs/runners.md`` has a table of these per runner and, for each
+    workaround, the upstream issue and the symptom that led to it.
+
+    * ``native_pubsub``: Python's own ``ReadFromPubSub`` runs here (else the job reads through
+      ``transforms.pubsub_io.ReadFromPubSubPortable``).
+    * ``native_timestamp_attribute``: the native source is given ``--timestamp_attribute``
+      (else its elements carry publish times).
+    * ``stamped_watermark``: the dedup stage takes its view of the watermark from element stamps
+      (``transforms.dedup``), so the source has one reader.
+    * ``reader_key_groups``: the runner places a splittable DoFn's work by a hash of the
+      element into key groups (``flink_key_group``), so the source's readers are salted to
+      spread over the workers (``reader_placement``).
+    * ``pause_outlasts_bundle_check``: the portable source waits longer than the runner's
+      bundle-check period between bundles (``pull_pacing``).
+    * ``metadata_side_input``: the enrichment metadata comes as a side input (else each worker
+      reads the file: ``transforms.enrich.EnrichFromFile``).
+    * ``periodic_impulse``: ``PeriodicImpulse`` runs here (metadata refresh by side input).
+    * ``triggered_side_inputs``: a triggered global-window side input is accepted.
+    * ``trigger_read_once_side_input``: a side input read once still needs the re-firing trigger
+      (streaming refuses an untriggered ``GroupByKey``).
+    * ``timer_output_holds_watermark``: the watermark waits for the output of event-time timers
+      (else the top stages keep a window's state ``transforms.top.CLEANUP_GRACE_S`` longer:
+      ``top_cleanup_grace_s``).
+    """
+
+    beam_runner: str  # the --runner value
+    native_pubsub: bool
+    native_timestamp_attribute: bool
+    stamped_watermark: bool
+    reader_key_groups: bool
+    pause_outlasts_bundle_check: bool
+    metadata_side_input: bool
+    periodic_impulse: bool
+    triggered_side_inputs: bool
+    trigger_read_once_side_input: bool
+    timer_output_holds_watermark: bool
+
+
+PROFILES: dict[str, RunnerProfile] = {
+    "local": RunnerProfile("BundleBasedDirectRunner", native_pubsub=True, native_timestamp_attribute=False,
+                           stamped_watermark=False, reader_key_groups=False, pause_outlasts_bundle_check=False,
+                           metadata_side_input=True, periodic_impulse=False, triggered_side_inputs=True,
+                           trigger_read_once_side_input=True, timer_output_holds_watermark=False),
+    "prism": RunnerProfile("PrismRunner", native_pubsub=False, native_timestamp_attribute=False,
+                           stamped_watermark=True, reader_key_groups=False, pause_outlasts_bundle_check=False,
+                           metadata_side_input=False, periodic_impulse=False, triggered_side_inputs=False,
+                           trigger_read_once_side_input=False, timer_output_holds_watermark=True),
+    "flink": RunnerProfile("FlinkRunner", native_pubsub=False, native_timestamp_attribute=False,
+                           stamped_watermark=False, reader_key_groups=True, pause_outlasts_bundle_check=True,
+                           metadata_side_input=False, periodic_impulse=True, triggered_side_inputs=True,
+                           trigger_read_once_side_input=False, timer_output_holds_watermark=True),
+    "dataflow": RunnerProfile("DataflowRunner", native_pubsub=True, native_timestamp_attribute=True,
+                              stamped_watermark=False, reader_key_groups=False, pause_outlasts_bundle_check=False,
+                              metadata_side_input=True, periodic_impulse=True, triggered_side_inputs=True,
+                              trigger_read_once_side_input=False, timer_output_holds_watermark=True),
+}
+# any other (portable) runner: the portable source with one reader, metadata read by each worker
+PORTABLE = RunnerProfile("", native_pubsub=False, native_timestamp_attribute=False, stamped_watermark=True,
+                         reader_key_groups=False, pause_outlasts_bundle_check=False, metadata_side_input=False,
+                         periodic_impulse=True, triggered_side_inputs=True, trigger_read_once_side_input=False,
+                         timer_output_holds_watermark=True)
+
+
+def profile(runner: str) -> RunnerProfile:
+    """The ``RunnerProfile`` of a ``runner_of`` name; ``PORTABLE`` for a runner not in ``RUNNERS``."""
+    return PROFILES.get(runner, PORTABLE)
 
 
 def stamped_watermark(runner: str) -> bool:
-    """Whether the dedup stage takes its watermark view from element stamps (``transforms.dedup``).
-    Only where the watermark ladder cannot work and one reader's stamps are the source's
-    watermark: Prism (it holds a stage's input watermark at its earliest timer, so the ladder
-    crawls) and other portable runners, with one ``ReadFromPubSubPortable`` reader. Not on
-    Flink: with several readers a message carries its own reader's watermark, which can be
-    above the runner's (the minimum over the readers), so a view built from stamps could run
-    ahead and refuse what SPEC accepts; the ladder's event-time timers fire at the runner's
-    own input watermark whatever the number of readers. Not with the native source (local
-    runner, Dataflow), whose element timestamps are publish or event times."""
-    return not native_pubsub(runner) and runner != "flink"
+    """``profile(runner).stamped_watermark`` (``viewcounts.scenario`` asks by this name)."""
+    return profile(runner).stamped_watermark
+
+
+def triggered_side_inputs(runner: str) -> bool:
+    """``profile(runner).triggered_side_inputs`` (``viewcounts.scenario`` asks by this name)."""
+    return profile(runner).triggered_side_inputs
 
 
 def pull_pacing(runner: str, max_bundle_time_ms: int | None = None) -> dict[str, float]:
     """``ReadFromPubSubPortable`` pacing on ``runner``: ``max_pull_s`` of pulling per bundle and
-    ``pause_s`` between bundles. On Flink the pause must outlast one bundle-check period
-    (``--max_bundle_time_ms``, Beam's default 1 s) or the source's watermark is never
-    published (see ``transforms.pubsub_io``): it is that period plus 0.5 s, at least 1.5 s;
-    pulls last twice the pause, so the share of time spent pulling stays at 2/3."""
-    if runner == "flink":
+    ``pause_s`` between bundles, ``{}`` for the source's defaults. Where the pause must outlast
+    one bundle-check period (``pause_outlasts_bundle_check``: ``--max_bundle_time_ms``, Beam's
+    default 1 s) it is that period plus 0.5 s, at least 1.5 s; pulls last twice the pause, so
+    the share of time spent pulling stays at 2/3 (docs/runners.md, "Source pause")."""
+    if profile(runner).pause_outlasts_bundle_check:
         pause_s = max(1.5, (max_bundle_time_ms or 1000) / 1000 + 0.5)
         return {"max_pull_s": 2 * pause_s, "pause_s": pause_s}
     return {}
 
 
-def metadata_side_input(runner: str) -> bool:
-    """Whether the streaming job gets its metadata through a side input (else each worker
-    reads the file: ``transforms.enrich.EnrichFromFile``). Not on Flink: Beam 2.70's Flink
-    runner fails to checkpoint the side input's state (``ClassCastException``: the enriching
-    task restarts at every checkpoint) and never updates a triggered one. Not on Prism: it
-    rejects triggered global-window side inputs (Beam issue 31438)."""
-    return runner in ("local", "dataflow")
+def reader_placement(options: PipelineOptions, runner: str) -> dict:
+    """``ReadFromPubSubPortable``'s ``key_group`` and ``key_groups`` on ``runner``: where it
+    places readers by key group (``reader_key_groups``), ``flink_key_group`` over
+    ``--max_parallelism`` groups, else Flink's default for ``--parallelism``; ``{}`` elsewhere."""
+    if not profile(runner).reader_key_groups:
+        return {}
+    flink = options.view_as(FlinkRunnerOptions)
+    groups = flink.max_parallelism if flink.max_parallelism > 0 \
+        else flink_default_max_parallelism(max(1, flink.parallelism))
+    return {"key_group": functools.partial(flink_key_group, max_parallelism=groups), "key_groups": groups}
 
 
-def periodic_impulse(runner: str) -> bool:
-    """Refreshing metadata needs ``PeriodicImpulse`` (fails on the BundleBasedDirectRunner,
-    DESIGN.md) and a triggered side input (rejected by Prism)."""
-    return runner not in ("local", "prism")
+def top_cleanup_grace_s(options: PipelineOptions) -> int | None:
+    """``transforms.top.TopEntities``' ``cleanup_grace_s`` for the job of ``options``:
+    ``CLEANUP_GRACE_S`` where the watermark does not wait for timers' output
+    (``timer_output_holds_watermark``), else None (clear at the drop time: a processing-time
+    timer left at the end of a bounded job's input kept an embedded Flink job from ending)."""
+    from transforms.top import CLEANUP_GRACE_S
+
+    return None if profile(runner_of(options)).timer_output_holds_watermark else CLEANUP_GRACE_S
 
 
-def triggered_side_inputs(runner: str) -> bool:
-    """Prism rejects triggered global-window side inputs in unbounded pipelines (Beam issue
-    31438): there, a stream of snapshots becomes visible only when it ends."""
-    return runner != "prism"
+# Flink's default max parallelism (the number of key groups) for operators of parallelism
+# up to 85: KeyGroupRangeAssignment.computeDefaultMaxParallelism
+FLINK_DEFAULT_MAX_PARALLELISM = 128
 
 
-def trigger_read_once_side_input(runner: str) -> bool:
-    """Whether a snapshot read once still goes through the re-firing trigger: on the local
-    runner, whose streaming mode refuses an untriggered GroupByKey."""
-    return runner == "local"
+def flink_default_max_parallelism(parallelism: int) -> int:
+    """Flink's default max parallelism (number of key groups) of an operator of ``parallelism``
+    (``KeyGroupRangeAssignment.computeDefaultMaxParallelism``): ``1.5 * parallelism`` rounded
+    up to a power of two, within ``[128, 32768]``."""
+    wanted = parallelism + parallelism // 2
+    return min(max(1 << max(0, (wanted - 1).bit_length()), 128), 32768)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _flink_murmur(code: int) -> int:
+    """Flink's ``MathUtils.murmurHash(int)``: a non-negative int."""
+    m = 0xFFFFFFFF
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & m
+
+    code = rotl((code * 0xCC9E2D51) & m, 15)
+    code = rotl((code * 0x1B873593) & m, 13)
+    code = ((code * 5 + 0xE6546B64) & m) ^ 4
+    code ^= code >> 16
+    code = (code * 0x85EBCA6B) & m
+    code ^= code >> 13
+    code = (code * 0xC2B2AE35) & m
+    code ^= code >> 16
+    if code >= 1 << 31:
+        code -= 1 << 32
+    return code if code >= 0 else (-code if code != -(1 << 31) else 0)
+
+
+def flink_key_group(element: str, max_parallelism: int = FLINK_DEFAULT_MAX_PARALLELISM) -> int:
+    """The Flink key group of a ``str`` element of a splittable DoFn on Beam's Flink runner,
+    which keys that work by the element's encoding (``SdfFlinkKeyKeySelector``):
+    ``FlinkKey.hashCode`` (Guava's murmur3_128 of the element's nested ``StringUtf8Coder``
+    encoding, first 4 bytes) through ``KeyGroupRangeAssignment.assignToKeyGroup``. The
+    subtask that runs it is ``key group * parallelism // max_parallelism``. Checked against
+    the Java classes of the job server jar (tests/test_pubsub_io.py)."""
+    data = element.encode("utf-8")
+    code = int.from_bytes(mmh3.hash_bytes(_varint(len(data)) + data)[:4], "little", signed=True)
+    return _flink_murmur(code) % max_parallelism

@@ -21,7 +21,7 @@ from pipelines import runners
 from pipelines.graph import count_and_store, run_from_command_line
 from pipelines.options import CountingOptions, policy_of, sinks_of
 from transforms.enrich import EnrichFromFile, EnrichFromSnapshots, read_snapshot_file
-from transforms.pubsub_io import ReadFromPubSubPortable, flink_default_max_parallelism
+from transforms.pubsub_io import ReadFromPubSubPortable
 
 
 def _with_arrival_time(data: bytes) -> tuple[bytes, int]:
@@ -50,23 +50,22 @@ def metadata_snapshots(pipeline: beam.Pipeline, metadata_path: str | None, refre
 
 def read_events(pipeline: beam.Pipeline, runner: str, o: CountingOptions):
     """Message payloads from ``o.input_subscription``, as ``(bytes, arrival µs)``: the native
-    source on the local runner (publish times, wall-clock watermark) and on Dataflow
-    (``o.timestamp_attribute``), ``ReadFromPubSubPortable`` on every other runner (its
-    watermark never passes the wall clock plus ``o.max_future_skew_s``) with
-    ``source_readers`` readers spread over Flink's key groups (``--max_parallelism``, else
-    Flink's default for ``--parallelism``)."""
-    if runner == "local":
-        source = beam.io.ReadFromPubSub(subscription=o.input_subscription)
-    elif runners.native_pubsub(runner):
-        source = beam.io.ReadFromPubSub(subscription=o.input_subscription, timestamp_attribute=o.timestamp_attribute)
+    source where the runner has it (``RunnerProfile.native_pubsub``: element times from
+    ``o.timestamp_attribute`` where ``native_timestamp_attribute``, else publish times, and a
+    wall-clock watermark), else ``ReadFromPubSubPortable`` (its watermark never passes the wall
+    clock plus ``o.max_future_skew_s``) with ``source_readers`` readers placed by
+    ``runners.reader_placement`` and paced by ``runners.pull_pacing``."""
+    profile = runners.profile(runner)
+    if profile.native_pubsub:
+        source = beam.io.ReadFromPubSub(subscription=o.input_subscription, **(
+            {"timestamp_attribute": o.timestamp_attribute} if profile.native_timestamp_attribute else {}))
     else:
-        flink = pipeline.options.view_as(FlinkRunnerOptions)
+        options = pipeline.options
         source = ReadFromPubSubPortable(o.input_subscription, o.timestamp_attribute,
                                         max_future_skew_s=o.max_future_skew_s,
-                                        readers=source_readers(pipeline.options, runner),
-                                        max_parallelism=flink.max_parallelism if flink.max_parallelism > 0
-                                        else flink_default_max_parallelism(max(1, flink.parallelism)),
-                                        **runners.pull_pacing(runner, pipeline.options.view_as(
+                                        readers=source_readers(options, runner),
+                                        **runners.reader_placement(options, runner),
+                                        **runners.pull_pacing(runner, options.view_as(
                                             runners.FlinkJobOptions).max_bundle_time_ms))
     return pipeline | "read Pub/Sub" >> source | "arrival time" >> beam.Map(_with_arrival_time)
 
@@ -75,13 +74,13 @@ def source_readers(options: PipelineOptions, runner: str) -> int:
     """``--source_readers``, else ``--parallelism`` when it is given (one reader per source
     subtask: ``ReadFromPubSubPortable`` puts one on each), else 1. Raises ``ValueError`` for
     several readers where the dedup stage reads the watermark from element stamps
-    (``runners.stamped_watermark``: one reader's stamps are the source's watermark, several
+    (``RunnerProfile.stamped_watermark``: one reader's stamps are the source's watermark, several
     readers' are not)."""
     readers = options.view_as(CountingOptions).source_readers
     if readers is None:
         parallelism = options.view_as(FlinkRunnerOptions).parallelism
         readers = parallelism if parallelism and parallelism > 0 else 1
-    if readers > 1 and runners.stamped_watermark(runner):
+    if readers > 1 and runners.profile(runner).stamped_watermark:
         raise ValueError(f"--source_readers={readers}: the {runner} runner reads the watermark from the "
                          f"stamps of one reader; use 1")
     return readers
@@ -98,22 +97,24 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     pipeline = beam.Pipeline(options=options)
     count_and_store(read_events(pipeline, runner, o), enrichment(pipeline, runner, o),
                     policy_of(o, check_age=o.check_event_age, local=runner == "local"), o.early_firing_s, sinks,
-                    stamped_watermark=runners.stamped_watermark(runner))
+                    stamped_watermark=runners.profile(runner).stamped_watermark)
     return pipeline
 
 
 def enrichment(pipeline: beam.Pipeline, runner: str, o: CountingOptions) -> beam.PTransform:
     """How ``runner`` gets the metadata: a side input of snapshots where side inputs work
-    (``PeriodicImpulse`` re-reads the file when refreshing), else ``EnrichFromFile``.
-    Raises ``ValueError`` for ``--metadata_refresh_s`` on a runner that can do neither."""
-    if not runners.metadata_side_input(runner):
+    (``RunnerProfile.metadata_side_input``; ``PeriodicImpulse`` re-reads the file when
+    refreshing), else ``EnrichFromFile``. Raises ``ValueError`` for ``--metadata_refresh_s``
+    on a runner that can do neither."""
+    profile = runners.profile(runner)
+    if not profile.metadata_side_input:
         return EnrichFromFile(o.metadata_path, o.metadata_refresh_s)
-    if o.metadata_refresh_s and not runners.periodic_impulse(runner):
+    if o.metadata_refresh_s and not profile.periodic_impulse:
         raise ValueError(f"--metadata_refresh_s needs PeriodicImpulse and triggered side inputs; "
                          f"the {runner} runner lacks them")
     refreshing = bool(o.metadata_path and o.metadata_refresh_s)
     return EnrichFromSnapshots(metadata_snapshots(pipeline, o.metadata_path, o.metadata_refresh_s),
-                               triggered=refreshing or runners.trigger_read_once_side_input(runner))
+                               triggered=refreshing or profile.trigger_read_once_side_input)
 
 
 if __name__ == "__main__":

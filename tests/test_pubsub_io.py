@@ -15,9 +15,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.runners import runner_flags
-from transforms.pubsub_io import (PullWatermark, ReadFromPubSubPortable, WriteToPubSubPortable,
-                                  flink_default_max_parallelism, flink_key_group, message_timestamp_us,
+from pipelines.runners import flink_default_max_parallelism, flink_key_group, runner_flags
+from transforms.pubsub_io import (PullWatermark, ReadFromPubSubPortable, WriteToPubSubPortable, message_timestamp_us,
                                   reader_elements, subscription_of)
 from viewcounts import provision, replay
 
@@ -123,7 +122,7 @@ def test_pull_watermark_holds_the_earliest_of_the_sample_period_and_jumps_after_
 @pytest.mark.parametrize("readers", [1, 2, 3, 4, 8])
 def test_readers_fall_in_their_own_share_of_flink_key_groups(readers):
     sub = "projects/p/subscriptions/" + "s" * 150  # a name over 127 bytes: a two-byte length prefix
-    elements = reader_elements(sub, readers)
+    elements = reader_elements(sub, readers, flink_key_group, 128)
     assert len(set(elements)) == readers and {subscription_of(e) for e in elements} == {sub}
     for parallelism in (1, 2, 4, 8):
         subtasks = [flink_key_group(e) * parallelism // 128 for e in elements]
@@ -131,6 +130,8 @@ def test_readers_fall_in_their_own_share_of_flink_key_groups(readers):
         assert max(per_subtask) - min(per_subtask) <= 1 if readers >= parallelism else max(per_subtask) == 1
     with pytest.raises(ValueError):
         reader_elements(sub, 0)
+    with pytest.raises(ValueError):
+        reader_elements(sub, 129, flink_key_group, 128)
 
 
 @given(st.integers(1, 40), st.integers(1, 40), st.sampled_from([128, 256]),
@@ -144,7 +145,7 @@ def test_readers_spread_evenly_whenever_one_count_divides_the_other(readers, par
     two readers on one subtask at parallelism 9 to 15)."""
     if readers % parallelism and parallelism % readers:
         return
-    elements = reader_elements(sub, readers, max_parallelism)
+    elements = reader_elements(sub, readers, lambda e: flink_key_group(e, max_parallelism), max_parallelism)
     subtasks = [flink_key_group(e, max_parallelism) * parallelism // max_parallelism for e in elements]
     per_subtask = [subtasks.count(i) for i in range(parallelism)]
     assert max(per_subtask) == (readers // parallelism if readers >= parallelism else 1)
@@ -175,7 +176,7 @@ def test_flink_key_group_is_the_job_servers(tmp_path):
         "KeyGroupRangeAssignment.assignToKeyGroup(FlinkKey.of(s, StringUtf8Coder.of()), 128)); } }\n")
     cp = ":".join(str(p) for p in sorted((FLINK_JOB_SERVER_JAR.parent / "lib").glob("*.jar")))
     subprocess.run(["javac", "-cp", cp, "K.java"], cwd=tmp_path, check=True, timeout=120)
-    elements = reader_elements("projects/p/subscriptions/" + "x" * 200, 4) + ["", "é" * 70, "abc"]
+    elements = reader_elements("projects/p/subscriptions/" + "x" * 200, 4, flink_key_group, 128) + ["", "é" * 70, "abc"]
     out = subprocess.run(["java", "-cp", f"{cp}:{tmp_path}", "K", *elements], capture_output=True, text=True,
                          check=True, timeout=120).stdout.split()
     assert [int(x) for x in out] == [flink_key_group(e) for e in elements]

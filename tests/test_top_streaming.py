@@ -28,7 +28,7 @@ from schemas.event import US_PER_S, format_time_us
 from tests.test_properties import _EXAMPLES, LATENESS_S, START_US, _case, model
 from transforms.count_events import DAY_COUNTS, ROWS
 from transforms.enrich import EnrichFromSnapshots
-from transforms.top import TopEntities, cleanup_grace_for
+from transforms.top import TopEntities
 from viewcounts import provision
 from viewcounts.scenario import (FLINK_CASE_DEADLINE_S, METADATA, InSourceOrder, _finish_within,
                                  _snapshots_read_once, build_test_stream, payload_tag, policy_of_case)
@@ -112,7 +112,8 @@ def run_stream(case: dict, table: str, small_table: str, tmp: str | None = None,
         small = SinkConfig(PROJECT, INSTANCE, small_table, archive_path=None, dead_letter_topic=None,
                            dead_letter_path=f"{tmp}/dead-letters-small")
         ((counted[ROWS], counted[DAY_COUNTS])
-         | "small top" >> TopEntities(policy.allowed_lateness_s, SMALL_SHARDS, SMALL_K, cleanup_grace_for(options))
+         | "small top" >> TopEntities(policy.allowed_lateness_s, SMALL_SHARDS, SMALL_K,
+                                                  runners.top_cleanup_grace_s(options))
          | "write small top" >> bigtable_writer(small))
         result = pipeline.run()
         if flink:

@@ -10,7 +10,7 @@ Write budget (SPEC.md section 4: no input and no outage stalls the job for ever)
 has ``write_budget_s`` seconds of wall time in all, counted from the start of its first write,
 for all its flushes (the pending cells, written at the end of the bundle or whenever
 ``max_mutations_per_request`` cells are pending), requests and retries: a bundle of many
-flushes is not held flushes x budget (nor, on Flink, the checkpoint behind it). Within the
+flushes is not held flushes x budget (nor a checkpoint waiting for the bundle). Within the
 budget the sink makes attempts of at most
 ``attempt_timeout_s`` seconds each (one ``MutateRows`` call, no retry inside it: every cell
 carries an explicit timestamp, so every entry is idempotent), and retries the cells that
@@ -35,7 +35,7 @@ The request is built as raw protobuf messages (``google.bigtable.v2.MutateRowsRe
 and sent through the GAPIC client of google-cloud-bigtable's data client (its channel,
 credentials and routing headers): the client's own ``RowMutationEntry``/``SetCell`` objects
 and their proto-plus conversion cost about eight times as much CPU per cell, which was most
-of a Flink worker's time at high rates.
+of a worker's time at high rates.
 
 Output: ``DeadLetter`` for rows that could not be written, timestamped with the
 processing time of the failure.

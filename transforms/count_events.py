@@ -1,4 +1,4 @@
-"""The counting core shared by the streaming job, the batch recompute and the scenario runner.
+"""The counting core shared by the streaming job, the batch recompute and the scenario tests.
 
 ``CountEvents``: ``PCollection[(payload: bytes, arrival_us: int)]`` -> a dict of
 * ``rows``: ``list[AggregateRow]``, the rows of one firing (at most one per (video, type,

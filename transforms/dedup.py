@@ -24,34 +24,26 @@ product judge ``too_late`` against its own view of it, lagging by at most 5 s). 
 is per shard key, in state, and comes from one of two places:
 
 * ``stamped_watermark=True``: each element's timestamp is the watermark it arrived at
-  (``transforms.pubsub_io.ReadFromPubSubPortable`` stamps messages so, and the scenario
-  runner's ``TestStream`` does the same); a message is judged against its own stamp (or
-  the key's view from expiry timers, below, when that is higher), never against another
-  message's (SPEC's ``watermark_at_arrival`` is each message's own). Messages of one key
-  can reach this stage out of order wherever a runner fans one source out over parallel
-  subtasks: on Flink at parallelism 2 (the stage after a one-subtask source takes its
-  elements round robin) a later message's stamp, taken as the key's view, refused an
-  earlier copy the SPEC accepts (shared case 02, before the scenario runner kept its
-  source's order: ``viewcounts.scenario.InSourceOrder``). This is the path on Prism, with
-  one source reader, and of the scenario runner on Prism and Flink (one ``TestStream``):
-  the stamps of several readers are each their own reader's watermark, which can be above
-  the runner's (the minimum over the readers).
-* ``stamped_watermark=False`` (Flink, with any number of source readers; the native
-  ``ReadFromPubSub`` of the local runner and Dataflow, whose element timestamps are
-  publish or event times): every shard key keeps a
+  (``transforms.pubsub_io.ReadFromPubSubPortable`` with one reader stamps messages so, and
+  the scenario tests' ``TestStream`` does the same); a message is judged against its own
+  stamp (or the key's view from expiry timers, below, when that is higher), never against
+  another message's (SPEC's ``watermark_at_arrival`` is each message's own), so messages of
+  one key may reach this stage out of order. Only for one stamping source: the stamps of
+  several readers are each their own reader's watermark, which can be above the source's
+  (the minimum over the readers).
+* ``stamped_watermark=False`` (any number of source readers, or a source whose element
+  timestamps are publish or event times): every shard key keeps a
   *ladder* of event-time timers at ``view + 5 s * 2**i`` (i = 0..41, dynamic timer tags
   ``"0"`` .. ``"41"``). A timer that fires at ``T`` proves the watermark reached ``T``; the
   view becomes the highest rung that fired and the rungs up to one above it are set again
   from there (``_set_ladder``): while the watermark creeps forward rung 0 fires every 5 s
   of event time, and after a jump of D the view is back within 5 s in about
-  log2(D / 5 s) rounds (a round: the runner fires the due timers of a key together).
+  log2(D / 5 s) rounds (a round: the due timers of a key fire together).
   A ladder climbing from nowhere (the minimum of time, 292,000 years back) would take
   ~41 rounds, and every rung still below the watermark holds this stage's output
   watermark there (Beam holds a stateful DoFn's output watermark at its pending
-  event-time timers; Python's timers hold at their firing time): on the Flink session
-  cluster at parallelism 2 the windows stage's input watermark trailed the dedup stage's
-  by 1.5 years (then 118,000 years) for the first 15-40 s of every job, longer under
-  load, and on-time panes waited for it. So the ladder is found by a *search* from a
+  event-time timers; Python's timers hold at their firing time), and on-time panes
+  downstream wait for it. So the ladder is found by a *search* from a
   guess ``G`` of the watermark (``_maybe_search``): rungs ``"{k}d0"`` .. ``"{k}d41"`` at
   ``G - 5 s * 2**i`` (those above the view), ``k`` the search's slot. All the rungs below
   the watermark fire in the next round, and the highest of them is within ``|G - W|`` of
@@ -74,18 +66,17 @@ is per shard key, in state, and comes from one of two places:
   timers and starts at most ``SEARCH_SLOTS`` searches between two rounds whatever its
   elements carry. A replaced search's rungs that the new one does not set again stay:
   above the watermark of the round that tested it, they fire when the watermark gets
-  there, and any rung that fires proves it.
-  Prism (2.70) holds a stage's input watermark at its earliest pending timer, so the
-  ladder there advances 5 s per round (a 3,000-flight replay of 2013 had not caught up
-  after 240 s), which is why Prism takes the stamped path.
+  there, and any rung that fires proves it. Where a stage's input watermark is held at its
+  own earliest pending timer, the ladder advances 5 s per round: use the stamped view there
+  (related: apache/beam#29772).
 
 Expiry timers raise the view (in both modes): an expiry at ``T`` forgot ids, so no copy
 judged after it may be judged below ``T``; it fired at this stage's input watermark, which
-no later element of the key was stamped below (a runner holds a stage's output watermark
-until the elements before it are out). The view is per key: a runner orders a key's
-elements and timers by time, but not one key's timers against other keys' elements (Prism
-fires timers at the upstream watermark while older elements of other keys still wait in
-the stage: a view shared between keys ran hours ahead, ``repro_prism.py``). Both views are
+no later element of the key was stamped below (a stage's output watermark is held until
+the elements before it are out). The view is per key: Beam orders a key's elements and
+timers by time, but not one key's timers against other keys' elements (timers may fire at
+the upstream watermark while older elements of other keys still wait in the stage, so a
+view shared between keys could run hours ahead). Both views are
 lower bounds of the watermark each element of the key is judged at, so neither refuses an
 event the SPEC accepts.
 
@@ -137,7 +128,7 @@ def probe_elements(shards: int) -> list[TimestampedValue]:
 class _ShardIds:
     """The remembered ids of one shard key, ``{minute_s: set(ids)}``, at a state version, and
     the bag's entries per minute (``blobs``: re-added, not re-encoded, when the bag is
-    rewritten; the same objects as the bag's on a runner that keeps state in memory)."""
+    rewritten; the same objects as the bag's where state is kept in memory)."""
 
     def __init__(self, version: int, entries) -> None:
         self.version = version
@@ -185,8 +176,8 @@ def _slot_for(searches: list[tuple[int, int]], stamp_us: int, view_us: int) -> i
 
 
 def encode_ids(ids) -> bytes:
-    """A minute's ids as one opaque state value (a JSON array), so a runner that copies
-    state per access (the local runner deep-copies it) copies one object, not every id."""
+    """A minute's ids as one opaque state value (a JSON array), so state that is copied per
+    access (deep copies in memory) copies one object, not every id."""
     return dumps_exact(sorted(ids))
 
 

@@ -2,19 +2,18 @@
 ``PCollection[list[AggregateRow]] -> PCollection[list[EnrichedRow]]`` (one list per firing):
 
 * ``EnrichFromSnapshots(snapshots, triggered)``: through a side input of snapshots (read
-  once, refreshed by ``PeriodicImpulse``, or fed by a ``TestStream``: the scenario runner).
+  once, refreshed by ``PeriodicImpulse``, or fed by a ``TestStream`` in the scenario tests).
 * ``EnrichFromFile(path, refresh_s)``: each worker reads the metadata file itself and
   re-reads it every ``refresh_s`` seconds of processing time (the "slowly changing lookup
-  cache in a DoFn" pattern), for runners whose side inputs fail here: Beam 2.70's Flink
-  runner cannot checkpoint the side input's state and never updates a triggered one, and
-  Prism rejects triggered global-window side inputs (``pipelines.runners`` decides).
+  cache in a DoFn" pattern), for jobs where a side input cannot be used (the pipeline
+  builder chooses; related: apache/beam#31438).
 
 A metadata *snapshot* is ``(version, {video_id: (title, channel)})``; a newer version
 replaces the previous snapshot whole. ``LatestSnapshot`` gives the newest snapshot of a
 PCollection of snapshots (loaded once at start, refreshed periodically, or fed by a test)
 in the global window; used as ``AsList`` side input, ``Enrich`` takes the highest version
-it sees (runners differ in whether a global-window side input holds only the latest pane
-or every pane so far; this works with both) and stamps each ``AggregateRow`` with the
+it sees (a global-window side input may hold only the latest pane or every pane so far;
+this works with both) and stamps each ``AggregateRow`` with the
 title and channel of that snapshot when the pane passes (nulls for unknown entities,
 which are still written).
 """
@@ -83,9 +82,8 @@ class LatestSnapshot(beam.PTransform):
 
     ``triggered=True`` re-fires the newest snapshot on every new one, Beam's slowly-updating
     side input pattern (needed when snapshots keep coming: ``PeriodicImpulse``, a test
-    stream). ``triggered=False`` fires once, when its bounded input ends: Prism rejects
-    triggered global-window side inputs on unbounded pipelines
-    (https://github.com/apache/beam/issues/31438); ``pipelines.runners`` says which runner gets which.
+    stream). ``triggered=False`` fires once, when its bounded input ends, for where triggered
+    global-window side inputs are refused on unbounded pipelines (apache/beam#31438).
     """
 
     def __init__(self, triggered: bool) -> None:
@@ -115,7 +113,7 @@ class EnrichFromSnapshots(beam.PTransform):
 class EnrichFromFile(beam.PTransform):
     """Enrich from the metadata file at ``path`` (``read_snapshot_file``; ``None``: no
     metadata, nulls), re-read every ``refresh_s`` seconds (``None``: read once per worker).
-    A failed read never fails the worker (a restarted one would fail again, a Flink failover
+    A failed read never fails the worker (a restarted one would fail again: a restart
     loop): it is logged, a failed re-read keeps the previous snapshot, and a failed first read
     starts with an empty one (unknown entities: null title and channel, SPEC section 3),
     tried again at the next refresh (every ``RETRY_S`` seconds when not refreshing)."""
@@ -163,8 +161,8 @@ class Enrich(beam.DoFn):
         self._entries: dict = {}
 
     def process(self, rows: list[AggregateRow], snapshots: list):
-        # the list object may be new at a reused address with the same length (a runner may
-        # keep only the latest pane), so the newest entry's version is part of the marker
+        # the list object may be new at a reused address with the same length (the side input
+        # may keep only the latest pane), so the newest entry's version is part of the marker
         marker = (id(snapshots), len(snapshots), snapshots[-1][0] if snapshots else None)
         if marker != self._seen:
             self._seen = marker

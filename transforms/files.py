@@ -4,16 +4,14 @@
 -> files; outputs nothing. Each bundle's lines are written to files of their hour folder
 before the bundle ends (``finish_bundle``): one file per (bundle, hour) in the common case,
 more when a bundle buffers over ``max_buffer_bytes`` (64 MiB by default), which is written
-out early. There is no window and no ``GroupByKey``: a line is in a file before the runner
-commits the bundle that carried it, so before the source acknowledges its message (on
-Flink the streaming job finishes bundles at each checkpoint,
-``--finish_bundle_before_checkpointing``, and the source acks when the checkpoint
-completes). A job killed at any point has every acknowledged message's lines in files;
+out early. There is no window and no ``GroupByKey``: a line is in a file before the bundle
+that carried it is committed, so before the source acknowledges its message (where the
+source acknowledges at checkpoints, the job finishes bundles at each checkpoint). A job killed at any point has every acknowledged message's lines in files;
 lines of a bundle that failed or was not committed are written again when the message is
 redelivered, into another file (readers deduplicate by ``event_id``).
 
-How many files: one per bundle that carried lines of that hour. Measured (README, Raw
-archive): the demo on the local runner, Flink replays.
+How many files: one per bundle that carried lines of that hour (measured: README, Raw
+archive).
 
 Local folders are created as needed and each file is written under a ``.tmp`` name and
 renamed, so a reader never sees half a file; object stores (``gs://``) publish an object

@@ -1,6 +1,5 @@
-"""Beam metric names (SPEC.md section 5): the same counters on every runner, all in the
-``viewcounts`` namespace. Names are stable: dashboards and the bench read them (on Flink,
-from its REST metrics, per operator subtask).
+"""Beam metric names (SPEC.md section 5), all in the ``viewcounts`` namespace. Names are
+stable: dashboards and the bench read them (``viewcounts.job_metrics``).
 
 Counting core: ``events_in``, ``events_accepted``, ``duplicates_dropped``, ``dead_letters``
 (and ``dead_letters_<reason>``), ``aggregates_written``, ``write_failures``,

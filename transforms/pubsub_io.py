@@ -1,7 +1,8 @@
 """Portable Pub/Sub I/O: a source (a splittable DoFn that pulls) and a publishing sink.
 
-Python's native ``ReadFromPubSub`` runs only on Dataflow and the BundleBasedDirectRunner
-(DESIGN.md); ``ReadFromPubSubPortable`` runs on any portable runner. Shape::
+``ReadFromPubSubPortable`` is a Pub/Sub source built from a splittable DoFn, so it runs
+wherever Beam's portable Fn API does; Beam's own Python ``ReadFromPubSub`` is replaced by a
+native read only on some (apache/beam#27443). Shape::
 
     pipeline | ReadFromPubSubPortable("projects/P/subscriptions/S", timestamp_attribute="ts", readers=4)
       -> PCollection[bytes]   # message data, timestamped at the watermark when pulled
@@ -12,31 +13,29 @@ Semantics:
   subscription on their own (Pub/Sub hands each message to one of the outstanding pulls,
   and redelivers it to any of them), with their own watermark, their own
   acknowledgements and their own backoff; everything below holds per reader. The
-  runner's watermark of the source is the minimum over the readers. Each reader is an
-  element of its own (``reader_elements``), reshuffled between the impulse and the pull.
-  Beam's Flink runner keys a splittable DoFn's work by the element's encoding
-  (``SdfFlinkKeyKeySelector``), so the key group of that encoding (``flink_key_group``)
-  decides the subtask that runs the reader, whatever the reshuffle did: the elements are
-  salted so that reader ``i`` of ``n`` falls in the ``i``-th ``n``-th of the key groups,
-  which spreads the readers evenly over the subtasks whenever the parallelism divides the
-  number of readers or the reverse (no two on one subtask when they are equal). A reader that has
+  source's watermark is the minimum over the readers. Each reader is an element of its
+  own (``reader_elements``), reshuffled between the impulse and the pull. Where the
+  splittable DoFn's work is placed by a hash of the element into ``key_groups`` groups
+  (``key_group``, given by the pipeline builder), the elements are salted so that reader
+  ``i`` of ``n`` falls in the ``i``-th ``n``-th of the groups, which spreads the readers
+  evenly over the workers whenever the parallelism divides the number of readers or the
+  reverse (no two on one worker when they are equal). A reader that has
   never received a message holds the watermark at its start (the minimum of time) like a
   single reader does before the first message: the job's watermark moves once every
   reader has pulled something (with steady traffic every outstanding pull is served).
 
 * **Acknowledgement after durability.** The ack ids of a pull are acknowledged only once
   the bundle's outputs and state are in a completed checkpoint (``AckLedger``): after the
-  bundle's finalization callback and ``ACK_ROUNDS`` later rounds of finalization. The
-  rounds are needed because Beam 2.70's Flink runner, when checkpoint N completes,
-  finalizes every bundle finished so far, including bundles that ran after checkpoint N's
-  barrier (their effects are only in N+1): acknowledged at once, their messages were lost
-  when a task manager died and the job restored N (seen in the cluster fault tests). A
-  crash before the acknowledgement leaves the messages unacknowledged, and Pub/Sub
+  bundle's finalization callback and ``ACK_ROUNDS`` later rounds of finalization: a
+  finalization notice for checkpoint N may cover bundles that ran after N's barrier (their
+  effects are only in N+1), so a notice alone does not prove the bundle durable
+  (related: apache/beam#19525, bundle finalization at checkpoints). A crash before the acknowledgement leaves
+  the messages unacknowledged, and Pub/Sub
   redelivers them after the subscription's ack deadline; the dedup stage drops the copies
   that were already counted. Acknowledgements thus trail the pulls by about
   ``ACK_ROUNDS + 1`` checkpoint intervals: keep that under the ack deadline (60 s here,
-  checkpoints every 5 s) or every message comes back once as a duplicate. Needs
-  checkpointing on Flink (``--checkpointing_interval``), or nothing is ever acked.
+  checkpoints every 5 s) or every message comes back once as a duplicate. Where bundles
+  are finalized at checkpoints only, nothing is acknowledged without checkpointing.
   A failed acknowledgement is logged, not raised: the messages are redelivered and dropped
   as duplicates.
 * **Event-time watermark.** The publisher sets ``timestamp_attribute`` on each message to
@@ -79,19 +78,15 @@ Semantics:
 
 ``WriteToPubSubPortable(topic)`` publishes ``(data, attributes)`` pairs with the
 google-cloud-pubsub client, best effort and bounded: it never raises and never holds a
-bundle longer than its timeout (``_PublishFn``). It replaces Beam's ``WriteToPubSub``,
-which Prism rejects.
+bundle longer than its timeout (``_PublishFn``). It stands in for Beam's ``WriteToPubSub``,
+which does not run everywhere the Fn API does (apache/beam#27443).
 
 The restriction is an endless offset range with one position claimed per pull; the DoFn
 checkpoints itself (``defer_remainder``) after ``max_pull_s`` of pulling or on an empty
-pull, which is when the runner commits the bundle, and resumes ``pause_s`` later at the
-earliest. The pause is what lets Beam 2.70's Flink runner publish the watermark at all: its
-``ExecutableStageDoFnOperator`` counts the residual's watermark hold as an event-time timer
-of the bundle, so it defers the watermark update to a processing-time callback, and that
-callback emits nothing while a bundle is in progress. Resuming at once starts the next
-bundle first, every time, and the watermark never leaves the minimum; resuming after more
-than one bundle-check period (``--max_bundle_time_ms``, 1 s by default) lets it through.
-Pulls use the synchronous ``Pull`` RPC of ``google-cloud-pubsub`` (honours
+pull, which is when the bundle is committed, and resumes ``pause_s`` later at the
+earliest: a pause longer than the bundle-check period of an engine that publishes the
+watermark only between bundles lets the watermark through (related: apache/beam#19637,
+splittable DoFns in streaming). Pulls use the synchronous ``Pull`` RPC of ``google-cloud-pubsub`` (honours
 ``PUBSUB_EMULATOR_HOST``). The restriction and
 watermark shapes follow Beam's own ``PeriodicImpulse`` (``apache_beam.transforms.periodicsequence``).
 """
@@ -103,8 +98,6 @@ import sys
 import threading
 import time
 import uuid
-
-import mmh3
 
 import apache_beam as beam
 from apache_beam.io.iobase import WatermarkEstimator
@@ -124,75 +117,26 @@ MAX_PULL_RESPONSE_BYTES = 64 * 1024 * 1024  # six 10 MB messages with their attr
 MAX_BACKOFF_S = 30.0  # longest pause between two bundles after failed pulls
 ACK_RETRY_S = 10.0  # how long one acknowledge request is retried
 ACK_ROUNDS = 3  # finalization rounds after a bundle's own before its messages are acknowledged (AckLedger)
-# Flink's default max parallelism (the number of key groups) for operators of parallelism
-# up to 85: KeyGroupRangeAssignment.computeDefaultMaxParallelism
-FLINK_DEFAULT_MAX_PARALLELISM = 128  # Flink's default for parallelism up to 85 (flink_default_max_parallelism)
-
-
-def flink_default_max_parallelism(parallelism: int) -> int:
-    """Flink's default max parallelism (number of key groups) of an operator of ``parallelism``
-    (``KeyGroupRangeAssignment.computeDefaultMaxParallelism``): ``1.5 * parallelism`` rounded
-    up to a power of two, within ``[128, 32768]``."""
-    wanted = parallelism + parallelism // 2
-    return min(max(1 << max(0, (wanted - 1).bit_length()), 128), 32768)
 _READER_MARK = "#reader-"
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+def reader_elements(subscription: str, readers: int, key_group=None, key_groups: int = 1) -> list[str]:
+    """The elements of ``readers`` readers of ``subscription``: ``"<subscription>#reader-<i>-<salt>"``.
 
-
-def _flink_murmur(code: int) -> int:
-    """Flink's ``MathUtils.murmurHash(int)``: a non-negative int."""
-    m = 0xFFFFFFFF
-
-    def rotl(x: int, r: int) -> int:
-        return ((x << r) | (x >> (32 - r))) & m
-
-    code = rotl((code * 0xCC9E2D51) & m, 15)
-    code = rotl((code * 0x1B873593) & m, 13)
-    code = ((code * 5 + 0xE6546B64) & m) ^ 4
-    code ^= code >> 16
-    code = (code * 0x85EBCA6B) & m
-    code ^= code >> 13
-    code = (code * 0xC2B2AE35) & m
-    code ^= code >> 16
-    if code >= 1 << 31:
-        code -= 1 << 32
-    return code if code >= 0 else (-code if code != -(1 << 31) else 0)
-
-
-def flink_key_group(element: str, max_parallelism: int = FLINK_DEFAULT_MAX_PARALLELISM) -> int:
-    """The Flink key group of a ``str`` element of a splittable DoFn on Beam's Flink runner:
-    ``FlinkKey.hashCode`` (Guava's murmur3_128 of the element's nested ``StringUtf8Coder``
-    encoding, first 4 bytes) through ``KeyGroupRangeAssignment.assignToKeyGroup``. The
-    subtask that runs it is ``key group * parallelism // max_parallelism``. Checked against
-    the Java classes of the job server jar (tests/test_pubsub_io.py)."""
-    data = element.encode("utf-8")
-    code = int.from_bytes(mmh3.hash_bytes(_varint(len(data)) + data)[:4], "little", signed=True)
-    return _flink_murmur(code) % max_parallelism
-
-
-def reader_elements(subscription: str, readers: int,
-                    max_parallelism: int = FLINK_DEFAULT_MAX_PARALLELISM) -> list[str]:
-    """The elements of ``readers`` readers of ``subscription``: ``"<subscription>#reader-<i>-<salt>"``
-    with the smallest salt that puts reader ``i`` in key groups ``[ceil(i * m / readers),
-    ceil((i + 1) * m / readers))`` (``m = max_parallelism``; see the module docstring): Flink
-    gives key group ``g`` to subtask ``g * p // m``, so subtask ``j`` of ``p`` owns
-    ``[ceil(j * m / p), ceil((j + 1) * m / p))``, and with ``readers == p`` reader ``i`` is
-    on subtask ``i``. Raises ``ValueError`` when ``readers`` is not in ``1..max_parallelism``."""
-    if not 1 <= readers <= max_parallelism:
-        raise ValueError(f"readers must be 1..{max_parallelism}, not {readers}")
+    ``key_group(element) -> int`` in ``[0, key_groups)``: the group where the work of a reader
+    element runs, when work is placed so (group ``g`` on worker ``g * p // key_groups`` of
+    ``p``, so worker ``j`` owns ``[ceil(j * m / p), ceil((j + 1) * m / p))``, ``m =
+    key_groups``). Each reader ``i`` gets the smallest salt that puts it in groups
+    ``[ceil(i * m / readers), ceil((i + 1) * m / readers))``: with ``readers == p`` reader
+    ``i`` is on worker ``i``. Without ``key_group`` every salt is 0. Raises ``ValueError``
+    when ``readers`` is below 1, or above ``key_groups`` with a ``key_group``."""
+    if readers < 1 or (key_group is not None and readers > key_groups):
+        raise ValueError(f"readers must be 1..{key_groups if key_group is not None else 'any'}, not {readers}")
     out = []
     for i in range(readers):
-        low, high = -(-i * max_parallelism // readers), -(-(i + 1) * max_parallelism // readers)
+        low, high = -(-i * key_groups // readers), -(-(i + 1) * key_groups // readers)
         salt = 0
-        while not low <= flink_key_group(f"{subscription}{_READER_MARK}{i}-{salt}", max_parallelism) < high:
+        while key_group is not None and not low <= key_group(f"{subscription}{_READER_MARK}{i}-{salt}") < high:
             salt += 1
         out.append(f"{subscription}{_READER_MARK}{i}-{salt}")
     return out
@@ -348,7 +292,7 @@ class AckLedger:
     checkpoint surely holds their bundle (see the module docstring).
 
     A *round* is seen when a bundle that started after the previous round is finalized: the
-    runner finalizes a bundle only at a checkpoint's completion notice, so a bundle started
+    engine finalizes a bundle only at a checkpoint's completion notice, so a bundle started
     after notice N is finalized at a notice M > N, and every round is a later checkpoint.
     ``finalized`` files a bundle's ids when its own callback runs (that notice's checkpoint
     may not hold it) and releases them after ``rounds`` more rounds: checkpoint N + 1 was
@@ -365,8 +309,8 @@ class AckLedger:
     (``_PullFn.setup``): the SDK keeps a bundle's processor (its DoFn instance) until the
     bundle is finalized and reuses processors last-in first-out, so a ledger per instance
     could wait for ever for its instance's next bundle. Entries live in this process only;
-    after a crash they are lost and their messages redelivered (``pipelines.runners``
-    keeps no worker across a job restart). Thread-safe (callbacks and bundles run on the
+    after a crash they are lost and their messages redelivered (which is safe only if no
+    worker process is kept across a job restart). Thread-safe (callbacks and bundles run on the
     SDK's threads). Times are ``time.monotonic()`` seconds."""
 
     def __init__(self, rounds: int = ACK_ROUNDS) -> None:
@@ -458,8 +402,8 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
                 watermark=beam.DoFn.WatermarkEstimatorParam()):
         started = time.monotonic()
         subscription = subscription_of(reader)
-        # Every bundle asks for finalization, even one that pulled nothing: Prism sends
-        # FinalizeBundle for each bundle of the stage, which fails on a released one.
+        # Every bundle asks for finalization, even one that pulled nothing: a FinalizeBundle
+        # request may come for every bundle of the stage, and fails on a released one.
         acks: list[str] = []
         bundle = object()
         position = restriction_tracker.current_restriction().start
@@ -581,22 +525,21 @@ class ReadFromPubSubPortable(beam.PTransform):
     pulling per bundle, ``poll_s`` seconds between pulls when the subscription is empty,
     ``idle_s`` seconds of emptiness before the watermark moves on from the newest timestamp
     pulled (``PullWatermark.empty``),
-    ``pause_s`` seconds at least between two bundles of pulls (see the module docstring;
-    ``pipelines.runners.pull_pacing`` gives the values per runner), ``sample_s`` seconds of
+    ``pause_s`` seconds at least between two bundles of pulls (see the module docstring),
+    ``sample_s`` seconds of
     pulls whose earliest timestamp holds the watermark (``PullWatermark``),
     ``max_future_skew_s``: how far ahead of the wall clock a timestamp attribute may be read,
     and the watermark's ceiling above it; ``readers``: how many readers pull the subscription
-    (module docstring), spread for a Flink job whose max parallelism (number of key groups)
-    is ``max_parallelism``. Raises ``ValueError`` when ``readers`` is not in
-    ``1..max_parallelism``.
+    (module docstring), spread over ``key_groups`` groups by ``key_group`` when it is given
+    (``reader_elements``, which raises ``ValueError`` for a ``readers`` it refuses).
     """
 
     def __init__(self, subscription: str, timestamp_attribute: str | None = None, max_messages: int = 1000,
                  max_pull_s: float = 1.0, poll_s: float = 0.5, idle_s: float = 5.0, pause_s: float = 0.0,
                  sample_s: float = 60.0, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S, readers: int = 1,
-                 max_parallelism: int = FLINK_DEFAULT_MAX_PARALLELISM) -> None:
+                 key_group=None, key_groups: int = 1) -> None:
         super().__init__()
-        self._readers = reader_elements(subscription, readers, max_parallelism)
+        self._readers = reader_elements(subscription, readers, key_group, key_groups)
         self._fn = _PullFn(timestamp_attribute, max_messages, max_pull_s, poll_s, idle_s, pause_s, sample_s,
                            max_future_skew_s)
 

@@ -48,7 +48,7 @@ def cached_view(cache: dict, cache_key, version_state, build: Callable[[int], V]
 def new_version(view, version_state) -> None:
     """Call BEFORE changing a view and its key's state: the view and the state move to a fresh
     ``version_token``. Drawn first, so a handler that raises halfway leaves a view whose
-    version no committed state carries (the runner discards the failed bundle's writes,
+    version no committed state carries (Beam discards the failed bundle's writes,
     the version among them): the retry rebuilds it from state instead of trusting a view
     that already holds the failed attempt's changes."""
     view.version = version_token()

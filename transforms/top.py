@@ -30,12 +30,13 @@ State cleanup: every stage clears a key's state when an event-time timer at ``wi
 2 * window + allowed_lateness + WINDOW_LATENESS_MARGIN_S`` fires (``drop_at_s``; as
 ``transforms.aggregate.FirePanes`` drops a window; a day's lists use the day's size). No pane
 of a window is made after that drop time (a late pane is fired by an event accepted within the
-allowed lateness of the watermark), and the runner holds the watermark for the output of
-``FirePanes``' timers. On a runner that does not (Beam's Python DirectRunner), the state is
-cleared ``cleanup_grace_s`` of processing time after that timer fires (``cleanup_grace_for``):
-there one watermark jump fires ``FirePanes``' on-time panes and these stages' drop timers
-together, and a pane arriving after its window's state was cleared would start a new list
-holding only itself, with a newer base that wins (``tests/test_top_streaming.py`` failed so).
+allowed lateness of the watermark), as long as the watermark waits for the output of
+``FirePanes``' timers. Where it does not, give ``cleanup_grace_s``: the state is then cleared
+that many seconds of processing time after the drop timer fires. Without it, one watermark
+jump there fires ``FirePanes``' on-time panes and these stages' drop timers together, and a
+pane arriving after its window's state was cleared would start a new list holding only
+itself, with a newer base that wins (``tests/test_top_streaming.py`` failed so; related:
+apache/beam#20705, timer watermark holds in the Python SDK).
 
 Batch (``TopFromRows``: the recompute's ``list[EnrichedRow]`` per entity -> ``list[TopRow]``)
 ranks the final aggregates with Beam's ``combiners.Top.PerKey``: minute and hour lists of the
@@ -120,20 +121,6 @@ def top_of(counts, k: int = TOP_K) -> tuple:
     return tuple(sorted(counts, key=top_rank)[:k])
 
 
-def cleanup_grace_for(options) -> int | None:
-    """``CLEANUP_GRACE_S`` for a job on Beam's Python DirectRunner (``options``: its
-    ``PipelineOptions``), which does not hold the watermark for the output of timers; None (clear
-    at the drop time) on the other runners, which do, and where a processing-time timer set at
-    the end of a bounded job's input kept the job from ending (embedded Flink: measured, the
-    job ran past its 240 s deadline; it ends in seconds without it)."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    runner = options.view_as(StandardOptions).runner
-    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
-    return CLEANUP_GRACE_S if name in (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner") \
-        else None
-
-
 def drop_at_s(granularity: str, window_start_s: int, allowed_lateness_s: int) -> int:
     """When a stage's state of a window is cleared (module docstring), epoch seconds."""
     return window_start_s + 2 * TOP_GRANULARITY_SECONDS[granularity] + allowed_lateness_s + WINDOW_LATENESS_MARGIN_S
@@ -155,7 +142,7 @@ class WindowOffers(beam.DoFn):
     count among the bundle's elements (a higher count of a video holds every lower one: counts
     only grow), emitted at the end of the bundle, one element per key, timestamped with the
     window's start. Fewer, larger elements into the keyed stage: each element crossing a stage
-    costs the runner more than its offers."""
+    costs more than its offers."""
 
     def __init__(self, shards: int, offers_of) -> None:
         self._shards, self._offers_of = shards, offers_of
@@ -190,8 +177,8 @@ class _Cleared(beam.DoFn):
 
 def _cleanup_specs():
     """``(STATE, CLEANUP, on_cleanup, on_grace)`` of one ``_Cleared`` subclass: its state spec,
-    its watermark timer at ``drop_at_s``, and the callbacks that clear the state
-    ``CLEANUP_GRACE_S`` of processing time after that timer fired (new specs per class: Beam
+    its watermark timer at ``drop_at_s``, and the callbacks that clear the state when that
+    timer fires, or ``grace_s`` of processing time after it when set (new specs per class: Beam
     binds one callback per spec)."""
     state_spec = ReadModifyWriteStateSpec("state", BytesCoder())
     cleanup_spec = TimerSpec("cleanup", TimeDomain.WATERMARK)
@@ -259,7 +246,8 @@ class TopEntities(beam.PTransform):
     """Streaming top lists (module docstring): ``(rows, day_counts)``, ``CountEvents``' outputs
     of those names -> ``PCollection[list[TopRow]]``. ``k``: entries kept per window (``TOP_K``;
     tests use fewer).
-    ``cleanup_grace_s``: see the module docstring (``cleanup_grace_for``)."""
+    ``cleanup_grace_s``: seconds of processing time the state outlives its drop time, or None
+    to clear it at the drop time (module docstring, "State cleanup")."""
 
     def __init__(self, allowed_lateness_s: int, shards: int = TOP_SHARDS, k: int = TOP_K,
                  cleanup_grace_s: int | None = None) -> None:
