@@ -34,6 +34,8 @@ from tests.test_dataflow import (DATAFLOW_FLAGS, FLEX_TEMPLATE, PARAMETERS, coun
 METADATA = os.path.join(FLEX_TEMPLATE, "metadata.json")
 OUTPUTS_TF = os.path.join(REPO, "infra", "terraform", "outputs.tf")
 REQUIRED = {"input_subscription", "bigtable_project"}  # the job has no useful default for these on Dataflow
+LAUNCHER = launcher()
+STEP_NAMES = file_module(os.path.join(REPO, "infra", "dataflow", "step_names.py"))
 
 
 def _flags() -> dict:
@@ -52,10 +54,6 @@ def _metadata() -> tuple[dict, list]:
 
 def _switch(action) -> bool:
     return action.nargs == 0
-
-
-def _step_names():
-    return file_module(os.path.join(REPO, "infra", "dataflow", "step_names.py"))
 
 
 def test_every_job_flag_is_a_template_parameter_and_back():
@@ -105,7 +103,7 @@ def test_every_value_a_regex_admits_is_one_the_job_takes(parameter):
     name, value = parameter
     action = _flags()[name]
     try:
-        options = PipelineOptions(launcher().job_flags([f"--{name}={value}"])).view_as(CountingOptions)
+        options = PipelineOptions(LAUNCHER.job_flags([f"--{name}={value}"])).view_as(CountingOptions)
         parsed = getattr(options, action.dest)
     except SystemExit:  # argparse refused it
         pytest.fail(f"--{name}={value!r} matches the parameter's regex but the job refuses it")
@@ -129,22 +127,24 @@ def test_terraform_template_parameters_are_template_parameters():
 # -- job update
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(update=st.booleans(), age_check_off=st.booleans(), spelling=st.sampled_from([str.lower, str.upper, str.title]),
+       mapping_flag=st.sampled_from(["--transform_name_mapping", *LAUNCHER.DATAFLOW_SPELLINGS]),
        mapping=st.dictionaries(st.text(min_size=1), st.text(), max_size=4))
-def test_the_launcher_turns_update_parameters_into_beam_flags(update, age_check_off, spelling, mapping):
+def test_the_launcher_turns_update_parameters_into_beam_flags(update, age_check_off, spelling, mapping_flag, mapping):
     argv = [f"--update={spelling(str(update))}", f"--no_event_age_check={spelling(str(age_check_off))}",
-            f"--transformNameMapping={json.dumps(mapping)}"]
-    options = PipelineOptions(launcher().job_flags(argv))
+            f"{mapping_flag}={json.dumps(mapping)}"]
+    options = PipelineOptions(LAUNCHER.job_flags(argv))
     cloud = options.view_as(GoogleCloudOptions)
     assert (cloud.update, cloud.transform_name_mapping) == (update, mapping)
     assert options.view_as(CountingOptions).check_event_age is not age_check_off
 
 
+@settings(deadline=None)
 @given(st.text().filter(lambda v: v.lower() not in ("true", "false")))
 def test_the_launcher_refuses_a_switch_that_is_neither_true_nor_false(value):
     with pytest.raises(ValueError, match="--update"):
-        launcher().job_flags([f"--update={value}"])
+        LAUNCHER.job_flags([f"--update={value}"])
 
 
 def test_an_update_request_replaces_the_running_job_with_the_mapping(monkeypatch):
@@ -158,13 +158,13 @@ def test_an_update_request_replaces_the_running_job_with_the_mapping(monkeypatch
     monkeypatch.setattr(apiclient.DataflowApplicationClient, "job_id_for_name", job_id_for_name)
     argv = parameter_flags(PARAMETERS) + DATAFLOW_FLAGS + [
         "--job_name=viewcounts", "--update=true", f"--transformNameMapping={json.dumps(mapping)}"]
-    job = json.loads(launcher().launch(argv).job.json())
+    job = json.loads(LAUNCHER.launch(argv).job.json())
     assert asked == ["viewcounts"] and job["replaceJobId"] == "2026-12-01_00_00_00-123"
     assert job["transformNameMapping"] == mapping
 
 
 def test_every_step_of_the_running_job_is_in_the_job_or_mapped():
-    names = _step_names()
+    names = STEP_NAMES
     with open(names.STEP_NAMES) as f:
         recorded = json.load(f)
     with open(names.NAME_MAPPING) as f:
@@ -179,7 +179,7 @@ def test_every_step_of_the_running_job_is_in_the_job_or_mapped():
 def _renames(draw):
     """``(recorded steps, old prefix, new prefix)``: a prefix of a recorded step's name (whole
     ``/``-separated parts) and a name to give it that no recorded step starts with."""
-    with open(_step_names().STEP_NAMES) as f:
+    with open(STEP_NAMES.STEP_NAMES) as f:
         recorded = json.load(f)
     parts = draw(st.sampled_from(sorted(recorded))).split("/")
     old = "/".join(parts[:draw(st.integers(1, len(parts)))])
@@ -192,7 +192,7 @@ def _renames(draw):
 @given(_renames())
 def test_a_rename_is_lost_unless_mapped(rename):
     recorded, old, new = rename
-    names = _step_names()
+    names = STEP_NAMES
     current = {names.renamed(n, {old: new}) or n for n in recorded}
     moved = {n for n in recorded if names.renamed(n, {old: new}) is not None}
     assert moved and set(names.lost_steps(recorded, current, {})) == moved
@@ -204,7 +204,7 @@ def test_a_rename_is_lost_unless_mapped(rename):
 @given(st.dictionaries(st.text(st.characters(blacklist_characters="~"), min_size=1),
                        st.text(st.characters(blacklist_characters="~")), max_size=4))
 def test_the_update_parameters_carry_the_mapping_whole(mapping):
-    value = _step_names().update_parameters(mapping)
+    value = STEP_NAMES.update_parameters(mapping)
     separator = "~" if value.startswith("^~^") else ","  # gcloud's own separator syntax
     parameters = dict(p.split("=", 1) for p in value.removeprefix("^~^").split(separator))
     assert parameters.pop("update") == "true"

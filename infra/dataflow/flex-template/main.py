@@ -16,6 +16,7 @@ name, its steps matched by name.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -25,16 +26,18 @@ from apache_beam.runners.runner import PipelineResult
 from pipelines.runners import runner_flags
 from pipelines.streaming import build_pipeline
 
-# Dataflow's own spelling of a flag (its Java option name, as ``gcloud --parameters`` passes
-# it) -> Beam Python's
-DATAFLOW_SPELLINGS = {"--transformNameMapping": "--transform_name_mapping"}
+# Dataflow's own spellings of a flag (its Java option name, and the launch request's field, as
+# ``gcloud --parameters`` may pass them) -> Beam Python's
+DATAFLOW_SPELLINGS = {"--transformNameMapping": "--transform_name_mapping",
+                      "--transformNameMappings": "--transform_name_mapping"}
 _BOOLEANS = {"true": True, "false": False}
 
 
+@functools.cache
 def switches() -> frozenset[str]:
     """Every Beam flag that takes no value (``--update``, ``--no_event_age_check``, ...): the
     option strings of the zero-argument actions of the parser Beam builds from every
-    ``PipelineOptions`` subclass, this job's ``CountingOptions`` included."""
+    ``PipelineOptions`` subclass, this job's ``CountingOptions`` included (computed once)."""
     found: set[str] = set()
 
     def collect(parser: argparse.ArgumentParser) -> None:
