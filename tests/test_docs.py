@@ -13,8 +13,8 @@
   archive's schema, against the "Storage layout" tables;
 * the CLI: every ``viewcounts <command>`` the README names is a subcommand, and every
   subcommand is in its "Commands" table;
-* the README's pointers: no path outside the repository, no tracker note, and the
-  documentation links resolve.
+* the README's pointers: no path outside the repository, no tracker note, and its links to
+  Markdown files in the repository resolve, anchors included.
 """
 from __future__ import annotations
 
@@ -410,10 +410,27 @@ def test_cli_commands_in_the_readme_exist_and_every_command_is_in_its_table():
     assert not cli_commands() - listed, f"commands missing from the README's table: {sorted(cli_commands() - listed)}"
 
 
+def slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
 def test_readme_points_inside_the_repository():
     readme = README.read_text()
     outside = re.findall(r".*(?:\.\./shared/(?!cases)|SPEC\.md|DESIGN\.md|SPEC section|issue-\d+ notes|tracker).*", readme)
     assert not outside, "README points outside the repository:\n" + "\n".join(outside)
-    docs = section(readme, "Documentation")
-    for target in re.findall(r"\]\(([^)#]+)", docs):
+    for target in re.findall(r"\]\(([^)#]+)", section(readme, "Documentation")):
         assert (ROOT / target).exists(), f"README's Documentation links a missing file: {target}"
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/contract.md", "docs/decisions.md"])
+def test_links_to_markdown_files_resolve(document):
+    """Every link from ``document`` to a Markdown file of the repository (``x.md``, ``x.md#anchor``)
+    names a file that exists and, with an anchor, one of its headings."""
+    here = (ROOT / document).parent
+    for path, anchor in re.findall(r"\]\(([^):#]+\.md)(?:#([^)]+))?\)", (ROOT / document).read_text()):
+        target = (here / path).resolve()
+        assert target.is_relative_to(ROOT) and target.exists(), f"{document} links a missing file: {path}"
+        if anchor:
+            anchors = {slug(h) for h in re.findall(r"^#+ (.*)$", target.read_text(), re.M)}
+            assert anchor in anchors, f"{document} links {path}#{anchor}, which has no such heading"
