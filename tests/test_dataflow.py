@@ -193,10 +193,13 @@ def test_flex_template_image_copies_existing_files_and_every_package():
             op, *args = shlex.split(line)
             if op == "ARG" and args[0].startswith("WORKDIR="):
                 workdir = args[0].split("=", 1)[1]
-            elif op == "COPY":
-                source, target = args
-                assert os.path.exists(os.path.join(REPO, source)), source
-                copied[os.path.normpath(os.path.join(workdir, target if target != "." else os.path.basename(source)))] = source
+            elif op == "COPY":  # COPY source... target; a target folder (., or ending in /) keeps the names
+                *sources, target = args
+                into_folder = target == "." or target.endswith("/") or len(sources) > 1
+                for source in sources:
+                    assert os.path.exists(os.path.join(REPO, source)), source
+                    path = os.path.join(workdir, target, os.path.basename(source) if into_folder else "")
+                    copied[os.path.normpath(path)] = source
             elif op == "ENV":
                 name, value = args[0].split("=", 1)
                 env[name] = value.replace("${WORKDIR}", workdir)
@@ -204,6 +207,7 @@ def test_flex_template_image_copies_existing_files_and_every_package():
                 runs.append(args)
     assert copied[env["FLEX_TEMPLATE_PYTHON_PY_FILE"]] == "infra/dataflow/flex-template/main.py"
     assert copied[env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"]] == "setup.py"
+    assert copied[os.path.join(workdir, "pyproject.toml")] == "pyproject.toml"  # setup.py's metadata
     assert {p.split(".")[0] for p in _setup_packages()} <= {os.path.relpath(t, workdir) for t in copied}
     assert copied[os.path.join(workdir, "requirements.lock")] == "requirements.lock"
     assert ["pip", "install", "--no-cache-dir", "-r", "requirements.lock"] in runs
