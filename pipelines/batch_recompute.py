@@ -21,13 +21,18 @@ hours get the aggregates a recompute of their whole days would give them) and ra
 from all 24 hour rows, but writes neither those hours' aggregates nor their minute and hour
 lists nor their dead letters. A day still open gets no list (the archive does not hold the whole day yet, and a
 recompute's list would win over the streaming job's later ones); the job logs it with the
-time after which to run again. Cost: linear in the events read, up to 23 more hours of a
-partial day than the range.
+time after which to run again. Nor does a day with an hour that had events but cannot be
+read (``unreadable_hours``: no JSONL file left, not compacted under ``--parquet_path``, yet
+its hour list is stored): a list from part of a day would be low; the job logs the day and
+its hours (``RecomputeScope.incomplete_days``): run again with ``--parquet_path``. Cost:
+linear in the events read, up to 23 more hours of a partial day than the range.
 
 ``--after_restarts`` instead recomputes the closed hours that streaming jobs started
 without state may have left low (``pipelines.restarts.plan_recompute``; within
 ``[--start, --end)`` when those are given too), and logs the affected hours that are not
-closed yet (run it again after the time it gives); it is safe to run repeatedly::
+closed yet (run it again after the time it gives); it also rebuilds the day lists of the
+days a job restored from an older version's state counted low (``RecomputePlan.days``: in
+``days``, their hours read, none rewritten); it is safe to run repeatedly::
 
     python -m pipelines.batch_recompute --archive_path gs://B/archive --after_restarts --bigtable_project P ...
 
@@ -53,6 +58,7 @@ from collections import defaultdict
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import runners
@@ -60,6 +66,7 @@ from pipelines.graph import bigtable_writer, run_from_command_line
 from pipelines.options import DISTRIBUTED_SHARDS, CountingOptions, sinks_of
 from pipelines.restarts import closes_at_s, plan_recompute
 from pipelines.streaming import metadata_snapshots
+from schemas import storage
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folder
 from schemas.event import US_PER_S, format_time_us, parse_event_time
 from schemas.storage import TOP_GRANULARITY_SECONDS
@@ -109,12 +116,16 @@ class RecomputeScope:
     * ``open_days``: ``{day: closes_at_s}`` of the days holding one of ``hours`` that are not
       closed: no day list is written; run again after that time;
     * ``open_hours``: with ``--after_restarts``, ``{hour: closes_at_s}`` of the affected hours
-      not closed yet, not recomputed; run again after that time."""
+      not closed yet, not recomputed; run again after that time;
+    * ``incomplete_days``: ``{day: [hour, ...]}`` of the closed days holding one of ``hours``
+      whose listed hours cannot be read (``unreadable_hours``): their day lists are left as
+      they are; run again with ``--parquet_path`` holding those hours."""
 
     hours: list[int]
     days: list[int]
     open_days: dict[int, int]
     open_hours: dict[int, int]
+    incomplete_days: dict[int, list[int]] = dataclasses.field(default_factory=dict)
 
     @property
     def hours_read(self) -> list[int]:
@@ -131,15 +142,63 @@ def recompute_scope(archive_path: str, r: RecomputeOptions, allowed_lateness_s: 
                               range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S) if r.start or r.end else None)
         hours, lateness = plan.closed, plan.lateness_s
         open_hours = {h: closes_at_s(h, ARCHIVE_WINDOW_S, lateness[h]) for h in plan.open}
+        days_lateness = {d: max(late, allowed_lateness_s) for d, late in plan.days.items()}
     else:
         hours, lateness, open_hours = list(range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S)), {}, {}
-    days_lateness: dict[int, int] = {}
+        days_lateness = {}
     for h in hours:
         d = h - h % DAY_S
         days_lateness[d] = max(days_lateness.get(d, allowed_lateness_s), lateness.get(h, 0))
     closing = {d: closes_at_s(d, DAY_S, late) for d, late in days_lateness.items()}
-    return RecomputeScope(hours, sorted(d for d, at in closing.items() if at <= now_s),
-                          {d: at for d, at in sorted(closing.items()) if at > now_s}, open_hours)
+    closed = sorted(d for d, at in closing.items() if at <= now_s)
+    incomplete: dict[int, list[int]] = {}
+    if closed and not r.rows_path:  # only a job that writes day lists needs every hour of their days
+        unreadable = unreadable_hours(archive_path, r.parquet_path, r.view_as(CountingOptions),
+                                      [h for d in closed for h in range(d, d + DAY_S, ARCHIVE_WINDOW_S)])
+        for h in unreadable:
+            incomplete.setdefault(h - h % DAY_S, []).append(h)
+    return RecomputeScope(hours, [d for d in closed if d not in incomplete],
+                          {d: at for d, at in sorted(closing.items()) if at > now_s}, open_hours, incomplete)
+
+
+def unreadable_hours(archive_path: str, parquet_path: str | None, o: CountingOptions, hours: list[int]) -> list[int]:
+    """The ``hours`` (epoch s, sorted) that had events but cannot be read now: no JSONL file in
+    the archive (the raw retention deletes them), not compacted under ``parquet_path`` (or
+    none given), and an hour top list stored for them in ``o``'s Bigtable table (every hour
+    counted by the streaming job or a recompute has one; the table keeps them longer than the
+    raw archive keeps files). An hour with none of these had no events. Cost: one listing of
+    the hours' folders, one read of the top rows of their months (only for hours with no file)."""
+    listed = FileSystems.match(archive_patterns(archive_path, hours))
+    no_files = [h for h, result in zip(hours, listed) if not result.metadata_list]
+    if parquet_path:
+        no_files = sorted(set(no_files) - set(parquet_hours(parquet_path, no_files)))
+    if not no_files:
+        return []
+    stored = stored_hour_lists(o.bigtable_project, o.bigtable_instance, o.bigtable_table, no_files)
+    return [h for h in no_files if h in stored]
+
+
+def stored_hour_lists(project: str, instance: str, table: str, hours: list[int]) -> set[int]:
+    """The ``hours`` (epoch s) with a stored hour top list of any event type: one read of the hour
+    top rows of their months, filtered by Bigtable (a key regex on the months, a qualifier regex
+    on the hours, values stripped). A table that does not exist holds none."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud import bigtable
+    from google.cloud.bigtable import row_filters as rf
+
+    months = sorted({storage.period_of("hour", h) for h in hours})
+    key_regex = f"(?s)^#top#[^#]*#h#({'|'.join(months)})$".encode()
+    qualifier_regex = b"^(" + b"|".join(storage.qualifier(h) for h in hours) + b")$"
+    client = bigtable.Client(project=project, admin=False)
+    try:
+        rows = client.instance(instance).table(table).read_rows(filter_=rf.RowFilterChain([
+            rf.RowKeyRegexFilter(key_regex), rf.ColumnQualifierRegexFilter(qualifier_regex),
+            rf.CellsColumnLimitFilter(1), rf.StripValueTransformerFilter(True)]))
+        return {storage.window_of_qualifier(q) for row in rows for q in row.cells.get(storage.FAMILY, {})}
+    except NotFound:
+        return set()
+    finally:
+        client.close()
 
 
 def _log_scope(scope: RecomputeScope, after_restarts: bool) -> None:
@@ -150,6 +209,10 @@ def _log_scope(scope: RecomputeScope, after_restarts: bool) -> None:
                      _run_again(scope.open_hours))
     if scope.open_days:
         _LOG.warning("days not closed yet: their day top lists are not rebuilt: %s", _run_again(scope.open_days))
+    for day, hours in scope.incomplete_days.items():
+        _LOG.warning("day %s: its day top lists are not rebuilt: hours %s had events (their hour lists are stored) "
+                     "but have no archive file to read (the raw retention deleted them?); run again with "
+                     "--parquet_path holding their compacted copy", _times([day])[:10], _times(hours))
 
 
 def _times(starts) -> str:
@@ -183,8 +246,6 @@ class _NoteProgress(beam.DoFn):
 
 def parquet_hours(parquet_path: str, hours: list[int]) -> list[int]:
     """The ``hours`` compacted under ``parquet_path`` (their part file exists)."""
-    from apache_beam.io.filesystems import FileSystems
-
     from schemas.parquet_archive import hour_part_path
 
     return [h for h in hours if FileSystems.exists(hour_part_path(parquet_path, h))]

@@ -28,6 +28,16 @@ affected hours from the raw archive, once their windows have closed:
   overwrites with the same values), and is how the lists of days still open then get rebuilt.
   Cost: one listing of the archive's files (of the ``--start``/``--end`` hours when those
   are given).
+* A job restored *with* state, but from a checkpoint or savepoint of a version whose state
+  lacks a cell added later, finds that cell empty. ``transforms.aggregate.FirePanes`` tells
+  such a key (its ``dropped_hour_day_counts`` cell is written whenever the key holds state,
+  so an empty cell beside other state is an older version's), marks the day counts it emits
+  of days begun by then incomplete, and names those days in markers with ``"lacks_state":
+  LACKS_DAY_COUNTS, "days": [day start, ...]`` (``write_marker``): their counts miss the hours
+  the older job had dropped. ``plan_recompute`` turns them into ``days``;
+  ``--after_restarts`` rebuilds their day lists once they close, reading their hours
+  without rewriting them. A cell added by a later version follows the
+  same pattern: written whenever the key has state, its absence is the marker.
 
 ``CLOSE_MARGIN_S`` assumes a job that keeps up: its watermark then trails the wall clock by
 the portable source's sample period (the earliest timestamp pulled in the last 60 s,
@@ -49,6 +59,7 @@ import orjson
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.archive import ARCHIVE_WINDOW_S, RESTARTS_FOLDER, hour_folder, parse_file_path, restart_marker_path
+from schemas.storage import TOP_GRANULARITY_SECONDS
 
 _LOG = logging.getLogger(__name__)
 
@@ -58,6 +69,23 @@ _LOG = logging.getLogger(__name__)
 # an hour could be recomputed while the job still accepts its events, and their late panes
 # (cells stamped from the job's window state) would lose to the recompute's newer cell.
 CLOSE_MARGIN_S = 300
+# A marker's "lacks_state": a job restored from a checkpoint of a version without
+# ``transforms.aggregate``'s day counts of dropped hours (module docstring).
+LACKS_DAY_COUNTS = "dropped_hour_day_counts"
+_DAY_S = TOP_GRANULARITY_SECONDS["day"]
+
+
+def write_marker(archive_path: str, run_id: str, allowed_lateness_s: int, started_ms: int, **fields) -> str:
+    """Write a restart marker (``schemas.archive.restart_marker_path``; JSON ``{"run_id",
+    "started_ms", "allowed_lateness_s", **fields}``) under ``archive_path`` (local or ``gs://``);
+    returns its path."""
+    path = restart_marker_path(archive_path, started_ms, run_id)
+    if "://" not in path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with FileSystems.create(path) as f:
+        f.write(orjson.dumps({"run_id": run_id, "started_ms": started_ms, "allowed_lateness_s": allowed_lateness_s,
+                              **fields}))
+    return path
 
 
 class _WriteMarker(beam.DoFn):
@@ -65,13 +93,7 @@ class _WriteMarker(beam.DoFn):
         self._archive_path, self._run_id, self._allowed_lateness_s = archive_path, run_id, allowed_lateness_s
 
     def process(self, _impulse) -> None:
-        started_ms = time.time_ns() // 1_000_000
-        path = restart_marker_path(self._archive_path, started_ms, self._run_id)
-        if "://" not in path:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        with FileSystems.create(path) as f:
-            f.write(orjson.dumps({"run_id": self._run_id, "started_ms": started_ms,
-                                  "allowed_lateness_s": self._allowed_lateness_s}))
+        path = write_marker(self._archive_path, self._run_id, self._allowed_lateness_s, time.time_ns() // 1_000_000)
         _LOG.warning("run %s started without the state of any job before it (%s): aggregates of windows "
                      "that job stored and this one writes may stay low until recomputed; once they have "
                      "closed, run: python -m pipelines.batch_recompute --archive_path %s --after_restarts "
@@ -100,11 +122,14 @@ def closes_at_s(window_start_s: int, window_s: int, allowed_lateness_s: int) -> 
 class RecomputePlan:
     """Hours (epoch seconds of their start, sorted) affected by starts without state, and
     ``lateness_s``: each one's allowed lateness (the largest of the runs' markers that select
-    it; ``closes_at_s``)."""
+    it; ``closes_at_s``); ``days``: ``{day start: allowed lateness}`` of the days whose day top
+    lists a job restored without the day counts of dropped hours (``LACKS_DAY_COUNTS``) kept
+    low: their lists are rebuilt once they close, their hours are not rewritten."""
 
     closed: list[int]
     open: list[int]
     lateness_s: dict[int, int] = field(default_factory=dict)
+    days: dict[int, int] = field(default_factory=dict)
 
 
 def _match(patterns: list[str]) -> list[str]:
@@ -128,11 +153,17 @@ def plan_recompute(archive_path: str, now_s: float, hours: range | None = None) 
             runs_of_hour[name.hour_s].add(name.run_id)
             hours_of_run[name.run_id].add(name.hour_s)
     lateness_by_hour: dict[int, int] = {}
+    lateness_by_day: dict[int, int] = {}
     for marker in markers:
         run_id = marker["run_id"]
+        if marker.get("lacks_state") == LACKS_DAY_COUNTS:
+            for d in marker["days"]:
+                if hours is None or any(d <= h < d + _DAY_S for h in hours):
+                    lateness_by_day[d] = max(lateness_by_day.get(d, 0), marker["allowed_lateness_s"])
         for hour_s in hours_of_run.get(run_id, ()):
             if runs_of_hour[hour_s] - {run_id}:  # another run wrote there, whenever
                 lateness_by_hour[hour_s] = max(lateness_by_hour.get(hour_s, 0), marker["allowed_lateness_s"])
     closed = sorted(h for h, lateness in lateness_by_hour.items()
                     if closes_at_s(h, ARCHIVE_WINDOW_S, lateness) <= now_s)
-    return RecomputePlan(closed, sorted(set(lateness_by_hour) - set(closed)), lateness_by_hour)
+    return RecomputePlan(closed, sorted(set(lateness_by_hour) - set(closed)), lateness_by_hour,
+                         dict(sorted(lateness_by_day.items())))

@@ -10,15 +10,17 @@ dry run's shape: no Bigtable). The scope of ranges over day boundaries at any wa
 lateness is checked against its rule (holds).
 
 On the emulator: a one-hour recompute of a closed day whose other hours are in Parquet only
-(their JSONL deleted by the raw retention) keeps the day's list with ``--parquet-path`` (holds)
-and lowers it without (xfail, not fixed: an hour with no files cannot be told from an empty
-one when the job is built, so refusing needs a rule the README does not state yet).
+(their JSONL deleted by the raw retention) rebuilds the day's list with ``--parquet-path``, and
+without it leaves the list alone and reports the day (``RecomputeScope.incomplete_days``): an
+hour with no file but a stored hour list had events that cannot be read
+(``batch_recompute.unreadable_hours``).
 """
 from __future__ import annotations
 
 import base64
 import os
 import shutil
+import time
 
 import orjson
 import pytest
@@ -63,7 +65,8 @@ def test_a_recompute_writes_dead_letters_of_its_hours_only(tmp_path):
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.integers(-30, 30), st.integers(1, 50), st.integers(0, 3 * DAY_S), st.sampled_from([0, 600, 3600, DAY_S]))
 def test_scope_days_are_those_of_the_hours_and_closed_by_their_last_hour(start_h, n_h, now_after_s, lateness_s):
-    """Ranges over and at day boundaries: every hour is in exactly one UTC day of ``days`` or
+    """Ranges over and at day boundaries (a dry run's scope: ``--rows_path``, no stored lists
+    read for ``incomplete_days``): every hour is in exactly one UTC day of ``days`` or
     ``open_days``; a day is closed exactly when its last hour is (hour end + lateness +
     margin), and ``hours_read`` is the hours plus whole closed days, nothing of an open day
     outside the range."""
@@ -71,7 +74,7 @@ def test_scope_days_are_those_of_the_hours_and_closed_by_their_last_hour(start_h
     end_s = start_s + n_h * 3600
     now_s = DAY0_S + now_after_s
     r = RecomputeOptions([f"--start={format_time_us(start_s * US_PER_S)}",
-                          f"--end={format_time_us(end_s * US_PER_S)}"])
+                          f"--end={format_time_us(end_s * US_PER_S)}", "--rows_path=/nonexistent-rows"])
     scope = recompute_scope("/nonexistent", r, lateness_s, now_s)
     hours = list(range(start_s, end_s, 3600))
     assert scope.hours == hours
@@ -91,18 +94,13 @@ def _t(s: int) -> str:
 
 
 @pytest.mark.emulator
-@pytest.mark.parametrize("with_parquet", [
-    True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "d296009: a recompute of one hour of a closed day rebuilds the day's list from whatever of the other "
-        "23 hours it finds; hours compacted to Parquet whose JSONL the raw retention deleted are not read "
-        "without --parquet-path, so the day's list is overwritten with the counts of the hours left (before "
-        "d296009 a partial-day recompute left day lists alone)"))),
-])
+@pytest.mark.parametrize("with_parquet", [True, False])
 def test_a_one_hour_recompute_keeps_the_day_list_whose_other_hours_are_in_parquet_only(table, tmp_path,
                                                                                        with_parquet):
     """Hour 02 compacted to Parquet and its JSONL gone (the raw archive's 30-day retention), then
-    hour 15 recomputed: the day's list still counts hour 02 (as it does when given ``--parquet-path``)."""
+    hour 15 recomputed: the day's list still counts hour 02 -- rebuilt with ``--parquet-path``,
+    left alone without it and the day reported (``incomplete_days``: hour 02, whose hour list
+    is stored but no file is left) with what to pass."""
     from pipelines.compact import compact
     from tests.test_break2_top_restart import DAY_S as DAY, OLD_RUN
     from tests.test_top_repair import _archive, _cli, _copy, _day_list
@@ -120,3 +118,14 @@ def test_a_one_hour_recompute_keeps_the_day_list_whose_other_hours_are_in_parque
     flags = ("--parquet-path", parquet) if with_parquet else ()
     assert main(_cli(table, archive, "--start", _t(DAY + 15 * 3600), "--end", _t(DAY + 16 * 3600), *flags)) == 0
     assert _day_list(table) == [("A", 3), ("B", 2)]
+    scope = recompute_scope(archive, RecomputeOptions(_job_flags(table, archive, DAY + 15 * 3600, *flags)), 600,
+                            time.time())
+    assert (scope.days, scope.incomplete_days) == (([DAY], {}) if with_parquet else ([], {DAY: [DAY + 2 * 3600]}))
+
+
+def _job_flags(table: tuple, archive: str, hour_s: int, *cli_flags: str) -> list[str]:
+    """The recompute job's flags for one hour (``--parquet-path P`` given as ``cli_flags``)."""
+    project, instance, name = table
+    parquet = [f"--parquet_path={cli_flags[1]}"] if cli_flags else []
+    return [f"--archive_path={archive}", f"--bigtable_project={project}", f"--bigtable_instance={instance}",
+            f"--bigtable_table={name}", f"--start={_t(hour_s)}", f"--end={_t(hour_s + 3600)}", *parquet]

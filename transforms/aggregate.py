@@ -42,15 +42,30 @@ encoded ``{(video, type): Aggregate}`` of one input element), rewritten without 
 window's entries whenever a window is dropped (the entries are kept encoded in memory, so a
 rewrite encodes nothing); the pane bookkeeping ``{window: (next pane index,
 on-time fired, cell timestamp base ms)}``; the day counts of dropped hour windows
-``{day_start_s: {(video, type): count}}``; a version, a fresh random token drawn before every
+(``dropped_hour_day_counts``: ``{"days": [[day_start_s, [[video, type, count], ...]], ...],
+"unknown_before_s": s or null, "marked_days": [day_start_s, ...]}``); a version, a fresh random token drawn before every
 write (``state_values.new_version``). As in ``transforms.dedup``, each process
 keeps the merged aggregates of the keys it serves in memory, tagged with the version they
 were built from (``state_values.cached_view``), and rebuilds them from the bag when the
 version differs (a key that moved or a restored job): the rebuilt windows count every
 (video, type) as changed, so the next pane re-sends them rather than miss one.
+
+State added by a later version is empty when a job is restored from an older version's
+checkpoint or savepoint. The dropped hours' cell is written whenever the bookkeeping is (both
+are cleared once the key holds nothing), so a key with bookkeeping or entries and no such
+cell was written by a version without it (the version
+before 6266ca2, or 6266ca2 itself, which cleared the cell between days: a needless repair
+then): the hours that version dropped are unknown. Such a key sets ``unknown_before_s`` to
+the wall clock, marks the ``DayCount``s of the days begun before it incomplete
+(``complete=False``) until the last of them is done, and for each such day, at its first
+incomplete count, writes a restart marker naming it (``pipelines.restarts.LACKS_DAY_COUNTS``;
+``marked_days``), so ``--after_restarts`` rebuilds that day's list from the archive once it
+closes. A cell added later should follow the same rule: written
+whenever the key holds state, so its absence is detectable.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import defaultdict
 from typing import NamedTuple
@@ -64,12 +79,15 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from schemas.event import US_PER_S
+from pipelines.restarts import LACKS_DAY_COUNTS, write_marker
+from schemas.archive import new_run_id
+from schemas.event import US_PER_S, format_time_us
 from schemas.storage import (EMPTY, GRANULARITY_SECONDS, TOP_GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, merge,
                              wall_clock_ms)
 from transforms.state_values import cached_view, dumps_exact, new_version
 from transforms.validate import shard_of
 
+_LOG = logging.getLogger(__name__)
 WINDOW_LATENESS_MARGIN_S = 60
 DAY_COUNTS = "day_counts"  # FirePanes' tagged output of DayCount lists
 _HOUR_S = GRANULARITY_SECONDS["hour"]
@@ -94,12 +112,16 @@ class AggregateRow(NamedTuple):
 
 
 class DayCount(NamedTuple):
-    """The count of one (video, type) over the UTC day starting at ``day_start_s`` so far."""
+    """The count of one (video, type) over the UTC day starting at ``day_start_s`` so far;
+    ``complete`` False: the key was restored from state without the day counts of its dropped
+    hours (module doc), so ``count`` may miss some and a restart marker asks for the day's
+    list to be rebuilt."""
 
     video_id: str
     event_type: str
     day_start_s: int
     count: int
+    complete: bool = True
 
 
 def aggregate_events(events) -> dict[tuple[str, str], Aggregate]:
@@ -189,18 +211,40 @@ class _Window:
 
 class _ShardWindows:
     """The open windows of one pane shard, ``{(size_s, start_s): _Window}``, and the day counts
-    of its dropped hour windows, ``{day_start_s: {(video, type): count}}``, at a state version."""
+    of its dropped hour windows, ``{day_start_s: {(video, type): count}}``, at a state version.
+
+    ``unknown_before_s``: None, or the wall clock (epoch s) at which the key was found restored
+    without its dropped hours' cell: the days begun by then miss them; ``marked_days``: those
+    of them a restart marker names, ``unmarked_days`` those it must name (an incomplete count
+    was emitted). ``restored_without_cell``: found so when built, not yet handled
+    (``FirePanes._shard``). ``cell_present``/``cell_changed``:
+    whether the cell holds a value, and whether it is behind this view (``FirePanes._commit``)."""
 
     def __init__(self, version: int, bookkeeping: bytes | None, entries, dropped_hours: bytes | None) -> None:
         self.version = version
         self.windows: dict[tuple[int, int], _Window] = {}
+        stored = orjson.loads(dropped_hours) if dropped_hours is not None else {}
+        if isinstance(stored, list):  # the cell as written before it kept unknown_before_s
+            stored = {"days": stored}
         self.dropped_hours: dict[int, dict[tuple[str, str], int]] = {
-            day_s: {(v, t): c for v, t, c in counts} for day_s, counts in orjson.loads(dropped_hours or b"[]")}
+            day_s: {(v, t): c for v, t, c in counts} for day_s, counts in stored.get("days", [])}
+        self.unknown_before_s: int | None = stored.get("unknown_before_s")
+        self.marked_days: set[int] = set(stored.get("marked_days", []))
+        self.unmarked_days: set[int] = set()
         # state written before windows kept a base (four fields) takes the base from now
         for size_s, start_s, next_pane, fired, *base_ms in orjson.loads(bookkeeping or b"[]"):
             self.windows[(size_s, start_s)] = _Window(base_ms[0] if base_ms else wall_clock_ms(), next_pane, fired)
         for size_s, start_s, blob in entries:
             self.window(size_s, start_s).add(decode_partials(blob), blob)
+        self.cell_present = dropped_hours is not None
+        self.cell_changed = False
+        # this version writes the cell whenever it writes the bookkeeping: bookkeeping or
+        # entries without it are an older version's (or one of 6266ca2's keys with no dropped
+        # hours then)
+        self.restored_without_cell = not self.cell_present and (bookkeeping is not None or bool(self.windows))
+
+    def holds_state(self) -> bool:
+        return bool(self.windows or self.dropped_hours or self.unknown_before_s is not None)
 
     def window(self, size_s: int, start_s: int) -> _Window:
         w = self.windows.get((size_s, start_s))
@@ -212,14 +256,16 @@ class _ShardWindows:
         return orjson.dumps([[s, t, w.next_pane, w.on_time_fired, w.base_ms] for (s, t), w in self.windows.items()])
 
     def encoded_dropped_hours(self) -> bytes:
-        return orjson.dumps([[day_s, [[v, t, c] for (v, t), c in counts.items()]]
-                             for day_s, counts in self.dropped_hours.items()])
+        return orjson.dumps({"days": [[day_s, [[v, t, c] for (v, t), c in counts.items()]]
+                                      for day_s, counts in self.dropped_hours.items()],
+                             "unknown_before_s": self.unknown_before_s, "marked_days": sorted(self.marked_days)})
 
     def drop_hour(self, start_s: int, w: _Window) -> None:
         """Fold a dropped hour window's counts into its day's."""
         day = self.dropped_hours.setdefault(start_s - start_s % _DAY_S, {})
         for key, agg in w.aggs.items():
             day[key] = day.get(key, 0) + agg.count
+        self.cell_changed = True
 
     def day_counts(self, out: list, hour_start_s: int, keys) -> None:
         """Append the ``DayCount`` of each (video, type) of ``keys`` for the day of ``hour_start_s``."""
@@ -227,9 +273,12 @@ class _ShardWindows:
         dropped = self.dropped_hours.get(day_s, {})
         hours = [w.aggs for (size_s, start_s), w in self.windows.items()
                  if size_s == _HOUR_S and start_s - start_s % _DAY_S == day_s]
+        complete = self.unknown_before_s is None or day_s >= self.unknown_before_s
+        if not complete and day_s not in self.marked_days:
+            self.unmarked_days.add(day_s)
         for key in keys:
             out.append(DayCount(key[0], key[1], day_s,
-                                dropped.get(key, 0) + sum(aggs[key].count for aggs in hours if key in aggs)))
+                                dropped.get(key, 0) + sum(aggs[key].count for aggs in hours if key in aggs), complete))
 
 
 # Per pipeline (keyed by a token made at construction) and shard key, in this process.
@@ -237,7 +286,9 @@ _WINDOWS: dict[tuple[str, int], _ShardWindows] = {}
 
 
 class FirePanes(beam.DoFn):
-    """See the module doc. ``early_firing_s=None``: only on-time panes (batch)."""
+    """See the module doc. ``early_firing_s=None``: only on-time panes (batch).
+    ``archive_path``: where a key restored without its dropped hours' cell writes its restart
+    marker (``pipelines.restarts.write_marker``); None: it only logs a warning."""
 
     PARTIALS = BagStateSpec("partials", TupleCoder((VarIntCoder(), VarIntCoder(), BytesCoder())))
     PANES = ReadModifyWriteStateSpec("panes", BytesCoder())
@@ -247,20 +298,65 @@ class FirePanes(beam.DoFn):
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
     EARLY = TimerSpec("early", TimeDomain.REAL_TIME)
 
-    def __init__(self, allowed_lateness_s: int, early_firing_s: int | None) -> None:
+    def __init__(self, allowed_lateness_s: int, early_firing_s: int | None, archive_path: str | None = None) -> None:
         self._lateness_s = allowed_lateness_s
         self._early_s = early_firing_s
+        self._archive_path = archive_path
         self._token = uuid.uuid4().hex
 
     def _shard(self, key, bag, panes, dropped_hours, version) -> _ShardWindows:
-        return cached_view(_WINDOWS, (self._token, key), version,
-                           lambda v: _ShardWindows(v, panes.read(), bag.read(), dropped_hours.read()))
+        shard = cached_view(_WINDOWS, (self._token, key), version,
+                            lambda v: _ShardWindows(v, panes.read(), bag.read(), dropped_hours.read()))
+        if shard.restored_without_cell:
+            self._restored_without_cell(key, shard)
+        return shard
 
     @staticmethod
-    def _commit(shard: _ShardWindows, panes) -> None:
-        """Write the pane bookkeeping; the caller drew the version (``new_version``) before it
-        changed the view."""
-        panes.write(shard.bookkeeping())
+    def _restored_without_cell(key, shard: _ShardWindows) -> None:
+        """A key restored from an older version's state (no dropped hours' cell): the days begun
+        by now may miss the hours that version dropped. Their ``DayCount``s are marked
+        incomplete from here on (``_mark_days`` names them in restart markers); the caller's
+        commit writes the cell."""
+        shard.restored_without_cell = False
+        shard.unknown_before_s = wall_clock_ms() // 1000
+        shard.cell_changed = True
+        _LOG.warning("pane shard %s was restored from state without its day counts of dropped hours (a checkpoint "
+                     "of an older version): the day top lists of the days begun by now may stay low until "
+                     "python -m pipelines.batch_recompute --after_restarts rebuilds them", key)
+
+    def _mark_days(self, key, shard: _ShardWindows) -> None:
+        """Write a restart marker (``pipelines.restarts.LACKS_DAY_COUNTS``) naming the days this
+        key emitted their first incomplete ``DayCount`` of, so ``--after_restarts`` rebuilds
+        their lists once they close; without ``archive_path`` only log them."""
+        days = sorted(shard.unmarked_days)
+        path = None
+        if self._archive_path:
+            path = write_marker(self._archive_path, f"{key}-{new_run_id()}", self._lateness_s, wall_clock_ms(),
+                                lacks_state=LACKS_DAY_COUNTS, days=days)
+        _LOG.warning("pane shard %s: day counts of %s miss the hours an older version dropped; restart marker %s",
+                     key, [_utc_day(d) for d in days], path)
+        shard.marked_days.update(days)
+        shard.unmarked_days.clear()
+        shard.cell_changed = True
+
+    def _commit(self, key, shard: _ShardWindows, panes, dropped_hours) -> None:
+        """Write the pane bookkeeping, and the dropped hours' cell if it is behind the view: a
+        key holding state has both (``_ShardWindows``), one holding none has neither; first
+        the restart marker of days with a first incomplete count (``_mark_days``). The caller
+        drew the version (``new_version``) before it changed the view."""
+        if shard.unmarked_days:
+            self._mark_days(key, shard)
+        if shard.holds_state():
+            panes.write(shard.bookkeeping())
+            if shard.cell_changed or not shard.cell_present:
+                dropped_hours.write(shard.encoded_dropped_hours())
+                shard.cell_present = True
+        else:
+            panes.clear()
+            if shard.cell_present:
+                dropped_hours.clear()
+                shard.cell_present = False
+        shard.cell_changed = False
 
     @staticmethod
     def _on_time_at_us(size_s: int, start_s: int) -> int:
@@ -282,10 +378,11 @@ class FirePanes(beam.DoFn):
     def _next_boundary_us(self, shard: _ShardWindows) -> int | None:
         """When the watermark next matters: the earliest end of a window not yet fired on
         time (``_on_time_at_us``), drop time of one that was, or ``_day_done_us`` of a day
-        whose dropped hours' counts are kept."""
+        whose dropped hours' counts are kept, or of the last day ``unknown_before_s`` marks."""
+        unknown = [] if shard.unknown_before_s is None else [shard.unknown_before_s - shard.unknown_before_s % _DAY_S]
         return min([*((self._drop_after_us(s, t) if w.on_time_fired else self._on_time_at_us(s, t))
                       for (s, t), w in shard.windows.items()),
-                    *map(self._day_done_us, shard.dropped_hours)], default=None)
+                    *map(self._day_done_us, [*shard.dropped_hours, *unknown])], default=None)
 
     def process(self, element, bag=beam.DoFn.StateParam(PARTIALS), panes=beam.DoFn.StateParam(PANES),
                 version=beam.DoFn.StateParam(VERSION), first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED),
@@ -316,7 +413,7 @@ class FirePanes(beam.DoFn):
             elif arrival_us - since_us >= self._early_s * US_PER_S:
                 self._early_panes(rows, days, shard)
                 first_unfired.clear()
-        self._commit(shard, panes)
+        self._commit(key, shard, panes, dropped_hours)
         window_end.set(Timestamp(micros=self._next_boundary_us(shard)))
         yield from _outputs(rows, days)
 
@@ -326,13 +423,13 @@ class FirePanes(beam.DoFn):
                  first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED), dropped_hours=beam.DoFn.StateParam(DROPPED_HOURS)):
         first_unfired.clear()
         shard = self._shard(key, bag, panes, dropped_hours, version)
-        if not any(not w.on_time_fired and w.changed for w in shard.windows.values()):
+        if not shard.cell_changed and not any(not w.on_time_fired and w.changed for w in shard.windows.values()):
             return
         new_version(shard, version)
         rows: list[AggregateRow] = []
         days: list[DayCount] = []
         self._early_panes(rows, days, shard)
-        self._commit(shard, panes)
+        self._commit(key, shard, panes, dropped_hours)
         yield from _outputs(rows, days)
 
     def _early_panes(self, rows: list, days: list, shard: _ShardWindows) -> None:
@@ -350,7 +447,7 @@ class FirePanes(beam.DoFn):
         new_version(shard, version)
         rows: list[AggregateRow] = []
         days: list[DayCount] = []
-        dropped = hour_dropped = False
+        dropped = False
         for (size_s, start_s), w in list(shard.windows.items()):
             if not w.on_time_fired and self._on_time_at_us(size_s, start_s) <= fired.micros:
                 self._pane(rows, days, shard, size_s, start_s, w, w.aggs)
@@ -359,22 +456,22 @@ class FirePanes(beam.DoFn):
                 del shard.windows[(size_s, start_s)]
                 if size_s == _HOUR_S:
                     shard.drop_hour(start_s, w)
-                    hour_dropped = True
                 dropped = True
         if dropped:  # the bag holds only the remaining windows' entries
             bag.clear()
             for (size_s, start_s), w in shard.windows.items():
                 for blob in w.blobs:
                     bag.add((size_s, start_s, blob))
-        days_done = [d for d in shard.dropped_hours if self._day_done_us(d) <= fired.micros]
-        for day_s in days_done:
+        for day_s in [d for d in shard.dropped_hours if self._day_done_us(d) <= fired.micros]:
             del shard.dropped_hours[day_s]
-        if hour_dropped or days_done:  # the day counts change only then (not per minute dropped)
-            if shard.dropped_hours:
-                dropped_hours.write(shard.encoded_dropped_hours())
-            else:
-                dropped_hours.clear()
-        self._commit(shard, panes)
+            shard.cell_changed = True
+        if shard.unknown_before_s is not None and self._day_done_us(
+                shard.unknown_before_s - shard.unknown_before_s % _DAY_S) <= fired.micros:
+            shard.unknown_before_s = None  # every day it marked is done
+            shard.marked_days.clear()
+            shard.cell_changed = True
+        # the cell is written only when the day counts change (not per minute dropped)
+        self._commit(key, shard, panes, dropped_hours)
         if self._early_s is not None and all(w.on_time_fired for w in shard.windows.values()):
             # no window waits for its on-time pane, so none can take an early one: a
             # processing-time timer left set would hold a bounded job on Flink for ever
@@ -402,6 +499,10 @@ class FirePanes(beam.DoFn):
         w.changed = set()
 
 
+def _utc_day(day_start_s: int) -> str:
+    return format_time_us(day_start_s * US_PER_S)[:10]
+
+
 def _outputs(rows: list[AggregateRow], days: list[DayCount]):
     """What one firing emits: its rows, and its day counts on ``DAY_COUNTS``."""
     if rows:
@@ -422,7 +523,9 @@ class WindowedAggregates(beam.PTransform):
         self._shards = shards
 
     def expand(self, accepted):
+        # restart markers of keys restored from an older version's state go to the job's raw archive
+        archive_path = accepted.pipeline.options.get_all_options().get("archive_path")
         return (accepted
                 | "pre-aggregate" >> beam.ParDo(PreAggregate(self._shards))
-                | "fire panes" >> beam.ParDo(FirePanes(self._lateness_s, self._early_s)).with_outputs(
+                | "fire panes" >> beam.ParDo(FirePanes(self._lateness_s, self._early_s, archive_path)).with_outputs(
                     DAY_COUNTS, main="rows"))
