@@ -27,10 +27,14 @@ One run, one machine, the same events for every system:
    the Bigtable emulator, per-kind p50/p99 (``http_day_minute_p99_ms``,
    ``http_30d_hour_p99_ms``, ...), ``http_errors``, and the highest stepped rate held with
    p99 <= 50 ms and no error (``http_max_rps_p99_50ms``). Needs ``make vegeta``.
+10. **Windowing** (issue 16, ``viewcounts.bench.windowing.measure``): the product's
+   ``FirePanes`` against Beam's ``WindowInto`` + ``CombinePerKey`` over the same pre-aggregated
+   partials of ``windowing_events`` events, on Flink and on Prism, final panes cross-checked:
+   ``WINDOWING_KEYS``.
 
 Parts: ``core`` (the workload, the plain loop, the core job and the dedup state: 1., 3.), which
 ``naive``, ``pyflink`` and ``scaling`` build on, then ``e2e``, ``flink_e2e``, ``flink_core``,
-``queries``, ``recompute``, ``http``. ``--parts`` runs only the parts named, ``--skip`` all
+``queries``, ``recompute``, ``http``, ``windowing``. ``--parts`` runs only the parts named, ``--skip`` all
 but those named.
 
 Every system runs as a child process: its CPU seconds are its own (``os.wait4``, plus the
@@ -93,6 +97,7 @@ class BenchConfig:
     http_step_rates: tuple[int, ...] = (500, 750, 1000, 1250, 1500, 2000)  # offered in order for the max rate
     http_step_s: float = 5.0
     http_videos: int = 20
+    windowing_events: int = 20_000
 
 
 QUICK = BenchConfig(events=20_000, naive_events=2_000, scaling_events=5_000, e2e_rates=(2_000,), e2e_seconds=10,
@@ -101,7 +106,7 @@ FULL = BenchConfig(events=1_000_000, naive_events=20_000, scaling_events=200_000
                    e2e_rates=(5_000, 10_000, 20_000, 40_000), e2e_seconds=30, query_rounds=200,
                    flink_e2e_rates=(4_000, 8_000, 16_000, 24_000), flink_e2e_seconds=20, flink_core_events=200_000,
                    recompute_events=3_000_000, recompute_1d_events=1_000_000, recompute_small_events=300_000,
-                   http_seconds=30.0, http_step_s=10.0)
+                   http_seconds=30.0, http_step_s=10.0, windowing_events=200_000)
 FLINK_PARALLELISMS = (1, 2)  # the end-to-end runs on Flink; the core job and PyFlink SQL run at the last
 
 
@@ -209,7 +214,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-PARTS = ("core", "naive", "pyflink", "scaling", "e2e", "flink_e2e", "flink_core", "queries", "recompute", "http")
+PARTS = ("core", "naive", "pyflink", "scaling", "e2e", "flink_e2e", "flink_core", "queries", "recompute", "http",
+         "windowing")
 CORE_PARTS = ("core", "naive", "pyflink", "scaling")  # on the main workload and its plain-loop reference
 CORE_KEYS = ("core_events_per_s", "loop_events_per_s", "pyflink_sql_events_per_s", "naive_beam_events_per_s",
              "core_vs_pyflink_sql", "core_vs_naive_beam", "core_vs_loop", "mutations_per_event", "cross_check",
@@ -252,6 +258,15 @@ def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progre
     res.update(dict.fromkeys(HTTP_KEYS))
     if "http" not in skip:
         res.update(http(cfg, progress, work / "http.pyspy" if profile_http else None))
+    res.update(dict.fromkeys(WINDOWING_KEYS))
+    if "windowing" not in skip:
+        from viewcounts.bench import windowing
+
+        try:
+            res.update(windowing.measure(bench, progress))
+        except RuntimeError as exc:  # a failed child: reported, its figures stay None
+            res["windowing_error"] = str(exc)[-2000:]
+            progress(f"the windowing comparison failed: {str(exc)[:300]}")
     res["bench_seconds"] = round(time.monotonic() - started, 1)
     return res
 
@@ -312,6 +327,9 @@ def http(cfg: BenchConfig, progress, profile_path: Path | None = None) -> dict:
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
 
 
+WINDOWING_KEYS = ("windowing_fire_panes_flink_events_per_s", "windowing_beam_flink_events_per_s",
+                  "windowing_beam_vs_fire_panes_flink", "windowing_fire_panes_prism_events_per_s",
+                  "windowing_beam_prism_events_per_s", "windowing_beam_vs_fire_panes_prism")
 RECOMPUTE_KEYS = ("recompute_events_per_s", "recompute_1d_events_per_s", "recompute_300k_events_per_s",
                   "recompute_1d_vs_30d")
 
@@ -487,7 +505,7 @@ def print_table(res: dict, console) -> None:
     keys = ("core_vs_pyflink_sql", "core_vs_naive_beam", "core_vs_loop", "dedup_bytes_per_id",
             "dedup_state_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p50_s",
             "freshness_p99_s", *FLINK_KEYS, "query_day_minute_p99_ms", "query_30d_hour_p99_ms", *RECOMPUTE_KEYS,
-            *HTTP_KEYS, "bench_seconds")
+            *HTTP_KEYS, *WINDOWING_KEYS, "bench_seconds")
     f = Table(title="figures")
     f.add_column("figure")
     f.add_column("value", justify="right")
