@@ -96,16 +96,19 @@ def _place(earliest_s: int, where: str, ahead_min: int) -> int:
     return max(m, earliest_s)
 
 
-@settings(max_examples=300, deadline=None)
-@given(_runs())
-def test_day_counts_exact_at_any_lateness_with_restores(run):
-    lateness_s, watermark_s, steps = run
-    shard = _Shard(lateness_s)
+def _play(shard: _Shard, lateness_s: int, watermark_s: int, steps, clock: dict) -> Counter:
+    """Run ``steps`` (``_runs``'s, or ``"restore old"``: restored from the last checkpoint as the
+    version before 6266ca2 wrote it, without the ``dropped_hour_day_counts`` cell), with
+    ``clock["s"]`` the processing clock (the watermark: a job that keeps up), then the input's
+    end; no day count is ever above the day's events so far. Returns the events of each
+    (video, day) added since the last restore (the inputs after the checkpoint restored are
+    lost with the failed attempt, so the reference goes back too)."""
     added: Counter = Counter()  # (video, day) -> events added so far
     arrival_us = DAY0_S * US_PER_S
     snap = (shard.snapshot(), watermark_s, Counter())
     for kind, arg in steps:
         arrival_us += US_PER_S
+        clock["s"] = watermark_s
         seen = len(shard.firings)
         if kind == "add":  # each minute within the lateness of the watermark, as dedup accepts it
             earliest_s = (watermark_s - lateness_s + 59) // 60 * 60
@@ -119,6 +122,7 @@ def test_day_counts_exact_at_any_lateness_with_restores(run):
             shard.add_minutes(by_minute, arrival_us)
         elif kind == "watermark":
             watermark_s += 60 * arg
+            clock["s"] = watermark_s
             shard.advance_watermark(watermark_s * US_PER_S)
         elif kind == "early":
             shard.fire_early()
@@ -128,7 +132,10 @@ def test_day_counts_exact_at_any_lateness_with_restores(run):
             snap = (shard.snapshot(), watermark_s, Counter(added))
         else:  # restored from the last checkpoint: what came after it is lost and not counted
             state, watermark_s, added = snap[0], snap[1], Counter(snap[2])
+            clock["s"] = watermark_s
             shard.restore(state)
+            if kind == "restore old":
+                shard.state["dropped_hours"].clear()
             aggregate._WINDOWS.clear()
             shard.firings.clear()  # the restored job's day lists restart from what it re-fires
             seen = 0
@@ -136,12 +143,26 @@ def test_day_counts_exact_at_any_lateness_with_restores(run):
             for d in days:
                 assert d.count <= added[(d.video_id, d.day_start_s)], (d, added)
     shard.advance_watermark(END_US)
+    return added
+
+
+def _highest(shard: _Shard) -> Counter:
+    """The highest day count of each (video, day) fired since the last restore."""
     highest: Counter = Counter()
     for _rows, days in shard.firings:
         for d in days:
             highest[(d.video_id, d.day_start_s)] = max(highest[(d.video_id, d.day_start_s)], d.count)
+    return highest
+
+
+@settings(max_examples=300, deadline=None)
+@given(_runs())
+def test_day_counts_exact_at_any_lateness_with_restores(run):
+    lateness_s, watermark_s, steps = run
+    shard = _Shard(lateness_s)
+    added = _play(shard, lateness_s, watermark_s, steps, {})
     # every (video, day) fired since the last restore has its exact count as its highest
-    for key, count in highest.items():
+    for key, count in _highest(shard).items():
         assert count == added[key], (key, count, added[key])
     assert shard.state["dropped_hours"].read() is None
     assert shard.state["bag"].read() == []
@@ -150,13 +171,12 @@ def test_day_counts_exact_at_any_lateness_with_restores(run):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(_runs(), st.integers(0, 39))
 def test_a_restore_from_a_job_without_dropped_hours_state(tmp_path, monkeypatch, run, old_at):
-    """The steps of ``_runs``, restored once (at step ``old_at``) from the last checkpoint as the
-    version before 6266ca2 wrote it: the same bag, bookkeeping and timer, no
-    ``dropped_hour_day_counts`` cell. The processing clock is the watermark (a job that keeps
-    up). Every day count stays at most the day's events; those of days begun after the
-    restore are marked complete and end exact; a day whose count ends low was marked
-    incomplete, and the restart marker the key wrote has ``plan_recompute`` select it (its day
-    list is rebuilt once it closes); the state is gone at the end."""
+    """The steps of ``_runs``, restored once (before step ``old_at``) from the last checkpoint
+    as the version before 6266ca2 wrote it: the same bag, bookkeeping and timer, no
+    ``dropped_hour_day_counts`` cell. Every day count stays at most the day's events; a day
+    whose count ends low was marked incomplete (days begun after the restore are complete and
+    end exact), and the restart markers the key wrote have ``plan_recompute`` select it (its
+    day list is rebuilt once it closes); the state is gone at the end."""
     from pipelines.restarts import plan_recompute
 
     lateness_s, watermark_s, steps = run
@@ -165,55 +185,9 @@ def test_a_restore_from_a_job_without_dropped_hours_state(tmp_path, monkeypatch,
     shard.fn = FirePanes(lateness_s, 30, archive)
     clock = {"s": watermark_s}
     monkeypatch.setattr(aggregate, "wall_clock_ms", lambda: clock["s"] * 1000)
-    added: Counter = Counter()
-    arrival_us = DAY0_S * US_PER_S
-    snap = (shard.snapshot(), watermark_s, Counter())
-    incomplete: set = set()  # days of a DayCount marked incomplete since the last restore
-    for kind, arg in [*steps[:old_at], ("restore old", None), *steps[old_at:]]:
-        arrival_us += US_PER_S
-        clock["s"] = watermark_s
-        seen = len(shard.firings)
-        if kind == "add":
-            earliest_s = (watermark_s - lateness_s + 59) // 60 * 60
-            by_minute: dict = {}
-            for where, ahead_min, video_id, n in arg:
-                minute_s = _place(earliest_s, where, ahead_min)
-                partials = by_minute.setdefault(minute_s, {})
-                old = partials.get((video_id, "view"))
-                partials[(video_id, "view")] = Aggregate((old.count if old else 0) + n, 0, 0.0, None, None)
-                added[(video_id, minute_s - minute_s % DAY_S)] += n
-            shard.add_minutes(by_minute, arrival_us)
-        elif kind == "watermark":
-            watermark_s += 60 * arg
-            clock["s"] = watermark_s
-            shard.advance_watermark(watermark_s * US_PER_S)
-        elif kind == "early":
-            shard.fire_early()
-        elif kind == "moved":
-            aggregate._WINDOWS.clear()
-        elif kind == "checkpoint":
-            snap = (shard.snapshot(), watermark_s, Counter(added))
-        else:  # restored from the last checkpoint, as the old version wrote it if "restore old"
-            state, watermark_s, added = snap[0], snap[1], Counter(snap[2])
-            clock["s"] = watermark_s
-            shard.restore(state)
-            if kind == "restore old":
-                shard.state["dropped_hours"].clear()
-            aggregate._WINDOWS.clear()
-            shard.firings.clear()
-            seen = 0
-        for _rows, days in shard.firings[seen:]:
-            for d in days:
-                assert d.count <= added[(d.video_id, d.day_start_s)], (d, added)
-    shard.advance_watermark(END_US)
-    highest: Counter = Counter()
-    for _rows, days in shard.firings:
-        for d in days:
-            highest[(d.video_id, d.day_start_s)] = max(highest[(d.video_id, d.day_start_s)], d.count)
-            if not d.complete:
-                incomplete.add(d.day_start_s)
-    low = {day for (video_id, day), count in highest.items() if count < added[(video_id, day)]}
-    assert low <= incomplete
+    added = _play(shard, lateness_s, watermark_s, [*steps[:old_at], ("restore old", None), *steps[old_at:]], clock)
+    incomplete = {d.day_start_s for _rows, days in shard.firings for d in days if not d.complete}
+    assert {day for (video_id, day), count in _highest(shard).items() if count < added[(video_id, day)]} <= incomplete
     assert incomplete <= set(plan_recompute(archive, now_s=END_US // US_PER_S).days)
     assert shard.state["dropped_hours"].read() is None
     assert shard.state["bag"].read() == []
