@@ -8,7 +8,8 @@ import pytest
 
 from viewcounts.bench import workload
 from viewcounts.bench.core_flink import newest_panes
-from viewcounts.bench.harness import FLINK_KEYS, HTTP_KEYS, QUICK, RECOMPUTE_KEYS, BenchMismatch, cross_check, recompute
+from viewcounts.bench.harness import (FLINK_KEYS, HTTP_KEYS, QUICK, RECOMPUTE_KEYS, WINDOWING_KEYS, BenchMismatch,
+                                      cross_check, recompute)
 
 ISSUE_KEYS = ("core_events_per_s", "naive_beam_events_per_s", "pyflink_sql_events_per_s", "loop_events_per_s",
               "dedup_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p99_s",
@@ -95,6 +96,9 @@ def test_quick_bench_runs_every_part_and_the_systems_agree(tmp_path):
         for step in res[f"flink_p{p}_e2e_steps"]:
             assert step["e2e_complete"] and step["flink_metrics_reads"] > 0, step
             assert step["flink_counters"]["events_in"] > 0 and step["job_cpu_s_per_million_events"] > 0
+    # Beam's windows against FirePanes (issue 16): both measured on Flink and Prism, their final panes
+    # equal to the plain loop's and to each other's (a difference fails the run: BenchMismatch)
+    assert "windowing_error" not in res and all(res[k] is not None for k in WINDOWING_KEYS), res.get("windowing_error")
 
 
 def test_dedup_memory_drives_the_real_dedup_dofn_over_every_event(tmp_path):

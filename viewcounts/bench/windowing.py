@@ -23,7 +23,9 @@ Variants, each a pipeline of its own (``ReadFromText`` of the partials, decode, 
   accumulating, allowed lateness ``size + allowed_lateness_s + WINDOW_LATENESS_MARGIN_S``
   (the lateness after which ``FirePanes`` drops a window), ``CombinePerKey(MergeAggregates())``,
   one row per pane (``pane_index`` Beam's; cell timestamp the count, which only grows
-  across accumulating panes).
+  across accumulating panes). Python's ``WindowInto`` closes every window with a pane of its
+  own (``ClosingBehavior.EMIT_ALWAYS``, not settable there): this variant writes every cell
+  once more than ``FirePanes`` does, when the window expires.
 
 Both read a bounded file in streaming mode: the watermark ends at the end of time when the
 read ends, so every window gets its on-time (final) pane; the newest pane of every cell
