@@ -23,9 +23,12 @@ lists nor their dead letters. A day still open gets no list (the archive does no
 recompute's list would win over the streaming job's later ones); the job logs it with the
 time after which to run again. Nor does a day with an hour that had events but cannot be
 read (``unreadable_hours``: no JSONL file left, not compacted under ``--parquet_path``, yet
-its hour list is stored): a list from part of a day would be low; the job logs the day and
-its hours (``RecomputeScope.incomplete_days``): run again with ``--parquet_path``. Cost:
-linear in the events read, up to 23 more hours of a partial day than the range.
+its hour list is stored): a list from part of a day would be low. The job checks each day
+when it runs (a listing of its hours' folders and a read of their stored hour lists; building
+the job does no such I/O) and logs the day and its hours; ``recompute_scope`` checks them
+too, for ``viewcounts recompute`` to report (``RecomputeScope.incomplete_days``): run again
+with ``--parquet_path``. Cost: linear in the events read, up to 23 more hours of a partial
+day than the range.
 
 ``--after_restarts`` instead recomputes the closed hours that streaming jobs started
 without state may have left low (``pipelines.restarts.plan_recompute``; within
@@ -132,11 +135,13 @@ class RecomputeScope:
         return sorted(set(self.hours).union(*(range(d, d + DAY_S, ARCHIVE_WINDOW_S) for d in self.days)))
 
 
-def recompute_scope(archive_path: str, r: RecomputeOptions, allowed_lateness_s: int, now_s: float) -> RecomputeScope:
+def recompute_scope(archive_path: str, r: RecomputeOptions, allowed_lateness_s: int, now_s: float,
+                    check_hours: bool = True) -> RecomputeScope:
     """The ``RecomputeScope`` at wall clock ``now_s``: ``[--start, --end)``, or with
     ``--after_restarts`` the closed hours of ``plan_recompute`` (within the range if given).
     A day is closed by ``closes_at_s`` with the streaming job's ``allowed_lateness_s`` (with
-    ``--after_restarts``: or its hours' markers', if larger)."""
+    ``--after_restarts``: or its hours' markers', if larger). ``check_hours`` False: no
+    ``incomplete_days`` (the job checks its days when it runs: ``build_pipeline``)."""
     if r.after_restarts:
         plan = plan_recompute(archive_path, now_s,
                               range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S) if r.start or r.end else None)
@@ -152,8 +157,8 @@ def recompute_scope(archive_path: str, r: RecomputeOptions, allowed_lateness_s: 
     closing = {d: closes_at_s(d, DAY_S, late) for d, late in days_lateness.items()}
     closed = sorted(d for d, at in closing.items() if at <= now_s)
     incomplete: dict[int, list[int]] = {}
-    if closed and not r.rows_path:  # only a job that writes day lists needs every hour of their days
-        unreadable = unreadable_hours(archive_path, r.parquet_path, r.view_as(CountingOptions),
+    if closed and check_hours and not r.rows_path:  # only a job that writes day lists needs every hour
+        unreadable = unreadable_hours(archive_path, r.parquet_path, _table_of(r),
                                       [h for d in closed for h in range(d, d + DAY_S, ARCHIVE_WINDOW_S)])
         for h in unreadable:
             incomplete.setdefault(h - h % DAY_S, []).append(h)
@@ -161,10 +166,17 @@ def recompute_scope(archive_path: str, r: RecomputeOptions, allowed_lateness_s: 
                           {d: at for d, at in sorted(closing.items()) if at > now_s}, open_hours, incomplete)
 
 
-def unreadable_hours(archive_path: str, parquet_path: str | None, o: CountingOptions, hours: list[int]) -> list[int]:
+def _table_of(options: PipelineOptions) -> tuple[str, str, str]:
+    """``(project, instance, table)`` of the job's Bigtable flags."""
+    o = options.view_as(CountingOptions)
+    return o.bigtable_project, o.bigtable_instance, o.bigtable_table
+
+
+def unreadable_hours(archive_path: str, parquet_path: str | None, table: tuple[str, str, str],
+                     hours: list[int]) -> list[int]:
     """The ``hours`` (epoch s, sorted) that had events but cannot be read now: no JSONL file in
     the archive (the raw retention deletes them), not compacted under ``parquet_path`` (or
-    none given), and an hour top list stored for them in ``o``'s Bigtable table (every hour
+    none given), and an hour top list stored for them in Bigtable ``table`` (every hour
     counted by the streaming job or a recompute has one; the table keeps them longer than the
     raw archive keeps files). An hour with none of these had no events. Cost: one listing of
     the hours' folders, one read of the top rows of their months (only for hours with no file)."""
@@ -174,7 +186,7 @@ def unreadable_hours(archive_path: str, parquet_path: str | None, o: CountingOpt
         no_files = sorted(set(no_files) - set(parquet_hours(parquet_path, no_files)))
     if not no_files:
         return []
-    stored = stored_hour_lists(o.bigtable_project, o.bigtable_instance, o.bigtable_table, no_files)
+    stored = stored_hour_lists(*table, no_files)
     return [h for h in no_files if h in stored]
 
 
@@ -210,9 +222,13 @@ def _log_scope(scope: RecomputeScope, after_restarts: bool) -> None:
     if scope.open_days:
         _LOG.warning("days not closed yet: their day top lists are not rebuilt: %s", _run_again(scope.open_days))
     for day, hours in scope.incomplete_days.items():
-        _LOG.warning("day %s: its day top lists are not rebuilt: hours %s had events (their hour lists are stored) "
-                     "but have no archive file to read (the raw retention deleted them?); run again with "
-                     "--parquet_path holding their compacted copy", _times([day])[:10], _times(hours))
+        _log_incomplete_day(day, hours)
+
+
+def _log_incomplete_day(day_s: int, hours: list[int]) -> None:
+    _LOG.warning("day %s: its day top lists are not rebuilt: hours %s had events (their hour lists are stored) "
+                 "but have no archive file to read (the raw retention deleted them?); run again with "
+                 "--parquet_path holding their compacted copy", _times([day_s])[:10], _times(hours))
 
 
 def _times(starts) -> str:
@@ -264,7 +280,10 @@ def build_pipeline(argv: list[str] | None = None, now_s: float | None = None) ->
     r = options.view_as(RecomputeOptions)
     if not o.archive_path:
         raise ValueError("--archive_path is required")
-    scope = recompute_scope(o.archive_path, r, o.allowed_lateness_s, time.time() if now_s is None else now_s)
+    # the day lists' hours are checked when the job runs (by workers that reach the archive and
+    # the table), not here: building a job does no I/O beyond --after_restarts' plan
+    scope = recompute_scope(o.archive_path, r, o.allowed_lateness_s, time.time() if now_s is None else now_s,
+                            check_hours=False)
     _log_scope(scope, r.after_restarts)
     hours_read = scope.hours_read
     # the recompute reads the archive; it must not write a second copy of it
@@ -291,11 +310,31 @@ def build_pipeline(argv: list[str] | None = None, now_s: float | None = None) ->
         dead.append(enriched | "write to Bigtable" >> bigtable_writer(sinks))
         dead.append(counted[ROWS]
                     | "top entities" >> TopFromRows(scope.hours, scope.days)
+                    | "day lists of whole days" >> beam.FlatMap(_of_readable_days, beam.pvalue.AsList(
+                        pipeline
+                        | "days" >> beam.Create(scope.days)
+                        | "days with an unreadable hour" >> beam.FlatMap(_incomplete_day, o.archive_path,
+                                                                         r.parquet_path, _table_of(options))))
                     | "write top lists to Bigtable" >> bigtable_writer(sinks, TOP_LISTS_WRITTEN))
     (dead
      | "all dead letters" >> beam.Flatten()
      | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id))
     return pipeline
+
+
+def _incomplete_day(day_s: int, archive_path: str, parquet_path: str | None, table: tuple[str, str, str]):
+    """``day_s`` if one of its hours cannot be read (``unreadable_hours``; logged), else nothing."""
+    hours = unreadable_hours(archive_path, parquet_path, table, list(range(day_s, day_s + DAY_S, ARCHIVE_WINDOW_S)))
+    if hours:
+        _log_incomplete_day(day_s, hours)
+        yield day_s
+
+
+def _of_readable_days(top_rows: list, incomplete_days: list[int]):
+    """``list[TopRow]`` without the day lists of ``incomplete_days``, when any is left."""
+    kept = [t for t in top_rows if t.granularity != "day" or t.window_start_s not in incomplete_days]
+    if kept:
+        yield kept
 
 
 def _archive_files(pipeline, archive_path: str, hours: list[int], progress_path: str | None, label: str = ""):
