@@ -31,11 +31,13 @@ RUNNER_BUILDS_flink-cluster := $(JOB_SERVER) $(FLINK_STAMP)
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock setup.py
+# The runtime pins (requirements.lock: what the Dataflow launcher and the stats service images
+# install) and the development pins (requirements-dev.lock: local tooling, tests, benchmarks).
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
-	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet -r requirements.lock -r requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

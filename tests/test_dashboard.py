@@ -5,11 +5,11 @@ fixed lists are 404s whatever they are, and setup.py and the npm lock ship what 
 The page running in Chromium is tests/test_dashboard_browser.py."""
 from __future__ import annotations
 
-import ast
 import fnmatch
 import json
 import os
 import re
+import tomllib
 
 import pytest
 from fastapi.testclient import TestClient
@@ -71,19 +71,17 @@ def test_names_outside_the_asset_lists_are_404(client, name):
 
 
 def _setup_package_data() -> dict:
-    with open(os.path.join(REPO, "setup.py")) as f:
-        tree = ast.parse(f.read())
-    [call] = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup"]
-    [kw] = [k for k in call.keywords if k.arg == "package_data"]
-    return ast.literal_eval(kw.value)
+    """pyproject.toml's ``[tool.setuptools.package-data]``: what setup.py's sdist ships beside the code."""
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["tool"]["setuptools"]["package-data"]
 
 
 def test_setup_ships_the_page_files():
-    patterns = _setup_package_data()["query"]
+    patterns = _setup_package_data()["query.dashboard"]
     page_files = ["index.html", *dashboard.ASSETS]
     for name in page_files:
         assert os.path.isfile(os.path.join(dashboard.PAGE_DIR, name)), name
-        assert any(fnmatch.fnmatch(f"dashboard/{name}", p) for p in patterns), name
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), name
 
 
 def test_npm_lock_pins_the_exact_uplot_version_make_js_installs(monkeypatch):

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import orjson
+
+
+def _hide_unfixable_warnings() -> None:
+    """Hide the one third-party warning no pin can fix: google-api-core and google-auth warn
+    (FutureWarning, once per client package imported) that grpcio < 1.83 lacks post-quantum TLS,
+    and apache-beam 2.70 requires grpcio < 1.66 on Python 3.11 (Beam 2.74 allows 1.83: drop this
+    with that upgrade). Beam's crcmod warning is fixed by its pin in requirements.lock instead."""
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning,
+        message=r"(Package \S+ depends on grpcio, .*)?grpcio < 1\.83\.0 does not support Post-Quantum")
 
 
 def _scenario(args) -> int:
@@ -105,66 +118,21 @@ def _top(args) -> int:
     return 0
 
 
-def _replay(args) -> int:
-    from viewcounts.replay import replay_main
-
-    return replay_main(args)
-
-
-def _recompute(args) -> int:
-    from viewcounts.recompute import recompute_main
-
-    return recompute_main(args)
-
-
-def _compact(args) -> int:
-    from pipelines.compact import compact_main
-
-    return compact_main(args)
-
-
-def _serve(args) -> int:
-    from query.service import serve_main
-
-    return serve_main(args)
-
-
-def _bench(args) -> int:
-    from viewcounts.bench.harness import bench_main
-
-    return bench_main(args)
-
-
-def _demo(args) -> int:
-    from viewcounts.demo import demo_main
-
-    return demo_main(args)
-
-
 def _submit(args) -> int:
     from viewcounts.submit import main as submit_main
 
     return submit_main(args.job_flags)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="viewcounts", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's and the clients' logs")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    formatter = argparse.ArgumentDefaultsHelpFormatter
-    sc = sub.add_parser("scenario", help="run or check a SPEC.md section 7 case file", formatter_class=formatter,
-                        description="Runs the case through the real pipeline (TestStream) with the "
-                        "Bigtable emulator (BIGTABLE_EMULATOR_HOST, or one started for the run).")
+def _add_scenario_args(sc) -> None:
     sc.add_argument("action", choices=("run", "check"), help="run: print the result as JSON; check: compare "
                     "with the case's expect, exit 0 iff it matches")
     sc.add_argument("case", help="path of the case file")
     sc.add_argument("--runner", choices=("local", "prism"), default="local",
                     help="prism needs `make prism`")
-    sc.set_defaults(func=_scenario)
 
-    st = sub.add_parser("stats", help="query stored aggregates (get_stats)", formatter_class=formatter,
-                        description="Reads Bigtable (BIGTABLE_EMULATOR_HOST for an emulator).")
+
+def _add_stats_args(st) -> None:
     st.add_argument("--video-id", required=True, help="the counted entity (a destination airport in the demo)")
     st.add_argument("--event-type", required=True, help="e.g. view, departed")
     st.add_argument("--function", required=True, choices=("count", "sum", "avg", "min", "max"))
@@ -172,74 +140,119 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--end", required=True, help="RFC 3339 instant (exclusive)")
     st.add_argument("--granularity", required=True, choices=("minute", "hour", "day", "total"))
     st.add_argument("--tz", help="IANA time zone for bucket labels (buckets stay UTC)")
-    st.add_argument("--project", default="viewcounts-local", help="Bigtable project")
-    st.add_argument("--instance", default="viewcounts", help="Bigtable instance")
-    st.add_argument("--table", default="viewcounts", help="Bigtable table")
+    _add_table_args(st)
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    st.set_defaults(func=_stats)
 
-    tp = sub.add_parser("top", help="the top N videos by count of an event type in one minute, hour or day (get_top)",
-                        formatter_class=formatter, description="Reads one cell of Bigtable (BIGTABLE_EMULATOR_HOST "
-                        "for an emulator): the top list the pipeline keeps per window.")
+
+def _add_top_args(tp) -> None:
     tp.add_argument("--type", required=True, help="the event type, e.g. view")
     tp.add_argument("--granularity", required=True, choices=("minute", "hour", "day"))
     tp.add_argument("--at", required=True, help="RFC 3339 instant inside the window (or its start)")
     tp.add_argument("-n", default="10", help="how many videos (1..100; get_top checks the text)")
-    tp.add_argument("--project", default="viewcounts-local", help="Bigtable project")
-    tp.add_argument("--instance", default="viewcounts", help="Bigtable instance")
-    tp.add_argument("--table", default="viewcounts", help="Bigtable table")
+    _add_table_args(tp)
     tp.add_argument("--json", action="store_true", help="print the /v1/top JSON instead of a table")
-    tp.set_defaults(func=_top)
 
-    from viewcounts.bench.harness import add_bench_args
-    from viewcounts.replay import add_replay_args
-    from viewcounts.demo import add_demo_args
-    from viewcounts.recompute import add_recompute_args
-    from pipelines.compact import add_compact_args
-    from query.service import add_serve_args
 
-    rp = sub.add_parser("replay", help="publish events (flights or JSONL) to Pub/Sub, with a manifest",
-                        formatter_class=formatter, description="Publishes to PUBSUB_EMULATOR_HOST when set.")
-    add_replay_args(rp)
-    rp.set_defaults(func=_replay)
+def _add_table_args(p) -> None:
+    """The flags naming the Bigtable table ``stats`` and ``top`` read."""
+    p.add_argument("--project", default="viewcounts-local", help="Bigtable project")
+    p.add_argument("--instance", default="viewcounts", help="Bigtable instance")
+    p.add_argument("--table", default="viewcounts", help="Bigtable table")
 
-    rc = sub.add_parser("recompute", help="re-count hours of the raw archive into Bigtable (batch), or audit them "
-                        "with --dry-run", formatter_class=formatter,
-                        description="The batch recompute (pipelines.batch_recompute) with a progress bar, a dry run "
-                        "that audits the stored aggregates, and a refusal to overwrite hours the streaming job may "
-                        "still fire (viewcounts.recompute). BIGTABLE_EMULATOR_HOST for an emulator.")
-    add_recompute_args(rc)
-    rc.set_defaults(func=_recompute)
 
-    cp = sub.add_parser("compact", help="compact closed hours of the raw archive into Parquet (dt=/hour= folders)",
-                        formatter_class=formatter, description="pipelines.compact: deduplicated by event_id, typed "
-                        "columns; prints a one-line JSON summary.")
-    add_compact_args(cp)
-    cp.set_defaults(func=_compact)
-
-    sv = sub.add_parser("serve", help="serve the stats over HTTP (GET /v1/stats, docs at /docs)",
-                        formatter_class=formatter, description="query.service: FastAPI on uvicorn, one async "
-                        "Bigtable client, final buckets cached. BIGTABLE_EMULATOR_HOST for an emulator.")
-    add_serve_args(sv)
-    sv.set_defaults(func=_serve)
-
-    dm = sub.add_parser("demo", help="run the streaming job end to end on the local emulators",
-                        formatter_class=formatter)
-    add_demo_args(dm)
-    dm.set_defaults(func=_demo)
-
-    bn = sub.add_parser("bench", help="measure the core job against its peers, end to end and queries",
-                        formatter_class=formatter, description="Runs every system on the same generated events, "
-                        "checks they agree, prints a table and writes the figures as JSON (viewcounts.bench.harness).")
-    add_bench_args(bn)
-    bn.set_defaults(func=_bench)
-
-    sm = sub.add_parser("submit", help="submit the streaming job to a Flink session cluster, detached; prints the "
-                        "Flink job id", description="viewcounts submit -- JOB FLAGS: the flags of `python -m "
-                        "pipelines.streaming` with --runner=FlinkRunner --flink_master=HOST:PORT "
-                        "--environment_type=EXTERNAL --environment_config=HOST:PORT (viewcounts.submit).")
+def _add_submit_args(sm) -> None:
     sm.add_argument("job_flags", nargs=argparse.REMAINDER, help="the job's flags (after --)")
-    sm.set_defaults(func=_submit)
+
+
+@dataclass(frozen=True)
+class _Command:
+    """One subcommand. ``add_args`` adds its flags to its parser and ``run`` runs it on the parsed
+    arguments, returning the exit code; either is a function or a ``"module:function"`` path,
+    imported only when the command is the one asked for (the modules behind most commands import
+    Beam and the Google clients, seconds that ``viewcounts --help`` need not wait)."""
+    help: str
+    add_args: Callable | str
+    run: Callable | str
+    description: str | None = None
+    show_defaults: bool = True
+
+
+def _resolve(target: Callable | str) -> Callable:
+    """``target`` itself, or the function a ``"module:function"`` path names (importing the module)."""
+    if callable(target):
+        return target
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+_COMMANDS = {
+    "scenario": _Command(
+        "run or check a SPEC.md section 7 case file", _add_scenario_args, _scenario,
+        "Runs the case through the real pipeline (TestStream) with the Bigtable emulator (BIGTABLE_EMULATOR_HOST, "
+        "or one started for the run)."),
+    "stats": _Command(
+        "query stored aggregates (get_stats)", _add_stats_args, _stats,
+        "Reads Bigtable (BIGTABLE_EMULATOR_HOST for an emulator)."),
+    "top": _Command(
+        "the top N videos by count of an event type in one minute, hour or day (get_top)", _add_top_args, _top,
+        "Reads one cell of Bigtable (BIGTABLE_EMULATOR_HOST for an emulator): the top list the pipeline keeps per "
+        "window."),
+    "replay": _Command(
+        "publish events (flights or JSONL) to Pub/Sub, with a manifest",
+        "viewcounts.replay:add_replay_args", "viewcounts.replay:replay_main",
+        "Publishes to PUBSUB_EMULATOR_HOST when set."),
+    "recompute": _Command(
+        "re-count hours of the raw archive into Bigtable (batch), or audit them with --dry-run",
+        "viewcounts.recompute:add_recompute_args", "viewcounts.recompute:recompute_main",
+        "The batch recompute (pipelines.batch_recompute) with a progress bar, a dry run that audits the stored "
+        "aggregates, and a refusal to overwrite hours the streaming job may still fire (viewcounts.recompute). "
+        "BIGTABLE_EMULATOR_HOST for an emulator."),
+    "compact": _Command(
+        "compact closed hours of the raw archive into Parquet (dt=/hour= folders)",
+        "pipelines.compact:add_compact_args", "pipelines.compact:compact_main",
+        "pipelines.compact: deduplicated by event_id, typed columns; prints a one-line JSON summary."),
+    "serve": _Command(
+        "serve the stats over HTTP (GET /v1/stats, docs at /docs)",
+        "query.service:add_serve_args", "query.service:serve_main",
+        "query.service: FastAPI on uvicorn, one async Bigtable client, final buckets cached. "
+        "BIGTABLE_EMULATOR_HOST for an emulator."),
+    "demo": _Command(
+        "run the streaming job end to end on the local emulators",
+        "viewcounts.demo:add_demo_args", "viewcounts.demo:demo_main"),
+    "bench": _Command(
+        "measure the core job against its peers, end to end and queries",
+        "viewcounts.bench.harness:add_bench_args", "viewcounts.bench.harness:bench_main",
+        "Runs every system on the same generated events, checks they agree, prints a table and writes the figures "
+        "as JSON (viewcounts.bench.harness)."),
+    "submit": _Command(
+        "submit the streaming job to a Flink session cluster, detached; prints the Flink job id",
+        _add_submit_args, _submit,
+        "viewcounts submit -- JOB FLAGS: the flags of `python -m pipelines.streaming` with --runner=FlinkRunner "
+        "--flink_master=HOST:PORT --environment_type=EXTERNAL --environment_config=HOST:PORT (viewcounts.submit).",
+        show_defaults=False),
+}
+
+
+def _command_named(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` asks for: its first argument that is not an option (the top level
+    has flags only), or None when there is none or it names no command."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in _COMMANDS else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _hide_unfixable_warnings()
+    parser = argparse.ArgumentParser(prog="viewcounts", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's and the clients' logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    asked = _command_named(argv)
+    for name, command in _COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.description,
+                           formatter_class=(argparse.ArgumentDefaultsHelpFormatter if command.show_defaults
+                                            else argparse.HelpFormatter))
+        if name == asked:  # only the asked command's flags: adding them may import its module
+            _resolve(command.add_args)(p)
 
     args = parser.parse_args(argv)
     if args.command in ("submit", "recompute") and args.job_flags[:1] == ["--"]:
@@ -251,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         # emulator connections; -v shows them.
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", message="Connecting to Bigtable emulator")
-    return args.func(args)
+    return _resolve(_COMMANDS[args.command].run)(args)
 
 
 if __name__ == "__main__":
