@@ -22,13 +22,10 @@ from transforms.top import CLEANUP_GRACE_S
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "runners.md"
 RUNNER_WORDS = re.compile(r"flink|prism|dataflow|direct ?runner|runner", re.IGNORECASE)
-# a file another change still has to clear; strict, so the mark goes once it is clean
-PENDING = {"aggregate.py": "FirePanes' docstrings and comments still name runners (moved to docs/runners.md)"}
 TRANSFORMS = sorted(p.name for p in (ROOT / "transforms").glob("*.py"))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=PENDING[n]))
-                                  if n in PENDING else n for n in TRANSFORMS])
+@pytest.mark.parametrize("name", TRANSFORMS)
 def test_transforms_name_no_runner(name):
     text = (ROOT / "transforms" / name).read_text()
     found = [f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}" for m in RUNNER_WORDS.finditer(text)]
