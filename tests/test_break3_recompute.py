@@ -116,8 +116,14 @@ def test_a_one_hour_recompute_keeps_the_day_list_whose_other_hours_are_in_parque
     assert main(_cli(table, archive, "--start", _t(DAY), "--end", _t(DAY + 86400), "--parquet-path", parquet)) == 0
     assert _day_list(table) == [("A", 3), ("B", 2)]
     flags = ("--parquet-path", parquet) if with_parquet else ()
-    assert main(_cli(table, archive, "--start", _t(DAY + 15 * 3600), "--end", _t(DAY + 16 * 3600), *flags)) == 0
+    report = tmp_path / "outcome.json"
+    assert main(_cli(table, archive, "--start", _t(DAY + 15 * 3600), "--end", _t(DAY + 16 * 3600), *flags,
+                     "--json", str(report))) == 0
     assert _day_list(table) == [("A", 3), ("B", 2)]
+    outcome = orjson.loads(report.read_bytes())
+    assert (len(outcome["day_lists"]), len(outcome["incomplete_days"])) == ((1, 0) if with_parquet else (0, 1))
+    if not with_parquet:
+        assert outcome["incomplete_days"] == {_t(DAY): {"unreadable_hours": [_t(DAY + 2 * 3600)]}}, outcome
     scope = recompute_scope(archive, RecomputeOptions(_job_flags(table, archive, DAY + 15 * 3600, *flags)), 600,
                             time.time())
     assert (scope.days, scope.incomplete_days) == (([DAY], {}) if with_parquet else ([], {DAY: [DAY + 2 * 3600]}))

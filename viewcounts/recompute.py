@@ -162,6 +162,8 @@ class Outcome:
                 "day_lists": [_time(d) for d in sc.days],
                 "open_days": {_time(d): {"run_again_after": _time(at)} for d, at in sc.open_days.items()},
                 "open_hours": {_time(h): {"run_again_after": _time(at)} for h, at in sc.open_hours.items()},
+                "incomplete_days": {_time(d): {"unreadable_hours": [_time(h) for h in hours]}
+                                    for d, hours in sc.incomplete_days.items()},
                 "files": self.files, "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3),
                 "counters": self.counters, "audit": None if self.audit is None else [a.to_json() for a in self.audit]}
 
@@ -332,6 +334,10 @@ def recompute_main(args) -> int:
     for day, at in scope.open_days.items():
         console.print(f"[yellow]open day[/] {_time(day)[:10]}: its day top lists are not rebuilt; run again after "
                       f"{_time(at)}")
+    for day, hours in scope.incomplete_days.items():
+        console.print(f"[yellow]incomplete day[/] {_time(day)[:10]}: its day top lists are left as they are: hour(s) "
+                      f"{', '.join(_time(h)[11:16] for h in hours)} had events but no archive file here; run again "
+                      f"with --parquet-path holding them")
     for hour, at in scope.open_hours.items():
         console.print(f"[yellow]open hour[/] {_time(hour)}: affected by a restart, not recomputed; run again after "
                       f"{_time(at)}")
