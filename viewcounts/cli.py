@@ -12,15 +12,7 @@ from typing import Callable
 
 import orjson
 
-
-def _hide_unfixable_warnings() -> None:
-    """Hide the one third-party warning no pin can fix: google-api-core and google-auth warn
-    (FutureWarning, once per client package imported) that grpcio < 1.83 lacks post-quantum TLS,
-    and apache-beam 2.70 requires grpcio < 1.66 on Python 3.11 (Beam 2.74 allows 1.83: drop this
-    with that upgrade). Beam's crcmod warning is fixed by its pin in requirements.lock instead."""
-    warnings.filterwarnings(
-        "ignore", category=FutureWarning,
-        message=r"(Package \S+ depends on grpcio, .*)?grpcio < 1\.83\.0 does not support Post-Quantum")
+import pipelines  # noqa: F401  (importing it hides the unfixable grpcio warning: pipelines.hide_unfixable_warnings)
 
 
 def _scenario(args) -> int:
@@ -242,7 +234,6 @@ def _command_named(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    _hide_unfixable_warnings()
     parser = argparse.ArgumentParser(prog="viewcounts", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's and the clients' logs")
     sub = parser.add_subparsers(dest="command", required=True)
