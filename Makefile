@@ -27,7 +27,7 @@ RUNNER_BUILDS_prism := $(PRISM)
 RUNNER_BUILDS_flink := $(JOB_SERVER)
 RUNNER_BUILDS_flink-cluster := $(JOB_SERVER) $(FLINK_STAMP)
 
-.PHONY: venv prism flink-job-server flink-venv checkov tf-schema toxiproxy vegeta runners js browser demo bench test test-fast test-cluster clean
+.PHONY: venv prism flink-job-server flink-venv checkov tf-schema toxiproxy vegeta runners js browser demo bench lint format test test-fast test-cluster clean
 
 venv: $(STAMP)
 
@@ -87,7 +87,7 @@ $(TF_SCHEMA): infra/terraform/provider-schema/package.json infra/terraform/provi
 	cd $(TF_SCHEMA_NPM) && npm ci --omit=peer --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $(TF_SCHEMA)
 
-# Toxiproxy (the fault-injecting TCP proxy of the `faults` tests: viewcounts/faultproxy.py)
+# Toxiproxy (the fault-injecting TCP proxy of the `faults` tests: viewcounts/local/faultproxy.py)
 # from the Go module proxy, at an exact version; `go install` names the binary after its
 # package folder (`server`), so it is built in a folder of its own and renamed.
 toxiproxy: $(TOXIPROXY)
@@ -134,11 +134,20 @@ demo: venv js $(RUNNER_BUILDS_$(RUNNER))
 bench: venv flink-venv vegeta
 	$(BIN)/viewcounts bench --json $(BUILD)/bench.json
 
-test: venv runners js browser checkov tf-schema
+test: venv runners js browser checkov tf-schema lint
 	$(BIN)/pytest
 
-test-fast: venv js checkov tf-schema
+test-fast: venv js checkov tf-schema lint
 	$(BIN)/pytest -m "not slow"
+
+# the formatter and the linter (pyproject.toml [tool.ruff]); `make format` applies both fixes
+lint: venv
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
+
+format: venv
+	$(BIN)/ruff format --quiet .
+	$(BIN)/ruff check --quiet --fix .
 
 # the production recipe on a local session cluster: detached submission, faults, rescaling
 test-cluster: venv flink-job-server flink-venv

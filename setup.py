@@ -3,6 +3,7 @@
 The metadata (name, version, packages, dependencies, the ``viewcounts`` command) is in
 ``pyproject.toml``; setuptools reads it from there.
 """
+
 from setuptools import setup
 
 setup()

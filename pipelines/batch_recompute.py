@@ -51,6 +51,7 @@ recompute writes. Runs as a batch job on every runner (``pipelines.runners.prepa
 the local runner is Beam's FnApiRunner. Only the hours read are deduplicated together: a copy
 of an event re-stamped into an hour not read is not seen.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -90,14 +91,27 @@ class RecomputeOptions(PipelineOptions):
         # not argparse-required: Beam parses every registered options class on every view
         parser.add_argument("--start", help="RFC 3339, hour-aligned, inclusive; required without --after_restarts")
         parser.add_argument("--end", help="RFC 3339, hour-aligned, exclusive; required without --after_restarts")
-        parser.add_argument("--after_restarts", action="store_true", default=False,
-                            help="recompute the closed hours affected by streaming jobs started without state")
-        parser.add_argument("--rows_path", help="write the rows as JSONL files under this folder instead of "
-                            "Bigtable (a dry run: viewcounts recompute --dry-run)")
-        parser.add_argument("--parquet_path", help="root of the Parquet archive (pipelines.compact): each hour "
-                            "compacted there is read from it, the others from --archive_path's JSONL")
-        parser.add_argument("--progress_path", help="append the size of each archive file to this local file "
-                            "as it is read (a line per file: the progress bar of viewcounts recompute)")
+        parser.add_argument(
+            "--after_restarts",
+            action="store_true",
+            default=False,
+            help="recompute the closed hours affected by streaming jobs started without state",
+        )
+        parser.add_argument(
+            "--rows_path",
+            help="write the rows as JSONL files under this folder instead of "
+            "Bigtable (a dry run: viewcounts recompute --dry-run)",
+        )
+        parser.add_argument(
+            "--parquet_path",
+            help="root of the Parquet archive (pipelines.compact): each hour "
+            "compacted there is read from it, the others from --archive_path's JSONL",
+        )
+        parser.add_argument(
+            "--progress_path",
+            help="append the size of each archive file to this local file "
+            "as it is read (a line per file: the progress bar of viewcounts recompute)",
+        )
 
 
 def _range_s(start: str | None, end: str | None) -> tuple[int, int]:
@@ -135,16 +149,18 @@ class RecomputeScope:
         return sorted(set(self.hours).union(*(range(d, d + DAY_S, ARCHIVE_WINDOW_S) for d in self.days)))
 
 
-def recompute_scope(archive_path: str, r: RecomputeOptions, allowed_lateness_s: int, now_s: float,
-                    check_hours: bool = True) -> RecomputeScope:
+def recompute_scope(
+    archive_path: str, r: RecomputeOptions, allowed_lateness_s: int, now_s: float, check_hours: bool = True
+) -> RecomputeScope:
     """The ``RecomputeScope`` at wall clock ``now_s``: ``[--start, --end)``, or with
     ``--after_restarts`` the closed hours of ``plan_recompute`` (within the range if given).
     A day is closed by ``closes_at_s`` with the streaming job's ``allowed_lateness_s`` (with
     ``--after_restarts``: or its hours' markers', if larger). ``check_hours`` False: no
     ``incomplete_days`` (the job checks its days when it runs: ``build_pipeline``)."""
     if r.after_restarts:
-        plan = plan_recompute(archive_path, now_s,
-                              range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S) if r.start or r.end else None)
+        plan = plan_recompute(
+            archive_path, now_s, range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S) if r.start or r.end else None
+        )
         hours, lateness = plan.closed, plan.lateness_s
         open_hours = {h: closes_at_s(h, ARCHIVE_WINDOW_S, lateness[h]) for h in plan.open}
         days_lateness = {d: max(late, allowed_lateness_s) for d, late in plan.days.items()}
@@ -158,12 +174,21 @@ def recompute_scope(archive_path: str, r: RecomputeOptions, allowed_lateness_s: 
     closed = sorted(d for d, at in closing.items() if at <= now_s)
     incomplete: dict[int, list[int]] = {}
     if closed and check_hours and not r.rows_path:  # only a job that writes day lists needs every hour
-        unreadable = unreadable_hours(archive_path, r.parquet_path, _table_of(r),
-                                      [h for d in closed for h in range(d, d + DAY_S, ARCHIVE_WINDOW_S)])
+        unreadable = unreadable_hours(
+            archive_path,
+            r.parquet_path,
+            _table_of(r),
+            [h for d in closed for h in range(d, d + DAY_S, ARCHIVE_WINDOW_S)],
+        )
         for h in unreadable:
             incomplete.setdefault(h - h % DAY_S, []).append(h)
-    return RecomputeScope(hours, [d for d in closed if d not in incomplete],
-                          {d: at for d, at in sorted(closing.items()) if at > now_s}, open_hours, incomplete)
+    return RecomputeScope(
+        hours,
+        [d for d in closed if d not in incomplete],
+        {d: at for d, at in sorted(closing.items()) if at > now_s},
+        open_hours,
+        incomplete,
+    )
 
 
 def _table_of(options: PipelineOptions) -> tuple[str, str, str]:
@@ -172,8 +197,9 @@ def _table_of(options: PipelineOptions) -> tuple[str, str, str]:
     return o.bigtable_project, o.bigtable_instance, o.bigtable_table
 
 
-def unreadable_hours(archive_path: str, parquet_path: str | None, table: tuple[str, str, str],
-                     hours: list[int]) -> list[int]:
+def unreadable_hours(
+    archive_path: str, parquet_path: str | None, table: tuple[str, str, str], hours: list[int]
+) -> list[int]:
     """The ``hours`` (epoch s, sorted) that had events but cannot be read now: no JSONL file in
     the archive (the raw retention deletes them), not compacted under ``parquet_path`` (or
     none given), and an hour top list stored for them in Bigtable ``table`` (every hour
@@ -203,9 +229,20 @@ def stored_hour_lists(project: str, instance: str, table: str, hours: list[int])
     qualifier_regex = b"^(" + b"|".join(storage.qualifier(h) for h in hours) + b")$"
     client = bigtable.Client(project=project, admin=False)
     try:
-        rows = client.instance(instance).table(table).read_rows(filter_=rf.RowFilterChain([
-            rf.RowKeyRegexFilter(key_regex), rf.ColumnQualifierRegexFilter(qualifier_regex),
-            rf.CellsColumnLimitFilter(1), rf.StripValueTransformerFilter(True)]))
+        rows = (
+            client.instance(instance)
+            .table(table)
+            .read_rows(
+                filter_=rf.RowFilterChain(
+                    [
+                        rf.RowKeyRegexFilter(key_regex),
+                        rf.ColumnQualifierRegexFilter(qualifier_regex),
+                        rf.CellsColumnLimitFilter(1),
+                        rf.StripValueTransformerFilter(True),
+                    ]
+                )
+            )
+        )
         return {storage.window_of_qualifier(q) for row in rows for q in row.cells.get(storage.FAMILY, {})}
     except NotFound:
         return set()
@@ -217,8 +254,10 @@ def _log_scope(scope: RecomputeScope, after_restarts: bool) -> None:
     if after_restarts:
         _LOG.info("recomputing %d hours affected by starts without state: %s", len(scope.hours), _times(scope.hours))
     if scope.open_hours:
-        _LOG.warning("hours affected by a start without state but not closed yet, not recomputed: %s",
-                     _run_again(scope.open_hours))
+        _LOG.warning(
+            "hours affected by a start without state but not closed yet, not recomputed: %s",
+            _run_again(scope.open_hours),
+        )
     if scope.open_days:
         _LOG.warning("days not closed yet: their day top lists are not rebuilt: %s", _run_again(scope.open_days))
     for day, hours in scope.incomplete_days.items():
@@ -226,9 +265,13 @@ def _log_scope(scope: RecomputeScope, after_restarts: bool) -> None:
 
 
 def _log_incomplete_day(day_s: int, hours: list[int]) -> None:
-    _LOG.warning("day %s: its day top lists are not rebuilt: hours %s had events (their hour lists are stored) "
-                 "but have no archive file to read (the raw retention deleted them?); run again with "
-                 "--parquet_path holding their compacted copy", _times([day_s])[:10], _times(hours))
+    _LOG.warning(
+        "day %s: its day top lists are not rebuilt: hours %s had events (their hour lists are stored) "
+        "but have no archive file to read (the raw retention deleted them?); run again with "
+        "--parquet_path holding their compacted copy",
+        _times([day_s])[:10],
+        _times(hours),
+    )
 
 
 def _times(starts) -> str:
@@ -240,8 +283,10 @@ def _run_again(closes_at: dict[int, int]) -> str:
     by_time: dict[int, list[int]] = defaultdict(list)
     for start, at in closes_at.items():
         by_time[at].append(start)
-    return "; ".join(f"run again after {format_time_us(at * US_PER_S)}: {_times(sorted(starts))}"
-                     for at, starts in sorted(by_time.items()))
+    return "; ".join(
+        f"run again after {format_time_us(at * US_PER_S)}: {_times(sorted(starts))}"
+        for at, starts in sorted(by_time.items())
+    )
 
 
 class _NoteProgress(beam.DoFn):
@@ -282,8 +327,9 @@ def build_pipeline(argv: list[str] | None = None, now_s: float | None = None) ->
         raise ValueError("--archive_path is required")
     # the day lists' hours are checked when the job runs (by workers that reach the archive and
     # the table), not here: building a job does no I/O beyond --after_restarts' plan
-    scope = recompute_scope(o.archive_path, r, o.allowed_lateness_s, time.time() if now_s is None else now_s,
-                            check_hours=False)
+    scope = recompute_scope(
+        o.archive_path, r, o.allowed_lateness_s, time.time() if now_s is None else now_s, check_hours=False
+    )
     _log_scope(scope, r.after_restarts)
     hours_read = scope.hours_read
     # the recompute reads the archive; it must not write a second copy of it
@@ -293,32 +339,47 @@ def build_pipeline(argv: list[str] | None = None, now_s: float | None = None) ->
     compacted = parquet_hours(r.parquet_path, hours_read) if r.parquet_path else []
     jsonl_hours = sorted(set(hours_read) - set(compacted))
     day_only = sorted(set(jsonl_hours) - set(scope.hours))  # read for day lists: no dead letters
-    counted = _archive_files(pipeline, o.archive_path, sorted(set(jsonl_hours) & set(scope.hours)),
-                             r.progress_path) | "count archive" >> CountArchive(
-        o.dedup_shards or DISTRIBUTED_SHARDS, metadata_snapshots(pipeline, o.metadata_path, None), r.parquet_path,
+    counted = _archive_files(
+        pipeline, o.archive_path, sorted(set(jsonl_hours) & set(scope.hours)), r.progress_path
+    ) | "count archive" >> CountArchive(
+        o.dedup_shards or DISTRIBUTED_SHARDS,
+        metadata_snapshots(pipeline, o.metadata_path, None),
+        r.parquet_path,
         pipeline | "Parquet hours" >> beam.Create(compacted) if r.parquet_path else None,
-        _archive_files(pipeline, o.archive_path, day_only, r.progress_path, "day hours: ") if day_only else None)
+        _archive_files(pipeline, o.archive_path, day_only, r.progress_path, "day hours: ") if day_only else None,
+    )
     enriched = counted[ROWS]
     if len(hours_read) > len(scope.hours):  # hours read for day lists only: their rows are not written
         enriched = enriched | "rows of the recomputed hours" >> beam.FlatMap(_rows_in, frozenset(scope.hours))
     dead = [counted[DEAD_LETTER]]
     if r.rows_path:
-        (enriched
-         | "rows by hour" >> beam.FlatMap(_lines_by_hour)
-         | "row files" >> WriteJsonlByHour(r.rows_path, ROWS_FILE_PREFIX, sinks.run_id))
+        (
+            enriched
+            | "rows by hour" >> beam.FlatMap(_lines_by_hour)
+            | "row files" >> WriteJsonlByHour(r.rows_path, ROWS_FILE_PREFIX, sinks.run_id)
+        )
     else:
         dead.append(enriched | "write to Bigtable" >> bigtable_writer(sinks))
-        dead.append(counted[ROWS]
-                    | "top entities" >> TopFromRows(scope.hours, scope.days)
-                    | "day lists of whole days" >> beam.FlatMap(_of_readable_days, beam.pvalue.AsList(
-                        pipeline
-                        | "days" >> beam.Create(scope.days)
-                        | "days with an unreadable hour" >> beam.FlatMap(_incomplete_day, o.archive_path,
-                                                                         r.parquet_path, _table_of(options))))
-                    | "write top lists to Bigtable" >> bigtable_writer(sinks, TOP_LISTS_WRITTEN))
-    (dead
-     | "all dead letters" >> beam.Flatten()
-     | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id))
+        dead.append(
+            counted[ROWS]
+            | "top entities" >> TopFromRows(scope.hours, scope.days)
+            | "day lists of whole days"
+            >> beam.FlatMap(
+                _of_readable_days,
+                beam.pvalue.AsList(
+                    pipeline
+                    | "days" >> beam.Create(scope.days)
+                    | "days with an unreadable hour"
+                    >> beam.FlatMap(_incomplete_day, o.archive_path, r.parquet_path, _table_of(options))
+                ),
+            )
+            | "write top lists to Bigtable" >> bigtable_writer(sinks, TOP_LISTS_WRITTEN)
+        )
+    (
+        dead
+        | "all dead letters" >> beam.Flatten()
+        | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id)
+    )
     return pipeline
 
 
@@ -340,10 +401,12 @@ def _of_readable_days(top_rows: list, incomplete_days: list[int]):
 def _archive_files(pipeline, archive_path: str, hours: list[int], progress_path: str | None, label: str = ""):
     """The archive's JSONL files of ``hours`` as ``fileio.ReadableFile``s (each noted in
     ``progress_path`` as it is read, when given); ``label`` prefixes the steps' names."""
-    files = (pipeline
-             | f"{label}archive hours" >> beam.Create(archive_patterns(archive_path, hours))
-             | f"{label}match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-             | f"{label}open" >> fileio.ReadMatches())
+    files = (
+        pipeline
+        | f"{label}archive hours" >> beam.Create(archive_patterns(archive_path, hours))
+        | f"{label}match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+        | f"{label}open" >> fileio.ReadMatches()
+    )
     if progress_path:
         files = files | f"{label}progress" >> beam.ParDo(_NoteProgress(progress_path))
     return files

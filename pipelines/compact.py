@@ -37,6 +37,7 @@ invocation per date range on as many machines (a scheduled job per day), each ho
 most one hour's rows in memory (Arrow columns, about the size of the hour's Parquet
 uncompressed) and reading each raw file once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,15 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.restarts import CLOSE_MARGIN_S
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folder, parse_file_path
 from schemas.event import US_PER_S, format_time_us, parse_event_time
-from schemas.parquet_archive import (STAGING_FOLDER, RowBuilder, first_in_archive_order, hour_part_path,
-                                     part_sources, read_part, with_sources)
+from schemas.parquet_archive import (
+    STAGING_FOLDER,
+    RowBuilder,
+    first_in_archive_order,
+    hour_part_path,
+    part_sources,
+    read_part,
+    with_sources,
+)
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_ALLOWED_LATENESS_S = 600  # the streaming job's default (pipelines.options)
@@ -95,8 +103,11 @@ def archive_hours(archive_root: str, hours: range | None = None) -> dict[int, li
             else:
                 out[name.hour_s].append(m.path)
     if unnamed:
-        _LOG.warning("%d .jsonl files in the archive are not named as its writer names them and are not "
-                     "compacted, e.g. %s", len(unnamed), unnamed[0])
+        _LOG.warning(
+            "%d .jsonl files in the archive are not named as its writer names them and are not compacted, e.g. %s",
+            len(unnamed),
+            unnamed[0],
+        )
     return {h: sorted(paths) for h, paths in sorted(out.items())}
 
 
@@ -114,8 +125,7 @@ def _read_lines(path: str):
                 yield n, line
 
 
-def compact_hour(parquet_root: str, hour_s: int, files: list[str],
-                 force: bool = False) -> HourResult:
+def compact_hour(parquet_root: str, hour_s: int, files: list[str], force: bool = False) -> HourResult:
     """Merge the raw ``files`` of one hour (their paths) not yet in its part into it, or every
     file into a new part with ``force`` (module docstring)."""
     part = hour_part_path(parquet_root, hour_s)
@@ -138,7 +148,9 @@ def compact_hour(parquet_root: str, hour_s: int, files: list[str],
     table = with_sources(first_in_archive_order(table), [*done, *(name for _, name in new)])
     _replace(parquet_root, part, table)
     if bad:
-        _LOG.warning("hour %s: %d archived lines (or array items) were no valid event of the hour and were skipped", label, bad)
+        _LOG.warning(
+            "hour %s: %d archived lines (or array items) were no valid event of the hour and were skipped", label, bad
+        )
     return HourResult(label, len(new), lines, bad, table.num_rows)
 
 
@@ -162,8 +174,15 @@ def _compact_one(job: tuple) -> HourResult:
     return compact_hour(*job)
 
 
-def compact(archive_root: str, parquet_root: str, now_s: float, allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S,
-            hours: range | None = None, force: bool = False, workers: int = 1) -> list[HourResult]:
+def compact(
+    archive_root: str,
+    parquet_root: str,
+    now_s: float,
+    allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S,
+    hours: range | None = None,
+    force: bool = False,
+    workers: int = 1,
+) -> list[HourResult]:
     """Compact every closed hour of the archive (of ``hours`` when given, epoch seconds of hour
     starts) into the Parquet root; one ``HourResult`` per closed hour, in hour order. Open hours
     are logged and left for a later run."""
@@ -197,11 +216,18 @@ def add_compact_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parquet-path", required=True, help="Parquet archive root (local folder or gs://B/parquet)")
     p.add_argument("--start", help="RFC 3339 instant: compact only hours from its hour on (with --end)")
     p.add_argument("--end", help="RFC 3339 instant: compact only hours before it (with --start)")
-    p.add_argument("--allowed-lateness-s", type=int, default=DEFAULT_ALLOWED_LATENESS_S,
-                   help="the streaming job's --allowed_lateness_s: an hour is closed once its end plus "
-                   f"this plus {CLOSE_MARGIN_S} s is past")
-    p.add_argument("--force", action="store_true",
-                   help="rebuild parts from the raw files alone (only while the raw archive holds the whole hour)")
+    p.add_argument(
+        "--allowed-lateness-s",
+        type=int,
+        default=DEFAULT_ALLOWED_LATENESS_S,
+        help="the streaming job's --allowed_lateness_s: an hour is closed once its end plus "
+        f"this plus {CLOSE_MARGIN_S} s is past",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild parts from the raw files alone (only while the raw archive holds the whole hour)",
+    )
     p.add_argument("--workers", type=int, default=1, help="hours compacted in parallel (processes)")
 
 
@@ -214,21 +240,31 @@ def compact_main(args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results = compact(args.archive_path, args.parquet_path, time.time(), args.allowed_lateness_s,
-                      hours, args.force, args.workers)
+    results = compact(
+        args.archive_path, args.parquet_path, time.time(), args.allowed_lateness_s, hours, args.force, args.workers
+    )
     changed = [r for r in results if r.files_merged]
-    print(orjson.dumps({
-        "closed_hours": len(results), "hours_written": len(changed),
-        "files_merged": sum(r.files_merged for r in changed), "lines_read": sum(r.lines_read for r in changed),
-        "bad_lines": sum(r.bad_lines for r in changed), "rows": sum(r.rows for r in results),
-        "seconds": round(time.monotonic() - started, 3), "hours": [asdict(r) for r in changed],
-    }).decode())
+    print(
+        orjson.dumps(
+            {
+                "closed_hours": len(results),
+                "hours_written": len(changed),
+                "files_merged": sum(r.files_merged for r in changed),
+                "lines_read": sum(r.lines_read for r in changed),
+                "bad_lines": sum(r.bad_lines for r in changed),
+                "rows": sum(r.rows for r in results),
+                "seconds": round(time.monotonic() - started, 3),
+                "hours": [asdict(r) for r in changed],
+            }
+        ).decode()
+    )
     return 0
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m pipelines.compact", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.compact", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_compact_args(parser)
     sys.exit(compact_main(parser.parse_args()))

@@ -29,6 +29,7 @@ lost (the evaluator acknowledges only what a pull returned).
 
 Call ``apply()`` before running a pipeline on the local runner; it is idempotent.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,7 +52,8 @@ def _scoped_state(self, name_context, state_name, io_target=None, metrics_contai
     for counter_name, cached in list(self._states_by_name.items()):
         if cached is state:
             fresh = statesampler.statesampler_impl.StateSampler._scoped_state(
-                self, counter_name, state.name_context, state.counter, metrics_container)
+                self, counter_name, state.name_context, state.counter, metrics_container
+            )
             self._states_by_name[counter_name] = fresh
             return fresh
     return state

@@ -1,4 +1,5 @@
 """Pipeline flags (Beam ``PipelineOptions``) and the frozen job config built from them."""
+
 from __future__ import annotations
 
 import posixpath
@@ -21,42 +22,74 @@ class CountingOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--input_subscription", help="projects/P/subscriptions/S to read events from")
-        parser.add_argument("--dead_letter_topic",
-                            help="projects/P/topics/T for a best-effort copy of the dead letters (payloads over "
-                            "1 MB cut; the files keep them whole)")
-        parser.add_argument("--dead_letter_path",
-                            help="folder (local or gs://) for dead-letter files, their durable record; default: "
-                            "a dead-letters folder beside --archive_path; a job with neither is refused")
+        parser.add_argument(
+            "--dead_letter_topic",
+            help="projects/P/topics/T for a best-effort copy of the dead letters (payloads over "
+            "1 MB cut; the files keep them whole)",
+        )
+        parser.add_argument(
+            "--dead_letter_path",
+            help="folder (local or gs://) for dead-letter files, their durable record; default: "
+            "a dead-letters folder beside --archive_path; a job with neither is refused",
+        )
         parser.add_argument("--bigtable_project", default=storage.DEFAULT_PROJECT)
         parser.add_argument("--bigtable_instance", default=storage.DEFAULT_INSTANCE)
         parser.add_argument("--bigtable_table", default=storage.DEFAULT_TABLE)
-        parser.add_argument("--bigtable_write_budget_s", type=float, default=WRITE_BUDGET_S,
-                            help="seconds a bundle's Bigtable writes (all its flushes) may spend retrying before "
-                            "what is unwritten becomes write_failed dead letters (transforms.bigtable_sink)")
-        parser.add_argument("--bigtable_attempt_timeout_s", type=float, default=ATTEMPT_TIMEOUT_S,
-                            help="seconds per Bigtable write attempt within the budget")
+        parser.add_argument(
+            "--bigtable_write_budget_s",
+            type=float,
+            default=WRITE_BUDGET_S,
+            help="seconds a bundle's Bigtable writes (all its flushes) may spend retrying before "
+            "what is unwritten becomes write_failed dead letters (transforms.bigtable_sink)",
+        )
+        parser.add_argument(
+            "--bigtable_attempt_timeout_s",
+            type=float,
+            default=ATTEMPT_TIMEOUT_S,
+            help="seconds per Bigtable write attempt within the budget",
+        )
         parser.add_argument("--archive_path", help="folder (local or gs://) of the raw archive")
         parser.add_argument("--metadata_path", help="JSONL metadata snapshot (video_id, title, channel)")
-        parser.add_argument("--metadata_refresh_s", type=int, default=None,
-                            help="re-read --metadata_path every N seconds (not on the local runner)")
-        parser.add_argument("--timestamp_attribute", default=DEFAULT_TIMESTAMP_ATTRIBUTE,
-                            help="Pub/Sub attribute with a message's earliest event time (ms since the epoch or "
-                            "RFC 3339); drives the watermark on Prism, Flink and Dataflow")
+        parser.add_argument(
+            "--metadata_refresh_s",
+            type=int,
+            default=None,
+            help="re-read --metadata_path every N seconds (not on the local runner)",
+        )
+        parser.add_argument(
+            "--timestamp_attribute",
+            default=DEFAULT_TIMESTAMP_ATTRIBUTE,
+            help="Pub/Sub attribute with a message's earliest event time (ms since the epoch or "
+            "RFC 3339); drives the watermark on Prism, Flink and Dataflow",
+        )
         parser.add_argument("--allowed_lateness_s", type=int, default=600)
         parser.add_argument("--max_future_skew_s", type=int, default=300)
         parser.add_argument("--max_event_age_s", type=int, default=7 * 24 * 3600)
-        parser.add_argument("--no_event_age_check", dest="check_event_age", action="store_false",
-                            help="judge no event against the clock (replays of historical data): "
-                            "too_old and future_timestamp never fire")
-        parser.add_argument("--early_firing_s", type=int, default=30,
-                            help="processing-time seconds between early (and late) panes")
-        parser.add_argument("--source_readers", type=int, default=None,
-                            help="readers pulling --input_subscription at once on Prism and Flink "
-                            "(transforms.pubsub_io); default: --parallelism when it is given, else 1")
-        parser.add_argument("--dedup_shards", type=int, default=None,
-                            help="keys of the stateful stages (dedup, panes); default: LOCAL_SHARDS on the local "
-                            "runner (one worker thread, and every key costs it a bundle), DISTRIBUTED_SHARDS "
-                            "elsewhere. Keep it fixed across restores: state is keyed by it")
+        parser.add_argument(
+            "--no_event_age_check",
+            dest="check_event_age",
+            action="store_false",
+            help="judge no event against the clock (replays of historical data): "
+            "too_old and future_timestamp never fire",
+        )
+        parser.add_argument(
+            "--early_firing_s", type=int, default=30, help="processing-time seconds between early (and late) panes"
+        )
+        parser.add_argument(
+            "--source_readers",
+            type=int,
+            default=None,
+            help="readers pulling --input_subscription at once on Prism and Flink "
+            "(transforms.pubsub_io); default: --parallelism when it is given, else 1",
+        )
+        parser.add_argument(
+            "--dedup_shards",
+            type=int,
+            default=None,
+            help="keys of the stateful stages (dedup, panes); default: LOCAL_SHARDS on the local "
+            "runner (one worker thread, and every key costs it a bundle), DISTRIBUTED_SHARDS "
+            "elsewhere. Keep it fixed across restores: state is keyed by it",
+        )
 
 
 @dataclass(frozen=True)
@@ -80,9 +113,11 @@ class SinkConfig:
 
     def __post_init__(self) -> None:
         if not self.dead_letter_path:
-            raise ValueError("dead letters need a folder for their files: give --dead_letter_path (or an "
-                             "--archive_path with a parent folder, beside which dead letters go); "
-                             "--dead_letter_topic only gets a best-effort copy")
+            raise ValueError(
+                "dead letters need a folder for their files: give --dead_letter_path (or an "
+                "--archive_path with a parent folder, beside which dead letters go); "
+                "--dead_letter_topic only gets a best-effort copy"
+            )
 
 
 LOCAL_SHARDS = 4  # measured by viewcounts bench: 16 keys cost the local runner about 3x the time of 4
@@ -90,8 +125,13 @@ DISTRIBUTED_SHARDS = 16
 
 
 def policy_of(o: CountingOptions, check_age: bool = True, local: bool = False) -> AcceptancePolicy:
-    return AcceptancePolicy(o.allowed_lateness_s, o.max_future_skew_s, o.max_event_age_s,
-                            check_age, o.dedup_shards or (LOCAL_SHARDS if local else DISTRIBUTED_SHARDS))
+    return AcceptancePolicy(
+        o.allowed_lateness_s,
+        o.max_future_skew_s,
+        o.max_event_age_s,
+        check_age,
+        o.dedup_shards or (LOCAL_SHARDS if local else DISTRIBUTED_SHARDS),
+    )
 
 
 def default_dead_letter_path(archive_path: str | None) -> str | None:
@@ -111,8 +151,14 @@ def sinks_of(o: CountingOptions, streaming: bool = True) -> SinkConfig:
     every job has dead letters (``write_failed`` ones are the only record of an aggregate
     Bigtable refused), and a ``--dead_letter_topic`` alone is not durable
     (``transforms.dead_letters``)."""
-    return SinkConfig(o.bigtable_project, o.bigtable_instance, o.bigtable_table, o.archive_path,
-                      o.dead_letter_topic, o.dead_letter_path or default_dead_letter_path(o.archive_path),
-                      bigtable_write_budget_s=o.bigtable_write_budget_s,
-                      bigtable_attempt_timeout_s=o.bigtable_attempt_timeout_s,
-                      record_stateless_start=streaming)
+    return SinkConfig(
+        o.bigtable_project,
+        o.bigtable_instance,
+        o.bigtable_table,
+        o.archive_path,
+        o.dead_letter_topic,
+        o.dead_letter_path or default_dead_letter_path(o.archive_path),
+        bigtable_write_budget_s=o.bigtable_write_budget_s,
+        bigtable_attempt_timeout_s=o.bigtable_attempt_timeout_s,
+        record_stateless_start=streaming,
+    )

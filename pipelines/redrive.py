@@ -16,6 +16,7 @@ flags are the streaming job's (``--bigtable_write_budget_s``,
     python -m pipelines.redrive --dead_letter_glob 'gs://B/dead-letters/2024/05/14/**' \\
         --dead_letter_path gs://B/dead-letters-redrive --bigtable_project P ...
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -56,18 +57,28 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
         raise ValueError("--dead_letter_glob is required")
     dead_letter_path = o.dead_letter_path or default_redrive_path(dead_letter_glob)
     if not dead_letter_path:
-        raise ValueError(f"--dead_letter_path is required: rows that fail again need a folder, and "
-                         f"--dead_letter_glob {dead_letter_glob} has none to put one beside")
+        raise ValueError(
+            f"--dead_letter_path is required: rows that fail again need a folder, and "
+            f"--dead_letter_glob {dead_letter_glob} has none to put one beside"
+        )
     pipeline = beam.Pipeline(options=options)
-    failed_again = (pipeline
-                    | "read dead letters" >> beam.io.ReadFromText(dead_letter_glob,
-                                                                  coder=beam.coders.BytesCoder())
-                    | "decode" >> beam.Map(DeadLetter.from_json)
-                    | "write_failed only" >> beam.Filter(lambda d: d.reason == WRITE_FAILED)
-                    | "to rows" >> beam.Map(lambda d: [row_from_json(d.payload)])
-                    | "write to Bigtable" >> beam.ParDo(WriteAggregates(
-                        o.bigtable_project, o.bigtable_instance, o.bigtable_table,
-                        write_budget_s=o.bigtable_write_budget_s, attempt_timeout_s=o.bigtable_attempt_timeout_s)))
+    failed_again = (
+        pipeline
+        | "read dead letters" >> beam.io.ReadFromText(dead_letter_glob, coder=beam.coders.BytesCoder())
+        | "decode" >> beam.Map(DeadLetter.from_json)
+        | "write_failed only" >> beam.Filter(lambda d: d.reason == WRITE_FAILED)
+        | "to rows" >> beam.Map(lambda d: [row_from_json(d.payload)])
+        | "write to Bigtable"
+        >> beam.ParDo(
+            WriteAggregates(
+                o.bigtable_project,
+                o.bigtable_instance,
+                o.bigtable_table,
+                write_budget_s=o.bigtable_write_budget_s,
+                attempt_timeout_s=o.bigtable_attempt_timeout_s,
+            )
+        )
+    )
     failed_again | "dead letters" >> WriteDeadLetters(dead_letter_path, None, new_run_id())
     return pipeline
 

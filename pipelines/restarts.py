@@ -46,6 +46,7 @@ trails by more: let it catch up before recomputing. For a replay of old data ``n
 nothing about the job's watermark: run the recompute once the replay's windows have closed
 (the job's watermark is past them).
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,8 +84,11 @@ def write_marker(archive_path: str, run_id: str, allowed_lateness_s: int, starte
     if "://" not in path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     with FileSystems.create(path) as f:
-        f.write(orjson.dumps({"run_id": run_id, "started_ms": started_ms, "allowed_lateness_s": allowed_lateness_s,
-                              **fields}))
+        f.write(
+            orjson.dumps(
+                {"run_id": run_id, "started_ms": started_ms, "allowed_lateness_s": allowed_lateness_s, **fields}
+            )
+        )
     return path
 
 
@@ -94,11 +98,15 @@ class _WriteMarker(beam.DoFn):
 
     def process(self, _impulse) -> None:
         path = write_marker(self._archive_path, self._run_id, self._allowed_lateness_s, time.time_ns() // 1_000_000)
-        _LOG.warning("run %s started without the state of any job before it (%s): aggregates of windows "
-                     "that job stored and this one writes may stay low until recomputed; once they have "
-                     "closed, run: python -m pipelines.batch_recompute --archive_path %s --after_restarts "
-                     "(plus the Bigtable flags), and again once their UTC days have closed (day top lists)",
-                     self._run_id, path, self._archive_path)
+        _LOG.warning(
+            "run %s started without the state of any job before it (%s): aggregates of windows "
+            "that job stored and this one writes may stay low until recomputed; once they have "
+            "closed, run: python -m pipelines.batch_recompute --archive_path %s --after_restarts "
+            "(plus the Bigtable flags), and again once their UTC days have closed (day top lists)",
+            self._run_id,
+            path,
+            self._archive_path,
+        )
 
 
 class RecordStatelessStart(beam.PTransform):
@@ -163,7 +171,9 @@ def plan_recompute(archive_path: str, now_s: float, hours: range | None = None) 
         for hour_s in hours_of_run.get(run_id, ()):
             if runs_of_hour[hour_s] - {run_id}:  # another run wrote there, whenever
                 lateness_by_hour[hour_s] = max(lateness_by_hour.get(hour_s, 0), marker["allowed_lateness_s"])
-    closed = sorted(h for h, lateness in lateness_by_hour.items()
-                    if closes_at_s(h, ARCHIVE_WINDOW_S, lateness) <= now_s)
-    return RecomputePlan(closed, sorted(set(lateness_by_hour) - set(closed)), lateness_by_hour,
-                         dict(sorted(lateness_by_day.items())))
+    closed = sorted(
+        h for h, lateness in lateness_by_hour.items() if closes_at_s(h, ARCHIVE_WINDOW_S, lateness) <= now_s
+    )
+    return RecomputePlan(
+        closed, sorted(set(lateness_by_hour) - set(closed)), lateness_by_hour, dict(sorted(lateness_by_day.items()))
+    )

@@ -8,7 +8,7 @@ Runner names used by the CLI, the demo and the tests:
   the pinned Beam version.
 * ``flink``: Beam's FlinkRunner through the job server that ``make flink-job-server``
   assembles from Maven Central (``infra/flink/job-server/pom.xml``); ``flink_master``
-  ``[local]`` is an embedded Flink, ``host:port`` a session cluster (``viewcounts.flink``).
+  ``[local]`` is an embedded Flink, ``host:port`` a session cluster (``viewcounts.local.flink``).
 * ``dataflow``: Google Cloud Dataflow (native ``ReadFromPubSub`` with the timestamp attribute).
 
 What each runner supports and needs is declared once, in ``PROFILES`` (a ``RunnerProfile``
@@ -16,6 +16,7 @@ per runner); the pipeline builders read it and give transforms runner-neutral pa
 ``docs/runners.md`` tabulates the profiles and tells, per workaround, the upstream issue and
 the symptom.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mmh3
-
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, PortableOptions, StandardOptions
 
@@ -51,27 +51,54 @@ class FlinkJobOptions(PipelineOptions):
         parser.add_argument("--checkpointing_interval", type=int, default=None, help="ms between Flink checkpoints")
         parser.add_argument("--state_backend", default=None, help="Flink state backend: filesystem or rocksdb")
         parser.add_argument("--state_backend_storage_path", default=None, help="where checkpoints go (file://...)")
-        parser.add_argument("--externalized_checkpoints_enabled", action="store_true", default=None,
-                            help="keep checkpoints after the job ends, to restore from")
+        parser.add_argument(
+            "--externalized_checkpoints_enabled",
+            action="store_true",
+            default=None,
+            help="keep checkpoints after the job ends, to restore from",
+        )
         parser.add_argument("--retain_externalized_checkpoints_on_cancellation", action="store_true", default=None)
-        parser.add_argument("--savepoint_path", default=None,
-                            help="savepoint or retained checkpoint to start from; default: the newest retained "
-                            "checkpoint under --state_backend_storage_path (pipelines.runners.prepare)")
-        parser.add_argument("--fresh_start", action="store_true", default=False,
-                            help="start without state even when a retained checkpoint exists (then recompute: "
-                            "pipelines.restarts)")
-        parser.add_argument("--finish_bundle_before_checkpointing", action="store_true", default=None,
-                            help="finish the bundle at a checkpoint instead of buffering its output in state")
+        parser.add_argument(
+            "--savepoint_path",
+            default=None,
+            help="savepoint or retained checkpoint to start from; default: the newest retained "
+            "checkpoint under --state_backend_storage_path (pipelines.runners.prepare)",
+        )
+        parser.add_argument(
+            "--fresh_start",
+            action="store_true",
+            default=False,
+            help="start without state even when a retained checkpoint exists (then recompute: pipelines.restarts)",
+        )
+        parser.add_argument(
+            "--finish_bundle_before_checkpointing",
+            action="store_true",
+            default=None,
+            help="finish the bundle at a checkpoint instead of buffering its output in state",
+        )
         parser.add_argument("--flink_conf_dir", default=None, help="folder with a flink-conf.yaml for the job")
-        parser.add_argument("--max_bundle_time_ms", type=int, default=None,
-                            help="Flink's bundle-check period; the source's pause between pulls follows it (pull_pacing)")
-        parser.add_argument("--max_concurrent_checkpoints", type=int, default=None,
-                            help="checkpoints in flight at once; the job needs 1 (pubsub_io.AckLedger)")
+        parser.add_argument(
+            "--max_bundle_time_ms",
+            type=int,
+            default=None,
+            help="Flink's bundle-check period; the source's pause between pulls follows it (pull_pacing)",
+        )
+        parser.add_argument(
+            "--max_concurrent_checkpoints",
+            type=int,
+            default=None,
+            help="checkpoints in flight at once; the job needs 1 (pubsub_io.AckLedger)",
+        )
         # Java's attachedMode: detached, the job server returns once Flink has accepted the job
-        # (a remote master only; viewcounts.submit)
-        parser.add_argument("--detached", dest="attached_mode", action="store_false", default=None,
-                            help="submit to a remote Flink and return without waiting for the job "
-                            "(python -m viewcounts.submit)")
+        # (a remote master only; viewcounts.commands.submit)
+        parser.add_argument(
+            "--detached",
+            dest="attached_mode",
+            action="store_false",
+            default=None,
+            help="submit to a remote Flink and return without waiting for the job "
+            "(python -m viewcounts.commands.submit)",
+        )
 
 
 def _require(path: Path, make_target: str) -> str:
@@ -80,10 +107,16 @@ def _require(path: Path, make_target: str) -> str:
     return str(path)
 
 
-def runner_flags(runner: str, flink_master: str = "[local]",
-                 checkpointing_interval_ms: int = DEFAULT_CHECKPOINTING_INTERVAL_MS,
-                 checkpoint_dir: str | None = None, savepoint_path: str | None = None, parallelism: int = 1,
-                 worker_pool: str | None = None, sdk_worker_parallelism: int = 1) -> list[str]:
+def runner_flags(
+    runner: str,
+    flink_master: str = "[local]",
+    checkpointing_interval_ms: int = DEFAULT_CHECKPOINTING_INTERVAL_MS,
+    checkpoint_dir: str | None = None,
+    savepoint_path: str | None = None,
+    parallelism: int = 1,
+    worker_pool: str | None = None,
+    sdk_worker_parallelism: int = 1,
+) -> list[str]:
     """Beam flags that select ``runner`` (one of ``RUNNERS``). ``dataflow`` gives only the
     runner; project, region and staging flags are the user's (README).
 
@@ -104,28 +137,44 @@ def runner_flags(runner: str, flink_master: str = "[local]",
     if runner == "local":
         return [f"--runner={PROFILES['local'].beam_runner}"]
     if runner == "prism":
-        return [f"--runner={PROFILES['prism'].beam_runner}", f"--prism_location={_require(PRISM_BINARY, 'prism')}",
-                "--environment_type=LOOPBACK",
-                # a Prism server of its own: Beam shares one per process, and a DirectRunner that
-                # tried Prism first (with no --prism_location) may already have made it
-                "--experiments=disable_prism_server_singleton",
-                # no runner-initiated splits (of any bundle, despite the name): Prism 2.70's
-                # splitBundle releases the residual's keys while the primary still runs, so
-                # one key of a stateful stage can run in two bundles at once. Seen: the shared
-                # case 16-flush-at-end accepted events twice (events_accepted 1006 of 1004
-                # read) in 4 runs of 8, and the demo overcounted; without splits, 0 of 8 and 0
-                "--experiments=prism_disable_sdf_split"]
+        return [
+            f"--runner={PROFILES['prism'].beam_runner}",
+            f"--prism_location={_require(PRISM_BINARY, 'prism')}",
+            "--environment_type=LOOPBACK",
+            # a Prism server of its own: Beam shares one per process, and a DirectRunner that
+            # tried Prism first (with no --prism_location) may already have made it
+            "--experiments=disable_prism_server_singleton",
+            # no runner-initiated splits (of any bundle, despite the name): Prism 2.70's
+            # splitBundle releases the residual's keys while the primary still runs, so
+            # one key of a stateful stage can run in two bundles at once. Seen: the shared
+            # case 16-flush-at-end accepted events twice (events_accepted 1006 of 1004
+            # read) in 4 runs of 8, and the demo overcounted; without splits, 0 of 8 and 0
+            "--experiments=prism_disable_sdf_split",
+        ]
     if runner == "flink":
-        flags = [f"--runner={PROFILES['flink'].beam_runner}", f"--flink_master={flink_master}", f"--flink_version={FLINK_VERSION}",
-                 f"--flink_job_server_jar={_require(FLINK_JOB_SERVER_JAR, 'flink-job-server')}",
-                 f"--parallelism={parallelism}"]
-        flags += (["--environment_type=EXTERNAL", f"--environment_config={worker_pool}",
-                   f"--sdk_worker_parallelism={sdk_worker_parallelism}"] if worker_pool
-                  else ["--environment_type=LOOPBACK"])
+        flags = [
+            f"--runner={PROFILES['flink'].beam_runner}",
+            f"--flink_master={flink_master}",
+            f"--flink_version={FLINK_VERSION}",
+            f"--flink_job_server_jar={_require(FLINK_JOB_SERVER_JAR, 'flink-job-server')}",
+            f"--parallelism={parallelism}",
+        ]
+        flags += (
+            [
+                "--environment_type=EXTERNAL",
+                f"--environment_config={worker_pool}",
+                f"--sdk_worker_parallelism={sdk_worker_parallelism}",
+            ]
+            if worker_pool
+            else ["--environment_type=LOOPBACK"]
+        )
         # --finish_bundle_before_checkpointing: see _flink_job_settings
-        flags += [f"--checkpointing_interval={checkpointing_interval_ms}", "--finish_bundle_before_checkpointing",
-                  "--state_backend=filesystem",
-                  f"--state_backend_storage_path=file://{checkpoint_dir or tempfile.mkdtemp(prefix='flink-checkpoints-')}"]
+        flags += [
+            f"--checkpointing_interval={checkpointing_interval_ms}",
+            "--finish_bundle_before_checkpointing",
+            "--state_backend=filesystem",
+            f"--state_backend_storage_path=file://{checkpoint_dir or tempfile.mkdtemp(prefix='flink-checkpoints-')}",
+        ]
         if checkpoint_dir:
             flags += ["--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation"]
         if savepoint_path:
@@ -140,7 +189,7 @@ def latest_checkpoint(storage_path: str) -> str | None:
     """The newest completed checkpoint under a Flink checkpoint storage path (``file://``,
     a plain folder, or any Beam file system such as ``gs://``): the ``<job id>/chk-N``
     folder whose ``_metadata`` was written last, or None."""
-    root = storage_path[len("file://"):] if storage_path.startswith("file://") else storage_path
+    root = storage_path[len("file://") :] if storage_path.startswith("file://") else storage_path
     found = FileSystems.match([f"{root.rstrip('/')}/*/chk-*/_metadata"])[0].metadata_list
     if not found:
         return None
@@ -157,12 +206,18 @@ def _resume(options: PipelineOptions) -> None:
     flink = options.view_as(FlinkJobOptions)
     if flink.fresh_start and flink.savepoint_path:
         raise ValueError("--fresh_start and --savepoint_path contradict each other")
-    if not flink.savepoint_path and not flink.fresh_start and flink.externalized_checkpoints_enabled \
-            and flink.state_backend_storage_path:
+    if (
+        not flink.savepoint_path
+        and not flink.fresh_start
+        and flink.externalized_checkpoints_enabled
+        and flink.state_backend_storage_path
+    ):
         flink.savepoint_path = latest_checkpoint(flink.state_backend_storage_path)
         if flink.savepoint_path:
-            _LOG.info("resuming from the newest retained checkpoint %s (--fresh_start to start without it)",
-                      flink.savepoint_path)
+            _LOG.info(
+                "resuming from the newest retained checkpoint %s (--fresh_start to start without it)",
+                flink.savepoint_path,
+            )
     master = options.view_as(FlinkRunnerOptions).flink_master
     if flink.savepoint_path and master in ("[local]", "[auto]"):
         conf_dir = tempfile.mkdtemp(prefix="flink-conf-")
@@ -220,19 +275,27 @@ def _flink_job_settings(options: PipelineOptions) -> None:
     options.view_as(StandardOptions).streaming = True
     flink = options.view_as(FlinkJobOptions)
     if flink.max_concurrent_checkpoints not in (None, 1):
-        raise ValueError(f"--max_concurrent_checkpoints={flink.max_concurrent_checkpoints}: the job needs 1 "
-                         "(its source acknowledges messages after three later checkpoint notices)")
+        raise ValueError(
+            f"--max_concurrent_checkpoints={flink.max_concurrent_checkpoints}: the job needs 1 "
+            "(its source acknowledges messages after three later checkpoint notices)"
+        )
     flink.max_concurrent_checkpoints = 1
     portable = options.view_as(PortableOptions)
     if portable.environment_cache_millis:
-        raise ValueError(f"--environment_cache_millis={portable.environment_cache_millis}: the job needs 0 "
-                         "(a worker kept across a restart could acknowledge messages the restore lost)")
+        raise ValueError(
+            f"--environment_cache_millis={portable.environment_cache_millis}: the job needs 0 "
+            "(a worker kept across a restart could acknowledge messages the restore lost)"
+        )
     if not flink.checkpointing_interval or flink.checkpointing_interval <= 0:
         flink.checkpointing_interval = DEFAULT_CHECKPOINTING_INTERVAL_MS
     if flink.checkpointing_interval > ACK_DEADLINE_S * 1000 / 4:
-        _LOG.warning("--checkpointing_interval=%d ms: acknowledgements trail pulls by about four intervals, "
-                     "over the %d s ack deadline of this project's subscriptions; messages will come back as "
-                     "duplicates", flink.checkpointing_interval, ACK_DEADLINE_S)
+        _LOG.warning(
+            "--checkpointing_interval=%d ms: acknowledgements trail pulls by about four intervals, "
+            "over the %d s ack deadline of this project's subscriptions; messages will come back as "
+            "duplicates",
+            flink.checkpointing_interval,
+            ACK_DEADLINE_S,
+        )
     flink.finish_bundle_before_checkpointing = True
     flink.state_backend = flink.state_backend or "filesystem"
     if flink.state_backend_storage_path:
@@ -240,8 +303,10 @@ def _flink_job_settings(options: PipelineOptions) -> None:
         flink.retain_externalized_checkpoints_on_cancellation = True
     else:
         flink.state_backend_storage_path = f"file://{tempfile.mkdtemp(prefix='flink-checkpoints-')}"
-        _LOG.info("checkpoints go to %s (not retained; pass --state_backend_storage_path to keep them)",
-                  flink.state_backend_storage_path)
+        _LOG.info(
+            "checkpoints go to %s (not retained; pass --state_backend_storage_path to keep them)",
+            flink.state_backend_storage_path,
+        )
     runner = options.view_as(FlinkRunnerOptions)
     if not runner.flink_job_server_jar and FLINK_JOB_SERVER_JAR.exists():
         runner.flink_job_server_jar = str(FLINK_JOB_SERVER_JAR)
@@ -322,28 +387,73 @@ class RunnerProfile:
 
 
 PROFILES: dict[str, RunnerProfile] = {
-    "local": RunnerProfile("BundleBasedDirectRunner", native_pubsub=True, native_timestamp_attribute=False,
-                           stamped_watermark=False, reader_key_groups=False, pause_outlasts_bundle_check=False,
-                           metadata_side_input=True, periodic_impulse=False, triggered_side_inputs=True,
-                           trigger_read_once_side_input=True, timer_output_holds_watermark=False),
-    "prism": RunnerProfile("PrismRunner", native_pubsub=False, native_timestamp_attribute=False,
-                           stamped_watermark=True, reader_key_groups=False, pause_outlasts_bundle_check=False,
-                           metadata_side_input=False, periodic_impulse=False, triggered_side_inputs=False,
-                           trigger_read_once_side_input=False, timer_output_holds_watermark=True),
-    "flink": RunnerProfile("FlinkRunner", native_pubsub=False, native_timestamp_attribute=False,
-                           stamped_watermark=False, reader_key_groups=True, pause_outlasts_bundle_check=True,
-                           metadata_side_input=False, periodic_impulse=True, triggered_side_inputs=True,
-                           trigger_read_once_side_input=False, timer_output_holds_watermark=True),
-    "dataflow": RunnerProfile("DataflowRunner", native_pubsub=True, native_timestamp_attribute=True,
-                              stamped_watermark=False, reader_key_groups=False, pause_outlasts_bundle_check=False,
-                              metadata_side_input=True, periodic_impulse=True, triggered_side_inputs=True,
-                              trigger_read_once_side_input=False, timer_output_holds_watermark=True),
+    "local": RunnerProfile(
+        "BundleBasedDirectRunner",
+        native_pubsub=True,
+        native_timestamp_attribute=False,
+        stamped_watermark=False,
+        reader_key_groups=False,
+        pause_outlasts_bundle_check=False,
+        metadata_side_input=True,
+        periodic_impulse=False,
+        triggered_side_inputs=True,
+        trigger_read_once_side_input=True,
+        timer_output_holds_watermark=False,
+    ),
+    "prism": RunnerProfile(
+        "PrismRunner",
+        native_pubsub=False,
+        native_timestamp_attribute=False,
+        stamped_watermark=True,
+        reader_key_groups=False,
+        pause_outlasts_bundle_check=False,
+        metadata_side_input=False,
+        periodic_impulse=False,
+        triggered_side_inputs=False,
+        trigger_read_once_side_input=False,
+        timer_output_holds_watermark=True,
+    ),
+    "flink": RunnerProfile(
+        "FlinkRunner",
+        native_pubsub=False,
+        native_timestamp_attribute=False,
+        stamped_watermark=False,
+        reader_key_groups=True,
+        pause_outlasts_bundle_check=True,
+        metadata_side_input=False,
+        periodic_impulse=True,
+        triggered_side_inputs=True,
+        trigger_read_once_side_input=False,
+        timer_output_holds_watermark=True,
+    ),
+    "dataflow": RunnerProfile(
+        "DataflowRunner",
+        native_pubsub=True,
+        native_timestamp_attribute=True,
+        stamped_watermark=False,
+        reader_key_groups=False,
+        pause_outlasts_bundle_check=False,
+        metadata_side_input=True,
+        periodic_impulse=True,
+        triggered_side_inputs=True,
+        trigger_read_once_side_input=False,
+        timer_output_holds_watermark=True,
+    ),
 }
 # any other (portable) runner: the portable source with one reader, metadata read by each worker
-PORTABLE = RunnerProfile("", native_pubsub=False, native_timestamp_attribute=False, stamped_watermark=True,
-                         reader_key_groups=False, pause_outlasts_bundle_check=False, metadata_side_input=False,
-                         periodic_impulse=True, triggered_side_inputs=True, trigger_read_once_side_input=False,
-                         timer_output_holds_watermark=True)
+PORTABLE = RunnerProfile(
+    "",
+    native_pubsub=False,
+    native_timestamp_attribute=False,
+    stamped_watermark=True,
+    reader_key_groups=False,
+    pause_outlasts_bundle_check=False,
+    metadata_side_input=False,
+    periodic_impulse=True,
+    triggered_side_inputs=True,
+    trigger_read_once_side_input=False,
+    timer_output_holds_watermark=True,
+)
 
 
 def profile(runner: str) -> RunnerProfile:
@@ -352,12 +462,12 @@ def profile(runner: str) -> RunnerProfile:
 
 
 def stamped_watermark(runner: str) -> bool:
-    """``profile(runner).stamped_watermark`` (``viewcounts.scenario`` asks by this name)."""
+    """``profile(runner).stamped_watermark`` (``viewcounts.commands.scenario`` asks by this name)."""
     return profile(runner).stamped_watermark
 
 
 def triggered_side_inputs(runner: str) -> bool:
-    """``profile(runner).triggered_side_inputs`` (``viewcounts.scenario`` asks by this name)."""
+    """``profile(runner).triggered_side_inputs`` (``viewcounts.commands.scenario`` asks by this name)."""
     return profile(runner).triggered_side_inputs
 
 
@@ -380,8 +490,9 @@ def reader_placement(options: PipelineOptions, runner: str) -> dict:
     if not profile(runner).reader_key_groups:
         return {}
     flink = options.view_as(FlinkRunnerOptions)
-    groups = flink.max_parallelism if flink.max_parallelism > 0 \
-        else flink_default_max_parallelism(max(1, flink.parallelism))
+    groups = (
+        flink.max_parallelism if flink.max_parallelism > 0 else flink_default_max_parallelism(max(1, flink.parallelism))
+    )
     return {"key_group": functools.partial(flink_key_group, max_parallelism=groups), "key_groups": groups}
 
 

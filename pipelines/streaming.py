@@ -9,6 +9,7 @@ demo drive it); ``main`` runs it::
         --dead_letter_topic projects/P/topics/T --archive_path gs://B/archive \\
         --bigtable_project P --bigtable_instance I --bigtable_table T --streaming
 """
+
 from __future__ import annotations
 
 import time
@@ -41,11 +42,17 @@ def metadata_snapshots(pipeline: beam.Pipeline, metadata_path: str | None, refre
         def snapshot(fired, path=metadata_path):  # fired: the firing time, a Timestamp or float seconds
             return Timestamp.of(fired).micros, read_snapshot_file(path)
 
-        return pipeline | "metadata refresh" >> PeriodicImpulse(fire_interval=refresh_s) | "re-read metadata" >> beam.Map(snapshot)
+        return (
+            pipeline
+            | "metadata refresh" >> PeriodicImpulse(fire_interval=refresh_s)
+            | "re-read metadata" >> beam.Map(snapshot)
+        )
     paths = [metadata_path] if metadata_path else []
-    return (pipeline
-            | "metadata path" >> beam.Create(paths)
-            | "read metadata" >> beam.Map(lambda path: (0, read_snapshot_file(path))))
+    return (
+        pipeline
+        | "metadata path" >> beam.Create(paths)
+        | "read metadata" >> beam.Map(lambda path: (0, read_snapshot_file(path)))
+    )
 
 
 def read_events(pipeline: beam.Pipeline, runner: str, o: CountingOptions):
@@ -57,16 +64,20 @@ def read_events(pipeline: beam.Pipeline, runner: str, o: CountingOptions):
     ``runners.reader_placement`` and paced by ``runners.pull_pacing``."""
     profile = runners.profile(runner)
     if profile.native_pubsub:
-        source = beam.io.ReadFromPubSub(subscription=o.input_subscription, **(
-            {"timestamp_attribute": o.timestamp_attribute} if profile.native_timestamp_attribute else {}))
+        source = beam.io.ReadFromPubSub(
+            subscription=o.input_subscription,
+            **({"timestamp_attribute": o.timestamp_attribute} if profile.native_timestamp_attribute else {}),
+        )
     else:
         options = pipeline.options
-        source = ReadFromPubSubPortable(o.input_subscription, o.timestamp_attribute,
-                                        max_future_skew_s=o.max_future_skew_s,
-                                        readers=source_readers(options, runner),
-                                        **runners.reader_placement(options, runner),
-                                        **runners.pull_pacing(runner, options.view_as(
-                                            runners.FlinkJobOptions).max_bundle_time_ms))
+        source = ReadFromPubSubPortable(
+            o.input_subscription,
+            o.timestamp_attribute,
+            max_future_skew_s=o.max_future_skew_s,
+            readers=source_readers(options, runner),
+            **runners.reader_placement(options, runner),
+            **runners.pull_pacing(runner, options.view_as(runners.FlinkJobOptions).max_bundle_time_ms),
+        )
     return pipeline | "read Pub/Sub" >> source | "arrival time" >> beam.Map(_with_arrival_time)
 
 
@@ -81,8 +92,9 @@ def source_readers(options: PipelineOptions, runner: str) -> int:
         parallelism = options.view_as(FlinkRunnerOptions).parallelism
         readers = parallelism if parallelism and parallelism > 0 else 1
     if readers > 1 and runners.profile(runner).stamped_watermark:
-        raise ValueError(f"--source_readers={readers}: the {runner} runner reads the watermark from the "
-                         f"stamps of one reader; use 1")
+        raise ValueError(
+            f"--source_readers={readers}: the {runner} runner reads the watermark from the stamps of one reader; use 1"
+        )
     return readers
 
 
@@ -95,9 +107,14 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     sinks = sinks_of(o)  # raises without a folder for the dead letters
     runner = runners.prepare(options)
     pipeline = beam.Pipeline(options=options)
-    count_and_store(read_events(pipeline, runner, o), enrichment(pipeline, runner, o),
-                    policy_of(o, check_age=o.check_event_age, local=runner == "local"), o.early_firing_s, sinks,
-                    stamped_watermark=runners.profile(runner).stamped_watermark)
+    count_and_store(
+        read_events(pipeline, runner, o),
+        enrichment(pipeline, runner, o),
+        policy_of(o, check_age=o.check_event_age, local=runner == "local"),
+        o.early_firing_s,
+        sinks,
+        stamped_watermark=runners.profile(runner).stamped_watermark,
+    )
     return pipeline
 
 
@@ -110,11 +127,14 @@ def enrichment(pipeline: beam.Pipeline, runner: str, o: CountingOptions) -> beam
     if not profile.metadata_side_input:
         return EnrichFromFile(o.metadata_path, o.metadata_refresh_s)
     if o.metadata_refresh_s and not profile.periodic_impulse:
-        raise ValueError(f"--metadata_refresh_s needs PeriodicImpulse and triggered side inputs; "
-                         f"the {runner} runner lacks them")
+        raise ValueError(
+            f"--metadata_refresh_s needs PeriodicImpulse and triggered side inputs; the {runner} runner lacks them"
+        )
     refreshing = bool(o.metadata_path and o.metadata_refresh_s)
-    return EnrichFromSnapshots(metadata_snapshots(pipeline, o.metadata_path, o.metadata_refresh_s),
-                               triggered=refreshing or profile.trigger_read_once_side_input)
+    return EnrichFromSnapshots(
+        metadata_snapshots(pipeline, o.metadata_path, o.metadata_refresh_s),
+        triggered=refreshing or profile.trigger_read_once_side_input,
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ qualifier only when they change; a value split over chunks while ``value_size`` 
 raises the ``google.api_core.exceptions`` error of its gRPC status, and the service answers
 503 (the caller retries).
 """
+
 from __future__ import annotations
 
 from urllib.parse import quote
@@ -32,8 +33,15 @@ def _messages():
     return bigtable.ReadRowsRequest.pb(), bigtable.ReadRowsResponse.pb(), data
 
 
-async def read_columns(client, table_name: str, keys: list[bytes], family: str, start_q: bytes | None,
-                       end_q: bytes | None, timeout_s: float = 5.0) -> dict[bytes, list[tuple[bytes, bytes, int]]]:
+async def read_columns(
+    client,
+    table_name: str,
+    keys: list[bytes],
+    family: str,
+    start_q: bytes | None,
+    end_q: bytes | None,
+    timeout_s: float = 5.0,
+) -> dict[bytes, list[tuple[bytes, bytes, int]]]:
     """See the module docstring. ``client``: an open ``BigtableDataClientAsync``;
     ``table_name``: ``projects/P/instances/I/tables/T``."""
     import grpc
@@ -46,15 +54,23 @@ async def read_columns(client, table_name: str, keys: list[bytes], family: str, 
     if end_q is not None:
         columns.end_qualifier_open = end_q
     row_filter = data.RowFilter.pb()
-    request = request_cls(table_name=table_name, rows=data.RowSet.pb()(row_keys=keys),
-                          filter=row_filter(chain=data.RowFilter.Chain.pb()(filters=[
-                              row_filter(column_range_filter=columns), row_filter(cells_per_column_limit_filter=1)])))
-    call = client.transport.grpc_channel.unary_stream(_METHOD, request_serializer=request_cls.SerializeToString,
-                                                      response_deserializer=response_cls.FromString)
+    request = request_cls(
+        table_name=table_name,
+        rows=data.RowSet.pb()(row_keys=keys),
+        filter=row_filter(
+            chain=data.RowFilter.Chain.pb()(
+                filters=[row_filter(column_range_filter=columns), row_filter(cells_per_column_limit_filter=1)]
+            )
+        ),
+    )
+    call = client.transport.grpc_channel.unary_stream(
+        _METHOD, request_serializer=request_cls.SerializeToString, response_deserializer=response_cls.FromString
+    )
     merger = ChunkMerger(family)
     try:
-        async for response in call(request, timeout=timeout_s,
-                                   metadata=[("x-goog-request-params", f"table_name={quote(table_name, safe='')}")]):
+        async for response in call(
+            request, timeout=timeout_s, metadata=[("x-goog-request-params", f"table_name={quote(table_name, safe='')}")]
+        ):
             merger.feed(response.chunks)
     except grpc.aio.AioRpcError as exc:
         raise from_grpc_error(exc) from None

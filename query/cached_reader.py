@@ -45,6 +45,7 @@ cached (at most ``MAX_TOPS`` lists, least recently read dropped first; ``invalid
 too); an open window's list serves the requests for the same window for a time drawn between
 ``tail_ttl_s / 2`` and ``tail_ttl_s``, as an open tail does.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,8 +53,8 @@ import math
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from query.bigtable_rows import read_columns
 from query.stats import RowSpan, StatsQuery, row_spans
@@ -98,8 +99,7 @@ class FinalRowCache:
             self._rows.move_to_end(key)
         return entry
 
-    def extend(self, key: bytes, span: RowSpan, fresh: WindowArrays, from_s: int, to_s: int,
-               generation: int) -> None:
+    def extend(self, key: bytes, span: RowSpan, fresh: WindowArrays, from_s: int, to_s: int, generation: int) -> None:
         """Hold ``fresh``'s windows ``[from_s, to_s)`` (final, read at ``generation``) for the row
         ``key``, if they continue what is held (no gap) and no invalidation came since."""
         if generation != self.generation or to_s <= from_s:
@@ -126,8 +126,14 @@ class FinalRowCache:
         return n
 
     def info(self) -> dict:
-        return {"rows": len(self._rows), "bytes": self._bytes, "max_bytes": self.max_bytes,
-                "hits": self.hits, "misses": self.misses, "generation": self.generation}
+        return {
+            "rows": len(self._rows),
+            "bytes": self._bytes,
+            "max_bytes": self.max_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+            "generation": self.generation,
+        }
 
 
 @dataclass(frozen=True)
@@ -174,10 +180,17 @@ class CachedStatsReader:
     docstring). ``open()`` inside the event loop that serves, ``close()`` at shutdown.
     ``clock``: the wall clock in epoch seconds (tests move it)."""
 
-    def __init__(self, project: str = storage.DEFAULT_PROJECT, instance: str = storage.DEFAULT_INSTANCE,
-                 table: str = storage.DEFAULT_TABLE, allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S,
-                 final_margin_s: int = DEFAULT_FINAL_MARGIN_S, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 tail_ttl_s: float = DEFAULT_TAIL_TTL_S, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        project: str = storage.DEFAULT_PROJECT,
+        instance: str = storage.DEFAULT_INSTANCE,
+        table: str = storage.DEFAULT_TABLE,
+        allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S,
+        final_margin_s: int = DEFAULT_FINAL_MARGIN_S,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        tail_ttl_s: float = DEFAULT_TAIL_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if allowed_lateness_s < 0 or final_margin_s < 0 or tail_ttl_s < 0:
             raise ValueError("allowed_lateness_s, final_margin_s and tail_ttl_s must be >= 0")
         self.project, self.instance, self.table_id = project, instance, table
@@ -235,8 +248,7 @@ class CachedStatsReader:
                 tail = self._tails.get(span.key)
                 if hi <= known:
                     self.cache.hits += 1
-                elif tail and now < tail.expires_at and tail.windows.first_s <= known \
-                        and hi <= tail.windows.end_s:
+                elif tail and now < tail.expires_at and tail.windows.first_s <= known and hi <= tail.windows.end_s:
                     out.copy_range(tail.windows, max(known, lo), hi)
                     read_at = min(read_at or now, tail.read_at)
                 else:
@@ -248,10 +260,18 @@ class CachedStatsReader:
         if not reads:
             return answers
         # qualifiers sort as numbers from 1970 on; a range reaching before reads whole rows
-        results = await asyncio.gather(*(read_columns(self._client, self._table_name, list(spans), storage.FAMILY,
-                                                      *((storage.qualifier(known), storage.qualifier(hi))
-                                                        if known >= 0 else (None, None)))
-                                         for (known, hi, _), spans in reads.items()))
+        results = await asyncio.gather(
+            *(
+                read_columns(
+                    self._client,
+                    self._table_name,
+                    list(spans),
+                    storage.FAMILY,
+                    *((storage.qualifier(known), storage.qualifier(hi)) if known >= 0 else (None, None)),
+                )
+                for (known, hi, _), spans in reads.items()
+            )
+        )
         fresh_rows = {}
         for ((known, hi, size), spans), rows in zip(reads.items(), results):
             final_to = self.final_before(size, now)
@@ -283,8 +303,9 @@ class CachedStatsReader:
             return TopAnswer(top_answer(query, entry.items, entry.opened_at_ms), final, now, entry.read_at)
         generation = self.cache.generation
         key, q = query.cell
-        rows = await read_columns(self._client, self._table_name, [key], storage.FAMILY, q,
-                                  storage.qualifier(query.window_start_s + 1))
+        rows = await read_columns(
+            self._client, self._table_name, [key], storage.FAMILY, q, storage.qualifier(query.window_start_s + 1)
+        )
         cells = rows.get(key, ())
         items, opened_at_ms = decoded(*cells[0][1:]) if cells else decoded(None, None)
         ttl = math.inf if final else self.tail_ttl_s * (0.5 + 0.5 * random.random())

@@ -17,6 +17,7 @@ Routes:
 When uPlot's files are missing, ``/`` and ``/dashboard`` answer 503 with a page that says how
 to build them (and the vendor route 404 with the same message), never a 500.
 """
+
 from __future__ import annotations
 
 import html
@@ -29,9 +30,11 @@ PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
 ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 VENDOR = {"uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css"}
 VENDOR_ENV = "VIEWCOUNTS_DASHBOARD_VENDOR"
-BUILD_HINT = ("The dashboard's JavaScript (uPlot) is not built: run `make js` in the repository (npm ci of "
-              "query/dashboard/package-lock.json into build/dashboard), or point the environment variable "
-              f"{VENDOR_ENV} at a folder holding {' and '.join(VENDOR)}, then reload this page.")
+BUILD_HINT = (
+    "The dashboard's JavaScript (uPlot) is not built: run `make js` in the repository (npm ci of "
+    "query/dashboard/package-lock.json into build/dashboard), or point the environment variable "
+    f"{VENDOR_ENV} at a folder holding {' and '.join(VENDOR)}, then reload this page."
+)
 
 
 def vendor_dir() -> str:
@@ -56,10 +59,12 @@ router = APIRouter(tags=["dashboard"])
 async def page() -> Response:
     missing = missing_vendor_files()
     if missing:
-        body = (f"<!doctype html><meta charset='utf-8'><title>viewcounts dashboard: not built</title>"
-                f"<h1>viewcounts dashboard</h1><p id='build-hint'>{html.escape(BUILD_HINT)}</p>"
-                f"<p>Missing in {html.escape(vendor_dir())}: {html.escape(', '.join(missing))}.</p>"
-                f"<p>The JSON API works without it: <a href='/docs'>/docs</a>.</p>")
+        body = (
+            f"<!doctype html><meta charset='utf-8'><title>viewcounts dashboard: not built</title>"
+            f"<h1>viewcounts dashboard</h1><p id='build-hint'>{html.escape(BUILD_HINT)}</p>"
+            f"<p>Missing in {html.escape(vendor_dir())}: {html.escape(', '.join(missing))}.</p>"
+            f"<p>The JSON API works without it: <a href='/docs'>/docs</a>.</p>"
+        )
         return HTMLResponse(body, status_code=503)
     return FileResponse(os.path.join(PAGE_DIR, "index.html"), media_type="text/html")
 

@@ -48,6 +48,7 @@ Bounds: at most ``MAX_SERIES`` (20) series a request, and at most ``MAX_WINDOWS`
 stored windows spanned by all of them (series x range / window size: 20 one-day minute series
 are 28,800; one 30-day hour series is 720; a year of hours by day or total is 8,784).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,10 +67,17 @@ from google.api_core import exceptions as google_exceptions
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from query import dashboard
-from query.cached_reader import (DEFAULT_ALLOWED_LATENESS_S, DEFAULT_CACHE_BYTES, DEFAULT_FINAL_MARGIN_S,
-                                 DEFAULT_TAIL_TTL_S, Answer, CachedStatsReader)
+from query.cached_reader import (
+    DEFAULT_ALLOWED_LATENESS_S,
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_FINAL_MARGIN_S,
+    DEFAULT_TAIL_TTL_S,
+    Answer,
+    CachedStatsReader,
+)
 from query.stats import FUNCTIONS, QueryError, StatsQuery, aggregate_json, parse_query, value_of, zone_of
-from query.top import GRANULARITIES as TOP_GRANULARITIES, parse_top
+from query.top import GRANULARITIES as TOP_GRANULARITIES
+from query.top import parse_top
 from query.windows import COUNT, MAX, MIN, OPENED_MS, SUM, VALUE_COUNT, bucket_columns
 from schemas import storage
 
@@ -81,21 +89,37 @@ _JSON = "application/json"
 
 _REQUIRED = ("video_id", "event_type", "function", "start", "end", "granularity")
 STATS_PARAMETERS = [
-    {"name": name, "in": "query", "required": name in _REQUIRED, "description": text,
-     "schema": {"type": "array", "items": {"type": "string"}} if name in ("video_id", "event_type")
-     else {"type": "string"}, **({"explode": True} if name in ("video_id", "event_type") else {})}
-    for name, text in (("video_id", f"repeatable; series = video_id x event_type, at most {MAX_SERIES}"),
-                       ("event_type", "repeatable"), ("function", " | ".join(FUNCTIONS)),
-                       ("start", "RFC 3339 instant, aligned to the granularity"),
-                       ("end", "RFC 3339 instant (exclusive)"), ("granularity", "minute | hour | day | total"),
-                       ("tz", "IANA time zone for bucket labels (buckets stay UTC)"))]
+    {
+        "name": name,
+        "in": "query",
+        "required": name in _REQUIRED,
+        "description": text,
+        "schema": {"type": "array", "items": {"type": "string"}}
+        if name in ("video_id", "event_type")
+        else {"type": "string"},
+        **({"explode": True} if name in ("video_id", "event_type") else {}),
+    }
+    for name, text in (
+        ("video_id", f"repeatable; series = video_id x event_type, at most {MAX_SERIES}"),
+        ("event_type", "repeatable"),
+        ("function", " | ".join(FUNCTIONS)),
+        ("start", "RFC 3339 instant, aligned to the granularity"),
+        ("end", "RFC 3339 instant (exclusive)"),
+        ("granularity", "minute | hour | day | total"),
+        ("tz", "IANA time zone for bucket labels (buckets stay UTC)"),
+    )
+]
 
 
 TOP_PARAMETERS = [
     {"name": name, "in": "query", "required": name != "n", "description": text, "schema": {"type": "string"}}
-    for name, text in (("type", "event type, [a-z0-9_]+"), ("granularity", " | ".join(TOP_GRANULARITIES)),
-                       ("at", "RFC 3339 instant inside the window (or its start)"),
-                       ("n", f"how many videos, 1..{storage.TOP_K} (default 10)"))]
+    for name, text in (
+        ("type", "event type, [a-z0-9_]+"),
+        ("granularity", " | ".join(TOP_GRANULARITIES)),
+        ("at", "RFC 3339 instant inside the window (or its start)"),
+        ("n", f"how many videos, 1..{storage.TOP_K} (default 10)"),
+    )
+]
 
 
 def top_params(params) -> tuple:
@@ -119,8 +143,15 @@ def stats_params(params) -> tuple:
     repeated = [name for name in ("function", "start", "end", "granularity", "tz") if len(params.getlist(name)) > 1]
     if repeated:
         raise QueryError(f"query parameter(s) given more than once: {', '.join(repeated)}")
-    return (params.getlist("video_id"), params.getlist("event_type"), params["function"], params["start"],
-            params["end"], params["granularity"], params.get("tz") or None)
+    return (
+        params.getlist("video_id"),
+        params.getlist("event_type"),
+        params["function"],
+        params["start"],
+        params["end"],
+        params["granularity"],
+        params.get("tz") or None,
+    )
 
 
 def check_bounds(queries: list[StatsQuery]) -> None:
@@ -132,8 +163,10 @@ def check_bounds(queries: list[StatsQuery]) -> None:
     q = queries[0]
     windows = len(queries) * ((q.end_s - q.start_s) // storage.GRANULARITY_SECONDS[q.source])
     if windows > MAX_WINDOWS:
-        raise QueryError(f"the request spans {windows} stored windows ({len(queries)} series x range / "
-                         f"{q.source}); at most {MAX_WINDOWS}: ask for a shorter range or a coarser granularity")
+        raise QueryError(
+            f"the request spans {windows} stored windows ({len(queries)} series x range / "
+            f"{q.source}); at most {MAX_WINDOWS}: ask for a shorter range or a coarser granularity"
+        )
 
 
 def _instant(s: float | None) -> str | None:
@@ -145,8 +178,9 @@ def _labels(first_s: int, n: int, size: int, tz: str | None) -> orjson.Fragment:
     """The encoded JSON list of ``n`` bucket start labels (``StatsQuery.label``), kept: the
     same ranges come again and again, and formatting 1,440 labels costs ~2 ms."""
     zone = zone_of(tz)
-    return orjson.Fragment(orjson.dumps([dt.datetime.fromtimestamp(first_s + i * size, zone).isoformat()
-                                         for i in range(n)]))
+    return orjson.Fragment(
+        orjson.dumps([dt.datetime.fromtimestamp(first_s + i * size, zone).isoformat() for i in range(n)])
+    )
 
 
 def series_json(answer: Answer, tz: str | None, allowed_lateness_s: int, final_margin_s: int) -> dict:
@@ -156,26 +190,39 @@ def series_json(answer: Answer, tz: str | None, allowed_lateness_s: int, final_m
     closes = allowed_lateness_s + final_margin_s
     with_data = np.flatnonzero(w.ints[COUNT])
     newest = int(with_data[-1]) if with_data.size else None
-    series = {"video_id": q.video_id, "event_type": q.event_type, "value": value_of(cols.combined, q.function),
-              "combined": aggregate_json(cols.combined), "final": q.end_s + closes <= answer.now_s,
-              "read_at": _instant(answer.read_at),
-              "newest_window": None if newest is None else _instant(w.first_s + newest * w.size),
-              "newest_window_opened_at": None if newest is None else _instant(w.ints[OPENED_MS, newest] / 1000)}
+    series = {
+        "video_id": q.video_id,
+        "event_type": q.event_type,
+        "value": value_of(cols.combined, q.function),
+        "combined": aggregate_json(cols.combined),
+        "final": q.end_s + closes <= answer.now_s,
+        "read_at": _instant(answer.read_at),
+        "newest_window": None if newest is None else _instant(w.first_s + newest * w.size),
+        "newest_window_opened_at": None if newest is None else _instant(w.ints[OPENED_MS, newest] / 1000),
+    }
     if q.bucket_size is not None:
         n = cols.ints.shape[1]
         counts, value_counts = cols.ints[COUNT], cols.ints[VALUE_COUNT]
         sums = cols.floats[SUM]
         avg = np.divide(sums, value_counts, out=np.full(n, np.nan), where=value_counts > 0)
         starts = cols.first_s + np.arange(n, dtype=np.int64) * cols.bucket_size
-        series["buckets"] = {"start": _labels(cols.first_s, n, cols.bucket_size, tz), "count": counts,
-                             "value_count": value_counts, "sum": sums, "avg": avg, "min": cols.floats[MIN],
-                             "max": cols.floats[MAX], "final": starts + cols.bucket_size + closes <= answer.now_s}
+        series["buckets"] = {
+            "start": _labels(cols.first_s, n, cols.bucket_size, tz),
+            "count": counts,
+            "value_count": value_counts,
+            "sum": sums,
+            "avg": avg,
+            "min": cols.floats[MIN],
+            "max": cols.floats[MAX],
+            "final": starts + cols.bucket_size + closes <= answer.now_s,
+        }
     return series
 
 
 def create_app(reader: CachedStatsReader):
     """The FastAPI app serving ``reader`` (module docstring). The app opens the reader's client
     when it starts and closes it when it stops (its lifespan)."""
+
     def error(status: int, message: str) -> Response:
         return Response(orjson.dumps({"error": message}), status_code=status, media_type=_JSON)
 
@@ -187,8 +234,11 @@ def create_app(reader: CachedStatsReader):
         finally:
             await reader.close()
 
-    app = FastAPI(title="viewcounts stats", lifespan=lifespan,
-                  description="Stored per-minute and per-hour aggregates (SPEC.md section 6) over HTTP.")
+    app = FastAPI(
+        title="viewcounts stats",
+        lifespan=lifespan,
+        description="Stored per-minute and per-hour aggregates (SPEC.md section 6) over HTTP.",
+    )
     app.include_router(dashboard.router)  # the dashboard page at / and /dashboard (query.dashboard)
 
     @app.exception_handler(QueryError)
@@ -197,8 +247,9 @@ def create_app(reader: CachedStatsReader):
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):  # 404, 405 (with its Allow header)
-        return Response(orjson.dumps({"error": str(exc.detail)}), status_code=exc.status_code, media_type=_JSON,
-                        headers=exc.headers)
+        return Response(
+            orjson.dumps({"error": str(exc.detail)}), status_code=exc.status_code, media_type=_JSON, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -212,10 +263,15 @@ def create_app(reader: CachedStatsReader):
     async def _bigtable_error(request: Request, exc: google_exceptions.GoogleAPIError):
         return error(503, f"Bigtable could not be read: {type(exc).__name__}: {str(exc)[:300]}")
 
-    @app.get("/v1/stats", summary="get_stats for one or more (video_id, event_type) series",
-             openapi_extra={"parameters": STATS_PARAMETERS},
-             responses={200: {"description": "the series (see the module docstring of query.service)"},
-                        400: {"description": "{\"error\": message}: a refused query or a request over the bounds"}})
+    @app.get(
+        "/v1/stats",
+        summary="get_stats for one or more (video_id, event_type) series",
+        openapi_extra={"parameters": STATS_PARAMETERS},
+        responses={
+            200: {"description": "the series (see the module docstring of query.service)"},
+            400: {"description": "{\"error\": message}: a refused query or a request over the bounds"},
+        },
+    )
     async def stats(request: Request) -> Response:
         # parameters read here, not declared to FastAPI: its per-parameter validation was ~30 %
         # of a cached answer's CPU; STATS_PARAMETERS documents them in the OpenAPI schema
@@ -224,16 +280,27 @@ def create_app(reader: CachedStatsReader):
         check_bounds(queries)
         answers = await reader.read_many(queries)
         q = queries[0]
-        body = {"function": function, "granularity": granularity, "start": q.label(q.start_s).isoformat(),
-                "end": q.label(q.end_s).isoformat(), "tz": tz, "allowed_lateness_s": reader.allowed_lateness_s,
-                "final_margin_s": reader.final_margin_s,
-                "series": [series_json(a, tz, reader.allowed_lateness_s, reader.final_margin_s) for a in answers]}
+        body = {
+            "function": function,
+            "granularity": granularity,
+            "start": q.label(q.start_s).isoformat(),
+            "end": q.label(q.end_s).isoformat(),
+            "tz": tz,
+            "allowed_lateness_s": reader.allowed_lateness_s,
+            "final_margin_s": reader.final_margin_s,
+            "series": [series_json(a, tz, reader.allowed_lateness_s, reader.final_margin_s) for a in answers],
+        }
         return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type=_JSON)
 
-    @app.get("/v1/top", summary="the top n videos by count of one event type in one minute, hour or day",
-             openapi_extra={"parameters": TOP_PARAMETERS},
-             responses={200: {"description": "the top list (see the module docstring of query.service)"},
-                        400: {"description": "{\"error\": message}: a refused query"}})
+    @app.get(
+        "/v1/top",
+        summary="the top n videos by count of one event type in one minute, hour or day",
+        openapi_extra={"parameters": TOP_PARAMETERS},
+        responses={
+            200: {"description": "the top list (see the module docstring of query.service)"},
+            400: {"description": "{\"error\": message}: a refused query"},
+        },
+    )
     async def top(request: Request) -> Response:
         answer = await reader.read_top(parse_top(*top_params(request.query_params)))
         body = answer.top.to_json(answer.final)
@@ -243,8 +310,9 @@ def create_app(reader: CachedStatsReader):
     @app.post("/v1/cache/invalidate", summary="drop every cached final window (after a recompute)")
     async def invalidate() -> Response:
         dropped = reader.invalidate()
-        return Response(orjson.dumps({"dropped_rows": dropped, "generation": reader.cache.generation}),
-                        media_type=_JSON)
+        return Response(
+            orjson.dumps({"dropped_rows": dropped, "generation": reader.cache.generation}), media_type=_JSON
+        )
 
     @app.get("/healthz", summary="liveness and cache figures")
     async def healthz() -> Response:
@@ -260,16 +328,31 @@ def add_serve_args(parser) -> None:
     parser.add_argument("--project", default=storage.DEFAULT_PROJECT, help="Bigtable project")
     parser.add_argument("--instance", default=storage.DEFAULT_INSTANCE, help="Bigtable instance")
     parser.add_argument("--table", default=storage.DEFAULT_TABLE, help="Bigtable table")
-    parser.add_argument("--allowed-lateness-s", type=int, default=DEFAULT_ALLOWED_LATENESS_S,
-                        help="the streaming job's --allowed_lateness_s: a bucket is final once its end plus this "
-                        "plus --final-margin-s is past")
-    parser.add_argument("--final-margin-s", type=int, default=DEFAULT_FINAL_MARGIN_S,
-                        help="how far the streaming job's watermark may trail the wall clock")
-    parser.add_argument("--cache-mb", type=int, default=DEFAULT_CACHE_BYTES // 2**20,
-                        help="memory for cached final windows (least recently used rows dropped past it)")
-    parser.add_argument("--tail-ttl-s", type=float, default=DEFAULT_TAIL_TTL_S,
-                        help="how long a read of a row's open (not final) windows serves other requests; 0: "
-                        "every request reads them")
+    parser.add_argument(
+        "--allowed-lateness-s",
+        type=int,
+        default=DEFAULT_ALLOWED_LATENESS_S,
+        help="the streaming job's --allowed_lateness_s: a bucket is final once its end plus this "
+        "plus --final-margin-s is past",
+    )
+    parser.add_argument(
+        "--final-margin-s",
+        type=int,
+        default=DEFAULT_FINAL_MARGIN_S,
+        help="how far the streaming job's watermark may trail the wall clock",
+    )
+    parser.add_argument(
+        "--cache-mb",
+        type=int,
+        default=DEFAULT_CACHE_BYTES // 2**20,
+        help="memory for cached final windows (least recently used rows dropped past it)",
+    )
+    parser.add_argument(
+        "--tail-ttl-s",
+        type=float,
+        default=DEFAULT_TAIL_TTL_S,
+        help="how long a read of a row's open (not final) windows serves other requests; 0: every request reads them",
+    )
 
 
 def serve_main(args) -> int:
@@ -284,16 +367,26 @@ def serve_main(args) -> int:
         try:
             google.auth.default()
         except DefaultCredentialsError:
-            _LOG.error("no Bigtable to read: set BIGTABLE_EMULATOR_HOST=host:port for an emulator (for example the "
-                       "one `viewcounts demo --keep-running` prints) or configure Google Cloud credentials")
+            _LOG.error(
+                "no Bigtable to read: set BIGTABLE_EMULATOR_HOST=host:port for an emulator (for example the "
+                "one `viewcounts demo --keep-running` prints) or configure Google Cloud credentials"
+            )
             return 2
-    reader = CachedStatsReader(args.project, args.instance, args.table, args.allowed_lateness_s,
-                               args.final_margin_s, args.cache_mb * 2**20, args.tail_ttl_s)
+    reader = CachedStatsReader(
+        args.project,
+        args.instance,
+        args.table,
+        args.allowed_lateness_s,
+        args.final_margin_s,
+        args.cache_mb * 2**20,
+        args.tail_ttl_s,
+    )
     app = create_app(reader)
     gc.collect()
     gc.freeze()  # the start-up objects out of the collector's reach: no full-collection pauses over them
-    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools", access_log=False,
-                log_level="info")
+    uvicorn.run(
+        app, host=args.host, port=args.port, loop="uvloop", http="httptools", access_log=False, log_level="info"
+    )
     return 0
 
 

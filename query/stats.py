@@ -24,6 +24,7 @@ written (corrupted, or a sum stored as null by versions before the value bound) 
 ``storage.CellError`` naming its row and column, never a ``TypeError`` halfway through a
 sum. Every cell the pipeline writes decodes (``tests/test_hostile.py``).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -67,10 +68,17 @@ class Stats:
 
     def to_json(self) -> dict:
         agg = aggregate_json
-        return {"video_id": self.video_id, "event_type": self.event_type, "function": self.function,
-                "granularity": self.granularity, "start": self.start.isoformat(), "end": self.end.isoformat(),
-                "value": self.value, "combined": agg(self.combined),
-                "buckets": [{"start": b.start.isoformat(), **agg(b.aggregate)} for b in self.buckets]}
+        return {
+            "video_id": self.video_id,
+            "event_type": self.event_type,
+            "function": self.function,
+            "granularity": self.granularity,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "value": self.value,
+            "combined": agg(self.combined),
+            "buckets": [{"start": b.start.isoformat(), **agg(b.aggregate)} for b in self.buckets],
+        }
 
 
 def aggregate_json(a: Aggregate) -> dict:
@@ -148,8 +156,9 @@ def check_in_calendar(start_s: int, end_s: int) -> None:
         raise QueryError("ranges must lie between 1970-01-01T00:00:00Z and 9999-12-01T00:00:00Z")
 
 
-def parse_query(video_id: str, event_type: str, function: str, start, end, granularity: str,
-                tz: str | None = None) -> StatsQuery:
+def parse_query(
+    video_id: str, event_type: str, function: str, start, end, granularity: str, tz: str | None = None
+) -> StatsQuery:
     """Check a ``get_stats`` request (module docstring); raises ``QueryError`` with the message
     the CLI prints."""
     if function not in FUNCTIONS:
@@ -172,7 +181,10 @@ def parse_query(video_id: str, event_type: str, function: str, start, end, granu
         video_id.encode("utf-8")
     except UnicodeEncodeError:
         raise QueryError("video_id is not valid Unicode (lone surrogate)") from None
-    for name, text, most in (("video_id", video_id, MAX_VIDEO_ID_BYTES), ("event_type", event_type, MAX_EVENT_TYPE_BYTES)):
+    for name, text, most in (
+        ("video_id", video_id, MAX_VIDEO_ID_BYTES),
+        ("event_type", event_type, MAX_EVENT_TYPE_BYTES),
+    ):
         if len(text.encode("utf-8", "surrogatepass")) > most:
             raise QueryError(f"{name} is longer than {most} UTF-8 bytes: no stored aggregate can have it")
     return StatsQuery(video_id, event_type, function, granularity, start_s, end_s, zone)
@@ -212,16 +224,28 @@ def stats_of(query: StatsQuery, windows: WindowArrays) -> Stats:
     """``Stats`` of ``query`` from its source windows over ``[query.start_s, query.end_s)``."""
     cols = bucket_columns(windows, query.bucket_size)
     buckets = [Bucket(query.label(b), a) for b, a in zip(cols.starts, cols.aggregates())]
-    return Stats(query.video_id, query.event_type, query.function, query.granularity,
-                 query.label(query.start_s), query.label(query.end_s), buckets, cols.combined)
+    return Stats(
+        query.video_id,
+        query.event_type,
+        query.function,
+        query.granularity,
+        query.label(query.start_s),
+        query.label(query.end_s),
+        buckets,
+        cols.combined,
+    )
 
 
 class StatsReader:
     """Reads stored aggregates from one Bigtable table (honours ``BIGTABLE_EMULATOR_HOST``);
     one blocking read per call, no cache (``query.cached_reader`` serves with one)."""
 
-    def __init__(self, project: str = storage.DEFAULT_PROJECT, instance: str = storage.DEFAULT_INSTANCE,
-                 table: str = storage.DEFAULT_TABLE) -> None:
+    def __init__(
+        self,
+        project: str = storage.DEFAULT_PROJECT,
+        instance: str = storage.DEFAULT_INSTANCE,
+        table: str = storage.DEFAULT_TABLE,
+    ) -> None:
         from google.cloud import bigtable
 
         self._client = bigtable.Client(project=project, admin=False)
@@ -230,7 +254,7 @@ class StatsReader:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "StatsReader":
+    def __enter__(self) -> StatsReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -248,11 +272,11 @@ class StatsReader:
             video_id, event_type, granularity, _ = storage.parse_row_key(row.row_key)
             for q, cells in sorted(row.cells.get(storage.FAMILY, {}).items()):
                 agg, title, channel = decode(row.row_key, q, cells[0].value)
-                yield storage.StoredCell(video_id, event_type, granularity, storage.window_of_qualifier(q),
-                                         agg, title, channel)
+                yield storage.StoredCell(
+                    video_id, event_type, granularity, storage.window_of_qualifier(q), agg, title, channel
+                )
 
-    def read_arrays(self, video_id: str, event_type: str, granularity: str, start_s: int,
-                    end_s: int) -> WindowArrays:
+    def read_arrays(self, video_id: str, event_type: str, granularity: str, start_s: int, end_s: int) -> WindowArrays:
         """The ``granularity`` ('minute'/'hour') windows starting in ``[start_s, end_s)`` as dense
         columns from the window holding ``start_s``; one ReadRows request."""
         from google.cloud.bigtable.row_filters import CellsColumnLimitFilter
@@ -267,25 +291,43 @@ class StatsReader:
         for span in spans:
             row_set.add_row_key(span.key)
         for row in self._table.read_rows(row_set=row_set, filter_=CellsColumnLimitFilter(1)):
-            decode_cells(row.row_key, ((q, cells[0].value, cells[0].timestamp_micros)
-                                       for q, cells in row.cells.get(storage.FAMILY, {}).items()),
-                         out, start_s, end_s)
+            decode_cells(
+                row.row_key,
+                (
+                    (q, cells[0].value, cells[0].timestamp_micros)
+                    for q, cells in row.cells.get(storage.FAMILY, {}).items()
+                ),
+                out,
+                start_s,
+                end_s,
+            )
         return out
 
-    def read_windows(self, video_id: str, event_type: str, granularity: str,
-                     start_s: int, end_s: int) -> dict[int, Aggregate]:
+    def read_windows(
+        self, video_id: str, event_type: str, granularity: str, start_s: int, end_s: int
+    ) -> dict[int, Aggregate]:
         """Stored aggregates of ``granularity`` ('minute'/'hour') windows starting in ``[start_s, end_s)``."""
         return self.read_arrays(video_id, event_type, granularity, start_s, end_s).aggregates()
 
-    def get_stats(self, video_id: str, event_type: str, function: str, start, end,
-                  granularity: str, tz: str | None = None) -> Stats:
+    def get_stats(
+        self, video_id: str, event_type: str, function: str, start, end, granularity: str, tz: str | None = None
+    ) -> Stats:
         query = parse_query(video_id, event_type, function, start, end, granularity, tz)
-        return stats_of(query, self.read_arrays(query.video_id, query.event_type, query.source,
-                                                query.start_s, query.end_s))
+        return stats_of(
+            query, self.read_arrays(query.video_id, query.event_type, query.source, query.start_s, query.end_s)
+        )
 
 
-def get_stats(video_id: str, event_type: str, function: str, start, end, granularity: str,
-              reader: StatsReader | None = None, tz: str | None = None) -> Stats:
+def get_stats(
+    video_id: str,
+    event_type: str,
+    function: str,
+    start,
+    end,
+    granularity: str,
+    reader: StatsReader | None = None,
+    tz: str | None = None,
+) -> Stats:
     """Module-level form of ``StatsReader.get_stats``; opens a default reader when none is given."""
     if reader is not None:
         return reader.get_stats(video_id, event_type, function, start, end, granularity, tz)

@@ -19,6 +19,7 @@ instant; ``storage.CellError`` for a stored cell the pipeline does not write.
 ``TopReader`` reads with a blocking client (the CLI); the service reads through
 ``query.cached_reader.CachedStatsReader.read_top`` (final windows cached).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -50,8 +51,10 @@ class TopQuery:
     @property
     def cell(self) -> tuple[bytes, bytes]:
         """``(row key, qualifier)`` of the window's top list."""
-        return (storage.top_row_key(self.event_type, self.granularity, self.window_start_s),
-                storage.qualifier(self.window_start_s))
+        return (
+            storage.top_row_key(self.event_type, self.granularity, self.window_start_s),
+            storage.qualifier(self.window_start_s),
+        )
 
 
 def _at_us(at) -> int:
@@ -96,11 +99,16 @@ class Top:
     def to_json(self, final: bool) -> dict:
         """The ``/v1/top`` answer (``query.service``); ``final``: no pane of the window can come any more."""
         q = self.query
-        return {"type": q.event_type, "granularity": q.granularity, "window_start": _instant(q.window_start_s),
-                "window_end": _instant(q.window_end_s), "n": q.n,
-                "items": [{"video_id": v, "count": c} for v, c in self.items],
-                "newest_pane": None if self.opened_at_ms is None else _instant(self.opened_at_ms / 1000),
-                "final": final}
+        return {
+            "type": q.event_type,
+            "granularity": q.granularity,
+            "window_start": _instant(q.window_start_s),
+            "window_end": _instant(q.window_end_s),
+            "n": q.n,
+            "items": [{"video_id": v, "count": c} for v, c in self.items],
+            "newest_pane": None if self.opened_at_ms is None else _instant(self.opened_at_ms / 1000),
+            "final": final,
+        }
 
 
 def _instant(s: float) -> str:
@@ -117,7 +125,7 @@ def decoded(value: bytes | None, timestamp_us: int | None) -> tuple[list[tuple[s
 
 def top_answer(query: TopQuery, items: list[tuple[str, int]], opened_at_ms: int | None) -> Top:
     """The ``Top`` of ``query`` from the window's stored list (``decoded``)."""
-    return Top(query, items[:query.n], opened_at_ms)
+    return Top(query, items[: query.n], opened_at_ms)
 
 
 class TopReader(StatsReader):
@@ -129,8 +137,12 @@ class TopReader(StatsReader):
 
         query = parse_top(event_type, granularity, at, n)
         key, q = query.cell
-        row = self._table.read_row(key, filter_=f.RowFilterChain([
-            f.ColumnRangeFilter(storage.FAMILY, q, q, inclusive_end=True), f.CellsColumnLimitFilter(1)]))
+        row = self._table.read_row(
+            key,
+            filter_=f.RowFilterChain(
+                [f.ColumnRangeFilter(storage.FAMILY, q, q, inclusive_end=True), f.CellsColumnLimitFilter(1)]
+            ),
+        )
         cells = [] if row is None else row.cells.get(storage.FAMILY, {}).get(q, [])
         cell = cells[0] if cells else None
         return top_answer(query, *decoded(cell and cell.value, cell and cell.timestamp_micros))

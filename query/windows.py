@@ -17,6 +17,7 @@ over the range, as ``schemas.storage.merge`` does for two aggregates: counts and
 added, min/max over the windows that carry values, ``avg`` always recombined as ``sum /
 value_count``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ class WindowArrays:
     floats: np.ndarray
 
     @classmethod
-    def empty(cls, first_s: int, end_s: int, size: int) -> "WindowArrays":
+    def empty(cls, first_s: int, end_s: int, size: int) -> WindowArrays:
         """Every window of ``size`` starting in ``[first_s, end_s)`` empty (``first_s`` aligned)."""
         n = max(0, -(-(end_s - first_s) // size))
         floats = np.zeros((3, n))
@@ -64,7 +65,7 @@ class WindowArrays:
         self.ints[:, i] = (agg.count, agg.value_count, opened_ms)
         self.floats[:, i] = (agg.sum, np.nan if agg.min is None else agg.min, np.nan if agg.max is None else agg.max)
 
-    def copy_range(self, other: "WindowArrays", lo_s: int, hi_s: int) -> None:
+    def copy_range(self, other: WindowArrays, lo_s: int, hi_s: int) -> None:
         """Copy ``other``'s windows starting in ``[lo_s, hi_s)`` (inside both, same size) here."""
         if hi_s <= lo_s:
             return
@@ -77,8 +78,10 @@ class WindowArrays:
         """The non-empty windows as ``{window_start_s: Aggregate}`` (Python numbers, None for NaN)."""
         nz = np.flatnonzero(self.ints[COUNT])
         ints, floats = self.ints[:, nz].T.tolist(), self.floats[:, nz].T.tolist()
-        return {self.first_s + int(i) * self.size: _aggregate(c, vc, s, lo, hi)
-                for i, (c, vc, _), (s, lo, hi) in zip(nz.tolist(), ints, floats)}
+        return {
+            self.first_s + int(i) * self.size: _aggregate(c, vc, s, lo, hi)
+            for i, (c, vc, _), (s, lo, hi) in zip(nz.tolist(), ints, floats)
+        }
 
 
 def _aggregate(count: int, value_count: int, total: float, lo: float, hi: float) -> Aggregate:
@@ -121,8 +124,10 @@ class Columns:
         return range(self.first_s, self.first_s + self.ints.shape[1] * self.bucket_size, self.bucket_size)
 
     def aggregates(self) -> list[Aggregate]:
-        return [_aggregate(c, vc, s, lo, hi)
-                for (c, vc, _), (s, lo, hi) in zip(self.ints.T.tolist(), self.floats.T.tolist())]
+        return [
+            _aggregate(c, vc, s, lo, hi)
+            for (c, vc, _), (s, lo, hi) in zip(self.ints.T.tolist(), self.floats.T.tolist())
+        ]
 
 
 def bucket_columns(windows: WindowArrays, bucket_size: int | None) -> Columns:
@@ -132,14 +137,20 @@ def bucket_columns(windows: WindowArrays, bucket_size: int | None) -> Columns:
     k = 1 if bucket_size is None else bucket_size // windows.size
     if k > 1:
         n = ints.shape[1] // k
-        ints = np.concatenate([ints[:OPENED_MS].reshape(2, n, k).sum(axis=2),
-                               ints[OPENED_MS:].reshape(1, n, k).max(axis=2)])
+        ints = np.concatenate(
+            [ints[:OPENED_MS].reshape(2, n, k).sum(axis=2), ints[OPENED_MS:].reshape(1, n, k).max(axis=2)]
+        )
         f = floats.reshape(3, n, k)
         floats = np.stack([f[SUM].sum(axis=1), np.fmin.reduce(f[MIN], axis=1), np.fmax.reduce(f[MAX], axis=1)])
     combined = EMPTY
     if windows.ints.shape[1]:
-        combined = _aggregate(int(ints[COUNT].sum()), int(ints[VALUE_COUNT].sum()), float(floats[SUM].sum()),
-                              float(np.fmin.reduce(floats[MIN])), float(np.fmax.reduce(floats[MAX])))
+        combined = _aggregate(
+            int(ints[COUNT].sum()),
+            int(ints[VALUE_COUNT].sum()),
+            float(floats[SUM].sum()),
+            float(np.fmin.reduce(floats[MIN])),
+            float(np.fmax.reduce(floats[MAX])),
+        )
         if not combined.count:
             combined = EMPTY
     if bucket_size is None:

@@ -21,6 +21,7 @@ Restart markers: ``<archive root>/_restarts/<started>-<run id>.json``, written b
 streaming job that started without the state of the job before it
 (``pipelines.restarts``); ``{"run_id", "started_ms", "allowed_lateness_s"}``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -56,8 +57,12 @@ def outside_its_hour(event: Event, folder_hour_s: int) -> Rejection | None:
     some hours never writes windows outside them."""
     if hour_of_us(event.time_us) == folder_hour_s:
         return None
-    return Rejection("bad_timestamp", f"event_time is outside the archive hour of its folder "
-                     f"({dt.datetime.fromtimestamp(folder_hour_s, dt.timezone.utc):%Y-%m-%dT%H}:00Z)", event.raw)
+    return Rejection(
+        "bad_timestamp",
+        f"event_time is outside the archive hour of its folder "
+        f"({dt.datetime.fromtimestamp(folder_hour_s, dt.timezone.utc):%Y-%m-%dT%H}:00Z)",
+        event.raw,
+    )
 
 
 def new_run_id() -> str:
@@ -130,14 +135,17 @@ class DeadLetter:
 
     def to_json(self) -> bytes:
         """One dead-letter file line; a detail with lone surrogates has them replaced."""
-        return orjson.dumps({
-            "reason": self.reason, "detail": self.detail.encode("utf-8", "replace").decode("utf-8"),
-            "processing_time_us": self.processing_time_us,
-            "payload_base64": base64.b64encode(self.payload).decode("ascii"),
-        })
+        return orjson.dumps(
+            {
+                "reason": self.reason,
+                "detail": self.detail.encode("utf-8", "replace").decode("utf-8"),
+                "processing_time_us": self.processing_time_us,
+                "payload_base64": base64.b64encode(self.payload).decode("ascii"),
+            }
+        )
 
     @classmethod
-    def from_json(cls, line: bytes) -> "DeadLetter":
+    def from_json(cls, line: bytes) -> DeadLetter:
         d = orjson.loads(line)
         return cls(base64.b64decode(d["payload_base64"]), d["reason"], d["detail"], d["processing_time_us"])
 
@@ -148,9 +156,12 @@ class DeadLetter:
         Attributes ``reason``, ``detail`` (cut to ``MAX_ATTRIBUTE_BYTES`` UTF-8 bytes, lone
         surrogates replaced), ``processing_time_us``; the whole message stays under
         ``max_payload_bytes`` + 2 KiB, far below Pub/Sub's 10 MB."""
-        attributes = {"reason": self.reason, "detail": _utf8_prefix(self.detail, MAX_ATTRIBUTE_BYTES),
-                      "processing_time_us": str(self.processing_time_us),
-                      "payload_bytes": str(len(self.payload))}
+        attributes = {
+            "reason": self.reason,
+            "detail": _utf8_prefix(self.detail, MAX_ATTRIBUTE_BYTES),
+            "processing_time_us": str(self.processing_time_us),
+            "payload_bytes": str(len(self.payload)),
+        }
         if len(self.payload) <= max_payload_bytes:
             return self.payload, attributes
         return self.payload[:max_payload_bytes], {**attributes, "truncated": "true"}

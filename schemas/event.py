@@ -43,6 +43,7 @@ lone surrogates, ``"\\ud800"``), reading the same numbers the same way, and keep
 beyond the float range as ``HugeNumber`` (its text): a field holding one is
 ``bad_timestamp``/``bad_value``, any other field keeps it verbatim in ``raw``.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -66,8 +67,7 @@ FUTURE_TIMESTAMP = "future_timestamp"
 TOO_OLD = "too_old"
 TOO_LATE = "too_late"
 WRITE_FAILED = "write_failed"
-INPUT_REASONS = (TOO_LARGE, DECODE_ERROR, JSON_ERROR, NOT_AN_OBJECT, MISSING_FIELD, BAD_FIELD, BAD_TIMESTAMP,
-                 BAD_VALUE)
+INPUT_REASONS = (TOO_LARGE, DECODE_ERROR, JSON_ERROR, NOT_AN_OBJECT, MISSING_FIELD, BAD_FIELD, BAD_TIMESTAMP, BAD_VALUE)
 
 REQUIRED_FIELDS = ("event_id", "video_id", "event_type", "event_time")
 MAX_EVENT_ID_BYTES = 128
@@ -92,7 +92,9 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 # ASCII digits only ([0-9], not \d: a str pattern's \d is every Unicode decimal digit).
 _RFC3339_RE = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
-    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))\Z", re.ASCII)
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))\Z",
+    re.ASCII,
+)
 
 
 class Event(NamedTuple):
@@ -147,7 +149,7 @@ def safe_detail(text: str) -> str:
     cut to ``MAX_DETAIL_CHARS`` characters."""
     if not text.isascii():
         text = text.encode("ascii", "backslashreplace").decode("ascii")
-    return text if len(text) <= MAX_DETAIL_CHARS else text[:MAX_DETAIL_CHARS - 3] + "..."
+    return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 3] + "..."
 
 
 def _clip(text: str, limit: int = 64) -> str:
@@ -375,8 +377,11 @@ def validate_object(obj: Any, raw: bytes) -> Event | Rejection:
     for name in REQUIRED_FIELDS:
         if obj.get(name) is None:
             return _reject(MISSING_FIELD, f"missing field {name}", raw)
-    for name, limit in (("event_id", MAX_EVENT_ID_BYTES), ("video_id", MAX_VIDEO_ID_BYTES),
-                        ("event_type", MAX_EVENT_TYPE_BYTES)):
+    for name, limit in (
+        ("event_id", MAX_EVENT_ID_BYTES),
+        ("video_id", MAX_VIDEO_ID_BYTES),
+        ("event_type", MAX_EVENT_TYPE_BYTES),
+    ):
         detail = _check_string(obj, name, limit)
         if detail:
             return _reject(BAD_FIELD, detail, raw)
@@ -391,8 +396,9 @@ def validate_object(obj: Any, raw: bytes) -> Event | Rejection:
         t = type(value)
         if t is float:
             if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:  # false for nan too
-                return _reject(BAD_VALUE, f"value must be finite with absolute value at most 1e15, "
-                                          f"got {_show(value)}", raw)
+                return _reject(
+                    BAD_VALUE, f"value must be finite with absolute value at most 1e15, got {_show(value)}", raw
+                )
         elif t is int:
             if not -_MAX_ABS_INT_VALUE <= value <= _MAX_ABS_INT_VALUE:
                 return _reject(BAD_VALUE, f"value must have absolute value at most 1e15, got {_show(value)}", raw)
@@ -416,15 +422,23 @@ def parse_payload(payload: bytes) -> tuple[list[Event], list[Rejection], int]:
     if type(payload) is not bytes:
         payload = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
     if len(payload) > MAX_PAYLOAD_BYTES:
-        return [], [_reject(TOO_LARGE, f"payload of {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES}",
-                            payload)], 1
+        return [], [_reject(TOO_LARGE, f"payload of {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES}", payload)], 1
     try:
         doc = _loads(payload)
         if type(doc) is list:
             if len(doc) > MAX_BATCH_ITEMS:
-                return [], [_reject(TOO_LARGE, f"batch of {len(doc)} items; at most {MAX_BATCH_ITEMS} (more "
-                                               f"than valid events can fit in {MAX_PAYLOAD_BYTES} bytes)",
-                                    payload)], 1
+                return (
+                    [],
+                    [
+                        _reject(
+                            TOO_LARGE,
+                            f"batch of {len(doc)} items; at most {MAX_BATCH_ITEMS} (more "
+                            f"than valid events can fit in {MAX_PAYLOAD_BYTES} bytes)",
+                            payload,
+                        )
+                    ],
+                    1,
+                )
             items = [(item, _dumps(item, MAX_NESTING - 1)) for item in doc]
         else:
             if type(doc) is dict and _brackets_exceed(payload) and _depth(doc, MAX_NESTING) > MAX_NESTING:

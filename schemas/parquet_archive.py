@@ -42,10 +42,11 @@ fields, the same microsecond and the same float value as the archived line; fiel
 and the spelling of ``event_time`` are normalised, and a ``"value": null`` reads back
 absent (both mean "no value", SPEC section 1).
 """
+
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import orjson
 import pyarrow as pa
@@ -55,17 +56,19 @@ import pyarrow.parquet as pq
 from schemas.archive import ARCHIVE_WINDOW_S, outside_its_hour
 from schemas.event import MAX_NESTING, Event, _dumps, _loads, validate_object
 
-SCHEMA = pa.schema([
-    pa.field("event_id", pa.string(), nullable=False),
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("event_type", pa.string(), nullable=False),
-    pa.field("event_time", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("value", pa.float64()),
-    pa.field("extra", pa.string(), nullable=False),
-    pa.field("written_ms", pa.int64(), nullable=False),
-    pa.field("source_file", pa.string(), nullable=False),
-    pa.field("line", pa.int32(), nullable=False),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("event_time", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("extra", pa.string(), nullable=False),
+        pa.field("written_ms", pa.int64(), nullable=False),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("line", pa.int32(), nullable=False),
+    ]
+)
 ORDER_KEY = ("written_ms", "source_file", "line")
 KNOWN_FIELDS = ("event_id", "video_id", "event_type", "event_time", "value")
 PART_NAME = "part-0.parquet"
@@ -153,8 +156,11 @@ class RowBuilder:
 def first_in_archive_order(table: pa.Table) -> pa.Table:
     """The rows of a ``SCHEMA`` table sorted by ``ORDER_KEY``, keeping the first of each ``event_id``."""
     table = table.sort_by([(k, "ascending") for k in ORDER_KEY])
-    firsts = (pa.table({"event_id": table["event_id"], "i": pa.array(range(len(table)), pa.int64())})
-              .group_by("event_id", use_threads=False).aggregate([("i", "min")]))
+    firsts = (
+        pa.table({"event_id": table["event_id"], "i": pa.array(range(len(table)), pa.int64())})
+        .group_by("event_id", use_threads=False)
+        .aggregate([("i", "min")])
+    )
     if len(firsts) == len(table):
         return table
     i_min = firsts["i_min"]
@@ -187,8 +193,9 @@ def part_sources(path: str) -> tuple[list[str], int]:
     return (orjson.loads(kv[SOURCE_FILES_KEY]) if SOURCE_FILES_KEY in kv else []), meta.num_rows
 
 
-def payload_of(event_id: str, video_id: str, event_type: str, event_time: str, value: float | None,
-               extra: str) -> bytes:
+def payload_of(
+    event_id: str, video_id: str, event_type: str, event_time: str, value: float | None, extra: str
+) -> bytes:
     """An event object's compact JSON from its columns (``event_time`` already as RFC 3339 text)."""
     known = {"event_id": event_id, "video_id": video_id, "event_type": event_type, "event_time": event_time}
     if value is not None:
@@ -219,8 +226,17 @@ def table_payloads(table: pa.Table) -> Iterator[tuple[bytes, OrderKey]]:
     for batch in table.to_batches():
         c = table_columns(batch)
         times = _pylist(pc.strftime(batch["event_time"], format=RFC3339_US))
-        for row in zip(c["event_id"], c["video_id"], c["event_type"], times, c["value"], c["extra"],
-                       c["written_ms"], c["source_file"], c["line"]):
+        for row in zip(
+            c["event_id"],
+            c["video_id"],
+            c["event_type"],
+            times,
+            c["value"],
+            c["extra"],
+            c["written_ms"],
+            c["source_file"],
+            c["line"],
+        ):
             yield payload_of(*row[:6]), row[6:]
 
 

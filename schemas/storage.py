@@ -56,6 +56,7 @@ sum at least as large, and lists with equal sums hold the same count at every ra
 differ only in which of equally counted videos they name). A batch recompute's base is its
 wall clock, so its lists win over streaming lists of windows closed before it.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -142,8 +143,7 @@ def period_of(granularity: str, window_start_s: int) -> str:
 
 def row_key(video_id: str, event_type: str, granularity: str, window_start_s: int) -> bytes:
     """The row key of the row holding this window. Raises ``KeyError`` for a bad granularity."""
-    key = "#".join((escape_entity(video_id), event_type, _LETTER[granularity],
-                    period_of(granularity, window_start_s)))
+    key = "#".join((escape_entity(video_id), event_type, _LETTER[granularity], period_of(granularity, window_start_s)))
     return key.encode("utf-8")
 
 
@@ -181,8 +181,10 @@ def cell_problem(agg: Aggregate, title, channel) -> str | None:
     values and finite with ``min <= max`` otherwise, ``title``/``channel`` strings or null."""
     count, value_count, total, lo, hi = agg
     if type(count) is not int or type(value_count) is not int or not 0 <= value_count <= count:
-        return (f"count {_short(count)} and value_count {_short(value_count)} must be integers with "
-                f"0 <= value_count <= count")
+        return (
+            f"count {_short(count)} and value_count {_short(value_count)} must be integers with "
+            f"0 <= value_count <= count"
+        )
     if not _finite_number(total):
         return f"sum {_short(total)} is not a finite number"
     if value_count == 0:
@@ -205,8 +207,17 @@ def encode_cell(agg: Aggregate, title: str | None, channel: str | None) -> bytes
     if problem is not None:
         raise CellError(f"refusing to store a cell: {problem}")
     try:
-        return orjson.dumps({"count": agg.count, "value_count": agg.value_count, "sum": agg.sum,
-                             "min": agg.min, "max": agg.max, "title": title, "channel": channel})
+        return orjson.dumps(
+            {
+                "count": agg.count,
+                "value_count": agg.value_count,
+                "sum": agg.sum,
+                "min": agg.min,
+                "max": agg.max,
+                "title": title,
+                "channel": channel,
+            }
+        )
     except orjson.JSONEncodeError as exc:  # lone surrogates in title or channel
         raise CellError(f"refusing to store a cell: {exc}") from None
 
@@ -257,7 +268,7 @@ def top_row_key(event_type: str, granularity: str, window_start_s: int) -> bytes
     ``event_type`` around ``window_start_s`` (module docstring). Raises ``KeyError`` for a bad
     granularity."""
     period = dt.datetime.fromtimestamp(window_start_s, dt.timezone.utc).strftime(_TOP_PERIOD_FORMAT[granularity])
-    return f"#top#{event_type}#{_TOP_LETTER[granularity]}#{period}".encode("utf-8")
+    return f"#top#{event_type}#{_TOP_LETTER[granularity]}#{period}".encode()
 
 
 def is_top_row_key(key: bytes) -> bool:
@@ -269,8 +280,13 @@ def _top_problem(items) -> str | None:
     if not isinstance(items, (list, tuple)) or len(items) > TOP_K:
         return f"a top list is a list of at most {TOP_K} pairs, got {_short(items)}"
     for item in items:
-        if (not isinstance(item, (list, tuple)) or len(item) != 2 or type(item[0]) is not str
-                or type(item[1]) is not int or item[1] < 1):
+        if (
+            not isinstance(item, (list, tuple))
+            or len(item) != 2
+            or type(item[0]) is not str
+            or type(item[1]) is not int
+            or item[1] < 1
+        ):
             return f"a top list entry is [video_id, count >= 1], got {_short(item)}"
     if len({v for v, _ in items}) != len(items):
         return "a top list names a video twice"

@@ -1,4 +1,5 @@
 """Fixtures: the real Bigtable and Pub/Sub emulators, started once per session, stopped by PID."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ import uuid
 
 import pytest
 
-from viewcounts.emulators import bigtable_emulator, pubsub_emulator
+from viewcounts.local.emulators import bigtable_emulator, pubsub_emulator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_CASES = os.path.join(os.path.dirname(REPO), "shared", "cases")
@@ -37,7 +38,7 @@ def pubsub_host():
 @pytest.fixture
 def table(bigtable_host):
     """A fresh table with the aggregates family: ``(project, instance, table)``."""
-    from viewcounts.provision import create_table
+    from viewcounts.local.provision import create_table
 
     name = f"t-{uuid.uuid4().hex[:10]}"
     create_table("test-project", "test-instance", name)

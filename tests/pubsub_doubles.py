@@ -3,6 +3,7 @@
 bundle finalizer and restriction tracker, and a metrics scope like a worker's per step.
 (The Pub/Sub emulator serves the source's end-to-end tests; these model one worker's
 bundle sequence exactly, which no runner lets a test choose.)"""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,9 +28,17 @@ class ScriptedSubscriber:
 
     def pull(self, request, retry, timeout):
         batch = self.batches.pop(0) if self.batches else []
-        return SimpleNamespace(received_messages=[SimpleNamespace(ack_id=a, message=SimpleNamespace(
-            data=a.encode(), attributes={}, publish_time=dt.datetime.fromtimestamp(p, dt.timezone.utc)))
-            for a, p in batch])
+        return SimpleNamespace(
+            received_messages=[
+                SimpleNamespace(
+                    ack_id=a,
+                    message=SimpleNamespace(
+                        data=a.encode(), attributes={}, publish_time=dt.datetime.fromtimestamp(p, dt.timezone.utc)
+                    ),
+                )
+                for a, p in batch
+            ]
+        )
 
     def acknowledge(self, request, retry, timeout):
         self.acked.extend(request["ack_ids"])
@@ -56,8 +65,14 @@ class Tracker(OffsetRestrictionTracker):
 
 def run_bundle(fn, reader, finalizer: Finalizer, start: int = 0) -> list:
     """One bundle of ``reader`` resuming at restriction position ``start`` (one position per pull)."""
-    return list(fn.process(reader, bundle_finalizer=finalizer, restriction_tracker=Tracker(OffsetRange(start, 10**9)),
-                           watermark=PullWatermark(None)))
+    return list(
+        fn.process(
+            reader,
+            bundle_finalizer=finalizer,
+            restriction_tracker=Tracker(OffsetRange(start, 10**9)),
+            watermark=PullWatermark(None),
+        )
+    )
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ server it starts dies with it), ``kill`` stops the group, ``publish`` replays fl
 with a manifest per call, ``converged`` compares the stored aggregates with the polars
 reference over every manifest so far.
 """
+
 from __future__ import annotations
 
 import glob
@@ -22,8 +23,9 @@ import orjson
 from pipelines import runners
 from query.stats import StatsReader
 from schemas.archive import RESTARTS_FOLDER, local_lines
-from viewcounts import provision, replay
-from viewcounts.reconcile import expected_aggregates, reconcile, stored_aggregates
+from viewcounts.commands import replay
+from viewcounts.commands.reconcile import expected_aggregates, reconcile, stored_aggregates
+from viewcounts.local import provision
 
 PROJECT, INSTANCE = "test-project", "test-instance"
 
@@ -43,15 +45,25 @@ class Deployment:
     table = property(lambda self: f"t-{self.name}")
 
     def job_flags(self, *extra: str) -> list[str]:
-        return [f"--input_subscription=projects/{PROJECT}/subscriptions/{self.subscription}",
-                f"--bigtable_project={PROJECT}", f"--bigtable_instance={INSTANCE}", f"--bigtable_table={self.table}",
-                f"--archive_path={self.folder}/archive", f"--dead_letter_path={self.folder}/dead-letters",
-                "--early_firing_s=2", *extra]
+        return [
+            f"--input_subscription=projects/{PROJECT}/subscriptions/{self.subscription}",
+            f"--bigtable_project={PROJECT}",
+            f"--bigtable_instance={INSTANCE}",
+            f"--bigtable_table={self.table}",
+            f"--archive_path={self.folder}/archive",
+            f"--dead_letter_path={self.folder}/dead-letters",
+            "--early_firing_s=2",
+            *extra,
+        ]
 
     def start_job(self, *flags: str) -> subprocess.Popen:
         log = open(f"{self.folder}/job-{len(glob.glob(f'{self.folder}/job-*.log'))}.log", "wb")
-        return subprocess.Popen([sys.executable, "-m", "pipelines.streaming", *self.job_flags(*flags)],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipelines.streaming", *self.job_flags(*flags)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def publish(self, events: list[dict], plan: replay.ReplayPlan) -> dict:
         manifest = f"{self.folder}/manifest-{len(self.manifests)}.jsonl"

@@ -9,6 +9,7 @@ invariant: every acknowledged message was pulled by a bundle that finished befor
 barrier of a checkpoint that had completed when the ack was sent, and the job never later
 restores a state without it.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -26,9 +27,9 @@ from transforms.pubsub_io import AckLedger, _PullFn, reader_elements
 def test_a_bundle_is_acknowledged_after_two_later_rounds_not_at_its_own_finalization():
     ledger = AckLedger(rounds=2)
     ledger.started("r", 0)
-    assert ledger.finalized("r", 0, ["a"], 1, started_s=0.0, now_s=1.0) == []   # its own notice
-    assert ledger.finalized("r", 1, [], None, started_s=0.5, now_s=1.1) == []   # same notice (started before it)
-    assert ledger.finalized("r", 1, [], None, started_s=1.2, now_s=2.0) == []   # round 1
+    assert ledger.finalized("r", 0, ["a"], 1, started_s=0.0, now_s=1.0) == []  # its own notice
+    assert ledger.finalized("r", 1, [], None, started_s=0.5, now_s=1.1) == []  # same notice (started before it)
+    assert ledger.finalized("r", 1, [], None, started_s=1.2, now_s=2.0) == []  # round 1
     assert ledger.finalized("r", 1, [], None, started_s=2.1, now_s=3.0) == ["a"]  # round 2
     assert ledger.oldest_publish_us() is None
 
@@ -38,7 +39,7 @@ def test_a_restore_to_before_a_bundle_drops_its_ids():
     ledger.started("r", 5)
     assert ledger.finalized("r", 5, ["a", "b"], 7, started_s=0.0, now_s=1.0) == []
     assert ledger.oldest_publish_us() == 7
-    ledger.started("r", 5)   # the job went back to the state before that bundle
+    ledger.started("r", 5)  # the job went back to the state before that bundle
     assert ledger.oldest_publish_us() is None
     assert ledger.finalized("r", 5, [], None, started_s=2.0, now_s=3.0) == []
     ledger.started("other", 0)  # another reader's restart leaves this reader's entries alone
@@ -49,8 +50,9 @@ def test_a_restore_to_before_a_bundle_drops_its_ids():
 
 @st.composite
 def histories(draw):
-    return draw(st.lists(st.sampled_from(["bundle", "bundle", "bundle", "barrier", "notice", "fail"]),
-                         min_size=5, max_size=60))
+    return draw(
+        st.lists(st.sampled_from(["bundle", "bundle", "bundle", "barrier", "notice", "fail"]), min_size=5, max_size=60)
+    )
 
 
 @settings(max_examples=400, deadline=None)
@@ -64,7 +66,7 @@ def test_nothing_is_acknowledged_that_a_restore_can_lose(history, rounds):
     ledger = AckLedger(rounds=rounds)
     clock = 0.0
     position = 0
-    completed = 0           # position held by the newest completed checkpoint
+    completed = 0  # position held by the newest completed checkpoint
     pending: list[int] = []  # positions held by checkpoints whose barrier passed, not yet complete
     finished: list[tuple[int, float]] = []  # bundles awaiting finalization: (position, start time)
     acked: set[int] = set()
@@ -103,14 +105,15 @@ def test_messages_are_acknowledged_whichever_processor_ran_their_bundle(monkeypa
     client = ScriptedSubscriber()
     monkeypatch.setattr(pubsub_io, "subscriber_client", lambda: client)
     reader = reader_elements("projects/p/subscriptions/s", 1)[0]
-    template = pickle.dumps(_PullFn(None, 1000, max_pull_s=60, poll_s=0.01, idle_s=5, pause_s=0, sample_s=60,
-                                    max_future_skew_s=300))
-    cache: list[_PullFn] = []          # BundleProcessorCache.cached_bundle_processors[descriptor]
+    template = pickle.dumps(
+        _PullFn(None, 1000, max_pull_s=60, poll_s=0.01, idle_s=5, pause_s=0, sample_s=60, max_future_skew_s=300)
+    )
+    cache: list[_PullFn] = []  # BundleProcessorCache.cached_bundle_processors[descriptor]
     pending: list[tuple[_PullFn, Finalizer]] = []
     position, seq, made = 0, 0, 0
     pulled_at: dict[str, int] = {}
     t0 = time.time() - 25 * 5.0  # model time: interval k is 5 s after interval k - 1, the last one ends now
-    for interval in range(25):      # 25 checkpoint intervals = 125 s at 5 s
+    for interval in range(25):  # 25 checkpoint intervals = 125 s at 5 s
         for _ in range(3 if interval == 0 else 2):
             if cache:
                 fn = cache.pop()

@@ -1,5 +1,6 @@
 """``viewcounts bench --quick`` runs from start to end (CI keeps the harness working; the
 figures are not asserted: timings belong to the harness, DESIGN.md)."""
+
 import subprocess
 import sys
 
@@ -8,16 +9,38 @@ import pytest
 
 from viewcounts.bench import workload
 from viewcounts.bench.core_flink import newest_panes
-from viewcounts.bench.harness import (FLINK_KEYS, HTTP_KEYS, QUICK, RECOMPUTE_KEYS, WINDOWING_KEYS, BenchMismatch,
-                                      cross_check, recompute)
+from viewcounts.bench.harness import (
+    FLINK_KEYS,
+    HTTP_KEYS,
+    QUICK,
+    RECOMPUTE_KEYS,
+    WINDOWING_KEYS,
+    BenchMismatch,
+    cross_check,
+    recompute,
+)
 
-ISSUE_KEYS = ("core_events_per_s", "naive_beam_events_per_s", "pyflink_sql_events_per_s", "loop_events_per_s",
-              "dedup_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p99_s",
-              "query_day_minute_p99_ms", "query_30d_hour_p99_ms", "recompute_events_per_s", "recompute_1d_events_per_s")
+ISSUE_KEYS = (
+    "core_events_per_s",
+    "naive_beam_events_per_s",
+    "pyflink_sql_events_per_s",
+    "loop_events_per_s",
+    "dedup_bytes_per_id",
+    "mutations_per_event",
+    "e2e_sustained_events_per_s",
+    "freshness_p99_s",
+    "query_day_minute_p99_ms",
+    "query_30d_hour_p99_ms",
+    "recompute_events_per_s",
+    "recompute_1d_events_per_s",
+)
 
 
 def test_cross_check_fails_loudly_on_one_different_aggregate(tmp_path):
-    reference = {("V1", "view", "minute", 60): (2, 0, 0.0, None, None), ("V1", "view", "hour", 0): (2, 0, 0.0, None, None)}
+    reference = {
+        ("V1", "view", "minute", 60): (2, 0, 0.0, None, None),
+        ("V1", "view", "hour", 0): (2, 0, 0.0, None, None),
+    }
     out = tmp_path / "aggs.jsonl"
     workload.write_aggregates(reference, out)
     cross_check("same", reference, out)
@@ -35,16 +58,20 @@ def test_workloads_are_deterministic_and_carry_the_duplicates_asked_for(tmp_path
 
 
 def test_the_core_job_on_flink_keeps_the_newest_pane_of_each_cell(tmp_path):
-    rows = [["V1", "view", "minute", 60, 10, [1, 0, 0.0, None, None]],
-            ["V1", "view", "minute", 60, 30, [3, 0, 0.0, None, None]],  # a later pane, in another worker's file
-            ["V1", "view", "minute", 60, 20, [2, 0, 0.0, None, None]],
-            ["V2", "like", "hour", 0, 5, [1, 1, 4.0, 4.0, 4.0]]]
+    rows = [
+        ["V1", "view", "minute", 60, 10, [1, 0, 0.0, None, None]],
+        ["V1", "view", "minute", 60, 30, [3, 0, 0.0, None, None]],  # a later pane, in another worker's file
+        ["V1", "view", "minute", 60, 20, [2, 0, 0.0, None, None]],
+        ["V2", "like", "hour", 0, 5, [1, 1, 4.0, 4.0, 4.0]],
+    ]
     (tmp_path / "rows-a.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows[:2]))
     (tmp_path / "rows-b.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows[2:]))
     panes, n = newest_panes(tmp_path)
     assert n == 4
-    assert panes == {("V1", "view", "minute", 60): (3, 0, 0.0, None, None),
-                     ("V2", "like", "hour", 0): (1, 1, 4.0, 4.0, 4.0)}
+    assert panes == {
+        ("V1", "view", "minute", 60): (3, 0, 0.0, None, None),
+        ("V2", "like", "hour", 0): (1, 1, 4.0, 4.0, 4.0),
+    }
 
 
 @pytest.mark.emulator
@@ -75,8 +102,22 @@ def test_the_recompute_part_counts_generated_archives_exactly(tmp_path):
 @pytest.mark.emulator
 def test_quick_bench_runs_every_part_and_the_systems_agree(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "viewcounts.cli", "bench", "--quick", "--json", str(out),
-                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "viewcounts.cli",
+            "bench",
+            "--quick",
+            "--json",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = orjson.loads(out.read_bytes())
     assert all(res[k] is not None for k in ISSUE_KEYS), {k: res.get(k) for k in ISSUE_KEYS}
@@ -106,8 +147,12 @@ def test_dedup_memory_drives_the_real_dedup_dofn_over_every_event(tmp_path):
     by hand: it must keep up with that signature and see every distinct id once."""
     from viewcounts.bench import dedup_memory
 
-    w = workload.generate(workload.WorkloadSpec(events=3_000, videos=50, events_per_message=100, duplicate_rate=0.1,
-                                                span_s=600, disorder_s=30), tmp_path)
+    w = workload.generate(
+        workload.WorkloadSpec(
+            events=3_000, videos=50, events_per_message=100, duplicate_rate=0.1, span_s=600, disorder_s=30
+        ),
+        tmp_path,
+    )
     figures = dedup_memory.measure(w.messages_path)
     assert figures["dedup_live_ids"] == 3_000
     assert figures["dedup_state_bytes_per_id"] > 0

@@ -1,5 +1,6 @@
 """The benchmark's query and end-to-end measurements: their bookkeeping is right (no timing
 assertions: figures belong to the harness, DESIGN.md)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,8 +16,9 @@ from viewcounts.bench import e2e, queries, workload
 
 @pytest.fixture(scope="module")
 def small_stream(tmp_path_factory) -> tuple[list[dict], e2e.Stream]:
-    spec = workload.WorkloadSpec(events=950, videos=50, events_per_message=95, disorder_s=5, span_s=10,
-                                 duplicate_rate=0.1)
+    spec = workload.WorkloadSpec(
+        events=950, videos=50, events_per_message=95, disorder_s=5, span_s=10, duplicate_rate=0.1
+    )
     events, offsets = e2e.load_workload(spec, tmp_path_factory.mktemp("workloads"))
     t0_ms = 1_800_000_000_000 + 45_000  # 45 s into a minute: the stream crosses a minute boundary
     return events, e2e.plan_stream(events, offsets, t0_ms, 10, 100, "t")
@@ -73,17 +75,24 @@ def test_queries_store_through_the_sink_and_read_back_what_was_stored(table):
     assert len(minute.buckets) == 1440 and len(hour.buckets) == 720
     assert minute.combined.count == queries.expected_count(cells, "video-0000001", "watch", "minute", *day)
     assert hour.combined.count == queries.expected_count(cells, "video-0000001", "view", "hour", *queries.RANGE_30D)
-    assert minute.combined.sum == sum(a.sum for (v, t, g, w), a in cells.items() if (v, t, g) ==
-                                      ("video-0000001", "watch", "minute") and day[0].timestamp() <= w <
-                                      day[1].timestamp())
+    assert minute.combined.sum == sum(
+        a.sum
+        for (v, t, g, w), a in cells.items()
+        if (v, t, g) == ("video-0000001", "watch", "minute") and day[0].timestamp() <= w < day[1].timestamp()
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.emulator
 def test_measure_queries_returns_the_figures():
     out = queries.measure_queries(rounds=3, warmup=1, neighbours=2, measured_video=1)
-    assert set(out) == {"query_day_minute_p50_ms", "query_day_minute_p99_ms", "query_30d_hour_p50_ms",
-                        "query_30d_hour_p99_ms", "query_rounds"}
+    assert set(out) == {
+        "query_day_minute_p50_ms",
+        "query_day_minute_p99_ms",
+        "query_30d_hour_p50_ms",
+        "query_30d_hour_p99_ms",
+        "query_rounds",
+    }
     assert out["query_rounds"] == 3 and all(v > 0 for v in out.values())
 
 
@@ -103,7 +112,12 @@ def test_job_flags_on_flink_submit_to_the_cluster_with_external_workers(tmp_path
 
     flags = e2e.job_flags(tmp_path, 2, e2e.OnFlink(parallelism=2), Cluster())
     assert "--runner=FlinkRunner" in flags and "--flink_master=localhost:8081" in flags
-    assert {"--parallelism=2", "--environment_type=EXTERNAL", "--environment_config=localhost:50000",
-            "--early_firing_s=2", "--fresh_start"} <= set(flags)
+    assert {
+        "--parallelism=2",
+        "--environment_type=EXTERNAL",
+        "--environment_config=localhost:50000",
+        "--early_firing_s=2",
+        "--fresh_start",
+    } <= set(flags)
     assert f"--state_backend_storage_path=file://{tmp_path / 'checkpoints'}" in flags
     assert "--runner=BundleBasedDirectRunner" in e2e.job_flags(tmp_path, 2)

@@ -2,6 +2,7 @@
 step rule on generated attack results, the part selection of ``--parts``/``--skip``, and a
 real short Vegeta attack on the emulator-backed service through the harness part (keys and
 plumbing; no timing is asserted: timings belong to the harness, DESIGN.md)."""
+
 from __future__ import annotations
 
 import os
@@ -16,15 +17,20 @@ from viewcounts.bench import http as bench_http
 from viewcounts.bench.harness import CORE_PARTS, HTTP_KEYS, PARTS, QUICK, http, parts_skipped
 from viewcounts.bench.http import HELD_SHARE, KINDS, TARGET_P99_MS, Result, summary
 
-results_st = st.lists(st.tuples(st.floats(0.1, 200.0), st.sampled_from([200, 200, 200, 500, 0]),
-                                st.floats(0.0, 5.0)), min_size=1, max_size=300)
+results_st = st.lists(
+    st.tuples(st.floats(0.1, 200.0), st.sampled_from([200, 200, 200, 500, 0]), st.floats(0.0, 5.0)),
+    min_size=1,
+    max_size=300,
+)
 
 
 @settings(max_examples=200, deadline=None)
 @given(rows=results_st, offered=st.integers(1, 400))
 def test_a_step_is_held_exactly_when_p99_errors_and_rate_allow(rows, offered):
-    results = [Result(f"u{i}", code, ms, "" if code else "connection refused", 1e9 + sent)
-               for i, (ms, code, sent) in enumerate(rows)]
+    results = [
+        Result(f"u{i}", code, ms, "" if code else "connection refused", 1e9 + sent)
+        for i, (ms, code, sent) in enumerate(rows)
+    ]
     s = summary(results, offered)
     ok = [r for r in results if r.status == 200]
     assert s["requests"] == len(results) and s["errors"] == len(results) - len(ok)
@@ -37,6 +43,7 @@ def test_a_step_is_held_exactly_when_p99_errors_and_rate_allow(rows, offered):
     held = p99 <= TARGET_P99_MS and len(ok) == len(results) and achieved >= HELD_SHARE * offered
     if abs(p99 - TARGET_P99_MS) > 0.01 and abs(achieved - HELD_SHARE * offered) > 0.1:  # clear of rounding
         assert s["held"] == held
+
 
 @given(parts=st.sets(st.sampled_from(PARTS)), skip=st.sets(st.sampled_from(PARTS)))
 def test_parts_run_only_what_is_named_and_skip_wins(parts, skip):
@@ -58,8 +65,7 @@ def test_unknown_parts_are_refused_by_name():
 @pytest.mark.emulator
 @pytest.mark.skipif(not os.path.exists(bench_http.VEGETA), reason="needs `make vegeta`")
 def test_the_http_part_attacks_the_service_and_reports_every_key():
-    cfg = replace(QUICK, http_rate=100, http_seconds=2.0, http_step_rates=(100, 50), http_step_s=1.0,
-                  http_videos=2)
+    cfg = replace(QUICK, http_rate=100, http_seconds=2.0, http_step_rates=(100, 50), http_step_s=1.0, http_videos=2)
     res = http(cfg, progress=print)
     assert set(HTTP_KEYS) <= set(res)
     assert res["http_offered_rps"] == 100 and res["http_requests"] == 200 and res["http_videos"] == 2
@@ -71,7 +77,7 @@ def test_the_http_part_attacks_the_service_and_reports_every_key():
         assert 0 < res[f"http_{kind}_p50_ms"] <= res[f"http_{kind}_p99_ms"] < 10_000
     # the steps are offered in ascending order; the maximum held is the last step held
     steps = res["http_steps"]
-    assert [s["offered_rps"] for s in steps] == [50, 100][:len(steps)] and steps
+    assert [s["offered_rps"] for s in steps] == [50, 100][: len(steps)] and steps
     assert all(s["held"] for s in steps[:-1])
     assert res["http_max_rps_p99_50ms"] == max([s["offered_rps"] for s in steps if s["held"]], default=0)
     assert all(0 <= res[f"http_{p}_cpu_share"] < 4 for p in ("server", "emulator", "vegeta", "other"))

@@ -1,4 +1,5 @@
 """Storage on the real Bigtable emulator: overwrite semantics, layout limits, get_stats (SPEC 3, 6)."""
+
 import uuid
 
 import pytest
@@ -17,8 +18,19 @@ H = 1715680800  # 2024-05-14T10:00:00Z
 
 
 def _row(agg, window_start_s=H, granularity="minute", video_id="V1", ts_us=None, title=None):
-    return EnrichedRow(AggregateRow(video_id, "view", granularity, window_start_s, agg, 0,
-                                    ts_us if ts_us is not None else cell_timestamp_us(wall_clock_ms(), agg.count)), title, None)
+    return EnrichedRow(
+        AggregateRow(
+            video_id,
+            "view",
+            granularity,
+            window_start_s,
+            agg,
+            0,
+            ts_us if ts_us is not None else cell_timestamp_us(wall_clock_ms(), agg.count),
+        ),
+        title,
+        None,
+    )
 
 
 def _write(table, rows):
@@ -101,8 +113,18 @@ _ROW_KINDS = ("ok", "refused by the server", "not encodable", "not buildable")
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
-@given(panes=st.lists(st.tuples(st.sampled_from(["V1", "A#B", "%", "w" * 300]), st.sampled_from(["minute", "hour"]),
-                                st.integers(0, 3), st.sampled_from(_ROW_KINDS)), min_size=1, max_size=25))
+@given(
+    panes=st.lists(
+        st.tuples(
+            st.sampled_from(["V1", "A#B", "%", "w" * 300]),
+            st.sampled_from(["minute", "hour"]),
+            st.integers(0, 3),
+            st.sampled_from(_ROW_KINDS),
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
 def test_each_bigtable_row_is_written_or_dead_lettered_on_its_own_status(bigtable_host, panes):
     """One bundle of generated panes (several per cell, several cells per Bigtable row, one
     request): the newest pane of each cell is what the sink sends, one entry per row; a row
@@ -111,7 +133,7 @@ def test_each_bigtable_row_is_written_or_dead_lettered_on_its_own_status(bigtabl
     dead letters (every newest pane of that row, once) and holds up no other row of the
     request: every other cell stores its newest pane. (A later request of the same bundle
     after the budget is spent on a refused row is dead-lettered at once: the budget rule.)"""
-    from viewcounts.provision import create_table
+    from viewcounts.local.provision import create_table
 
     table = ("test-project", "test-instance", f"t-{uuid.uuid4().hex[:10]}")
     create_table(*table)
@@ -131,10 +153,12 @@ def test_each_bigtable_row_is_written_or_dead_lettered_on_its_own_status(bigtabl
     lettered = [row_from_json(d.payload).row for d in dead]
     assert {d.reason for d in dead} <= {"write_failed"}
     assert sorted((r.video_id, r.granularity, r.window_start_s, r.aggregate.count) for r in lettered) == sorted(
-        (*cell, count) for cell, (count, _) in newest.items() if cell[:2] in bad_rows)
+        (*cell, count) for cell, (count, _) in newest.items() if cell[:2] in bad_rows
+    )
     stored = {cell: c.aggregate.count for cell, c in _cells(table).items()}
     assert {cell: n for cell, n in stored.items() if cell[:2] not in bad_rows} == {
-        cell: count for cell, (count, _) in newest.items() if cell[:2] not in bad_rows}
+        cell: count for cell, (count, _) in newest.items() if cell[:2] not in bad_rows
+    }
     # the emulator applies a refused entry's cells up to the refused one (Bigtable: none of them)
     assert all(newest[cell][0] == n for cell, n in stored.items() if cell[:2] in bad_rows)
 
@@ -188,24 +212,29 @@ def test_empty_range_and_unknown_entity(filled):
 
 
 def test_local_day_across_dst_has_23_or_25_hourly_buckets(filled):
-    spring = filled.get_stats("V1", "view", "count", "2024-03-10T00:00:00-05:00", "2024-03-11T00:00:00-04:00",
-                              "hour", tz="America/New_York")
-    autumn = filled.get_stats("V1", "view", "count", "2024-11-03T00:00:00-04:00", "2024-11-04T00:00:00-05:00",
-                              "hour", tz="America/New_York")
+    spring = filled.get_stats(
+        "V1", "view", "count", "2024-03-10T00:00:00-05:00", "2024-03-11T00:00:00-04:00", "hour", tz="America/New_York"
+    )
+    autumn = filled.get_stats(
+        "V1", "view", "count", "2024-11-03T00:00:00-04:00", "2024-11-04T00:00:00-05:00", "hour", tz="America/New_York"
+    )
     assert len(spring.buckets) == 23 and len(autumn.buckets) == 25
     assert spring.buckets[0].start.utcoffset().total_seconds() == -5 * 3600
 
 
-@pytest.mark.parametrize("args", [
-    ("count", "2024-05-14T10:00:30Z", "2024-05-14T10:01:00Z", "minute"),
-    ("count", "2024-05-14T10:30:00Z", "2024-05-14T11:00:00Z", "hour"),
-    ("count", "2024-05-14T01:00:00Z", "2024-05-15T00:00:00Z", "day"),
-    ("count", "2024-05-14T10:30:00Z", "2024-05-14T12:00:00Z", "total"),
-    ("median", "2024-05-14T10:00:00Z", "2024-05-14T11:00:00Z", "hour"),
-    ("count", "2024-05-14T10:00:00Z", "2024-05-14T11:00:00Z", "week"),
-    ("count", "2024-05-14T11:00:00Z", "2024-05-14T10:00:00Z", "hour"),
-    ("count", "2024-05-14T10:00:00", "2024-05-14T11:00:00Z", "hour"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("count", "2024-05-14T10:00:30Z", "2024-05-14T10:01:00Z", "minute"),
+        ("count", "2024-05-14T10:30:00Z", "2024-05-14T11:00:00Z", "hour"),
+        ("count", "2024-05-14T01:00:00Z", "2024-05-15T00:00:00Z", "day"),
+        ("count", "2024-05-14T10:30:00Z", "2024-05-14T12:00:00Z", "total"),
+        ("median", "2024-05-14T10:00:00Z", "2024-05-14T11:00:00Z", "hour"),
+        ("count", "2024-05-14T10:00:00Z", "2024-05-14T11:00:00Z", "week"),
+        ("count", "2024-05-14T11:00:00Z", "2024-05-14T10:00:00Z", "hour"),
+        ("count", "2024-05-14T10:00:00", "2024-05-14T11:00:00Z", "hour"),
+    ],
+)
 def test_misaligned_or_bad_queries_are_refused(filled, args):
     with pytest.raises(QueryError):
         filled.get_stats("V1", "view", *args)
@@ -217,15 +246,20 @@ def test_redrive_rewrites_failed_panes_with_their_own_timestamps(table, tmp_path
     from transforms.bigtable_sink import row_to_json
 
     older, newer = cell_timestamp_us(wall_clock_ms(), 1), cell_timestamp_us(wall_clock_ms(), 2)
-    failed_old = _row(Aggregate(1, 0, 0.0, None, None), H, ts_us=older)        # lost pane of window H
+    failed_old = _row(Aggregate(1, 0, 0.0, None, None), H, ts_us=older)  # lost pane of window H
     failed_other = _row(Aggregate(9, 0, 0.0, None, None), H + 60, ts_us=older)  # lost pane of window H+60
-    _write(table, [_row(Aggregate(2, 0, 0.0, None, None), H, ts_us=newer)])     # a newer pane of H landed
+    _write(table, [_row(Aggregate(2, 0, 0.0, None, None), H, ts_us=newer)])  # a newer pane of H landed
     letters = [DeadLetter(row_to_json(r), "write_failed", "x", 1) for r in (failed_old, failed_other)]
     letters.append(DeadLetter(b"{}", "json_error", "not redriven", 1))
     path = tmp_path / "dead.jsonl"
     path.write_bytes(b"".join(d.to_json() + b"\n" for d in letters))
-    args = [f"--dead_letter_glob={path}", f"--bigtable_project={table[0]}", f"--bigtable_instance={table[1]}",
-            f"--bigtable_table={table[2]}", "--runner=DirectRunner"]
+    args = [
+        f"--dead_letter_glob={path}",
+        f"--bigtable_project={table[0]}",
+        f"--bigtable_instance={table[1]}",
+        f"--bigtable_table={table[2]}",
+        "--runner=DirectRunner",
+    ]
     for _ in range(2):  # a second redrive changes nothing
         redrive.build_pipeline(args).run().wait_until_finish()
         cells = _cells(table)
@@ -250,9 +284,17 @@ def test_redrive_keeps_rows_that_fail_again_in_a_folder_beside_the_glob_by_defau
     failed = _row(Aggregate(7, 0, 0.0, None, None), H, ts_us=cell_timestamp_us(wall_clock_ms(), 7))
     (tmp_path / "dl").mkdir()
     (tmp_path / "dl" / "x.jsonl").write_bytes(DeadLetter(row_to_json(failed), "write_failed", "x", 1).to_json() + b"\n")
-    redrive.build_pipeline([f"--dead_letter_glob={tmp_path}/dl/*.jsonl", "--runner=DirectRunner",
-                            "--bigtable_project=p", "--bigtable_instance=i", "--bigtable_table=t",
-                            "--bigtable_write_budget_s=1", "--bigtable_attempt_timeout_s=0.5"]).run().wait_until_finish()
+    redrive.build_pipeline(
+        [
+            f"--dead_letter_glob={tmp_path}/dl/*.jsonl",
+            "--runner=DirectRunner",
+            "--bigtable_project=p",
+            "--bigtable_instance=i",
+            "--bigtable_table=t",
+            "--bigtable_write_budget_s=1",
+            "--bigtable_attempt_timeout_s=0.5",
+        ]
+    ).run().wait_until_finish()
     again = [DeadLetter.from_json(line) for line in local_lines(str(tmp_path / "dl-redrive"))]
     assert [(d.reason, row_from_json(d.payload)) for d in again] == [("write_failed", failed)]
 
@@ -260,10 +302,11 @@ def test_redrive_keeps_rows_that_fail_again_in_a_folder_beside_the_glob_by_defau
 def test_job_modules_leave_other_pipelines_options_alone():
     """Beam parses every registered options class on every view: no job may make a flag
     argparse-required, or merely importing it breaks every other pipeline in the process."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
     import pipelines.batch_recompute  # noqa: F401
     import pipelines.redrive  # noqa: F401
     import pipelines.streaming  # noqa: F401
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     assert PipelineOptions(["--runner=DirectRunner"]).view_as(StandardOptions).runner == "DirectRunner"
     with pytest.raises(ValueError):

@@ -8,6 +8,7 @@ both panels must settle to "ok" or "error" (``<body data-series-state / data-top
 Before: ``?from=x`` (or ``to``/``at``) made ``toInput(NaN)`` throw a RangeError in ``init``:
 no panel loaded, no message, the forms' handlers never attached; ``?granularity=week`` left
 the series panel "loading…" for good (``iso(NaN)`` threw inside ``loadSeries``)."""
+
 from __future__ import annotations
 
 import os
@@ -34,9 +35,12 @@ SETTLED = "body[data-series-state=ok], body[data-series-state=error]"
 def _serve(route) -> None:
     path = urllib.parse.urlsplit(route.request.url).path
     files = {"/dashboard": (os.path.join(dashboard.PAGE_DIR, "index.html"), "text/html")}
-    files.update({f"/dashboard/assets/{n}": (os.path.join(dashboard.PAGE_DIR, n), t) for n, t in dashboard.ASSETS.items()})
-    files.update({f"/dashboard/vendor/{n}": (os.path.join(dashboard.vendor_dir(), n), t)
-                  for n, t in dashboard.VENDOR.items()})
+    files.update(
+        {f"/dashboard/assets/{n}": (os.path.join(dashboard.PAGE_DIR, n), t) for n, t in dashboard.ASSETS.items()}
+    )
+    files.update(
+        {f"/dashboard/vendor/{n}": (os.path.join(dashboard.vendor_dir(), n), t) for n, t in dashboard.VENDOR.items()}
+    )
     if path in files:
         name, kind = files[path]
         with open(name, "rb") as f:
@@ -52,8 +56,9 @@ def page():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        context = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                                        headless=True)
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
         try:
             context.route(f"{ORIGIN}/**", _serve)
             p = context.new_page()
@@ -64,9 +69,22 @@ def page():
             context.close()
 
 
-HOSTILE = st.one_of(st.sampled_from(["x", "", "2026-13-45T99:99", "9999999-01-01T00:00", "NaN", "week", "-1",
-                                     "2026-12-02T10:00:00+99:99", "<img src=x onerror=alert(1)>"]),
-                    st.text(max_size=20))
+HOSTILE = st.one_of(
+    st.sampled_from(
+        [
+            "x",
+            "",
+            "2026-13-45T99:99",
+            "9999999-01-01T00:00",
+            "NaN",
+            "week",
+            "-1",
+            "2026-12-02T10:00:00+99:99",
+            "<img src=x onerror=alert(1)>",
+        ]
+    ),
+    st.text(max_size=20),
+)
 PARAMS = ("video", "type", "granularity", "metric", "from", "to", "top", "at")
 
 

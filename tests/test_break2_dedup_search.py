@@ -17,6 +17,7 @@ generated: the first element after each round is stamped at the watermark of the
 far from it (future, past, near, repeated), then the round. A stamp within ``SEARCH_GAP_S`` of
 an earlier one starts no search of its own (the earlier search's rungs are within the gap of
 it), so the generated stamps keep the good ones further than that from every earlier one."""
+
 from __future__ import annotations
 
 from hypothesis import assume, given, settings
@@ -26,13 +27,19 @@ from schemas.event import US_PER_S
 from tests.test_watermark_search import STEP_US, W0_US, YEAR_S, SearchingKey
 from transforms.dedup import SEARCH_GAP_S
 
-_FAR_S = st.one_of(st.integers(SEARCH_GAP_S + 1, 8000 * YEAR_S), st.integers(-8000 * YEAR_S, -SEARCH_GAP_S - 1),
-                   st.integers(-3 * SEARCH_GAP_S, 3 * SEARCH_GAP_S))
+_FAR_S = st.one_of(
+    st.integers(SEARCH_GAP_S + 1, 8000 * YEAR_S),
+    st.integers(-8000 * YEAR_S, -SEARCH_GAP_S - 1),
+    st.integers(-3 * SEARCH_GAP_S, 3 * SEARCH_GAP_S),
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(2 * SEARCH_GAP_S, 50 * YEAR_S), st.lists(_FAR_S, max_size=10)),
-                min_size=1, max_size=5))
+@given(
+    st.lists(
+        st.tuples(st.integers(2 * SEARCH_GAP_S, 50 * YEAR_S), st.lists(_FAR_S, max_size=10)), min_size=1, max_size=5
+    )
+)
 def test_far_stamps_after_a_good_guess_keep_its_search(rounds):
     key = SearchingKey()
     w_us = W0_US

@@ -2,6 +2,7 @@
 only ASCII digits name a count. Before: Python's ``int`` took ``'1_0'`` as 10 and ``'٥'``
 (Arabic-Indic five) as 5, and a digit string over 4,300 characters raised a ``ValueError``
 of its own (the int-string limit) where the service answers ``{error}``."""
+
 from __future__ import annotations
 
 import itertools
@@ -50,7 +51,7 @@ def markup_table(bigtable_host):
     import uuid
 
     from tests.test_top import INSTANCE, PROJECT, store_tops
-    from viewcounts import provision
+    from viewcounts.local import provision
 
     table = f"top-markup-{uuid.uuid4().hex[:8]}"
     provision.create_table(PROJECT, INSTANCE, table)
@@ -74,8 +75,28 @@ def test_cli_table_prints_video_ids_as_they_are(markup_table, capsys, monkeypatc
     store_tops({("view", "hour", hour_s): [(v, 100 - i) for i, v in enumerate(sorted(ids))]}, table)
     monkeypatch.setenv("COLUMNS", "400")
     capsys.readouterr()
-    assert cli.main(["top", "--type", "view", "--granularity", "hour", "--at", format_time_us(hour_s * 1_000_000), "-n", "5",
-                     "--project", project, "--instance", instance, "--table", table]) == 0
+    assert (
+        cli.main(
+            [
+                "top",
+                "--type",
+                "view",
+                "--granularity",
+                "hour",
+                "--at",
+                format_time_us(hour_s * 1_000_000),
+                "-n",
+                "5",
+                "--project",
+                project,
+                "--instance",
+                instance,
+                "--table",
+                table,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     for v in ids:
         if v.isprintable() and v.strip() == v:
@@ -92,7 +113,30 @@ def test_cli_stats_table_title_holds_the_video_id_as_it_is(markup_table, capsys,
     table, project, instance, _ = markup_table
     monkeypatch.setenv("COLUMNS", "400")
     capsys.readouterr()
-    assert cli.main(["stats", "--video-id", video_id, "--event-type", "view", "--function", "count",
-                     "--start", "2024-05-14T00:00:00Z", "--end", "2024-05-14T02:00:00Z", "--granularity", "hour",
-                     "--project", project, "--instance", instance, "--table", table]) == 0
+    assert (
+        cli.main(
+            [
+                "stats",
+                "--video-id",
+                video_id,
+                "--event-type",
+                "view",
+                "--function",
+                "count",
+                "--start",
+                "2024-05-14T00:00:00Z",
+                "--end",
+                "2024-05-14T02:00:00Z",
+                "--granularity",
+                "hour",
+                "--project",
+                project,
+                "--instance",
+                instance,
+                "--table",
+                table,
+            ]
+        )
+        == 0
+    )
     assert video_id in capsys.readouterr().out

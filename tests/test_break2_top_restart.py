@@ -24,6 +24,7 @@ boundary) at a random wall clock. Then, from a plain reference over the archive:
 * hour lists and aggregates are written for the recomputed hours only (the other hours of a
   day, read for its list, are not rewritten), with the reference's counts.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,8 @@ from tests.test_top_streaming import all_top_lists
 from transforms import top
 from transforms.aggregate import AggregateRow, DayCount
 from transforms.bigtable_sink import WriteAggregates, cell_of
-from viewcounts import provision
-from viewcounts.reconcile import stored_aggregates
+from viewcounts.commands.reconcile import stored_aggregates
+from viewcounts.local import provision
 
 pytestmark = pytest.mark.emulator
 PROJECT, INSTANCE = "test-project", "test-instance"
@@ -87,8 +88,9 @@ class StreamingJob:
             self.offers.process(days)
             for offered in self.offers.finish_bundle():
                 shard_key, offers = offered.value
-                for window, changed in self.shard.process((shard_key, offers), state=self.state[("s", shard_key)],
-                                                          cleanup=Cell()):
+                for window, changed in self.shard.process(
+                    (shard_key, offers), state=self.state[("s", shard_key)], cleanup=Cell()
+                ):
                     for out in self.merge.process((window, changed), state=self.state[("m", window)], cleanup=Cell()):
                         lists.extend(out)
         return lists
@@ -113,7 +115,7 @@ def hour_counts(copies) -> dict:
 
 
 def ranked(counts: dict) -> list:
-    return sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))[:storage.TOP_K]
+    return sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))[: storage.TOP_K]
 
 
 @st.composite
@@ -127,21 +129,36 @@ def restarted_days(draw):
     for i in range(draw(st.integers(2, 50))):
         # the first two in the restart's hour (before and after it: files of both runs there, mostly),
         # then half of the events within two hours of the restart
-        t_s = draw(st.integers(restart_hour, restart_s - 1) if i == 0 else
-                   st.integers(restart_s, restart_hour + HOUR_S - 1) if i == 1 else
-                   st.one_of(st.integers(DAY_S, DAY_S + 2 * 86400 - 1),
-                             st.integers(max(DAY_S, restart_s - 2 * HOUR_S),
-                                         min(DAY_S + 2 * 86400 - 1, restart_s + 2 * HOUR_S))))
-        ev = {"event_id": f"e{i}", "video_id": draw(st.sampled_from(VIDEOS)),
-              "event_type": draw(st.sampled_from(["view", "like"])), "value": None}
+        t_s = draw(
+            st.integers(restart_hour, restart_s - 1)
+            if i == 0
+            else st.integers(restart_s, restart_hour + HOUR_S - 1)
+            if i == 1
+            else st.one_of(
+                st.integers(DAY_S, DAY_S + 2 * 86400 - 1),
+                st.integers(max(DAY_S, restart_s - 2 * HOUR_S), min(DAY_S + 2 * 86400 - 1, restart_s + 2 * HOUR_S)),
+            )
+        )
+        ev = {
+            "event_id": f"e{i}",
+            "video_id": draw(st.sampled_from(VIDEOS)),
+            "event_type": draw(st.sampled_from(["view", "like"])),
+            "value": None,
+        }
         arrivals = [(t_s, t_s + (0 if i == 0 else draw(st.integers(0, 120))))]
         for _ in range(draw(st.integers(0, 2))):  # a duplicate (late), or a copy re-stamped within its day
             later = arrivals[-1][1] + draw(st.integers(1, 4000))
             again = t_s if draw(st.booleans()) else t_s - t_s % 86400 + draw(st.integers(0, 86399))
             arrivals.append((again, max(later, again)))
         for t, arrived in arrivals:
-            copies.append({**ev, "t_us": t * US_PER_S + draw(st.integers(0, 999_999)), "arrived_s": arrived,
-                           "run": OLD_RUN if arrived < restart_s else NEW_RUN})
+            copies.append(
+                {
+                    **ev,
+                    "t_us": t * US_PER_S + draw(st.integers(0, 999_999)),
+                    "arrived_s": arrived,
+                    "run": OLD_RUN if arrived < restart_s else NEW_RUN,
+                }
+            )
     # files: per run, event hour and 10 minutes of arrival; lines in arrival order
     files: dict = defaultdict(list)
     for c in copies:
@@ -161,8 +178,12 @@ def streaming_day_lists(copies, restart_s: int) -> list:
         job = StreamingJob(base_s * 1000)
         counts = hour_counts([c for c in copies if c["run"] == run])
         for (etype, hour_s), per_video in sorted(counts.items(), key=lambda kv: kv[0][1]):
-            written += job.pane([AggregateRow(v, etype, "hour", hour_s, storage.Aggregate(n, 0, 0.0, None, None), 0, 0)
-                                 for v, n in per_video.items()])
+            written += job.pane(
+                [
+                    AggregateRow(v, etype, "hour", hour_s, storage.Aggregate(n, 0, 0.0, None, None), 0, 0)
+                    for v, n in per_video.items()
+                ]
+            )
     return written
 
 
@@ -211,9 +232,15 @@ def check_repair(tmp_path, copies, restart_s: int, flags: list[str], now_s: int)
     write_restart(root, copies, restart_s)
     streamed = streaming_day_lists(copies, restart_s)
     store(table, streamed)
-    argv = [f"--archive_path={root}", f"--bigtable_project={PROJECT}", f"--bigtable_instance={INSTANCE}",
-            f"--bigtable_table={table}", f"--dead_letter_path={tmp_path}/dead-{table}",
-            f"--allowed_lateness_s={LATENESS_S}", *flags]
+    argv = [
+        f"--archive_path={root}",
+        f"--bigtable_project={PROJECT}",
+        f"--bigtable_instance={INSTANCE}",
+        f"--bigtable_table={table}",
+        f"--dead_letter_path={tmp_path}/dead-{table}",
+        f"--allowed_lateness_s={LATENESS_S}",
+        *flags,
+    ]
     batch_recompute.build_pipeline(argv, now_s).run().wait_until_finish()
 
     # the hours recomputed, by the rules of the README (independent of the job's code)
@@ -260,7 +287,8 @@ def check_repair(tmp_path, copies, restart_s: int, flags: list[str], now_s: int)
     with StatsReader(PROJECT, INSTANCE, table) as reader:
         stored = stored_aggregates(reader)
     assert {(v, t, w): a[0] for (v, t, g, w), a in stored.items() if g == "hour"} == {
-        (v, t, h): n for (t, h), counts in hour_counts(in_read).items() if h in hours for v, n in counts.items()}
+        (v, t, h): n for (t, h), counts in hour_counts(in_read).items() if h in hours for v, n in counts.items()
+    }
     assert all(w - w % HOUR_S in hours for (_, _, _, w) in stored)
     return f"days rebuilt {len(closed_days)}, left open {len(days - closed_days)}; hours {min(len(hours), 3)}+"
 
@@ -277,8 +305,11 @@ def recomputes(draw, restart_s: int):
     end = start + draw(st.integers(1, (DAY_S + 48 * HOUR_S - start) // HOUR_S)) * HOUR_S
     rng = [f"--start={format_time_us(start * US_PER_S)}", f"--end={format_time_us(end * US_PER_S)}"]
     kind = draw(st.sampled_from(["after_restarts", "after_restarts in range", "range"]))
-    flags = {"after_restarts": ["--after_restarts"], "after_restarts in range": ["--after_restarts", *rng],
-             "range": rng}[kind]
+    flags = {
+        "after_restarts": ["--after_restarts"],
+        "after_restarts in range": ["--after_restarts", *rng],
+        "range": rng,
+    }[kind]
     # after the restart's hour has closed; about when its day or the next closes (900 s past their end)
     day_closes = restart_s - restart_s % 86400 + 86400 + 900
     now_s = draw(st.sampled_from([restart_s + 2 * HOUR_S, day_closes, day_closes + 86400]))
@@ -288,7 +319,8 @@ def recomputes(draw, restart_s: int):
 @settings(max_examples=15, **_EXAMPLES)
 @given(st.data())
 def test_after_a_restart_or_a_partial_recompute_day_lists_are_the_whole_days_reference(
-        bigtable_host, tmp_path_factory, data):
+    bigtable_host, tmp_path_factory, data
+):
     copies, restart_s = data.draw(restarted_days())
     flags, now_s = data.draw(recomputes(restart_s))
     event(check_repair(tmp_path_factory.mktemp("repair"), copies, restart_s, flags, now_s))
@@ -297,10 +329,20 @@ def test_after_a_restart_or_a_partial_recompute_day_lists_are_the_whole_days_ref
 def test_the_documented_repair_restores_the_day_list_of_the_restart(bigtable_host, tmp_path):
     """The break as first seen: 50 views of A in the morning (old job), a restart at 14:30; the
     new job's day list (B and C only) won. ``--after_restarts`` once the day has closed."""
+
     def copy(i, video, hour, run, written_s):
         t = DAY_S + hour * HOUR_S + i
-        return {"event_id": f"e{video}{i}", "video_id": video, "event_type": "view", "value": None,
-                "t_us": t * US_PER_S, "run": run, "written_ms": written_s * 1000 + i, "file_name": "f", "line": 1}
+        return {
+            "event_id": f"e{video}{i}",
+            "video_id": video,
+            "event_type": "view",
+            "value": None,
+            "t_us": t * US_PER_S,
+            "run": run,
+            "written_ms": written_s * 1000 + i,
+            "file_name": "f",
+            "line": 1,
+        }
 
     copies = [copy(i, "A", 10, OLD_RUN, DAY_S + 11 * HOUR_S) for i in range(50)]
     copies += [copy(i, "B", 14, OLD_RUN, DAY_S + 14 * HOUR_S + 900) for i in range(2)]

@@ -22,6 +22,7 @@ counts of the days begun by then incomplete, and writes a restart marker naming 
 day, so ``--after_restarts`` rebuilds their lists (``pipelines.restarts``): any day whose
 count ends low must be one of them.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -53,8 +54,15 @@ class _Shard(DayShard):
         self.fn = FirePanes(lateness_s, 30)
 
     def add_minutes(self, by_minute: dict, arrival_us: int) -> None:
-        self._collect(_call(self.fn.process, (1, (arrival_us, by_minute)), window_end=self.window_end,
-                            early=self.early, **self.state))
+        self._collect(
+            _call(
+                self.fn.process,
+                (1, (arrival_us, by_minute)),
+                window_end=self.window_end,
+                early=self.early,
+                **self.state,
+            )
+        )
 
     def snapshot(self):
         return {k: c.v for k, c in self.state.items()}, _pending(self.window_end)
@@ -74,12 +82,24 @@ def _runs(draw):
     start_s = DAY0_S + 60 * draw(st.integers(1, SPAN_S // 60))  # the watermark at the start
     steps = []
     for _ in range(draw(st.integers(1, 40))):
-        kind = draw(st.sampled_from(["add", "add", "add", "watermark", "watermark", "early", "moved", "checkpoint",
-                                     "restore"]))
+        kind = draw(
+            st.sampled_from(["add", "add", "add", "watermark", "watermark", "early", "moved", "checkpoint", "restore"])
+        )
         if kind == "add":
-            steps.append(("add", [(draw(st.sampled_from(["earliest", "near", "any"])), draw(st.integers(0, 12 * 60)),
-                                   draw(st.sampled_from(VIDEOS)), draw(st.integers(1, 4)))
-                                  for _ in range(draw(st.integers(1, 4)))]))
+            steps.append(
+                (
+                    "add",
+                    [
+                        (
+                            draw(st.sampled_from(["earliest", "near", "any"])),
+                            draw(st.integers(0, 12 * 60)),
+                            draw(st.sampled_from(VIDEOS)),
+                            draw(st.integers(1, 4)),
+                        )
+                        for _ in range(draw(st.integers(1, 4)))
+                    ],
+                )
+            )
         elif kind == "watermark":
             steps.append(("watermark", draw(st.one_of(st.integers(1, 120), st.integers(120, 48 * 60)))))
         else:
@@ -91,8 +111,11 @@ def _place(earliest_s: int, where: str, ahead_min: int) -> int:
     """A minute start not late at ``earliest_s`` (epoch s, a minute start): just within the
     lateness, around the next midnight UTC, or anywhere ahead."""
     midnight_s = (earliest_s // DAY_S + 1) * DAY_S
-    m = {"earliest": earliest_s + 60 * (ahead_min % 90), "near": midnight_s + 60 * (ahead_min % 120 - 90),
-         "any": earliest_s + 60 * ahead_min}[where]
+    m = {
+        "earliest": earliest_s + 60 * (ahead_min % 90),
+        "near": midnight_s + 60 * (ahead_min % 120 - 90),
+        "any": earliest_s + 60 * ahead_min,
+    }[where]
     return max(m, earliest_s)
 
 
@@ -195,8 +218,7 @@ def test_a_restore_from_a_job_without_dropped_hours_state(tmp_path, monkeypatch,
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.integers(0, 5), min_size=1, max_size=4), st.integers(0, 8 * DAY_S),
-       st.sampled_from([0, 600, DAY_S]))
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=4), st.integers(0, 8 * DAY_S), st.sampled_from([0, 600, DAY_S]))
 def test_marked_days_are_rebuilt_by_after_restarts_once_closed(tmp_path, days, now_after_s, lateness_s):
     """Markers naming days (as ``FirePanes`` writes them): ``--after_restarts`` rebuilds each
     day's list once the day is closed (``closes_at_s``), reading its 24 hours and rewriting
@@ -207,8 +229,14 @@ def test_marked_days_are_rebuilt_by_after_restarts_once_closed(tmp_path, days, n
     archive = str(tmp_path / f"archive-{uuid.uuid4().hex}")
     marked = {DAY0_S + d * DAY_S for d in days}
     for i, d in enumerate(days):
-        write_marker(archive, f"{i}-m", lateness_s, (DAY0_S + d * DAY_S + 3600) * 1000, lacks_state=LACKS_DAY_COUNTS,
-                     days=[DAY0_S + d * DAY_S])
+        write_marker(
+            archive,
+            f"{i}-m",
+            lateness_s,
+            (DAY0_S + d * DAY_S + 3600) * 1000,
+            lacks_state=LACKS_DAY_COUNTS,
+            days=[DAY0_S + d * DAY_S],
+        )
     now_s = DAY0_S + now_after_s
     r = RecomputeOptions(["--after_restarts", "--rows_path=/nonexistent-rows"])
     scope = recompute_scope(archive, r, 600, now_s)
@@ -251,8 +279,12 @@ def _midnight_streams(draw):
                 boundary = wm_us - 600 * US_PER_S
                 if abs(t - boundary) < 10 * US_PER_S:
                     t = boundary + 20 * US_PER_S
-                e = {"event_id": f"e{len(known)}", "video_id": draw(st.sampled_from(_STREAM_VIDEOS)),
-                     "event_type": "view", "event_time": format_time_us(t)}
+                e = {
+                    "event_id": f"e{len(known)}",
+                    "video_id": draw(st.sampled_from(_STREAM_VIDEOS)),
+                    "event_type": "view",
+                    "event_time": format_time_us(t),
+                }
                 events.append(e)
                 known.append(e)
             steps.append(("publish", events))

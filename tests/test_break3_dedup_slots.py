@@ -11,6 +11,7 @@ in the first round at a watermark at or past its first rung, the pending timers 
 (the old search's rungs on top of the new bound), and nothing pending at or below the view
 after a round.
 """
+
 from __future__ import annotations
 
 from apache_beam.utils.timestamp import Timestamp
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from schemas.event import US_PER_S
 from tests.test_dedup_search_properties import _ADVANCE_S, _OFFSET_S
 from tests.test_watermark_search import STEP_US, W0_US, YEAR_S, SearchingKey
-from transforms.dedup import LADDER_RUNGS, SEARCH_SLOTS, _END_US
+from transforms.dedup import _END_US, LADDER_RUNGS, SEARCH_SLOTS
 
 
 def _old_key(view_offset_s: int | None, guess_offset_s: int) -> tuple[SearchingKey, int]:
@@ -41,8 +42,11 @@ def _old_key(view_offset_s: int | None, guess_offset_s: int) -> tuple[SearchingK
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.none(), st.integers(-YEAR_S, 0)), st.integers(-5 * YEAR_S, 5 * YEAR_S),
-       st.lists(st.tuples(_ADVANCE_S, st.lists(_OFFSET_S, max_size=8)), min_size=1, max_size=8))
+@given(
+    st.one_of(st.none(), st.integers(-YEAR_S, 0)),
+    st.integers(-5 * YEAR_S, 5 * YEAR_S),
+    st.lists(st.tuples(_ADVANCE_S, st.lists(_OFFSET_S, max_size=8)), min_size=1, max_size=8),
+)
 def test_a_key_restored_with_old_search_tags(view_offset_s, guess_offset_s, rounds):
     key, g_us = _old_key(view_offset_s, guess_offset_s)
     old_search = "d0" in key.timers.pending  # its first rung was above the view

@@ -15,6 +15,7 @@ without it leaves the list alone and reports the day (``RecomputeScope.incomplet
 hour with no file but a stored hour list had events that cannot be read
 (``batch_recompute.unreadable_hours``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -49,9 +50,19 @@ def _dead_letter_lines(folder) -> list[dict]:
 
 def test_a_recompute_writes_dead_letters_of_its_hours_only(tmp_path):
     archive = str(tmp_path / "archive")
-    copies = [{"event_id": f"e{h}", "video_id": "V1", "event_type": "view", "value": None,
-               "t_us": (DAY0_S + h * 3600 + 60) * US_PER_S, "written_ms": 1_700_000_000_000,
-               "file_name": "f", "line": 1} for h in range(24)]
+    copies = [
+        {
+            "event_id": f"e{h}",
+            "video_id": "V1",
+            "event_type": "view",
+            "value": None,
+            "t_us": (DAY0_S + h * 3600 + 60) * US_PER_S,
+            "written_ms": 1_700_000_000_000,
+            "file_name": "f",
+            "line": 1,
+        }
+        for h in range(24)
+    ]
     write_archive(archive, copies)
     for h in (3, 10):  # an unreadable line in hour 03:00 (read for the day list only) and in 10:00
         with open(os.path.join(hour_folder(archive, DAY0_S + h * 3600), "hand-made.jsonl"), "wb") as f:
@@ -73,8 +84,13 @@ def test_scope_days_are_those_of_the_hours_and_closed_by_their_last_hour(start_h
     start_s = DAY0_S + start_h * 3600
     end_s = start_s + n_h * 3600
     now_s = DAY0_S + now_after_s
-    r = RecomputeOptions([f"--start={format_time_us(start_s * US_PER_S)}",
-                          f"--end={format_time_us(end_s * US_PER_S)}", "--rows_path=/nonexistent-rows"])
+    r = RecomputeOptions(
+        [
+            f"--start={format_time_us(start_s * US_PER_S)}",
+            f"--end={format_time_us(end_s * US_PER_S)}",
+            "--rows_path=/nonexistent-rows",
+        ]
+    )
     scope = recompute_scope("/nonexistent", r, lateness_s, now_s)
     hours = list(range(start_s, end_s, 3600))
     assert scope.hours == hours
@@ -95,14 +111,14 @@ def _t(s: int) -> str:
 
 @pytest.mark.emulator
 @pytest.mark.parametrize("with_parquet", [True, False])
-def test_a_one_hour_recompute_keeps_the_day_list_whose_other_hours_are_in_parquet_only(table, tmp_path,
-                                                                                       with_parquet):
+def test_a_one_hour_recompute_keeps_the_day_list_whose_other_hours_are_in_parquet_only(table, tmp_path, with_parquet):
     """Hour 02 compacted to Parquet and its JSONL gone (the raw archive's 30-day retention), then
     hour 15 recomputed: the day's list still counts hour 02 -- rebuilt with ``--parquet-path``,
     left alone without it and the day reported (``incomplete_days``: hour 02, whose hour list
     is stored but no file is left) with what to pass."""
     from pipelines.compact import compact
-    from tests.test_break2_top_restart import DAY_S as DAY, OLD_RUN
+    from tests.test_break2_top_restart import DAY_S as DAY
+    from tests.test_break2_top_restart import OLD_RUN
     from tests.test_top_repair import _archive, _cli, _copy, _day_list
     from viewcounts.cli import main
 
@@ -117,15 +133,30 @@ def test_a_one_hour_recompute_keeps_the_day_list_whose_other_hours_are_in_parque
     assert _day_list(table) == [("A", 3), ("B", 2)]
     flags = ("--parquet-path", parquet) if with_parquet else ()
     report = tmp_path / "outcome.json"
-    assert main(_cli(table, archive, "--start", _t(DAY + 15 * 3600), "--end", _t(DAY + 16 * 3600), *flags,
-                     "--json", str(report))) == 0
+    assert (
+        main(
+            _cli(
+                table,
+                archive,
+                "--start",
+                _t(DAY + 15 * 3600),
+                "--end",
+                _t(DAY + 16 * 3600),
+                *flags,
+                "--json",
+                str(report),
+            )
+        )
+        == 0
+    )
     assert _day_list(table) == [("A", 3), ("B", 2)]
     outcome = orjson.loads(report.read_bytes())
     assert (len(outcome["day_lists"]), len(outcome["incomplete_days"])) == ((1, 0) if with_parquet else (0, 1))
     if not with_parquet:
         assert outcome["incomplete_days"] == {_t(DAY): {"unreadable_hours": [_t(DAY + 2 * 3600)]}}, outcome
-    scope = recompute_scope(archive, RecomputeOptions(_job_flags(table, archive, DAY + 15 * 3600, *flags)), 600,
-                            time.time())
+    scope = recompute_scope(
+        archive, RecomputeOptions(_job_flags(table, archive, DAY + 15 * 3600, *flags)), 600, time.time()
+    )
     assert (scope.days, scope.incomplete_days) == (([DAY], {}) if with_parquet else ([], {DAY: [DAY + 2 * 3600]}))
 
 
@@ -133,5 +164,12 @@ def _job_flags(table: tuple, archive: str, hour_s: int, *cli_flags: str) -> list
     """The recompute job's flags for one hour (``--parquet-path P`` given as ``cli_flags``)."""
     project, instance, name = table
     parquet = [f"--parquet_path={cli_flags[1]}"] if cli_flags else []
-    return [f"--archive_path={archive}", f"--bigtable_project={project}", f"--bigtable_instance={instance}",
-            f"--bigtable_table={name}", f"--start={_t(hour_s)}", f"--end={_t(hour_s + 3600)}", *parquet]
+    return [
+        f"--archive_path={archive}",
+        f"--bigtable_project={project}",
+        f"--bigtable_instance={instance}",
+        f"--bigtable_table={name}",
+        f"--start={_t(hour_s)}",
+        f"--end={_t(hour_s + 3600)}",
+        *parquet,
+    ]

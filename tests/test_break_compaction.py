@@ -2,6 +2,7 @@
 a compacted hour must hold exactly the events the JSONL recompute reads from the same files
 (``schemas.event.parse_payload`` per line, array lines included), the first copy of each id in
 archive order."""
+
 from __future__ import annotations
 
 import os
@@ -20,16 +21,25 @@ H0 = 1_715_680_800  # 2024-05-14T10:00:00Z
 NOW_S = 2_000_000_000  # every generated hour is closed
 
 _event = st.builds(
-    lambda i, v, t, value: {"event_id": f"e{i}", "video_id": v, "event_type": "view",
-                            "event_time": format_time_us(H0 * US_PER_S + t),
-                            **({} if value is None else {"value": value})},
-    st.integers(0, 6), st.sampled_from(["V1", "é#%"]), st.integers(0, ARCHIVE_WINDOW_S * US_PER_S - 1),
-    st.one_of(st.none(), st.integers(-10**15, 10**15)))
+    lambda i, v, t, value: {
+        "event_id": f"e{i}",
+        "video_id": v,
+        "event_type": "view",
+        "event_time": format_time_us(H0 * US_PER_S + t),
+        **({} if value is None else {"value": value}),
+    },
+    st.integers(0, 6),
+    st.sampled_from(["V1", "é#%"]),
+    st.integers(0, ARCHIVE_WINDOW_S * US_PER_S - 1),
+    st.one_of(st.none(), st.integers(-(10**15), 10**15)),
+)
 # a line: one event object, a JSON array of them (a batch line: items judged on their own),
 # or damage (not JSON, an object that is no event)
-_line = st.one_of(_event.map(orjson.dumps),
-                  st.lists(st.one_of(_event, st.just({"event_id": "broken"})), max_size=4).map(orjson.dumps),
-                  st.just(b"\xff{not json"))
+_line = st.one_of(
+    _event.map(orjson.dumps),
+    st.lists(st.one_of(_event, st.just({"event_id": "broken"})), max_size=4).map(orjson.dumps),
+    st.just(b"\xff{not json"),
+)
 _files = st.lists(st.lists(_line, min_size=1, max_size=5), min_size=1, max_size=4)
 
 
@@ -52,21 +62,35 @@ def test_a_compacted_hour_holds_what_the_jsonl_recompute_counts_array_lines_incl
         folder = hour_folder(archive, H0)
         os.makedirs(folder)
         for n, lines in enumerate(files):
-            with open(os.path.join(folder, file_name("events", 1_800_000_000_000 + n, "0123456789", f"{n:04x}")),
-                      "wb") as f:
+            with open(
+                os.path.join(folder, file_name("events", 1_800_000_000_000 + n, "0123456789", f"{n:04x}")), "wb"
+            ) as f:
                 f.write(b"\n".join(lines) + b"\n")
         compact(archive, parquet, NOW_S)
-        cols = hour_columns(parquet, H0) or {"event_id": [], "video_id": [], "event_type": [], "time_us": [],
-                                              "value": []}
-        got = {e: (v, t, us, val) for e, v, t, us, val in zip(cols["event_id"], cols["video_id"],
-                                                              cols["event_type"], cols["time_us"], cols["value"])}
+        cols = hour_columns(parquet, H0) or {
+            "event_id": [],
+            "video_id": [],
+            "event_type": [],
+            "time_us": [],
+            "value": [],
+        }
+        got = {
+            e: (v, t, us, val)
+            for e, v, t, us, val in zip(
+                cols["event_id"], cols["video_id"], cols["event_type"], cols["time_us"], cols["value"]
+            )
+        }
         assert len(got) == len(cols["event_id"])  # one row per distinct id
         assert got == _recompute_view(files)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(start_s=st.integers(0, 4_000_000_000), back_s=st.integers(0, 10**7),
-       bad=st.sampled_from(["garbage", "2024-05-14 10:00:00", "2024-05-14T10:00:00", ""]), which=st.integers(0, 2))
+@given(
+    start_s=st.integers(0, 4_000_000_000),
+    back_s=st.integers(0, 10**7),
+    bad=st.sampled_from(["garbage", "2024-05-14 10:00:00", "2024-05-14T10:00:00", ""]),
+    which=st.integers(0, 2),
+)
 def test_the_command_refuses_a_reversed_or_unreadable_range_with_a_message(start_s, back_s, bad, which, capsys):
     """A reversed (or empty) range, an unreadable instant or one bound alone: exit 2 and a
     message, never a traceback nor a silent run over no hour."""

@@ -3,6 +3,7 @@ the dry run's audit must count every stored aggregate of its hours (entities wit
 the archive included) and compare every row the job would write with what it would overwrite;
 the job must write no window outside the hours it was asked for (nor into an open hour without
 ``--force``); and its sums must not depend on how the work was split."""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ import uuid
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from query.stats import StatsReader
@@ -24,7 +25,7 @@ from transforms.batch_count import MergeMinutePartials, fold_minutes, rows_of
 from transforms.validate import shard_of
 from viewcounts.bench.queries import store_cells
 from viewcounts.cli import main
-from viewcounts.reconcile import stored_aggregates
+from viewcounts.commands.reconcile import stored_aggregates
 
 H0 = 1_715_680_800  # 2024-05-14T10:00:00Z
 _ENTITY = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=6)
@@ -44,14 +45,27 @@ def _event(event_id: str, video_id: str, time_us: int) -> dict:
 
 def _args(table, archive: str, start_s: int, end_s: int, *extra: str) -> list[str]:
     project, instance, name = table
-    return ["recompute", "--archive-path", archive, "--start", format_time_us(start_s * US_PER_S),
-            "--end", format_time_us(end_s * US_PER_S), "--project", project, "--instance", instance,
-            "--table", name, *extra]
+    return [
+        "recompute",
+        "--archive-path",
+        archive,
+        "--start",
+        format_time_us(start_s * US_PER_S),
+        "--end",
+        format_time_us(end_s * US_PER_S),
+        "--project",
+        project,
+        "--instance",
+        instance,
+        "--table",
+        name,
+        *extra,
+    ]
 
 
 def _fresh_table(bigtable_host) -> tuple:
     """A new table per hypothesis example (the ``table`` fixture is one per test)."""
-    from viewcounts.provision import create_table
+    from viewcounts.local.provision import create_table
 
     name = f"brk-{uuid.uuid4().hex[:10]}"
     create_table("test-project", "test-instance", name)
@@ -67,7 +81,8 @@ def _stored(table) -> dict:
 @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(stored_only=st.lists(_ENTITY, min_size=1, max_size=3, unique=True), minute=st.integers(0, 59))
 def test_the_dry_run_counts_stored_aggregates_of_entities_the_archive_has_no_event_of(
-        bigtable_host, tmp_path_factory, stored_only, minute):
+    bigtable_host, tmp_path_factory, stored_only, minute
+):
     table = _fresh_table(bigtable_host)
     tmp = tmp_path_factory.mktemp("a")
     archive = str(tmp / "archive")
@@ -107,26 +122,40 @@ def _folded(events: list[Event], shards: int) -> dict[tuple, tuple]:
     combine = MergeMinutePartials()
     per_entity: dict[tuple, dict] = {}
     for shard in range(shards):
-        best = {e.event_id: ((0, "f", i), e.video_id, e.event_type, e.time_us, e.value)
-                for i, e in enumerate(events) if shard_of(e.event_id, shards) == shard}
+        best = {
+            e.event_id: ((0, "f", i), e.video_id, e.event_type, e.time_us, e.value)
+            for i, e in enumerate(events)
+            if shard_of(e.event_id, shards) == shard
+        }
         for key, partial in fold_minutes(best).items():
             per_entity[key] = combine.add_input(per_entity.get(key, combine.create_accumulator()), partial)
-    return {(r.video_id, r.event_type, r.granularity, r.window_start_s): tuple(r.aggregate)
-            for (v, t), acc in per_entity.items() for r in rows_of(v, t, acc, 0)}
+    return {
+        (r.video_id, r.event_type, r.granularity, r.window_start_s): tuple(r.aggregate)
+        for (v, t), acc in per_entity.items()
+        for r in rows_of(v, t, acc, 0)
+    }
 
 
-@pytest.mark.xfail(strict=True, reason="sums are plain float additions in whatever order shards, minutes and "
-                   "partials meet (schemas.storage.merge, transforms.aggregate): with values near the 1e15 bound "
-                   "that cancel, the same archive gives sums that differ far beyond SPEC's 1e-9 between dedup-shard "
-                   "counts (and between streaming and batch, so the dry-run audit reports equal windows as changed)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="sums are plain float additions in whatever order shards, minutes and "
+    "partials meet (schemas.storage.merge, transforms.aggregate): with values near the 1e15 bound "
+    "that cancel, the same archive gives sums that differ far beyond SPEC's 1e-9 between dedup-shard "
+    "counts (and between streaming and batch, so the dry-run audit reports equal windows as changed)",
+)
 @settings(max_examples=200, deadline=None)
-@given(values=st.lists(st.one_of(st.sampled_from([1e15, -1e15, 999_999_999_999_999.9]),
-                                 st.floats(-1e3, 1e3, allow_nan=False)), min_size=2, max_size=12),
-       shards=st.integers(2, 8), seed=st.integers(0, 2**32 - 1))
+@given(
+    values=st.lists(
+        st.one_of(st.sampled_from([1e15, -1e15, 999_999_999_999_999.9]), st.floats(-1e3, 1e3, allow_nan=False)),
+        min_size=2,
+        max_size=12,
+    ),
+    shards=st.integers(2, 8),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_the_hour_sum_is_the_exact_sum_whatever_the_shards(values, shards, seed):
     rnd = random.Random(seed)
-    events = [Event(f"e{i}", "V", "watch", (H0 + rnd.randrange(3600)) * US_PER_S, v, b"")
-              for i, v in enumerate(values)]
+    events = [Event(f"e{i}", "V", "watch", (H0 + rnd.randrange(3600)) * US_PER_S, v, b"") for i, v in enumerate(values)]
     exact = math.fsum(values)
     for got in (_folded(events, 1), _folded(events, shards)):
         hour_sum = got[("V", "watch", "hour", H0)][2]

@@ -2,6 +2,7 @@
 emulator: every answer that is not a 200 must be the documented error JSON ``{"error": ...}``
 with a 4xx for the caller's mistakes, whatever the query (ranges at the ends of the calendar,
 any time zone) and whatever the path or method."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from query.cached_reader import CachedStatsReader
 from query.service import create_app
-from viewcounts import provision
+from viewcounts.local import provision
 
 pytestmark = pytest.mark.emulator
 PROJECT, INSTANCE = "test-project", "test-instance"
@@ -51,8 +52,15 @@ def _edge_queries(draw):
         start = -(-_FIRST_S // size) * size + draw(st.integers(0, 3)) * size
         end = start + n * size
     tz = draw(st.sampled_from([None, "Pacific/Kiritimati", "America/New_York", "Etc/GMT+12"]))
-    return {"video_id": "V", "event_type": "view", "function": draw(st.sampled_from(["count", "avg"])),
-            "start": _iso(start), "end": _iso(end), "granularity": granularity, **({"tz": tz} if tz else {})}
+    return {
+        "video_id": "V",
+        "event_type": "view",
+        "function": draw(st.sampled_from(["count", "avg"])),
+        "start": _iso(start),
+        "end": _iso(end),
+        "granularity": granularity,
+        **({"tz": tz} if tz else {}),
+    }
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -64,8 +72,10 @@ def test_queries_at_the_ends_of_the_calendar_answer_or_are_refused_as_json(clien
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
-       path=st.sampled_from(["/v1/stats", "/v1/cache/invalidate", "/healthz", "/v1/nothing", "/v2/stats"]))
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
+    path=st.sampled_from(["/v1/stats", "/v1/cache/invalidate", "/healthz", "/v1/nothing", "/v2/stats"]),
+)
 def test_every_error_answer_is_the_documented_error_json(client, method, path):
     r = client.request(method, path)
     if r.status_code >= 400:

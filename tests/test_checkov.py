@@ -1,6 +1,7 @@
 """checkov (``make checkov``: build/checkov-venv, pinned by requirements-checkov.lock) over
 infra/terraform: no failed check, every skip justified inline, and every skip still needed
 (the same tree without its skip comments fails exactly the checks they skip)."""
+
 import json
 import os
 import re
@@ -22,8 +23,12 @@ pytestmark = pytest.mark.skipif(not os.access(CHECKOV, os.X_OK), reason="no chec
 def _checkov(directory: str) -> dict:
     """checkov's JSON report of the Terraform files in ``directory``: offline (``--skip-download``:
     no policy metadata fetched), Terraform checks only. Raises on a parse error or no report."""
-    r = subprocess.run([CHECKOV, "-d", directory, "--framework", "terraform", "--skip-download",
-                        "--output", "json"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [CHECKOV, "-d", directory, "--framework", "terraform", "--skip-download", "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     report = json.loads(r.stdout)
     assert report["summary"]["parsing_errors"] == 0, report
     return report
@@ -84,5 +89,7 @@ def test_checkov_fails_a_public_bucket(tmp_path):
     main = tmp_path / "main.tf"
     text = main.read_text()
     assert text.count('public_access_prevention    = "enforced"') == 1
-    main.write_text(text.replace('public_access_prevention    = "enforced"', 'public_access_prevention    = "inherited"'))
+    main.write_text(
+        text.replace('public_access_prevention    = "enforced"', 'public_access_prevention    = "inherited"')
+    )
     assert [r for _, r in _ids(_checkov(str(tmp_path)), "failed_checks")] == ["google_storage_bucket.archive"]

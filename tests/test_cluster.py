@@ -1,10 +1,11 @@
 """The production recipe on a Flink session cluster: 2 task managers with 2 slots each and a
 Python worker pool (EXTERNAL environment), the streaming job submitted detached
-(``viewcounts.submit``: the launcher exits, the job keeps running), at parallelism 2 and 4.
+(``viewcounts.commands.submit``: the launcher exits, the job keeps running), at parallelism 2 and 4.
 Each run replays flights with their real 2013 times and ends with every stored aggregate
 equal to the polars reference; the work must have spread: SDK worker processes of the pool
 (at least 2) and subtasks on both task managers. One cluster for the module, stopped by PID.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,8 @@ import pytest
 
 from pipelines.runners import runner_flags
 from tests.streaming_jobs import Deployment, archive_missing
-from viewcounts import replay
-from viewcounts.flink import FlinkCluster
+from viewcounts.commands import replay
+from viewcounts.local.flink import FlinkCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.flink, pytest.mark.slow, pytest.mark.emulator]
 
@@ -52,20 +53,34 @@ def _group_alive(pgid: int) -> list[int]:
     return alive
 
 
-def _launch(d: Deployment, cluster: FlinkCluster, parallelism: int, *flags: str,
-            checkpointing_interval_ms: int = 5000) -> subprocess.Popen:
-    """``python -m viewcounts.submit`` in a process group of its own (stdout piped, stderr to
+def _launch(
+    d: Deployment, cluster: FlinkCluster, parallelism: int, *flags: str, checkpointing_interval_ms: int = 5000
+) -> subprocess.Popen:
+    """``python -m viewcounts.commands.submit`` in a process group of its own (stdout piped, stderr to
     ``submit.log`` in the deployment's folder)."""
-    argv = [sys.executable, "-m", "viewcounts.submit", "--no_event_age_check",
-            *d.job_flags(*runner_flags("flink", flink_master=cluster.master, parallelism=parallelism,
-                                       worker_pool=cluster.worker_pool, checkpoint_dir=f"{d.folder}/checkpoints",
-                                       checkpointing_interval_ms=checkpointing_interval_ms), *flags)]
+    argv = [
+        sys.executable,
+        "-m",
+        "viewcounts.commands.submit",
+        "--no_event_age_check",
+        *d.job_flags(
+            *runner_flags(
+                "flink",
+                flink_master=cluster.master,
+                parallelism=parallelism,
+                worker_pool=cluster.worker_pool,
+                checkpoint_dir=f"{d.folder}/checkpoints",
+                checkpointing_interval_ms=checkpointing_interval_ms,
+            ),
+            *flags,
+        ),
+    ]
     with open(f"{d.folder}/submit.log", "wb") as log:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
 
 
 def submit_detached(d: Deployment, cluster: FlinkCluster, parallelism: int, *flags: str) -> str:
-    """``python -m viewcounts.submit``; waits for it to exit, then kills whatever is left of
+    """``python -m viewcounts.commands.submit``; waits for it to exit, then kills whatever is left of
     its group; returns the Flink job id it printed."""
     launcher = _launch(d, cluster, parallelism, *flags)
     out, _ = launcher.communicate(timeout=SUBMIT_S)
@@ -101,8 +116,10 @@ def test_detached_job_spreads_over_the_cluster_and_equals_the_reference(cluster,
         assert cluster.job_status(job_id) == "RUNNING"
         assert workers >= 2, f"{workers} SDK worker processes"
         assert cluster.job_taskmanagers(job_id) == cluster.taskmanager_ids()
-        print(f"parallelism {parallelism}: submitted in {submitted_s:.0f} s; {figures['published']} events, "
-              f"every aggregate equal {waited:.1f} s after publishing; {workers} SDK workers")
+        print(
+            f"parallelism {parallelism}: submitted in {submitted_s:.0f} s; {figures['published']} events, "
+            f"every aggregate equal {waited:.1f} s after publishing; {workers} SDK workers"
+        )
     finally:
         _cancel(cluster, job_id)
 
@@ -148,7 +165,7 @@ def test_the_recompute_runs_as_a_batch_job_on_the_cluster(cluster, table, tmp_pa
     from tests.test_recompute import H0, model, write_archive
     from tests.test_recompute_runs import _args, _copies, _stored
     from viewcounts.cli import main
-    from viewcounts.reconcile import reconcile
+    from viewcounts.commands.reconcile import reconcile
 
     copies = _copies(4000, H0, 6 * 3600, seed=11)
     archive = str(tmp_path / "archive")

@@ -1,6 +1,6 @@
 """Faults on a Flink session cluster (issue 13): the streaming job, submitted detached
-(``python -m viewcounts.submit``: the launcher exits once the job runs), runs distributed on
-``viewcounts.flink.FlinkCluster`` (2 task managers of 2 slots, Python workers from the
+(``python -m viewcounts.commands.submit``: the launcher exits once the job runs), runs distributed on
+``viewcounts.local.flink.FlinkCluster`` (2 task managers of 2 slots, Python workers from the
 EXTERNAL worker pool, retained checkpoints every 5 s), replays 3,000 flights with 5 %
 duplicates, and every fault ends with 0 mismatches between the stored minute and hour
 aggregates and the polars reference over the replay manifests.
@@ -39,6 +39,7 @@ would have moved the watermark days past them by then.
   same flags, resumes from the newest retained checkpoint (``pipelines.runners.prepare``;
   Flink reports a checkpoint restored through ``--savepoint_path`` as ``is_savepoint``).
 """
+
 from __future__ import annotations
 
 import glob
@@ -57,15 +58,15 @@ import pytest
 from pipelines.runners import runner_flags
 from query.stats import StatsReader
 from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, latest_checkpoint
-from viewcounts import replay
-from viewcounts.flink import FlinkCluster
+from viewcounts.commands import replay
+from viewcounts.local.flink import FlinkCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.faults, pytest.mark.flink, pytest.mark.slow, pytest.mark.emulator]
 
 SPAN_S = 300  # event time of the whole replay, ending when the job runs: half the allowed lateness (600 s)
 PLAN = replay.ReplayPlan(duplicate_rate=0.05, time_mode="shift", fit_span_s=SPAN_S, events_per_message=50)
 EVENTS = 3000
-CHUNKS = 12        # the replay in 12 chunks: 6 before the fault, 2 in flight at it, 4 after
+CHUNKS = 12  # the replay in 12 chunks: 6 before the fault, 2 in flight at it, 4 after
 CHUNK_PAUSE_S = 1.0
 CONVERGE_S = 300
 JOB_START_S = 180
@@ -113,7 +114,7 @@ def _flights() -> list[list[dict]]:
     and compressed into ``SPAN_S``, in ``CHUNKS`` chunks."""
     events = replay.plan_events(replay.read_source("flights", EVENTS), PLAN, time.time_ns() // 1000)
     size = -(-len(events) // CHUNKS)
-    return [events[i:i + size] for i in range(0, len(events), size)]
+    return [events[i : i + size] for i in range(0, len(events), size)]
 
 
 def _publish(d: Deployment, chunks: list[list[dict]]) -> None:
@@ -174,8 +175,11 @@ def _parallelisms(cluster: FlinkCluster, job_id: str) -> dict[str, int]:
 
 def _taskmanagers_of(cluster: FlinkCluster, job_id: str) -> set[str]:
     """Flink ids of the task managers running subtasks of ``job_id``."""
-    return {tm["taskmanager-id"] for vertex in cluster.rest(f"/jobs/{job_id}")["vertices"]
-            for tm in cluster.rest(f"/jobs/{job_id}/vertices/{vertex['id']}/taskmanagers")["taskmanagers"]}
+    return {
+        tm["taskmanager-id"]
+        for vertex in cluster.rest(f"/jobs/{job_id}")["vertices"]
+        for tm in cluster.rest(f"/jobs/{job_id}/vertices/{vertex['id']}/taskmanagers")["taskmanagers"]
+    }
 
 
 def _index_of(cluster: FlinkCluster, tm_id: str) -> int:
@@ -183,8 +187,10 @@ def _index_of(cluster: FlinkCluster, tm_id: str) -> int:
     (data_port,) = [tm["dataPort"] for tm in cluster.rest("/taskmanagers")["taskmanagers"] if tm["id"] == tm_id]
     for i in range(TASK_MANAGERS):
         pids = cluster.taskmanager_pids(i)
-        if pids and any(c.laddr.port == data_port and c.status == psutil.CONN_LISTEN
-                        for c in psutil.Process(pids[0]).net_connections(kind="tcp")):
+        if pids and any(
+            c.laddr.port == data_port and c.status == psutil.CONN_LISTEN
+            for c in psutil.Process(pids[0]).net_connections(kind="tcp")
+        ):
             return i
     raise LookupError(f"no task manager process listens on {tm_id}'s data port {data_port}")
 
@@ -195,17 +201,30 @@ def _local(path: str) -> str:
 
 
 def _flags(cluster: FlinkCluster, parallelism: int, checkpoints: str, *extra: str) -> list[str]:
-    return ["--no_event_age_check", *runner_flags("flink", flink_master=cluster.master, parallelism=parallelism,
-                                                  worker_pool=cluster.worker_pool, checkpoint_dir=checkpoints), *extra]
+    return [
+        "--no_event_age_check",
+        *runner_flags(
+            "flink",
+            flink_master=cluster.master,
+            parallelism=parallelism,
+            worker_pool=cluster.worker_pool,
+            checkpoint_dir=checkpoints,
+        ),
+        *extra,
+    ]
 
 
 def _submit(d: Deployment, cluster: FlinkCluster, flags: list[str]) -> str:
-    """Submit the job detached (``python -m viewcounts.submit``: the launcher exits once every
+    """Submit the job detached (``python -m viewcounts.commands.submit``: the launcher exits once every
     task runs; its log is ``submit-N.log`` in the deployment's folder); returns the Flink job id."""
     log_path = f"{d.folder}/submit-{len(glob.glob(f'{d.folder}/submit-*.log'))}.log"
     with open(log_path, "wb") as log:
-        done = subprocess.run([sys.executable, "-m", "viewcounts.submit", *d.job_flags(*flags)], stdout=subprocess.PIPE,
-                              stderr=log, timeout=JOB_START_S + 60)
+        done = subprocess.run(
+            [sys.executable, "-m", "viewcounts.commands.submit", *d.job_flags(*flags)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            timeout=JOB_START_S + 60,
+        )
     assert done.returncode == 0, f"the submission failed with {done.returncode}; see {log_path}"
     job_id = done.stdout.decode().split()[-1]
     assert cluster.running_jobs() == [job_id]
@@ -214,7 +233,7 @@ def _submit(d: Deployment, cluster: FlinkCluster, flags: list[str]) -> str:
 
 def _first_half_counted(d: Deployment, cluster: FlinkCluster, job_id: str, chunks) -> None:
     """Publish the first half, wait for stored aggregates and a checkpoint completed after them."""
-    _publish(d, chunks[:CHUNKS // 2])
+    _publish(d, chunks[: CHUNKS // 2])
     _wait_for(lambda: _some_rows(d), CONVERGE_S, "the first aggregates")
     done = _completed(cluster, job_id)
     _wait_for(lambda: _completed(cluster, job_id) > done, 60, "a checkpoint after the first aggregates")
@@ -251,7 +270,8 @@ def _exact(d: Deployment, tail: threading.Thread, chunks: list[list[dict]]) -> f
 
 
 def test_a_killed_task_manager_is_recovered_by_the_restart_strategy_from_the_last_checkpoint(
-        deployment, cluster, tmp_path):
+    deployment, cluster, tmp_path
+):
     d = deployment
     job_id = _submit(d, cluster, _flags(cluster, 2, str(tmp_path / "checkpoints")))
     chunks = _flights()
@@ -259,11 +279,11 @@ def test_a_killed_task_manager_is_recovered_by_the_restart_strategy_from_the_las
     assert _num_restarts(cluster, job_id) == 0
     strategy = _restart_strategy(cluster, job_id)
     assert strategy.startswith("ExponentialDelayRestartBackoffTimeStrategy("), strategy
-    _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
+    _publish(d, chunks[CHUNKS // 2 : CHUNKS // 2 + 2])
     victim_id = min(_taskmanagers_of(cluster, job_id))
     victim = _index_of(cluster, victim_id)
     killed = cluster.kill_taskmanager(victim)
-    tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
+    tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2 :])
     fault_at = time.monotonic()
     _wait_for(lambda: _num_restarts(cluster, job_id) >= 1, 120, "Flink to restart the job")
     assert cluster.wait_for_running(timeout_s=120) == [job_id], "the job was not restarted in place"
@@ -275,9 +295,11 @@ def test_a_killed_task_manager_is_recovered_by_the_restart_strategy_from_the_las
     cluster.start_taskmanager(victim)  # the replacement joins the cluster
     waited = _exact(d, tail, chunks)
     assert [j["id"] for j in cluster.rest("/jobs")["jobs"]] == [job_id], "the job was resubmitted"
-    print(f"task manager {victim} killed (pids {killed}): {_num_restarts(cluster, job_id)} restarts, running "
-          f"again on {sorted(survivors)} after {running_again:.1f} s, restored checkpoint "
-          f"{restored['id']}; {EVENTS} flights exact {waited:.1f} s after the replay ended")
+    print(
+        f"task manager {victim} killed (pids {killed}): {_num_restarts(cluster, job_id)} restarts, running "
+        f"again on {sorted(survivors)} after {running_again:.1f} s, restored checkpoint "
+        f"{restored['id']}; {EVENTS} flights exact {waited:.1f} s after the replay ended"
+    )
 
 
 def test_stop_with_savepoint_at_parallelism_2_and_resume_at_4(deployment, cluster, tmp_path):
@@ -287,9 +309,9 @@ def test_stop_with_savepoint_at_parallelism_2_and_resume_at_4(deployment, cluste
     before = _parallelisms(cluster, job_id)
     assert max(before.values()) == 2, before
     _first_half_counted(d, cluster, job_id, chunks)
-    _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
+    _publish(d, chunks[CHUNKS // 2 : CHUNKS // 2 + 2])
     savepoint = cluster.stop_with_savepoint(job_id, f"file://{tmp_path}/savepoints")
-    tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
+    tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2 :])
     assert cluster.job_status(job_id) == "FINISHED"
     job_id = _submit(d, cluster, _flags(cluster, 4, checkpoints, f"--savepoint_path={savepoint}"))
     after = _parallelisms(cluster, job_id)
@@ -299,18 +321,21 @@ def test_stop_with_savepoint_at_parallelism_2_and_resume_at_4(deployment, cluste
     assert restored is not None and restored["is_savepoint"], restored
     assert _local(restored["external_path"]) == _local(savepoint), (restored, savepoint)
     waited = _exact(d, tail, chunks)
-    print(f"savepoint {savepoint} at parallelism 2, resumed at 4 (vertices at 1: "
-          f"{[name for name, p in after.items() if p == 1]}): exact {waited:.1f} s after the replay ended")
+    print(
+        f"savepoint {savepoint} at parallelism 2, resumed at 4 (vertices at 1: "
+        f"{[name for name, p in after.items() if p == 1]}): exact {waited:.1f} s after the replay ended"
+    )
 
 
 def test_a_killed_job_manager_restarted_and_the_job_resubmitted_resumes_from_its_retained_checkpoint(
-        deployment, cluster, tmp_path):
+    deployment, cluster, tmp_path
+):
     d, checkpoints = deployment, str(tmp_path / "checkpoints")
     flags = _flags(cluster, 2, checkpoints)
     job_id = _submit(d, cluster, flags)
     chunks = _flights()
     _first_half_counted(d, cluster, job_id, chunks)
-    _publish(d, chunks[CHUNKS // 2:CHUNKS // 2 + 2])
+    _publish(d, chunks[CHUNKS // 2 : CHUNKS // 2 + 2])
     cluster.kill_jobmanager()
     retained = latest_checkpoint(checkpoints)
     assert retained is not None and Path(retained).parent.name == job_id
@@ -320,14 +345,19 @@ def test_a_killed_job_manager_restarted_and_the_job_resubmitted_resumes_from_its
     # the task managers run the old job's tasks until they notice the job manager is gone:
     # the rest of the replay is published once they have released every slot, so the
     # resubmitted job, not the old one, counts it
-    _wait_for(lambda: all(tm["freeSlots"] == tm["slotsNumber"] for tm in cluster.rest("/taskmanagers")["taskmanagers"]),
-              120, "the task managers to drop the old job's tasks")
-    tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2:])
+    _wait_for(
+        lambda: all(tm["freeSlots"] == tm["slotsNumber"] for tm in cluster.rest("/taskmanagers")["taskmanagers"]),
+        120,
+        "the task managers to drop the old job's tasks",
+    )
+    tail = _publish_in_background(d, chunks[CHUNKS // 2 + 2 :])
     job_id = _submit(d, cluster, flags)
     restored = _checkpoints(cluster, job_id)["latest"]["restored"]  # is_savepoint: restored through the savepoint path
     assert restored is not None and _local(restored["external_path"]) == _local(retained), (restored, retained)
     with open(f"{d.folder}/submit-1.log", "rb") as log:
         assert b"resuming from the newest retained checkpoint" in log.read()
     waited = _exact(d, tail, chunks)
-    print(f"job manager killed and restarted, job resubmitted from {retained}: "
-          f"exact {waited:.1f} s after the replay ended")
+    print(
+        f"job manager killed and restarted, job resubmitted from {retained}: "
+        f"exact {waited:.1f} s after the replay ended"
+    )

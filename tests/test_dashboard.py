@@ -3,6 +3,7 @@ and every file it loads are served by the app itself (nothing from the internet)
 ``make js`` build is a page saying how to build it (503, never a 500), asset names outside the
 fixed lists are 404s whatever they are, and setup.py and the npm lock ship what the page needs.
 The page running in Chromium is tests/test_dashboard_browser.py."""
+
 from __future__ import annotations
 
 import fnmatch

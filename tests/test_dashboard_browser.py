@@ -5,6 +5,7 @@ generated picks of video, event type, granularity, metric and range, the chart's
 and the totals the page shows equal what was written; the top panel shows what ``/v1/top``
 answers (its list, or its error message). A screenshot of the page is saved to pytest's tmp
 path and to build/dashboard.png."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,17 +25,28 @@ from query import dashboard
 from schemas import storage
 from schemas.storage import Aggregate
 from tests.conftest import REPO
-from viewcounts import provision
 from viewcounts.bench.http import serving
 from viewcounts.bench.queries import store_cells
+from viewcounts.local import provision
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 pytestmark = [
-    pytest.mark.browser, pytest.mark.emulator,
-    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
-                       reason=f"no {CHROMIUM}: `make browser` installs Debian's chromium (needs root or sudo)"),
+    pytest.mark.browser,
+    pytest.mark.emulator,
+    pytest.mark.skipif(
+        not os.access(CHROMIUM, os.X_OK),
+        reason=f"no {CHROMIUM}: `make browser` installs Debian's chromium (needs root or sudo)",
+    ),
     pytest.mark.skipif(bool(dashboard.missing_vendor_files()), reason="uPlot not built: run `make js`"),
 ]
 PROJECT, INSTANCE = "test-project", "test-instance"
@@ -46,8 +58,13 @@ SIZES = {"minute": 60, "hour": 3600}
 
 def _merge(aggs: list[Aggregate]) -> Aggregate:
     mins, maxs = [a.min for a in aggs if a.min is not None], [a.max for a in aggs if a.max is not None]
-    return Aggregate(sum(a.count for a in aggs), sum(a.value_count for a in aggs), sum(a.sum for a in aggs),
-                     min(mins) if mins else None, max(maxs) if maxs else None)
+    return Aggregate(
+        sum(a.count for a in aggs),
+        sum(a.value_count for a in aggs),
+        sum(a.sum for a in aggs),
+        min(mins) if mins else None,
+        max(maxs) if maxs else None,
+    )
 
 
 def _cells() -> dict:
@@ -65,8 +82,11 @@ def _cells() -> dict:
                         continue
                     n = int(rng.integers(1, 40))
                     vals = rng.normal(90, 30, n).round(2)
-                    minutes.append(Aggregate(n, n, float(vals.sum()), float(vals.min()), float(vals.max()))
-                                   if t == "watch" else Aggregate(n, 0, 0.0, None, None))
+                    minutes.append(
+                        Aggregate(n, n, float(vals.sum()), float(vals.min()), float(vals.max()))
+                        if t == "watch"
+                        else Aggregate(n, 0, 0.0, None, None)
+                    )
                     cells[(v, t, "minute", w)] = minutes[-1]
                 cells[(v, t, "hour", h)] = _merge(minutes)
     return cells
@@ -84,7 +104,7 @@ def _tops() -> dict:
             if agg.count:
                 per_video = counts.setdefault((t, g, start), {})
                 per_video[v] = per_video.get(v, 0) + agg.count
-    return {k: sorted(c.items(), key=storage.top_rank)[:storage.TOP_K] for k, c in counts.items()}
+    return {k: sorted(c.items(), key=storage.top_rank)[: storage.TOP_K] for k, c in counts.items()}
 
 
 TOPS = _tops()
@@ -102,7 +122,8 @@ def _store_tops(table: str) -> None:
         batch = {}
         for (t, g, w), items in TOPS.items():
             batch[(storage.top_row_key(t, g, w), storage.qualifier(w))] = TopRow(
-                t, g, w, tuple(items), storage.cell_timestamp_us(now_ms, sum(c for _, c in items)))
+                t, g, w, tuple(items), storage.cell_timestamp_us(now_ms, sum(c for _, c in items))
+            )
         assert not sink._write(batch)
     finally:
         sink.teardown()
@@ -127,8 +148,9 @@ def _expected(video: str, etype: str, granularity: str, metric: str, start: int,
         agg = CELLS.get((video, etype, granularity, w), Aggregate(0, 0, 0.0, None, None))
         xs.append(w)
         count, value_count, total = count + agg.count, value_count + agg.value_count, total + agg.sum
-        ys.append({"count": agg.count, "sum": agg.sum,
-                   "avg": agg.sum / agg.value_count if agg.value_count else None}[metric])
+        ys.append(
+            {"count": agg.count, "sum": agg.sum, "avg": agg.sum / agg.value_count if agg.value_count else None}[metric]
+        )
     return xs, ys, {"count": count, "sum": total, "avg": total / value_count if value_count else None}
 
 
@@ -151,8 +173,13 @@ def site(bigtable_host):
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-            context = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                                            headless=True, viewport={"width": 1280, "height": 760})
+            context = pw.chromium.launch_persistent_context(
+                profile,
+                executable_path=CHROMIUM,
+                args=CHROMIUM_ARGS,
+                headless=True,
+                viewport={"width": 1280, "height": 760},
+            )
             try:
                 page = context.new_page()
                 page.goto(f"{url}/dashboard")
@@ -192,8 +219,14 @@ def _picks(draw):
     lo, hi = (BASE - 3600) // size, (BASE + (HOURS + 1) * 3600) // size
     a = draw(st.integers(lo, hi - 1))
     b = draw(st.integers(a + 1, min(hi, a + 300)))
-    return (draw(st.sampled_from(VIDEOS + ("nobody",))), draw(st.sampled_from(TYPES)), granularity,
-            draw(st.sampled_from(("count", "sum", "avg"))), a * size, b * size)
+    return (
+        draw(st.sampled_from(VIDEOS + ("nobody",))),
+        draw(st.sampled_from(TYPES)),
+        granularity,
+        draw(st.sampled_from(("count", "sum", "avg"))),
+        a * size,
+        b * size,
+    )
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -224,9 +257,17 @@ def test_a_refused_query_shows_the_services_message(site):
     url, page = site
     _show(page, VIDEOS[0], "view", "minute", "count", BASE, BASE + 40 * 86400)  # over MAX_WINDOWS
     assert page.get_attribute("body", "data-series-state") == "error"
-    want = httpx.get(f"{url}/v1/stats", params={"video_id": VIDEOS[0], "event_type": "view", "function": "count",
-                                                "start": _iso(BASE), "end": _iso(BASE + 40 * 86400),
-                                                "granularity": "minute"})
+    want = httpx.get(
+        f"{url}/v1/stats",
+        params={
+            "video_id": VIDEOS[0],
+            "event_type": "view",
+            "function": "count",
+            "start": _iso(BASE),
+            "end": _iso(BASE + 40 * 86400),
+            "granularity": "minute",
+        },
+    )
     assert want.status_code == 400
     assert page.text_content("#series-status") == f"HTTP 400: {want.json()['error']}"
 
@@ -243,8 +284,10 @@ def test_top_panel_shows_what_the_top_endpoint_answers(site, granularity):
         want = [[v, c] for v, c in TOPS[("view", granularity, window)][:10]]
         assert [[i["video_id"], i["count"]] for i in body["items"]] == want
         assert page.get_attribute("body", "data-top-state") == "ok"
-        shown = page.eval_on_selector_all("#top-list li", "lis => lis.map(li => [li.querySelector('button')"
-                                          ".textContent, li.querySelector('.count').textContent])")
+        shown = page.eval_on_selector_all(
+            "#top-list li",
+            "lis => lis.map(li => [li.querySelector('button').textContent, li.querySelector('.count').textContent])",
+        )
         assert shown == [[v, f"{c:,}"] for v, c in want]
         # a click on an entry charts that video (over the range in the form)
         page.fill("#from", _input(BASE))

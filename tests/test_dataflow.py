@@ -11,6 +11,7 @@ with ``stage_file`` keeping the staged files in memory instead of uploading them
 The Flex Template's image is checked against the repository: the Dockerfile copies files that
 exist. Its parameters and the job update: ``tests/test_flex_template.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,13 @@ PARAMETERS = {
     "source_readers": "1",
     "dedup_shards": "8",
 }
-DATAFLOW_FLAGS = [f"--project={PROJECT}", "--region=us-central1", f"--temp_location=gs://{BUCKET}/dataflow/tmp",
-                  "--no_auth", "--dry_run=True"]
+DATAFLOW_FLAGS = [
+    f"--project={PROJECT}",
+    "--region=us-central1",
+    f"--temp_location=gs://{BUCKET}/dataflow/tmp",
+    "--no_auth",
+    "--dry_run=True",
+]
 
 
 def counting_parser() -> argparse.ArgumentParser:
@@ -133,17 +139,32 @@ def test_the_batch_recompute_translates_to_a_dataflow_batch_job(tmp_path_factory
     from pipelines import batch_recompute
     from pipelines.runners import runner_flags
 
-    pipeline = batch_recompute.build_pipeline(runner_flags("dataflow") + DATAFLOW_FLAGS + [
-        f"--archive_path=gs://{BUCKET}/archive", "--start=2024-05-14T00:00:00Z", "--end=2024-05-15T00:00:00Z",
-        f"--bigtable_project={PROJECT}", f"--metadata_path=gs://{BUCKET}/metadata/videos.jsonl",
-        f"--setup_file={_source(tmp_path_factory)}"])
+    pipeline = batch_recompute.build_pipeline(
+        runner_flags("dataflow")
+        + DATAFLOW_FLAGS
+        + [
+            f"--archive_path=gs://{BUCKET}/archive",
+            "--start=2024-05-14T00:00:00Z",
+            "--end=2024-05-15T00:00:00Z",
+            f"--bigtable_project={PROJECT}",
+            f"--metadata_path=gs://{BUCKET}/metadata/videos.jsonl",
+            f"--setup_file={_source(tmp_path_factory)}",
+        ]
+    )
     job, staged = _request(pipeline.run().job)
     assert job["type"] == "JOB_TYPE_BATCH"
     assert job["environment"]["sdkPipelineOptions"]["options"]["streaming"] is False
     proto = beam_runner_api_pb2.Pipeline.FromString(staged["pipeline.pb"])
     steps = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"count archive/parse files", "count archive/group by shard", "count archive/dedup per shard",
-            "count archive/merge per entity", "count archive/rows", "write to Bigtable", "dead letters/files"} <= steps
+    assert {
+        "count archive/parse files",
+        "count archive/group by shard",
+        "count archive/dedup per shard",
+        "count archive/merge per entity",
+        "count archive/rows",
+        "write to Bigtable",
+        "dead letters/files",
+    } <= steps
     assert all(pc.is_bounded == beam_runner_api_pb2.IsBounded.BOUNDED for pc in proto.components.pcollections.values())
 
 
@@ -170,9 +191,19 @@ def test_the_staged_pipeline_reads_pubsub_natively_and_has_every_step(job_reques
     [events] = read.outputs.values()
     assert pipeline.components.pcollections[events].is_bounded == beam_runner_api_pb2.IsBounded.UNBOUNDED
     steps = {t.unique_name for t in transforms}
-    assert {"read Pub/Sub", "count events/validate", "count events/dedup and lateness", "count events/windows",
-            "metadata refresh", "enrich", "write to Bigtable", "dead letters/to Pub/Sub", "dead letters/files",
-            "raw archive files", "record a start without state"} <= steps
+    assert {
+        "read Pub/Sub",
+        "count events/validate",
+        "count events/dedup and lateness",
+        "count events/windows",
+        "metadata refresh",
+        "enrich",
+        "write to Bigtable",
+        "dead letters/to Pub/Sub",
+        "dead letters/files",
+        "raw archive files",
+        "record a start without state",
+    } <= steps
 
 
 def test_workers_get_the_packages_setup_py_ships(job_request):

@@ -8,6 +8,7 @@ accepts them), random watermark advances, and random losses of the process's cac
 ``DayCount`` a firing emits equals the number of events of its (video, type) and day
 added so far, and every hour row of a firing has its day count in the same firing.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -27,11 +28,16 @@ DAY0_S = parse_event_time("2024-05-14T00:00:00Z") // US_PER_S
 SPAN_MIN = 2 * 24 * 60  # two days of minutes
 VIDEOS = ("V1", "V2", "V#3")
 
-steps = st.lists(st.one_of(
-    st.tuples(st.just("add"), st.integers(0, 12 * 60), st.sampled_from(VIDEOS), st.integers(1, 5)),  # minutes on
-    st.tuples(st.just("watermark"), st.integers(1, 6 * 60)),  # minutes forward
-    st.tuples(st.just("early"), st.just(0)),
-    st.tuples(st.just("moved"), st.just(0))), min_size=1, max_size=60)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 12 * 60), st.sampled_from(VIDEOS), st.integers(1, 5)),  # minutes on
+        st.tuples(st.just("watermark"), st.integers(1, 6 * 60)),  # minutes forward
+        st.tuples(st.just("early"), st.just(0)),
+        st.tuples(st.just("moved"), st.just(0)),
+    ),
+    min_size=1,
+    max_size=60,
+)
 
 
 class DayShard(PaneShard):
@@ -49,8 +55,15 @@ class DayShard(PaneShard):
 
     def add_events(self, minute_s: int, video_id: str, n: int, arrival_us: int) -> None:
         partials = {(video_id, "view"): Aggregate(n, 0, 0.0, None, None)}
-        self._collect(_call(self.fn.process, (1, (arrival_us, {minute_s: partials})), window_end=self.window_end,
-                            early=self.early, **self.state))
+        self._collect(
+            _call(
+                self.fn.process,
+                (1, (arrival_us, {minute_s: partials})),
+                window_end=self.window_end,
+                early=self.early,
+                **self.state,
+            )
+        )
 
     def fire_early(self) -> None:
         self._collect(_call(self.fn.on_early, key=1, **self.state))
@@ -58,14 +71,25 @@ class DayShard(PaneShard):
     def advance_watermark(self, to_us: int) -> None:
         while (at := _pending(self.window_end)) is not None and at.micros <= to_us:
             self.window_end.clear()
-            self._collect(_call(self.fn.on_window_end, key=1, fired=at, window_end=self.window_end,
-                                early=self.early, **self.state))
+            self._collect(
+                _call(
+                    self.fn.on_window_end, key=1, fired=at, window_end=self.window_end, early=self.early, **self.state
+                )
+            )
 
 
 @settings(max_examples=200, deadline=None)
 @given(steps)
-@example([("watermark", 120), *[("watermark", 360)] * 7, ("add", 0, "V1", 1), ("watermark", 310), ("add", 0, "V1", 1),
-          ("early", 0)])  # adds past the span's end once the watermark passed it: too late, not counted
+@example(
+    [
+        ("watermark", 120),
+        *[("watermark", 360)] * 7,
+        ("add", 0, "V1", 1),
+        ("watermark", 310),
+        ("add", 0, "V1", 1),
+        ("early", 0),
+    ]
+)  # adds past the span's end once the watermark passed it: too late, not counted
 def test_every_day_count_is_the_days_events_so_far(steps):
     shard = DayShard()
     watermark_s = DAY0_S + 60
@@ -91,7 +115,8 @@ def test_every_day_count_is_the_days_events_so_far(steps):
             aggregate._WINDOWS.clear()
         for rows, days in shard.firings[seen:]:
             assert {(d.video_id, d.day_start_s) for d in days} == {
-                (r.video_id, r.window_start_s - r.window_start_s % 86400) for r in rows if r.granularity == "hour"}
+                (r.video_id, r.window_start_s - r.window_start_s % 86400) for r in rows if r.granularity == "hour"
+            }
             for d in days:
                 assert d.count == added[(d.video_id, d.day_start_s)], (d, added)
     shard.advance_watermark(END_US)

@@ -19,11 +19,12 @@ Generated, each of these holds after every element and every round:
    than the nearest guess held at the round was from it (or 5 s): no superseded search
    holds the stage's output watermark back.
 """
+
 from __future__ import annotations
 
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
 from schemas.event import US_PER_S
 from tests.test_watermark_search import STEP_US, W0_US, YEAR_S, SearchingKey
@@ -31,8 +32,12 @@ from transforms.dedup import LADDER_RUNGS, SEARCH_GAP_S, SEARCH_SLOTS
 
 GAP_US = SEARCH_GAP_S * US_PER_S
 _ADVANCE_S = st.one_of(st.just(0), st.integers(1, 10), st.integers(1, 4 * SEARCH_GAP_S), st.integers(1, 100 * YEAR_S))
-_OFFSET_S = st.one_of(st.just(0), st.integers(-2 * SEARCH_GAP_S, 2 * SEARCH_GAP_S),
-                      st.integers(SEARCH_GAP_S, 10_000 * YEAR_S), st.integers(-10_000 * YEAR_S, -SEARCH_GAP_S))
+_OFFSET_S = st.one_of(
+    st.just(0),
+    st.integers(-2 * SEARCH_GAP_S, 2 * SEARCH_GAP_S),
+    st.integers(SEARCH_GAP_S, 10_000 * YEAR_S),
+    st.integers(-10_000 * YEAR_S, -SEARCH_GAP_S),
+)
 
 
 def _pending_guesses(searches, view_us: int) -> list[int]:
@@ -55,7 +60,8 @@ def test_any_stamps_keep_the_view_below_the_watermark_and_good_guesses_found(rou
             key.stamp(stamp_us)
             after = key.searches()
             may_search = stamp_us - view_us > GAP_US and all(
-                abs(stamp_us - g_us) > GAP_US for g_us in _pending_guesses(before, view_us))
+                abs(stamp_us - g_us) > GAP_US for g_us in _pending_guesses(before, view_us)
+            )
             if may_search and since_view_rose < SEARCH_SLOTS:
                 assert (stamp_us, view_us) in after and len(after) >= len(before)
                 started.append((stamp_us, view_us))

@@ -1,4 +1,5 @@
 """The README's main command, end to end, small: emulators, streaming job, replay, reconciliation."""
+
 import os
 import subprocess
 import sys
@@ -12,17 +13,23 @@ pytestmark = pytest.mark.slow
 
 
 def _emulator_pids() -> set[str]:
-    out = subprocess.run(["pgrep", "-f", "cbtemulator|cloud-pubsub-emulator|pubsub-emulator"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["pgrep", "-f", "cbtemulator|cloud-pubsub-emulator|pubsub-emulator"], capture_output=True, text=True
+    )
     return set(out.stdout.split())
 
 
 def test_demo_reconciles_and_stops_what_it_started(tmp_path):
     before = _emulator_pids()
     out = tmp_path / "demo-out"
-    r = subprocess.run([sys.executable, "-m", "viewcounts.cli", "demo", "--flights", "2500", "--out", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=900,
-                       env={k: v for k, v in os.environ.items() if "EMULATOR_HOST" not in k})
+    r = subprocess.run(
+        [sys.executable, "-m", "viewcounts.cli", "demo", "--flights", "2500", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={k: v for k, v in os.environ.items() if "EMULATOR_HOST" not in k},
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = orjson.loads((out / "summary.json").read_bytes())
     for key in ("published", "accepted", "duplicates_dropped", "dead_letters", "mismatches", "events_per_s"):
@@ -39,9 +46,14 @@ def test_demo_reconciles_and_stops_what_it_started(tmp_path):
 def test_demo_on_flink_reconciles_the_stream_and_the_recompute_from_its_archive(tmp_path):
     """Flink's counters do not reach the demo (portable metrics), so this checks the data."""
     out = tmp_path / "demo-out"
-    r = subprocess.run([sys.executable, "-m", "viewcounts.cli", "demo", "--runner", "flink", "--flights", "2500",
-                        "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900,
-                       env={k: v for k, v in os.environ.items() if "EMULATOR_HOST" not in k})
+    r = subprocess.run(
+        [sys.executable, "-m", "viewcounts.cli", "demo", "--runner", "flink", "--flights", "2500", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={k: v for k, v in os.environ.items() if "EMULATOR_HOST" not in k},
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert summary["mismatches"] == 0 and summary["recompute_mismatches"] == 0
@@ -57,14 +69,33 @@ def test_demo_on_a_flink_session_cluster_reconciles_and_stops_what_it_started(tm
     import psutil
 
     def cluster_pids() -> set[int]:
-        return {p.pid for p in psutil.process_iter(["cmdline"])
-                if any("flink-cluster-" in a or "worker_pool" in a for a in p.info["cmdline"] or [])}
+        return {
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if any("flink-cluster-" in a or "worker_pool" in a for a in p.info["cmdline"] or [])
+        }
 
     before = cluster_pids()
     out = tmp_path / "demo-out"
-    r = subprocess.run([sys.executable, "-m", "viewcounts.cli", "demo", "--runner", "flink-cluster", "--flights",
-                        "2500", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900,
-                       env={k: v for k, v in os.environ.items() if "EMULATOR_HOST" not in k})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "viewcounts.cli",
+            "demo",
+            "--runner",
+            "flink-cluster",
+            "--flights",
+            "2500",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={k: v for k, v in os.environ.items() if "EMULATOR_HOST" not in k},
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert summary["mismatches"] == 0 and summary["recompute_mismatches"] == 0

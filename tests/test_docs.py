@@ -16,6 +16,7 @@
 * the README's pointers: no path outside the repository, no tracker note, and its links to
   Markdown files in the repository resolve, anchors included.
 """
+
 from __future__ import annotations
 
 import ast
@@ -41,6 +42,7 @@ PLACEHOLDER = re.compile(r"<[^<>]+>")
 
 # ---- the documents -------------------------------------------------------------------------
 
+
 def section(markdown: str, title: str) -> str:
     """The text under the heading ``title`` (any level) up to the next heading of the same
     level or above. Fails the test when the heading is missing."""
@@ -49,9 +51,15 @@ def section(markdown: str, title: str) -> str:
         m = re.match(r"(#+) (.*?)\s*$", line)
         if m and m.group(2) == title:
             level = len(m.group(1))
-            end = next((j for j in range(i + 1, len(lines))
-                        if (h := re.match(r"(#+) ", lines[j])) and len(h.group(1)) <= level), len(lines))
-            return "\n".join(lines[i + 1:end])
+            end = next(
+                (
+                    j
+                    for j in range(i + 1, len(lines))
+                    if (h := re.match(r"(#+) ", lines[j])) and len(h.group(1)) <= level
+                ),
+                len(lines),
+            )
+            return "\n".join(lines[i + 1 : end])
     pytest.fail(f"no heading {title!r}")
 
 
@@ -85,6 +93,7 @@ def contract() -> str:
 
 # ---- the product code's syntax trees -------------------------------------------------------
 
+
 class Module:
     """One product module: its tree, its module-level string constants and what it imports."""
 
@@ -94,8 +103,11 @@ class Module:
         self.constants: dict[str, str] = {}
         self.imports: dict[str, tuple[str, str | None]] = {}  # local name -> (module, name or None)
         for node in self.tree.body:
-            if (isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Constant)
-                    and isinstance(node.value.value, str)):
+            if (
+                isinstance(node, (ast.Assign, ast.AnnAssign))
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
                 for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
                     if isinstance(target, ast.Name):
                         self.constants[target.id] = node.value.value
@@ -104,8 +116,10 @@ class Module:
                     self.imports[a.asname or a.name] = (node.module, a.name)
             elif isinstance(node, ast.Import):
                 for a in node.names:
-                    self.imports[a.asname or a.name.split(".")[0]] = (a.name if a.asname else a.name.split(".")[0],
-                                                                     None)
+                    self.imports[a.asname or a.name.split(".")[0]] = (
+                        a.name if a.asname else a.name.split(".")[0],
+                        None,
+                    )
 
 
 @functools.cache
@@ -132,12 +146,16 @@ def constant(module: str, name: str, depth: int = 0) -> str | None:
 
 def walk_with_scope(tree: ast.AST):
     """``(node, enclosing function or None, enclosing class or None)`` for every node."""
+
     def visit(node, function, cls):
         yield node, function, cls
         for child in ast.iter_child_nodes(node):
-            yield from visit(child,
-                             child if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function,
-                             child if isinstance(child, ast.ClassDef) else cls)
+            yield from visit(
+                child,
+                child if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function,
+                child if isinstance(child, ast.ClassDef) else cls,
+            )
+
     yield from visit(tree, None, None)
 
 
@@ -161,8 +179,11 @@ def definitions() -> dict[str, list[tuple[Module, list[str], dict[str, ast.expr]
                 if init is not None:
                     found.setdefault(node.name, []).append((mod, *_signature(init)))
                 else:
-                    fields = [n.target.id for n in node.body
-                              if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+                    fields = [
+                        n.target.id
+                        for n in node.body
+                        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+                    ]
                     found.setdefault(node.name, []).append((mod, fields, {}))
     return found
 
@@ -181,7 +202,7 @@ def calls() -> dict[str, list[tuple[Module, ast.Call, ast.AST | None, ast.ClassD
 def _signature(fn) -> tuple[list[str], dict[str, ast.expr]]:
     args = fn.args.posonlyargs + fn.args.args
     names = [a.arg for a in args]
-    defaults = dict(zip(names[len(names) - len(fn.args.defaults):], fn.args.defaults))
+    defaults = dict(zip(names[len(names) - len(fn.args.defaults) :], fn.args.defaults))
     defaults.update({a.arg: d for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d is not None})
     names += [a.arg for a in fn.args.kwonlyargs]
     return (names[1:] if names[:1] in (["self"], ["cls"]) else names), defaults
@@ -198,7 +219,7 @@ def arguments(function: str, parameter: str):
             yield def_mod, defaults[parameter], None, None
         index = names.index(parameter)
         for mod, node, fn, cls in calls().get(function, []):
-            if index < len(node.args) and not any(isinstance(a, ast.Starred) for a in node.args[:index + 1]):
+            if index < len(node.args) and not any(isinstance(a, ast.Starred) for a in node.args[: index + 1]):
                 yield mod, node.args[index], fn, cls
             for kw in node.keywords:
                 if kw.arg == parameter:
@@ -244,10 +265,11 @@ def resolve(mod: Module | None, expr: ast.expr, fn, cls, depth: int = 0) -> set[
                 return {value}
         if owner == "self" and cls is not None:
             for node in ast.walk(cls):
-                if (isinstance(node, ast.FunctionDef) and node.name == "__init__"):
+                if isinstance(node, ast.FunctionDef) and node.name == "__init__":
                     for a in ast.walk(node):
-                        if (isinstance(a, ast.Assign) and any(
-                                isinstance(t, ast.Attribute) and t.attr == expr.attr for t in a.targets)):
+                        if isinstance(a, ast.Assign) and any(
+                            isinstance(t, ast.Attribute) and t.attr == expr.attr for t in a.targets
+                        ):
                             return resolve(mod, a.value, node, cls, depth + 1)
     if isinstance(expr, ast.JoinedStr):
         out = {""}
@@ -269,6 +291,7 @@ def where(mod: Module, node: ast.AST) -> str:
 
 
 # ---- what the code has -------------------------------------------------------------------------
+
 
 @functools.cache
 def codes_in_code() -> frozenset[str]:
@@ -308,6 +331,7 @@ def normalise(name: str) -> str:
 
 # ---- the checks --------------------------------------------------------------------------------
 
+
 def test_the_resolvers_find_what_the_code_makes():
     """Guards the generators themselves: a few names each must find, whatever the docs say."""
     assert {"too_large", "bad_timestamp", "too_late", "write_failed"} <= codes_in_code()
@@ -346,8 +370,9 @@ def test_every_http_route_is_documented_and_exists():
     from query.service import create_app
 
     app = create_app(CachedStatsReader())
-    served = {f"{method.upper()} {path}" for path, operations in app.openapi()["paths"].items()
-              for method in operations}
+    served = {
+        f"{method.upper()} {path}" for path, operations in app.openapi()["paths"].items() for method in operations
+    }
     text = section(contract(), "The HTTP service (`viewcounts serve`)")
     documented = first_column(text)
     assert not set(documented) - served, f"documented but not served: {sorted(set(documented) - served)}"
@@ -359,8 +384,13 @@ def test_every_http_route_is_documented_and_exists():
 def _doc_key(key: bytes) -> str:
     """A row key made from the sample below, written as the contract writes keys."""
     text = key.decode()
-    for sample, pattern in (("%23v", "<video_id escaped>"), ("e_t", "<event_type>"), ("19700101", "YYYYMMDD"),
-                            ("197001", "YYYYMM"), ("1970", "YYYY")):
+    for sample, pattern in (
+        ("%23v", "<video_id escaped>"),
+        ("e_t", "<event_type>"),
+        ("19700101", "YYYYMMDD"),
+        ("197001", "YYYYMM"),
+        ("1970", "YYYY"),
+    ):
         text = text.replace(sample, pattern, 1)
     return text
 
@@ -378,6 +408,7 @@ def test_storage_row_keys_family_qualifier_and_cell_fields():
     examples = re.findall(r"`(\d+)` is the minute starting (\S+Z)", text)
     assert examples, "no qualifier example"
     from schemas.event import parse_event_time
+
     for digits, instant in examples:
         assert storage.qualifier(parse_event_time(instant) // 1_000_000) == digits.encode()
 
@@ -417,7 +448,9 @@ def slug(heading: str) -> str:
 
 def test_readme_points_inside_the_repository():
     readme = README.read_text()
-    outside = re.findall(r".*(?:\.\./shared/(?!cases)|SPEC\.md|DESIGN\.md|SPEC section|issue-\d+ notes|tracker).*", readme)
+    outside = re.findall(
+        r".*(?:\.\./shared/(?!cases)|SPEC\.md|DESIGN\.md|SPEC section|issue-\d+ notes|tracker).*", readme
+    )
     assert not outside, "README points outside the repository:\n" + "\n".join(outside)
     for target in re.findall(r"\]\(([^)#]+)", section(readme, "Documentation")):
         assert (ROOT / target).exists(), f"README's Documentation links a missing file: {target}"

@@ -1,4 +1,4 @@
-"""Bigtable outages through a fault-injecting TCP proxy (Toxiproxy, ``viewcounts.faultproxy``)
+"""Bigtable outages through a fault-injecting TCP proxy (Toxiproxy, ``viewcounts.local.faultproxy``)
 between the writer and the real Bigtable emulator (the emulator keeps its data: it is never
 restarted). Two kinds of outage: connections refused (the proxy disabled) and a partition
 (connections accepted, no byte through: the client hangs until its own deadlines).
@@ -20,6 +20,7 @@ restarted). Two kinds of outage: connections refused (the proxy disabled) and a 
   that meet the outage become ``write_failed`` dead letters; the redrive over the dead-letter files then leaves
   every stored aggregate equal to the polars reference (0 mismatches).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,13 +46,13 @@ from schemas.event import WRITE_FAILED
 from schemas.storage import Aggregate, cell_timestamp_us, wall_clock_ms
 from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, archive_missing, kill
 from tests.test_streaming_runners import HISTORICAL, _some_rows, _wait_for
-from transforms.aggregate import AggregateRow
 from transforms import bigtable_sink
+from transforms.aggregate import AggregateRow
 from transforms.bigtable_sink import WriteAggregates, row_from_json
-from transforms.top import TopRow
 from transforms.enrich import EnrichedRow
-from viewcounts import replay
-from viewcounts.faultproxy import FaultProxy
+from transforms.top import TopRow
+from viewcounts.commands import replay
+from viewcounts.local.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.emulator, pytest.mark.slow]
 
@@ -88,8 +89,22 @@ def _bigtable_at(host: str):
 
 def _rows(n: int, count: int, ts_ms: int) -> list[EnrichedRow]:
     """``n`` minute panes of one video, each with ``count`` events."""
-    return [EnrichedRow(AggregateRow("V1", "view", "minute", H + 60 * i, Aggregate(count, 0, 0.0, None, None), 0,
-                                     cell_timestamp_us(ts_ms, count)), None, None) for i in range(n)]
+    return [
+        EnrichedRow(
+            AggregateRow(
+                "V1",
+                "view",
+                "minute",
+                H + 60 * i,
+                Aggregate(count, 0, 0.0, None, None),
+                0,
+                cell_timestamp_us(ts_ms, count),
+            ),
+            None,
+            None,
+        )
+        for i in range(n)
+    ]
 
 
 def _flush(sink: WriteAggregates, rows: list[EnrichedRow]) -> list[DeadLetter]:
@@ -137,7 +152,8 @@ def test_outage_within_the_budget_is_ridden_out(table, bigtable_proxy, fault):
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_outage_longer_than_the_budget_becomes_write_failed_and_the_redrive_restores_it(
-        table, bigtable_proxy, fault, tmp_path):
+    table, bigtable_proxy, fault, tmp_path
+):
     from pipelines import redrive
 
     start, end = (getattr(bigtable_proxy, name) for name in FAULTS[fault])
@@ -161,9 +177,15 @@ def test_outage_longer_than_the_budget_becomes_write_failed_and_the_redrive_rest
         letters = tmp_path / "dead-letters" / "x.jsonl"
         letters.parent.mkdir()
         letters.write_bytes(b"".join(d.to_json() + b"\n" for d in dead))
-        redrive.build_pipeline([f"--dead_letter_glob={tmp_path}/dead-letters/**", "--runner=DirectRunner",
-                                f"--bigtable_project={table[0]}", f"--bigtable_instance={table[1]}",
-                                f"--bigtable_table={table[2]}"]).run().wait_until_finish()
+        redrive.build_pipeline(
+            [
+                f"--dead_letter_glob={tmp_path}/dead-letters/**",
+                "--runner=DirectRunner",
+                f"--bigtable_project={table[0]}",
+                f"--bigtable_instance={table[1]}",
+                f"--bigtable_table={table[2]}",
+            ]
+        ).run().wait_until_finish()
     # each window holds its newest pane: the third where it was written, else the redriven second
     assert _counts(table) == {**{H + 60 * i: 2 for i in range(10)}, **{H + 60 * i: 3 for i in range(4)}}
 
@@ -188,11 +210,19 @@ class _VirtualClock:
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
-@given(flushes=st.integers(2, 6), per_request=st.integers(1, 6), tail=st.integers(0, 5),
-       outage_from=st.integers(0, 6), fault=st.sampled_from(sorted(FAULTS)), ok_s=st.floats(0, 2),
-       budget_s=st.floats(1, 5), attempt_s=st.floats(0.2, 0.5))
-def test_the_write_budget_is_per_bundle_however_many_flushes(bigtable_host, toxiproxy, flushes, per_request, tail,
-                                                            outage_from, fault, ok_s, budget_s, attempt_s):
+@given(
+    flushes=st.integers(2, 6),
+    per_request=st.integers(1, 6),
+    tail=st.integers(0, 5),
+    outage_from=st.integers(0, 6),
+    fault=st.sampled_from(sorted(FAULTS)),
+    ok_s=st.floats(0, 2),
+    budget_s=st.floats(1, 5),
+    attempt_s=st.floats(0.2, 0.5),
+)
+def test_the_write_budget_is_per_bundle_however_many_flushes(
+    bigtable_host, toxiproxy, flushes, per_request, tail, outage_from, fault, ok_s, budget_s, attempt_s
+):
     """A bundle of ``flushes`` full requests (and a ``tail`` flushed at its end) meets an outage
     from flush ``outage_from`` on, through the proxy. On the virtual clock a failed attempt
     takes its whole timeout and one that wrote everything ``ok_s`` (at most its timeout).
@@ -200,7 +230,7 @@ def test_the_write_budget_is_per_bundle_however_many_flushes(bigtable_host, toxi
     past the bundle's deadline (its first attempt + the budget) every attempt but the last
     wrote everything, and the bundle is held at most the budget plus the timeouts of those
     attempts: while Bigtable fails, budget + one attempt timeout, not flushes x budget."""
-    from viewcounts.provision import create_table
+    from viewcounts.local.provision import create_table
 
     tail %= per_request  # fewer than a request: flushed by finish_bundle
     tbl = ("test-project", "test-instance", f"t-{uuid.uuid4().hex[:10]}")
@@ -209,8 +239,16 @@ def test_the_write_budget_is_per_bundle_however_many_flushes(bigtable_host, toxi
     start, end = (getattr(proxy, name) for name in FAULTS[fault])
     n = flushes * per_request + tail
     base = wall_clock_ms()
-    rows = [EnrichedRow(AggregateRow(f"B{i}", "view", "minute", H, Aggregate(i + 1, 0, 0.0, None, None), 0,
-                                     cell_timestamp_us(base, i + 1)), None, None) for i in range(n)]
+    rows = [
+        EnrichedRow(
+            AggregateRow(
+                f"B{i}", "view", "minute", H, Aggregate(i + 1, 0, 0.0, None, None), 0, cell_timestamp_us(base, i + 1)
+            ),
+            None,
+            None,
+        )
+        for i in range(n)
+    ]
     clock, attempts = _VirtualClock(), []  # (virtual start, timeout, wrote every cell)
     real_attempt = WriteAggregates._attempt
 
@@ -226,18 +264,19 @@ def test_the_write_budget_is_per_bundle_however_many_flushes(bigtable_host, toxi
         with pytest.MonkeyPatch.context() as mp, _bigtable_at(proxy.listen):
             mp.setattr(WriteAggregates, "_attempt", attempt)
             mp.setattr(bigtable_sink, "time", clock)
-            sink = WriteAggregates(*tbl, max_mutations_per_request=per_request, write_budget_s=budget_s,
-                                   attempt_timeout_s=attempt_s)
+            sink = WriteAggregates(
+                *tbl, max_mutations_per_request=per_request, write_budget_s=budget_s, attempt_timeout_s=attempt_s
+            )
             sink.setup()
             sink.start_bundle()
             began, dead = clock.now, []
             for k in range(flushes):
                 if k == outage_from:
                     start()
-                dead += [tv.value for tv in sink.process(rows[k * per_request:(k + 1) * per_request])]  # a flush
+                dead += [tv.value for tv in sink.process(rows[k * per_request : (k + 1) * per_request])]  # a flush
             if outage_from >= flushes:
                 start()
-            dead += [tv.value for tv in sink.process(rows[flushes * per_request:])]  # no flush: the tail
+            dead += [tv.value for tv in sink.process(rows[flushes * per_request :])]  # no flush: the tail
             dead += [wv.value for wv in sink.finish_bundle()]
             held = clock.now - began
             end()
@@ -287,14 +326,28 @@ def _dead_lettered(folder: str) -> set[tuple]:
     """The (video, type, granularity, window) of every write_failed dead letter of an aggregate
     (reconcile's keys; top lists, which reconcile does not compare, are left out)."""
     rows = (row_from_json(d.payload) for d in _write_failed(folder))
-    return {(e.row.video_id, e.row.event_type, e.row.granularity, e.row.window_start_s)
-            for e in rows if not isinstance(e, TopRow)}
+    return {
+        (e.row.video_id, e.row.event_type, e.row.granularity, e.row.window_start_s)
+        for e in rows
+        if not isinstance(e, TopRow)
+    }
 
 
 def _redrive(folder: str, table: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "pipelines.redrive", f"--dead_letter_glob={folder}/dead-letters/**",
-                           f"--bigtable_project={PROJECT}", f"--bigtable_instance={INSTANCE}",
-                           f"--bigtable_table={table}", "--runner=DirectRunner"], capture_output=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.redrive",
+            f"--dead_letter_glob={folder}/dead-letters/**",
+            f"--bigtable_project={PROJECT}",
+            f"--bigtable_instance={INSTANCE}",
+            f"--bigtable_table={table}",
+            "--runner=DirectRunner",
+        ],
+        capture_output=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:].decode(errors="replace")
 
 
@@ -304,8 +357,11 @@ def _redrive_until_equal(d: Deployment, job: subprocess.Popen) -> tuple[int, int
     came meanwhile (at most 3 runs); asserts 0 mismatches. Returns (aggregates stale before,
     redrive runs, seconds from the first redrive to equality)."""
     expected = d.expected()
-    _wait_for(lambda: {m.key for m in d.mismatches(expected)} <= _dead_lettered(d.folder), CONVERGE_S,
-              "every stale aggregate in a write_failed dead letter")
+    _wait_for(
+        lambda: {m.key for m in d.mismatches(expected)} <= _dead_lettered(d.folder),
+        CONVERGE_S,
+        "every stale aggregate in a write_failed dead letter",
+    )
     stale = len(d.mismatches(expected))
     started, redriven = time.monotonic(), []
     while len(redriven) < 3 and (not redriven or len(_write_failed(d.folder)) > redriven[-1]):
@@ -343,12 +399,13 @@ LOCAL_PLAN = replay.ReplayPlan(duplicate_rate=0.05, time_mode="shift", fit_span_
 
 @pytest.mark.parametrize("runner", ["local", pytest.param("flink", marks=pytest.mark.flink)])
 def test_job_rides_out_refused_and_partitioned_bigtable_and_the_redrive_restores_exact_values(
-        runner, tmp_path, pubsub_host, bigtable_host, bigtable_proxy):
+    runner, tmp_path, pubsub_host, bigtable_host, bigtable_proxy
+):
     test_started = time.monotonic()
     d = Deployment(str(tmp_path))
     checkpoints = str(tmp_path / "checkpoints")
     flights = replay.read_source("flights", 3000)
-    batches = [flights[i * 1000:(i + 1) * 1000] for i in range(3)]
+    batches = [flights[i * 1000 : (i + 1) * 1000] for i in range(3)]
     if runner == "flink":
         plan, flags = HISTORICAL, ["--no_event_age_check", *runner_flags("flink", checkpoint_dir=checkpoints)]
     else:
@@ -374,19 +431,32 @@ def test_job_rides_out_refused_and_partitioned_bigtable_and_the_redrive_restores
             try:
                 events = publish(batch)
                 if runner == "flink":  # the job keeps reading: its reading stages run beside the blocked writes
-                    _wait_for(lambda: archive_missing(d.folder, events) == 0, seconds - (time.monotonic() - t0),
-                              f"the events published during the {fault} outage in the archive")
+                    _wait_for(
+                        lambda: archive_missing(d.folder, events) == 0,
+                        seconds - (time.monotonic() - t0),
+                        f"the events published during the {fault} outage in the archive",
+                    )
                     archived_s = time.monotonic() - t0
                 time.sleep(max(0.0, seconds - (time.monotonic() - t0)))  # the outage's length, not a wait for a result
             finally:
                 end()
             t1 = time.monotonic()
             if runner == "local":  # one worker thread: reading waits while a flush spends its budget, then goes on
-                _wait_for(lambda: archive_missing(d.folder, events) == 0, CONVERGE_S,
-                          f"the events published during the {fault} outage in the archive")
+                _wait_for(
+                    lambda: archive_missing(d.folder, events) == 0,
+                    CONVERGE_S,
+                    f"the events published during the {fault} outage in the archive",
+                )
                 archived_s = time.monotonic() - t0
-            timeline.append({"fault": fault, "blocked_s": round(t1 - t0, 1), "archived_after_s": round(archived_s, 1),
-                             "checkpoints": watch.completed(t0, t1), "since_us": wall0})
+            timeline.append(
+                {
+                    "fault": fault,
+                    "blocked_s": round(t1 - t0, 1),
+                    "archived_after_s": round(archived_s, 1),
+                    "checkpoints": watch.completed(t0, t1),
+                    "since_us": wall0,
+                }
+            )
             if runner == "flink":
                 assert timeline[-1]["checkpoints"], f"no checkpoint completed during the {fault} outage"
         # the flushes that met the outage (and outlasted the budget) are write_failed dead letters
@@ -400,6 +470,8 @@ def test_job_rides_out_refused_and_partitioned_bigtable_and_the_redrive_restores
     for t, since, until in zip(timeline, starts, starts[1:]):  # each dead letter to the last outage begun before it
         t["write_failed"] = sum(1 for x in letters if since <= x.processing_time_us < until)
     spent = _budgets_spent(d.folder)
-    print(f"{runner}: timeline: {timeline}; write_failed {len(letters)} ({stale} aggregates stale before the redrive); "
-          f"flushes that spent the budget: {len(spent)}, longest {max(spent, default=0):.1f} s; "
-          f"{redrives} redrive(s), equal after {redrive_s:.1f} s; test {time.monotonic() - test_started:.0f} s")
+    print(
+        f"{runner}: timeline: {timeline}; write_failed {len(letters)} ({stale} aggregates stale before the redrive); "
+        f"flushes that spent the budget: {len(spent)}, longest {max(spent, default=0):.1f} s; "
+        f"{redrives} redrive(s), equal after {redrive_s:.1f} s; test {time.monotonic() - test_started:.0f} s"
+    )

@@ -14,6 +14,7 @@
   counting (0 mismatches on the good events against the polars reference), and every
   dead letter of both phases is in the files.
 """
+
 from __future__ import annotations
 
 import glob
@@ -31,7 +32,8 @@ from tests.streaming_jobs import PROJECT, Deployment, kill
 from tests.test_streaming_runners import _wait_for
 from transforms.files import _WriteBundleFiles
 from transforms.pubsub_io import _PublishFn
-from viewcounts import provision, replay
+from viewcounts.commands import replay
+from viewcounts.local import provision
 
 pytestmark = pytest.mark.faults
 
@@ -40,8 +42,11 @@ H10 = 1_715_680_800  # 2024-05-14T10:00:00Z
 
 
 @settings(max_examples=200, deadline=None)
-@given(payload_size=st.integers(0, 3 * MAX_PUBLISHED_PAYLOAD_BYTES), detail=st.text(max_size=3000),
-       limit=st.integers(1, 2 * MAX_PUBLISHED_PAYLOAD_BYTES))
+@given(
+    payload_size=st.integers(0, 3 * MAX_PUBLISHED_PAYLOAD_BYTES),
+    detail=st.text(max_size=3000),
+    limit=st.integers(1, 2 * MAX_PUBLISHED_PAYLOAD_BYTES),
+)
 def test_the_pubsub_copy_of_a_dead_letter_is_bounded(payload_size, detail, limit):
     payload = bytes(range(256)) * (payload_size // 256) + b"x" * (payload_size % 256)
     data, attributes = DeadLetter(payload, "json_error", detail, 12).pubsub_message(limit)
@@ -72,17 +77,29 @@ def test_a_job_without_a_folder_for_its_dead_letters_is_refused(tmp_path):
     from transforms.validate import AcceptancePolicy
 
     sub = "--input_subscription=projects/my-project/subscriptions/s"
-    for flags in ([sub], [sub, "--dead_letter_topic=projects/my-project/topics/t"], [sub, "--archive_path=gs://bucket"]):
+    for flags in (
+        [sub],
+        [sub, "--dead_letter_topic=projects/my-project/topics/t"],
+        [sub, "--archive_path=gs://bucket"],
+    ):
         with pytest.raises(ValueError, match="--dead_letter_path"):
             streaming.build_pipeline(flags)
     with pytest.raises(ValueError, match="--dead_letter_path"):
-        batch_recompute.build_pipeline(["--archive_path=gs://bucket", "--start=2024-05-14T10:00:00Z",
-                                        "--end=2024-05-14T11:00:00Z"])
+        batch_recompute.build_pipeline(
+            ["--archive_path=gs://bucket", "--start=2024-05-14T10:00:00Z", "--end=2024-05-14T11:00:00Z"]
+        )
     with pytest.raises(ValueError, match="--dead_letter_path"):
-        count_and_store(beam.Pipeline() | beam.Create([]), EnrichFromFile(None, None), AcceptancePolicy(),
-                        None, SinkConfig("p", "i", "t", None, None, None))
-    for flags, folder in (([f"--dead_letter_path={tmp_path}/dl"], f"{tmp_path}/dl"),
-                          ([f"--archive_path={tmp_path}/archive"], f"{tmp_path}/dead-letters")):
+        count_and_store(
+            beam.Pipeline() | beam.Create([]),
+            EnrichFromFile(None, None),
+            AcceptancePolicy(),
+            None,
+            SinkConfig("p", "i", "t", None, None, None),
+        )
+    for flags, folder in (
+        ([f"--dead_letter_path={tmp_path}/dl"], f"{tmp_path}/dl"),
+        ([f"--archive_path={tmp_path}/archive"], f"{tmp_path}/dead-letters"),
+    ):
         found = []
 
         class Visitor(beam.pipeline.PipelineVisitor):
@@ -154,8 +171,11 @@ def test_publisher_gives_up_on_a_deleted_topic_and_an_oversized_message_without_
 
 def _bad_payloads(tag: str) -> dict[bytes, str]:
     """Raw messages that are each one dead letter of the whole payload: {payload: reason}."""
-    return {b"{not json " + tag.encode(): "json_error", b"\xff\xfe" + tag.encode(): "decode_error",
-            b'"' + tag.encode() + b'"': "not_an_object"}
+    return {
+        b"{not json " + tag.encode(): "json_error",
+        b"\xff\xfe" + tag.encode(): "decode_error",
+        b'"' + tag.encode() + b'"': "not_an_object",
+    }
 
 
 def _publish_raw(topic: str, payloads) -> None:
@@ -195,8 +215,9 @@ def test_dead_letters_land_in_files_when_the_topic_is_too_small_or_gone(runner, 
         copies = []
 
         def big_copy():
-            response = subscriber.pull(subscription=subscriber.subscription_path(PROJECT, dead_sub),
-                                       max_messages=10, timeout=30)
+            response = subscriber.pull(
+                subscription=subscriber.subscription_path(PROJECT, dead_sub), max_messages=10, timeout=30
+            )
             copies.extend(response.received_messages)
             return next((m.message for m in copies if m.message.attributes.get("truncated")), None)
 
@@ -212,8 +233,9 @@ def test_dead_letters_land_in_files_when_the_topic_is_too_small_or_gone(runner, 
         mismatches, waited = d.converged(240, job)
         assert mismatches == [], mismatches[:5]
         expected = set({**phase1, **phase2}.items())
-        _wait_for(lambda: expected <= {(x.payload, x.reason) for x in _filed(d.folder)}, 120,
-                  "every dead letter in the files")
+        _wait_for(
+            lambda: expected <= {(x.payload, x.reason) for x in _filed(d.folder)}, 120, "every dead letter in the files"
+        )
         assert job.poll() is None, "the job stopped"
         with open(f"{d.folder}/job-0.log", "rb") as log:
             assert b"not published" in log.read()  # the refusal was met, not avoided

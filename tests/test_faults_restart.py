@@ -19,6 +19,7 @@
   after B its watermark is hours past C's times) and C a minute later, when C's events are
   ``too_late`` by SPEC section 2 (seen: 693 of C's 838).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -40,8 +41,8 @@ from schemas.archive import file_name, hour_folder, restart_marker_path
 from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, archive_missing, kill, restart_markers
 from tests.test_streaming_runners import _wait_for
 from transforms.pubsub_io import ACK_ROUNDS, PullWatermark, ReadFromPubSubPortable, pull_deadline_s
-from viewcounts import replay
-from viewcounts.reconcile import reconcile
+from viewcounts.commands import replay
+from viewcounts.commands.reconcile import reconcile
 
 pytestmark = pytest.mark.faults
 
@@ -66,14 +67,14 @@ def _marker(root: str, started_s: float, run_id: str, lateness_s: int = 600) -> 
 def test_recompute_plan_takes_the_hours_a_start_without_state_shares_with_earlier_files(tmp_path):
     root = str(tmp_path / "archive")
     old, resumed, fresh = "0000000001", "0000000002", "0000000003"
-    _marker(root, H, old)                        # the first job: nothing before it
-    _file(root, H, H + 60, old)                  # hour 10: old only
-    _file(root, H + 3600, H + 3700, old)         # hour 11: old, then the fresh job
+    _marker(root, H, old)  # the first job: nothing before it
+    _file(root, H, H + 60, old)  # hour 10: old only
+    _file(root, H + 3600, H + 3700, old)  # hour 11: old, then the fresh job
     _file(root, H + 3600, H + 7300, fresh)
-    _file(root, H + 7200, H + 7250, old)         # hour 12: old, a resumed job (no marker), the fresh job
+    _file(root, H + 7200, H + 7250, old)  # hour 12: old, a resumed job (no marker), the fresh job
     _file(root, H + 7200, H + 7260, resumed)
     _file(root, H + 7200, H + 7400, fresh)
-    _file(root, H + 10800, H + 11000, fresh)     # hour 13: the fresh job only
+    _file(root, H + 10800, H + 11000, fresh)  # hour 13: the fresh job only
     _marker(root, H + 7300, fresh)
     closed_at = H + 3 * 3600 + 600 + CLOSE_MARGIN_S  # hour 12's end + lateness + margin
     assert plan_recompute(root, closed_at - 1).closed == [H + 3600]
@@ -87,10 +88,11 @@ STATELESS, OTHERS = "00000000bb", ("00000000aa", "00000000cc")
 
 
 @settings(max_examples=150, deadline=None)
-@given(started_s=st.integers(-3600, 7200),
-       files=st.lists(st.tuples(st.sampled_from((STATELESS, *OTHERS)), st.integers(-600, 7200)), max_size=6))
-def test_recompute_plan_takes_every_hour_the_stateless_run_shares_with_another_run_whenever_written(
-        started_s, files):
+@given(
+    started_s=st.integers(-3600, 7200),
+    files=st.lists(st.tuples(st.sampled_from((STATELESS, *OTHERS)), st.integers(-600, 7200)), max_size=6),
+)
+def test_recompute_plan_takes_every_hour_the_stateless_run_shares_with_another_run_whenever_written(started_s, files):
     """An hour holding files of a run that started without state and of any other run is
     recomputed, whether the other run wrote before or after that start (an old job drained
     after the new one started also counted part of the hour)."""
@@ -104,8 +106,12 @@ def test_recompute_plan_takes_every_hour_the_stateless_run_shares_with_another_r
 
 
 @settings(max_examples=100, deadline=None)
-@given(lateness_s=st.integers(0, 3600), pull_gap_s=st.floats(0.1, 10), phase=st.floats(0, 1),
-       delays_s=st.lists(st.floats(0, 230), min_size=1, max_size=20))
+@given(
+    lateness_s=st.integers(0, 3600),
+    pull_gap_s=st.floats(0.1, 10),
+    phase=st.floats(0, 1),
+    delays_s=st.lists(st.floats(0, 230), min_size=1, max_size=20),
+)
 @example(lateness_s=0, pull_gap_s=9.9, phase=0.6162, delays_s=[230.0])  # lags 299.2 s: the worst case
 def test_an_hour_called_closed_admits_no_event_of_it_any_more(lateness_s, pull_gap_s, phase, delays_s):
     """When the plan calls an hour closed, the portable source's watermark (the earliest
@@ -212,10 +218,16 @@ LAST_PULL_EXPIRED_S = pull_deadline_s(inspect.signature(ReadFromPubSubPortable).
 
 
 def _recompute(d: Deployment) -> None:
-    batch_recompute.build_pipeline([
-        f"--archive_path={d.folder}/archive", "--after_restarts", f"--bigtable_project={PROJECT}",
-        f"--bigtable_instance={INSTANCE}", f"--bigtable_table={d.table}", "--runner=DirectRunner",
-    ]).run().wait_until_finish()
+    batch_recompute.build_pipeline(
+        [
+            f"--archive_path={d.folder}/archive",
+            "--after_restarts",
+            f"--bigtable_project={PROJECT}",
+            f"--bigtable_instance={INSTANCE}",
+            f"--bigtable_table={d.table}",
+            "--runner=DirectRunner",
+        ]
+    ).run().wait_until_finish()
 
 
 @pytest.mark.slow
@@ -259,8 +271,11 @@ def test_restart_resumes_by_default_and_a_fresh_start_is_recomputed(tmp_path, pu
     only_c = d.expected([d.manifests[manifest_c]])
     job = d.start_job(*flags, "--fresh_start")
     try:
-        _wait_for(lambda: not reconcile(only_c, {k: v for k, v in d.stored().items() if k in only_c}),
-                  CONVERGE_S, "C's windows holding C's events only")
+        _wait_for(
+            lambda: not reconcile(only_c, {k: v for k, v in d.stored().items() if k in only_c}),
+            CONVERGE_S,
+            "C's windows holding C's events only",
+        )
         everything, stored = d.expected(), d.stored()
         low = [k for k, v in everything.items() if stored.get(k, (0,))[0] < v[0]]
         assert low, "no stored aggregate below the reference: the hazard did not happen"
@@ -272,5 +287,7 @@ def test_restart_resumes_by_default_and_a_fresh_start_is_recomputed(tmp_path, pu
     _recompute(d)
     mismatches = d.mismatches(everything)
     assert mismatches == [], mismatches[:5]
-    print(f"fresh start: {len(low)} of {len(everything)} aggregates low; recompute --after_restarts "
-          f"{time.monotonic() - started:.1f} s: 0 mismatches")
+    print(
+        f"fresh start: {len(low)} of {len(everything)} aggregates low; recompute --after_restarts "
+        f"{time.monotonic() - started:.1f} s: 0 mismatches"
+    )

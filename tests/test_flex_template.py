@@ -11,6 +11,7 @@ request then replaces the running job with the mapping; the step names a running
 (``infra/dataflow/step-names.json``) are all in the job built now, or renamed by
 ``infra/dataflow/transform-name-mapping.json`` (``infra/dataflow/step_names.py``).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,15 @@ from hypothesis import strategies as st
 
 from pipelines.options import CountingOptions
 from tests.conftest import REPO
-from tests.test_dataflow import (DATAFLOW_FLAGS, FLEX_TEMPLATE, PARAMETERS, counting_parser, file_module, launcher,
-                                 parameter_flags)
+from tests.test_dataflow import (
+    DATAFLOW_FLAGS,
+    FLEX_TEMPLATE,
+    PARAMETERS,
+    counting_parser,
+    file_module,
+    launcher,
+    parameter_flags,
+)
 
 METADATA = os.path.join(FLEX_TEMPLATE, "metadata.json")
 OUTPUTS_TF = os.path.join(REPO, "infra", "terraform", "outputs.tf")
@@ -117,8 +125,9 @@ def test_terraform_template_parameters_are_template_parameters():
     with open(OUTPUTS_TF) as f:
         outputs = hcl2.load(f)
     [job_flags] = [block["job_flags"] for block in outputs["locals"] if "job_flags" in block]
-    [template_parameters] = [block['"template_parameters"'] for block in outputs["output"]
-                             if '"template_parameters"' in block]
+    [template_parameters] = [
+        block['"template_parameters"'] for block in outputs["output"] if '"template_parameters"' in block
+    ]
     assert template_parameters["value"] == '${join(",", [for flag, value in local.job_flags : "${flag}=${value}"])}'
     _, parameters = _metadata()
     assert set(job_flags) <= {p.name for p in parameters}
@@ -128,12 +137,19 @@ def test_terraform_template_parameters_are_template_parameters():
 
 
 @settings(max_examples=50, deadline=None)
-@given(update=st.booleans(), age_check_off=st.booleans(), spelling=st.sampled_from([str.lower, str.upper, str.title]),
-       mapping_flag=st.sampled_from(["--transform_name_mapping", *LAUNCHER.DATAFLOW_SPELLINGS]),
-       mapping=st.dictionaries(st.text(min_size=1), st.text(), max_size=4))
+@given(
+    update=st.booleans(),
+    age_check_off=st.booleans(),
+    spelling=st.sampled_from([str.lower, str.upper, str.title]),
+    mapping_flag=st.sampled_from(["--transform_name_mapping", *LAUNCHER.DATAFLOW_SPELLINGS]),
+    mapping=st.dictionaries(st.text(min_size=1), st.text(), max_size=4),
+)
 def test_the_launcher_turns_update_parameters_into_beam_flags(update, age_check_off, spelling, mapping_flag, mapping):
-    argv = [f"--update={spelling(str(update))}", f"--no_event_age_check={spelling(str(age_check_off))}",
-            f"{mapping_flag}={json.dumps(mapping)}"]
+    argv = [
+        f"--update={spelling(str(update))}",
+        f"--no_event_age_check={spelling(str(age_check_off))}",
+        f"{mapping_flag}={json.dumps(mapping)}",
+    ]
     options = PipelineOptions(LAUNCHER.job_flags(argv))
     cloud = options.view_as(GoogleCloudOptions)
     assert (cloud.update, cloud.transform_name_mapping) == (update, mapping)
@@ -156,8 +172,11 @@ def test_an_update_request_replaces_the_running_job_with_the_mapping(monkeypatch
         return "2026-12-01_00_00_00-123"
 
     monkeypatch.setattr(apiclient.DataflowApplicationClient, "job_id_for_name", job_id_for_name)
-    argv = parameter_flags(PARAMETERS) + DATAFLOW_FLAGS + [
-        "--job_name=viewcounts", "--update=true", f"--transformNameMapping={json.dumps(mapping)}"]
+    argv = (
+        parameter_flags(PARAMETERS)
+        + DATAFLOW_FLAGS
+        + ["--job_name=viewcounts", "--update=true", f"--transformNameMapping={json.dumps(mapping)}"]
+    )
     job = json.loads(LAUNCHER.launch(argv).job.json())
     assert asked == ["viewcounts"] and job["replaceJobId"] == "2026-12-01_00_00_00-123"
     assert job["transformNameMapping"] == mapping
@@ -182,9 +201,12 @@ def _renames(draw):
     with open(STEP_NAMES.STEP_NAMES) as f:
         recorded = json.load(f)
     parts = draw(st.sampled_from(sorted(recorded))).split("/")
-    old = "/".join(parts[:draw(st.integers(1, len(parts)))])
-    new = draw(st.text(st.characters(blacklist_characters="/"), min_size=1).filter(
-        lambda n: not any(r == n or r.startswith(n + "/") for r in recorded)))
+    old = "/".join(parts[: draw(st.integers(1, len(parts)))])
+    new = draw(
+        st.text(st.characters(blacklist_characters="/"), min_size=1).filter(
+            lambda n: not any(r == n or r.startswith(n + "/") for r in recorded)
+        )
+    )
     return recorded, old, new
 
 
@@ -197,12 +219,17 @@ def test_a_rename_is_lost_unless_mapped(rename):
     moved = {n for n in recorded if names.renamed(n, {old: new}) is not None}
     assert moved and set(names.lost_steps(recorded, current, {})) == moved
     assert names.lost_steps(recorded, current, {old: new}) == {}
-    assert names.lost_steps(recorded, current - {new + n[len(old):] for n in moved}, {old: ""}) == {}
+    assert names.lost_steps(recorded, current - {new + n[len(old) :] for n in moved}, {old: ""}) == {}
     assert set(names.lost_steps(recorded, current, {old: new + " (elsewhere)"})) == moved
 
 
-@given(st.dictionaries(st.text(st.characters(blacklist_characters="~"), min_size=1),
-                       st.text(st.characters(blacklist_characters="~")), max_size=4))
+@given(
+    st.dictionaries(
+        st.text(st.characters(blacklist_characters="~"), min_size=1),
+        st.text(st.characters(blacklist_characters="~")),
+        max_size=4,
+    )
+)
 def test_the_update_parameters_carry_the_mapping_whole(mapping):
     value = STEP_NAMES.update_parameters(mapping)
     separator = "~" if value.startswith("^~^") else ","  # gcloud's own separator syntax

@@ -2,6 +2,7 @@
 operator's FlinkDeployment (session cluster, task managers with a Beam worker-pool sidecar)
 and the submitter Job agree with each other and with what ``runner_flags`` and ``prepare``
 give a session-cluster job. No cluster is contacted."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOpt
 
 from pipelines.runners import FLINK_JOB_SERVER_JAR, FLINK_VERSION, FlinkJobOptions, prepare, runner_flags
 from tests.conftest import REPO
-from viewcounts.submit import check_submittable
+from viewcounts.commands.submit import check_submittable
 
 K8S = os.path.join(REPO, "infra", "flink", "k8s")
 
@@ -40,7 +41,7 @@ def _containers(pod_template: dict) -> dict[str, dict]:
 
 def _submit_args(submit: dict) -> list[str]:
     (container,) = submit["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == ["python", "-m", "viewcounts.submit"]
+    assert container["command"] == ["python", "-m", "viewcounts.commands.submit"]
     return container["args"]
 
 
@@ -63,7 +64,7 @@ def test_task_managers_carry_a_worker_pool_sidecar_on_the_port_the_job_uses(depl
     tm = deployment["spec"]["taskManager"]
     containers = _containers(tm["podTemplate"])
     assert "flink-main-container" in containers
-    (pool,) = [c for c in containers.values() if "viewcounts.worker_pool" in c.get("command", [])]
+    (pool,) = [c for c in containers.values() if "viewcounts.local.worker_pool" in c.get("command", [])]
     port = int(_flag(pool["args"], "service_port"))
     assert port in {p["containerPort"] for p in pool["ports"]}
     args = _submit_args(submit)
@@ -87,8 +88,14 @@ def test_checkpoints_go_where_the_cluster_keeps_them_and_survive_the_job(deploym
     assert conf["high-availability.type"] == "kubernetes" and conf["high-availability.storageDir"].startswith("gs://")
     assert "flink-gs-fs-hadoop" in str(_containers(deployment["spec"]["podTemplate"])["flink-main-container"]["env"])
     # offline: the same flags with a local folder (prepare looks for a checkpoint to resume from)
-    options = PipelineOptions([a if not a.startswith("--state_backend_storage_path=") else
-                               f"--state_backend_storage_path=file://{tmp_path}" for a in args])
+    options = PipelineOptions(
+        [
+            a
+            if not a.startswith("--state_backend_storage_path=")
+            else f"--state_backend_storage_path=file://{tmp_path}"
+            for a in args
+        ]
+    )
     prepare(options)
     flink = options.view_as(FlinkJobOptions)
     assert flink.externalized_checkpoints_enabled and flink.retain_externalized_checkpoints_on_cancellation

@@ -14,7 +14,7 @@ parser and SPEC.md section 1 rules written out here, not the product's parser) a
 through:
 * ``parse_payload`` and ``ValidateEvents`` (every input accounted for, nothing raised,
   details ASCII and bounded, every event's ``raw`` replayable as the same event);
-* the real pipeline: ``viewcounts.scenario.run_case`` (``CountEvents`` on the local runner
+* the real pipeline: ``viewcounts.commands.scenario.run_case`` (``CountEvents`` on the local runner
   with a ``TestStream``, the production Bigtable sink on the emulator, dead-letter and
   archive files), then ``get_stats`` on what was stored: ``events_in == accepted +
   duplicates + dead letters``, dead letters per reason as the reference says, every stored
@@ -28,6 +28,7 @@ properties (default 150: the file runs in about a minute on 2 cores) and, divide
 ``PIPELINE_DIVISOR``, the number of generated pipeline runs (at least 3); ``large`` means
 3000. Without the variable, runs are derandomized (the same inputs every time).
 """
+
 from __future__ import annotations
 
 import base64
@@ -47,10 +48,29 @@ from hypothesis import strategies as st
 
 from schemas import storage
 from schemas.archive import DeadLetter
-from schemas.event import (BAD_FIELD, BAD_TIMESTAMP, BAD_VALUE, DECODE_ERROR, FUTURE_TIMESTAMP, INPUT_REASONS,
-                           JSON_ERROR, MAX_BATCH_ITEMS, MAX_DETAIL_CHARS, MAX_NESTING, MAX_PAYLOAD_BYTES,
-                           MIN_VALID_EVENT, MISSING_FIELD, NOT_AN_OBJECT, TOO_LARGE, TOO_LATE, TOO_OLD, Event,
-                           format_time_us, parse_event_time, parse_payload)
+from schemas.event import (
+    BAD_FIELD,
+    BAD_TIMESTAMP,
+    BAD_VALUE,
+    DECODE_ERROR,
+    FUTURE_TIMESTAMP,
+    INPUT_REASONS,
+    JSON_ERROR,
+    MAX_BATCH_ITEMS,
+    MAX_DETAIL_CHARS,
+    MAX_NESTING,
+    MAX_PAYLOAD_BYTES,
+    MIN_VALID_EVENT,
+    MISSING_FIELD,
+    NOT_AN_OBJECT,
+    TOO_LARGE,
+    TOO_LATE,
+    TOO_OLD,
+    Event,
+    format_time_us,
+    parse_event_time,
+    parse_payload,
+)
 from schemas.storage import Aggregate, CellError, decode_cell, encode_cell, merge
 
 pytestmark = [pytest.mark.hostile]
@@ -62,8 +82,9 @@ PIPELINE_EXAMPLES = max(3, EXAMPLES // PIPELINE_DIVISOR)
 # Health checks stay on but for speed: one that finds inputs routinely too large for
 # hypothesis would otherwise let a test pass on few or no examples.
 _QUIET = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-FAST = settings(max_examples=EXAMPLES, deadline=None, derandomize=_ENV is None, database=None,
-                suppress_health_check=_QUIET)
+FAST = settings(
+    max_examples=EXAMPLES, deadline=None, derandomize=_ENV is None, database=None, suppress_health_check=_QUIET
+)
 
 # ---------------------------------------------------------------------------------------
 # The reference: SPEC.md section 1 written out independently of schemas/event.py.
@@ -72,7 +93,8 @@ US = 1_000_000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 FIRST_US = (dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc) - EPOCH) // dt.timedelta(microseconds=1)
 END_US = (dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc) - EPOCH) // dt.timedelta(
-    microseconds=1) + 1
+    microseconds=1
+) + 1
 ASCII_DIGITS = "0123456789"
 EVENT_TYPE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 LIMITS = (("event_id", 128), ("video_id", 256), ("event_type", 64))
@@ -115,8 +137,9 @@ def ref_time_us(v: Any) -> int | None:
             return None
     if rest in ("Z", "z"):
         offset_min = 0
-    elif (len(rest) == 6 and rest[0] in "+-" and rest[3] == ":"
-          and all(c in ASCII_DIGITS for c in rest[1:3] + rest[4:6])):
+    elif (
+        len(rest) == 6 and rest[0] in "+-" and rest[3] == ":" and all(c in ASCII_DIGITS for c in rest[1:3] + rest[4:6])
+    ):
         hh, mm = int(rest[1:3]), int(rest[4:6])
         if hh > 23 or mm > 59:
             return None
@@ -247,34 +270,116 @@ def encode(obj: Any, ascii_only: bool = True, spaced: bool = False) -> bytes:
 # ---------------------------------------------------------------------------------------
 # Nasty characters and values.
 # ---------------------------------------------------------------------------------------
-NON_ASCII_DIGITS = [chr(c) for c in range(sys.maxunicode + 1)
-                    if unicodedata.category(chr(c)) == "Nd" and chr(c) not in ASCII_DIGITS]
-OTHER_NUMERIC = [chr(c) for c in range(sys.maxunicode + 1)
-                 if chr(c).isnumeric() and unicodedata.category(chr(c)) != "Nd"][:400]
-SPACES = sorted({chr(c) for c in range(sys.maxunicode + 1)
-                 if chr(c).isspace() or unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp")}
-                | {"\u200b", "\u2060", "\ufeff", "\u180e"})
-SPECIAL = ["\x00", "\x7f", "\ufeff", "\u2028", "\u2029", "#", "%", "%23", "%25", "\\", '"', "\ud800", "\udbff",
-           "\udc00", "\udfff", "\ufffd", "\uffff", "\U0010ffff", "\U0001f3ae", "e\u0301", "\u202e", "\u00a0"]
-NASTY_CHAR = st.one_of(st.characters(exclude_categories=[]), st.sampled_from(NON_ASCII_DIGITS),
-                       st.sampled_from(SPACES), st.sampled_from([c for c in SPECIAL if len(c) == 1]),
-                       st.sampled_from(OTHER_NUMERIC))
+NON_ASCII_DIGITS = [
+    chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Nd" and chr(c) not in ASCII_DIGITS
+]
+OTHER_NUMERIC = [
+    chr(c) for c in range(sys.maxunicode + 1) if chr(c).isnumeric() and unicodedata.category(chr(c)) != "Nd"
+][:400]
+SPACES = sorted(
+    {
+        chr(c)
+        for c in range(sys.maxunicode + 1)
+        if chr(c).isspace() or unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp")
+    }
+    | {"\u200b", "\u2060", "\ufeff", "\u180e"}
+)
+SPECIAL = [
+    "\x00",
+    "\x7f",
+    "\ufeff",
+    "\u2028",
+    "\u2029",
+    "#",
+    "%",
+    "%23",
+    "%25",
+    "\\",
+    '"',
+    "\ud800",
+    "\udbff",
+    "\udc00",
+    "\udfff",
+    "\ufffd",
+    "\uffff",
+    "\U0010ffff",
+    "\U0001f3ae",
+    "e\u0301",
+    "\u202e",
+    "\u00a0",
+]
+NASTY_CHAR = st.one_of(
+    st.characters(exclude_categories=[]),
+    st.sampled_from(NON_ASCII_DIGITS),
+    st.sampled_from(SPACES),
+    st.sampled_from([c for c in SPECIAL if len(c) == 1]),
+    st.sampled_from(OTHER_NUMERIC),
+)
 NASTY_TEXT = st.lists(st.one_of(NASTY_CHAR, st.sampled_from(SPECIAL)), max_size=10).map("".join)
 # strange but valid Unicode (no lone surrogates): ids that must be kept exactly
-ODD_TEXT = st.lists(st.one_of(st.characters(exclude_categories=["Cs"]), st.sampled_from(NON_ASCII_DIGITS),
-                              st.sampled_from(SPACES), st.sampled_from([c for c in SPECIAL if not any(
-                                  0xD800 <= ord(x) <= 0xDFFF for x in c)])), min_size=1, max_size=10).map("".join)
-BIG_LITERALS = [Lit("1e400"), Lit("-1e400"), Lit("1E+309"), Lit("1" + "0" * 5000), Lit("-" + "9" * 4400),
-                Lit("1" + "0" * 400 + ".5"), Lit("0." + "0" * 400 + "1"), Lit("1e-400"), Lit("-0"), Lit("-0.0"),
-                Lit("5e-324"), Lit("2.2250738585072014e-308"), Lit("18446744073709551615"),
-                Lit("18446744073709551616"), Lit("-9223372036854775809"), Lit("1.7976931348623157e308")]
-VALUE_EDGES = [10**15, -(10**15), 10**15 + 1, -(10**15) - 1, 1e15, -1e15, 1.0000000000000002e15, 2**53, 2**63,
-               2**64, -(2**63) - 1, 0, -0.0, 5e-324, -5e-324, 1e-310, 0.1, 1.7e308, -1.7e308]
-JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-(2**70), 2**70),
-                         st.floats(allow_nan=False, allow_infinity=False), NASTY_TEXT, st.sampled_from(BIG_LITERALS))
-JSON_DOCS = st.recursive(JSON_SCALARS, lambda kids: st.one_of(st.lists(kids, max_size=5),
-                                                                st.dictionaries(NASTY_TEXT, kids, max_size=5)),
-                         max_leaves=20)
+ODD_TEXT = st.lists(
+    st.one_of(
+        st.characters(exclude_categories=["Cs"]),
+        st.sampled_from(NON_ASCII_DIGITS),
+        st.sampled_from(SPACES),
+        st.sampled_from([c for c in SPECIAL if not any(0xD800 <= ord(x) <= 0xDFFF for x in c)]),
+    ),
+    min_size=1,
+    max_size=10,
+).map("".join)
+BIG_LITERALS = [
+    Lit("1e400"),
+    Lit("-1e400"),
+    Lit("1E+309"),
+    Lit("1" + "0" * 5000),
+    Lit("-" + "9" * 4400),
+    Lit("1" + "0" * 400 + ".5"),
+    Lit("0." + "0" * 400 + "1"),
+    Lit("1e-400"),
+    Lit("-0"),
+    Lit("-0.0"),
+    Lit("5e-324"),
+    Lit("2.2250738585072014e-308"),
+    Lit("18446744073709551615"),
+    Lit("18446744073709551616"),
+    Lit("-9223372036854775809"),
+    Lit("1.7976931348623157e308"),
+]
+VALUE_EDGES = [
+    10**15,
+    -(10**15),
+    10**15 + 1,
+    -(10**15) - 1,
+    1e15,
+    -1e15,
+    1.0000000000000002e15,
+    2**53,
+    2**63,
+    2**64,
+    -(2**63) - 1,
+    0,
+    -0.0,
+    5e-324,
+    -5e-324,
+    1e-310,
+    0.1,
+    1.7e308,
+    -1.7e308,
+]
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    NASTY_TEXT,
+    st.sampled_from(BIG_LITERALS),
+)
+JSON_DOCS = st.recursive(
+    JSON_SCALARS,
+    lambda kids: st.one_of(st.lists(kids, max_size=5), st.dictionaries(NASTY_TEXT, kids, max_size=5)),
+    max_leaves=20,
+)
 
 START = "2024-05-14T10:00:00Z"
 START_US = parse_event_time(START)
@@ -312,8 +417,11 @@ def event_times(draw, on_time_only: bool = False):
     """``event_time`` values: on time in the pipeline runs (mostly near the start, some up to
     the age limit: the runs' allowed lateness is longer than the age limit, so no valid time
     depends on the product's view of the watermark), future, too old, or refused outright."""
-    kind = "on_time" if on_time_only else draw(st.sampled_from(
-        ["on_time"] * 6 + ["future", "too_old", "int_ms", "mutated", "odd", "edge_int"]))
+    kind = (
+        "on_time"
+        if on_time_only
+        else draw(st.sampled_from(["on_time"] * 6 + ["future", "too_old", "int_ms", "mutated", "odd", "edge_int"]))
+    )
     if kind == "on_time":
         near = st.integers(START_US - 580 * US, START_US + 340 * US)
         return _rfc3339(draw(st.one_of(near, near, st.integers(START_US - AGE_S * US, START_US))), draw)
@@ -322,28 +430,66 @@ def event_times(draw, on_time_only: bool = False):
     if kind == "too_old":
         return _rfc3339(draw(st.integers(FIRST_US, START_US - 8 * 86400 * US)), draw)
     if kind == "int_ms":
-        return draw(st.one_of(st.integers((START_US - AGE_S * US) // 1000, (START_US + 340 * US) // 1000),
-                              st.integers(FIRST_US // 1000, (START_US - 8 * 86400 * US) // 1000)))
+        return draw(
+            st.one_of(
+                st.integers((START_US - AGE_S * US) // 1000, (START_US + 340 * US) // 1000),
+                st.integers(FIRST_US // 1000, (START_US - 8 * 86400 * US) // 1000),
+            )
+        )
     if kind == "edge_int":
-        return draw(st.sampled_from([FIRST_US // 1000, FIRST_US // 1000 - 1, END_US // 1000, END_US // 1000 - 1,
-                                     2**63, -(2**63), 2**64, 0, -1, True, False]))
+        return draw(
+            st.sampled_from(
+                [
+                    FIRST_US // 1000,
+                    FIRST_US // 1000 - 1,
+                    END_US // 1000,
+                    END_US // 1000 - 1,
+                    2**63,
+                    -(2**63),
+                    2**64,
+                    0,
+                    -1,
+                    True,
+                    False,
+                ]
+            )
+        )
     if kind == "mutated":  # one character swapped for a nasty one: never a valid time
         text = _rfc3339(START_US + draw(st.integers(-580 * US, 340 * US)), draw)
         i = draw(st.integers(0, len(text) - 1))
-        c = draw(st.one_of(st.sampled_from(NON_ASCII_DIGITS), st.sampled_from(SPACES),
-                           st.sampled_from([c for c in SPECIAL if c not in ASCII_DIGITS]),
-                           st.sampled_from(OTHER_NUMERIC)))
+        c = draw(
+            st.one_of(
+                st.sampled_from(NON_ASCII_DIGITS),
+                st.sampled_from(SPACES),
+                st.sampled_from([c for c in SPECIAL if c not in ASCII_DIGITS]),
+                st.sampled_from(OTHER_NUMERIC),
+            )
+        )
         how = draw(st.sampled_from(["replace", "insert", "append", "prepend"]))
         if how == "replace":
-            return text[:i] + c + text[i + 1:]
+            return text[:i] + c + text[i + 1 :]
         if how == "insert":
             return text[:i] + c + text[i:]
         return text + c if how == "append" else c + text
-    return draw(st.one_of(JSON_SCALARS, st.sampled_from(["2024-05-14 10:00:30Z", "2024-05-14T10:00:30",
-                                                           "2024-05-14T10:00:60Z", "2024-05-14T10:00:30+24:00",
-                                                           "2024-05-14T10:00:30.1234567890Z", "NaN", "",
-                                                           "2024-05-14T10:00:30Z\n", "0000-01-01T00:00:00Z"]),
-                          st.lists(st.integers(), max_size=2)))
+    return draw(
+        st.one_of(
+            JSON_SCALARS,
+            st.sampled_from(
+                [
+                    "2024-05-14 10:00:30Z",
+                    "2024-05-14T10:00:30",
+                    "2024-05-14T10:00:60Z",
+                    "2024-05-14T10:00:30+24:00",
+                    "2024-05-14T10:00:30.1234567890Z",
+                    "NaN",
+                    "",
+                    "2024-05-14T10:00:30Z\n",
+                    "0000-01-01T00:00:00Z",
+                ]
+            ),
+            st.lists(st.integers(), max_size=2),
+        )
+    )
 
 
 @st.composite
@@ -353,31 +499,55 @@ def events(draw, serial: list, on_time_only: bool = False):
     is unique in a run (copies are made on purpose, elsewhere)."""
     serial[0] += 1
     prefix = draw(st.one_of(st.just("e"), st.just("e"), ODD_TEXT, ODD_TEXT, NASTY_TEXT))
-    ev = {"event_id": f"{prefix}~{serial[0]}",
-          "video_id": draw(st.one_of(st.sampled_from(["V1", "V2", "V1#x", "V1%23x", "é", "e\u0301", " V1", "V1 ",
-                                                      "\x00", "\U0001f3ae", "٢", "V" * 256]),
-                                     st.sampled_from(["V1", "V2"]), ODD_TEXT, ODD_TEXT, NASTY_TEXT)),
-          "event_type": draw(st.sampled_from(["view", "watch", "like", "a_1", "x" * 64])),
-          "event_time": draw(event_times(on_time_only))}
+    ev = {
+        "event_id": f"{prefix}~{serial[0]}",
+        "video_id": draw(
+            st.one_of(
+                st.sampled_from(
+                    ["V1", "V2", "V1#x", "V1%23x", "é", "e\u0301", " V1", "V1 ", "\x00", "\U0001f3ae", "٢", "V" * 256]
+                ),
+                st.sampled_from(["V1", "V2"]),
+                ODD_TEXT,
+                ODD_TEXT,
+                NASTY_TEXT,
+            )
+        ),
+        "event_type": draw(st.sampled_from(["view", "watch", "like", "a_1", "x" * 64])),
+        "event_time": draw(event_times(on_time_only)),
+    }
     if draw(st.booleans()):
-        ev["value"] = draw(st.one_of(st.floats(-1e15, 1e15, allow_nan=False), st.integers(-(10**15), 10**15),
-                                     st.sampled_from(VALUE_EDGES), st.none()))
+        ev["value"] = draw(
+            st.one_of(
+                st.floats(-1e15, 1e15, allow_nan=False),
+                st.integers(-(10**15), 10**15),
+                st.sampled_from(VALUE_EDGES),
+                st.none(),
+            )
+        )
     mutations = draw(st.sampled_from([0, 0, 0, 1, 1, 2])) if not on_time_only else 0
     for _ in range(mutations):
-        field = draw(st.sampled_from(["event_id", "video_id", "event_type", "event_time", "value", "extra",
-                                      "delete"]))
+        field = draw(st.sampled_from(["event_id", "video_id", "event_type", "event_time", "value", "extra", "delete"]))
         if field == "delete":
             ev.pop(draw(st.sampled_from(["event_id", "video_id", "event_type", "event_time", "value"])), None)
         elif field == "extra":
             ev[draw(NASTY_TEXT)] = draw(JSON_DOCS)
         elif field == "value":
-            ev["value"] = draw(st.one_of(st.sampled_from(VALUE_EDGES), st.sampled_from(BIG_LITERALS), JSON_SCALARS,
-                                         st.floats()))
+            ev["value"] = draw(
+                st.one_of(st.sampled_from(VALUE_EDGES), st.sampled_from(BIG_LITERALS), JSON_SCALARS, st.floats())
+            )
         elif field == "event_time":
             ev["event_time"] = draw(event_times())
         else:
-            ev[field] = draw(st.one_of(NASTY_TEXT, JSON_SCALARS, st.text(NASTY_CHAR, min_size=60, max_size=300),
-                                       st.just("x" * 129), st.just("é" * 64), st.just("é" * 65)))
+            ev[field] = draw(
+                st.one_of(
+                    NASTY_TEXT,
+                    JSON_SCALARS,
+                    st.text(NASTY_CHAR, min_size=60, max_size=300),
+                    st.just("x" * 129),
+                    st.just("é" * 64),
+                    st.just("é" * 65),
+                )
+            )
     if draw(st.integers(0, 9)) == 0:
         ev["extra"] = draw(JSON_DOCS)
     return {k: (Lit("1e400") if type(v) is float and not math.isfinite(v) else v) for k, v in ev.items()}
@@ -528,8 +698,18 @@ def test_too_late_detail_with_a_watermark_view_at_the_ends_of_time():
     for stamp in (MAX_TIMESTAMP, GlobalWindow().max_timestamp(), Timestamp(micros=END_US + 10**12)):
         fn = DedupAndJudgeLateness(600, stamped_watermark=True)
         fn.setup()
-        out = list(fn.process(((0, 0), (PROC_US, [ev])), timestamp=stamp, ids=State(), version=State(),
-                              view=State(), base=State(), expiry=State(), rung=State()))
+        out = list(
+            fn.process(
+                ((0, 0), (PROC_US, [ev])),
+                timestamp=stamp,
+                ids=State(),
+                version=State(),
+                view=State(),
+                base=State(),
+                expiry=State(),
+                rung=State(),
+            )
+        )
         (dead,) = [o.value for o in out]
         assert dead.reason == TOO_LATE and dead.detail.isascii() and "outside years 1-9999" in dead.detail
 
@@ -540,8 +720,9 @@ def test_validate_events_never_raises_and_accounts_for_every_input():
     fn = ValidateEvents(AcceptancePolicy(dedup_shards=4))
     fn.setup()
     rng = random.Random(7)
-    for payload in [p for _, p in CORPUS if len(p) < 2_000_000] + [bytes(rng.getrandbits(8) for _ in range(n))
-                                                                     for n in range(0, 400, 7)]:
+    for payload in [p for _, p in CORPUS if len(p) < 2_000_000] + [
+        bytes(rng.getrandbits(8) for _ in range(n)) for n in range(0, 400, 7)
+    ]:
         want, n_in = oracle(payload)
         dead = valid = 0
         for out in fn.process((payload, PROC_US)):
@@ -579,88 +760,149 @@ def with_extra(extra: bytes, **kw) -> bytes:
 def _corpus() -> list[tuple[str, bytes]]:
     c: list[tuple[str, bytes]] = []
     for n in (511, 512, 513, 1000, 100_000):
-        c += [(f"array nested {n}", deep(n)), (f"object nested {n}", deep_object(n)),
-              (f"event with a field nested {n - 1}", with_extra(deep(n - 1), event_id=f"d{n}")),
-              (f"batch item with a field nested {n - 2}", b"[" + with_extra(deep(n - 2), event_id=f"b{n}") + b"]"),
-              (f"lone surrogate and a field nested {n - 1}",
-               with_extra(deep(n - 1), event_id=f"s{n}", note="\ud800")),
-              (f"lone surrogate in a batch, item nested {n - 2}",
-               b"[" + with_extra(deep(n - 2), event_id=f"t{n}", note="\udfff") + b"]"),
-              (f"nested {n} then invalid UTF-8", deep(n)[:n] + b"\xff" + deep(n)[n:]),
-              (f"nested {n} objects in a batch", b"[" + deep(n - 1, b"1", b'{"k":', b"}") + b"]"),
-              (f"brackets inside strings {n}", encode(good(event_id=f"q{n}", note="[{" * n)))]
+        c += [
+            (f"array nested {n}", deep(n)),
+            (f"object nested {n}", deep_object(n)),
+            (f"event with a field nested {n - 1}", with_extra(deep(n - 1), event_id=f"d{n}")),
+            (f"batch item with a field nested {n - 2}", b"[" + with_extra(deep(n - 2), event_id=f"b{n}") + b"]"),
+            (f"lone surrogate and a field nested {n - 1}", with_extra(deep(n - 1), event_id=f"s{n}", note="\ud800")),
+            (
+                f"lone surrogate in a batch, item nested {n - 2}",
+                b"[" + with_extra(deep(n - 2), event_id=f"t{n}", note="\udfff") + b"]",
+            ),
+            (f"nested {n} then invalid UTF-8", deep(n)[:n] + b"\xff" + deep(n)[n:]),
+            (f"nested {n} objects in a batch", b"[" + deep(n - 1, b"1", b'{"k":', b"}") + b"]"),
+            (f"brackets inside strings {n}", encode(good(event_id=f"q{n}", note="[{" * n))),
+        ]
     c.append(("unbalanced 1000 opens", b"[" * 1000))
     for lit in BIG_LITERALS:
-        c += [(f"value {lit.text[:30]}", encode(good(event_id="v" + lit.text[:20], value=lit))),
-              (f"event_time {lit.text[:30]}", encode(good(event_id="t" + lit.text[:20], event_time=lit))),
-              (f"extra {lit.text[:30]} in a batch", encode([good(event_id="x" + lit.text[:20], x=lit), 17]))]
+        c += [
+            (f"value {lit.text[:30]}", encode(good(event_id="v" + lit.text[:20], value=lit))),
+            (f"event_time {lit.text[:30]}", encode(good(event_id="t" + lit.text[:20], event_time=lit))),
+            (f"extra {lit.text[:30]} in a batch", encode([good(event_id="x" + lit.text[:20], x=lit), 17])),
+        ]
     for v in VALUE_EDGES:
         c.append((f"value {v!r}", encode(good(event_id=f"edge{v!r}", value=v))))
-    for name, b in [("UTF-8 BOM", b"\xef\xbb\xbf"), ("UTF-16 LE BOM", b"\xff\xfe"), ("UTF-16 BE BOM", b"\xfe\xff"),
-                    ("UTF-32 LE BOM", b"\xff\xfe\x00\x00")]:
+    for name, b in [
+        ("UTF-8 BOM", b"\xef\xbb\xbf"),
+        ("UTF-16 LE BOM", b"\xff\xfe"),
+        ("UTF-16 BE BOM", b"\xfe\xff"),
+        ("UTF-32 LE BOM", b"\xff\xfe\x00\x00"),
+    ]:
         c.append((name, b + encode(good(event_id=name))))
     c.append(("UTF-16 LE payload", b"\xff\xfe" + json.dumps(good(event_id="u16")).encode("utf-16-le")))
     c.append(("BOM inside a string", encode(good(event_id="bom\ufeff"), ascii_only=False)))
-    for name, b in [("overlong slash", b"\xc0\xaf"), ("overlong NUL", b"\xc0\x80"),
-                    ("overlong 3-byte", b"\xe0\x80\xaf"),
-                    ("overlong 4-byte", b"\xf0\x80\x80\xaf"), ("encoded surrogate", b"\xed\xa0\x80"),
-                    ("encoded surrogate pair", b"\xed\xa0\xbd\xed\xb2\xa9"), ("beyond U+10FFFF", b"\xf4\x90\x80\x80"),
-                    ("5-byte form", b"\xf8\x88\x80\x80\x80"), ("lone continuation", b"\x80"),
-                    ("truncated sequence", b"\xe2\x82"), ("0xFF", b"\xff"), ("0xFE", b"\xfe")]:
+    for name, b in [
+        ("overlong slash", b"\xc0\xaf"),
+        ("overlong NUL", b"\xc0\x80"),
+        ("overlong 3-byte", b"\xe0\x80\xaf"),
+        ("overlong 4-byte", b"\xf0\x80\x80\xaf"),
+        ("encoded surrogate", b"\xed\xa0\x80"),
+        ("encoded surrogate pair", b"\xed\xa0\xbd\xed\xb2\xa9"),
+        ("beyond U+10FFFF", b"\xf4\x90\x80\x80"),
+        ("5-byte form", b"\xf8\x88\x80\x80\x80"),
+        ("lone continuation", b"\x80"),
+        ("truncated sequence", b"\xe2\x82"),
+        ("0xFF", b"\xff"),
+        ("0xFE", b"\xfe"),
+    ]:
         c.append((f"invalid UTF-8: {name}", encode(good(event_id="bad"))[:-2] + b'","x":"' + b + b'"}'))
         c.append((f"invalid UTF-8 alone: {name}", b))
-    c += [("raw NUL in a string", encode(good())[:-2] + b'\x00"}'), ("NUL outside strings", b"\x00" + encode(good())),
-          ("escaped NUL in ids", encode(good(event_id="\x00", video_id="a\x00b"))),
-          ("lone high surrogate id", encode(good(event_id="\ud800"))),
-          ("lone low surrogate video", encode(good(video_id="\udc00"))),
-          ("reversed surrogate pair", encode(good(event_id="r", video_id="\udc00\ud800"))),
-          ("valid surrogate pair escape", b'{"event_id":"p","video_id":"\\ud83c\\udfae","event_type":"view",'
-                                          b'"event_time":"2024-05-14T10:00:30Z"}'),
-          ("lone surrogate in an extra field", encode(good(event_id="ls", note="\ud800"))),
-          ("lone surrogate as a key", encode({**good(event_id="lk"), "\udfff": 1})),
-          ("lone surrogate written raw (CESU)", encode(good(event_id="\ud800"), ascii_only=False)),
-          ("duplicate keys, last wins", b'{"event_id":"dk","event_id":"dk2","video_id":"V1","event_type":"view",'
-                                        b'"event_time":"bad","event_time":"2024-05-14T10:00:30Z"}'),
-          ("NaN", with_extra(b"NaN")), ("Infinity", with_extra(b"-Infinity")),
-          ("trailing garbage", encode(good()) + b"x"),
-          ("two documents", encode(good()) + encode(good())), ("empty", b""), ("spaces", b" \t\r\n"),
-          ("empty batch", b"[]"), ("batch of nulls", b"[null,null]"), ("null", b"null"), ("string", b'"x"'),
-          ("event_id of 10,000 characters", encode(good(event_id="x" * 10_000))),
-          ("video_id of 257 bytes", encode(good(video_id="é" * 128 + "x"))),
-          ("video_id of 256 bytes", encode(good(event_id="v256", video_id="é" * 128))),
-          ("event_id of 128 bytes", encode(good(event_id="\U0001f3ae" * 32))),
-          ("event_type of 65 bytes", encode(good(event_type="x" * 65))),
-          ("event_type with a Unicode letter", encode(good(event_type="vıew"))),
-          ("extra string of 5 MB", encode(good(event_id="big", note="x" * 5_000_000))),
-          ("extra string of 2 MB of emoji", encode(good(event_id="emoji", note="\U0001f3ae" * 500_000), False)),
-          ("10,000 extra fields", encode({**good(event_id="wide"), **{f"k{i}": i for i in range(10_000)}}))]
+    c += [
+        ("raw NUL in a string", encode(good())[:-2] + b'\x00"}'),
+        ("NUL outside strings", b"\x00" + encode(good())),
+        ("escaped NUL in ids", encode(good(event_id="\x00", video_id="a\x00b"))),
+        ("lone high surrogate id", encode(good(event_id="\ud800"))),
+        ("lone low surrogate video", encode(good(video_id="\udc00"))),
+        ("reversed surrogate pair", encode(good(event_id="r", video_id="\udc00\ud800"))),
+        (
+            "valid surrogate pair escape",
+            b'{"event_id":"p","video_id":"\\ud83c\\udfae","event_type":"view","event_time":"2024-05-14T10:00:30Z"}',
+        ),
+        ("lone surrogate in an extra field", encode(good(event_id="ls", note="\ud800"))),
+        ("lone surrogate as a key", encode({**good(event_id="lk"), "\udfff": 1})),
+        ("lone surrogate written raw (CESU)", encode(good(event_id="\ud800"), ascii_only=False)),
+        (
+            "duplicate keys, last wins",
+            b'{"event_id":"dk","event_id":"dk2","video_id":"V1","event_type":"view",'
+            b'"event_time":"bad","event_time":"2024-05-14T10:00:30Z"}',
+        ),
+        ("NaN", with_extra(b"NaN")),
+        ("Infinity", with_extra(b"-Infinity")),
+        ("trailing garbage", encode(good()) + b"x"),
+        ("two documents", encode(good()) + encode(good())),
+        ("empty", b""),
+        ("spaces", b" \t\r\n"),
+        ("empty batch", b"[]"),
+        ("batch of nulls", b"[null,null]"),
+        ("null", b"null"),
+        ("string", b'"x"'),
+        ("event_id of 10,000 characters", encode(good(event_id="x" * 10_000))),
+        ("video_id of 257 bytes", encode(good(video_id="é" * 128 + "x"))),
+        ("video_id of 256 bytes", encode(good(event_id="v256", video_id="é" * 128))),
+        ("event_id of 128 bytes", encode(good(event_id="\U0001f3ae" * 32))),
+        ("event_type of 65 bytes", encode(good(event_type="x" * 65))),
+        ("event_type with a Unicode letter", encode(good(event_type="vıew"))),
+        ("extra string of 5 MB", encode(good(event_id="big", note="x" * 5_000_000))),
+        ("extra string of 2 MB of emoji", encode(good(event_id="emoji", note="\U0001f3ae" * 500_000), False)),
+        ("10,000 extra fields", encode({**good(event_id="wide"), **{f"k{i}": i for i in range(10_000)}})),
+    ]
     for i, d in enumerate(NON_ASCII_DIGITS):
-        c.append((f"event_time digit U+{ord(d):04X}", encode(good(event_id=f"nd{i}", event_time="2024-05-14T10:00:3"
-                                                               + d + "Z"), ascii_only=i % 2 == 0)))
+        c.append(
+            (
+                f"event_time digit U+{ord(d):04X}",
+                encode(good(event_id=f"nd{i}", event_time="2024-05-14T10:00:3" + d + "Z"), ascii_only=i % 2 == 0),
+            )
+        )
     for i, s in enumerate(SPACES):
-        c.append((f"event_time with space U+{ord(s):04X}", encode(good(event_id=f"sp{i}", event_time=s + GOOD[
-            "event_time"] if i % 2 else GOOD["event_time"].replace("T", s)))))
-        c.append((f"video_id with space U+{ord(s):04X}", encode(good(event_id=f"vs{i}", video_id=f"V{s}1"),
-                                                                 ascii_only=i % 2 == 0)))
-    c.append(("video_ids of every non-ASCII digit", encode([good(event_id=f"vd{i}", video_id=d)
-                                                            for i, d in enumerate(NON_ASCII_DIGITS)])))
+        c.append(
+            (
+                f"event_time with space U+{ord(s):04X}",
+                encode(
+                    good(
+                        event_id=f"sp{i}",
+                        event_time=s + GOOD["event_time"] if i % 2 else GOOD["event_time"].replace("T", s),
+                    )
+                ),
+            )
+        )
+        c.append(
+            (
+                f"video_id with space U+{ord(s):04X}",
+                encode(good(event_id=f"vs{i}", video_id=f"V{s}1"), ascii_only=i % 2 == 0),
+            )
+        )
+    c.append(
+        (
+            "video_ids of every non-ASCII digit",
+            encode([good(event_id=f"vd{i}", video_id=d) for i, d in enumerate(NON_ASCII_DIGITS)]),
+        )
+    )
     return c
 
 
 CORPUS = _corpus()
 BIG_CORPUS = [
     ("100k-event batch", encode([good(event_id=f"h{i}", video_id=f"V{i % 50}", value=i % 7) for i in range(100_000)])),
-    (f"batch of MAX_BATCH_ITEMS ({MAX_BATCH_ITEMS}) shortest events",
-     b"[" + b",".join([MIN_VALID_EVENT] * MAX_BATCH_ITEMS) + b"]"),
-    ("batch of MAX_BATCH_ITEMS + 1 shortest events",
-     b"[" + b",".join([MIN_VALID_EVENT] * (MAX_BATCH_ITEMS + 1)) + b"]"),
+    (
+        f"batch of MAX_BATCH_ITEMS ({MAX_BATCH_ITEMS}) shortest events",
+        b"[" + b",".join([MIN_VALID_EVENT] * MAX_BATCH_ITEMS) + b"]",
+    ),
+    (
+        "batch of MAX_BATCH_ITEMS + 1 shortest events",
+        b"[" + b",".join([MIN_VALID_EVENT] * (MAX_BATCH_ITEMS + 1)) + b"]",
+    ),
     ("10 MiB of [{},{},...]", b"[" + b",".join([b"{}"] * ((MAX_PAYLOAD_BYTES - 2) // 3)) + b"]"),
     ("10 MiB + 1 byte", b" " * (MAX_PAYLOAD_BYTES - len(encode(good()))) + encode(good()) + b" "),
-    ("10 MiB exactly, one event", b" " * (MAX_PAYLOAD_BYTES - len(encode(good(event_id="ten")))) +
-     encode(good(event_id="ten"))),
+    (
+        "10 MiB exactly, one event",
+        b" " * (MAX_PAYLOAD_BYTES - len(encode(good(event_id="ten")))) + encode(good(event_id="ten")),
+    ),
     ("10 MiB of nested arrays", b"[" * (MAX_PAYLOAD_BYTES // 2) + b"]" * (MAX_PAYLOAD_BYTES // 2)),
-    ("10 MiB string with a lone surrogate, nested 600", b"[" * 600 + encode("\ud800" + "y" * (MAX_PAYLOAD_BYTES - 1300))
-     + b"]" * 600),
+    (
+        "10 MiB string with a lone surrogate, nested 600",
+        b"[" * 600 + encode("\ud800" + "y" * (MAX_PAYLOAD_BYTES - 1300)) + b"]" * 600,
+    ),
 ]
 
 
@@ -674,8 +916,10 @@ def _reasons(payload: bytes) -> list:
     return ["event"] * len(events) + [r.reason for r in rejections]
 
 
-@pytest.mark.parametrize("n,reason", [(511, NOT_AN_OBJECT), (512, NOT_AN_OBJECT), (513, JSON_ERROR),
-                                      (1000, JSON_ERROR), (100_000, JSON_ERROR)])
+@pytest.mark.parametrize(
+    "n,reason",
+    [(511, NOT_AN_OBJECT), (512, NOT_AN_OBJECT), (513, JSON_ERROR), (1000, JSON_ERROR), (100_000, JSON_ERROR)],
+)
 def test_nesting_limit_is_512_levels_on_every_path(n, reason):
     assert _reasons(deep(n)) == [reason]
     assert _reasons(deep_object(n)) == [MISSING_FIELD if reason == NOT_AN_OBJECT else reason]
@@ -702,7 +946,7 @@ def test_every_non_ascii_digit_and_space_is_refused_in_event_time_and_kept_in_id
         for i in range(len(GOOD["event_time"])):
             t = GOOD["event_time"]
             if t[i] in ASCII_DIGITS:
-                assert _reasons(encode(good(event_time=t[:i] + c + t[i + 1:]))) == [BAD_TIMESTAMP], (ascii(c), i)
+                assert _reasons(encode(good(event_time=t[:i] + c + t[i + 1 :]))) == [BAD_TIMESTAMP], (ascii(c), i)
     for c in SPACES:
         for i in range(len(GOOD["event_time"]) + 1):
             t = GOOD["event_time"]
@@ -716,11 +960,31 @@ def test_value_bound_and_number_forms():
     assert _reasons(encode(good(value=10**15))) == ["event"]
     assert _reasons(encode(good(value=-(10**15)))) == ["event"]
     assert _reasons(encode(good(value=1e15))) == ["event"]
-    for bad in (10**15 + 1, -(10**15) - 1, 1.0000000000000002e15, 2**64, Lit("1e400"), Lit("-1e400"),
-                Lit("1" + "0" * 5000), Lit("1e16"), True, "1", [1], {"v": 1}):
+    for bad in (
+        10**15 + 1,
+        -(10**15) - 1,
+        1.0000000000000002e15,
+        2**64,
+        Lit("1e400"),
+        Lit("-1e400"),
+        Lit("1" + "0" * 5000),
+        Lit("1e16"),
+        True,
+        "1",
+        [1],
+        {"v": 1},
+    ):
         assert _reasons(encode(good(value=bad))) == [BAD_VALUE], bad
-    events, _, _ = parse_payload(encode([good(event_id=str(i), value=v) for i, v in enumerate(
-        [Lit("-0"), Lit("-0.0"), Lit("5e-324"), Lit("1e-400"), Lit("0." + "0" * 400 + "1"), Lit("1E2")])]))
+    events, _, _ = parse_payload(
+        encode(
+            [
+                good(event_id=str(i), value=v)
+                for i, v in enumerate(
+                    [Lit("-0"), Lit("-0.0"), Lit("5e-324"), Lit("1e-400"), Lit("0." + "0" * 400 + "1"), Lit("1E2")]
+                )
+            ]
+        )
+    )
     assert [e.value for e in events] == [0.0, -0.0, 5e-324, 0.0, 0.0, 100.0]
     assert all(type(e.value) is float for e in events)
 
@@ -735,8 +999,9 @@ def test_numbers_beyond_the_float_range_are_kept_verbatim_in_raw():
 # ---------------------------------------------------------------------------------------
 # Storage: every cell the pipeline can write decodes as itself.
 # ---------------------------------------------------------------------------------------
-BOUND_VALUES = st.one_of(st.sampled_from([1e15, -1e15, 10**15, -(10**15), 0.0, -0.0, 5e-324]),
-                         st.floats(-1e15, 1e15, allow_nan=False))
+BOUND_VALUES = st.one_of(
+    st.sampled_from([1e15, -1e15, 10**15, -(10**15), 0.0, -0.0, 5e-324]), st.floats(-1e15, 1e15, allow_nan=False)
+)
 
 
 @FAST
@@ -750,7 +1015,7 @@ def test_sums_of_bounded_values_stay_finite_and_round_trip(values, chunk, copies
     evs = [Event(f"e{i}", "V", "view", 0, float(v), b"") for i, v in enumerate(values)]
     agg = Aggregate(0, 0, 0.0, None, None)
     for i in range(0, len(evs), chunk):
-        agg = merge(agg, aggregate_events(evs[i:i + chunk])[("V", "view")])
+        agg = merge(agg, aggregate_events(evs[i : i + chunk])[("V", "view")])
     for _ in range(copies):
         agg = merge(agg, agg)
     assert math.isfinite(agg.sum) and abs(agg.sum) <= 1e15 * agg.value_count
@@ -760,21 +1025,39 @@ def test_sums_of_bounded_values_stay_finite_and_round_trip(values, chunk, copies
     assert decode_partials(encode_partials({("V", "view"): agg})) == {("V", "view"): agg}
 
 
-@pytest.mark.parametrize("agg,title", [
-    (Aggregate(2, 2, math.inf, 1e308, 1.7e308), None), (Aggregate(1, 1, math.nan, 1.0, 1.0), None),
-    (Aggregate(1, 1, 1.0, -math.inf, 1.0), None), (Aggregate(1, 1, 1.0, None, 1.0), None),
-    (Aggregate(1, 0, 0.0, 1.0, 1.0), None), (Aggregate(1, 2, 0.0, 1.0, 1.0), None),
-    (Aggregate(True, 0, 0.0, None, None), None), (Aggregate(1, 1, 2.0, 3.0, 1.0), None),
-    (Aggregate(1, 0, 0.0, None, None), "\ud800"), (Aggregate(1, 0, 0.0, None, None), 17)])
+@pytest.mark.parametrize(
+    "agg,title",
+    [
+        (Aggregate(2, 2, math.inf, 1e308, 1.7e308), None),
+        (Aggregate(1, 1, math.nan, 1.0, 1.0), None),
+        (Aggregate(1, 1, 1.0, -math.inf, 1.0), None),
+        (Aggregate(1, 1, 1.0, None, 1.0), None),
+        (Aggregate(1, 0, 0.0, 1.0, 1.0), None),
+        (Aggregate(1, 2, 0.0, 1.0, 1.0), None),
+        (Aggregate(True, 0, 0.0, None, None), None),
+        (Aggregate(1, 1, 2.0, 3.0, 1.0), None),
+        (Aggregate(1, 0, 0.0, None, None), "\ud800"),
+        (Aggregate(1, 0, 0.0, None, None), 17),
+    ],
+)
 def test_encode_cell_refuses_what_would_not_read_back(agg, title):
     with pytest.raises(CellError):
         encode_cell(agg, title, None)
 
 
 @FAST
-@given(st.one_of(st.binary(max_size=300), st.builds(lambda d: json.dumps(d).encode(), JSON_DOCS.map(_plain).filter(
-    lambda d: not _has_huge(d))), st.builds(lambda d: encode(d), st.fixed_dictionaries(
-        {k: JSON_SCALARS for k in ("count", "value_count", "sum", "min", "max", "title", "channel")}))))
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(lambda d: json.dumps(d).encode(), JSON_DOCS.map(_plain).filter(lambda d: not _has_huge(d))),
+        st.builds(
+            lambda d: encode(d),
+            st.fixed_dictionaries(
+                {k: JSON_SCALARS for k in ("count", "value_count", "sum", "min", "max", "title", "channel")}
+            ),
+        ),
+    )
+)
 def test_any_stored_bytes_decode_or_raise_cell_error(value):
     try:
         agg, title, channel = decode_cell(value)
@@ -786,8 +1069,11 @@ def test_any_stored_bytes_decode_or_raise_cell_error(value):
 
 
 def _has_huge(d) -> bool:
-    return isinstance(d, Huge) or (isinstance(d, dict) and any(map(_has_huge, d.values()))) or (
-        isinstance(d, list) and any(map(_has_huge, d)))
+    return (
+        isinstance(d, Huge)
+        or (isinstance(d, dict) and any(map(_has_huge, d.values())))
+        or (isinstance(d, list) and any(map(_has_huge, d)))
+    )
 
 
 def test_a_null_sum_stored_before_the_value_bound_is_a_cell_error():
@@ -856,9 +1142,18 @@ def _case(steps: list, queries: list) -> dict:
             out[-1]["publish_base64"].append(base64.b64encode(arg).decode("ascii"))
         else:
             out.append({"publish_base64": [base64.b64encode(arg).decode("ascii")]})
-    return {"name": "hostile", "start": START, "steps": out, "expect": {"queries": queries},
-            "config": {"allowed_lateness_s": LATENESS_S, "max_future_skew_s": SKEW_S, "max_event_age_s": AGE_S,
-                       "early_firing_s": 30}}
+    return {
+        "name": "hostile",
+        "start": START,
+        "steps": out,
+        "expect": {"queries": queries},
+        "config": {
+            "allowed_lateness_s": LATENESS_S,
+            "max_future_skew_s": SKEW_S,
+            "max_event_age_s": AGE_S,
+            "early_firing_s": 30,
+        },
+    }
 
 
 def _close(got: float, values: list) -> bool:
@@ -868,21 +1163,25 @@ def _close(got: float, values: list) -> bool:
 
 def run_and_compare(steps: list) -> dict:
     """Run ``steps`` through the pipeline and compare everything with ``expected_run``."""
-    from viewcounts.scenario import run_case
+    from viewcounts.commands.scenario import run_case
 
     want = expected_run(steps)
     assert want is not None, "the reference cannot decide this stream"
     entities = sorted({k[:2] for k in want["rows"]})
     random.Random(len(steps)).shuffle(entities)
-    queries = [{"video_id": v, "event_type": t, "function": f, "start": QUERY_START, "end": QUERY_END,
-                "granularity": g}
-               for v, t in entities[:40] for f in ("count", "sum", "min", "max") for g in ("hour", "total")]
+    queries = [
+        {"video_id": v, "event_type": t, "function": f, "start": QUERY_START, "end": QUERY_END, "granularity": g}
+        for v, t in entities[:40]
+        for f in ("count", "sum", "min", "max")
+        for g in ("hour", "total")
+    ]
     result = run_case(_case(steps, queries))
     metrics = result["metrics"]
     # every input is accounted for: counted, duplicate or dead letter
     assert metrics.get("events_in", 0) == want["metrics"]["events_in"]
-    assert metrics["events_in"] == (metrics.get("events_accepted", 0) + metrics.get("duplicates_dropped", 0)
-                                    + metrics.get("dead_letters", 0))
+    assert metrics["events_in"] == (
+        metrics.get("events_accepted", 0) + metrics.get("duplicates_dropped", 0) + metrics.get("dead_letters", 0)
+    )
     for name in ("events_accepted", "duplicates_dropped", "dead_letters"):
         assert metrics.get(name, 0) == want["metrics"][name], name
     assert result["dead_letters"] == dict(want["dead"])  # from the dead-letter files
@@ -891,8 +1190,10 @@ def run_and_compare(steps: list) -> dict:
         assert metrics.get(f"dead_letters_{reason}", 0) == n, reason
     assert result["archived_events"] == want["archived"]
     # every stored cell decoded (run_case read them all through decode_cell); each equals the fold
-    stored = {(r["video_id"], r["event_type"], r["granularity"], parse_event_time(r["window_start"]) // US): r
-              for r in result["rows"]}
+    stored = {
+        (r["video_id"], r["event_type"], r["granularity"], parse_event_time(r["window_start"]) // US): r
+        for r in result["rows"]
+    }
     assert stored.keys() == want["rows"].keys()
     for key, values in want["rows"].items():
         r, vs = stored[key], [v for v in values if v is not None]
@@ -903,11 +1204,19 @@ def run_and_compare(steps: list) -> dict:
     # get_stats on what was stored
     for q, got in zip(queries, result["queries"]):
         assert "error" not in got, got
-        values = [v for (vid, et, g, _), vals in want["rows"].items() if (vid, et, g) == (q["video_id"],
-                  q["event_type"], "hour") for v in vals]
+        values = [
+            v
+            for (vid, et, g, _), vals in want["rows"].items()
+            if (vid, et, g) == (q["video_id"], q["event_type"], "hour")
+            for v in vals
+        ]
         vs = [v for v in values if v is not None]
-        want_value = {"count": len(values), "sum": math.fsum(vs), "min": min(vs, default=None),
-                      "max": max(vs, default=None)}[q["function"]]
+        want_value = {
+            "count": len(values),
+            "sum": math.fsum(vs),
+            "min": min(vs, default=None),
+            "max": max(vs, default=None),
+        }[q["function"]]
         if q["function"] == "sum":
             assert _close(got["value"], vs), (q, got)
         else:
@@ -921,18 +1230,29 @@ def test_corpus_through_the_pipeline(bigtable_host):
     events, payloads over the size and item bounds, and copies of the first 50 payloads."""
     big = dict(BIG_CORPUS)
     steps = [("publish", p) for _, p in CORPUS]
-    steps += [("publish", big["100k-event batch"]), ("wait", 5),
-              ("publish", big["10 MiB of [{},{},...]"]), ("publish", big["10 MiB + 1 byte"]),
-              ("publish", big["10 MiB of nested arrays"]),
-              ("publish", b"[" + b",".join([encode(good(event_id=f"n{i}", video_id="N", event_time=1715680830000 + i))
-                                            for i in range(110_000)]) + b"]")]
+    steps += [
+        ("publish", big["100k-event batch"]),
+        ("wait", 5),
+        ("publish", big["10 MiB of [{},{},...]"]),
+        ("publish", big["10 MiB + 1 byte"]),
+        ("publish", big["10 MiB of nested arrays"]),
+        (
+            "publish",
+            b"["
+            + b",".join(
+                [encode(good(event_id=f"n{i}", video_id="N", event_time=1715680830000 + i)) for i in range(110_000)]
+            )
+            + b"]",
+        ),
+    ]
     steps += [("publish", p) for _, p in CORPUS[:50]]  # copies: duplicates
     result = run_and_compare(steps)
     assert result["metrics"]["events_accepted"] > 210_000 and result["metrics"]["duplicates_dropped"] > 0
 
 
-@settings(max_examples=PIPELINE_EXAMPLES, deadline=None, derandomize=_ENV is None, database=None,
-          suppress_health_check=_QUIET)
+@settings(
+    max_examples=PIPELINE_EXAMPLES, deadline=None, derandomize=_ENV is None, database=None, suppress_health_check=_QUIET
+)
 @given(st.data())
 @pytest.mark.emulator
 def test_generated_streams_through_the_pipeline(bigtable_host, data):
@@ -965,9 +1285,11 @@ def test_get_stats_on_a_cell_the_pipeline_cannot_write_raises_cell_error_not_typ
     h = START_US // US - START_US // US % 3600
     client = bigtable.Client(project=table[0], admin=False)
     bt = client.instance(table[1]).table(table[2])
-    for video, value in (("OLD", b'{"count":2,"value_count":2,"sum":null,"min":1.7e308,"max":1.7e308,'
-                                 b'"title":null,"channel":null}'), ("JUNK", b"\xff{"), ("OK", encode_cell(
-                                     Aggregate(2, 2, 2e15, 1e15, 1e15), None, None))):
+    for video, value in (
+        ("OLD", b'{"count":2,"value_count":2,"sum":null,"min":1.7e308,"max":1.7e308,"title":null,"channel":null}'),
+        ("JUNK", b"\xff{"),
+        ("OK", encode_cell(Aggregate(2, 2, 2e15, 1e15, 1e15), None, None)),
+    ):
         row = bt.direct_row(storage.row_key(video, "view", "hour", h))
         row.set_cell(storage.FAMILY, storage.qualifier(h), value)
         row.commit()

@@ -15,6 +15,7 @@ however large or strange, may raise, stall or retry for ever", and the ``ts`` at
   counted or a dead letter, the job still runs.
 * A redelivery storm (Flink; ack deadline 10 s, checkpoints every 30 s): exact.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ from schemas.event import END_EPOCH_MS, format_time_us
 from tests.streaming_jobs import PROJECT, Deployment, kill, latest_checkpoint
 from tests.test_streaming_runners import _wait_for
 from transforms.pubsub_io import PullWatermark, _PullFn, message_timestamp_us, subscriber_client
-from viewcounts import replay
+from viewcounts.commands import replay
 
 NOW_US = 1_764_000_000_000_000  # 2025-11-24
 SKEW_S = 300
@@ -42,11 +43,23 @@ YEAR_2100_MS = 4_102_444_800_000
 BIG = 9_900_000  # bytes: under Pub/Sub's 10 MB limit with the attributes
 
 HOSTILE_TS = {
-    "superscript two": "²", "5,000 digits": "9" * 5000, "5,000 zeros then 1": "0" * 5000 + "1",
-    "year 2100": str(YEAR_2100_MS), "year 10000": str(END_EPOCH_MS), "19 nines": "9" * 19, "empty": "",
-    "negative": "-1", "plus": "+1", "space": " 1", "float": "1.5e12", "Arabic-Indic": "١٧٦٤٠٠٠٠٠٠٠٠٠",
-    "full-width": "１７６４０００００００００", "RFC 3339": "2025-11-24T00:00:00Z", "NUL": "1\x00",
-    "lone surrogate": "\ud800", "just past the skew": str(NOW_US // 1000 + SKEW_S * 1000 + 1),
+    "superscript two": "²",
+    "5,000 digits": "9" * 5000,
+    "5,000 zeros then 1": "0" * 5000 + "1",
+    "year 2100": str(YEAR_2100_MS),
+    "year 10000": str(END_EPOCH_MS),
+    "19 nines": "9" * 19,
+    "empty": "",
+    "negative": "-1",
+    "plus": "+1",
+    "space": " 1",
+    "float": "1.5e12",
+    "Arabic-Indic": "١٧٦٤٠٠٠٠٠٠٠٠٠",
+    "full-width": "１７６４０００００００００",
+    "RFC 3339": "2025-11-24T00:00:00Z",
+    "NUL": "1\x00",
+    "lone surrogate": "\ud800",
+    "just past the skew": str(NOW_US // 1000 + SKEW_S * 1000 + 1),
 }
 
 
@@ -58,8 +71,9 @@ def test_hostile_timestamp_attribute_reads_as_no_attribute(name):
 
 @pytest.mark.hostile
 def test_every_non_ascii_unicode_digit_is_refused():
-    digits = [chr(c) for c in range(sys.maxunicode + 1)
-              if (chr(c).isdigit() or chr(c).isnumeric()) and not chr(c).isascii()]
+    digits = [
+        chr(c) for c in range(sys.maxunicode + 1) if (chr(c).isdigit() or chr(c).isnumeric()) and not chr(c).isascii()
+    ]
     assert len(digits) > 1000
     for d in digits:
         for raw in (d, d * 13, "1764" + d + "00000000"):
@@ -71,16 +85,20 @@ def _attribute_values():
         st.text(),
         st.text(alphabet=st.characters(categories=["Nd", "No", "Nl"]), min_size=1, max_size=20),
         st.from_regex(r"[0-9]{1,40}", fullmatch=True),
-        st.integers(-10 ** 20, 10 ** 20).map(str),
+        st.integers(-(10**20), 10**20).map(str),
         st.integers(0, 60).map(lambda n: "9" * n),
-        st.integers(0, END_EPOCH_MS + 10 ** 9).map(str),
+        st.integers(0, END_EPOCH_MS + 10**9).map(str),
     )
 
 
 @pytest.mark.hostile
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-@given(raw=_attribute_values(), now_us=st.integers(0, 2 ** 62), publish_us=st.integers(0, 2 ** 62),
-       skew_s=st.integers(0, 86_400))
+@given(
+    raw=_attribute_values(),
+    now_us=st.integers(0, 2**62),
+    publish_us=st.integers(0, 2**62),
+    skew_s=st.integers(0, 86_400),
+)
 def test_timestamp_attribute_is_total_and_bounded(raw, now_us, publish_us, skew_s):
     got = message_timestamp_us({"ts": raw}, publish_us, "ts", now_us, skew_s)
     readable = raw.isascii() and raw.isdigit() and len(raw) <= 20
@@ -95,8 +113,9 @@ def test_restored_watermark_ahead_of_the_ceiling_comes_down():
     """A checkpoint written while a far-future ``ts`` was followed (before this bound):
     the restored watermark, newest time and samples are lowered to wall clock + skew."""
     now_s = NOW_US / 1e6
-    ahead = PullWatermark((YEAR_2100_MS * 1000, YEAR_2100_MS * 1000, None, ((now_s - 1, YEAR_2100_MS * 1000),)),
-                          SKEW_S, now_s=now_s)
+    ahead = PullWatermark(
+        (YEAR_2100_MS * 1000, YEAR_2100_MS * 1000, None, ((now_s - 1, YEAR_2100_MS * 1000),)), SKEW_S, now_s=now_s
+    )
     ceiling = NOW_US + SKEW_S * 1_000_000
     assert ahead.current_watermark().micros == ceiling
     ahead.pulled([NOW_US - 10_000_000], now_s + 1, sample_s=60)
@@ -106,17 +125,22 @@ def test_restored_watermark_ahead_of_the_ceiling_comes_down():
     assert ahead.current_watermark().micros <= NOW_US + 60_000_000 + SKEW_S * 1_000_000
 
 
-_OPS = st.lists(st.one_of(
-    st.tuples(st.just("pull"), st.floats(0, 120), st.lists(st.integers(-2 ** 62, 2 ** 62), min_size=1, max_size=4)),
-    st.tuples(st.just("empty"), st.floats(0, 120), st.just(None)),
-    st.tuples(st.just("restore"), st.floats(0, 120), st.just(None)),
-    st.tuples(st.just("clock"), st.floats(-3600, 0), st.just(None)),  # the wall clock steps back (NTP, another worker)
-), max_size=40)
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("pull"), st.floats(0, 120), st.lists(st.integers(-(2**62), 2**62), min_size=1, max_size=4)),
+        st.tuples(st.just("empty"), st.floats(0, 120), st.just(None)),
+        st.tuples(st.just("restore"), st.floats(0, 120), st.just(None)),
+        st.tuples(
+            st.just("clock"), st.floats(-3600, 0), st.just(None)
+        ),  # the wall clock steps back (NTP, another worker)
+    ),
+    max_size=40,
+)
 
 
 @pytest.mark.hostile
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(ops=_OPS, skew_s=st.integers(0, 3600), restored=st.one_of(st.none(), st.integers(-2 ** 62, 2 ** 62)))
+@given(ops=_OPS, skew_s=st.integers(0, 3600), restored=st.one_of(st.none(), st.integers(-(2**62), 2**62)))
 def test_pull_watermark_never_passes_the_ceiling_nor_goes_back(ops, skew_s, restored):
     """Between constructions the watermark never decreases, also when the wall clock steps
     back; it only rises to at most the current ceiling. A construction (a restore) lowers it
@@ -145,12 +169,15 @@ def test_pull_watermark_never_passes_the_ceiling_nor_goes_back(ops, skew_s, rest
 
 @pytest.mark.hostile
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(gaps_s=st.lists(st.floats(1, 10), min_size=1, max_size=8),
-       lags_s=st.lists(st.floats(0, 30), min_size=1, max_size=8),
-       old_ms=st.lists(st.integers(0, NOW_US // 1000 - 7 * 86_400_000), min_size=1, max_size=3),
-       old_every_s=st.floats(1, 59), old_alone=st.booleans(), old_first=st.booleans())
-def test_periodic_old_timestamps_do_not_hold_the_watermark(gaps_s, lags_s, old_ms, old_every_s, old_alone,
-                                                          old_first):
+@given(
+    gaps_s=st.lists(st.floats(1, 10), min_size=1, max_size=8),
+    lags_s=st.lists(st.floats(0, 30), min_size=1, max_size=8),
+    old_ms=st.lists(st.integers(0, NOW_US // 1000 - 7 * 86_400_000), min_size=1, max_size=3),
+    old_every_s=st.floats(1, 59),
+    old_alone=st.booleans(),
+    old_first=st.booleans(),
+)
+def test_periodic_old_timestamps_do_not_hold_the_watermark(gaps_s, lags_s, old_ms, old_every_s, old_alone, old_first):
     """Live traffic (pulls every ``gaps_s``, timestamps ``lags_s`` behind the wall clock) with
     old ``ts`` attributes (``"1"``, a year ago ...) arriving more often than once per sample
     period, alone in their pull or among live ones, from the first pull on or not: the old
@@ -183,6 +210,7 @@ def test_periodic_old_timestamps_do_not_hold_the_watermark(gaps_s, lags_s, old_m
 
 # --- the real emulator ----------------------------------------------------------------------
 
+
 def _subscription(ack_deadline_s: int = 10) -> tuple[str, str]:
     from google.cloud import pubsub_v1
 
@@ -203,8 +231,9 @@ def _publish(topic: str, messages: list[tuple[bytes, dict]]) -> None:
 
 
 def _pull_fn(max_messages: int) -> _PullFn:
-    fn = _PullFn("ts", max_messages, max_pull_s=1.0, poll_s=0.5, idle_s=5.0, pause_s=0.0, sample_s=60.0,
-                 max_future_skew_s=SKEW_S)
+    fn = _PullFn(
+        "ts", max_messages, max_pull_s=1.0, poll_s=0.5, idle_s=5.0, pause_s=0.0, sample_s=60.0, max_future_skew_s=SKEW_S
+    )
     fn.setup()
     return fn
 
@@ -268,7 +297,7 @@ def test_unreachable_pubsub_is_a_logged_failure_not_an_exception(pubsub_host, mo
     from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
     from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker
 
-    from viewcounts.emulators import free_port
+    from viewcounts.local.emulators import free_port
 
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
     sub = f"projects/{PROJECT}/subscriptions/none"
@@ -296,7 +325,7 @@ def test_local_runner_reader_rides_out_an_unreachable_pubsub(monkeypatch, caplog
     from google.cloud import pubsub
 
     from pipelines import direct_runner_fix
-    from viewcounts.emulators import free_port
+    from viewcounts.local.emulators import free_port
 
     direct_runner_fix.apply()
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
@@ -319,12 +348,24 @@ def _hostile_messages(now_us: int) -> tuple[list[tuple[bytes, dict]], list[dict]
     """``(messages, events they must count, how many must be dead letters)``: one valid
     event under each hostile ``ts`` of the issue, a 9.9 MB valid event (padded with an
     ignored field) and 9.9 MB of random bytes (a ``decode_error``)."""
-    def event(name: str) -> dict:
-        return {"event_id": f"hostile/{name}", "video_id": "HOSTILE", "event_type": "departed",
-                "event_time": format_time_us(now_us - 60_000_000), "value": 1.0}
 
-    ts = {"superscript two": "²", "5,000 digits": "9" * 5000, "year 2100": str(YEAR_2100_MS),
-          "year 10000": str(END_EPOCH_MS), "empty": "", "negative": "-1"}
+    def event(name: str) -> dict:
+        return {
+            "event_id": f"hostile/{name}",
+            "video_id": "HOSTILE",
+            "event_type": "departed",
+            "event_time": format_time_us(now_us - 60_000_000),
+            "value": 1.0,
+        }
+
+    ts = {
+        "superscript two": "²",
+        "5,000 digits": "9" * 5000,
+        "year 2100": str(YEAR_2100_MS),
+        "year 10000": str(END_EPOCH_MS),
+        "empty": "",
+        "negative": "-1",
+    }
     messages = [(orjson.dumps(event(name)), {"ts": raw}) for name, raw in ts.items()]
     big = event("9.9 MB")
     padded = orjson.dumps({**big, "padding": ""})
@@ -386,9 +427,15 @@ def test_redelivery_storm_is_exact(tmp_path, pubsub_host, bigtable_host):
 
     d = Deployment(str(tmp_path))
     with pubsub_v1.SubscriberClient() as s:
-        s.update_subscription(request={
-            "subscription": {"name": f"projects/{PROJECT}/subscriptions/{d.subscription}", "ack_deadline_seconds": 10},
-            "update_mask": {"paths": ["ack_deadline_seconds"]}})
+        s.update_subscription(
+            request={
+                "subscription": {
+                    "name": f"projects/{PROJECT}/subscriptions/{d.subscription}",
+                    "ack_deadline_seconds": 10,
+                },
+                "update_mask": {"paths": ["ack_deadline_seconds"]},
+            }
+        )
     checkpoints = str(tmp_path / "checkpoints")
     job = d.start_job(*runner_flags("flink", checkpointing_interval_ms=30_000, checkpoint_dir=checkpoints))
     try:
@@ -405,9 +452,11 @@ def test_redelivery_storm_is_exact(tmp_path, pubsub_host, bigtable_host):
         assert mismatches == [], mismatches[:5]
         archived = sum(1 for _ in local_lines(f"{d.folder}/archive"))
         letters = _dead_letters(d.folder)
-        print(f"redelivery storm: {figures['published']} events published, {archived} copies read "
-              f"(factor {archived / len(events):.2f}), every aggregate equal {waited:.1f} s after publishing, "
-              f"dead letters {sorted({x.reason for x in letters})}")
+        print(
+            f"redelivery storm: {figures['published']} events published, {archived} copies read "
+            f"(factor {archived / len(events):.2f}), every aggregate equal {waited:.1f} s after publishing, "
+            f"dead letters {sorted({x.reason for x in letters})}"
+        )
         assert archived >= 2 * len(events), "every message should have been delivered twice or more"
         assert all(x.reason == "too_late" for x in letters)
         assert job.poll() is None

@@ -1,4 +1,4 @@
-"""The job's metrics while it runs on a Flink session cluster (``viewcounts.job_metrics``).
+"""The job's metrics while it runs on a Flink session cluster (``viewcounts.local.job_metrics``).
 
 The reading of Flink's REST answers (which metric is which, sums over subtasks and
 steps, the lowest usable watermark) is checked against a fake REST API. Then a streaming job at parallelism 2 on a 2-task-manager cluster with EXTERNAL Python workers
@@ -8,6 +8,7 @@ the source's counters, a finite watermark lag (small batches keep coming until e
 reader has pulled something) and the backlog. No timing is asserted: only that
 the figures exist and agree with what was published.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,9 @@ import pytest
 
 from pipelines.runners import runner_flags
 from tests.streaming_jobs import Deployment
-from viewcounts import replay
-from viewcounts.flink import FlinkCluster
-from viewcounts.job_metrics import flink_job_metrics
-
+from viewcounts.commands import replay
+from viewcounts.local.flink import FlinkCluster
+from viewcounts.local.job_metrics import flink_job_metrics
 
 PLAN = replay.ReplayPlan(duplicate_rate=0.05, fit_span_s=60, events_per_message=50)  # event times: the last minute
 
@@ -43,19 +43,25 @@ OP = "[11]{read_Pub__arrival_time__count_events}"  # operator names as Flink 1.1
 NOW_MS = int(time.time() * 1000)  # the fake's clock: the watermarks below are relative to it
 
 
-LONG_MIN, LONG_MAX = -2**63, 2**63 - 1
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
 
 
 def _fake(now_ms: int) -> dict:
     """vertex -> {metric id: per-subtask values}, with watermarks 9 s and 4 s behind ``now_ms``
     where the stream flows; the source's own input (the reader elements) has ended."""
     return {
-        "src": {f"{OP}.viewcounts_messages_pulled": [30, 12], f"{OP}.viewcounts_events_in": [2900, 1100],
-                f"{OP}.viewcounts_oldest_unacked_age_ms": [1500, 4000], "currentInputWatermark": [LONG_MAX, LONG_MAX],
-                f"{OP}.numRecordsIn": [1, 1]},
-        "agg": {"[8]{count_events}.viewcounts_events_in": [7, 0],  # another step reporting the same counter
-                "[8]{count_events}.viewcounts_dead_letters_bad_json": [2, 1],
-                "currentInputWatermark": [now_ms - 9000, now_ms - 4000]},
+        "src": {
+            f"{OP}.viewcounts_messages_pulled": [30, 12],
+            f"{OP}.viewcounts_events_in": [2900, 1100],
+            f"{OP}.viewcounts_oldest_unacked_age_ms": [1500, 4000],
+            "currentInputWatermark": [LONG_MAX, LONG_MAX],
+            f"{OP}.numRecordsIn": [1, 1],
+        },
+        "agg": {
+            "[8]{count_events}.viewcounts_events_in": [7, 0],  # another step reporting the same counter
+            "[8]{count_events}.viewcounts_dead_letters_bad_json": [2, 1],
+            "currentInputWatermark": [now_ms - 9000, now_ms - 4000],
+        },
         "done": {"currentInputWatermark": [9223371950454775, 9223371950454775]},  # a finished branch: end of time
     }
 
@@ -70,8 +76,10 @@ class _FakeFlink(BaseHTTPRequestHandler):
         if parts == ["jobs", "j1"]:
             body = {"vertices": [{"id": v, "name": v, "parallelism": 2} for v in FAKE]}
         elif len(parts) == 5 and parts[:2] == ["jobs", "j1"] and parts[4] == "watermarks":
-            body = [{"id": f"{i}.currentInputWatermark", "value": str(w)}
-                    for i, w in enumerate(FAKE[parts[3]].get("currentInputWatermark", []))]
+            body = [
+                {"id": f"{i}.currentInputWatermark", "value": str(w)}
+                for i, w in enumerate(FAKE[parts[3]].get("currentInputWatermark", []))
+            ]
         elif len(parts) == 6 and parts[:2] == ["jobs", "j1"] and parts[4:] == ["subtasks", "metrics"]:
             metrics = FAKE[parts[3]]
             q = urllib.parse.parse_qs(url.query)
@@ -134,8 +142,15 @@ def test_counters_watermark_lag_and_backlog_are_readable_while_the_job_runs(tmp_
     # the cluster starts after the emulators: its worker pool hands their addresses to the workers
     with FlinkCluster(task_managers=2, task_slots=2) as cluster:
         d = Deployment(str(tmp_path))
-        job = d.start_job(*runner_flags("flink", flink_master=cluster.master, parallelism=2,
-                                        worker_pool=cluster.worker_pool, checkpoint_dir=str(tmp_path / "chk")))
+        job = d.start_job(
+            *runner_flags(
+                "flink",
+                flink_master=cluster.master,
+                parallelism=2,
+                worker_pool=cluster.worker_pool,
+                checkpoint_dir=str(tmp_path / "chk"),
+            )
+        )
         try:
             job_id = cluster.wait_for_running(timeout_s=180)[0]
             events = replay.plan_events(replay.read_source("flights", 2000), PLAN, time.time_ns() // 1000)
@@ -152,8 +167,11 @@ def test_counters_watermark_lag_and_backlog_are_readable_while_the_job_runs(tmp_
 
             def counted(m):
                 c = m["counters"]
-                return (c.get("events_in", 0) >= len(events) and c.get("aggregates_written", 0) > 0
-                        and m["watermark_lag_s"] is not None)
+                return (
+                    c.get("events_in", 0) >= len(events)
+                    and c.get("aggregates_written", 0) > 0
+                    and m["watermark_lag_s"] is not None
+                )
 
             m = _poll(read, counted, 300, "the counters to reach what was published and a watermark lag")
             assert cluster.job_status(job_id) == "RUNNING"  # read while it runs, not from a result

@@ -7,12 +7,13 @@ where it is recorded: one pane shard key is driven directly, its timers Beam's o
 ``RuntimeTimer`` (which records each ``set`` and ``clear``) and its state in memory, the
 watermark timer fired as a runner would (at its time, once the watermark passes it).
 """
+
 import inspect
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from apache_beam.transforms.userstate import RuntimeTimer
 from apache_beam.utils.timestamp import Timestamp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.event import US_PER_S, parse_event_time
 from schemas.storage import Aggregate
@@ -41,21 +42,30 @@ class PaneShard:
 
     def __init__(self):
         self.fn = FirePanes(600, 30)
-        self.state = {"bag": Cell(bag=True), "panes": Cell(), "version": Cell(), "first_unfired": Cell(),
-                      "dropped_hours": Cell()}
+        self.state = {
+            "bag": Cell(bag=True),
+            "panes": Cell(),
+            "version": Cell(),
+            "first_unfired": Cell(),
+            "dropped_hours": Cell(),
+        }
         self.window_end, self.early = RuntimeTimer(), RuntimeTimer()
 
     def add(self, minute_s: int, arrival_us: int) -> None:
         partials = {("V1", "view"): Aggregate(1, 0, 0.0, None, None)}
-        _call(self.fn.process, (1, (arrival_us, {minute_s: partials})), window_end=self.window_end,
-              early=self.early, **self.state)
+        _call(
+            self.fn.process,
+            (1, (arrival_us, {minute_s: partials})),
+            window_end=self.window_end,
+            early=self.early,
+            **self.state,
+        )
 
     def advance_watermark(self, to_us: int) -> None:
         """Fire the watermark timer for as long as it is due at ``to_us``."""
         while (at := _pending(self.window_end)) is not None and at.micros <= to_us:
             self.window_end.clear()
-            _call(self.fn.on_window_end, key=1, fired=at, window_end=self.window_end, early=self.early,
-                  **self.state)
+            _call(self.fn.on_window_end, key=1, fired=at, window_end=self.window_end, early=self.early, **self.state)
 
     def waiting_windows(self) -> int:
         """Open windows whose on-time pane has not fired."""
@@ -63,9 +73,14 @@ class PaneShard:
         return 0 if shard is None else sum(not w.on_time_fired for w in shard.windows.values())
 
 
-steps = st.lists(st.one_of(
-    st.tuples(st.just("add"), st.integers(0, 180), st.integers(0, 400)),  # event minute, arrival s after T0
-    st.tuples(st.just("watermark"), st.integers(0, 240 * 60))), min_size=1, max_size=25)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 180), st.integers(0, 400)),  # event minute, arrival s after T0
+        st.tuples(st.just("watermark"), st.integers(0, 240 * 60)),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
 
 @settings(max_examples=150, deadline=None)

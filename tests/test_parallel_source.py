@@ -1,6 +1,7 @@
 """Source readers and source metrics of ``transforms.pubsub_io`` without a runner (issue 13):
 how many readers a job gets, and what one worker's readers report as
 ``messages_pulled``, ``messages_acked`` and ``oldest_unacked_age_ms``."""
+
 from __future__ import annotations
 
 import time

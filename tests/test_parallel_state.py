@@ -6,6 +6,7 @@ module's ``_IDS``/``_WINDOWS`` swapped), a "restore" puts the state back to a sn
 The old scheme (a counter bumped after each write) is run through the same steps to show
 the hazard the random tokens of ``transforms.state_values`` close.
 """
+
 import copy
 
 import orjson
@@ -59,8 +60,16 @@ def scheme(request, monkeypatch):
 
 
 def _event(eid, offset_s=0):
-    (ev,), rejected, _ = parse_payload(orjson.dumps({"event_id": eid, "video_id": "V1", "event_type": "view",
-                                               "event_time": format_time_us(T0_US + offset_s * US_PER_S)}))
+    (ev,), rejected, _ = parse_payload(
+        orjson.dumps(
+            {
+                "event_id": eid,
+                "video_id": "V1",
+                "event_type": "view",
+                "event_time": format_time_us(T0_US + offset_s * US_PER_S),
+            }
+        )
+    )
     return ev
 
 
@@ -74,8 +83,9 @@ class DedupKey:
 
     def send(self, *events) -> list[str]:
         """The ids accepted from one chunk."""
-        out = self.fn.process((KEY, (T0_US, list(events))), timestamp=Timestamp(micros=T0_US),
-                              expiry=Cell(), rung=Cell(), **self.state)
+        out = self.fn.process(
+            (KEY, (T0_US, list(events))), timestamp=Timestamp(micros=T0_US), expiry=Cell(), rung=Cell(), **self.state
+        )
         return [ev.event_id for o in out for ev in o.value[1]]
 
     def snapshot(self):
@@ -114,8 +124,9 @@ def test_a_bundle_that_fails_after_changing_the_view_leaves_no_stale_view(monkey
     key = DedupKey()
     key.send(_event("e0"))
     committed = key.snapshot()
-    out = key.fn.process((KEY, (T0_US, [_event("e1")])), timestamp=Timestamp(micros=T0_US),
-                         expiry=Cell(), rung=Cell(), **key.state)
+    out = key.fn.process(
+        (KEY, (T0_US, [_event("e1")])), timestamp=Timestamp(micros=T0_US), expiry=Cell(), rung=Cell(), **key.state
+    )
     next(out)  # the accepted chunk goes downstream, which fails
     with pytest.raises(RuntimeError):
         out.throw(RuntimeError("downstream failed"))
@@ -135,13 +146,19 @@ class PaneKey:
 
     def __init__(self):
         self.fn = FirePanes(600, 30)
-        self.state = {"bag": Cell(bag=True), "panes": Cell(), "version": Cell(), "first_unfired": Cell(),
-                      "dropped_hours": Cell()}
+        self.state = {
+            "bag": Cell(bag=True),
+            "panes": Cell(),
+            "version": Cell(),
+            "first_unfired": Cell(),
+            "dropped_hours": Cell(),
+        }
 
     def add(self, minute_s, count, arrival_us):
         partials = {("V1", "view"): Aggregate(count, 0, 0.0, None, None)}
-        return list(self.fn.process((1, (arrival_us, {minute_s: partials})), window_end=Cell(), early=Cell(),
-                                    **self.state))
+        return list(
+            self.fn.process((1, (arrival_us, {minute_s: partials})), window_end=Cell(), early=Cell(), **self.state)
+        )
 
     def early(self):
         return [r for rows in self.fn.on_early(key=1, **self.state) if isinstance(rows, list) for r in rows]

@@ -1,6 +1,7 @@
 """Parquet archive (schemas.parquet_archive) and its compaction (pipelines.compact), on local
 folders: generated archives with duplicates, re-stamped copies, odd extra fields, late files
 and damaged lines; the DuckDB recipe against the independent polars model."""
+
 from __future__ import annotations
 
 import os
@@ -17,19 +18,35 @@ from hypothesis import strategies as st
 from pipelines.compact import CLOSE_MARGIN_S, archive_hours, closed_hours, compact
 from schemas.archive import ARCHIVE_WINDOW_S, file_name, hour_folder, hour_of_us
 from schemas.event import US_PER_S, _loads, format_time_us, parse_payload
-from schemas.parquet_archive import (DUCKDB_HOURLY_SQL, KNOWN_FIELDS, PART_NAME, SCHEMA, STAGING_FOLDER,
-                                     hour_columns, hour_part_path, hour_payloads, part_sources, range_payloads,
-                                     read_part)
-from viewcounts.reconcile import expected_aggregates, reconcile
+from schemas.parquet_archive import (
+    DUCKDB_HOURLY_SQL,
+    KNOWN_FIELDS,
+    PART_NAME,
+    SCHEMA,
+    STAGING_FOLDER,
+    hour_columns,
+    hour_part_path,
+    hour_payloads,
+    part_sources,
+    range_payloads,
+    read_part,
+)
+from viewcounts.commands.reconcile import expected_aggregates, reconcile
 
 T0_US = 1_715_680_800 * US_PER_S  # 2024-05-14T10:00:00Z
 NOW_S = 2_000_000_000  # every generated hour is long closed
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-_json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
-                          st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8))
-_extra_values = st.recursive(_json_scalars, lambda c: st.lists(c, max_size=3)
-                             | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=6)
+_json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+_extra_values = st.recursive(
+    _json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=6
+)
 
 
 @st.composite
@@ -37,9 +54,11 @@ def _copy(draw):
     """One archived line: an event object as bytes (unknown fields, several time spellings,
     sometimes a number beyond the float range that only the standard library reads)."""
     time_us = T0_US + draw(st.integers(0, 3 * ARCHIVE_WINDOW_S * US_PER_S - 1))
-    obj = {"event_id": draw(st.sampled_from(["e0", "e1", "e2", "e3", "é/#4", "e5"])),
-           "video_id": draw(st.sampled_from(["v1", "v2", "ü\u2028v"])),
-           "event_type": draw(st.sampled_from(["view", "like"]))}
+    obj = {
+        "event_id": draw(st.sampled_from(["e0", "e1", "e2", "e3", "é/#4", "e5"])),
+        "video_id": draw(st.sampled_from(["v1", "v2", "ü\u2028v"])),
+        "event_type": draw(st.sampled_from(["view", "like"])),
+    }
     spelling = draw(st.sampled_from(["utc", "offset", "ms"]))
     if spelling == "ms":
         time_us -= time_us % 1000
@@ -48,12 +67,18 @@ def _copy(draw):
         obj["event_time"] = format_time_us(time_us + 2 * 3600 * US_PER_S)[:-1] + "+02:00"
     else:
         obj["event_time"] = format_time_us(time_us)
-    value = draw(st.one_of(st.just("absent"), st.none(), st.integers(-10**15, 10**15),
-                           st.floats(-1e15, 1e15, allow_nan=False)))
+    value = draw(
+        st.one_of(st.just("absent"), st.none(), st.integers(-(10**15), 10**15), st.floats(-1e15, 1e15, allow_nan=False))
+    )
     if value != "absent":
         obj["value"] = value
-    obj.update(draw(st.dictionaries(st.text(min_size=1, max_size=5).filter(lambda k: k not in KNOWN_FIELDS),
-                                    _extra_values, max_size=3)))
+    obj.update(
+        draw(
+            st.dictionaries(
+                st.text(min_size=1, max_size=5).filter(lambda k: k not in KNOWN_FIELDS), _extra_values, max_size=3
+            )
+        )
+    )
     line = orjson.dumps(obj)
     if draw(st.booleans()) and draw(st.booleans()):
         line = line[:-1] + b',"huge":1e400}'
@@ -61,9 +86,11 @@ def _copy(draw):
 
 
 # A file: (written_ms offset, run id, copies); several files may share a written time.
-_files = st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["aa01", "bb02"]), st.lists(_copy(), min_size=1,
-                                                                                           max_size=6)),
-                  min_size=1, max_size=6)
+_files = st.lists(
+    st.tuples(st.integers(0, 5), st.sampled_from(["aa01", "bb02"]), st.lists(_copy(), min_size=1, max_size=6)),
+    min_size=1,
+    max_size=6,
+)
 
 
 def _write_archive(root: str, files, first: int = 0) -> list[tuple[tuple, bytes]]:
@@ -116,7 +143,8 @@ def test_compacted_hours_keep_the_first_copy_in_archive_order_and_read_back_exac
             assert all(_same_event(p, line) for (p, _), (_, line) in zip(got, firsts))
             c = hour_columns(f"{tmp}/parquet", hour_s)
             assert list(zip(c["event_id"], c["video_id"], c["event_type"], c["time_us"], c["value"])) == [
-                tuple(parse_payload(p)[0][0][:5]) for p, _ in got]
+                tuple(parse_payload(p)[0][0][:5]) for p, _ in got
+            ]
             assert list(zip(c["written_ms"], c["source_file"], c["line"])) == [key for _, key in got]
             assert pq.ParquetFile(hour_part_path(f"{tmp}/parquet", hour_s)).schema_arrow.remove_metadata() == SCHEMA
 
@@ -154,8 +182,11 @@ def test_a_rerun_rewrites_nothing_and_a_purged_raw_hour_keeps_its_part(tmp_path)
     assert [key for _, key in hour_payloads(f"{tmp_path}/pq", T0_US // US_PER_S)] == [archived[0][0]]
 
 
-@given(hour=st.integers(0, 10**6).map(lambda h: h * ARCHIVE_WINDOW_S), lateness=st.integers(0, 7200),
-       now_after_end=st.integers(-3 * ARCHIVE_WINDOW_S, 3 * ARCHIVE_WINDOW_S))
+@given(
+    hour=st.integers(0, 10**6).map(lambda h: h * ARCHIVE_WINDOW_S),
+    lateness=st.integers(0, 7200),
+    now_after_end=st.integers(-3 * ARCHIVE_WINDOW_S, 3 * ARCHIVE_WINDOW_S),
+)
 def test_an_hour_is_compacted_only_once_closed(hour, lateness, now_after_end):
     now = hour + ARCHIVE_WINDOW_S + now_after_end
     assert (closed_hours([hour], now, lateness) == [hour]) == (now_after_end >= lateness + CLOSE_MARGIN_S)
@@ -174,8 +205,19 @@ def test_open_hours_wait_and_damaged_lines_are_skipped_and_counted(tmp_path):
 
 
 def test_a_killed_run_leaves_only_a_staging_file_that_no_reader_sees(tmp_path):
-    files = [(0, "aa01", [(T0_US, b'{"event_id":"a","video_id":"v","event_type":"view","event_time":'
-                                  b'"2024-05-14T10:00:00Z","value":2}')])]
+    files = [
+        (
+            0,
+            "aa01",
+            [
+                (
+                    T0_US,
+                    b'{"event_id":"a","video_id":"v","event_type":"view","event_time":'
+                    b'"2024-05-14T10:00:00Z","value":2}',
+                )
+            ],
+        )
+    ]
     _write_archive(f"{tmp_path}/archive", files)
     compact(f"{tmp_path}/archive", f"{tmp_path}/pq", NOW_S)
     os.makedirs(f"{tmp_path}/pq/{STAGING_FOLDER}", exist_ok=True)
@@ -197,26 +239,50 @@ def test_duckdb_recipe_equals_the_independent_model(files):
         with open(f"{tmp}/manifest.jsonl", "wb") as f:  # archive order, times as RFC 3339 for polars
             for _, line in sorted(archived):
                 e = parse_payload(line)[0][0]
-                f.write(orjson.dumps({"event_id": e.event_id, "video_id": e.video_id, "event_type": e.event_type,
-                                      "event_time": format_time_us(e.time_us), "value": e.value}) + b"\n")
+                f.write(
+                    orjson.dumps(
+                        {
+                            "event_id": e.event_id,
+                            "video_id": e.video_id,
+                            "event_type": e.event_type,
+                            "event_time": format_time_us(e.time_us),
+                            "value": e.value,
+                        }
+                    )
+                    + b"\n"
+                )
         expected = {k: v for k, v in expected_aggregates(f"{tmp}/manifest.jsonl").items() if k[2] == "hour"}
         stored = {}
         for video, etype, day, hour, count, value_count, total, lo, hi in duckdb.sql(
-                DUCKDB_HOURLY_SQL.format(root=f"{tmp}/pq")).fetchall():
+            DUCKDB_HOURLY_SQL.format(root=f"{tmp}/pq")
+        ).fetchall():
             start_s = (day.toordinal() - 719163) * 86400 + hour * 3600
             stored[(video, etype, "hour", start_s)] = (count, value_count, float(total or 0.0), lo, hi)
         assert reconcile(expected, stored) == []
 
 
 def test_range_payloads_reads_the_hours_of_a_range_in_order(tmp_path):
-    lines = [(T0_US + h * ARCHIVE_WINDOW_S * US_PER_S, orjson.dumps(
-        {"event_id": f"e{h}", "video_id": "v", "event_type": "view",
-         "event_time": format_time_us(T0_US + h * ARCHIVE_WINDOW_S * US_PER_S)})) for h in range(3)]
+    lines = [
+        (
+            T0_US + h * ARCHIVE_WINDOW_S * US_PER_S,
+            orjson.dumps(
+                {
+                    "event_id": f"e{h}",
+                    "video_id": "v",
+                    "event_type": "view",
+                    "event_time": format_time_us(T0_US + h * ARCHIVE_WINDOW_S * US_PER_S),
+                }
+            ),
+        )
+        for h in range(3)
+    ]
     _write_archive(f"{tmp_path}/archive", [(0, "aa01", lines)])
     compact(f"{tmp_path}/archive", f"{tmp_path}/pq", NOW_S)
     start = T0_US // US_PER_S
-    got = [orjson.loads(p)["event_id"] for p, _ in range_payloads(f"{tmp_path}/pq", start + 1,
-                                                                  start + 2 * ARCHIVE_WINDOW_S + 1)]
+    got = [
+        orjson.loads(p)["event_id"]
+        for p, _ in range_payloads(f"{tmp_path}/pq", start + 1, start + 2 * ARCHIVE_WINDOW_S + 1)
+    ]
     assert got == ["e0", "e1", "e2"]
 
 
@@ -254,13 +320,16 @@ def _upload(local_root: str, gs_root: str) -> None:
 
     for folder, _, names in os.walk(local_root):
         for name in names:
-            with open(f"{folder}/{name}", "rb") as src, FileSystems.create(
-                    f"{gs_root}/{os.path.relpath(f'{folder}/{name}', local_root)}") as dst:
+            with (
+                open(f"{folder}/{name}", "rb") as src,
+                FileSystems.create(f"{gs_root}/{os.path.relpath(f'{folder}/{name}', local_root)}") as dst,
+            ):
                 dst.write(src.read())
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(files=_files, split=st.integers(0, 6))
 def test_compaction_on_gcs_equals_compaction_on_local_folders(gcs_bucket, files, split):
     """The same archive on GCS and on disk, late files included, gives the same parts; the
@@ -291,15 +360,44 @@ def test_the_command_compacts_only_the_hours_of_its_range_and_prints_a_summary(t
 
     from pipelines.compact import add_compact_args, compact_main
 
-    lines = [(T0_US + h * ARCHIVE_WINDOW_S * US_PER_S, orjson.dumps(
-        {"event_id": f"e{h}", "video_id": "v", "event_type": "view",
-         "event_time": format_time_us(T0_US + h * ARCHIVE_WINDOW_S * US_PER_S)})) for h in range(3)]
+    lines = [
+        (
+            T0_US + h * ARCHIVE_WINDOW_S * US_PER_S,
+            orjson.dumps(
+                {
+                    "event_id": f"e{h}",
+                    "video_id": "v",
+                    "event_type": "view",
+                    "event_time": format_time_us(T0_US + h * ARCHIVE_WINDOW_S * US_PER_S),
+                }
+            ),
+        )
+        for h in range(3)
+    ]
     _write_archive(f"{tmp_path}/archive", [(0, "aa01", lines)])
     p = argparse.ArgumentParser()
     add_compact_args(p)
-    assert compact_main(p.parse_args(["--archive-path", f"{tmp_path}/archive", "--parquet-path", f"{tmp_path}/pq",
-                                      "--start", "2024-05-14T11:30:00Z", "--end", "2024-05-14T12:00:00Z"])) == 0
+    assert (
+        compact_main(
+            p.parse_args(
+                [
+                    "--archive-path",
+                    f"{tmp_path}/archive",
+                    "--parquet-path",
+                    f"{tmp_path}/pq",
+                    "--start",
+                    "2024-05-14T11:30:00Z",
+                    "--end",
+                    "2024-05-14T12:00:00Z",
+                ]
+            )
+        )
+        == 0
+    )
     summary = orjson.loads(capsys.readouterr().out)
     assert (summary["closed_hours"], summary["rows"], [h["hour"] for h in summary["hours"]]) == (
-        1, 1, ["2024-05-14T11:00:00Z"])
+        1,
+        1,
+        ["2024-05-14T11:00:00Z"],
+    )
     assert sorted(os.listdir(f"{tmp_path}/pq/dt=2024-05-14")) == ["hour=11"]

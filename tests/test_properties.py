@@ -8,6 +8,7 @@ must equal a reference model of SPEC.md sections 2-3, and must not depend on how
 events are batched into messages. Events are kept at least 10 s away from the
 ``too_late`` boundary, where SPEC lets the product's watermark view decide either way.
 """
+
 import math
 from collections import Counter, defaultdict
 
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from schemas.event import US_PER_S, format_time_us, parse_event_time
-from viewcounts.scenario import run_case
+from viewcounts.commands.scenario import run_case
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 START = "2024-05-14T10:00:00Z"
@@ -55,10 +56,12 @@ def streams(draw):
                 boundary = wm_us - LATENESS_S * US_PER_S
                 if abs(t - boundary) < 10 * US_PER_S:
                     t = boundary + 20 * US_PER_S
-                e = {"event_id": f"e{len(known)}",
-                     "video_id": draw(st.sampled_from(["V1", "V2", "V1#x", "é"])),
-                     "event_type": draw(st.sampled_from(["view", "watch"])),
-                     "event_time": format_time_us(t)}
+                e = {
+                    "event_id": f"e{len(known)}",
+                    "video_id": draw(st.sampled_from(["V1", "V2", "V1#x", "é"])),
+                    "event_type": draw(st.sampled_from(["view", "watch"])),
+                    "event_time": format_time_us(t),
+                }
                 value = draw(st.one_of(st.none(), st.integers(-50, 50), st.floats(-1e3, 1e3, allow_nan=False)))
                 if value is not None:
                     e["value"] = value
@@ -78,9 +81,13 @@ def _case(steps, per_message):
         elif per_message == 1:
             out.append({"publish": arg})
         else:
-            out.append({"publish": [arg[i:i + per_message] for i in range(0, len(arg), per_message)]})
-    return {"name": "property", "start": START, "steps": out,
-            "config": {"allowed_lateness_s": LATENESS_S, "max_future_skew_s": SKEW_S, "early_firing_s": 30}}
+            out.append({"publish": [arg[i : i + per_message] for i in range(0, len(arg), per_message)]})
+    return {
+        "name": "property",
+        "start": START,
+        "steps": out,
+        "config": {"allowed_lateness_s": LATENESS_S, "max_future_skew_s": SKEW_S, "early_firing_s": 30},
+    }
 
 
 def model(steps):
@@ -121,8 +128,16 @@ def model(steps):
 
 
 def _stored(result):
-    return {(r["video_id"], r["event_type"], r["granularity"], parse_event_time(r["window_start"]) // US_PER_S):
-            (r["count"], r["value_count"], r["sum"], r["min"], r["max"]) for r in result["rows"]}
+    return {
+        (r["video_id"], r["event_type"], r["granularity"], parse_event_time(r["window_start"]) // US_PER_S): (
+            r["count"],
+            r["value_count"],
+            r["sum"],
+            r["min"],
+            r["max"],
+        )
+        for r in result["rows"]
+    }
 
 
 def _diff(got, want):
@@ -130,9 +145,14 @@ def _diff(got, want):
     out = {}
     for k in got.keys() | want.keys():
         g, w = got.get(k), want.get(k)
-        if g is None or w is None or any(
+        if (
+            g is None
+            or w is None
+            or any(
                 (x is None) != (y is None) or (x is not None and not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9))
-                for x, y in zip(g, w)):
+                for x, y in zip(g, w)
+            )
+        ):
             out[k] = {"stored": g, "model": w}
     return out
 
@@ -144,8 +164,13 @@ def _check_against_the_model(steps, runner="local", parallelism=1):
     batched = run_case(_case(steps, 4), runner, parallelism)
     assert _diff(_stored(one_per_message), want_rows) == {}
     assert _diff(_stored(batched), want_rows) == {}
-    for name in ("events_in", "events_accepted", "duplicates_dropped", "dead_letters_too_late",
-                 "dead_letters_future_timestamp"):
+    for name in (
+        "events_in",
+        "events_accepted",
+        "duplicates_dropped",
+        "dead_letters_too_late",
+        "dead_letters_future_timestamp",
+    ):
         assert one_per_message["metrics"].get(name, 0) == want_metrics[name], name
         assert batched["metrics"].get(name, 0) == want_metrics[name], name
     valid = want_metrics["events_in"] - want_metrics["dead_letters_future_timestamp"]
@@ -154,8 +179,12 @@ def _check_against_the_model(steps, runner="local", parallelism=1):
 
 # Each example runs two pipelines (~3 s each locally, ~15 s each on Flink); no shrinking
 # phase, which would run hundreds.
-_EXAMPLES = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                 phases=[Phase.explicit, Phase.reuse, Phase.generate])
+_EXAMPLES = dict(
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
 
 
 @settings(max_examples=12, **_EXAMPLES)

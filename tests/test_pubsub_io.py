@@ -2,6 +2,7 @@
 Prism and on an embedded Flink: every published message is read, stamped with the watermark
 it was pulled at (which follows the timestamp attribute), and what the sink publishes arrives
 with its attributes."""
+
 from __future__ import annotations
 
 import os
@@ -16,9 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.runners import flink_default_max_parallelism, flink_key_group, runner_flags
-from transforms.pubsub_io import (PullWatermark, ReadFromPubSubPortable, WriteToPubSubPortable, message_timestamp_us,
-                                  reader_elements, subscription_of)
-from viewcounts import provision, replay
+from transforms.pubsub_io import (
+    PullWatermark,
+    ReadFromPubSubPortable,
+    WriteToPubSubPortable,
+    message_timestamp_us,
+    reader_elements,
+    subscription_of,
+)
+from viewcounts.commands import replay
+from viewcounts.local import provision
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulator]
 PROJECT = "test-project"
@@ -43,8 +51,9 @@ def _read(path: str) -> list:
         return [orjson.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("runner", [pytest.param("prism", marks=pytest.mark.prism),
-                                    pytest.param("flink", marks=pytest.mark.flink)])
+@pytest.mark.parametrize(
+    "runner", [pytest.param("prism", marks=pytest.mark.prism), pytest.param("flink", marks=pytest.mark.flink)]
+)
 def test_every_message_is_read_stamped_with_the_watermark_and_republished(runner, tmp_path, pubsub_host):
     name = uuid.uuid4().hex[:8]
     provision.create_topic_and_subscription(PROJECT, f"in-{name}", f"in-{name}-sub")
@@ -53,14 +62,23 @@ def test_every_message_is_read_stamped_with_the_watermark_and_republished(runner
     options = PipelineOptions(runner_flags(runner))
     options.view_as(StandardOptions).streaming = True
     pipeline = beam.Pipeline(options=options)
-    (pipeline
-     | ReadFromPubSubPortable(f"projects/{PROJECT}/subscriptions/in-{name}-sub", "ts")
-     | beam.ParDo(_Record(seen))
-     | WriteToPubSubPortable(f"projects/{PROJECT}/topics/out-{name}"))
+    (
+        pipeline
+        | ReadFromPubSubPortable(f"projects/{PROJECT}/subscriptions/in-{name}-sub", "ts")
+        | beam.ParDo(_Record(seen))
+        | WriteToPubSubPortable(f"projects/{PROJECT}/topics/out-{name}")
+    )
     result = pipeline.run()
     try:
-        events = [{"event_id": f"e{i}", "video_id": "v", "event_type": "view",
-                   "event_time": f"2013-01-01T{i // 60:02d}:{i % 60:02d}:00.5Z"} for i in range(200)]
+        events = [
+            {
+                "event_id": f"e{i}",
+                "video_id": "v",
+                "event_type": "view",
+                "event_time": f"2013-01-01T{i // 60:02d}:{i % 60:02d}:00.5Z",
+            }
+            for i in range(200)
+        ]
         plan = replay.ReplayPlan(time_mode="real", events_per_message=10)
         replay.publish(events, PROJECT, f"in-{name}", plan, None, progress=False)
         deadline = time.monotonic() + 180
@@ -134,9 +152,18 @@ def test_readers_fall_in_their_own_share_of_flink_key_groups(readers):
         reader_elements(sub, 129, flink_key_group, 128)
 
 
-@given(st.integers(1, 40), st.integers(1, 40), st.sampled_from([128, 256]),
-       st.sampled_from(["projects/viewcounts-local/subscriptions/viewcounts-events-sub",
-                        "projects/test-project/subscriptions/events-sub", "projects/p/subscriptions/x"]))
+@given(
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.sampled_from([128, 256]),
+    st.sampled_from(
+        [
+            "projects/viewcounts-local/subscriptions/viewcounts-events-sub",
+            "projects/test-project/subscriptions/events-sub",
+            "projects/p/subscriptions/x",
+        ]
+    ),
+)
 @settings(max_examples=150, deadline=None)
 def test_readers_spread_evenly_whenever_one_count_divides_the_other(readers, parallelism, max_parallelism, sub):
     """Flink gives key group ``g`` to subtask ``g * p // m``: with readers a multiple of the
@@ -153,8 +180,16 @@ def test_readers_spread_evenly_whenever_one_count_divides_the_other(readers, par
 
 
 def test_flink_default_max_parallelism_is_flinks():
-    assert [flink_default_max_parallelism(p) for p in (1, 2, 85, 86, 100, 171, 172, 30000)] == \
-        [128, 128, 128, 256, 256, 256, 512, 32768]
+    assert [flink_default_max_parallelism(p) for p in (1, 2, 85, 86, 100, 171, 172, 30000)] == [
+        128,
+        128,
+        128,
+        256,
+        256,
+        256,
+        512,
+        32768,
+    ]
 
 
 @pytest.mark.flink
@@ -173,10 +208,12 @@ def test_flink_key_group_is_the_job_servers(tmp_path):
         "import org.apache.beam.sdk.coders.StringUtf8Coder;\n"
         "import org.apache.flink.runtime.state.KeyGroupRangeAssignment;\n"
         "public class K { public static void main(String[] a) { for (String s : a) System.out.println("
-        "KeyGroupRangeAssignment.assignToKeyGroup(FlinkKey.of(s, StringUtf8Coder.of()), 128)); } }\n")
+        "KeyGroupRangeAssignment.assignToKeyGroup(FlinkKey.of(s, StringUtf8Coder.of()), 128)); } }\n"
+    )
     cp = ":".join(str(p) for p in sorted((FLINK_JOB_SERVER_JAR.parent / "lib").glob("*.jar")))
     subprocess.run(["javac", "-cp", cp, "K.java"], cwd=tmp_path, check=True, timeout=120)
     elements = reader_elements("projects/p/subscriptions/" + "x" * 200, 4, flink_key_group, 128) + ["", "é" * 70, "abc"]
-    out = subprocess.run(["java", "-cp", f"{cp}:{tmp_path}", "K", *elements], capture_output=True, text=True,
-                         check=True, timeout=120).stdout.split()
+    out = subprocess.run(
+        ["java", "-cp", f"{cp}:{tmp_path}", "K", *elements], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
     assert [int(x) for x in out] == [flink_key_group(e) for e in elements]

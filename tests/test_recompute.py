@@ -1,6 +1,6 @@
 """The linear batch recompute (issue 14; ``transforms/batch_count.py``, ``pipelines/batch_recompute.py``).
 
-* The batch function against an independent model (``viewcounts.reconcile``'s polars computation): for any
+* The batch function against an independent model (``viewcounts.commands.reconcile``'s polars computation): for any
   split of the events into files, shards and batches, any delivery order, exact duplicates
   and re-stamped copies (another time, entity, value, hour), the stored aggregates are those
   of the copy first in archive order (written time, file name, line) of each ``event_id``.
@@ -9,6 +9,7 @@
 * Linearity without timing: every stage's element count and the ids one dedup shard holds are
   bounded by the events read, whatever the span of event time (1 day or 30 days).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ import random
 import tempfile
 
 import orjson
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,22 +24,31 @@ from schemas.archive import file_name, hour_folder
 from schemas.event import US_PER_S, format_time_us
 from transforms.batch_count import EventBatch, MergeMinutePartials, first_copies, fold_minutes, rows_of
 from transforms.validate import shard_of
-from viewcounts.reconcile import expected_aggregates, reconcile
+from viewcounts.commands.reconcile import expected_aggregates, reconcile
 
 H0 = 1_715_680_800  # 2024-05-14T10:00:00Z
 
 
 def model(copies: list[dict]) -> dict[tuple, tuple]:
     """Independent of the pipeline: the copies sorted by ``(written_ms, file_name, line)``,
-    then ``viewcounts.reconcile.expected_aggregates`` (polars: the first copy of each
+    then ``viewcounts.commands.reconcile.expected_aggregates`` (polars: the first copy of each
     ``event_id``, count/value_count/sum/min/max per (video, type, minute or hour))."""
     if not copies:
         return {}
     with tempfile.NamedTemporaryFile(suffix=".jsonl") as manifest:
         for c in sorted(copies, key=lambda c: (c["written_ms"], c["file_name"], c["line"])):
-            manifest.write(orjson.dumps({"event_id": c["event_id"], "video_id": c["video_id"],
-                                         "event_type": c["event_type"], "event_time": format_time_us(c["t_us"]),
-                                         "value": c["value"]}) + b"\n")
+            manifest.write(
+                orjson.dumps(
+                    {
+                        "event_id": c["event_id"],
+                        "video_id": c["video_id"],
+                        "event_type": c["event_type"],
+                        "event_time": format_time_us(c["t_us"]),
+                        "value": c["value"],
+                    }
+                )
+                + b"\n"
+            )
         manifest.flush()
         return expected_aggregates(manifest.name)
 
@@ -62,10 +71,13 @@ def archives(draw):
     for _ in range(draw(st.integers(0, 60))):
         eid = f"e{draw(st.integers(0, n_ids - 1))}"
         if eid not in originals or draw(st.booleans()):
-            ev = {"event_id": eid, "video_id": draw(st.sampled_from(["V1", "V2", "x#%"])),
-                  "event_type": draw(st.sampled_from(["view", "like"])),
-                  "t_us": H0 * US_PER_S + draw(st.integers(0, 3 * 3600 * US_PER_S - 1)),
-                  "value": draw(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False).map(lambda v: round(v, 3))))}
+            ev = {
+                "event_id": eid,
+                "video_id": draw(st.sampled_from(["V1", "V2", "x#%"])),
+                "event_type": draw(st.sampled_from(["view", "like"])),
+                "t_us": H0 * US_PER_S + draw(st.integers(0, 3 * 3600 * US_PER_S - 1)),
+                "value": draw(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False).map(lambda v: round(v, 3)))),
+            }
             originals.setdefault(eid, ev)
         else:
             ev = originals[eid]
@@ -89,10 +101,18 @@ def _batches(copies: list[dict], shards: int, rnd: random.Random) -> dict[int, l
             while part:
                 k = rnd.randint(1, len(part))
                 chunk, part = part[:k], part[k:]
-                out.setdefault(shard, []).append(EventBatch(
-                    written_ms, name, [c["line"] for c in chunk], [c["event_id"] for c in chunk],
-                    [c["video_id"] for c in chunk], [c["event_type"] for c in chunk], [c["t_us"] for c in chunk],
-                    [c["value"] for c in chunk]))
+                out.setdefault(shard, []).append(
+                    EventBatch(
+                        written_ms,
+                        name,
+                        [c["line"] for c in chunk],
+                        [c["event_id"] for c in chunk],
+                        [c["video_id"] for c in chunk],
+                        [c["event_type"] for c in chunk],
+                        [c["t_us"] for c in chunk],
+                        [c["value"] for c in chunk],
+                    )
+                )
     return out
 
 
@@ -134,8 +154,12 @@ def write_archive(root: str, copies: list[dict], run_id: str = "0123456789") -> 
     files: dict[tuple, dict[int, bytes]] = {}
     for c in copies:
         hour_s = c["t_us"] // US_PER_S // 3600 * 3600
-        event = {"event_id": c["event_id"], "video_id": c["video_id"], "event_type": c["event_type"],
-                 "event_time": format_time_us(c["t_us"])}
+        event = {
+            "event_id": c["event_id"],
+            "video_id": c["video_id"],
+            "event_type": c["event_type"],
+            "event_time": format_time_us(c["t_us"]),
+        }
         if c["value"] is not None:
             event["value"] = c["value"]
         files.setdefault((c["written_ms"], c["file_name"], hour_s), {})[c["line"]] = orjson.dumps(event)
@@ -150,13 +174,19 @@ def write_archive(root: str, copies: list[dict], run_id: str = "0123456789") -> 
 def _recompute_rows(tmp_path, archive: str, start_s: int, end_s: int, *extra: str):
     """Run the recompute job on the FnApiRunner with ``--rows_path``; ``(rows, result)``."""
     from pipelines import batch_recompute
-    from viewcounts.recompute import read_row_files
+    from viewcounts.commands.recompute import read_row_files
 
     rows_path = tmp_path / f"rows-{len(os.listdir(tmp_path))}"
-    result = batch_recompute.build_pipeline([
-        f"--archive_path={archive}", f"--start={format_time_us(start_s * US_PER_S)}",
-        f"--end={format_time_us(end_s * US_PER_S)}", f"--rows_path={rows_path}",
-        f"--dead_letter_path={tmp_path / 'dead-letters'}", *extra]).run()
+    result = batch_recompute.build_pipeline(
+        [
+            f"--archive_path={archive}",
+            f"--start={format_time_us(start_s * US_PER_S)}",
+            f"--end={format_time_us(end_s * US_PER_S)}",
+            f"--rows_path={rows_path}",
+            f"--dead_letter_path={tmp_path / 'dead-letters'}",
+            *extra,
+        ]
+    ).run()
     result.wait_until_finish()
     return read_row_files(str(rows_path)), result
 
@@ -167,10 +197,21 @@ def test_the_job_over_archive_files_takes_the_first_copy_in_archive_order(tmp_pa
     rnd = random.Random(5)
     copies = []
     for i in range(400):
-        ev = {"event_id": f"e{i % 300}", "video_id": f"V{rnd.randrange(4)}", "event_type": "view",
-              "t_us": H0 * US_PER_S + rnd.randrange(3 * 3600 * US_PER_S), "value": rnd.choice([None, 1.5, -2.0])}
-        copies.append({**ev, "written_ms": 1_700_000_000_000 + rnd.randrange(5) * 1000,
-                       "file_name": f"f{rnd.randrange(3)}", "line": i + 1})
+        ev = {
+            "event_id": f"e{i % 300}",
+            "video_id": f"V{rnd.randrange(4)}",
+            "event_type": "view",
+            "t_us": H0 * US_PER_S + rnd.randrange(3 * 3600 * US_PER_S),
+            "value": rnd.choice([None, 1.5, -2.0]),
+        }
+        copies.append(
+            {
+                **ev,
+                "written_ms": 1_700_000_000_000 + rnd.randrange(5) * 1000,
+                "file_name": f"f{rnd.randrange(3)}",
+                "line": i + 1,
+            }
+        )
     write_archive(str(tmp_path / "archive"), copies)
     folder = hour_folder(str(tmp_path / "archive"), H0)
     with open(os.path.join(folder, "hand-made.jsonl"), "wb") as f:  # not the layout: ordered by its mtime
@@ -188,8 +229,11 @@ def test_the_job_over_archive_files_takes_the_first_copy_in_archive_order(tmp_pa
 def _element_counts(result) -> dict[str, int]:
     from apache_beam.metrics import monitoring_infos as mi
 
-    return {info.labels[mi.PCOLLECTION_LABEL]: mi.extract_counter_value(info)
-            for info in result.monitoring_infos() if info.urn == mi.ELEMENT_COUNT_URN}
+    return {
+        info.labels[mi.PCOLLECTION_LABEL]: mi.extract_counter_value(info)
+        for info in result.monitoring_infos()
+        if info.urn == mi.ELEMENT_COUNT_URN
+    }
 
 
 def test_work_is_linear_in_events_whatever_the_span_of_event_time(tmp_path):
@@ -205,16 +249,27 @@ def test_work_is_linear_in_events_whatever_the_span_of_event_time(tmp_path):
     runs = {}
     for days in (1, 30):
         rnd = random.Random(days)
-        copies = [{"event_id": f"e{i}", "video_id": f"V{rnd.randrange(20)}", "event_type": "view",
-                   "t_us": H0 * US_PER_S + rnd.randrange(days * 86400 * US_PER_S), "value": None,
-                   "written_ms": 1_700_000_000_000, "file_name": "f", "line": i + 1} for i in range(n)]
+        copies = [
+            {
+                "event_id": f"e{i}",
+                "video_id": f"V{rnd.randrange(20)}",
+                "event_type": "view",
+                "t_us": H0 * US_PER_S + rnd.randrange(days * 86400 * US_PER_S),
+                "value": None,
+                "written_ms": 1_700_000_000_000,
+                "file_name": "f",
+                "line": i + 1,
+            }
+            for i in range(n)
+        ]
         copies += [dict(c, line=n + k + 1) for k, c in enumerate(copies[: n // 10])]
         archive = str(tmp_path / f"archive-{days}")
         write_archive(archive, copies)
         _, result = _recompute_rows(tmp_path, archive, H0, H0 + days * 86400, f"--dedup_shards={shards}")
         ids = result.metrics().query()["distributions"]
-        [held] = [d.committed for d in ids if d.key.metric.namespace == NAMESPACE
-                  and d.key.metric.name == IDS_PER_SHARD]
+        [held] = [
+            d.committed for d in ids if d.key.metric.namespace == NAMESPACE and d.key.metric.name == IDS_PER_SHARD
+        ]
         runs[days] = (_element_counts(result), held)
     (counts_1, held_1), (counts_30, held_30) = runs[1], runs[30]
     events = int(n * 1.1)
@@ -233,10 +288,21 @@ def test_hours_compacted_to_parquet_count_as_their_jsonl_does(tmp_path):
     rnd = random.Random(11)
     copies = []
     for i in range(600):
-        ev = {"event_id": f"e{i % 400}", "video_id": f"V{rnd.randrange(3)}", "event_type": "view",
-              "t_us": H0 * US_PER_S + rnd.randrange(4 * 3600 * US_PER_S), "value": rnd.choice([None, 3.0])}
-        copies.append({**ev, "written_ms": 1_700_000_000_000 + rnd.randrange(4) * 1000,
-                       "file_name": f"f{rnd.randrange(3)}", "line": i + 1})
+        ev = {
+            "event_id": f"e{i % 400}",
+            "video_id": f"V{rnd.randrange(3)}",
+            "event_type": "view",
+            "t_us": H0 * US_PER_S + rnd.randrange(4 * 3600 * US_PER_S),
+            "value": rnd.choice([None, 3.0]),
+        }
+        copies.append(
+            {
+                **ev,
+                "written_ms": 1_700_000_000_000 + rnd.randrange(4) * 1000,
+                "file_name": f"f{rnd.randrange(3)}",
+                "line": i + 1,
+            }
+        )
     archive, parquet = str(tmp_path / "archive"), str(tmp_path / "parquet")
     write_archive(archive, copies)
     compact(archive, parquet, now_s=H0 + 10 * 86400, hours=range(H0, H0 + 2 * 3600, 3600))

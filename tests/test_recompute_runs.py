@@ -1,6 +1,7 @@
 """The recompute against real components: ``viewcounts recompute`` on the Bigtable emulator
 (dry-run audit, overwrite, refusal of open hours), streaming and batch agreeing on the
 archive the streaming job wrote, and the recompute as a batch job on an embedded Flink."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,7 +16,7 @@ from schemas import storage
 from schemas.event import US_PER_S, format_time_us
 from tests.test_recompute import H0, model, write_archive
 from viewcounts.cli import main
-from viewcounts.reconcile import reconcile, stored_aggregates
+from viewcounts.commands.reconcile import reconcile, stored_aggregates
 
 pytestmark = pytest.mark.emulator
 
@@ -24,8 +25,13 @@ def _copies(n: int, start_s: int, span_s: int, seed: int = 3) -> list[dict]:
     rnd = random.Random(seed)
     out = []
     for i in range(n):
-        ev = {"event_id": f"e{i}", "video_id": f"V{rnd.randrange(5)}", "event_type": rnd.choice(["view", "like"]),
-              "t_us": start_s * US_PER_S + rnd.randrange(span_s * US_PER_S), "value": rnd.choice([None, 2.0, 7.5])}
+        ev = {
+            "event_id": f"e{i}",
+            "video_id": f"V{rnd.randrange(5)}",
+            "event_type": rnd.choice(["view", "like"]),
+            "t_us": start_s * US_PER_S + rnd.randrange(span_s * US_PER_S),
+            "value": rnd.choice([None, 2.0, 7.5]),
+        }
         out.append({**ev, "written_ms": 1_700_000_000_000 + i // 100, "file_name": "f", "line": i % 100 + 1})
     # 5 % copies in later files: exact, or re-stamped within the range
     for k, c in enumerate(rnd.sample(out, n // 20)):
@@ -36,9 +42,22 @@ def _copies(n: int, start_s: int, span_s: int, seed: int = 3) -> list[dict]:
 
 def _args(table: tuple, archive: str, start_s: int, end_s: int, *extra: str) -> list[str]:
     project, instance, name = table
-    return ["recompute", "--archive-path", archive, "--start", format_time_us(start_s * US_PER_S),
-            "--end", format_time_us(end_s * US_PER_S), "--project", project, "--instance", instance,
-            "--table", name, *extra]
+    return [
+        "recompute",
+        "--archive-path",
+        archive,
+        "--start",
+        format_time_us(start_s * US_PER_S),
+        "--end",
+        format_time_us(end_s * US_PER_S),
+        "--project",
+        project,
+        "--instance",
+        instance,
+        "--table",
+        name,
+        *extra,
+    ]
 
 
 def _stored(table: tuple) -> dict:
@@ -54,9 +73,15 @@ def _overwrite_cell(table: tuple, key: tuple, agg: storage.Aggregate) -> None:
     video_id, event_type, granularity, w = key
     client = bigtable.Client(project=table[0], admin=False)
     try:
-        row = client.instance(table[1]).table(table[2]).direct_row(storage.row_key(video_id, event_type, granularity, w))
-        row.set_cell(storage.FAMILY, storage.qualifier(w), storage.encode_cell(agg, None, None),
-                     timestamp=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+        row = (
+            client.instance(table[1]).table(table[2]).direct_row(storage.row_key(video_id, event_type, granularity, w))
+        )
+        row.set_cell(
+            storage.FAMILY,
+            storage.qualifier(w),
+            storage.encode_cell(agg, None, None),
+            timestamp=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1),
+        )
         row.commit()
     finally:
         client.close()
@@ -88,8 +113,11 @@ def test_dry_run_audits_per_hour_and_the_recompute_overwrites(table, tmp_path):
     c, vc, s, lo, hi = expected[minute]
     _overwrite_cell(table, minute, storage.Aggregate(c + 5, vc, s, lo, hi))
     c, vc, s, lo, hi = expected[hour]
-    _overwrite_cell(table, hour, storage.Aggregate(c, vc + 1, s + 10.0, lo if lo is not None else 10.0,
-                                                   hi if hi is not None else 10.0))
+    _overwrite_cell(
+        table,
+        hour,
+        storage.Aggregate(c, vc + 1, s + 10.0, lo if lo is not None else 10.0, hi if hi is not None else 10.0),
+    )
     assert main(_args(table, archive, H0, H0 + 3 * 3600, "--dry-run", "--json", str(report))) == 0
     audit = {a["hour"]: a for a in orjson.loads(report.read_bytes())["audit"]}
     changed = {h: (a["changed"], a["count_delta"], a["sum_delta"]) for h, a in audit.items() if a["changed"]}
@@ -134,7 +162,7 @@ def test_streaming_and_the_batch_recompute_agree_on_the_archive_streaming_wrote(
     aggregates, and both equal the reference."""
     from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, archive_missing, kill
     from tests.test_streaming_runners import CONVERGE_S, HISTORICAL, _flights, _wait_for
-    from viewcounts import provision
+    from viewcounts.local import provision
 
     d = Deployment(str(tmp_path))
     job = d.start_job("--no_event_age_check", *runner_flags("flink", checkpoint_dir=str(tmp_path / "checkpoints")))

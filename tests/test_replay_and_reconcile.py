@@ -1,20 +1,36 @@
 """The replayer (a product feature) and the independent reconciliation."""
+
 import orjson
 import pytest
 
 from schemas.event import US_PER_S, parse_event_time
-from viewcounts import flights, replay
-from viewcounts.reconcile import expected_aggregates, reconcile
+from viewcounts.commands import replay
+from viewcounts.commands.reconcile import expected_aggregates, reconcile
+from viewcounts.samples import flights
 
 
 def test_flight_mapping_is_dst_aware_and_uses_scheduled_time_plus_delay():
-    winter = {"year": "2013", "month": "1", "day": "1", "dep_time": "517", "sched_dep_time": "515",
-              "dep_delay": "2", "carrier": "UA", "flight": "1545", "origin": "EWR", "dest": "IAH"}
+    winter = {
+        "year": "2013",
+        "month": "1",
+        "day": "1",
+        "dep_time": "517",
+        "sched_dep_time": "515",
+        "dep_delay": "2",
+        "carrier": "UA",
+        "flight": "1545",
+        "origin": "EWR",
+        "dest": "IAH",
+    }
     summer = dict(winter, month="7", day="4", dep_delay="-3")
     cancelled = dict(winter, dep_time="NA", dep_delay="NA")
-    assert flights.flight_to_event(winter) == {"event_id": "2013-01-01/UA1545/EWR", "video_id": "IAH",
-                                               "event_type": "departed", "event_time": "2013-01-01T10:17:00Z",
-                                               "value": 2}
+    assert flights.flight_to_event(winter) == {
+        "event_id": "2013-01-01/UA1545/EWR",
+        "video_id": "IAH",
+        "event_type": "departed",
+        "event_time": "2013-01-01T10:17:00Z",
+        "value": 2,
+    }
     assert flights.flight_to_event(summer)["event_time"] == "2013-07-04T09:12:00Z"  # EDT is UTC-4
     c = flights.flight_to_event(cancelled)
     assert c["event_type"] == "cancelled" and "value" not in c and c["event_time"] == "2013-01-01T10:15:00Z"
@@ -27,8 +43,15 @@ def test_flights_source_reads_the_real_package():
 
 
 def _events(n):
-    return [{"event_id": f"e{i}", "video_id": "V", "event_type": "view",
-             "event_time": f"2013-01-01T00:{i // 60:02d}:{i % 60:02d}Z"} for i in range(n)]
+    return [
+        {
+            "event_id": f"e{i}",
+            "video_id": "V",
+            "event_type": "view",
+            "event_time": f"2013-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
+        }
+        for i in range(n)
+    ]
 
 
 def test_shift_keeps_spacing_and_lands_the_newest_event_at_now():
@@ -60,8 +83,9 @@ def test_plan_is_deterministic_for_a_seed():
     assert replay.plan_events(_events(300), plan, 10**15) == replay.plan_events(_events(300), plan, 10**15)
 
 
-@pytest.mark.parametrize("bad", [dict(duplicate_rate=1.5), dict(time_mode="warp"), dict(events_per_message=0),
-                                 dict(speedup=0)])
+@pytest.mark.parametrize(
+    "bad", [dict(duplicate_rate=1.5), dict(time_mode="warp"), dict(events_per_message=0), dict(speedup=0)]
+)
 def test_bad_plans_are_refused(bad):
     with pytest.raises(ValueError):
         replay.ReplayPlan(**bad)
@@ -72,8 +96,13 @@ def test_expected_aggregates_dedup_and_window(tmp_path):
     rows = [
         {"event_id": "a", "video_id": "V", "event_type": "departed", "event_time": "2024-05-14T10:00:05Z", "value": 3},
         {"event_id": "a", "video_id": "V", "event_type": "departed", "event_time": "2024-05-14T10:00:05Z", "value": 3},
-        {"event_id": "b", "video_id": "V", "event_type": "departed", "event_time": "2024-05-14T10:00:59.999999Z",
-         "value": -1},
+        {
+            "event_id": "b",
+            "video_id": "V",
+            "event_type": "departed",
+            "event_time": "2024-05-14T10:00:59.999999Z",
+            "value": -1,
+        },
         {"event_id": "c", "video_id": "V", "event_type": "departed", "event_time": "2024-05-14T10:01:00Z"},
     ]
     manifest.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
@@ -86,15 +115,17 @@ def test_expected_aggregates_dedup_and_window(tmp_path):
     changed = dict(exp)
     changed[("V", "departed", "hour", m0)] = (3, 2, 2.5, -1.0, 3.0)
     del changed[("V", "departed", "minute", m0 + 60)]
-    assert {m.key for m in reconcile(exp, changed)} == {("V", "departed", "hour", m0),
-                                                        ("V", "departed", "minute", m0 + 60)}
+    assert {m.key for m in reconcile(exp, changed)} == {
+        ("V", "departed", "hour", m0),
+        ("V", "departed", "minute", m0 + 60),
+    }
 
 
 @pytest.mark.emulator
 def test_publish_batches_events_and_writes_an_exact_manifest(pubsub_host, tmp_path):
     from google.cloud import pubsub_v1
 
-    from viewcounts.provision import create_topic_and_subscription
+    from viewcounts.local.provision import create_topic_and_subscription
 
     create_topic_and_subscription("test-project", "replay-topic", "replay-sub")
     plan = replay.ReplayPlan(duplicate_rate=0.2, time_mode="real", events_per_message=7, seed=3)

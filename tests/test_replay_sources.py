@@ -1,5 +1,6 @@
-"""``viewcounts replay`` sources (viewcounts.replay): files, globs, folders, Parquet parts and
+"""``viewcounts replay`` sources (viewcounts.commands.replay): files, globs, folders, Parquet parts and
 dead-letter files, in any mix; time-mode defaults; publishing odd JSON through the emulator."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,20 @@ from hypothesis import strategies as st
 
 from pipelines.compact import compact
 from schemas.archive import DeadLetter, file_name, hour_folder, hour_of_us
-from schemas.event import (JSON_ERROR, NOT_AN_OBJECT, TOO_LATE, US_PER_S, WRITE_FAILED, _loads, format_time_us,
-                           parse_event_time, parse_payload)
+from schemas.event import (
+    JSON_ERROR,
+    NOT_AN_OBJECT,
+    TOO_LATE,
+    US_PER_S,
+    WRITE_FAILED,
+    _loads,
+    format_time_us,
+    parse_event_time,
+    parse_payload,
+)
 from schemas.parquet_archive import hour_part_path
 from tests.test_parquet_archive import _upload, gcs_bucket  # noqa: F401 (a fixture)
-from viewcounts import replay
+from viewcounts.commands import replay
 
 T0_US = 1_715_680_800 * US_PER_S  # 2024-05-14T10:00:00Z
 NOW_S = 2_000_000_000
@@ -26,8 +36,12 @@ NOW_S = 2_000_000_000
 @st.composite
 def _event(draw, n: int) -> dict:
     """Event ``n`` (distinct ids), as Parquet gives it back: UTC time, float or no value."""
-    e = {"event_id": f"e{n}", "video_id": draw(st.sampled_from(["v1", "ü v2"])), "event_type": "view",
-         "event_time": format_time_us(T0_US + draw(st.integers(0, 2 * 3600 * US_PER_S)))}
+    e = {
+        "event_id": f"e{n}",
+        "video_id": draw(st.sampled_from(["v1", "ü v2"])),
+        "event_type": "view",
+        "event_time": format_time_us(T0_US + draw(st.integers(0, 2 * 3600 * US_PER_S))),
+    }
     value = draw(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)))
     if value is not None:
         e["value"] = value
@@ -37,8 +51,15 @@ def _event(draw, n: int) -> dict:
 
 
 # A source file: its kind and how the replay names it (the file, its folder, or a glob).
-_files = st.lists(st.tuples(st.sampled_from(["events", "dead_letters", "parquet"]),
-                            st.sampled_from(["file", "folder", "glob"]), st.integers(1, 5)), min_size=1, max_size=5)
+_files = st.lists(
+    st.tuples(
+        st.sampled_from(["events", "dead_letters", "parquet"]),
+        st.sampled_from(["file", "folder", "glob"]),
+        st.integers(1, 5),
+    ),
+    min_size=1,
+    max_size=5,
+)
 
 
 def _write(tmp: str, n: int, kind: str, events: list[dict], data) -> str:
@@ -50,10 +71,16 @@ def _write(tmp: str, n: int, kind: str, events: list[dict], data) -> str:
         with open(f"{folder}/events.jsonl", "wb") as f:
             f.write(b"".join(orjson.dumps(e) + b"\n" for e in events) + b"\n")
     elif kind == "dead_letters":
-        skipped = [DeadLetter(b"{not json", JSON_ERROR, "", 0), DeadLetter(b"5", NOT_AN_OBJECT, "", 0),
-                   DeadLetter(orjson.dumps(events[0]), WRITE_FAILED, "an aggregate, not an event", 0)]
-        letters = ([DeadLetter(orjson.dumps(events), TOO_LATE, "batch", 1)] if data.draw(st.booleans())
-                   else [DeadLetter(orjson.dumps(e), TOO_LATE, "late", 1) for e in events])
+        skipped = [
+            DeadLetter(b"{not json", JSON_ERROR, "", 0),
+            DeadLetter(b"5", NOT_AN_OBJECT, "", 0),
+            DeadLetter(orjson.dumps(events[0]), WRITE_FAILED, "an aggregate, not an event", 0),
+        ]
+        letters = (
+            [DeadLetter(orjson.dumps(events), TOO_LATE, "batch", 1)]
+            if data.draw(st.booleans())
+            else [DeadLetter(orjson.dumps(e), TOO_LATE, "late", 1) for e in events]
+        )
         for letter in skipped:  # anywhere between the events' letters
             letters.insert(data.draw(st.integers(0, len(letters))), letter)
         with open(f"{folder}/dead.jsonl", "wb") as f:
@@ -91,8 +118,13 @@ def test_any_mix_of_sources_replays_their_events_in_order(files, data):
             path = f"{folder}/{name}"
             if kind == "parquet":  # a Parquet root: the part of its one hour
                 path = hour_part_path(folder, T0_US // US_PER_S)
-            sources.append({"file": path, "folder": folder, "glob": f"{folder}/dt=*/*/*.parquet" if kind == "parquet"
-                            else f"{folder}/*.jsonl"}[naming])
+            sources.append(
+                {
+                    "file": path,
+                    "folder": folder,
+                    "glob": f"{folder}/dt=*/*/*.parquet" if kind == "parquet" else f"{folder}/*.jsonl",
+                }[naming]
+            )
         got = replay.read_source(sources, None)
         assert got == expected
         planned = replay.plan_events(got, replay.ReplayPlan(time_mode="real"), 0)
@@ -113,8 +145,9 @@ def test_a_source_with_no_file_is_an_error(tmp_path):
             replay.read_source([spec], None)
 
 
-@pytest.mark.parametrize("sources, mode", [(["flights"], "shift"), (["a.jsonl"], "real"),
-                                           (["flights", "a.jsonl"], "real")])
+@pytest.mark.parametrize(
+    "sources, mode", [(["flights"], "shift"), (["a.jsonl"], "real"), (["flights", "a.jsonl"], "real")]
+)
 def test_time_mode_defaults_to_real_for_files_and_shift_for_flights(sources, mode):
     p = argparse.ArgumentParser()
     replay.add_replay_args(p)
@@ -126,7 +159,9 @@ def test_limit_stops_reading_early(tmp_path):
     (tmp_path / "a.jsonl").write_bytes(b'{"event_id":"1"}\n{"event_id":"2"}\n')
     (tmp_path / "b.jsonl").write_bytes(b"not read")
     assert replay.read_source([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")], 2) == [
-        {"event_id": "1"}, {"event_id": "2"}]
+        {"event_id": "1"},
+        {"event_id": "2"},
+    ]
 
 
 @pytest.mark.emulator
@@ -136,20 +171,36 @@ def test_replay_of_an_archive_folder_publishes_odd_json_verbatim(pubsub_host, tm
     from google.cloud import pubsub_v1
 
     from viewcounts.cli import main
-    from viewcounts.provision import create_topic_and_subscription
+    from viewcounts.local.provision import create_topic_and_subscription
 
-    lines = [b'{"event_id":"a","video_id":"v","event_type":"view","event_time":"2024-05-14T10:00:00Z",'
-             b'"huge":1e400}',
-             b'{"event_id":"b","video_id":"v","event_type":"view","event_time":"2024-05-14T10:00:01Z",'
-             b'"u":"\\ud800"}']
+    lines = [
+        b'{"event_id":"a","video_id":"v","event_type":"view","event_time":"2024-05-14T10:00:00Z","huge":1e400}',
+        b'{"event_id":"b","video_id":"v","event_type":"view","event_time":"2024-05-14T10:00:01Z","u":"\\ud800"}',
+    ]
     folder = hour_folder(f"{tmp_path}/archive", T0_US // US_PER_S)
     os.makedirs(folder)
     with open(f"{folder}/events-1.jsonl", "wb") as f:
         f.write(b"\n".join(lines) + b"\n")
     create_topic_and_subscription("test-project", "replay-src-topic", "replay-src-sub")
     manifest = tmp_path / "manifest.jsonl"
-    assert main(["replay", "--source", f"{tmp_path}/archive", "--project", "test-project", "--topic",
-                 "replay-src-topic", "--events-per-message", "1", "--manifest", str(manifest)]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--source",
+                f"{tmp_path}/archive",
+                "--project",
+                "test-project",
+                "--topic",
+                "replay-src-topic",
+                "--events-per-message",
+                "1",
+                "--manifest",
+                str(manifest),
+            ]
+        )
+        == 0
+    )
     received = []
     with pubsub_v1.SubscriberClient() as sub:
         path = sub.subscription_path("test-project", "replay-src-sub")
@@ -163,10 +214,12 @@ def test_replay_of_an_archive_folder_publishes_odd_json_verbatim(pubsub_host, tm
     assert [_loads(x) for x in manifest.read_bytes().splitlines()] == [_loads(x) for x in lines]
 
 
-def test_gcs_folders_globs_and_parquet_replay_like_local_ones(gcs_bucket, tmp_path):
+def test_gcs_folders_globs_and_parquet_replay_like_local_ones(gcs_bucket, tmp_path):  # noqa: F811 (the fixture)
     """An archive, a dead-letter file and a Parquet root copied to GCS read as they do on disk."""
-    events = [{"event_id": f"e{i}", "video_id": "v", "event_type": "view", "event_time": format_time_us(T0_US + i)}
-              for i in range(4)]
+    events = [
+        {"event_id": f"e{i}", "video_id": "v", "event_type": "view", "event_time": format_time_us(T0_US + i)}
+        for i in range(4)
+    ]
     local = str(tmp_path / "src")
     os.makedirs(f"{local}/dead")
     with open(f"{local}/dead/dead.jsonl", "wb") as f:

@@ -1,14 +1,20 @@
 """``pipelines.runners.runner_flags`` and ``prepare``: what each runner is given (no job is run)."""
+
 import os
 import re
 
 import pytest
-
 from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, StandardOptions
 
-from pipelines.runners import (DEFAULT_CHECKPOINTING_INTERVAL_MS, FLINK_JOB_SERVER_JAR, FlinkJobOptions, prepare,
-                               prepare_batch, runner_flags)
-from viewcounts.submit import check_submittable
+from pipelines.runners import (
+    DEFAULT_CHECKPOINTING_INTERVAL_MS,
+    FLINK_JOB_SERVER_JAR,
+    FlinkJobOptions,
+    prepare,
+    prepare_batch,
+    runner_flags,
+)
+from viewcounts.commands.submit import check_submittable
 
 pytestmark = pytest.mark.skipif(not os.path.exists(FLINK_JOB_SERVER_JAR), reason="needs `make flink-job-server`")
 
@@ -23,7 +29,7 @@ def test_flink_checkpoints_go_to_files_even_without_a_checkpoint_folder():
     flags = runner_flags("flink")
     assert _value(flags, "state_backend") == "filesystem"
     storage = _value(flags, "state_backend_storage_path")
-    assert storage.startswith("file://") and os.path.isdir(storage[len("file://"):])
+    assert storage.startswith("file://") and os.path.isdir(storage[len("file://") :])
     assert "--externalized_checkpoints_enabled" not in flags
 
 
@@ -47,7 +53,7 @@ def test_a_bare_flink_command_gets_what_the_job_needs():
     assert flink.checkpointing_interval == DEFAULT_CHECKPOINTING_INTERVAL_MS
     assert flink.state_backend == "filesystem"
     storage = flink.state_backend_storage_path
-    assert storage.startswith("file://") and os.path.isdir(storage[len("file://"):])
+    assert storage.startswith("file://") and os.path.isdir(storage[len("file://") :])
     assert not flink.externalized_checkpoints_enabled  # a temporary folder: nothing to resume from
     assert options.view_as(FlinkRunnerOptions).flink_job_server_jar == str(FLINK_JOB_SERVER_JAR)
     # what reaches the Java runner: the options as the portable runner sends them
@@ -92,20 +98,31 @@ def test_prepare_leaves_other_runners_alone():
     assert options.view_as(FlinkJobOptions).finish_bundle_before_checkpointing is None
 
 
-@pytest.mark.parametrize("argv, refused", [
-    (["--runner=FlinkRunner", "--flink_master=[local]", "--environment_type=EXTERNAL"], "remote --flink_master"),
-    (["--runner=FlinkRunner", "--flink_master=localhost:8081", "--environment_type=LOOPBACK"], "outside the launcher"),
-    (["--runner=FlinkRunner", "--flink_master=localhost:8081"], "DOCKER"),
-    (["--runner=PrismRunner"], "FlinkRunner"),
-])
+@pytest.mark.parametrize(
+    "argv, refused",
+    [
+        (["--runner=FlinkRunner", "--flink_master=[local]", "--environment_type=EXTERNAL"], "remote --flink_master"),
+        (
+            ["--runner=FlinkRunner", "--flink_master=localhost:8081", "--environment_type=LOOPBACK"],
+            "outside the launcher",
+        ),
+        (["--runner=FlinkRunner", "--flink_master=localhost:8081"], "DOCKER"),
+        (["--runner=PrismRunner"], "FlinkRunner"),
+    ],
+)
 def test_detached_submission_refuses_jobs_that_would_die_with_their_launcher(argv, refused):
     with pytest.raises(ValueError, match=re.escape(refused)):
         check_submittable(argv)
 
 
 def test_detached_submission_finds_the_cluster_and_the_job_by_name():
-    argv = ["--runner=FlinkRunner", "--flink_master=flink-jm:8081", "--environment_type=EXTERNAL",
-            "--environment_config=localhost:50000", "--job_name=counts"]
+    argv = [
+        "--runner=FlinkRunner",
+        "--flink_master=flink-jm:8081",
+        "--environment_type=EXTERNAL",
+        "--environment_config=localhost:50000",
+        "--job_name=counts",
+    ]
     assert check_submittable(argv) == ("http://flink-jm:8081", "counts")
     assert check_submittable([*argv[:1], "--flink_master=https://jm/", *argv[2:]])[0] == "https://jm"
 
@@ -134,4 +151,3 @@ def test_the_sources_pause_outlasts_flinks_bundle_check_period():
     for ms in (500, 1000, 3000, 10_000):
         assert pull_pacing("flink", ms)["pause_s"] > ms / 1000
     assert pull_pacing("local", 3000) == {}
-

@@ -2,6 +2,7 @@
 runner's ``RunnerProfile`` is complete and matches the table in docs/runners.md, every
 upstream issue a transform cites is told there, and the runner-neutral parameters the
 builder sets behave as their docstrings say."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,9 @@ TRANSFORMS = sorted(p.name for p in (ROOT / "transforms").glob("*.py"))
 def test_transforms_name_no_runner(name):
     text = (ROOT / "transforms" / name).read_text()
     found = [f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}" for m in RUNNER_WORDS.finditer(text)]
-    assert not found, "runner names in transforms/ (declare the difference in pipelines.runners.PROFILES):\n" \
-        + "\n".join(found)
+    assert not found, (
+        "runner names in transforms/ (declare the difference in pipelines.runners.PROFILES):\n" + "\n".join(found)
+    )
 
 
 def test_every_runner_has_a_complete_profile():
@@ -53,12 +55,13 @@ def _doc_table() -> dict[str, dict[str, bool]]:
     start = next(i for i, line in enumerate(lines) if line.startswith("| field |"))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     table = {}
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
-        table[cells[0].strip("`")] = {runner: {"yes": True, "no": False}[cells[header.index(runner)]]
-                                      for runner in runners.RUNNERS}
+        table[cells[0].strip("`")] = {
+            runner: {"yes": True, "no": False}[cells[header.index(runner)]] for runner in runners.RUNNERS
+        }
     return table
 
 
@@ -93,14 +96,17 @@ def test_the_builder_sets_neutral_parameters_from_the_profile(runner, readers, p
     if placement:
         assert placement["key_groups"] == runners.flink_default_max_parallelism(max(1, parallelism))
     assert bool(runners.pull_pacing(runner, 1000)) == profile.pause_outlasts_bundle_check
-    runner_options = PipelineOptions([f"--runner={profile.beam_runner}"] if runner in runners.PROFILES
-                                     else [f"--runner={runner}"])
-    assert runners.top_cleanup_grace_s(runner_options) == \
-        (None if profile.timer_output_holds_watermark else CLEANUP_GRACE_S)
+    runner_options = PipelineOptions(
+        [f"--runner={profile.beam_runner}"] if runner in runners.PROFILES else [f"--runner={runner}"]
+    )
+    assert runners.top_cleanup_grace_s(runner_options) == (
+        None if profile.timer_output_holds_watermark else CLEANUP_GRACE_S
+    )
 
 
-@given(st.integers(1, 24), st.sampled_from([1, 7, 128, 256]), st.integers(0, 2**31 - 1),
-       st.text(min_size=1, max_size=40))
+@given(
+    st.integers(1, 24), st.sampled_from([1, 7, 128, 256]), st.integers(0, 2**31 - 1), st.text(min_size=1, max_size=40)
+)
 @settings(max_examples=150, deadline=None)
 def test_readers_fall_in_their_share_of_any_key_grouping(readers, key_groups, seed, name):
     """``reader_elements`` with a ``key_group`` (any hash into ``key_groups`` groups): reader

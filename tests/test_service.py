@@ -2,6 +2,7 @@
 sync ``get_stats`` for generated queries and clocks, the final-window cache (final windows
 from the cache until invalidated, the open tail read fresh), error JSON, request bounds, and
 ``serve_main`` as a real uvicorn process."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,9 +19,9 @@ from query.service import MAX_SERIES, MAX_WINDOWS, create_app
 from query.stats import QueryError, StatsReader, parse_query
 from schemas import storage
 from schemas.storage import Aggregate
-from viewcounts import provision
 from viewcounts.bench.http import serving
 from viewcounts.bench.queries import store_cells
+from viewcounts.local import provision
 
 pytestmark = pytest.mark.emulator
 PROJECT, INSTANCE = "test-project", "test-instance"
@@ -48,7 +49,9 @@ def _cells(seed: int) -> dict:
                     n = int(rng.integers(1, 50))
                     if t == "watch":
                         vals = rng.normal(100, 40, n).round(3)
-                        cells[(v, t, gran, w)] = Aggregate(n, n, float(vals.sum()), float(vals.min()), float(vals.max()))
+                        cells[(v, t, gran, w)] = Aggregate(
+                            n, n, float(vals.sum()), float(vals.min()), float(vals.max())
+                        )
                     else:
                         cells[(v, t, gran, w)] = Aggregate(n, 0, 0.0, None, None)
     return cells
@@ -82,8 +85,14 @@ def served(bigtable_host):
 
 
 def _get(client, videos, types, function, start, end, granularity, tz=None):
-    params = {"video_id": list(videos), "event_type": list(types), "function": function, "start": start,
-              "end": end, "granularity": granularity}
+    params = {
+        "video_id": list(videos),
+        "event_type": list(types),
+        "function": function,
+        "start": start,
+        "end": end,
+        "granularity": granularity,
+    }
     if tz is not None:
         params["tz"] = tz
     return client.get("/v1/stats", params=params)
@@ -101,8 +110,16 @@ def _queries(draw):
     now = BASE + draw(st.integers(-86400, (DAYS + 1) * 86400 + 1200))
     videos = draw(st.lists(st.sampled_from(VIDEOS + ("nobody",)), min_size=1, max_size=2, unique=True))
     types = draw(st.lists(st.sampled_from(TYPES), min_size=1, max_size=2, unique=True))
-    return (videos, types, draw(st.sampled_from(("count", "sum", "avg", "min", "max"))), _iso(a * size),
-            _iso(b * size), granularity, draw(st.sampled_from(ZONES)), now)
+    return (
+        videos,
+        types,
+        draw(st.sampled_from(("count", "sum", "avg", "min", "max"))),
+        _iso(a * size),
+        _iso(b * size),
+        granularity,
+        draw(st.sampled_from(ZONES)),
+        now,
+    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -144,8 +161,9 @@ def fresh_service(bigtable_host):
 
     table = _new_table()
     clock = _Clock(BASE)
-    reader = CachedStatsReader(PROJECT, INSTANCE, table, allowed_lateness_s=120, final_margin_s=60, tail_ttl_s=0,
-                               clock=clock)
+    reader = CachedStatsReader(
+        PROJECT, INSTANCE, table, allowed_lateness_s=120, final_margin_s=60, tail_ttl_s=0, clock=clock
+    )
     with TestClient(create_app(reader)) as client:
         yield client, reader, clock, table
 
@@ -153,7 +171,8 @@ def fresh_service(bigtable_host):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(age_s=st.integers(-60, 600), lateness=st.integers(0, 300), margin=st.integers(0, 300))
 def test_a_final_window_comes_from_the_cache_until_invalidated_an_open_one_is_read_fresh(
-        fresh_service, age_s, lateness, margin):
+    fresh_service, age_s, lateness, margin
+):
     """A window whose end is ``age_s`` before the clock: read once, then overwritten in
     Bigtable (as a recompute or a later pane would). A final window answers the cached value
     until ``POST /v1/cache/invalidate``; an open one answers the new value at once."""
@@ -219,11 +238,15 @@ def test_freshness_says_when_the_newest_window_was_opened_and_when_the_tail_was_
 
 
 _BAD = st.one_of(
-    st.tuples(st.just("function"), st.text(min_size=1, max_size=8).filter(
-        lambda f: f not in ("count", "sum", "avg", "min", "max"))),
+    st.tuples(
+        st.just("function"),
+        st.text(min_size=1, max_size=8).filter(lambda f: f not in ("count", "sum", "avg", "min", "max")),
+    ),
     st.tuples(st.just("granularity"), st.sampled_from(("second", "week", "Minute", ""))),
-    st.tuples(st.just("start"), st.sampled_from(("2024-01-30T00:00:30Z", "yesterday", "2024-01-30T00:00:00",
-                                                 "2024-01-30T00:00:00.5Z"))),
+    st.tuples(
+        st.just("start"),
+        st.sampled_from(("2024-01-30T00:00:30Z", "yesterday", "2024-01-30T00:00:00", "2024-01-30T00:00:00.5Z")),
+    ),
     st.tuples(st.just("end"), st.sampled_from(("2024-01-29T00:00:00Z", "2024-01-30T00:00:01Z"))),
     st.tuples(st.just("tz"), st.sampled_from(("Mars/Olympus", "../etc", "UTC+3"))),
     st.tuples(st.just("video_id"), st.just("v" * 257)),
@@ -234,14 +257,36 @@ _BAD = st.one_of(
 @given(_BAD)
 def test_refused_queries_answer_json_with_the_cli_message(served, bad):
     client = served[0]
-    args = {"video_id": "V1", "event_type": "view", "function": "count", "start": _iso(BASE),
-            "end": _iso(BASE + 3600), "granularity": "minute", "tz": None}
+    args = {
+        "video_id": "V1",
+        "event_type": "view",
+        "function": "count",
+        "start": _iso(BASE),
+        "end": _iso(BASE + 3600),
+        "granularity": "minute",
+        "tz": None,
+    }
     args[bad[0]] = bad[1]
     with pytest.raises(QueryError) as refused:
-        parse_query(args["video_id"], args["event_type"], args["function"], args["start"], args["end"],
-                    args["granularity"], args["tz"])
-    resp = _get(client, [args["video_id"]], [args["event_type"]], args["function"], args["start"], args["end"],
-                args["granularity"], args["tz"])
+        parse_query(
+            args["video_id"],
+            args["event_type"],
+            args["function"],
+            args["start"],
+            args["end"],
+            args["granularity"],
+            args["tz"],
+        )
+    resp = _get(
+        client,
+        [args["video_id"]],
+        [args["event_type"]],
+        args["function"],
+        args["start"],
+        args["end"],
+        args["granularity"],
+        args["tz"],
+    )
     assert resp.status_code == 400 and resp.headers["content-type"] == "application/json"
     assert resp.json() == {"error": str(refused.value)}
 
@@ -250,9 +295,26 @@ def test_the_cli_prints_the_same_message(served, capsys):
     from viewcounts.cli import main
 
     client, reader, _, _ = served
-    argv = ["--video-id", "V1", "--event-type", "view", "--function", "count", "--start", "2024-01-30T00:00:30Z",
-            "--end", _iso(BASE + 3600), "--granularity", "minute", "--project", PROJECT, "--instance", INSTANCE,
-            "--table", reader.table_id]
+    argv = [
+        "--video-id",
+        "V1",
+        "--event-type",
+        "view",
+        "--function",
+        "count",
+        "--start",
+        "2024-01-30T00:00:30Z",
+        "--end",
+        _iso(BASE + 3600),
+        "--granularity",
+        "minute",
+        "--project",
+        PROJECT,
+        "--instance",
+        INSTANCE,
+        "--table",
+        reader.table_id,
+    ]
     assert main(["stats", *argv]) == 2
     printed = capsys.readouterr().err.strip()
     resp = _get(client, ["V1"], ["view"], "count", "2024-01-30T00:00:30Z", _iso(BASE + 3600), "minute")
@@ -270,14 +332,25 @@ def test_missing_parameters_are_json_errors(served):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(videos=st.integers(1, 25), types=st.integers(1, 3), days=st.integers(1, 40),
-       granularity=st.sampled_from(("minute", "hour")))
+@given(
+    videos=st.integers(1, 25),
+    types=st.integers(1, 3),
+    days=st.integers(1, 40),
+    granularity=st.sampled_from(("minute", "hour")),
+)
 def test_request_bounds(served, videos, types, days, granularity):
     client = served[0]
     size = 60 if granularity == "minute" else 3600
     windows = videos * types * days * 86400 // size
-    resp = _get(client, [f"v{i}" for i in range(videos)], [f"t{i}" for i in range(types)], "count",
-                _iso(BASE), _iso(BASE + days * 86400), granularity)
+    resp = _get(
+        client,
+        [f"v{i}" for i in range(videos)],
+        [f"t{i}" for i in range(types)],
+        "count",
+        _iso(BASE),
+        _iso(BASE + days * 86400),
+        granularity,
+    )
     allowed = videos * types <= MAX_SERIES and windows <= MAX_WINDOWS
     assert resp.status_code == (200 if allowed else 400), resp.text
     if not allowed:
@@ -289,22 +362,40 @@ def test_serve_main_runs_uvicorn_with_docs_and_health(bigtable_host):
     store_cells({("V1", "view", "hour", BASE): Aggregate(9, 0, 0.0, None, None)}, PROJECT, INSTANCE, table)
     with serving(PROJECT, INSTANCE, table) as (url, _):
         documented = httpx.get(f"{url}/openapi.json").json()["paths"]["/v1/stats"]["get"]["parameters"]
-        assert {p["name"] for p in documented} == {"video_id", "event_type", "function", "start", "end",
-                                                   "granularity", "tz"}
+        assert {p["name"] for p in documented} == {
+            "video_id",
+            "event_type",
+            "function",
+            "start",
+            "end",
+            "granularity",
+            "tz",
+        }
         assert httpx.get(f"{url}/docs").status_code == 200
-        resp = httpx.get(f"{url}/v1/stats", params={"video_id": "V1", "event_type": "view", "function": "count",
-                                                    "start": _iso(BASE), "end": _iso(BASE + 86400),
-                                                    "granularity": "day"})
+        resp = httpx.get(
+            f"{url}/v1/stats",
+            params={
+                "video_id": "V1",
+                "event_type": "view",
+                "function": "count",
+                "start": _iso(BASE),
+                "end": _iso(BASE + 86400),
+                "granularity": "day",
+            },
+        )
         assert resp.json()["series"][0]["value"] == 9
 
 
-_CELL = st.tuples(st.sampled_from(("a", "b")), st.sampled_from((b"q1", b"q2")), st.integers(0, 2**40),
-                  st.binary(max_size=40))
+_CELL = st.tuples(
+    st.sampled_from(("a", "b")), st.sampled_from((b"q1", b"q2")), st.integers(0, 2**40), st.binary(max_size=40)
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(rows=st.dictionaries(st.binary(min_size=1, max_size=6), st.lists(_CELL, min_size=1, max_size=5), max_size=4),
-       data=st.data())
+@given(
+    rows=st.dictionaries(st.binary(min_size=1, max_size=6), st.lists(_CELL, min_size=1, max_size=5), max_size=4),
+    data=st.data(),
+)
 def test_chunk_merger_rebuilds_rows_from_split_values_resets_and_any_response_boundaries(rows, data):
     """Rows encoded as the Bigtable API's cell chunks (family and qualifier only when they
     change, values split over chunks with value_size, rows restarted with reset_row, chunks
@@ -339,7 +430,7 @@ def test_chunk_merger_rebuilds_rows_from_split_values_resets_and_any_response_bo
     chunks = []
     for key, cells in rows.items():
         if data.draw(st.booleans()):  # a partial attempt at the row, then a reset
-            chunks += encode(key, cells[:data.draw(st.integers(1, len(cells)))])
+            chunks += encode(key, cells[: data.draw(st.integers(1, len(cells)))])
             chunks.append(chunk_cls(reset_row=True))
         encoded = encode(key, cells)
         encoded[-1].commit_row = True

@@ -6,6 +6,7 @@ mid-stream needs a triggered side input fed by the case's stream, which Prism do
 have (Beam issue 31438) and Flink cannot be fed (one TestStream output only): there the
 scenario runner must refuse it, not store stale titles.
 """
+
 import glob
 import os
 import subprocess
@@ -14,7 +15,13 @@ import sys
 import pytest
 
 from tests.conftest import REPO, SHARED_CASES
-from viewcounts.scenario import UnsupportedOnRunner, changes_metadata_mid_stream, check_case, load_case, run_case
+from viewcounts.commands.scenario import (
+    UnsupportedOnRunner,
+    changes_metadata_mid_stream,
+    check_case,
+    load_case,
+    run_case,
+)
 
 CASES = sorted(glob.glob(os.path.join(SHARED_CASES, "*.json")))
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
@@ -27,8 +34,9 @@ def test_the_shared_cases_are_there():
 FLINK_PARALLELISM = 2
 
 
-@pytest.mark.parametrize("runner", ["local", pytest.param("prism", marks=pytest.mark.prism),
-                                    pytest.param("flink", marks=pytest.mark.flink)])
+@pytest.mark.parametrize(
+    "runner", ["local", pytest.param("prism", marks=pytest.mark.prism), pytest.param("flink", marks=pytest.mark.flink)]
+)
 @pytest.mark.parametrize("path", CASES, ids=[os.path.basename(c) for c in CASES])
 def test_case(path, runner, bigtable_host):
     case = load_case(path)

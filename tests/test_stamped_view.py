@@ -7,10 +7,11 @@ dedup shard key is driven directly (``tests.test_parallel_state``: in-memory sta
 messages in a generated order: an event is ``too_late`` exactly when it is more than
 ``allowed_lateness_s`` below its own message's stamp, whatever order they come in.
 """
+
 import orjson
+from apache_beam.utils.timestamp import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from apache_beam.utils.timestamp import Timestamp
 
 from schemas.event import TOO_LATE, US_PER_S, format_time_us, parse_event_time, parse_payload
 from tests.test_parallel_state import KEY, Cell
@@ -22,14 +23,18 @@ LATENESS_S = 600
 
 
 def _event(eid: str, time_us: int):
-    (ev,), _, _ = parse_payload(orjson.dumps({"event_id": eid, "video_id": "V1", "event_type": "view",
-                                              "event_time": format_time_us(time_us)}))
+    (ev,), _, _ = parse_payload(
+        orjson.dumps({"event_id": eid, "video_id": "V1", "event_type": "view", "event_time": format_time_us(time_us)})
+    )
     return ev
 
 
 # (stamp: s after T0, event time: s relative to the stamp), each event in its own message
-messages = st.lists(st.tuples(st.integers(0, 3600), st.integers(-1200, 60).filter(lambda d: abs(d + LATENESS_S) > 5)),
-                    min_size=1, max_size=12)
+messages = st.lists(
+    st.tuples(st.integers(0, 3600), st.integers(-1200, 60).filter(lambda d: abs(d + LATENESS_S) > 5)),
+    min_size=1,
+    max_size=12,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -43,7 +48,12 @@ def test_each_message_is_judged_at_its_own_stamp_in_any_order(stamped, rnd):
     refused = set()
     for n, (stamp_s, delta_s) in order:
         stamp_us = T0_US + stamp_s * US_PER_S
-        out = fn.process((KEY, (stamp_us, [_event(f"e{n}", stamp_us + delta_s * US_PER_S)])),
-                         timestamp=Timestamp(micros=stamp_us), expiry=Cell(), rung=Cell(), **state)
+        out = fn.process(
+            (KEY, (stamp_us, [_event(f"e{n}", stamp_us + delta_s * US_PER_S)])),
+            timestamp=Timestamp(micros=stamp_us),
+            expiry=Cell(),
+            rung=Cell(),
+            **state,
+        )
         refused |= {n for o in out if getattr(o, "tag", None) == DEAD_LETTER and o.value.reason == TOO_LATE}
     assert refused == {n for n, (_, delta_s) in enumerate(stamped) if delta_s < -LATENESS_S}

@@ -8,6 +8,7 @@ stop-with-savepoint (session cluster). Metadata on Flink and Prism is read by th
 workers and refreshed (``transforms.enrich.EnrichFromFile``). The replay and the refresh
 also run on Prism. ``make runners`` builds what these tests need.
 """
+
 from __future__ import annotations
 
 import signal
@@ -19,8 +20,8 @@ import pytest
 from pipelines.runners import runner_flags
 from query.stats import StatsReader
 from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, archive_missing, kill, latest_checkpoint
-from viewcounts import replay
-from viewcounts.flink import FlinkCluster
+from viewcounts.commands import replay
+from viewcounts.local.flink import FlinkCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulator, pytest.mark.flink]
 
@@ -65,15 +66,20 @@ def _some_rows(d: Deployment) -> bool:
         return next(iter(reader.all_cells()), None) is not None
 
 
-@pytest.mark.parametrize("where", [
-    "embedded", "session-cluster",
-    pytest.param("prism", marks=pytest.mark.prism),
-])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "embedded",
+        "session-cluster",
+        pytest.param("prism", marks=pytest.mark.prism),
+    ],
+)
 def test_historical_replay_equals_the_reference(deployment, tmp_path, where, request):
     cluster = request.getfixturevalue("cluster") if where == "session-cluster" else None
     master = cluster.master if cluster else "[local]"
-    job = deployment.start_job("--no_event_age_check", *_job_flags("prism" if where == "prism" else "flink",
-                                                                    tmp_path, master))
+    job = deployment.start_job(
+        "--no_event_age_check", *_job_flags("prism" if where == "prism" else "flink", tmp_path, master)
+    )
     try:
         events = _flights(3000)
         figures = deployment.publish(events, HISTORICAL)
@@ -103,8 +109,9 @@ def test_killed_job_restored_from_its_last_checkpoint_counts_exactly_once(deploy
         kill(job, signal.SIGKILL)
     restore_from = latest_checkpoint(checkpoints)
     deployment.publish(events[half:], HISTORICAL)
-    job = deployment.start_job("--no_event_age_check",
-                               *runner_flags("flink", checkpoint_dir=checkpoints, savepoint_path=restore_from))
+    job = deployment.start_job(
+        "--no_event_age_check", *runner_flags("flink", checkpoint_dir=checkpoints, savepoint_path=restore_from)
+    )
     try:
         mismatches, _ = deployment.converged(CONVERGE_S, job)
         assert mismatches == [], mismatches[:5]
@@ -148,12 +155,20 @@ def test_metadata_refresh_reaches_later_panes(deployment, tmp_path, runner):
             return {c.title for c in reader.all_cells() if c.video_id == "JFK"}
 
     def events(minute: int) -> list[dict]:
-        return [{"event_id": f"m{minute}-{i}", "video_id": "JFK", "event_type": "view",
-                 "event_time": f"2013-01-01T05:{minute:02d}:{i:02d}Z"} for i in range(5)]
+        return [
+            {
+                "event_id": f"m{minute}-{i}",
+                "video_id": "JFK",
+                "event_type": "view",
+                "event_time": f"2013-01-01T05:{minute:02d}:{i:02d}Z",
+            }
+            for i in range(5)
+        ]
 
     write_title("Kennedy")
-    job = deployment.start_job("--no_event_age_check", f"--metadata_path={metadata}", "--metadata_refresh_s=2",
-                               *_job_flags(runner, tmp_path))
+    job = deployment.start_job(
+        "--no_event_age_check", f"--metadata_path={metadata}", "--metadata_refresh_s=2", *_job_flags(runner, tmp_path)
+    )
     try:
         plan = replay.ReplayPlan(time_mode="real", events_per_message=5)
         deployment.publish(events(1), plan)

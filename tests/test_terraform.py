@@ -4,6 +4,7 @@ and the stats service's account reads Bigtable and nothing more; every resource 
 API; the alert policies watch the job's own counters; and the Cloud Run service runs the image
 of infra/service/Dockerfile with the settings that image's command reads (the command itself
 run here, from the checkout, against the Bigtable emulator). checkov: tests/test_checkov.py."""
+
 import argparse
 import glob
 import json
@@ -18,21 +19,26 @@ import time
 
 import hcl2
 import pytest
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from pipelines.options import (DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DEFAULT_TOPIC, CountingOptions,
-                               default_dead_letter_path)
+from pipelines.options import (
+    DEFAULT_DEAD_LETTER_TOPIC,
+    DEFAULT_SUBSCRIPTION,
+    DEFAULT_TOPIC,
+    CountingOptions,
+    default_dead_letter_path,
+)
 from pipelines.redrive import default_redrive_path
-from schemas import storage
-from schemas.parquet_archive import STAGING_FOLDER, hour_partition
 from query import dashboard
 from query.service import add_serve_args
+from schemas import storage
+from schemas.parquet_archive import STAGING_FOLDER, hour_partition
 from tests.conftest import REPO
 from transforms import metrics
-from viewcounts import provision
-from viewcounts.demo import DEAD_LETTER_SUBSCRIPTION
+from viewcounts.commands.demo import DEAD_LETTER_SUBSCRIPTION
+from viewcounts.local import provision
 
 TF_DIR = os.path.join(REPO, "infra", "terraform")
 SERVICE_DOCKERFILE = os.path.join(REPO, "infra", "service", "Dockerfile")
@@ -142,7 +148,7 @@ def test_bigquery_external_table_reads_the_parquet_layout_compaction_writes(tf):
     prefix, keys = hive["source_uri_prefix"].split("/{", 1)
     assert prefix == parquet_path
     names = [k.split(":")[0] for k in ("{" + keys).strip("{}").split("}/{")]
-    folders = hour_partition(parquet_path, 1_715_680_800)[len(parquet_path) + 1:].split("/")
+    folders = hour_partition(parquet_path, 1_715_680_800)[len(parquet_path) + 1 :].split("/")
     assert names == [f.split("=")[0] for f in folders] == ["dt", "hour"]
     assert "{dt:DATE}" in hive["source_uri_prefix"] and "{hour:INTEGER}" in hive["source_uri_prefix"]
 
@@ -150,8 +156,8 @@ def test_bigquery_external_table_reads_the_parquet_layout_compaction_writes(tf):
 def test_dead_letter_files_have_their_own_retention_and_deleted_objects_a_grace(tf):
     bucket = tf["resource"]["google_storage_bucket"]["archive"]
     # the folders the job and the redrive write dead letters to by default
-    folder = default_dead_letter_path("gs://b/archive")[len("gs://b/"):]
-    redrive = default_redrive_path(f"gs://b/{folder}/**")[len("gs://b/"):]
+    folder = default_dead_letter_path("gs://b/archive")[len("gs://b/") :]
+    redrive = default_redrive_path(f"gs://b/{folder}/**")[len("gs://b/") :]
     rule = _rule(bucket, f"{folder}/", f"{redrive}/")
     assert rule["action"][0]["type"] == "Delete"
     assert rule["condition"][0]["age"] == "${var.dead_letter_retention_days}"
@@ -159,8 +165,10 @@ def test_dead_letter_files_have_their_own_retention_and_deleted_objects_a_grace(
     # versioned: what a rule or a person deletes stays restorable for a while, then goes
     assert bucket["versioning"] == [{"enabled": True}]
     [noncurrent] = [r for r in bucket["lifecycle_rule"] if "days_since_noncurrent_time" in r["condition"][0]]
-    assert noncurrent["condition"][0] == {"days_since_noncurrent_time": "${var.noncurrent_retention_days}",
-                                          "with_state": "ARCHIVED"}
+    assert noncurrent["condition"][0] == {
+        "days_since_noncurrent_time": "${var.noncurrent_retention_days}",
+        "with_state": "ARCHIVED",
+    }
     # every other rule deletes live objects under one of its prefixes only
     assert all(r["condition"][0]["matches_prefix"] for r in bucket["lifecycle_rule"] if r is not noncurrent)
 
@@ -203,8 +211,15 @@ def _parser_flags(options_class) -> set[str]:
 
 
 def test_outputs_give_every_flag_the_job_needs(tf):
-    assert set(tf["output"]) == {"job_flags", "dataflow_flags", "job_args", "template_parameters", "parquet_path",
-                                 "bigquery_events_table", "stats_service_url"}
+    assert set(tf["output"]) == {
+        "job_flags",
+        "dataflow_flags",
+        "job_args",
+        "template_parameters",
+        "parquet_path",
+        "bigquery_events_table",
+        "stats_service_url",
+    }
     job_flags, dataflow_flags = tf["locals"]["job_flags"], tf["locals"]["dataflow_flags"]
     assert tf["output"]["job_flags"]["value"] == "${local.job_flags}"
     assert tf["output"]["dataflow_flags"]["value"] == "${local.dataflow_flags}"
@@ -219,18 +234,22 @@ def test_outputs_give_every_flag_the_job_needs(tf):
     assert set(dataflow_flags) <= _parser_flags(GoogleCloudOptions)
     assert dataflow_flags["service_account_email"] == "${google_service_account.worker.email}"
     assert {dataflow_flags[k] for k in ("temp_location", "staging_location")} <= {
-        f"${{local.bucket_url}}/dataflow/{d}" for d in ("tmp", "staging")}
+        f"${{local.bucket_url}}/dataflow/{d}" for d in ("tmp", "staging")
+    }
     # the job's names are the resources', and dead letters go where the job would put them
     assert job_flags["input_subscription"] == "${google_pubsub_subscription.events.id}"
     assert job_flags["dead_letter_topic"] == "${google_pubsub_topic.dead_letters.id}"
     archive = job_flags["archive_path"]
-    assert archive == "${local.bucket_url}/archive" and _rule(tf["resource"]["google_storage_bucket"]["archive"],
-                                                              "archive/")
+    assert archive == "${local.bucket_url}/archive" and _rule(
+        tf["resource"]["google_storage_bucket"]["archive"], "archive/"
+    )
     assert job_flags["dead_letter_path"] == default_dead_letter_path(archive)
-    assert tf["output"]["job_args"]["value"] == ('${join(" ", [for flag, value in merge(local.job_flags, '
-                                                 'local.dataflow_flags) : "--${flag}=${value}"])}')
+    assert tf["output"]["job_args"]["value"] == (
+        '${join(" ", [for flag, value in merge(local.job_flags, local.dataflow_flags) : "--${flag}=${value}"])}'
+    )
     assert tf["output"]["template_parameters"]["value"] == (
-        '${join(",", [for flag, value in local.job_flags : "${flag}=${value}"])}')
+        '${join(",", [for flag, value in local.job_flags : "${flag}=${value}"])}'
+    )
 
 
 WORKER_SA = "google_service_account.worker"
@@ -238,13 +257,23 @@ WORKER_SA = "google_service_account.worker"
 
 def test_worker_account_holds_one_role_per_resource_it_uses(tf):
     assert tf["locals"]["worker"] == f"serviceAccount:${{{WORKER_SA}.email}}"
-    grants = sorted((rtype, body["role"], next((body[k] for k in ("subscription", "topic", "table", "bucket", "project")
-                                                if k in body), None))
-                    for rtype, body in _grants(tf) if body["member"] == "${local.worker}")
+    grants = sorted(
+        (
+            rtype,
+            body["role"],
+            next((body[k] for k in ("subscription", "topic", "table", "bucket", "project") if k in body), None),
+        )
+        for rtype, body in _grants(tf)
+        if body["member"] == "${local.worker}"
+    )
     assert grants == [
         ("google_bigtable_table_iam_member", "roles/bigtable.user", "${google_bigtable_table.aggregates.name}"),
         ("google_project_iam_member", "roles/dataflow.worker", "${var.project}"),
-        ("google_pubsub_subscription_iam_member", "roles/pubsub.subscriber", "${google_pubsub_subscription.events.name}"),
+        (
+            "google_pubsub_subscription_iam_member",
+            "roles/pubsub.subscriber",
+            "${google_pubsub_subscription.events.name}",
+        ),
         ("google_pubsub_subscription_iam_member", "roles/pubsub.viewer", "${google_pubsub_subscription.events.name}"),
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "${google_pubsub_topic.dead_letters.name}"),
         ("google_storage_bucket_iam_member", "roles/storage.objectAdmin", "${google_storage_bucket.archive.name}"),
@@ -268,18 +297,30 @@ def _references(tf, value) -> set[str]:
 
 
 # the API each kind of resource is created through
-API_OF = {"google_pubsub_": "pubsub", "google_bigtable_": "bigtableadmin", "google_storage_": "storage",
-          "google_bigquery_": "bigquery", "google_cloud_run_": "run", "google_service_account": "iam",
-          "google_monitoring_": "monitoring", "google_project_iam_": "cloudresourcemanager"}
+API_OF = {
+    "google_pubsub_": "pubsub",
+    "google_bigtable_": "bigtableadmin",
+    "google_storage_": "storage",
+    "google_bigquery_": "bigquery",
+    "google_cloud_run_": "run",
+    "google_service_account": "iam",
+    "google_monitoring_": "monitoring",
+    "google_project_iam_": "cloudresourcemanager",
+}
 
 
 def test_every_resource_waits_for_the_apis_and_its_api_is_enabled(tf):
     apis = set(re.findall(r'"([a-z]+)\.googleapis\.com"', tf["locals"]["apis"]))
     assert tf["resource"]["google_project_service"]["apis"] == {
-        "for_each": "${local.apis}", "service": "${each.value}", "disable_on_destroy": False}
+        "for_each": "${local.apis}",
+        "service": "${each.value}",
+        "disable_on_destroy": False,
+    }
     # the job's own APIs: Dataflow on Compute Engine VMs, Bigtable's data API
     assert {"dataflow", "compute", "bigtable"} <= apis
-    refs = {f"{rtype}.{name}": _references(tf, body) for rtype, rs in tf["resource"].items() for name, body in rs.items()}
+    refs = {
+        f"{rtype}.{name}": _references(tf, body) for rtype, rs in tf["resource"].items() for name, body in rs.items()
+    }
 
     def waits(resource):  # Terraform refuses cycles, so this ends
         return "google_project_service.apis" in refs[resource] or any(waits(r) for r in refs[resource])
@@ -305,9 +346,11 @@ def test_alert_policies_watch_lag_backlog_and_the_jobs_counters(tf):
     for part in ('resource.type = \\"dataflow_job\\"', 'metric.type = \\"dataflow.googleapis.com/job/system_lag\\"'):
         assert part in gauges["system_lag"]["filter"], part
     assert gauges["system_lag"]["threshold"] == "${var.alert_system_lag_s}"
-    for part in ('resource.type = \\"pubsub_subscription\\"',
-                 'resource.label.subscription_id = \\"${google_pubsub_subscription.events.name}\\"',
-                 'metric.type = \\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\\"'):
+    for part in (
+        'resource.type = \\"pubsub_subscription\\"',
+        'resource.label.subscription_id = \\"${google_pubsub_subscription.events.name}\\"',
+        'metric.type = \\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\\"',
+    ):
         assert part in gauges["oldest_unacked"]["filter"], part
     assert gauges["oldest_unacked"]["threshold"] == "${var.alert_oldest_unacked_s}"
     # the counters are the job's, by the names transforms/metrics.py gives them
@@ -339,13 +382,18 @@ def test_stats_service_account_only_reads_the_bigtable_instance(tf):
     assert STATS_SA.split(".")[1] in tf["resource"]["google_service_account"]
     grants = [(rtype, body) for rtype, body in _grants(tf) if STATS_SA in body["member"]]
     # one grant, read-only, on the instance of the aggregates: no project-wide role
-    assert [(rtype, body["role"]) for rtype, body in grants] == [("google_bigtable_instance_iam_member",
-                                                                   "roles/bigtable.reader")]
+    assert [(rtype, body["role"]) for rtype, body in grants] == [
+        ("google_bigtable_instance_iam_member", "roles/bigtable.reader")
+    ]
     assert grants[0][1]["instance"] == "${google_bigtable_instance.counts.name}"
     assert grants[0][1]["member"] == f"serviceAccount:${{{STATS_SA}.email}}"
     # the one role on the whole project is the workers' Dataflow role (worker.tf says why)
-    project_grants = [(rtype, name, body["role"]) for rtype, rs in tf["resource"].items()
-                      if rtype.startswith("google_project_iam") for name, body in rs.items()]
+    project_grants = [
+        (rtype, name, body["role"])
+        for rtype, rs in tf["resource"].items()
+        if rtype.startswith("google_project_iam")
+        for name, body in rs.items()
+    ]
     assert project_grants == [("google_project_iam_member", "worker_dataflow", "roles/dataflow.worker")]
 
 
@@ -361,8 +409,10 @@ def test_cloud_run_service_runs_as_the_reader_with_bounded_scaling(tf):
     assert template["service_account"] == f"${{{STATS_SA}.email}}"
     assert "${google_bigtable_instance_iam_member.stats_service_reader}" in service["depends_on"]
     [scaling] = template["scaling"]
-    assert scaling == {"min_instance_count": "${var.service_min_instances}",
-                       "max_instance_count": "${var.service_max_instances}"}
+    assert scaling == {
+        "min_instance_count": "${var.service_min_instances}",
+        "max_instance_count": "${var.service_max_instances}",
+    }
     lo, hi = (tf["variable"][f"service_{k}_instances"]["default"] for k in ("min", "max"))
     assert 0 <= lo <= hi
     assert _container(tf)["image"] == "${var.service_image}" and "default" not in tf["variable"]["service_image"]
@@ -373,8 +423,11 @@ def test_cloud_run_service_runs_as_the_reader_with_bounded_scaling(tf):
 
 def test_cloud_run_env_names_the_bigtable_the_pipeline_writes(tf):
     env = {e["name"]: e["value"] for e in _container(tf)["env"]}
-    assert env == {"BIGTABLE_PROJECT": "${var.project}", "BIGTABLE_INSTANCE": "${google_bigtable_instance.counts.name}",
-                   "BIGTABLE_TABLE": "${google_bigtable_table.aggregates.name}"}
+    assert env == {
+        "BIGTABLE_PROJECT": "${var.project}",
+        "BIGTABLE_INSTANCE": "${google_bigtable_instance.counts.name}",
+        "BIGTABLE_TABLE": "${google_bigtable_table.aggregates.name}",
+    }
 
 
 def _dockerfile(path: str) -> list[tuple[str, str]]:
@@ -447,7 +500,7 @@ def test_service_image_command_serves_health_and_dashboard_from_the_checkout(big
     Cloud Run and Terraform set (the vendor folder pointed at this checkout's build)."""
     import httpx
 
-    from viewcounts.emulators import free_port
+    from viewcounts.local.emulators import free_port
 
     table = f"svc-{os.urandom(5).hex()}"
     provision.create_table("test-project", "test-instance", table)
@@ -455,9 +508,15 @@ def test_service_image_command_serves_health_and_dashboard_from_the_checkout(big
     [cmd] = [json.loads(rest) for op, rest in final if op == "CMD"]
     port = free_port()
     vendor = dashboard.vendor_dir() if not dashboard.missing_vendor_files() else str(tmp_path)
-    env = {**os.environ, "PORT": str(port), "BIGTABLE_PROJECT": "test-project", "BIGTABLE_INSTANCE": "test-instance",
-           "BIGTABLE_TABLE": table, dashboard.VENDOR_ENV: vendor,
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "BIGTABLE_PROJECT": "test-project",
+        "BIGTABLE_INSTANCE": "test-instance",
+        "BIGTABLE_TABLE": table,
+        dashboard.VENDOR_ENV: vendor,
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+    }
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -472,9 +531,17 @@ def test_service_image_command_serves_health_and_dashboard_from_the_checkout(big
         assert health.status_code == 200 and health.json()["ok"] is True
         page = httpx.get(f"{url}/")
         assert page.status_code == (503 if vendor == str(tmp_path) else 200)
-        stats = httpx.get(f"{url}/v1/stats", params={"video_id": "v", "event_type": "view", "function": "count",
-                                                      "start": "2024-01-01T00:00:00Z", "end": "2024-01-01T01:00:00Z",
-                                                      "granularity": "hour"})
+        stats = httpx.get(
+            f"{url}/v1/stats",
+            params={
+                "video_id": "v",
+                "event_type": "view",
+                "function": "count",
+                "start": "2024-01-01T00:00:00Z",
+                "end": "2024-01-01T01:00:00Z",
+                "granularity": "hour",
+            },
+        )
         assert stats.status_code == 200 and stats.json()["series"][0]["value"] == 0
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -487,11 +554,14 @@ def test_service_image_command_serves_health_and_dashboard_from_the_checkout(big
 # cannot reach; `make tf-schema` fetches the same schema from the npm registry: the jsii
 # assembly of the provider's prebuilt CDKTF bindings, at the version in
 # infra/terraform/provider-schema/package.json (hashicorp/google 6.50.0).
-PROVIDER_JSII = os.path.join(REPO, "build", "terraform-provider-schema", "node_modules", "@cdktf", "provider-google",
-                             ".jsii")
+PROVIDER_JSII = os.path.join(
+    REPO, "build", "terraform-provider-schema", "node_modules", "@cdktf", "provider-google", ".jsii"
+)
 META_ARGUMENTS = {"count", "for_each", "depends_on", "provider", "lifecycle"}
-_DOC_ANCHOR = re.compile(r"registry\.terraform\.io/providers/hashicorp/google/([0-9.]+)/docs"
-                         r"(?:/resources/([a-z0-9_]+))?#([a-z0-9_]+)")
+_DOC_ANCHOR = re.compile(
+    r"registry\.terraform\.io/providers/hashicorp/google/([0-9.]+)/docs"
+    r"(?:/resources/([a-z0-9_]+))?#([a-z0-9_]+)"
+)
 
 
 def _argument_name(prop: dict) -> str:
@@ -519,16 +589,21 @@ def provider_schema() -> dict:
     for fqn, t in types.items():
         if t["kind"] != "interface" or not t.get("datatype"):
             continue
-        structs[fqn] = {_argument_name(p): (not p.get("optional", False), _nested(p["type"]))
-                        for p in t.get("properties", [])}
+        structs[fqn] = {
+            _argument_name(p): (not p.get("optional", False), _nested(p["type"])) for p in t.get("properties", [])
+        }
         if "cdktf.TerraformMetaArguments" in t.get("interfaces", []) and fqn.endswith("Config"):
             links = [m for p in t.get("properties", []) if (m := _DOC_ANCHOR.search(json.dumps(p["docs"])))]
             versions |= {m.group(1) for m in links}
             if links and links[0].group(2):
                 resources[f"google_{links[0].group(2)}"] = fqn
     [version] = versions
-    return {"version": version, "resources": resources, "structs": structs,
-            "provider": "@cdktf/provider-google.provider.GoogleProviderConfig"}
+    return {
+        "version": version,
+        "resources": resources,
+        "structs": structs,
+        "provider": "@cdktf/provider-google.provider.GoogleProviderConfig",
+    }
 
 
 def _schema_errors(schema: dict, struct: str, body: dict, where: str, top: bool = False) -> list[str]:

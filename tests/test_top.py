@@ -2,6 +2,7 @@
 sort (random monotone update sequences, sharded and merged), the storage layout of top rows
 (round trips, no collision with entity rows), and ``get_top`` / ``viewcounts top`` /
 ``GET /v1/top`` on the Bigtable emulator (answers, errors, the final-window cache)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -19,7 +20,8 @@ from query.top import TopReader, parse_top
 from schemas import storage
 from transforms.bigtable_sink import WriteAggregates, cell_of
 from transforms.top import BoundedTop, TopRow, top_of
-from viewcounts import cli, provision
+from viewcounts import cli
+from viewcounts.local import provision
 
 PROJECT, INSTANCE = "test-project", "test-instance"
 VIDEO_IDS = st.text(min_size=1, max_size=40).filter(lambda v: len(v.encode("utf-8", "surrogatepass")) <= 256)
@@ -33,8 +35,11 @@ def reference(latest: dict, k: int) -> tuple:
 def monotone_updates(draw):
     """``[(video_id, count), ...]``: each video's counts never decrease, with repeats (re-fired
     panes), equal counts across videos (ties) and videos that stop early."""
-    videos = draw(st.lists(st.sampled_from([f"v{i}" for i in range(30)] + ["#", "%", "é", "a b"]), min_size=1,
-                           max_size=25, unique=True))
+    videos = draw(
+        st.lists(
+            st.sampled_from([f"v{i}" for i in range(30)] + ["#", "%", "é", "a b"]), min_size=1, max_size=25, unique=True
+        )
+    )
     counts = {v: 0 for v in videos}
     out = []
     for _ in range(draw(st.integers(1, 150))):
@@ -77,8 +82,12 @@ def test_bounded_top_per_shard_merged_equals_the_full_sort(updates, k, shards, r
     assert merged.items() == reference(latest, k) == top_of((i for t in tops for i in t.items()), k)
 
 
-@given(VIDEO_IDS, st.sampled_from(["view", "like", "top", "a_1"]), st.sampled_from(["minute", "hour"]),
-       st.integers(0, 4_000_000_000))
+@given(
+    VIDEO_IDS,
+    st.sampled_from(["view", "like", "top", "a_1"]),
+    st.sampled_from(["minute", "hour"]),
+    st.integers(0, 4_000_000_000),
+)
 def test_top_rows_never_collide_with_entity_rows(video_id, event_type, granularity, window_s):
     key = storage.row_key(video_id, event_type, granularity, window_s)
     assert not storage.is_top_row_key(key)
@@ -101,8 +110,17 @@ def test_top_cells_round_trip(counts):
     assert storage.decode_top(storage.encode_top(items)) == list(items)
 
 
-@given(st.one_of(st.binary(max_size=60), st.builds(lambda x: orjson.dumps(x), st.recursive(
-    st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=3)), lambda c: st.lists(c, max_size=3)))))
+@given(
+    st.one_of(
+        st.binary(max_size=60),
+        st.builds(
+            lambda x: orjson.dumps(x),
+            st.recursive(
+                st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=3)), lambda c: st.lists(c, max_size=3)
+            ),
+        ),
+    )
+)
 def test_decode_top_refuses_anything_else_with_a_cell_error(value):
     try:
         items = storage.decode_top(value)
@@ -111,23 +129,35 @@ def test_decode_top_refuses_anything_else_with_a_cell_error(value):
     assert storage.encode_top(items) == value
 
 
-@pytest.mark.parametrize("items", [[("a", 1), ("b", 2)], [("a", 0)], [("a", 2), ("a", 1)], [("b", 1), ("a", 1)],
-                                   [(f"v{i:03d}", 1) for i in range(storage.TOP_K + 1)], [("a", 1.5)]])
+@pytest.mark.parametrize(
+    "items",
+    [
+        [("a", 1), ("b", 2)],
+        [("a", 0)],
+        [("a", 2), ("a", 1)],
+        [("b", 1), ("a", 1)],
+        [(f"v{i:03d}", 1) for i in range(storage.TOP_K + 1)],
+        [("a", 1.5)],
+    ],
+)
 def test_encode_top_refuses_lists_the_pipeline_does_not_make(items):
     with pytest.raises(storage.CellError):
         storage.encode_top(items)
 
 
-@pytest.mark.parametrize("args, message", [
-    (("view", "week", "2024-05-14T10:00:00Z", 3), "granularity must be one of minute, hour, day"),
-    (("view", "hour", "2024-05-14T10:00:00Z", 0), "n must be an integer from 1 to 100"),
-    (("view", "hour", "2024-05-14T10:00:00Z", 101), "n must be an integer from 1 to 100"),
-    (("view", "hour", "2024-05-14T10:00:00Z", "ten"), "n must be an integer"),
-    (("View", "hour", "2024-05-14T10:00:00Z", 3), "event_type must be 1..64 characters of [a-z0-9_]"),
-    (("", "hour", "2024-05-14T10:00:00Z", 3), "event_type must be"),
-    (("view", "hour", "2024-05-14 10:00:00", 3), "at:"),
-    (("view", "hour", dt.datetime(2024, 5, 14), 3), "at must carry a time zone"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("view", "week", "2024-05-14T10:00:00Z", 3), "granularity must be one of minute, hour, day"),
+        (("view", "hour", "2024-05-14T10:00:00Z", 0), "n must be an integer from 1 to 100"),
+        (("view", "hour", "2024-05-14T10:00:00Z", 101), "n must be an integer from 1 to 100"),
+        (("view", "hour", "2024-05-14T10:00:00Z", "ten"), "n must be an integer"),
+        (("View", "hour", "2024-05-14T10:00:00Z", 3), "event_type must be 1..64 characters of [a-z0-9_]"),
+        (("", "hour", "2024-05-14T10:00:00Z", 3), "event_type must be"),
+        (("view", "hour", "2024-05-14 10:00:00", 3), "at:"),
+        (("view", "hour", dt.datetime(2024, 5, 14), 3), "at must carry a time zone"),
+    ],
+)
 def test_parse_top_errors(args, message):
     with pytest.raises(QueryError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_top(*args)
@@ -158,9 +188,16 @@ def store_tops(lists: dict, table: str, base_ms: int | None = None) -> None:
     sink = WriteAggregates(PROJECT, INSTANCE, table)
     sink.setup()
     try:
-        rows = [TopRow(t, g, w, tuple(items), storage.cell_timestamp_us(base_ms or storage.wall_clock_ms(),
-                                                                          sum(c for _, c in items)))
-                for (t, g, w), items in lists.items()]
+        rows = [
+            TopRow(
+                t,
+                g,
+                w,
+                tuple(items),
+                storage.cell_timestamp_us(base_ms or storage.wall_clock_ms(), sum(c for _, c in items)),
+            )
+            for (t, g, w), items in lists.items()
+        ]
         assert sink._write({cell_of(r): r for r in rows}) == []
     finally:
         sink.teardown()
@@ -177,8 +214,14 @@ def stored(bigtable_host):
 
 @pytest.mark.emulator
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from(("view", "like", "share")), st.sampled_from(("minute", "hour", "day")), st.integers(0, 3),
-       st.floats(0, 1, exclude_max=True), st.integers(1, storage.TOP_K), st.sampled_from((-100, 0, 899, 900, 5000)))
+@given(
+    st.sampled_from(("view", "like", "share")),
+    st.sampled_from(("minute", "hour", "day")),
+    st.integers(0, 3),
+    st.floats(0, 1, exclude_max=True),
+    st.integers(1, storage.TOP_K),
+    st.sampled_from((-100, 0, 899, 900, 5000)),
+)
 def test_get_top_and_endpoint_answer_the_stored_list(stored, event_type, granularity, i, frac, n, after_end_s):
     """Any instant in a window, any n: the first n of its stored list; final once the window's end
     plus the allowed lateness (600 s) and the final margin (300 s) is past."""
@@ -195,19 +238,38 @@ def test_get_top_and_endpoint_answer_the_stored_list(stored, event_type, granula
 
     reader = CachedStatsReader(PROJECT, INSTANCE, table, clock=lambda: start + size + after_end_s)
     with TestClient(create_app(reader)) as client:
-        body = client.get("/v1/top", params={"type": event_type, "granularity": granularity, "at": at,
-                                             "n": str(n)}).json()
+        body = client.get(
+            "/v1/top", params={"type": event_type, "granularity": granularity, "at": at, "n": str(n)}
+        ).json()
     assert body["items"] == [{"video_id": v, "count": c} for v, c in want]
     assert (body["window_start"], body["n"], body["final"]) == (
-        dt.datetime.fromtimestamp(start, dt.timezone.utc).isoformat().replace("+00:00", "Z"), n, after_end_s >= 900)
+        dt.datetime.fromtimestamp(start, dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+        n,
+        after_end_s >= 900,
+    )
     assert body["newest_pane"] == (None if not want else "2023-11-14T22:13:20Z")
 
 
 @pytest.mark.emulator
 def test_cli_top_json_and_errors(stored, capsys, monkeypatch):
     table, lists = stored
-    argv = ["top", "--type", "view", "--granularity", "hour", "--at", "2024-05-14T01:30:00Z", "-n", "3",
-            "--project", PROJECT, "--instance", INSTANCE, "--table", table]
+    argv = [
+        "top",
+        "--type",
+        "view",
+        "--granularity",
+        "hour",
+        "--at",
+        "2024-05-14T01:30:00Z",
+        "-n",
+        "3",
+        "--project",
+        PROJECT,
+        "--instance",
+        INSTANCE,
+        "--table",
+        table,
+    ]
     assert cli.main([*argv, "--json"]) == 0
     body = orjson.loads(capsys.readouterr().out)
     assert [(i["video_id"], i["count"]) for i in body["items"]] == lists[("view", "hour", BASE + 3600)][:3]
@@ -228,9 +290,12 @@ def test_endpoint_errors_and_final_cache(bigtable_host):
     reader = CachedStatsReader(PROJECT, INSTANCE, table, tail_ttl_s=0, clock=lambda: clock[0])
     params = {"type": "view", "granularity": "minute", "at": "2024-05-14T00:00:30Z"}
     with TestClient(create_app(reader)) as client:
-        for bad, message in ((dict(params, n="0"), "n must be"), (dict(params, granularity="week"), "granularity"),
-                             ({"type": "view", "granularity": "hour"}, "missing query parameter(s): at"),
-                             (dict(params, type="VIEW"), "event_type must be")):
+        for bad, message in (
+            (dict(params, n="0"), "n must be"),
+            (dict(params, granularity="week"), "granularity"),
+            ({"type": "view", "granularity": "hour"}, "missing query parameter(s): at"),
+            (dict(params, type="VIEW"), "event_type must be"),
+        ):
             resp = client.get("/v1/top", params=bad)
             assert resp.status_code == 400 and message in resp.json()["error"]
         assert client.get("/v1/top", params=params).json()["items"] == []

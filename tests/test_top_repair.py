@@ -10,6 +10,7 @@ on the Bigtable emulator:
   run reads the same and so agrees with what the recompute wrote, and the command says how
   many hours it read for the day lists.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,15 +28,24 @@ from tests.test_recompute import write_archive
 from tests.test_top_streaming import all_top_lists
 from transforms.top import TopRow
 from viewcounts.cli import main
-from viewcounts.recompute import add_recompute_args, run_recompute
-from viewcounts.reconcile import stored_aggregates
+from viewcounts.commands.recompute import add_recompute_args, run_recompute
+from viewcounts.commands.reconcile import stored_aggregates
 
 pytestmark = pytest.mark.emulator
 
 
 def _copy(eid: str, video: str, t_s: int, written_s: int, run: str = OLD_RUN) -> dict:
-    return {"event_id": eid, "video_id": video, "event_type": "view", "value": None, "t_us": t_s * US_PER_S,
-            "written_ms": written_s * 1000, "file_name": f"f{written_s}", "line": 1, "run": run}
+    return {
+        "event_id": eid,
+        "video_id": video,
+        "event_type": "view",
+        "value": None,
+        "t_us": t_s * US_PER_S,
+        "written_ms": written_s * 1000,
+        "file_name": f"f{written_s}",
+        "line": 1,
+        "run": run,
+    }
 
 
 def _archive(root: str, copies: list, restart_s: int | None = None) -> None:
@@ -50,8 +60,20 @@ def _archive(root: str, copies: list, restart_s: int | None = None) -> None:
 
 def _cli(table: tuple, archive: str, *flags: str) -> list[str]:
     project, instance, name = table
-    return ["recompute", "--archive-path", archive, "--project", project, "--instance", instance, "--table", name,
-            "--dead-letter-path", f"{archive}-dead-letters", *flags]
+    return [
+        "recompute",
+        "--archive-path",
+        archive,
+        "--project",
+        project,
+        "--instance",
+        instance,
+        "--table",
+        name,
+        "--dead-letter-path",
+        f"{archive}-dead-letters",
+        *flags,
+    ]
 
 
 def _run(table: tuple, archive: str, now_s: int, *flags: str) -> dict:
@@ -72,8 +94,10 @@ def test_an_open_day_is_reported_and_its_list_rebuilt_when_run_again(table, tmp_
     restart_s = DAY_S + 14 * HOUR_S + 1800
     copies = [_copy(f"a{i}", "A", DAY_S + 10 * HOUR_S + i, DAY_S + 11 * HOUR_S + i) for i in range(5)]
     copies += [_copy(f"b{i}", "B", DAY_S + 14 * HOUR_S + i, DAY_S + 14 * HOUR_S + 600 + i) for i in range(2)]
-    copies += [_copy("b2", "B", DAY_S + 14 * HOUR_S + 2000, restart_s + 300, NEW_RUN),
-               _copy("c0", "C", DAY_S + 14 * HOUR_S + 2100, restart_s + 400, NEW_RUN)]
+    copies += [
+        _copy("b2", "B", DAY_S + 14 * HOUR_S + 2000, restart_s + 300, NEW_RUN),
+        _copy("c0", "C", DAY_S + 14 * HOUR_S + 2100, restart_s + 400, NEW_RUN),
+    ]
     archive = str(tmp_path / "archive")
     _archive(archive, copies, restart_s)
     # the new job's day list (its day stage started empty), stamped at the restart: it won
@@ -86,13 +110,18 @@ def test_an_open_day_is_reported_and_its_list_rebuilt_when_run_again(table, tmp_
     assert out["open_days"] == {_t(DAY_S): {"run_again_after": _t(DAY_S + 86400 + 900)}}
     assert _day_list(table) == [("B", 1), ("C", 1)]
     lists = all_top_lists(table[2])
-    assert lists[(storage.top_row_key("view", "hour", DAY_S + 14 * HOUR_S),
-                  storage.qualifier(DAY_S + 14 * HOUR_S))] == [("B", 3), ("C", 1)]
+    assert lists[
+        (storage.top_row_key("view", "hour", DAY_S + 14 * HOUR_S), storage.qualifier(DAY_S + 14 * HOUR_S))
+    ] == [("B", 3), ("C", 1)]
 
     # run again once the day has closed: the whole day's list; hour 10 read, not rewritten
     out = _run(table, archive, DAY_S + 86400 + 900, "--after-restarts")
     assert (out["hours"], out["hours_read"], out["day_lists"], out["open_days"]) == (
-        [_t(DAY_S + 14 * HOUR_S)], 24, [_t(DAY_S)], {})
+        [_t(DAY_S + 14 * HOUR_S)],
+        24,
+        [_t(DAY_S)],
+        {},
+    )
     assert _day_list(table) == [("A", 5), ("B", 3), ("C", 1)]
     with StatsReader(*table) as reader:
         stored = stored_aggregates(reader)
@@ -102,10 +131,12 @@ def test_an_open_day_is_reported_and_its_list_rebuilt_when_run_again(table, tmp_
 
 def test_a_range_inside_a_closed_day_counts_as_the_whole_day_and_the_dry_run_agrees(table, tmp_path, capsys):
     # e1 archived first in hour 10, then a copy re-stamped into hour 14 (the same event)
-    copies = [_copy("e1", "A", DAY_S + 10 * HOUR_S + 5, DAY_S + 10 * HOUR_S + 60),
-              _copy("e1", "A", DAY_S + 14 * HOUR_S + 5, DAY_S + 14 * HOUR_S + 60),
-              _copy("e2", "B", DAY_S + 14 * HOUR_S + 7, DAY_S + 14 * HOUR_S + 61),
-              _copy("e3", "A", DAY_S + 20 * HOUR_S + 7, DAY_S + 20 * HOUR_S + 61)]
+    copies = [
+        _copy("e1", "A", DAY_S + 10 * HOUR_S + 5, DAY_S + 10 * HOUR_S + 60),
+        _copy("e1", "A", DAY_S + 14 * HOUR_S + 5, DAY_S + 14 * HOUR_S + 60),
+        _copy("e2", "B", DAY_S + 14 * HOUR_S + 7, DAY_S + 14 * HOUR_S + 61),
+        _copy("e3", "A", DAY_S + 20 * HOUR_S + 7, DAY_S + 20 * HOUR_S + 61),
+    ]
     archive = str(tmp_path / "archive")
     _archive(archive, copies)
     rng = ("--start", _t(DAY_S + 14 * HOUR_S), "--end", _t(DAY_S + 15 * HOUR_S))

@@ -5,6 +5,7 @@ hours, many videos; a second branch keeps only ``k`` = 2 entries over 3 shards, 
 bounded per-shard state evicts (the exactness argument of ``transforms.top``) all the time.
 The reference: SPEC.md's acceptance (``tests.test_properties.model``), then per (type,
 granularity, window) sort by (-count, video_id) and keep the first K; a day sums its hours."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,17 @@ from tests.test_properties import _EXAMPLES, LATENESS_S, START_US, _case, model
 from transforms.count_events import DAY_COUNTS, ROWS
 from transforms.enrich import EnrichFromSnapshots
 from transforms.top import TopEntities
-from viewcounts import provision
-from viewcounts.scenario import (FLINK_CASE_DEADLINE_S, METADATA, InSourceOrder, _finish_within,
-                                 _snapshots_read_once, build_test_stream, payload_tag, policy_of_case)
+from viewcounts.commands.scenario import (
+    FLINK_CASE_DEADLINE_S,
+    METADATA,
+    InSourceOrder,
+    _finish_within,
+    _snapshots_read_once,
+    build_test_stream,
+    payload_tag,
+    policy_of_case,
+)
+from viewcounts.local import provision
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 PROJECT, INSTANCE = "test-project", "test-instance"
@@ -65,8 +74,12 @@ def streams(draw, earliest_s: int = -900):
                 boundary = wm_us - LATENESS_S * US_PER_S
                 if abs(t - boundary) < 10 * US_PER_S:
                     t = boundary + 20 * US_PER_S
-                e = {"event_id": f"e{len(known)}", "video_id": draw(st.sampled_from(VIDEOS)),
-                     "event_type": draw(st.sampled_from(["view", "like"])), "event_time": format_time_us(t)}
+                e = {
+                    "event_id": f"e{len(known)}",
+                    "video_id": draw(st.sampled_from(VIDEOS)),
+                    "event_type": draw(st.sampled_from(["view", "like"])),
+                    "event_time": format_time_us(t),
+                }
                 events.append(e)
                 known.append(e)
             steps.append(("publish", events))
@@ -88,33 +101,57 @@ def reference_tops(rows: dict, k: int) -> dict:
 def run_stream(case: dict, table: str, small_table: str, tmp: str | None = None, flink_parallelism: int = 0) -> None:
     """The streaming job of ``case`` (``count_and_store``: the full job, its archive under ``tmp``,
     default a temporary folder) on the local runner, or on an embedded Flink at
-    ``flink_parallelism`` (built as ``viewcounts.scenario.run_case`` builds it there), plus a
+    ``flink_parallelism`` (built as ``viewcounts.commands.scenario.run_case`` builds it there), plus a
     second ``TopEntities`` branch with ``SMALL_K`` entries over ``SMALL_SHARDS`` into ``small_table``."""
     policy, early_firing_s = policy_of_case(case)
     flink = flink_parallelism > 0
-    with (contextlib.nullcontext(tmp) if tmp else tempfile.TemporaryDirectory(prefix="top-")) as tmp:
-        sinks = SinkConfig(PROJECT, INSTANCE, table, archive_path=f"{tmp}/archive", dead_letter_topic=None,
-                           dead_letter_path=f"{tmp}/dead-letters")
-        options = PipelineOptions([*runner_flags("flink", parallelism=flink_parallelism),
-                                   "--shutdown_sources_after_idle_ms=1000"] if flink else runner_flags("local"))
+    with contextlib.nullcontext(tmp) if tmp else tempfile.TemporaryDirectory(prefix="top-") as tmp:
+        sinks = SinkConfig(
+            PROJECT,
+            INSTANCE,
+            table,
+            archive_path=f"{tmp}/archive",
+            dead_letter_topic=None,
+            dead_letter_path=f"{tmp}/dead-letters",
+        )
+        options = PipelineOptions(
+            [*runner_flags("flink", parallelism=flink_parallelism), "--shutdown_sources_after_idle_ms=1000"]
+            if flink
+            else runner_flags("local")
+        )
         options.view_as(StandardOptions).streaming = True
         runners.prepare(options)
         pipeline = beam.Pipeline(options=options)
         stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=not flink, flink=flink)
         if flink:
             snapshots = pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, "flink"))
-            payloads = (stream[payload_tag(False)]
-                        | "in source order" >> beam.ParDo(InSourceOrder()).with_output_types(tuple[bytes, int]))
+            payloads = stream[payload_tag(False)] | "in source order" >> beam.ParDo(InSourceOrder()).with_output_types(
+                tuple[bytes, int]
+            )
         else:
             snapshots, payloads = stream[METADATA], stream[payload_tag(True)]
-        counted = count_and_store(payloads, EnrichFromSnapshots(snapshots, not flink), policy, early_firing_s, sinks,
-                                  stamped_watermark=flink or runners.stamped_watermark("local"))
-        small = SinkConfig(PROJECT, INSTANCE, small_table, archive_path=None, dead_letter_topic=None,
-                           dead_letter_path=f"{tmp}/dead-letters-small")
-        ((counted[ROWS], counted[DAY_COUNTS])
-         | "small top" >> TopEntities(policy.allowed_lateness_s, SMALL_SHARDS, SMALL_K,
-                                                  runners.top_cleanup_grace_s(options))
-         | "write small top" >> bigtable_writer(small))
+        counted = count_and_store(
+            payloads,
+            EnrichFromSnapshots(snapshots, not flink),
+            policy,
+            early_firing_s,
+            sinks,
+            stamped_watermark=flink or runners.stamped_watermark("local"),
+        )
+        small = SinkConfig(
+            PROJECT,
+            INSTANCE,
+            small_table,
+            archive_path=None,
+            dead_letter_topic=None,
+            dead_letter_path=f"{tmp}/dead-letters-small",
+        )
+        (
+            (counted[ROWS], counted[DAY_COUNTS])
+            | "small top"
+            >> TopEntities(policy.allowed_lateness_s, SMALL_SHARDS, SMALL_K, runners.top_cleanup_grace_s(options))
+            | "write small top" >> bigtable_writer(small)
+        )
         result = pipeline.run()
         if flink:
             _finish_within(result, FLINK_CASE_DEADLINE_S)
@@ -126,8 +163,9 @@ def stored_tops(table: str, windows) -> dict:
     """The stored top list of each of ``windows`` (``(event_type, granularity, window_start_s)``)
     read through ``query.top`` (absent: an empty list)."""
     with TopReader(PROJECT, INSTANCE, table) as reader:
-        return {(t, g, w): reader.get_top(t, g, format_time_us(w * US_PER_S), storage.TOP_K).items
-                for t, g, w in windows}
+        return {
+            (t, g, w): reader.get_top(t, g, format_time_us(w * US_PER_S), storage.TOP_K).items for t, g, w in windows
+        }
 
 
 def _new_table() -> str:
@@ -168,11 +206,20 @@ def all_top_lists(table: str) -> dict:
 
     client = bigtable.Client(project=PROJECT, admin=False)
     try:
-        rows = client.instance(INSTANCE).table(table).read_rows(
-            start_key=storage.TOP_ROW_PREFIX, end_key=storage.TOP_ROW_PREFIX[:-1] + b"$",
-            filter_=CellsColumnLimitFilter(1))
-        return {(row.row_key, q): storage.decode_top(cells[0].value)
-                for row in rows for q, cells in row.cells[storage.FAMILY].items()}
+        rows = (
+            client.instance(INSTANCE)
+            .table(table)
+            .read_rows(
+                start_key=storage.TOP_ROW_PREFIX,
+                end_key=storage.TOP_ROW_PREFIX[:-1] + b"$",
+                filter_=CellsColumnLimitFilter(1),
+            )
+        )
+        return {
+            (row.row_key, q): storage.decode_top(cells[0].value)
+            for row in rows
+            for q, cells in row.cells[storage.FAMILY].items()
+        }
     finally:
         client.close()
 
@@ -188,12 +235,20 @@ def test_streaming_and_the_batch_recompute_write_the_same_top_lists(bigtable_hos
     table, small_table, batch_table = _new_table(), _new_table(), _new_table()
     run_stream(_case(steps, 3), table, small_table, tmp)
     day_s = START_US // US_PER_S - START_US // US_PER_S % 86400
-    batch_recompute.build_pipeline([
-        f"--archive_path={tmp}/archive", f"--start={format_time_us(day_s * US_PER_S)}",
-        f"--end={format_time_us((day_s + 86400) * US_PER_S)}", f"--bigtable_project={PROJECT}",
-        f"--bigtable_instance={INSTANCE}", f"--bigtable_table={batch_table}",
-        f"--dead_letter_path={tmp}/recompute-dead-letters"]).run().wait_until_finish()
+    batch_recompute.build_pipeline(
+        [
+            f"--archive_path={tmp}/archive",
+            f"--start={format_time_us(day_s * US_PER_S)}",
+            f"--end={format_time_us((day_s + 86400) * US_PER_S)}",
+            f"--bigtable_project={PROJECT}",
+            f"--bigtable_instance={INSTANCE}",
+            f"--bigtable_table={batch_table}",
+            f"--dead_letter_path={tmp}/recompute-dead-letters",
+        ]
+    ).run().wait_until_finish()
     streamed = all_top_lists(table)
     assert streamed == all_top_lists(batch_table)
-    assert streamed == {(storage.top_row_key(t, g, w), storage.qualifier(w)): items
-                        for (t, g, w), items in reference_tops(model(steps)[0], storage.TOP_K).items()}
+    assert streamed == {
+        (storage.top_row_key(t, g, w), storage.qualifier(w)): items
+        for (t, g, w), items in reference_tops(model(steps)[0], storage.TOP_K).items()
+    }

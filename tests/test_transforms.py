@@ -1,4 +1,5 @@
 """Each transform on the local runner with TestStream and assert_that (SPEC.md sections 2-4)."""
+
 import glob
 import os
 import uuid
@@ -14,9 +15,8 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines import direct_runner_fix
 from schemas.archive import parse_file_path
 from schemas.event import US_PER_S, parse_event_time
-from schemas.storage import Aggregate
+from schemas.storage import Aggregate, merge
 from transforms.aggregate import AggregateRow, aggregate_events
-from schemas.storage import merge
 from transforms.count_events import DEAD_LETTERS, ROWS, CountEvents
 from transforms.enrich import Enrich, _EnrichFromFileFn
 from transforms.files import WriteJsonlByHour
@@ -101,19 +101,40 @@ def _final(rows) -> dict:
 
 def test_validate_splits_by_shard_and_minute_and_reports_reasons():
     policy = AcceptancePolicy(dedup_shards=4)
-    clock = _Clock().wait(60).publish(
-        _msg(_ev("a", "2024-05-14T10:00:05Z"), _ev("b", "2024-05-14T10:00:50Z"), _ev("c", "2024-05-14T10:01:00Z"),
-             17, _ev("d", "2024-05-14T10:07:00.000001Z"), _ev("e", "2024-05-07T10:00:59Z")),
-        b"\xff", b"[]")
+    clock = (
+        _Clock()
+        .wait(60)
+        .publish(
+            _msg(
+                _ev("a", "2024-05-14T10:00:05Z"),
+                _ev("b", "2024-05-14T10:00:50Z"),
+                _ev("c", "2024-05-14T10:01:00Z"),
+                17,
+                _ev("d", "2024-05-14T10:07:00.000001Z"),
+                _ev("e", "2024-05-07T10:00:59Z"),
+            ),
+            b"\xff",
+            b"[]",
+        )
+    )
     with _pipeline() as p:
         out = p | clock.stream() | beam.ParDo(ValidateEvents(policy)).with_outputs(DEAD_LETTER, ARCHIVE, main="chunks")
-        assert_that(out.chunks | beam.Map(lambda kv: (kv[0], sorted(e.event_id for e in kv[1][1]))),
-                    equal_to(_by_shard(["a", "b", "c"], 4)), label="chunks")
-        assert_that(out[DEAD_LETTER] | beam.Map(lambda d: d.reason),
-                    equal_to(["not_an_object", "future_timestamp", "too_old", "decode_error"]), label="dead")
-        assert_that(out[ARCHIVE] | beam.Map(lambda hour_lines: (hour_lines[0], [orjson.loads(line)["event_id"]
-                                                                                  for line in hour_lines[1]])),
-                    equal_to([(1715680800, ["a", "b", "c"])]), label="archive: one element per message and hour")
+        assert_that(
+            out.chunks | beam.Map(lambda kv: (kv[0], sorted(e.event_id for e in kv[1][1]))),
+            equal_to(_by_shard(["a", "b", "c"], 4)),
+            label="chunks",
+        )
+        assert_that(
+            out[DEAD_LETTER] | beam.Map(lambda d: d.reason),
+            equal_to(["not_an_object", "future_timestamp", "too_old", "decode_error"]),
+            label="dead",
+        )
+        assert_that(
+            out[ARCHIVE]
+            | beam.Map(lambda hour_lines: (hour_lines[0], [orjson.loads(line)["event_id"] for line in hour_lines[1]])),
+            equal_to([(1715680800, ["a", "b", "c"])]),
+            label="archive: one element per message and hour",
+        )
 
 
 def _by_shard(ids, shards):
@@ -145,47 +166,66 @@ WATERMARK_VIEWS = pytest.mark.parametrize("stamped", [False, True], ids=["ladder
 
 
 def test_dedup_within_a_batch_across_messages_and_across_ids_with_other_fields():
-    clock = (_Clock().wait(10)
-             .publish(_msg(_ev("e1", "2024-05-14T10:00:05Z"), _ev("e1", "2024-05-14T10:00:05Z")))
-             .publish(_msg(_ev("e1", "2024-05-14T10:00:05Z", vid="OTHER")))
-             .wait(900).publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
-             .watermark("2024-05-14T10:09:30Z").publish(_msg(_ev("e1", "2024-05-14T10:00:05Z"))))
+    clock = (
+        _Clock()
+        .wait(10)
+        .publish(_msg(_ev("e1", "2024-05-14T10:00:05Z"), _ev("e1", "2024-05-14T10:00:05Z")))
+        .publish(_msg(_ev("e1", "2024-05-14T10:00:05Z", vid="OTHER")))
+        .wait(900)
+        .publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
+        .watermark("2024-05-14T10:09:30Z")
+        .publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
+    )
     p, out = _count(clock)
     rows = _collect(out[ROWS])
     assert_that(out[DEAD_LETTERS], equal_to([]), label="no dead letters before the horizon")
     p.run().wait_until_finish()
-    assert _final(rows) == {("V1", "view", "minute", 1715680800): (1, 0, 0.0, None, None),
-                            ("V1", "view", "hour", 1715680800): (1, 0, 0.0, None, None)}
+    assert _final(rows) == {
+        ("V1", "view", "minute", 1715680800): (1, 0, 0.0, None, None),
+        ("V1", "view", "hour", 1715680800): (1, 0, 0.0, None, None),
+    }
 
 
 def test_a_restamped_copy_is_a_duplicate_while_its_id_is_remembered():
-    clock = (_Clock().wait(10).publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
-             .publish(_msg(_ev("e1", "2024-05-14T10:03:05Z")))  # another minute
-             .wait(600).watermark("2024-05-14T10:10:30Z")  # the first copy's minute is still remembered
-             .publish(_msg(_ev("e1", "2024-05-14T10:05:00Z")))
-             .watermark("2024-05-14T10:11:30Z")  # forgotten: a re-stamped copy counts again
-             .publish(_msg(_ev("e1", "2024-05-14T10:06:00Z"))))
+    clock = (
+        _Clock()
+        .wait(10)
+        .publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
+        .publish(_msg(_ev("e1", "2024-05-14T10:03:05Z")))  # another minute
+        .wait(600)
+        .watermark("2024-05-14T10:10:30Z")  # the first copy's minute is still remembered
+        .publish(_msg(_ev("e1", "2024-05-14T10:05:00Z")))
+        .watermark("2024-05-14T10:11:30Z")  # forgotten: a re-stamped copy counts again
+        .publish(_msg(_ev("e1", "2024-05-14T10:06:00Z")))
+    )
     p, out = _count(clock)
     rows = _collect(out[ROWS])
     result = p.run()
     result.wait_until_finish()
     assert sorted((k[2], k[3], agg[0]) for k, agg in _final(rows).items()) == [
-        ("hour", 1715680800, 2), ("minute", 1715680800, 1), ("minute", 1715681160, 1)]
+        ("hour", 1715680800, 2),
+        ("minute", 1715680800, 1),
+        ("minute", 1715681160, 1),
+    ]
     dup = [c.committed for c in result.metrics().query()["counters"] if c.key.metric.name == "duplicates_dropped"]
     assert sum(dup) == 2
 
 
 @WATERMARK_VIEWS
-@pytest.mark.parametrize("advance_to,accepted", [
-    ("2024-05-14T10:10:55Z", True),   # 5 s past the boundary's other side: t >= W - L
-    ("2024-05-14T10:11:20Z", False),  # 20 s late: too_late (SPEC: may go either way within 5 s)
-])
+@pytest.mark.parametrize(
+    "advance_to,accepted",
+    [
+        ("2024-05-14T10:10:55Z", True),  # 5 s past the boundary's other side: t >= W - L
+        ("2024-05-14T10:11:20Z", False),  # 20 s late: too_late (SPEC: may go either way within 5 s)
+    ],
+)
 def test_lateness_boundary_after_an_idle_watermark_move(advance_to, accepted, stamped):
     # nothing else arrives: the ladders, or the element's stamp, must know where the watermark is
     clock = _Clock().watermark(advance_to).wait(600).publish(_msg(_ev("x", "2024-05-14T10:01:00Z")))
     p, out = _count(clock, stamped=stamped)
-    assert_that(out[DEAD_LETTERS] | beam.Map(lambda d: d.reason),
-                equal_to([] if accepted else ["too_late"]), label="dead")
+    assert_that(
+        out[DEAD_LETTERS] | beam.Map(lambda d: d.reason), equal_to([] if accepted else ["too_late"]), label="dead"
+    )
     rows = _collect(out[ROWS])
     p.run().wait_until_finish()
     assert {(r.granularity, r.aggregate.count) for r in rows} == ({("minute", 1), ("hour", 1)} if accepted else set())
@@ -193,8 +233,13 @@ def test_lateness_boundary_after_an_idle_watermark_move(advance_to, accepted, st
 
 @WATERMARK_VIEWS
 def test_late_copy_of_a_counted_event_is_too_late_not_a_duplicate(stamped):
-    clock = (_Clock().wait(10).publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
-             .watermark("2024-05-14T10:12:00Z").publish(_msg(_ev("e1", "2024-05-14T10:00:05Z"))))
+    clock = (
+        _Clock()
+        .wait(10)
+        .publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
+        .watermark("2024-05-14T10:12:00Z")
+        .publish(_msg(_ev("e1", "2024-05-14T10:00:05Z")))
+    )
     p, out = _count(clock, stamped=stamped)
     assert_that(out[DEAD_LETTERS] | beam.Map(lambda d: d.reason), equal_to(["too_late"]))
     result = p.run()
@@ -206,10 +251,17 @@ def test_late_copy_of_a_counted_event_is_too_late_not_a_duplicate(stamped):
 def _early_on_time_and_late_panes() -> list:
     """The rows of every firing of a stream that fires early, on-time and late panes of
     minute 10:00 (events at 10:00:05, 10:00:20 and, after the watermark passed, 10:00:50)."""
-    clock = (_Clock().wait(5).publish(_msg(_ev("a", "2024-05-14T10:00:05Z", value=1)))
-             .wait(31).publish(_msg(_ev("b", "2024-05-14T10:00:20Z", value=2)))
-             .wait(31).watermark("2024-05-14T10:02:00Z")
-             .publish(_msg(_ev("c", "2024-05-14T10:00:50Z", value=4))).wait(31))
+    clock = (
+        _Clock()
+        .wait(5)
+        .publish(_msg(_ev("a", "2024-05-14T10:00:05Z", value=1)))
+        .wait(31)
+        .publish(_msg(_ev("b", "2024-05-14T10:00:20Z", value=2)))
+        .wait(31)
+        .watermark("2024-05-14T10:02:00Z")
+        .publish(_msg(_ev("c", "2024-05-14T10:00:50Z", value=4)))
+        .wait(31)
+    )
     p, out = _count(clock, early=30)
     rows = _collect(out[ROWS])
     p.run().wait_until_finish()
@@ -218,8 +270,9 @@ def _early_on_time_and_late_panes() -> list:
 
 def test_early_and_late_panes_carry_running_totals():
     rows = _early_on_time_and_late_panes()
-    _check_running_totals([(r.pane_index, r.aggregate.count, r.aggregate.sum) for r in rows
-                           if r.granularity == "minute"], final=(3, 7.0))
+    _check_running_totals(
+        [(r.pane_index, r.aggregate.count, r.aggregate.sum) for r in rows if r.granularity == "minute"], final=(3, 7.0)
+    )
 
 
 def _check_running_totals(panes, final):
@@ -234,11 +287,17 @@ def test_batch_mode_one_pane_per_window():
     events = [_ev(f"e{i}", f"2024-05-14T10:{i % 3:02d}:{i % 60:02d}Z", value=i) for i in range(30)]
     policy = AcceptancePolicy(check_age=False)
     p = beam.Pipeline(runner="DirectRunner")
-    rows = _collect((p | beam.Create([(_msg(*events[:17]), 0), (_msg(*events[17:]), 0)])
-                     | CountEvents(policy, early_firing_s=None))[ROWS])
+    rows = _collect(
+        (
+            p
+            | beam.Create([(_msg(*events[:17]), 0), (_msg(*events[17:]), 0)])
+            | CountEvents(policy, early_firing_s=None)
+        )[ROWS]
+    )
     p.run().wait_until_finish()
     assert sorted((r.granularity, r.window_start_s, r.pane_index, r.aggregate.count) for r in rows) == sorted(
-        [("minute", 1715680800 + 60 * k, 0, 10) for k in range(3)] + [("hour", 1715680800, 0, 30)])
+        [("minute", 1715680800 + 60 * k, 0, 10) for k in range(3)] + [("hour", 1715680800, 0, 30)]
+    )
 
 
 def test_merge_never_mutates_and_avg_uses_value_count():
@@ -298,7 +357,8 @@ def test_enrich_from_file_rereads_after_refresh_and_keeps_the_snapshot_when_a_re
 @pytest.mark.parametrize("refresh_s", [10, None])
 @pytest.mark.parametrize("broken", [b'{"video_id": "V1", "title": "A"}\n{"video_id": "V2", "title": 5}\n', None])
 def test_enrich_from_file_starts_empty_when_its_first_read_fails_and_reads_again_later(
-        tmp_path, monkeypatch, broken, refresh_s):
+    tmp_path, monkeypatch, broken, refresh_s
+):
     """A (re)started worker whose metadata file has a bad line or is missing does not fail
     (a Flink failover loop): it stamps nulls and reads again at the next refresh, or every
     RETRY_S seconds when not refreshing."""
@@ -325,20 +385,26 @@ def test_enrich_from_file_starts_empty_when_its_first_read_fails_and_reads_again
 def test_files_land_in_their_hour_folder_in_files_named_by_run(tmp_path):
     root = str(tmp_path / "archive")
     h10, h09 = 1715680800, 1715677200
-    clock = (_Clock().publish((h10, [b'{"n":1}']), (h10, [b'{"n":2}'])).watermark("2024-05-14T10:01:30Z")
-             .publish((h10, [b'{"n":3}']), (h09, [b'{"n":4}'])).watermark("2024-05-14T12:00:00Z")
-             .publish((h09, [b'{"n":5}'])))  # days late for its hour: still its own folder
+    clock = (
+        _Clock()
+        .publish((h10, [b'{"n":1}']), (h10, [b'{"n":2}']))
+        .watermark("2024-05-14T10:01:30Z")
+        .publish((h10, [b'{"n":3}']), (h09, [b'{"n":4}']))
+        .watermark("2024-05-14T12:00:00Z")
+        .publish((h09, [b'{"n":5}']))
+    )  # days late for its hour: still its own folder
     with _pipeline() as p:
-        (p | clock.stream() | beam.Map(lambda e: e[0])
-         | WriteJsonlByHour(root, "events", "0123456789"))
+        (p | clock.stream() | beam.Map(lambda e: e[0]) | WriteJsonlByHour(root, "events", "0123456789"))
     files = sorted(glob.glob(f"{root}/**/*.jsonl", recursive=True))
     names = [os.path.basename(f) for f in files]
     assert len(names) == len(set(names)) >= 2, files  # one file per bundle and hour
     by_folder = {}
     for f in files:
-        by_folder.setdefault(os.path.dirname(f)[len(root):], []).extend(open(f, "rb").read().split())
+        by_folder.setdefault(os.path.dirname(f)[len(root) :], []).extend(open(f, "rb").read().split())
     assert {k: sorted(v) for k, v in by_folder.items()} == {
-        "/2024/05/14/10": [b'{"n":1}', b'{"n":2}', b'{"n":3}'], "/2024/05/14/09": [b'{"n":4}', b'{"n":5}']}
+        "/2024/05/14/10": [b'{"n":1}', b'{"n":2}', b'{"n":3}'],
+        "/2024/05/14/09": [b'{"n":4}', b'{"n":5}'],
+    }
     assert all(parse_file_path(f).run_id == "0123456789" for f in files), names
     assert {parse_file_path(f).hour_s for f in files} == {h09, h10}
 

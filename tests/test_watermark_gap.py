@@ -15,6 +15,7 @@ allowed lateness) behind the dedup stage's. Before the change it was 48,298,308 
 (and 3,727,610,149,183 s one poll earlier); now the gap is the distance from the search's
 guess to the watermark for one round, then seconds. Also: the windows stage gets a watermark.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,17 +24,19 @@ import pytest
 
 from pipelines.runners import runner_flags
 from tests.streaming_jobs import Deployment
-from viewcounts import replay
-from viewcounts.flink import FlinkCluster
+from viewcounts.commands import replay
+from viewcounts.local.flink import FlinkCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulator, pytest.mark.flink, pytest.mark.cluster]
 
 GAP_S = 600  # the allowed lateness (AcceptancePolicy's default)
 STREAM_S = 50
 DEDUP, WINDOWS = "dedup", "windows"
-SHAPES = {"live, last 10 s": replay.ReplayPlan(fit_span_s=10, events_per_message=50),
-          "live, last 10 min": replay.ReplayPlan(fit_span_s=600, events_per_message=50),
-          "flights of 2013": replay.ReplayPlan(time_mode="real", events_per_message=50)}
+SHAPES = {
+    "live, last 10 s": replay.ReplayPlan(fit_span_s=10, events_per_message=50),
+    "live, last 10 min": replay.ReplayPlan(fit_span_s=600, events_per_message=50),
+    "flights of 2013": replay.ReplayPlan(time_mode="real", events_per_message=50),
+}
 _FINITE_MS = 2**62
 
 
@@ -47,8 +50,11 @@ def stage_watermarks(cluster: FlinkCluster, job_id: str) -> dict[str, int | None
         if "count events" not in name or "read Pub" in name or "probe keys" in name:
             continue
         stage = WINDOWS if "write to Bigtable" in name else DEDUP
-        marks = [int(w["value"]) for w in cluster.rest(f"/jobs/{job_id}/vertices/{v['id']}/watermarks")
-                 if w["id"].endswith("currentInputWatermark")]
+        marks = [
+            int(w["value"])
+            for w in cluster.rest(f"/jobs/{job_id}/vertices/{v['id']}/watermarks")
+            if w["id"].endswith("currentInputWatermark")
+        ]
         out[stage] = min(marks) if marks and all(abs(m) < _FINITE_MS for m in marks) else None
     return out
 
@@ -56,8 +62,11 @@ def stage_watermarks(cluster: FlinkCluster, job_id: str) -> dict[str, int | None
 def lagging_reads(reads: list[tuple[float, dict]], gap_s: float) -> list[tuple[int, int]]:
     """The polls at which the windows' input watermark was more than ``gap_s`` behind the
     dedup's: ``(poll time, how far behind, s)``."""
-    return [(round(t), (r[DEDUP] - r[WINDOWS]) // 1000) for t, r in reads
-            if r.get(DEDUP) is not None and r.get(WINDOWS) is not None and r[DEDUP] - r[WINDOWS] > gap_s * 1000]
+    return [
+        (round(t), (r[DEDUP] - r[WINDOWS]) // 1000)
+        for t, r in reads
+        if r.get(DEDUP) is not None and r.get(WINDOWS) is not None and r[DEDUP] - r[WINDOWS] > gap_s * 1000
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,27 +76,33 @@ def cluster():
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_the_windows_watermark_keeps_up_with_the_dedup_watermark(cluster, tmp_path, pubsub_host, bigtable_host,
-                                                                  shape):
+def test_the_windows_watermark_keeps_up_with_the_dedup_watermark(cluster, tmp_path, pubsub_host, bigtable_host, shape):
     plan = SHAPES[shape]
     d = Deployment(str(tmp_path))
-    job = d.start_job("--no_event_age_check",
-                      *runner_flags("flink", flink_master=cluster.master, parallelism=2,
-                                    worker_pool=cluster.worker_pool, checkpoint_dir=str(tmp_path / "chk")))
+    job = d.start_job(
+        "--no_event_age_check",
+        *runner_flags(
+            "flink",
+            flink_master=cluster.master,
+            parallelism=2,
+            worker_pool=cluster.worker_pool,
+            checkpoint_dir=str(tmp_path / "chk"),
+        ),
+    )
     try:
         job_id = cluster.wait_for_running(timeout_s=180)[0]
         flights = replay.read_source("flights", 3000)
         reads: list[tuple[float, dict]] = []
         start = time.monotonic()
         for i in range(0, len(flights), 100):
-            d.publish(replay.plan_events(flights[i:i + 100], plan, time.time_ns() // 1000), plan)
+            d.publish(replay.plan_events(flights[i : i + 100], plan, time.time_ns() // 1000), plan)
             if time.monotonic() - start > STREAM_S:
                 break
             reads.append((time.monotonic() - start, stage_watermarks(cluster, job_id)))
             time.sleep(1)
         print(shape, [(round(t), {k: v and round(time.time() - v / 1000) for k, v in r.items()}) for t, r in reads])
         exceptions = cluster.rest(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
-        assert exceptions == [], exceptions[0]["stacktrace"][exceptions[0]["stacktrace"].find("Traceback"):][:4000]
+        assert exceptions == [], exceptions[0]["stacktrace"][exceptions[0]["stacktrace"].find("Traceback") :][:4000]
         assert any(r.get(WINDOWS) is not None for _, r in reads[-5:]), "the windows stage never had a watermark"
         assert lagging_reads(reads, GAP_S) == []
     finally:

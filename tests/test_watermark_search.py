@@ -13,13 +13,14 @@ stamp of the element that starts the search) anywhere from years before to years
   climbed from the minimum of time held the stage 1.5 years, then 118,000 years back);
 * after ``2 * log2(|G - W| / 5 s) + 3`` rounds (up the ladder, then down) the view is within 5 s of ``W`` and nothing is held below it.
 """
+
 from __future__ import annotations
 
 import math
 
+from apache_beam.utils.timestamp import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from apache_beam.utils.timestamp import Timestamp
 
 from schemas.event import US_PER_S, parse_event_time
 from tests.test_parallel_state import KEY, Cell
@@ -54,8 +55,11 @@ class SearchingKey:
 
     def stamp(self, at_us: int) -> None:
         """One empty element stamped ``at_us`` (a probe, or a message's stamp)."""
-        list(self.fn.process((KEY, (0, [])), timestamp=Timestamp(micros=at_us), expiry=Cell(), rung=self.timers,
-                             **self.state))
+        list(
+            self.fn.process(
+                (KEY, (0, [])), timestamp=Timestamp(micros=at_us), expiry=Cell(), rung=self.timers, **self.state
+            )
+        )
 
     def round(self, w_us: int) -> None:
         """The runner's round at watermark ``w_us``: the rungs due when it starts fire in time order."""
@@ -63,8 +67,13 @@ class SearchingKey:
             if self.timers.pending.get(tag) != at_us:
                 continue  # set again earlier in this round
             del self.timers.pending[tag]
-            self.fn.on_rung(fired=Timestamp(micros=at_us), tag=tag, view=self.state["view"], base=self.state["base"],
-                            rung=self.timers)
+            self.fn.on_rung(
+                fired=Timestamp(micros=at_us),
+                tag=tag,
+                view=self.state["view"],
+                base=self.state["base"],
+                rung=self.timers,
+            )
 
     def view_us(self) -> int | None:
         return self.state["view"].read()

@@ -1,8 +1,9 @@
-"""``viewcounts.worker_pool``: a ``StopWorker`` never stops a worker another task manager
+"""``viewcounts.local.worker_pool``: a ``StopWorker`` never stops a worker another task manager
 started under the same id; a lone worker is stopped as Beam's pool does. Real SDK worker
 processes, started through the pool's gRPC API, whose control endpoints nobody serves (they
 wait for it, alive, until stopped). The cluster test of the recompute
 (``tests/test_cluster.py``) is the end-to-end check: with Beam's pool it failed."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ import grpc
 import pytest
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, endpoints_pb2
 
-from viewcounts import worker_pool
+from viewcounts.local import worker_pool
 
 
 @pytest.fixture
@@ -31,8 +32,11 @@ def pool(monkeypatch):
 
 
 def _start(stub, worker_id: str, control_port: int) -> None:
-    response = stub.StartWorker(beam_fn_api_pb2.StartWorkerRequest(
-        worker_id=worker_id, control_endpoint=endpoints_pb2.ApiServiceDescriptor(url=f"localhost:{control_port}")))
+    response = stub.StartWorker(
+        beam_fn_api_pb2.StartWorkerRequest(
+            worker_id=worker_id, control_endpoint=endpoints_pb2.ApiServiceDescriptor(url=f"localhost:{control_port}")
+        )
+    )
     assert response.error == ""
 
 

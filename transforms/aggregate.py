@@ -63,6 +63,7 @@ incomplete count, writes a restart marker naming it (``pipelines.restarts.LACKS_
 closes. A cell added later should follow the same rule: written
 whenever the key holds state, so its absence is detectable.
 """
+
 from __future__ import annotations
 
 import logging
@@ -82,8 +83,15 @@ from apache_beam.utils.windowed_value import WindowedValue
 from pipelines.restarts import LACKS_DAY_COUNTS, write_marker
 from schemas.archive import new_run_id
 from schemas.event import US_PER_S, format_time_us
-from schemas.storage import (EMPTY, GRANULARITY_SECONDS, TOP_GRANULARITY_SECONDS, Aggregate, cell_timestamp_us, merge,
-                             wall_clock_ms)
+from schemas.storage import (
+    EMPTY,
+    GRANULARITY_SECONDS,
+    TOP_GRANULARITY_SECONDS,
+    Aggregate,
+    cell_timestamp_us,
+    merge,
+    wall_clock_ms,
+)
 from transforms.state_values import cached_view, dumps_exact, new_version
 from transforms.validate import shard_of
 
@@ -174,8 +182,7 @@ class PreAggregate(beam.DoFn):
                     shard = shards[key[0]] = shard_of(key[0], self._shards)
                 by_shard[shard][minute_s][key] = Aggregate(*acc)
         for shard, minutes in by_shard.items():
-            yield WindowedValue((shard, (self._arrival_us, dict(minutes))), Timestamp(min(minutes)),
-                                (GlobalWindow(),))
+            yield WindowedValue((shard, (self._arrival_us, dict(minutes))), Timestamp(min(minutes)), (GlobalWindow(),))
 
 
 def encode_partials(partials: dict[tuple[str, str], Aggregate]) -> bytes:
@@ -227,7 +234,8 @@ class _ShardWindows:
         if isinstance(stored, list):  # the cell as written before it kept unknown_before_s
             stored = {"days": stored}
         self.dropped_hours: dict[int, dict[tuple[str, str], int]] = {
-            day_s: {(v, t): c for v, t, c in counts} for day_s, counts in stored.get("days", [])}
+            day_s: {(v, t): c for v, t, c in counts} for day_s, counts in stored.get("days", [])
+        }
         self.unknown_before_s: int | None = stored.get("unknown_before_s")
         self.marked_days: set[int] = set(stored.get("marked_days", []))
         self.unmarked_days: set[int] = set()
@@ -256,9 +264,15 @@ class _ShardWindows:
         return orjson.dumps([[s, t, w.next_pane, w.on_time_fired, w.base_ms] for (s, t), w in self.windows.items()])
 
     def encoded_dropped_hours(self) -> bytes:
-        return orjson.dumps({"days": [[day_s, [[v, t, c] for (v, t), c in counts.items()]]
-                                      for day_s, counts in self.dropped_hours.items()],
-                             "unknown_before_s": self.unknown_before_s, "marked_days": sorted(self.marked_days)})
+        return orjson.dumps(
+            {
+                "days": [
+                    [day_s, [[v, t, c] for (v, t), c in counts.items()]] for day_s, counts in self.dropped_hours.items()
+                ],
+                "unknown_before_s": self.unknown_before_s,
+                "marked_days": sorted(self.marked_days),
+            }
+        )
 
     def drop_hour(self, start_s: int, w: _Window) -> None:
         """Fold a dropped hour window's counts into its day's."""
@@ -271,14 +285,24 @@ class _ShardWindows:
         """Append the ``DayCount`` of each (video, type) of ``keys`` for the day of ``hour_start_s``."""
         day_s = hour_start_s - hour_start_s % _DAY_S
         dropped = self.dropped_hours.get(day_s, {})
-        hours = [w.aggs for (size_s, start_s), w in self.windows.items()
-                 if size_s == _HOUR_S and start_s - start_s % _DAY_S == day_s]
+        hours = [
+            w.aggs
+            for (size_s, start_s), w in self.windows.items()
+            if size_s == _HOUR_S and start_s - start_s % _DAY_S == day_s
+        ]
         complete = self.unknown_before_s is None or day_s >= self.unknown_before_s
         if not complete and day_s not in self.marked_days:
             self.unmarked_days.add(day_s)
         for key in keys:
-            out.append(DayCount(key[0], key[1], day_s,
-                                dropped.get(key, 0) + sum(aggs[key].count for aggs in hours if key in aggs), complete))
+            out.append(
+                DayCount(
+                    key[0],
+                    key[1],
+                    day_s,
+                    dropped.get(key, 0) + sum(aggs[key].count for aggs in hours if key in aggs),
+                    complete,
+                )
+            )
 
 
 # Per pipeline (keyed by a token made at construction) and shard key, in this process.
@@ -312,8 +336,12 @@ class FirePanes(beam.DoFn):
         self._token = uuid.uuid4().hex
 
     def _shard(self, key, bag, panes, dropped_hours, version) -> _ShardWindows:
-        shard = cached_view(_WINDOWS, (self._token, key), version,
-                            lambda v: _ShardWindows(v, panes.read(), bag.read(), dropped_hours.read()))
+        shard = cached_view(
+            _WINDOWS,
+            (self._token, key),
+            version,
+            lambda v: _ShardWindows(v, panes.read(), bag.read(), dropped_hours.read()),
+        )
         if shard.restored_without_cell:
             self._restored_without_cell(key, shard)
         return shard
@@ -327,9 +355,12 @@ class FirePanes(beam.DoFn):
         shard.restored_without_cell = False
         shard.unknown_before_s = wall_clock_ms() // 1000
         shard.cell_changed = True
-        _LOG.warning("pane shard %s was restored from state without its day counts of dropped hours (a checkpoint "
-                     "of an older version): the day top lists of the days begun by now may stay low until "
-                     "python -m pipelines.batch_recompute --after_restarts rebuilds them", key)
+        _LOG.warning(
+            "pane shard %s was restored from state without its day counts of dropped hours (a checkpoint "
+            "of an older version): the day top lists of the days begun by now may stay low until "
+            "python -m pipelines.batch_recompute --after_restarts rebuilds them",
+            key,
+        )
 
     def _mark_days(self, key, shard: _ShardWindows) -> None:
         """Write a restart marker (``pipelines.restarts.LACKS_DAY_COUNTS``) naming the days this
@@ -338,10 +369,20 @@ class FirePanes(beam.DoFn):
         days = sorted(shard.unmarked_days)
         path = None
         if self._archive_path:
-            path = write_marker(self._archive_path, f"{key}-{new_run_id()}", self._lateness_s, wall_clock_ms(),
-                                lacks_state=LACKS_DAY_COUNTS, days=days)
-        _LOG.warning("pane shard %s: day counts of %s miss the hours an older version dropped; restart marker %s",
-                     key, [_utc_day(d) for d in days], path)
+            path = write_marker(
+                self._archive_path,
+                f"{key}-{new_run_id()}",
+                self._lateness_s,
+                wall_clock_ms(),
+                lacks_state=LACKS_DAY_COUNTS,
+                days=days,
+            )
+        _LOG.warning(
+            "pane shard %s: day counts of %s miss the hours an older version dropped; restart marker %s",
+            key,
+            [_utc_day(d) for d in days],
+            path,
+        )
         shard.marked_days.update(days)
         shard.unmarked_days.clear()
         shard.cell_changed = True
@@ -387,14 +428,28 @@ class FirePanes(beam.DoFn):
         time (``_on_time_at_us``), drop time of one that was, or ``_day_done_us`` of a day
         whose dropped hours' counts are kept, or of the last day ``unknown_before_s`` marks."""
         unknown = [] if shard.unknown_before_s is None else [shard.unknown_before_s - shard.unknown_before_s % _DAY_S]
-        return min([*((self._drop_after_us(s, t) if w.on_time_fired else self._on_time_at_us(s, t))
-                      for (s, t), w in shard.windows.items()),
-                    *map(self._day_done_us, [*shard.dropped_hours, *unknown])], default=None)
+        return min(
+            [
+                *(
+                    (self._drop_after_us(s, t) if w.on_time_fired else self._on_time_at_us(s, t))
+                    for (s, t), w in shard.windows.items()
+                ),
+                *map(self._day_done_us, [*shard.dropped_hours, *unknown]),
+            ],
+            default=None,
+        )
 
-    def process(self, element, bag=beam.DoFn.StateParam(PARTIALS), panes=beam.DoFn.StateParam(PANES),
-                version=beam.DoFn.StateParam(VERSION), first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED),
-                dropped_hours=beam.DoFn.StateParam(DROPPED_HOURS),
-                window_end=beam.DoFn.TimerParam(WINDOW_END), early=beam.DoFn.TimerParam(EARLY)):
+    def process(
+        self,
+        element,
+        bag=beam.DoFn.StateParam(PARTIALS),
+        panes=beam.DoFn.StateParam(PANES),
+        version=beam.DoFn.StateParam(VERSION),
+        first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED),
+        dropped_hours=beam.DoFn.StateParam(DROPPED_HOURS),
+        window_end=beam.DoFn.TimerParam(WINDOW_END),
+        early=beam.DoFn.TimerParam(EARLY),
+    ):
         key, (arrival_us, by_minute) = element
         shard = self._shard(key, bag, panes, dropped_hours, version)
         new_version(shard, version)
@@ -425,9 +480,15 @@ class FirePanes(beam.DoFn):
         yield from _outputs(rows, days)
 
     @on_timer(EARLY)
-    def on_early(self, key=beam.DoFn.KeyParam, bag=beam.DoFn.StateParam(PARTIALS),
-                 panes=beam.DoFn.StateParam(PANES), version=beam.DoFn.StateParam(VERSION),
-                 first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED), dropped_hours=beam.DoFn.StateParam(DROPPED_HOURS)):
+    def on_early(
+        self,
+        key=beam.DoFn.KeyParam,
+        bag=beam.DoFn.StateParam(PARTIALS),
+        panes=beam.DoFn.StateParam(PANES),
+        version=beam.DoFn.StateParam(VERSION),
+        first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED),
+        dropped_hours=beam.DoFn.StateParam(DROPPED_HOURS),
+    ):
         first_unfired.clear()
         shard = self._shard(key, bag, panes, dropped_hours, version)
         if not shard.cell_changed and not any(not w.on_time_fired and w.changed for w in shard.windows.values()):
@@ -445,11 +506,18 @@ class FirePanes(beam.DoFn):
                 self._pane(rows, days, shard, size_s, start_s, w, w.changed)
 
     @on_timer(WINDOW_END)
-    def on_window_end(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-                      bag=beam.DoFn.StateParam(PARTIALS), panes=beam.DoFn.StateParam(PANES),
-                      version=beam.DoFn.StateParam(VERSION), first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED),
-                      dropped_hours=beam.DoFn.StateParam(DROPPED_HOURS),
-                      window_end=beam.DoFn.TimerParam(WINDOW_END), early=beam.DoFn.TimerParam(EARLY)):
+    def on_window_end(
+        self,
+        key=beam.DoFn.KeyParam,
+        fired=beam.DoFn.TimestampParam,
+        bag=beam.DoFn.StateParam(PARTIALS),
+        panes=beam.DoFn.StateParam(PANES),
+        version=beam.DoFn.StateParam(VERSION),
+        first_unfired=beam.DoFn.StateParam(FIRST_UNFIRED),
+        dropped_hours=beam.DoFn.StateParam(DROPPED_HOURS),
+        window_end=beam.DoFn.TimerParam(WINDOW_END),
+        early=beam.DoFn.TimerParam(EARLY),
+    ):
         shard = self._shard(key, bag, panes, dropped_hours, version)
         new_version(shard, version)
         rows: list[AggregateRow] = []
@@ -472,8 +540,10 @@ class FirePanes(beam.DoFn):
         for day_s in [d for d in shard.dropped_hours if self._day_done_us(d) <= fired.micros]:
             del shard.dropped_hours[day_s]
             shard.cell_changed = True
-        if shard.unknown_before_s is not None and self._day_done_us(
-                shard.unknown_before_s - shard.unknown_before_s % _DAY_S) <= fired.micros:
+        if (
+            shard.unknown_before_s is not None
+            and self._day_done_us(shard.unknown_before_s - shard.unknown_before_s % _DAY_S) <= fired.micros
+        ):
             shard.unknown_before_s = None  # every day it marked is done
             shard.marked_days.clear()
             shard.cell_changed = True
@@ -498,8 +568,17 @@ class FirePanes(beam.DoFn):
         granularity = _GRANULARITY_OF_SIZE[size_s]
         for video_id, event_type in keys:
             agg = w.aggs[(video_id, event_type)]
-            rows.append(AggregateRow(video_id, event_type, granularity, start_s, agg, w.next_pane,
-                                     cell_timestamp_us(w.base_ms, agg.count)))
+            rows.append(
+                AggregateRow(
+                    video_id,
+                    event_type,
+                    granularity,
+                    start_s,
+                    agg,
+                    w.next_pane,
+                    cell_timestamp_us(w.base_ms, agg.count),
+                )
+            )
         if size_s == _HOUR_S:
             shard.day_counts(days, start_s, keys)
         w.next_pane += 1
@@ -532,7 +611,11 @@ class WindowedAggregates(beam.PTransform):
     def expand(self, accepted):
         # restart markers of keys restored from an older version's state go to the job's raw archive
         archive_path = accepted.pipeline.options.get_all_options().get("archive_path")
-        return (accepted
-                | "pre-aggregate" >> beam.ParDo(PreAggregate(self._shards))
-                | "fire panes" >> beam.ParDo(FirePanes(self._lateness_s, self._early_s, archive_path)).with_outputs(
-                    DAY_COUNTS, main="rows"))
+        return (
+            accepted
+            | "pre-aggregate" >> beam.ParDo(PreAggregate(self._shards))
+            | "fire panes"
+            >> beam.ParDo(FirePanes(self._lateness_s, self._early_s, archive_path)).with_outputs(
+                DAY_COUNTS, main="rows"
+            )
+        )

@@ -33,6 +33,7 @@ held by ``DedupShard`` are those of its shard (about events / shards), whatever 
 event time. ``EventBatch`` is the columnar shape another reader (the Parquet archive) can
 produce with the same archive-order fields, so both feed ``DedupShard`` (``count_batches``).
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -79,7 +80,7 @@ class EventBatch(NamedTuple):
         return orjson.dumps(list(self))
 
     @classmethod
-    def decode(cls, blob: bytes) -> "EventBatch":
+    def decode(cls, blob: bytes) -> EventBatch:
         return cls(*orjson.loads(blob))
 
 
@@ -133,8 +134,9 @@ class ParseArchiveFile(beam.DoFn):
                     events = kept
                 for r in rejections if self._dead_letters else ():
                     self._dead.inc(r.reason)
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(r.payload, r.reason, r.detail,
-                                                                           time.time_ns() // 1000))
+                    yield beam.pvalue.TaggedOutput(
+                        DEAD_LETTER, DeadLetter(r.payload, r.reason, r.detail, time.time_ns() // 1000)
+                    )
                 for ev in events:
                     shard = shard_of(ev.event_id, shards)
                     b = batches.get(shard)
@@ -174,8 +176,16 @@ class ParseParquetHour(beam.DoFn):
             return
         self._events_in.inc(len(c["event_id"]))
         batches: dict[tuple, EventBatch] = {}
-        for row in zip(c["written_ms"], c["source_file"], c["line"], c["event_id"], c["video_id"], c["event_type"],
-                       c["time_us"], c["value"]):
+        for row in zip(
+            c["written_ms"],
+            c["source_file"],
+            c["line"],
+            c["event_id"],
+            c["video_id"],
+            c["event_type"],
+            c["time_us"],
+            c["value"],
+        ):
             key = (shard_of(row[3], self._shards), row[0], row[1])
             b = batches.get(key)
             if b is None:
@@ -194,8 +204,9 @@ def first_copies(batches) -> tuple[dict, int]:
     for b in batches:
         w, name = b.written_ms, b.file_name
         n += len(b.lines)
-        for line, eid, video, etype, t, v in zip(b.lines, b.event_ids, b.video_ids, b.event_types, b.times_us,
-                                                  b.values):
+        for line, eid, video, etype, t, v in zip(
+            b.lines, b.event_ids, b.video_ids, b.event_types, b.times_us, b.values
+        ):
             order = (w, name, line)
             old = best.get(eid)
             if old is None or order < old[0]:
@@ -309,8 +320,9 @@ class CountArchive(beam.PTransform):
     more archive files, deduplicated and counted with ``files``, whose invalid lines are no
     dead letters (the recompute's hours read for day lists only)."""
 
-    def __init__(self, shards: int, snapshots, parquet_root: str | None = None, parquet_hours=None,
-                 context_files=None) -> None:
+    def __init__(
+        self, shards: int, snapshots, parquet_root: str | None = None, parquet_hours=None, context_files=None
+    ) -> None:
         super().__init__()
         if shards < 1:
             raise ValueError(f"shards must be >= 1, got {shards}")
@@ -320,14 +332,19 @@ class CountArchive(beam.PTransform):
 
     def expand(self, files):
         parsed = files | "parse files" >> beam.ParDo(ParseArchiveFile(self._shards)).with_outputs(
-            DEAD_LETTER, main="batches")
+            DEAD_LETTER, main="batches"
+        )
         more = []
         if self._context_files is not None:
-            more.append(self._context_files | "parse context files" >> beam.ParDo(
-                ParseArchiveFile(self._shards, dead_letters=False)))
+            more.append(
+                self._context_files
+                | "parse context files" >> beam.ParDo(ParseArchiveFile(self._shards, dead_letters=False))
+            )
         if self._parquet_root:
-            more.append(self._parquet_hours | "read Parquet hours" >> beam.ParDo(
-                ParseParquetHour(self._parquet_root, self._shards)))
+            more.append(
+                self._parquet_hours
+                | "read Parquet hours" >> beam.ParDo(ParseParquetHour(self._parquet_root, self._shards))
+            )
         batches = (parsed.batches, *more) | "all batches" >> beam.Flatten() if more else parsed.batches
         return {ROWS: count_batches(batches, self._snapshots), DEAD_LETTER: parsed[DEAD_LETTER]}
 
@@ -337,8 +354,10 @@ def count_batches(batches, snapshots):
     per shard, merge per entity, enriched rows. Any reader of the archive that yields
     ``EventBatch``es keyed by ``shard_of(event_id, shards)`` feeds it."""
     latest = snapshots | "latest metadata" >> LatestSnapshot(triggered=False)
-    return (batches
-            | "group by shard" >> beam.GroupByKey()
-            | "dedup per shard" >> beam.ParDo(DedupShard())
-            | "merge per entity" >> beam.CombinePerKey(MergeMinutePartials())
-            | "rows" >> beam.ParDo(ToEnrichedRows(), beam.pvalue.AsList(latest)))
+    return (
+        batches
+        | "group by shard" >> beam.GroupByKey()
+        | "dedup per shard" >> beam.ParDo(DedupShard())
+        | "merge per entity" >> beam.CombinePerKey(MergeMinutePartials())
+        | "rows" >> beam.ParDo(ToEnrichedRows(), beam.pvalue.AsList(latest))
+    )

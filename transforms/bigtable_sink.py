@@ -40,6 +40,7 @@ of a worker's time at high rates.
 Output: ``DeadLetter`` for rows that could not be written, timestamped with the
 processing time of the failure.
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,7 +69,9 @@ def cell_of(e) -> tuple[bytes, bytes]:
     if isinstance(e, TopRow):
         return storage.top_row_key(e.event_type, e.granularity, e.window_start_s), storage.qualifier(e.window_start_s)
     r = e.row
-    return storage.row_key(r.video_id, r.event_type, r.granularity, r.window_start_s), storage.qualifier(r.window_start_s)
+    return storage.row_key(r.video_id, r.event_type, r.granularity, r.window_start_s), storage.qualifier(
+        r.window_start_s
+    )
 
 
 def cell_timestamp_of(e) -> int:
@@ -89,11 +92,23 @@ def row_to_json(e) -> bytes:
         return orjson.dumps({"top": True, **e._asdict()})
     r = e.row
     a = r.aggregate
-    return orjson.dumps({
-        "video_id": r.video_id, "event_type": r.event_type, "granularity": r.granularity,
-        "window_start_s": r.window_start_s, "pane_index": r.pane_index,
-        "cell_timestamp_us": r.cell_timestamp_us, "count": a.count, "value_count": a.value_count,
-        "sum": a.sum, "min": a.min, "max": a.max, "title": e.title, "channel": e.channel})
+    return orjson.dumps(
+        {
+            "video_id": r.video_id,
+            "event_type": r.event_type,
+            "granularity": r.granularity,
+            "window_start_s": r.window_start_s,
+            "pane_index": r.pane_index,
+            "cell_timestamp_us": r.cell_timestamp_us,
+            "count": a.count,
+            "value_count": a.value_count,
+            "sum": a.sum,
+            "min": a.min,
+            "max": a.max,
+            "title": e.title,
+            "channel": e.channel,
+        }
+    )
 
 
 def row_from_json(payload: bytes):
@@ -103,19 +118,44 @@ def row_from_json(payload: bytes):
 
     d = orjson.loads(payload)
     if d.get("top"):
-        return TopRow(d["event_type"], d["granularity"], d["window_start_s"],
-                      tuple((v, c) for v, c in d["items"]), d["cell_timestamp_us"])
+        return TopRow(
+            d["event_type"],
+            d["granularity"],
+            d["window_start_s"],
+            tuple((v, c) for v, c in d["items"]),
+            d["cell_timestamp_us"],
+        )
     agg = storage.Aggregate(d["count"], d["value_count"], d["sum"], d["min"], d["max"])
-    return EnrichedRow(AggregateRow(d["video_id"], d["event_type"], d["granularity"], d["window_start_s"], agg,
-                                    d["pane_index"], d["cell_timestamp_us"]), d["title"], d["channel"])
+    return EnrichedRow(
+        AggregateRow(
+            d["video_id"],
+            d["event_type"],
+            d["granularity"],
+            d["window_start_s"],
+            agg,
+            d["pane_index"],
+            d["cell_timestamp_us"],
+        ),
+        d["title"],
+        d["channel"],
+    )
 
 
 WRITE_BUDGET_S = 120.0  # seconds of retries per bundle: Bigtable's own default deadline for mutate_rows
 ATTEMPT_TIMEOUT_S = 20.0  # seconds per attempt: a 10,000-cell request takes well under 1 s on the emulator
 # gRPC status codes worth another attempt (the client's own retryable set, plus throttling,
 # UNKNOWN for errors that carry no code, and CANCELLED for a channel closed under a call)
-RETRYABLE_CODES = frozenset({code_pb2.ABORTED, code_pb2.DEADLINE_EXCEEDED, code_pb2.UNAVAILABLE, code_pb2.INTERNAL,
-                             code_pb2.RESOURCE_EXHAUSTED, code_pb2.UNKNOWN, code_pb2.CANCELLED})
+RETRYABLE_CODES = frozenset(
+    {
+        code_pb2.ABORTED,
+        code_pb2.DEADLINE_EXCEEDED,
+        code_pb2.UNAVAILABLE,
+        code_pb2.INTERNAL,
+        code_pb2.RESOURCE_EXHAUSTED,
+        code_pb2.UNKNOWN,
+        code_pb2.CANCELLED,
+    }
+)
 _BACKOFF_S, _MAX_BACKOFF_S = 0.5, 5.0
 # the raw protobuf classes under google-cloud-bigtable's proto-plus types: built directly, a
 # cell costs a few microseconds where the client's RowMutationEntry/SetCell objects cost ~25
@@ -127,9 +167,16 @@ class WriteAggregates(beam.DoFn):
     ``written_counter``: the counter of cells written (``aggregates_written``; the top lists'
     step counts ``transforms.top.TOP_LISTS_WRITTEN``)."""
 
-    def __init__(self, project: str, instance: str, table: str, max_mutations_per_request: int = 10_000,
-                 write_budget_s: float = WRITE_BUDGET_S, attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
-                 written_counter: str = metrics.AGGREGATES_WRITTEN) -> None:
+    def __init__(
+        self,
+        project: str,
+        instance: str,
+        table: str,
+        max_mutations_per_request: int = 10_000,
+        write_budget_s: float = WRITE_BUDGET_S,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+        written_counter: str = metrics.AGGREGATES_WRITTEN,
+    ) -> None:
         if not 1 <= max_mutations_per_request <= storage.MAX_MUTATIONS_PER_REQUEST:
             raise ValueError(f"max_mutations_per_request must be 1..{storage.MAX_MUTATIONS_PER_REQUEST}")
         if not (write_budget_s > 0 and attempt_timeout_s > 0):
@@ -179,14 +226,14 @@ class WriteAggregates(beam.DoFn):
         if pending and self._deadline is None:
             self._deadline = time.monotonic() + self._budget_s
         for i in range(0, len(pending), self._max_mutations):
-            for e, why in self._write(dict(pending[i:i + self._max_mutations]), self._deadline):
+            for e, why in self._write(dict(pending[i : i + self._max_mutations]), self._deadline):
                 self._failures.inc()
                 self._dead.inc(WRITE_FAILED)
-                yield DeadLetter(row_to_json(e), WRITE_FAILED, f"Bigtable write failed: {why}",
-                                 time.time_ns() // 1000)
+                yield DeadLetter(row_to_json(e), WRITE_FAILED, f"Bigtable write failed: {why}", time.time_ns() // 1000)
 
-    def _write(self, cells: dict[tuple[bytes, bytes], EnrichedRow],
-               deadline: float | None = None) -> list[tuple[EnrichedRow, str]]:
+    def _write(
+        self, cells: dict[tuple[bytes, bytes], EnrichedRow], deadline: float | None = None
+    ) -> list[tuple[EnrichedRow, str]]:
         """Write cells until they are written or ``deadline`` (``time.monotonic()``; default: one
         write budget from now) passes; return ``(row, why)`` for each cell not written. Never raises.
         Past the deadline: one attempt without retries if the previous attempt wrote every cell
@@ -217,19 +264,29 @@ class WriteAggregates(beam.DoFn):
             if written:
                 self._written.inc(written)
             if retry and len(retry) == len(todo):
-                _LOG.warning("Bigtable unreachable (attempt %d, %d cells): %s; reconnecting", attempt, len(todo),
-                             next(iter(codes.values()))[1][:300])
+                _LOG.warning(
+                    "Bigtable unreachable (attempt %d, %d cells): %s; reconnecting",
+                    attempt,
+                    len(todo),
+                    next(iter(codes.values()))[1][:300],
+                )
                 self._close_client()
             self._last_attempt_ok = not retry
             todo = retry
             if todo:
-                time.sleep(max(0.0, min(_BACKOFF_S * 2 ** (attempt - 1), _MAX_BACKOFF_S,
-                                        deadline - time.monotonic())))
+                time.sleep(max(0.0, min(_BACKOFF_S * 2 ** (attempt - 1), _MAX_BACKOFF_S, deadline - time.monotonic())))
         if todo:
-            _LOG.error("Bigtable write budget spent: %d cells become write_failed dead letters after %d attempts "
-                       "in %.1f s", len(todo), attempt, time.monotonic() - started)
-            why = (f"unreachable for the write budget ({attempt} attempts in {time.monotonic() - started:.1f} s)"
-                   if attempt else "the bundle's write budget was spent with Bigtable unreachable (no attempt)")
+            _LOG.error(
+                "Bigtable write budget spent: %d cells become write_failed dead letters after %d attempts in %.1f s",
+                len(todo),
+                attempt,
+                time.monotonic() - started,
+            )
+            why = (
+                f"unreachable for the write budget ({attempt} attempts in {time.monotonic() - started:.1f} s)"
+                if attempt
+                else "the bundle's write budget was spent with Bigtable unreachable (no attempt)"
+            )
             failed += [(e, why) for e in todo.values()]
         return failed
 
@@ -258,7 +315,11 @@ class WriteAggregates(beam.DoFn):
                     for q, value, ts in values:  # field by field: the cheapest way to fill upb messages
                         cell = mutations.add().set_cell
                         cell.family_name, cell.column_qualifier, cell.timestamp_micros, cell.value = (
-                            storage.FAMILY, q, ts, value)
+                            storage.FAMILY,
+                            q,
+                            ts,
+                            value,
+                        )
                 except BaseException:
                     del entries[-1]  # not half a row
                     raise
@@ -285,7 +346,8 @@ class WriteAggregates(beam.DoFn):
         ``table``'s data client (its channel, routing headers and credentials), no retry.
         Raises ``google.api_core.exceptions.GoogleAPICallError`` for a failed call."""
         responses = table.client._gapic_client.mutate_rows(
-            request=_bigtable_types.MutateRowsRequest.wrap(request), timeout=timeout_s, retry=None)
+            request=_bigtable_types.MutateRowsRequest.wrap(request), timeout=timeout_s, retry=None
+        )
         return (_bigtable_types.MutateRowsResponse.pb(r) for r in responses)
 
     def _connected_table(self):

@@ -12,6 +12,7 @@ Stages (DESIGN.md): validate -> dedup + lateness (stateful, keyed by shard and m
 -> pre-aggregate per bundle -> minute and hour windows and their panes (``FirePanes``). Only the sources, the trigger
 (``early_firing_s=None`` for batch) and the sinks differ between jobs.
 """
+
 from __future__ import annotations
 
 import typing
@@ -25,7 +26,7 @@ from transforms.validate import ARCHIVE, DEAD_LETTER, AcceptancePolicy, Validate
 ROWS = "rows"
 DEAD_LETTERS = "dead_letters"
 RAW_ARCHIVE = "archive"
-_ChunkKey = typing.Tuple[int, int]
+_ChunkKey = tuple[int, int]
 
 
 class CountEvents(beam.PTransform):
@@ -41,18 +42,28 @@ class CountEvents(beam.PTransform):
 
     def expand(self, payloads):
         validated = payloads | "validate" >> beam.ParDo(ValidateEvents(self._policy)).with_outputs(
-            DEAD_LETTER, ARCHIVE, main="chunks")
+            DEAD_LETTER, ARCHIVE, main="chunks"
+        )
         chunks = validated.chunks
         if not self._stamped:  # the watermark ladders start from one probe element per shard key
-            probes = (payloads.pipeline
-                      | "start watermark probes" >> beam.Impulse()
-                      | "probe keys" >> beam.FlatMap(lambda _, n: probe_elements(n), self._policy.dedup_shards))
-            chunks = ((chunks, probes)
-                      | "chunks and probes" >> beam.Flatten().with_output_types(typing.Tuple[_ChunkKey, typing.Any]))
-        deduped = chunks | "dedup and lateness" >> beam.ParDo(DedupAndJudgeLateness(
-            self._policy.allowed_lateness_s, self._stamped)).with_outputs(DEAD_LETTER, main="accepted")
+            probes = (
+                payloads.pipeline
+                | "start watermark probes" >> beam.Impulse()
+                | "probe keys" >> beam.FlatMap(lambda _, n: probe_elements(n), self._policy.dedup_shards)
+            )
+            chunks = (chunks, probes) | "chunks and probes" >> beam.Flatten().with_output_types(
+                tuple[_ChunkKey, typing.Any]
+            )
+        deduped = chunks | "dedup and lateness" >> beam.ParDo(
+            DedupAndJudgeLateness(self._policy.allowed_lateness_s, self._stamped)
+        ).with_outputs(DEAD_LETTER, main="accepted")
         windows = deduped.accepted | "windows" >> WindowedAggregates(
-            self._policy.allowed_lateness_s, self._early_s, self._policy.dedup_shards)
-        dead = ((validated[DEAD_LETTER], deduped[DEAD_LETTER])
-                | "dead letters" >> beam.Flatten())
-        return {ROWS: windows.rows, DAY_COUNTS: windows[DAY_COUNTS], DEAD_LETTERS: dead, RAW_ARCHIVE: validated[ARCHIVE]}
+            self._policy.allowed_lateness_s, self._early_s, self._policy.dedup_shards
+        )
+        dead = (validated[DEAD_LETTER], deduped[DEAD_LETTER]) | "dead letters" >> beam.Flatten()
+        return {
+            ROWS: windows.rows,
+            DAY_COUNTS: windows[DAY_COUNTS],
+            DEAD_LETTERS: dead,
+            RAW_ARCHIVE: validated[ARCHIVE],
+        }

@@ -12,6 +12,7 @@
   never holds a bundle more than its timeout: a topic that is deleted, refuses or hangs
   costs the job nothing but the ``publish_failures`` counter and a log line per bundle.
 """
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -24,8 +25,9 @@ FILE_PREFIX = "dead-letters"
 
 
 class WriteDeadLetters(beam.PTransform):
-    def __init__(self, path: str, topic: str | None, run_id: str,
-                 max_published_payload_bytes: int = MAX_PUBLISHED_PAYLOAD_BYTES) -> None:
+    def __init__(
+        self, path: str, topic: str | None, run_id: str, max_published_payload_bytes: int = MAX_PUBLISHED_PAYLOAD_BYTES
+    ) -> None:
         super().__init__()
         if not path:
             raise ValueError("dead letters need a folder for their files")
@@ -33,10 +35,14 @@ class WriteDeadLetters(beam.PTransform):
         self._max_published = max_published_payload_bytes
 
     def expand(self, dead):
-        (dead
-         | "by hour" >> beam.Map(lambda d: (hour_of_us(d.processing_time_us), [d.to_json()]))
-         | "files" >> WriteJsonlByHour(self._path, FILE_PREFIX, self._run_id))
+        (
+            dead
+            | "by hour" >> beam.Map(lambda d: (hour_of_us(d.processing_time_us), [d.to_json()]))
+            | "files" >> WriteJsonlByHour(self._path, FILE_PREFIX, self._run_id)
+        )
         if self._topic:
-            (dead
-             | "to Pub/Sub messages" >> beam.Map(lambda d, n=self._max_published: d.pubsub_message(n))
-             | "to Pub/Sub" >> WriteToPubSubPortable(self._topic))
+            (
+                dead
+                | "to Pub/Sub messages" >> beam.Map(lambda d, n=self._max_published: d.pubsub_message(n))
+                | "to Pub/Sub" >> WriteToPubSubPortable(self._topic)
+            )

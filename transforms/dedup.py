@@ -85,6 +85,7 @@ message's arrival time (``(arrival_us, [Event, ...])``, timestamp = minute start
 ``DEAD_LETTER``, ``too_late`` dead letters (their processing time is the message's arrival
 time). Duplicates are counted (``duplicates_dropped``), not dead-lettered.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -114,7 +115,7 @@ _END_US = GlobalWindow().max_timestamp().micros
 _START_US = MIN_TIMESTAMP.micros
 # Per pipeline (keyed by a token made at construction), shared by every instance of the
 # DoFn in this process: the ids of the shard keys served here.
-_IDS: dict[tuple[str, tuple[int, int]], "_ShardIds"] = {}
+_IDS: dict[tuple[str, tuple[int, int]], _ShardIds] = {}
 
 
 def probe_elements(shards: int) -> list[TimestampedValue]:
@@ -225,10 +226,18 @@ class DedupAndJudgeLateness(beam.DoFn):
     def _shard_ids(self, key, bag, version_state) -> _ShardIds:
         return cached_view(_IDS, (self._token, key), version_state, lambda v: _ShardIds(v, bag.read()))
 
-    def process(self, element, timestamp=beam.DoFn.TimestampParam, ids=beam.DoFn.StateParam(IDS),
-                version=beam.DoFn.StateParam(VERSION), view=beam.DoFn.StateParam(VIEW),
-                base=beam.DoFn.StateParam(LADDER_BASE), searches=beam.DoFn.StateParam(SEARCHES),
-                expiry=beam.DoFn.TimerParam(EXPIRY), rung=beam.DoFn.TimerParam(RUNG)):
+    def process(
+        self,
+        element,
+        timestamp=beam.DoFn.TimestampParam,
+        ids=beam.DoFn.StateParam(IDS),
+        version=beam.DoFn.StateParam(VERSION),
+        view=beam.DoFn.StateParam(VIEW),
+        base=beam.DoFn.StateParam(LADDER_BASE),
+        searches=beam.DoFn.StateParam(SEARCHES),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+        rung=beam.DoFn.TimerParam(RUNG),
+    ):
         key, (arrival_us, chunk) = element
         if self._stamped:  # this message's own watermark at arrival, not the key's highest stamp
             view_us = max(timestamp.micros, self._view_us(view))
@@ -243,9 +252,16 @@ class DedupAndJudgeLateness(beam.DoFn):
         for ev in chunk:
             if ev.time_us < boundary_us:
                 self._dead.inc(TOO_LATE)
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
-                    ev.raw, TOO_LATE, f"event_time {format_time_us(ev.time_us)} is more than "
-                    f"{self._lateness_s} s behind the watermark (at least {format_time_us(view_us)})", arrival_us))
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTER,
+                    DeadLetter(
+                        ev.raw,
+                        TOO_LATE,
+                        f"event_time {format_time_us(ev.time_us)} is more than "
+                        f"{self._lateness_s} s behind the watermark (at least {format_time_us(view_us)})",
+                        arrival_us,
+                    ),
+                )
             else:
                 on_time.append(ev)
         if not on_time:
@@ -277,9 +293,15 @@ class DedupAndJudgeLateness(beam.DoFn):
             expiry.set(Timestamp(earliest_s))
 
     @on_timer(EXPIRY)
-    def on_expiry(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-                  ids=beam.DoFn.StateParam(IDS), version=beam.DoFn.StateParam(VERSION),
-                  view=beam.DoFn.StateParam(VIEW), expiry=beam.DoFn.TimerParam(EXPIRY)):
+    def on_expiry(
+        self,
+        key=beam.DoFn.KeyParam,
+        fired=beam.DoFn.TimestampParam,
+        ids=beam.DoFn.StateParam(IDS),
+        version=beam.DoFn.StateParam(VERSION),
+        view=beam.DoFn.StateParam(VIEW),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+    ):
         self._raise_view(view, fired.micros)
         fired_s = fired.micros // US_PER_S
         shard = self._shard_ids(key, ids, version)
@@ -293,9 +315,14 @@ class DedupAndJudgeLateness(beam.DoFn):
             expiry.set(Timestamp(min(map(self._expiry_s, shard.by_minute))))
 
     @on_timer(RUNG)
-    def on_rung(self, fired=beam.DoFn.TimestampParam, tag=beam.DoFn.DynamicTimerTagParam,
-                view=beam.DoFn.StateParam(VIEW), base=beam.DoFn.StateParam(LADDER_BASE),
-                rung=beam.DoFn.TimerParam(RUNG)):
+    def on_rung(
+        self,
+        fired=beam.DoFn.TimestampParam,
+        tag=beam.DoFn.DynamicTimerTagParam,
+        view=beam.DoFn.StateParam(VIEW),
+        base=beam.DoFn.StateParam(LADDER_BASE),
+        rung=beam.DoFn.TimerParam(RUNG),
+    ):
         view_us = self._raise_view(view, fired.micros)
         if view_us > base.read():
             self._set_ladder(view_us, base, rung, min(int(tag.rpartition(_DESCENDING)[2]) + 2, LADDER_RUNGS))
@@ -310,7 +337,7 @@ class DedupAndJudgeLateness(beam.DoFn):
         slot = _slot_for(held, stamp_us, view_us)
         if slot is None:
             return
-        held[slot:slot + 1] = [(stamp_us, view_us)]  # replaces the slot's search, or appends one
+        held[slot : slot + 1] = [(stamp_us, view_us)]  # replaces the slot's search, or appends one
         searches.write(held)
         if base.read() is None:
             base.write(view_us)

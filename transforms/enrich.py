@@ -17,6 +17,7 @@ this works with both) and stamps each ``AggregateRow`` with the
 title and channel of that snapshot when the pane passes (nulls for unknown entities,
 which are still written).
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,9 +93,11 @@ class LatestSnapshot(beam.PTransform):
 
     def expand(self, snapshots):
         if self._triggered:
-            snapshots = snapshots | beam.WindowInto(window.GlobalWindows(),
-                                                    trigger=trigger.Repeatedly(trigger.AfterCount(1)),
-                                                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
+            snapshots = snapshots | beam.WindowInto(
+                window.GlobalWindows(),
+                trigger=trigger.Repeatedly(trigger.AfterCount(1)),
+                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+            )
         return snapshots | beam.CombineGlobally(_Newest()).without_defaults()
 
 
@@ -143,8 +146,12 @@ class _EnrichFromFileFn(beam.DoFn):
         try:
             self._entries, self._read = read_snapshot_file(self._path), True
         except Exception as e:  # noqa: BLE001 -- any failure (bad line, missing file, storage error)
-            _LOG.warning("metadata read of %s failed, keeping the %s snapshot: %s", self._path,
-                         "previous" if self._read else "empty", e)
+            _LOG.warning(
+                "metadata read of %s failed, keeping the %s snapshot: %s",
+                self._path,
+                "previous" if self._read else "empty",
+                e,
+            )
 
     def process(self, rows: list[AggregateRow]):
         interval = self._refresh_s or (None if self._read else self.RETRY_S)

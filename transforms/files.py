@@ -18,6 +18,7 @@ renamed, so a reader never sees half a file; object stores (``gs://``) publish a
 only when it is closed. A write that fails raises: the bundle is retried, its messages are
 not acknowledged (the files are the durable record; nothing else holds these lines).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,5 @@
 """Beam metric names (SPEC.md section 5), all in the ``viewcounts`` namespace. Names are
-stable: dashboards and the bench read them (``viewcounts.job_metrics``).
+stable: dashboards and the bench read them (``viewcounts.local.job_metrics``).
 
 Counting core: ``events_in``, ``events_accepted``, ``duplicates_dropped``, ``dead_letters``
 (and ``dead_letters_<reason>``), ``aggregates_written``, ``write_failures``,
@@ -16,6 +16,7 @@ source readers):
   worker's readers pulled and have not yet acknowledged; 0 when there is none. Set at the
   end of each of the source's bundles on that worker.
 """
+
 from __future__ import annotations
 
 from apache_beam.metrics import Metrics

@@ -90,6 +90,7 @@ splittable DoFns in streaming). Pulls use the synchronous ``Pull`` RPC of ``goog
 ``PUBSUB_EMULATOR_HOST``). The restriction and
 watermark shapes follow Beam's own ``PeriodicImpulse`` (``apache_beam.transforms.periodicsequence``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -153,8 +154,13 @@ def pull_deadline_s(poll_s: float) -> float:
     return poll_s + 5
 
 
-def message_timestamp_us(attributes, publish_time_us: int, timestamp_attribute: str | None,
-                         now_us: int, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S) -> int:
+def message_timestamp_us(
+    attributes,
+    publish_time_us: int,
+    timestamp_attribute: str | None,
+    now_us: int,
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+) -> int:
     """Event time of a message in epoch µs: its ``timestamp_attribute``, else ``publish_time_us``.
 
     The attribute is read when it is 1..``MAX_TS_DIGITS`` ASCII digits of epoch milliseconds
@@ -180,8 +186,11 @@ def subscriber_transport(max_response_bytes: int = MAX_PULL_RESPONSE_BYTES):
 
     options = [("grpc.max_receive_message_length", max_response_bytes), ("grpc.max_send_message_length", -1)]
     emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
-    channel = (grpc.insecure_channel(emulator, options=options) if emulator
-               else SubscriberGrpcTransport.create_channel(options=options))
+    channel = (
+        grpc.insecure_channel(emulator, options=options)
+        if emulator
+        else SubscriberGrpcTransport.create_channel(options=options)
+    )
     return SubscriberGrpcTransport(channel=channel)
 
 
@@ -233,11 +242,14 @@ class PullWatermark(WatermarkEstimator):
     clock (written by a job that followed a far-future attribute) is lowered to it at
     construction; that is the only way the watermark goes back."""
 
-    def __init__(self, state, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
-                 now_s: float | None = None) -> None:
+    def __init__(self, state, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S, now_s: float | None = None) -> None:
         self._skew_us = round(max_future_skew_s * 1_000_000)
         watermark_us, newest_us, self._empty_since_s, samples = state or (
-            MIN_TIMESTAMP.micros, MIN_TIMESTAMP.micros, None, ())
+            MIN_TIMESTAMP.micros,
+            MIN_TIMESTAMP.micros,
+            None,
+            (),
+        )
         ceiling = self._ceiling_us(time.time() if now_s is None else now_s)
         self._watermark_us, self._newest_us = min(watermark_us, ceiling), min(newest_us, ceiling)
         self._samples = [(t, min(ts, ceiling)) for t, ts in samples]
@@ -323,8 +335,15 @@ class AckLedger:
         with self._lock:
             self._entries = [e for e in self._entries if e[0] != reader or e[1] < position]
 
-    def finalized(self, reader: str, first_position: int, ack_ids: list[str], oldest_us: int | None,
-                  started_s: float, now_s: float) -> list[str]:
+    def finalized(
+        self,
+        reader: str,
+        first_position: int,
+        ack_ids: list[str],
+        oldest_us: int | None,
+        started_s: float,
+        now_s: float,
+    ) -> list[str]:
         """The bundle of ``reader`` that started at ``started_s`` and pulled from
         ``first_position`` on is finalized at ``now_s``: files its ids and returns the ids
         now due for acknowledgement (possibly empty)."""
@@ -364,8 +383,17 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
     estimator provider, so the estimators it makes know ``max_future_skew_s``. Reports the
     source metrics of ``transforms.metrics`` for the readers it runs."""
 
-    def __init__(self, timestamp_attribute: str | None, max_messages: int, max_pull_s: float,
-                 poll_s: float, idle_s: float, pause_s: float, sample_s: float, max_future_skew_s: float) -> None:
+    def __init__(
+        self,
+        timestamp_attribute: str | None,
+        max_messages: int,
+        max_pull_s: float,
+        poll_s: float,
+        idle_s: float,
+        pause_s: float,
+        sample_s: float,
+        max_future_skew_s: float,
+    ) -> None:
         self._timestamp_attribute = timestamp_attribute
         self._max_messages, self._max_pull_s = max_messages, max_pull_s
         self._poll_s, self._idle_s, self._pause_s, self._sample_s = poll_s, idle_s, pause_s, sample_s
@@ -396,10 +424,13 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
             self._client.close()
 
     @beam.DoFn.unbounded_per_element()
-    def process(self, reader: str,
-                bundle_finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam passes those by name
-                restriction_tracker=beam.DoFn.RestrictionParam(_EndlessPulls()),
-                watermark=beam.DoFn.WatermarkEstimatorParam()):
+    def process(
+        self,
+        reader: str,
+        bundle_finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam passes those by name
+        restriction_tracker=beam.DoFn.RestrictionParam(_EndlessPulls()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(),
+    ):
         started = time.monotonic()
         subscription = subscription_of(reader)
         # Every bundle asks for finalization, even one that pulled nothing: a FinalizeBundle
@@ -429,9 +460,16 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
             now_s = time.time()
             now_us = round(now_s * 1_000_000)
             published_us = [_publish_us(m.message) for m in received]
-            watermark.pulled([message_timestamp_us(m.message.attributes, p, self._timestamp_attribute, now_us,
-                                                   self._max_future_skew_s)
-                              for m, p in zip(received, published_us)], now_s, self._sample_s)
+            watermark.pulled(
+                [
+                    message_timestamp_us(
+                        m.message.attributes, p, self._timestamp_attribute, now_us, self._max_future_skew_s
+                    )
+                    for m, p in zip(received, published_us)
+                ],
+                now_s,
+                self._sample_s,
+            )
             self._pulled += len(received)
             self._pulled_counter.inc(len(received))
             acks.extend(m.ack_id for m in received)
@@ -456,11 +494,16 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
         """An INFO line at most every ``every_s`` seconds: messages this worker pulled, watermark."""
         if time.monotonic() - self._reported_s >= every_s:
             self._reported_s = time.monotonic()
-            _LOG.info("%s: %d messages pulled by this worker; watermark %s", subscription, self._pulled,
-                      watermark.current_watermark())
+            _LOG.info(
+                "%s: %d messages pulled by this worker; watermark %s",
+                subscription,
+                self._pulled,
+                watermark.current_watermark(),
+            )
 
-    def _finalized(self, reader: str, first_position: int, ack_ids: list[str], bundle: object,
-                   started_s: float) -> None:
+    def _finalized(
+        self, reader: str, first_position: int, ack_ids: list[str], bundle: object, started_s: float
+    ) -> None:
         """A bundle's finalization callback: file its ids in the ledger, acknowledge what is due."""
         oldest_us = self._unacked.pop(bundle, None)
         due = self._ledger.finalized(reader, first_position, ack_ids, oldest_us, started_s, time.monotonic())
@@ -477,13 +520,19 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
 
         for i in range(0, len(ack_ids), 2500):
             try:
-                self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids[i:i + 2500]},
-                                         retry=Retry(initial=0.1, maximum=2.0, timeout=ACK_RETRY_S),
-                                         timeout=ACK_RETRY_S)
-                self._acked_unreported += len(ack_ids[i:i + 2500])
+                self._client.acknowledge(
+                    request={"subscription": subscription, "ack_ids": ack_ids[i : i + 2500]},
+                    retry=Retry(initial=0.1, maximum=2.0, timeout=ACK_RETRY_S),
+                    timeout=ACK_RETRY_S,
+                )
+                self._acked_unreported += len(ack_ids[i : i + 2500])
             except GoogleAPIError as e:
-                _LOG.warning("%s: acknowledging %d messages failed (they will be redelivered): %s",
-                             subscription, len(ack_ids[i:i + 2500]), e)
+                _LOG.warning(
+                    "%s: acknowledging %d messages failed (they will be redelivered): %s",
+                    subscription,
+                    len(ack_ids[i : i + 2500]),
+                    e,
+                )
 
     def _pull(self, subscription: str):
         """One pull of at most the current batch size: the received messages; ``[]`` on a
@@ -496,16 +545,25 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
 
         asked = self._batch
         try:
-            received = self._client.pull(request={"subscription": subscription, "max_messages": asked},
-                                         retry=None, timeout=pull_deadline_s(self._poll_s)).received_messages
+            received = self._client.pull(
+                request={"subscription": subscription, "max_messages": asked},
+                retry=None,
+                timeout=pull_deadline_s(self._poll_s),
+            ).received_messages
         except (DeadlineExceeded, Cancelled):
             return []
         except (GoogleAPIError, ValueError) as e:  # ValueError: a channel closed under the call
             self._failures += 1
             if isinstance(e, ResourceExhausted):
                 self._batch = max(1, self._batch // 2)
-            _LOG.warning("%s: pull of up to %d messages failed (%d in a row; next pull asks for %d): %s",
-                         subscription, asked, self._failures, self._batch, e)
+            _LOG.warning(
+                "%s: pull of up to %d messages failed (%d in a row; next pull asks for %d): %s",
+                subscription,
+                asked,
+                self._failures,
+                self._batch,
+                e,
+            )
             return None
         self._failures = 0
         if received:
@@ -534,19 +592,33 @@ class ReadFromPubSubPortable(beam.PTransform):
     (``reader_elements``, which raises ``ValueError`` for a ``readers`` it refuses).
     """
 
-    def __init__(self, subscription: str, timestamp_attribute: str | None = None, max_messages: int = 1000,
-                 max_pull_s: float = 1.0, poll_s: float = 0.5, idle_s: float = 5.0, pause_s: float = 0.0,
-                 sample_s: float = 60.0, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S, readers: int = 1,
-                 key_group=None, key_groups: int = 1) -> None:
+    def __init__(
+        self,
+        subscription: str,
+        timestamp_attribute: str | None = None,
+        max_messages: int = 1000,
+        max_pull_s: float = 1.0,
+        poll_s: float = 0.5,
+        idle_s: float = 5.0,
+        pause_s: float = 0.0,
+        sample_s: float = 60.0,
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+        readers: int = 1,
+        key_group=None,
+        key_groups: int = 1,
+    ) -> None:
         super().__init__()
         self._readers = reader_elements(subscription, readers, key_group, key_groups)
-        self._fn = _PullFn(timestamp_attribute, max_messages, max_pull_s, poll_s, idle_s, pause_s, sample_s,
-                           max_future_skew_s)
+        self._fn = _PullFn(
+            timestamp_attribute, max_messages, max_pull_s, poll_s, idle_s, pause_s, sample_s, max_future_skew_s
+        )
 
     def expand(self, pbegin):
-        readers = (pbegin
-                   | "impulse" >> beam.Impulse()
-                   | "readers" >> beam.FlatMap(lambda _, r=tuple(self._readers): r).with_output_types(str))
+        readers = (
+            pbegin
+            | "impulse" >> beam.Impulse()
+            | "readers" >> beam.FlatMap(lambda _, r=tuple(self._readers): r).with_output_types(str)
+        )
         if len(self._readers) > 1:  # one reader stays fused with the impulse, as before readers existed
             readers = readers | "spread readers" >> beam.Reshuffle()
         return readers | "pull" >> beam.ParDo(self._fn)
@@ -574,14 +646,28 @@ class _PublishFn(beam.DoFn):
         from google.cloud import pubsub_v1
 
         self._client = pubsub_v1.PublisherClient()
-        self._retry = retry.Retry(initial=0.1, maximum=5.0, timeout=self._timeout_s,
-                                  predicate=retry.if_exception_type(
-                                      exceptions.ServiceUnavailable, exceptions.DeadlineExceeded,
-                                      exceptions.InternalServerError, exceptions.Aborted,
-                                      exceptions.ResourceExhausted, exceptions.Unknown))
-        self._topic_errors = (exceptions.NotFound, exceptions.PermissionDenied, exceptions.Unauthenticated,
-                              exceptions.ServiceUnavailable, exceptions.DeadlineExceeded, exceptions.RetryError,
-                              TimeoutError)
+        self._retry = retry.Retry(
+            initial=0.1,
+            maximum=5.0,
+            timeout=self._timeout_s,
+            predicate=retry.if_exception_type(
+                exceptions.ServiceUnavailable,
+                exceptions.DeadlineExceeded,
+                exceptions.InternalServerError,
+                exceptions.Aborted,
+                exceptions.ResourceExhausted,
+                exceptions.Unknown,
+            ),
+        )
+        self._topic_errors = (
+            exceptions.NotFound,
+            exceptions.PermissionDenied,
+            exceptions.Unauthenticated,
+            exceptions.ServiceUnavailable,
+            exceptions.DeadlineExceeded,
+            exceptions.RetryError,
+            TimeoutError,
+        )
         self._failures = metrics.counter(metrics.PUBLISH_FAILURES)
         self._skip_until = 0.0
 
@@ -595,8 +681,9 @@ class _PublishFn(beam.DoFn):
             return
         data, attributes = message
         try:
-            self._futures.append(self._client.publish(self._topic, data, retry=self._retry,
-                                                      timeout=self._timeout_s, **attributes))
+            self._futures.append(
+                self._client.publish(self._topic, data, retry=self._retry, timeout=self._timeout_s, **attributes)
+            )
         except Exception as e:  # refused before sending: too large, bad attributes
             self._give_up(e)
 
@@ -611,9 +698,13 @@ class _PublishFn(beam.DoFn):
         if self._topic_failed:
             self._skip_until = time.monotonic() + self._backoff_s
         if self._failed:
-            _LOG.warning("%s: %d messages of this bundle not published (first error: %r)%s", self._topic,
-                         self._failed, self._first_error,
-                         f"; not publishing for {self._backoff_s:g} s" if self._topic_failed else "")
+            _LOG.warning(
+                "%s: %d messages of this bundle not published (first error: %r)%s",
+                self._topic,
+                self._failed,
+                self._first_error,
+                f"; not publishing for {self._backoff_s:g} s" if self._topic_failed else "",
+            )
 
     def _give_up(self, error: Exception | None) -> None:
         self._failed += 1

@@ -11,10 +11,12 @@ rebuilt from state, so it is never trusted stale (``transforms.dedup``,
 ``transforms.aggregate``). With a counter both could reach the same number with different
 contents (``tests/test_parallel_state.py`` shows the case).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 

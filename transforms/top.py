@@ -43,10 +43,11 @@ ranks the final aggregates with Beam's ``combiners.Top.PerKey``: minute and hour
 hours the recompute overwrites, and day lists of the days it was given, each from the hour rows
 of all 24 hours (the recompute reads a day's other hours for that, ``pipelines.batch_recompute``).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import List, NamedTuple, Tuple
+from typing import NamedTuple
 
 import apache_beam as beam
 import orjson
@@ -66,9 +67,9 @@ CLEANUP_GRACE_S = 60  # processing time between a window's drop time and its sta
 TOP_LISTS_WRITTEN = "top_lists_written"  # counter of the sink step writing top lists
 _HOUR_S = TOP_GRANULARITY_SECONDS["hour"]
 _DAY_S = TOP_GRANULARITY_SECONDS["day"]
-_Offers = List[Tuple[str, int]]  # [(video_id, count), ...]
-_WindowShard = Tuple[str, str, int, int]  # (event_type, granularity, window_start_s, shard)
-_Window = Tuple[str, str, int]  # (event_type, granularity, window_start_s)
+_Offers = list[tuple[str, int]]  # [(video_id, count), ...]
+_WindowShard = tuple[str, str, int, int]  # (event_type, granularity, window_start_s, shard)
+_Window = tuple[str, str, int]  # (event_type, granularity, window_start_s)
 
 
 class TopRow(NamedTuple):
@@ -239,7 +240,9 @@ class MergeTop(_Cleared):
             return ()
         state.write(orjson.dumps([base_ms, list(top.counts.items())]))
         items = top.items()
-        return [[TopRow(event_type, granularity, window_s, items, cell_timestamp_us(base_ms, sum(c for _, c in items)))]]
+        return [
+            [TopRow(event_type, granularity, window_s, items, cell_timestamp_us(base_ms, sum(c for _, c in items)))]
+        ]
 
 
 class TopEntities(beam.PTransform):
@@ -249,8 +252,9 @@ class TopEntities(beam.PTransform):
     ``cleanup_grace_s``: seconds of processing time the state outlives its drop time, or None
     to clear it at the drop time (module docstring, "State cleanup")."""
 
-    def __init__(self, allowed_lateness_s: int, shards: int = TOP_SHARDS, k: int = TOP_K,
-                 cleanup_grace_s: int | None = None) -> None:
+    def __init__(
+        self, allowed_lateness_s: int, shards: int = TOP_SHARDS, k: int = TOP_K, cleanup_grace_s: int | None = None
+    ) -> None:
         super().__init__()
         self._lateness_s, self._shards, self._k = allowed_lateness_s, shards, k
         self._grace_s = cleanup_grace_s
@@ -260,15 +264,17 @@ class TopEntities(beam.PTransform):
         # typed keys: deterministic key coders for the stateful stages. A ParDo on each input,
         # not a Flatten of them: Beam's portable fuser fails ("consumed but never produced") on
         # a PCollection read by a Flatten and another transform (apache/beam#34647), as the rows are.
-        offers = [pcoll | name >> beam.ParDo(WindowOffers(self._shards, read)).with_output_types(
-                      Tuple[_WindowShard, _Offers])
-                  for name, pcoll, read in (("window offers", rows, row_offers), ("day offers", day_counts, day_offers))]
-        return (offers
-                | "minute, hour and day offers" >> beam.Flatten().with_output_types(Tuple[_WindowShard, _Offers])
-                | "top per shard" >> beam.ParDo(ShardTop(self._lateness_s, self._k, self._grace_s)).with_output_types(
-                    Tuple[_Window, _Offers])
-                | "top per window" >> beam.ParDo(MergeTop(self._lateness_s, self._k, self._grace_s)))
-
+        offers = [
+            pcoll | name >> beam.ParDo(WindowOffers(self._shards, read)).with_output_types(tuple[_WindowShard, _Offers])
+            for name, pcoll, read in (("window offers", rows, row_offers), ("day offers", day_counts, day_offers))
+        ]
+        return (
+            offers
+            | "minute, hour and day offers" >> beam.Flatten().with_output_types(tuple[_WindowShard, _Offers])
+            | "top per shard"
+            >> beam.ParDo(ShardTop(self._lateness_s, self._k, self._grace_s)).with_output_types(tuple[_Window, _Offers])
+            | "top per window" >> beam.ParDo(MergeTop(self._lateness_s, self._k, self._grace_s))
+        )
 
 
 def _ranked(enriched_rows, hours: frozenset):
@@ -303,14 +309,18 @@ class TopFromRows(beam.PTransform):
             raise ValueError(f"days must be UTC day starts, got {sorted(self._days)}")
 
     def expand(self, rows):
-        day_counts = (rows
-                      | "hours of days" >> beam.FlatMap(_hours_of_days, self._days)
-                      | "day counts" >> beam.CombinePerKey(sum)
-                      | "day offers" >> beam.MapTuple(lambda k, count: ((k[0], "day", k[2]), (k[1], count))))
-        return (((rows | "window offers" >> beam.FlatMap(_ranked, self._hours)), day_counts)
-                | "all offers" >> beam.Flatten()
-                | "top per window" >> beam.combiners.Top.PerKey(TOP_K, key=top_rank, reverse=True)
-                | "top rows" >> beam.MapTuple(_top_row))
+        day_counts = (
+            rows
+            | "hours of days" >> beam.FlatMap(_hours_of_days, self._days)
+            | "day counts" >> beam.CombinePerKey(sum)
+            | "day offers" >> beam.MapTuple(lambda k, count: ((k[0], "day", k[2]), (k[1], count)))
+        )
+        return (
+            ((rows | "window offers" >> beam.FlatMap(_ranked, self._hours)), day_counts)
+            | "all offers" >> beam.Flatten()
+            | "top per window" >> beam.combiners.Top.PerKey(TOP_K, key=top_rank, reverse=True)
+            | "top rows" >> beam.MapTuple(_top_row)
+        )
 
 
 def _top_row(key, items) -> list[TopRow]:

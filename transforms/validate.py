@@ -25,6 +25,7 @@ code); every input ends as a chunk for dedup or a dead letter, with ``events_in`
 as SPEC.md section 5 says, and dead-letter details are short ASCII. ``tests/test_hostile.py``
 drives arbitrary bytes and documents through it.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -89,14 +90,22 @@ class ValidateEvents(beam.DoFn):
         archive: dict[int, list] = defaultdict(list)
         for ev in events:
             if policy.check_age and ev.time_us > future_limit:
-                yield self._dead_letter(ev.raw, FUTURE_TIMESTAMP,
-                                        f"event_time {format_time_us(ev.time_us)} is more than "
-                                        f"{policy.max_future_skew_s} s after processing time", arrival_us)
+                yield self._dead_letter(
+                    ev.raw,
+                    FUTURE_TIMESTAMP,
+                    f"event_time {format_time_us(ev.time_us)} is more than "
+                    f"{policy.max_future_skew_s} s after processing time",
+                    arrival_us,
+                )
                 continue
             if policy.check_age and ev.time_us < age_limit:
-                yield self._dead_letter(ev.raw, TOO_OLD,
-                                        f"event_time {format_time_us(ev.time_us)} is more than "
-                                        f"{policy.max_event_age_s} s before processing time", arrival_us)
+                yield self._dead_letter(
+                    ev.raw,
+                    TOO_OLD,
+                    f"event_time {format_time_us(ev.time_us)} is more than "
+                    f"{policy.max_event_age_s} s before processing time",
+                    arrival_us,
+                )
                 continue
             archive[hour_of_us(ev.time_us)].append(ev.raw)
             chunks[shard_of(ev.event_id, policy.dedup_shards)].append(ev)

@@ -1,5 +1,6 @@
 """The ``viewcounts`` command: ``demo``, ``replay``, ``recompute``, ``stats``, ``top``, ``scenario run|check``,
 ``bench``, ``submit``."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,8 @@ import importlib
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import orjson
 
@@ -16,7 +17,7 @@ import pipelines  # noqa: F401  (importing it hides the unfixable grpcio warning
 
 
 def _scenario(args) -> int:
-    from viewcounts.scenario import check_case, load_case, run_case
+    from viewcounts.commands.scenario import check_case, load_case, run_case
 
     case = load_case(args.case)
     result = run_case(case, args.runner)
@@ -31,8 +32,10 @@ def _scenario(args) -> int:
     return 1 if problems else 0
 
 
-_NO_BIGTABLE = ("error: no Bigtable to read: set BIGTABLE_EMULATOR_HOST=host:port for an emulator (for example the "
-                "one `viewcounts demo --keep-running` prints) or configure Google Cloud credentials")
+_NO_BIGTABLE = (
+    "error: no Bigtable to read: set BIGTABLE_EMULATOR_HOST=host:port for an emulator (for example the "
+    "one `viewcounts demo --keep-running` prints) or configure Google Cloud credentials"
+)
 
 
 def _ask(reader_class, args, ask):
@@ -55,8 +58,13 @@ def _ask(reader_class, args, ask):
 def _stats(args) -> int:
     from query.stats import StatsReader
 
-    stats, failed = _ask(StatsReader, args, lambda r: r.get_stats(
-        args.video_id, args.event_type, args.function, args.start, args.end, args.granularity, args.tz))
+    stats, failed = _ask(
+        StatsReader,
+        args,
+        lambda r: r.get_stats(
+            args.video_id, args.event_type, args.function, args.start, args.end, args.granularity, args.tz
+        ),
+    )
     if failed:
         return failed
     if args.json:
@@ -71,8 +79,12 @@ def _stats(args) -> int:
         table.add_column(col, justify="right")
     for b in stats.buckets:
         a = b.aggregate
-        table.add_row(b.start.isoformat(), str(a.count), f"{a.sum:g}", *(f"{x:g}" if x is not None else "-"
-                                                                          for x in (a.avg, a.min, a.max)))
+        table.add_row(
+            b.start.isoformat(),
+            str(a.count),
+            f"{a.sum:g}",
+            *(f"{x:g}" if x is not None else "-" for x in (a.avg, a.min, a.max)),
+        )
     console = Console()
     console.print(table)
     console.print(f"{args.function} over [{stats.start.isoformat()}, {stats.end.isoformat()}): {stats.value}")
@@ -90,8 +102,9 @@ def _top(args) -> int:
     if failed:
         return failed
     q = top.query
-    final = q.window_start_s < final_before(TOP_GRANULARITY_SECONDS[q.granularity], time.time(),
-                                            DEFAULT_ALLOWED_LATENESS_S, DEFAULT_FINAL_MARGIN_S)
+    final = q.window_start_s < final_before(
+        TOP_GRANULARITY_SECONDS[q.granularity], time.time(), DEFAULT_ALLOWED_LATENESS_S, DEFAULT_FINAL_MARGIN_S
+    )
     body = top.to_json(final)
     if args.json:
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -100,8 +113,10 @@ def _top(args) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"top {q.n} by {q.event_type}, {q.granularity} [{body['window_start']}, {body['window_end']})"
-                  f"{'' if final else ' (open)'}")
+    table = Table(
+        title=f"top {q.n} by {q.event_type}, {q.granularity} [{body['window_start']}, {body['window_end']})"
+        f"{'' if final else ' (open)'}"
+    )
     for col, justify in (("#", "right"), ("video_id", "left"), ("count", "right")):
         table.add_column(col, justify=justify)
     for rank, item in enumerate(body["items"], 1):
@@ -111,17 +126,19 @@ def _top(args) -> int:
 
 
 def _submit(args) -> int:
-    from viewcounts.submit import main as submit_main
+    from viewcounts.commands.submit import main as submit_main
 
     return submit_main(args.job_flags)
 
 
 def _add_scenario_args(sc) -> None:
-    sc.add_argument("action", choices=("run", "check"), help="run: print the result as JSON; check: compare "
-                    "with the case's expect, exit 0 iff it matches")
+    sc.add_argument(
+        "action",
+        choices=("run", "check"),
+        help="run: print the result as JSON; check: compare with the case's expect, exit 0 iff it matches",
+    )
     sc.add_argument("case", help="path of the case file")
-    sc.add_argument("--runner", choices=("local", "prism"), default="local",
-                    help="prism needs `make prism`")
+    sc.add_argument("--runner", choices=("local", "prism"), default="local", help="prism needs `make prism`")
 
 
 def _add_stats_args(st) -> None:
@@ -162,6 +179,7 @@ class _Command:
     arguments, returning the exit code; either is a function or a ``"module:function"`` path,
     imported only when the command is the one asked for (the modules behind most commands import
     Beam and the Google clients, seconds that ``viewcounts --help`` need not wait)."""
+
     help: str
     add_args: Callable | str
     run: Callable | str
@@ -179,49 +197,72 @@ def _resolve(target: Callable | str) -> Callable:
 
 _COMMANDS = {
     "scenario": _Command(
-        "run or check a SPEC.md section 7 case file", _add_scenario_args, _scenario,
+        "run or check a SPEC.md section 7 case file",
+        _add_scenario_args,
+        _scenario,
         "Runs the case through the real pipeline (TestStream) with the Bigtable emulator (BIGTABLE_EMULATOR_HOST, "
-        "or one started for the run)."),
+        "or one started for the run).",
+    ),
     "stats": _Command(
-        "query stored aggregates (get_stats)", _add_stats_args, _stats,
-        "Reads Bigtable (BIGTABLE_EMULATOR_HOST for an emulator)."),
+        "query stored aggregates (get_stats)",
+        _add_stats_args,
+        _stats,
+        "Reads Bigtable (BIGTABLE_EMULATOR_HOST for an emulator).",
+    ),
     "top": _Command(
-        "the top N videos by count of an event type in one minute, hour or day (get_top)", _add_top_args, _top,
+        "the top N videos by count of an event type in one minute, hour or day (get_top)",
+        _add_top_args,
+        _top,
         "Reads one cell of Bigtable (BIGTABLE_EMULATOR_HOST for an emulator): the top list the pipeline keeps per "
-        "window."),
+        "window.",
+    ),
     "replay": _Command(
         "publish events (flights or JSONL) to Pub/Sub, with a manifest",
-        "viewcounts.replay:add_replay_args", "viewcounts.replay:replay_main",
-        "Publishes to PUBSUB_EMULATOR_HOST when set."),
+        "viewcounts.commands.replay:add_replay_args",
+        "viewcounts.commands.replay:replay_main",
+        "Publishes to PUBSUB_EMULATOR_HOST when set.",
+    ),
     "recompute": _Command(
         "re-count hours of the raw archive into Bigtable (batch), or audit them with --dry-run",
-        "viewcounts.recompute:add_recompute_args", "viewcounts.recompute:recompute_main",
+        "viewcounts.commands.recompute:add_recompute_args",
+        "viewcounts.commands.recompute:recompute_main",
         "The batch recompute (pipelines.batch_recompute) with a progress bar, a dry run that audits the stored "
-        "aggregates, and a refusal to overwrite hours the streaming job may still fire (viewcounts.recompute). "
-        "BIGTABLE_EMULATOR_HOST for an emulator."),
+        "aggregates, and a refusal to overwrite hours the streaming job may still fire (viewcounts.commands.recompute). "
+        "BIGTABLE_EMULATOR_HOST for an emulator.",
+    ),
     "compact": _Command(
         "compact closed hours of the raw archive into Parquet (dt=/hour= folders)",
-        "pipelines.compact:add_compact_args", "pipelines.compact:compact_main",
-        "pipelines.compact: deduplicated by event_id, typed columns; prints a one-line JSON summary."),
+        "pipelines.compact:add_compact_args",
+        "pipelines.compact:compact_main",
+        "pipelines.compact: deduplicated by event_id, typed columns; prints a one-line JSON summary.",
+    ),
     "serve": _Command(
         "serve the stats over HTTP (GET /v1/stats, docs at /docs)",
-        "query.service:add_serve_args", "query.service:serve_main",
+        "query.service:add_serve_args",
+        "query.service:serve_main",
         "query.service: FastAPI on uvicorn, one async Bigtable client, final buckets cached. "
-        "BIGTABLE_EMULATOR_HOST for an emulator."),
+        "BIGTABLE_EMULATOR_HOST for an emulator.",
+    ),
     "demo": _Command(
         "run the streaming job end to end on the local emulators",
-        "viewcounts.demo:add_demo_args", "viewcounts.demo:demo_main"),
+        "viewcounts.commands.demo:add_demo_args",
+        "viewcounts.commands.demo:demo_main",
+    ),
     "bench": _Command(
         "measure the core job against its peers, end to end and queries",
-        "viewcounts.bench.harness:add_bench_args", "viewcounts.bench.harness:bench_main",
+        "viewcounts.bench.harness:add_bench_args",
+        "viewcounts.bench.harness:bench_main",
         "Runs every system on the same generated events, checks they agree, prints a table and writes the figures "
-        "as JSON (viewcounts.bench.harness)."),
+        "as JSON (viewcounts.bench.harness).",
+    ),
     "submit": _Command(
         "submit the streaming job to a Flink session cluster, detached; prints the Flink job id",
-        _add_submit_args, _submit,
+        _add_submit_args,
+        _submit,
         "viewcounts submit -- JOB FLAGS: the flags of `python -m pipelines.streaming` with --runner=FlinkRunner "
-        "--flink_master=HOST:PORT --environment_type=EXTERNAL --environment_config=HOST:PORT (viewcounts.submit).",
-        show_defaults=False),
+        "--flink_master=HOST:PORT --environment_type=EXTERNAL --environment_config=HOST:PORT (viewcounts.commands.submit).",
+        show_defaults=False,
+    ),
 }
 
 
@@ -239,17 +280,24 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     asked = _command_named(argv)
     for name, command in _COMMANDS.items():
-        p = sub.add_parser(name, help=command.help, description=command.description,
-                           formatter_class=(argparse.ArgumentDefaultsHelpFormatter if command.show_defaults
-                                            else argparse.HelpFormatter))
+        p = sub.add_parser(
+            name,
+            help=command.help,
+            description=command.description,
+            formatter_class=(
+                argparse.ArgumentDefaultsHelpFormatter if command.show_defaults else argparse.HelpFormatter
+            ),
+        )
         if name == asked:  # only the asked command's flags: adding them may import its module
             _resolve(command.add_args)(p)
 
     args = parser.parse_args(argv)
     if args.command in ("submit", "recompute") and args.job_flags[:1] == ["--"]:
         args.job_flags = args.job_flags[1:]
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if not args.verbose:
         # Beam warns once per late element ("Watermark moved backwards...") and about
         # emulator connections; -v shows them.

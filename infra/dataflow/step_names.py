@@ -19,6 +19,7 @@ Run from the repository root::
     .venv/bin/python infra/dataflow/step_names.py write        # record the graph (after an update is live)
     .venv/bin/python infra/dataflow/step_names.py parameters   # update=true[,transformNameMapping=...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,13 @@ DEPLOYED_FLAGS = [
 ]
 # Dataflow's flags for a graph built offline: --dry_run and --no_auth keep Beam's checks from
 # looking for credentials or the temp bucket
-OFFLINE_DATAFLOW_FLAGS = ["--project=viewcounts-project", "--region=us-central1",
-                          "--temp_location=gs://viewcounts-project-viewcounts/dataflow/tmp", "--no_auth",
-                          "--dry_run=True"]
+OFFLINE_DATAFLOW_FLAGS = [
+    "--project=viewcounts-project",
+    "--region=us-central1",
+    "--temp_location=gs://viewcounts-project-viewcounts/dataflow/tmp",
+    "--no_auth",
+    "--dry_run=True",
+]
 
 
 def deployed_job() -> beam_runner_api_pb2.Pipeline:
@@ -74,8 +79,10 @@ def steps(pipeline: beam_runner_api_pb2.Pipeline) -> dict[str, str]:
     root = set(pipeline.root_transform_ids)
     transforms = pipeline.components.transforms
     leaves = [t for tid, t in transforms.items() if not t.subtransforms and tid not in root]
-    return {t.unique_name: "stateful" if _holds_state(t) else "stateless"
-            for t in sorted(leaves, key=lambda t: t.unique_name)}
+    return {
+        t.unique_name: "stateful" if _holds_state(t) else "stateless"
+        for t in sorted(leaves, key=lambda t: t.unique_name)
+    }
 
 
 def renamed(name: str, mapping: dict[str, str]) -> str | None:
@@ -85,7 +92,7 @@ def renamed(name: str, mapping: dict[str, str]) -> str | None:
     if not keys:
         return None
     key = max(keys, key=len)
-    return mapping[key] + name[len(key):] if mapping[key] else ""
+    return mapping[key] + name[len(key) :] if mapping[key] else ""
 
 
 def lost_steps(recorded: dict[str, str], current: set[str], mapping: dict[str, str]) -> dict[str, str]:
@@ -108,11 +115,14 @@ def report(lost: dict[str, str], current: set[str]) -> str:
     """What to do about ``lost``: the names, then how to add the mapping."""
     added = sorted(current - set(json.loads(STEP_NAMES.read_text())))
     return "\n".join(
-        ["A Dataflow update of the running job would fail: these steps of it are missing from the new job",
-         *(f"  {name!r} ({why})" for name, why in sorted(lost.items())),
-         f"Map each old name (or a prefix of it, ending before a '/') to its new name in "
-         f"infra/dataflow/{NAME_MAPPING.name}, e.g. {{\"old name\": \"new name\"}}; map it to \"\" to drop "
-         f"the step (and its state). Steps the job has and the record lacks: {added}"])
+        [
+            "A Dataflow update of the running job would fail: these steps of it are missing from the new job",
+            *(f"  {name!r} ({why})" for name, why in sorted(lost.items())),
+            f"Map each old name (or a prefix of it, ending before a '/') to its new name in "
+            f"infra/dataflow/{NAME_MAPPING.name}, e.g. {{\"old name\": \"new name\"}}; map it to \"\" to drop "
+            f"the step (and its state). Steps the job has and the record lacks: {added}",
+        ]
+    )
 
 
 def update_parameters(mapping: dict[str, str]) -> str:

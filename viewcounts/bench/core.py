@@ -20,6 +20,7 @@ written: one mutation per (video, type, window) per pane), ``seconds`` (wall tim
 ``run()`` to finished, including the runner's start), ``startup_seconds`` (imports and
 pipeline construction).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,24 +52,30 @@ def _test_stream(messages_path: Path, meta: dict, events_per_step: int):
     for step, i in enumerate(range(0, len(lines), per_step)):
         watermark = Timestamp(micros=(start_ms + (step + 1) * step_ms) * 1000)
         arrival_us = (start_ms + 3 * spec["disorder_s"] * 1000 + (step + 1) * step_ms) * 1000
-        ts.add_elements([TimestampedValue((payload, arrival_us), watermark) for payload in lines[i:i + per_step]])
+        ts.add_elements([TimestampedValue((payload, arrival_us), watermark) for payload in lines[i : i + per_step]])
         ts.advance_watermark_to(watermark)
         ts.advance_processing_time(step_ms / 1000)
     return ts.advance_watermark_to_infinity()
 
 
-def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, events_per_step: int,
-        naive: bool = False, batch: bool = False) -> dict:
+def run(
+    workload_dir: Path,
+    out_path: Path,
+    early_firing_s: int,
+    shards: int,
+    events_per_step: int,
+    naive: bool = False,
+    batch: bool = False,
+) -> dict:
     started = time.perf_counter()
     import apache_beam as beam
+    from apache_beam.coders import BytesCoder
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipelines import runners
     from transforms import metrics
     from transforms.count_events import ROWS, CountEvents
     from transforms.validate import AcceptancePolicy
-    from apache_beam.coders import BytesCoder
-
     from viewcounts.bench import counting_sink
     from viewcounts.bench.naive_beam import NaiveCount
     from viewcounts.bench.workload import own_peak_rss_mb, write_aggregates
@@ -79,8 +86,11 @@ def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, ev
     if batch:  # Beam's batch runner (FnApiRunner), the batch recompute's: no early panes
         p = beam.Pipeline(options=PipelineOptions(["--direct_num_workers=1"]))
         early_firing_s = None
-        messages = (p | "read" >> beam.io.ReadFromText(str(workload_dir / "messages.jsonl"), coder=BytesCoder())
-                    | "arrival time" >> beam.Map(lambda payload, at: (payload, at), meta["arrival_us"]))
+        messages = (
+            p
+            | "read" >> beam.io.ReadFromText(str(workload_dir / "messages.jsonl"), coder=BytesCoder())
+            | "arrival time" >> beam.Map(lambda payload, at: (payload, at), meta["arrival_us"])
+        )
     else:
         options = PipelineOptions(["--streaming"])
         runners.prepare(options)  # the local runner, as the streaming job uses it
@@ -98,9 +108,15 @@ def run(workload_dir: Path, out_path: Path, early_firing_s: int, shards: int, ev
     res = counting_sink.RESULTS.pop(token)
     write_aggregates({k: tuple(agg) for k, (_, agg) in res["panes"].items()}, out_path)
     counters = metrics.committed_counters(result)
-    return {"events": meta["events_sent"], "accepted": counters.get(metrics.EVENTS_ACCEPTED),
-            "duplicates": counters.get(metrics.DUPLICATES_DROPPED), "mutations": res["mutations"],
-            "seconds": finished - built, "startup_seconds": built - started, "peak_rss_mb": own_peak_rss_mb()}
+    return {
+        "events": meta["events_sent"],
+        "accepted": counters.get(metrics.EVENTS_ACCEPTED),
+        "duplicates": counters.get(metrics.DUPLICATES_DROPPED),
+        "mutations": res["mutations"],
+        "seconds": finished - built,
+        "startup_seconds": built - started,
+        "peak_rss_mb": own_peak_rss_mb(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,11 +127,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=16, help="dedup and pane shards (keys of the stateful stages)")
     ap.add_argument("--events-per-step", type=int, default=1000, help="events per TestStream step (bundle)")
     ap.add_argument("--naive", action="store_true", help="run the naive Beam peer (naive_beam.NaiveCount) instead")
-    ap.add_argument("--batch", action="store_true", help="batch mode on Beam's FnApiRunner (the batch recompute's "
-                    "runner) instead of streaming on the local runner")
+    ap.add_argument(
+        "--batch",
+        action="store_true",
+        help="batch mode on Beam's FnApiRunner (the batch recompute's runner) instead of streaming on the local runner",
+    )
     args = ap.parse_args(argv)
-    sys.stdout.write(orjson.dumps(run(args.workload_dir, args.out, args.early_firing_s, args.shards, args.events_per_step,
-                                      args.naive, args.batch)).decode() + "\n")
+    sys.stdout.write(
+        orjson.dumps(
+            run(
+                args.workload_dir,
+                args.out,
+                args.early_firing_s,
+                args.shards,
+                args.events_per_step,
+                args.naive,
+                args.batch,
+            )
+        ).decode()
+        + "\n"
+    )
     return 0
 
 

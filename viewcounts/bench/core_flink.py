@@ -2,7 +2,7 @@
 dedup, minute and hour aggregates) in streaming mode at a given parallelism, beside PyFlink
 SQL at the same parallelism (``pyflink_sql.py --parallelism``).
 
-The cluster is ``viewcounts.flink.FlinkCluster(task_managers=2, task_slots=2)`` with its
+The cluster is ``viewcounts.local.flink.FlinkCluster(task_managers=2, task_slots=2)`` with its
 Python worker pool; the job is submitted as the streaming job is
 (``pipelines.runners.runner_flags("flink", ..., worker_pool=...)``, EXTERNAL environment,
 its checkpoints every 5 s included). It reads the workload's ``messages.jsonl`` with Beam's
@@ -25,6 +25,7 @@ launch-to-end time: job server, translation, submission), ``jvm_cpu_seconds`` (C
 job manager, task managers, worker pool and SDK workers from submission to the end: the
 harness adds it to this process's own), ``mutations`` and ``parallelism``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,30 +69,45 @@ def _wait_for_end(cluster, timeout_s: float) -> list[dict]:
     raise TimeoutError(f"the core job did not finish within {timeout_s} s")
 
 
-def run(workload_dir: Path, out_path: Path, parallelism: int, sdk_worker_parallelism: int, shards: int,
-        early_firing_s: int, timeout_s: float = 300.0) -> dict:
+def run(
+    workload_dir: Path,
+    out_path: Path,
+    parallelism: int,
+    sdk_worker_parallelism: int,
+    shards: int,
+    early_firing_s: int,
+    timeout_s: float = 300.0,
+) -> dict:
     from pipelines.runners import runner_flags
     from transforms.count_events import ROWS, CountEvents
     from transforms.validate import AcceptancePolicy
     from viewcounts.bench.counting_sink import FileRows
     from viewcounts.bench.workload import write_aggregates
-    from viewcounts.flink import FlinkCluster
+    from viewcounts.local.flink import FlinkCluster
 
     meta = orjson.loads((workload_dir / "workload.json").read_bytes())
     rows_dir = Path(tempfile.mkdtemp(prefix="core-flink-rows-"))
     with FlinkCluster(task_managers=2, task_slots=2) as cluster:
-        flags = runner_flags("flink", flink_master=cluster.master, parallelism=parallelism,
-                             worker_pool=cluster.worker_pool, sdk_worker_parallelism=sdk_worker_parallelism)
+        flags = runner_flags(
+            "flink",
+            flink_master=cluster.master,
+            parallelism=parallelism,
+            worker_pool=cluster.worker_pool,
+            sdk_worker_parallelism=sdk_worker_parallelism,
+        )
         # Beam's Flink runner keeps idle sources (the impulses) alive while checkpoints are on,
         # so a bounded job would never finish: shut them down once idle (Java FlinkPipelineOptions)
         options = beam.options.pipeline_options.PipelineOptions(
-            [*flags, "--streaming", "--shutdown_sources_after_idle_ms=1000"])
+            [*flags, "--streaming", "--shutdown_sources_after_idle_ms=1000"]
+        )
         p = beam.Pipeline(options=options)
         policy = AcceptancePolicy(check_age=False, dedup_shards=shards)
-        rows = (p
-                | "read" >> beam.io.ReadFromText(str(workload_dir / "messages.jsonl"), coder=beam.coders.BytesCoder())
-                | "arrival time" >> beam.Map(lambda payload, at: (payload, at), meta["arrival_us"])
-                | "count events" >> CountEvents(policy, early_firing_s))[ROWS]
+        rows = (
+            p
+            | "read" >> beam.io.ReadFromText(str(workload_dir / "messages.jsonl"), coder=beam.coders.BytesCoder())
+            | "arrival time" >> beam.Map(lambda payload, at: (payload, at), meta["arrival_us"])
+            | "count events" >> CountEvents(policy, early_firing_s)
+        )[ROWS]
         rows | "file rows" >> beam.ParDo(FileRows(str(rows_dir)))
         cpu0 = cluster.cpu_seconds()
         t0 = time.perf_counter()
@@ -104,9 +120,14 @@ def run(workload_dir: Path, out_path: Path, parallelism: int, sdk_worker_paralle
         submit_s = time.perf_counter() - t0 - seconds
     panes, mutations = newest_panes(rows_dir)
     write_aggregates(panes, out_path)
-    return {"events": meta["events_sent"], "mutations": mutations, "seconds": seconds,
-            "submit_seconds": round(submit_s, 3), "parallelism": parallelism,
-            "jvm_cpu_seconds": round(sum(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1), 2)}
+    return {
+        "events": meta["events_sent"],
+        "mutations": mutations,
+        "seconds": seconds,
+        "submit_seconds": round(submit_s, 3),
+        "parallelism": parallelism,
+        "jvm_cpu_seconds": round(sum(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1), 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=16, help="dedup and pane shards (keys of the stateful stages)")
     ap.add_argument("--early-firing-s", type=int, default=30)
     args = ap.parse_args(argv)
-    res = run(args.workload_dir, args.out, args.parallelism, args.sdk_worker_parallelism, args.shards,
-              args.early_firing_s)
+    res = run(
+        args.workload_dir, args.out, args.parallelism, args.sdk_worker_parallelism, args.shards, args.early_firing_s
+    )
     sys.stdout.write(json.dumps(res) + "\n")
     return 0
 

@@ -10,6 +10,7 @@ pickles by reference (the local runner pickles every DoFn for every bundle).
 (``core_flink``); ``IdleSourceOptions`` declares the Flink option ``core_flink`` needs
 (here, not in a module that also runs as ``__main__``: a second declaration would clash).
 """
+
 from __future__ import annotations
 
 import os
@@ -49,9 +50,13 @@ class IdleSourceOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--shutdown_sources_after_idle_ms", type=int, default=None,
-                            help="Java FlinkPipelineOptions: stop a source idle this long (lets a bounded "
-                            "streaming job finish while checkpoints are on)")
+        parser.add_argument(
+            "--shutdown_sources_after_idle_ms",
+            type=int,
+            default=None,
+            help="Java FlinkPipelineOptions: stop a source idle this long (lets a bounded "
+            "streaming job finish while checkpoints are on)",
+        )
 
 
 class FileRows(beam.DoFn):

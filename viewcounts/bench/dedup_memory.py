@@ -11,6 +11,7 @@ Returns ``dedup_bytes_per_id`` (all of it), ``dedup_state_bytes_per_id`` (the ba
 encoded bytes alone: what a runner's state backend or checkpoint holds) and
 ``dedup_live_ids``.
 """
+
 from __future__ import annotations
 
 import gc
@@ -74,13 +75,25 @@ def measure(messages_path, shards: int = 16) -> dict:
         for s, chunk in by_shard.items():
             bag, version, view, base, searches = state[s]
             stamp = Timestamp(micros=min(ev.time_us for ev in chunk))  # the watermark guess the element carries
-            for out in fn.process(((0, s), (0, chunk)), timestamp=stamp, ids=bag, version=version, view=view,
-                                  base=base, searches=searches, expiry=_Cell(), rung=_Cell()):
+            for out in fn.process(
+                ((0, s), (0, chunk)),
+                timestamp=stamp,
+                ids=bag,
+                version=version,
+                view=view,
+                base=base,
+                searches=searches,
+                expiry=_Cell(),
+                rung=_Cell(),
+            ):
                 live += len(out.value[1])
         del events, by_shard, chunk
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     encoded = sum(len(blob) for bag, *_ in state.values() for _minute, blob in bag.items)
-    return {"dedup_bytes_per_id": (after - before) / live, "dedup_state_bytes_per_id": encoded / live,
-            "dedup_live_ids": live}
+    return {
+        "dedup_bytes_per_id": (after - before) / live,
+        "dedup_state_bytes_per_id": encoded / live,
+        "dedup_live_ids": live,
+    }

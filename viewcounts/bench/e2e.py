@@ -3,8 +3,8 @@ how fresh are the stored counts?
 
 ``measure_e2e(rate_events_per_s, seconds, early_firing_s, events_per_message=1000) -> dict``
 runs the product as ``viewcounts demo`` does: real Pub/Sub and Bigtable emulators
-(``viewcounts.emulators``, stopped by PID), the topic, subscription, dead-letter topic and
-table from ``viewcounts.provision``, and the real streaming job ``pipelines.streaming`` on the
+(``viewcounts.local.emulators``, stopped by PID), the topic, subscription, dead-letter topic and
+table from ``viewcounts.local.provision``, and the real streaming job ``pipelines.streaming`` on the
 local runner (``pipelines.runners.runner_flags("local")``: BundleBasedDirectRunner, native
 ``ReadFromPubSub``, Bigtable sink, raw archive, metadata side input) with
 ``--early_firing_s``. The job runs in its own process (``python -m pipelines.streaming``, as
@@ -76,11 +76,11 @@ process group: the job, the Pub/Sub emulator, the Bigtable emulator, this proces
 rate not kept up.
 
 On Flink (``flink=OnFlink(parallelism, sdk_worker_parallelism, task_managers, task_slots)``):
-after the emulators, a session cluster (``viewcounts.flink.FlinkCluster``, stopped by PID)
+after the emulators, a session cluster (``viewcounts.local.flink.FlinkCluster``, stopped by PID)
 starts, so its worker pool hands the emulators' addresses to the Python workers; the job is
 submitted to it (``job_flags``: EXTERNAL workers from the pool, checkpoints under
 ``workdir``, ``--fresh_start``) by a launcher process that waits for it. While the stream
-runs, ``viewcounts.job_metrics.flink_job_metrics`` is read every 2 s from the REST API:
+runs, ``viewcounts.local.job_metrics.flink_job_metrics`` is read every 2 s from the REST API:
 ``flink_metrics_reads``, the largest ``flink_watermark_lag_max_s`` and the last
 ``flink_watermark_lag_last_s``,
 ``flink_oldest_unacked_age_max_s`` and ``flink_backlog_max_messages`` seen, the last read's
@@ -94,6 +94,7 @@ Costs of measuring: the poller issues a few ``get_stats`` calls per sweep in thi
 ``py-spy`` binary (``$PY_SPY``, on ``PATH`` or beside this interpreter), the job is sampled for the stream's
 duration (``py-spy record --format raw``, collapsed stacks) without pausing it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -119,10 +120,10 @@ from pipelines.options import DEFAULT_TIMESTAMP_ATTRIBUTE
 from pipelines.runners import runner_flags
 from schemas import storage
 from schemas.storage import EMPTY, Aggregate, merge
-from viewcounts import provision
 from viewcounts.bench import workload
 from viewcounts.bench.queries import emulator_env
-from viewcounts.emulators import bigtable_emulator, pubsub_emulator, stop_process
+from viewcounts.local import provision
+from viewcounts.local.emulators import bigtable_emulator, pubsub_emulator, stop_process
 
 _LOG = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -135,6 +136,7 @@ StoredKey = tuple[str, str, str, int]  # (video_id, event_type, granularity, win
 
 
 # --- the stream ------------------------------------------------------------------------
+
 
 @dataclass
 class Stream:
@@ -178,8 +180,9 @@ class _TimeFormatter:
         return f"{head}.{frac:03d}Z"
 
 
-def plan_stream(events: list[dict], offsets_ms: np.ndarray, t0_ms: int, seconds: float,
-                events_per_message: int, run_id: str) -> Stream:
+def plan_stream(
+    events: list[dict], offsets_ms: np.ndarray, t0_ms: int, seconds: float, events_per_message: int, run_id: str
+) -> Stream:
     """Rebase ``events`` to start at ``t0_ms`` (epoch ms), cut them into messages of
     ``events_per_message - 1`` events plus a probe, and compute what must be stored."""
     per = events_per_message - 1
@@ -200,12 +203,16 @@ def plan_stream(events: list[dict], offsets_ms: np.ndarray, t0_ms: int, seconds:
             if ev["event_id"] not in seen:
                 seen.add(ev["event_id"])
                 _expect(expected, last_msg, ev["video_id"], ev["event_type"], t_ms, ev.get("value"), m)
-        probe = {"event_id": f"{PROBE}-{run_id}-{m}", "video_id": PROBE, "event_type": "view",
-                 "event_time": fmt(send_ms)}
+        probe = {
+            "event_id": f"{PROBE}-{run_id}-{m}",
+            "video_id": PROBE,
+            "event_type": "view",
+            "event_time": fmt(send_ms),
+        }
         batch.append(probe)
         _expect(expected, last_msg, PROBE, "view", send_ms, None, m)
         payloads.append(orjson.dumps(batch))
-        attributes.append({DEFAULT_TIMESTAMP_ATTRIBUTE: str(earliest_ms)})  # as viewcounts.replay sets it
+        attributes.append({DEFAULT_TIMESTAMP_ATTRIBUTE: str(earliest_ms)})  # as viewcounts.commands.replay sets it
         sent += len(batch)
     offsets_s = np.arange(n_msgs) * (seconds / n_msgs)
     probe_first = (t0_ms // 60_000) * 60
@@ -215,7 +222,9 @@ def plan_stream(events: list[dict], offsets_ms: np.ndarray, t0_ms: int, seconds:
 
 def _expect(expected: dict, last_msg: dict, video_id: str, event_type: str, t_ms: int, value, msg: int) -> None:
     s = t_ms // 1000
-    one = Aggregate(1, 0, 0.0, None, None) if value is None else Aggregate(1, 1, float(value), float(value), float(value))
+    one = (
+        Aggregate(1, 0, 0.0, None, None) if value is None else Aggregate(1, 1, float(value), float(value), float(value))
+    )
     for gran, size in storage.GRANULARITY_SECONDS.items():
         key = (video_id, event_type, gran, s - s % size)
         expected[key] = merge(expected.get(key, EMPTY), one)
@@ -223,6 +232,7 @@ def _expect(expected: dict, last_msg: dict, video_id: str, event_type: str, t_ms
 
 
 # --- publishing ------------------------------------------------------------------------
+
 
 class Publisher(threading.Thread):
     """Sends ``stream.payloads`` at their offsets from ``start()``, one ``Publish`` RPC per
@@ -283,6 +293,7 @@ def publish_once(topic_path: str, events: list[dict]) -> None:
 
 # --- watching the stored aggregates -----------------------------------------------------
 
+
 def _utc(s: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(s, dt.timezone.utc)
 
@@ -296,7 +307,7 @@ class Watch:
     freshness_s: list[float] = field(default_factory=list)
 
     @classmethod
-    def sample(cls, stream: Stream, top_keys: int, tail_cells: int, seed: int = 5) -> "Watch":
+    def sample(cls, stream: Stream, top_keys: int, tail_cells: int, seed: int = 5) -> Watch:
         minute = {(v, t, w): a.count for (v, t, g, w), a in stream.expected.items() if g == "minute" and v != PROBE}
         totals: dict[tuple[str, str], int] = {}
         for (v, t, _w), c in minute.items():
@@ -330,8 +341,10 @@ class Watch:
                 if w not in ready:
                     continue
                 if b.aggregate.count > cells[w]:
-                    raise AssertionError(f"({v}, {t}, {_utc(w).isoformat()}): stored count {b.aggregate.count} "
-                                         f"> {cells[w]} published (double counting)")
+                    raise AssertionError(
+                        f"({v}, {t}, {_utc(w).isoformat()}): stored count {b.aggregate.count} "
+                        f"> {cells[w]} published (double counting)"
+                    )
                 if b.aggregate.count == cells[w]:
                     self.freshness_s.append(seen_at - acked_at[self.last_msg[(v, t, w)]])
                     del cells[w]
@@ -347,8 +360,11 @@ def probe_count(reader, stream: Stream) -> int:
 def stored_differences(reader, stream: Stream, limit: int = 5) -> list[str]:
     """Full scan: differences between every stored aggregate and ``stream.expected`` (empty
     when equal). Raises ``AssertionError`` when a stored count exceeds the expected one."""
-    stored = {(c.video_id, c.event_type, c.granularity, c.window_start_s): c.aggregate
-              for c in reader.all_cells() if c.video_id != WARMUP}
+    stored = {
+        (c.video_id, c.event_type, c.granularity, c.window_start_s): c.aggregate
+        for c in reader.all_cells()
+        if c.video_id != WARMUP
+    }
     out = []
     for key in stream.expected.keys() | stored.keys():
         want, got = stream.expected.get(key), stored.get(key)
@@ -364,10 +380,11 @@ def stored_differences(reader, stream: Stream, limit: int = 5) -> list[str]:
 
 # --- the job ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class OnFlink:
     """How ``measure_e2e`` runs the job on Flink: a session cluster
-    (``viewcounts.flink.FlinkCluster``) of ``task_managers`` task managers with
+    (``viewcounts.local.flink.FlinkCluster``) of ``task_managers`` task managers with
     ``task_slots`` slots each and a Python worker pool, the job's ``parallelism`` and
     ``sdk_worker_parallelism`` (Python worker processes per task manager)."""
 
@@ -384,24 +401,39 @@ def job_flags(folder: Path, early_firing_s: int, flink: OnFlink | None = None, c
     if flink is None:
         runner = runner_flags("local")
     else:
-        runner = runner_flags("flink", flink_master=cluster.master, parallelism=flink.parallelism,
-                              worker_pool=cluster.worker_pool,
-                              sdk_worker_parallelism=flink.sdk_worker_parallelism,
-                              checkpoint_dir=str(folder / "checkpoints")) + ["--fresh_start"]
-    return [f"--input_subscription=projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
-            f"--dead_letter_topic=projects/{PROJECT}/topics/{DEAD_TOPIC}",
-            f"--archive_path={folder / 'archive'}", f"--metadata_path={folder / 'metadata.jsonl'}",
-            f"--bigtable_project={PROJECT}", f"--bigtable_instance={INSTANCE}", f"--bigtable_table={TABLE}",
-            f"--early_firing_s={early_firing_s}", *runner]
+        runner = runner_flags(
+            "flink",
+            flink_master=cluster.master,
+            parallelism=flink.parallelism,
+            worker_pool=cluster.worker_pool,
+            sdk_worker_parallelism=flink.sdk_worker_parallelism,
+            checkpoint_dir=str(folder / "checkpoints"),
+        ) + ["--fresh_start"]
+    return [
+        f"--input_subscription=projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
+        f"--dead_letter_topic=projects/{PROJECT}/topics/{DEAD_TOPIC}",
+        f"--archive_path={folder / 'archive'}",
+        f"--metadata_path={folder / 'metadata.jsonl'}",
+        f"--bigtable_project={PROJECT}",
+        f"--bigtable_instance={INSTANCE}",
+        f"--bigtable_table={TABLE}",
+        f"--early_firing_s={early_firing_s}",
+        *runner,
+    ]
 
 
 @contextlib.contextmanager
 def streaming_job(flags: list[str], log_path: Path):
     """``python -m pipelines.streaming FLAGS`` in its own process group, stopped by its id."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.streaming", *flags], cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.streaming", *flags],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     _LOG.info("streaming job started (pid %d, log %s)", proc.pid, log_path)
     try:
         yield proc
@@ -414,8 +446,15 @@ def wait_until_ready(reader, proc: subprocess.Popen, topic_path: str, timeout_s:
     Raises ``RuntimeError`` if the job dies and ``TimeoutError`` after ``timeout_s``."""
     started = time.monotonic()
     now_s = int(time.time())
-    events = [{"event_id": f"{WARMUP}-{now_s}-{i}", "video_id": WARMUP, "event_type": "view",
-               "event_time": _utc(now_s).strftime("%Y-%m-%dT%H:%M:%SZ")} for i in range(10)]
+    events = [
+        {
+            "event_id": f"{WARMUP}-{now_s}-{i}",
+            "video_id": WARMUP,
+            "event_type": "view",
+            "event_time": _utc(now_s).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        for i in range(10)
+    ]
     publish_once(topic_path, events)
     minute = now_s - now_s % 60
     while time.monotonic() - started < timeout_s:
@@ -447,11 +486,15 @@ def _group_cpu_s(pgid: int) -> float:
 def _py_spy() -> str | None:
     """``$PY_SPY``, else ``py-spy`` on ``PATH``, else the one beside this interpreter (the
     venv's, pinned in requirements.lock)."""
-    return (os.environ.get("PY_SPY") or shutil.which("py-spy")
-            or shutil.which("py-spy", path=str(Path(sys.executable).parent)))
+    return (
+        os.environ.get("PY_SPY")
+        or shutil.which("py-spy")
+        or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    )
 
 
 # --- the measurement --------------------------------------------------------------------
+
 
 @dataclass
 class _Run:
@@ -476,8 +519,13 @@ def _poll_until_counted(reader, run: _Run, early_firing_s: int, poll_s: float, d
         run.counted_msgs = probe_count(reader, run.stream)
         run.last_poll = time.monotonic()
         if sweep_start >= next_report:
-            _LOG.info("published %d/%d messages, %d counted, %d sampled cells pending",
-                      acked, n_msgs, run.counted_msgs, run.watch.left())
+            _LOG.info(
+                "published %d/%d messages, %d counted, %d sampled cells pending",
+                acked,
+                n_msgs,
+                run.counted_msgs,
+                run.watch.left(),
+            )
             next_report = sweep_start + 5.0
         if run.counted_msgs > n_msgs:
             raise AssertionError(f"probe counted {run.counted_msgs} > {n_msgs} messages (double counting)")
@@ -489,8 +537,12 @@ def _poll_until_counted(reader, run: _Run, early_firing_s: int, poll_s: float, d
             run.t_all = time.monotonic()
             return
         if pub.done() and time.monotonic() - pub.acked_at[-1] > drain_timeout_s:
-            _LOG.warning("not caught up %.0f s after the last publish: %d/%d messages counted",
-                         drain_timeout_s, run.counted_msgs, n_msgs)
+            _LOG.warning(
+                "not caught up %.0f s after the last publish: %d/%d messages counted",
+                drain_timeout_s,
+                run.counted_msgs,
+                n_msgs,
+            )
             return
         time.sleep(max(0.0, poll_s - (time.monotonic() - sweep_start)))  # polling cadence
 
@@ -531,22 +583,44 @@ def _figures(run: _Run, rate: int, seconds: float, early_firing_s: int) -> dict:
         counted, t_end = round(run.counted_msgs * per_msg), run.last_poll
     sustained = counted / max(publish_s, t_end - first_send - early_firing_s)
     drain = run.t_all - last_ack if run.t_all is not None else None
-    return {"e2e_target_events_per_s": rate, "e2e_sustained_events_per_s": round(sustained, 1),
-            "e2e_kept_up": False, "freshness_p50_s": _percentile(run.watch.freshness_s, 50),
-            "freshness_p99_s": _percentile(run.watch.freshness_s, 99), "early_firing_s": early_firing_s,
-            "e2e_events": s.events, "e2e_seconds": seconds,
-            "e2e_publish_events_per_s": round(s.events / publish_s, 1),
-            "e2e_drain_lag_s": round(drain, 2) if drain is not None else None,
-            "e2e_complete": run.t_all is not None, "freshness_cells": run.watch.cells(),
-            "freshness_cells_pending": run.watch.left()}
+    return {
+        "e2e_target_events_per_s": rate,
+        "e2e_sustained_events_per_s": round(sustained, 1),
+        "e2e_kept_up": False,
+        "freshness_p50_s": _percentile(run.watch.freshness_s, 50),
+        "freshness_p99_s": _percentile(run.watch.freshness_s, 99),
+        "early_firing_s": early_firing_s,
+        "e2e_events": s.events,
+        "e2e_seconds": seconds,
+        "e2e_publish_events_per_s": round(s.events / publish_s, 1),
+        "e2e_drain_lag_s": round(drain, 2) if drain is not None else None,
+        "e2e_complete": run.t_all is not None,
+        "freshness_cells": run.watch.cells(),
+        "freshness_cells_pending": run.watch.left(),
+    }
 
 
-def measure_e2e(rate_events_per_s: int, seconds: int, early_firing_s: int, events_per_message: int = 1000, *,
-                videos: int = 100_000, disorder_s: int = 30, duplicate_rate: float = 0.0, top_keys: int = 5,
-                tail_cells: int = 40, poll_s: float = 0.5, slack_s: float = 10.0, drain_timeout_s: float = 180.0,
-                heartbeat_s: float | None = 0.5, ready_timeout_s: float = 180.0,
-                workdir: Path | None = None, workload_root: Path | None = None,
-                profile_path: Path | None = None, flink: OnFlink | None = None) -> dict:
+def measure_e2e(
+    rate_events_per_s: int,
+    seconds: int,
+    early_firing_s: int,
+    events_per_message: int = 1000,
+    *,
+    videos: int = 100_000,
+    disorder_s: int = 30,
+    duplicate_rate: float = 0.0,
+    top_keys: int = 5,
+    tail_cells: int = 40,
+    poll_s: float = 0.5,
+    slack_s: float = 10.0,
+    drain_timeout_s: float = 180.0,
+    heartbeat_s: float | None = 0.5,
+    ready_timeout_s: float = 180.0,
+    workdir: Path | None = None,
+    workload_root: Path | None = None,
+    profile_path: Path | None = None,
+    flink: OnFlink | None = None,
+) -> dict:
     """See the module docstring. ``workdir``: job log, archive and metadata (a temporary
     folder, removed, when None); ``workload_root``: where generated workloads are cached
     (inside ``workdir`` when None); ``heartbeat_s``: empty messages after the stream (None:
@@ -555,12 +629,19 @@ def measure_e2e(rate_events_per_s: int, seconds: int, early_firing_s: int, event
     if events_per_message < 2 or rate_events_per_s * seconds < events_per_message:
         raise ValueError("events_per_message must be >= 2 and the stream must hold at least one message")
     with contextlib.ExitStack() as stack:
-        folder = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-e2e-")))
+        folder = (
+            Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-e2e-")))
+        )
         folder.mkdir(parents=True, exist_ok=True)
         n_msgs = round(rate_events_per_s * seconds / events_per_message)
-        spec = workload.WorkloadSpec(events=n_msgs * (events_per_message - 1), videos=videos,
-                                     events_per_message=events_per_message - 1, duplicate_rate=duplicate_rate,
-                                     disorder_s=disorder_s, span_s=seconds)
+        spec = workload.WorkloadSpec(
+            events=n_msgs * (events_per_message - 1),
+            videos=videos,
+            events_per_message=events_per_message - 1,
+            duplicate_rate=duplicate_rate,
+            disorder_s=disorder_s,
+            span_s=seconds,
+        )
         events, offsets_ms = load_workload(spec, Path(workload_root) if workload_root else folder / "workloads")
         _write_metadata(folder / "metadata.jsonl", min(videos, 1000))
         env = _start_product(stack, folder, early_firing_s, flink)
@@ -568,10 +649,17 @@ def measure_e2e(rate_events_per_s: int, seconds: int, early_firing_s: int, event
         if env.cluster is not None:
             env.flink_job_id = env.cluster.wait_for_running(timeout_s=30)[0]
         _LOG.info("job ready after %.1f s; planning %d events", ready_s, len(events) + n_msgs)
-        stream = plan_stream(events, offsets_ms, time.time_ns() // 1_000_000, seconds, events_per_message,
-                             f"{os.getpid()}-{time.time_ns()}")
-        run = _Run(stream, Publisher(stream, env.topic_path, heartbeat_s),
-                   Watch.sample(stream, top_keys, tail_cells), env.job)
+        stream = plan_stream(
+            events,
+            offsets_ms,
+            time.time_ns() // 1_000_000,
+            seconds,
+            events_per_message,
+            f"{os.getpid()}-{time.time_ns()}",
+        )
+        run = _Run(
+            stream, Publisher(stream, env.topic_path, heartbeat_s), Watch.sample(stream, top_keys, tail_cells), env.job
+        )
         stack.callback(run.publisher.stop)  # before the emulators stop
         cpu = _stream_and_drain(env, run, seconds, early_firing_s, poll_s, drain_timeout_s, profile_path)
         out = _figures(run, rate_events_per_s, seconds, early_firing_s)
@@ -588,7 +676,7 @@ class _Product:
     job: subprocess.Popen
     reader: object  # query.stats.StatsReader
     topic_path: str
-    cluster: object = None  # viewcounts.flink.FlinkCluster on Flink
+    cluster: object = None  # viewcounts.local.flink.FlinkCluster on Flink
     flink_job_id: str | None = None
 
 
@@ -597,7 +685,7 @@ def _start_product(stack: contextlib.ExitStack, folder: Path, early_firing_s: in
     emulators: its worker pool passes their addresses on to the Python workers through its
     environment), the streaming job and a reader, all stopped by ``stack``."""
     from query.stats import StatsReader
-    from viewcounts.flink import FlinkCluster
+    from viewcounts.local.flink import FlinkCluster
 
     pubsub = stack.enter_context(emulator_env(pubsub_emulator()))
     bigtable = stack.enter_context(emulator_env(bigtable_emulator()))
@@ -610,8 +698,15 @@ def _start_product(stack: contextlib.ExitStack, folder: Path, early_firing_s: in
     return _Product(pubsub.proc.pid, bigtable.proc.pid, job, reader, f"projects/{PROJECT}/topics/{TOPIC}", cluster)
 
 
-def _stream_and_drain(env: _Product, run: _Run, seconds: int, early_firing_s: int, poll_s: float,
-                      drain_timeout_s: float, profile_path: Path | None) -> dict:
+def _stream_and_drain(
+    env: _Product,
+    run: _Run,
+    seconds: int,
+    early_firing_s: int,
+    poll_s: float,
+    drain_timeout_s: float,
+    profile_path: Path | None,
+) -> dict:
     """Publish, poll until counted, confirm with a full scan; returns the CPU use
     (``*_cpu_cores``) from the first publish to the end of polling."""
     groups = {"job": env.job.pid, "pubsub_emulator": env.pubsub_pid, "bigtable_emulator": env.bigtable_pid}
@@ -653,8 +748,9 @@ def _provision() -> None:
 def _write_metadata(path: Path, videos: int) -> None:
     with open(path, "wb") as f:
         for i in range(1, videos + 1):
-            f.write(orjson.dumps({"video_id": f"video-{i:07d}", "title": f"Video {i}", "channel": f"ch-{i % 97}"}) + b"\n")
-
+            f.write(
+                orjson.dumps({"video_id": f"video-{i:07d}", "title": f"Video {i}", "channel": f"ch-{i % 97}"}) + b"\n"
+            )
 
 
 def _python_pids(pids: list[int]) -> list[int]:
@@ -682,9 +778,27 @@ def _start_profiler(pids: list[int], seconds: float, profile_path: Path | None) 
     procs = []
     for n, pid in enumerate(_python_pids(pids)):
         out = profile_path if n == 0 else profile_path.with_name(f"{profile_path.name}.{pid}")
-        procs.append(subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-                                       "--rate", "50", "--nonblocking", "--format", "raw", "--output", str(out)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    exe,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(max(1, int(seconds))),
+                    "--rate",
+                    "50",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     return procs
 
 
@@ -698,7 +812,7 @@ def _finish_profiler(procs: list[subprocess.Popen]) -> None:
 
 
 class _MetricsWatcher(threading.Thread):
-    """Reads ``viewcounts.job_metrics.flink_job_metrics`` every ``period_s`` while the
+    """Reads ``viewcounts.local.job_metrics.flink_job_metrics`` every ``period_s`` while the
     stream runs (published messages from the publisher, for the backlog); ``figures()``
     summarises what it read: ``flink_metrics_reads``, the largest watermark lag, oldest
     unacked age and backlog seen, the last read's watermark lag
@@ -712,7 +826,7 @@ class _MetricsWatcher(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        from viewcounts.job_metrics import flink_job_metrics
+        from viewcounts.local.job_metrics import flink_job_metrics
 
         while not self._halt.wait(self._period_s):
             try:
@@ -729,16 +843,20 @@ class _MetricsWatcher(threading.Thread):
             seen = [r[key] for r in self.reads if r[key] is not None]
             return max(seen) if seen else None
 
-        return {"flink_metrics_reads": len(self.reads), "flink_watermark_lag_max_s": peak("watermark_lag_s"),
-                "flink_watermark_lag_last_s": self.reads[-1]["watermark_lag_s"] if self.reads else None,
-                "flink_oldest_unacked_age_max_s": peak("oldest_unacked_age_s"),
-                "flink_backlog_max_messages": peak("backlog_messages"),
-                "flink_counters": self.reads[-1]["counters"] if self.reads else {},
-                "flink_vertices": self.reads[-1]["vertices"] if self.reads else []}
+        return {
+            "flink_metrics_reads": len(self.reads),
+            "flink_watermark_lag_max_s": peak("watermark_lag_s"),
+            "flink_watermark_lag_last_s": self.reads[-1]["watermark_lag_s"] if self.reads else None,
+            "flink_oldest_unacked_age_max_s": peak("oldest_unacked_age_s"),
+            "flink_backlog_max_messages": peak("backlog_messages"),
+            "flink_counters": self.reads[-1]["counters"] if self.reads else {},
+            "flink_vertices": self.reads[-1]["vertices"] if self.reads else [],
+        }
 
 
-def find_sustained_rate(rates: tuple[int, ...] = (5_000, 10_000, 20_000, 40_000), seconds: int = 20,
-                        early_firing_s: int = 2, **kwargs) -> dict:
+def find_sustained_rate(
+    rates: tuple[int, ...] = (5_000, 10_000, 20_000, 40_000), seconds: int = 20, early_firing_s: int = 2, **kwargs
+) -> dict:
     """``measure_e2e`` at each rate in turn until one is not kept up. Returns
     ``{"e2e_sustained_rate": highest rate kept up (0 when none), "steps": [figures...]}``."""
     kwargs.setdefault("drain_timeout_s", 60.0)
@@ -765,15 +883,26 @@ if __name__ == "__main__":
     p.add_argument("--no-heartbeat", action="store_true", help="let the input go idle after the stream")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of the job (first rate)")
-    p.add_argument("--flink-parallelism", type=int, default=None,
-                   help="run the job on a Flink session cluster (2 task managers x 2 slots) at this parallelism")
+    p.add_argument(
+        "--flink-parallelism",
+        type=int,
+        default=None,
+        help="run the job on a Flink session cluster (2 task managers x 2 slots) at this parallelism",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     for n, rate in enumerate(args.rate):
         wd = args.workdir / f"r{rate}" if args.workdir else None
-        res = measure_e2e(rate, args.seconds, args.early_firing_s, args.events_per_message, videos=args.videos,
-                          drain_timeout_s=args.drain_timeout_s, workdir=wd,
-                          heartbeat_s=None if args.no_heartbeat else 0.5,
-                          profile_path=args.profile if n == 0 else None,
-                          flink=OnFlink(args.flink_parallelism) if args.flink_parallelism else None)
+        res = measure_e2e(
+            rate,
+            args.seconds,
+            args.early_firing_s,
+            args.events_per_message,
+            videos=args.videos,
+            drain_timeout_s=args.drain_timeout_s,
+            workdir=wd,
+            heartbeat_s=None if args.no_heartbeat else 0.5,
+            profile_path=args.profile if n == 0 else None,
+            flink=OnFlink(args.flink_parallelism) if args.flink_parallelism else None,
+        )
         sys.stdout.write(orjson.dumps(res).decode() + "\n")

@@ -15,7 +15,7 @@ One run, one machine, the same events for every system:
 6. **On Flink** (issue 13): the core job on a session cluster beside PyFlink SQL at
    parallelism 2 over the same events (``flink_core``: ``core_flink``), and end to end on a
    session cluster at parallelism 1 and 2 (``flink_end_to_end``), with the job's metrics
-   read from Flink's REST API while it runs (``viewcounts.job_metrics``).
+   read from Flink's REST API while it runs (``viewcounts.local.job_metrics``).
 7. **Queries** (``queries.measure_queries``).
 8. **Recompute** (issue 14, ``viewcounts.bench.recompute``): the batch recompute on the local
    runner over a 30-day archive (``recompute_events``, 2,000 videos x 3 types, Zipf, 5 %
@@ -44,6 +44,7 @@ the interpreter, the JVM or the runner excluded; each child reports it separatel
 a table (``rich``) and writes the figures as JSON; the top-level keys the issue names are
 always present (``None`` for a part that was skipped).
 """
+
 from __future__ import annotations
 
 import os
@@ -100,13 +101,26 @@ class BenchConfig:
     windowing_events: int = 20_000
 
 
-QUICK = BenchConfig(events=20_000, naive_events=2_000, scaling_events=5_000, e2e_rates=(2_000,), e2e_seconds=10,
-                    query_rounds=20)
-FULL = BenchConfig(events=1_000_000, naive_events=20_000, scaling_events=200_000,
-                   e2e_rates=(5_000, 10_000, 20_000, 40_000), e2e_seconds=30, query_rounds=200,
-                   flink_e2e_rates=(4_000, 8_000, 16_000, 24_000), flink_e2e_seconds=20, flink_core_events=200_000,
-                   recompute_events=3_000_000, recompute_1d_events=1_000_000, recompute_small_events=300_000,
-                   http_seconds=30.0, http_step_s=10.0, windowing_events=200_000)
+QUICK = BenchConfig(
+    events=20_000, naive_events=2_000, scaling_events=5_000, e2e_rates=(2_000,), e2e_seconds=10, query_rounds=20
+)
+FULL = BenchConfig(
+    events=1_000_000,
+    naive_events=20_000,
+    scaling_events=200_000,
+    e2e_rates=(5_000, 10_000, 20_000, 40_000),
+    e2e_seconds=30,
+    query_rounds=200,
+    flink_e2e_rates=(4_000, 8_000, 16_000, 24_000),
+    flink_e2e_seconds=20,
+    flink_core_events=200_000,
+    recompute_events=3_000_000,
+    recompute_1d_events=1_000_000,
+    recompute_small_events=300_000,
+    http_seconds=30.0,
+    http_step_s=10.0,
+    windowing_events=200_000,
+)
 FLINK_PARALLELISMS = (1, 2)  # the end-to-end runs on Flink; the core job and PyFlink SQL run at the last
 
 
@@ -126,10 +140,14 @@ class Measured:
         return self.events / self.seconds
 
     def figures(self) -> dict:
-        return {"events": self.events, "seconds": round(self.seconds, 3), "events_per_s": round(self.events_per_s),
-                "cpu_s_per_million": round(self.cpu_s / self.events * 1e6, 1),
-                **{k: v for k, v in self.report.items() if k not in ("events", "seconds")},
-                "peak_rss_mb": round(self.peak_rss_mb) if self.peak_rss_mb is not None else None}
+        return {
+            "events": self.events,
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.events_per_s),
+            "cpu_s_per_million": round(self.cpu_s / self.events * 1e6, 1),
+            **{k: v for k, v in self.report.items() if k not in ("events", "seconds")},
+            "peak_rss_mb": round(self.peak_rss_mb) if self.peak_rss_mb is not None else None,
+        }
 
 
 def run_child(system: str, cmd: list[str], log_path: Path) -> Measured:
@@ -162,22 +180,34 @@ class Bench:
 
     def workload(self, **changes) -> workload.Workload:
         c = self.cfg
-        spec = WorkloadSpec(events=c.events, videos=c.videos, events_per_message=c.events_per_message,
-                            duplicate_rate=c.duplicate_rate)
+        spec = WorkloadSpec(
+            events=c.events, videos=c.videos, events_per_message=c.events_per_message, duplicate_rate=c.duplicate_rate
+        )
         return workload.generate(replace(spec, **changes), self.work / "workloads")
 
     def loop(self, w: workload.Workload) -> tuple[Measured, dict]:
         out, log = self._out("loop")
-        m = run_child("plain loop", [sys.executable, "-m", "viewcounts.bench.plain_loop", str(w.messages_path),
-                                     str(out)], log)
+        m = run_child(
+            "plain loop", [sys.executable, "-m", "viewcounts.bench.plain_loop", str(w.messages_path), str(out)], log
+        )
         return m, workload.read_aggregates(out)
 
     def beam(self, w: workload.Workload, reference: dict, naive: bool = False) -> Measured:
         name = "naive Beam" if naive else "core job"
         out, log = self._out("naive" if naive else "core")
-        cmd = [sys.executable, "-m", "viewcounts.bench.core", str(w.folder), str(out),
-               "--shards", str(self.cfg.shards), "--events-per-step", str(self.cfg.events_per_step),
-               "--early-firing-s", str(self.cfg.early_firing_s)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "viewcounts.bench.core",
+            str(w.folder),
+            str(out),
+            "--shards",
+            str(self.cfg.shards),
+            "--events-per-step",
+            str(self.cfg.events_per_step),
+            "--early-firing-s",
+            str(self.cfg.early_firing_s),
+        ]
         m = run_child(name, cmd + (["--naive"] if naive else []), log)
         cross_check(name, reference, out)
         return m
@@ -187,9 +217,20 @@ class Bench:
             raise RuntimeError(f"{FLINK_PYTHON} is missing: run `make flink-venv` (or pass --skip pyflink)")
         name = "PyFlink SQL" if parallelism == 1 else f"PyFlink SQL p{parallelism}"
         out, log = self._out(f"pyflink-p{parallelism}")
-        m = run_child(name, [str(FLINK_PYTHON), str(ROOT / "viewcounts" / "bench" / "pyflink_sql.py"),
-                             str(w.events_path), str(out), "--disorder-s", str(w.spec.disorder_s),
-                             "--parallelism", str(parallelism)], log)
+        m = run_child(
+            name,
+            [
+                str(FLINK_PYTHON),
+                str(ROOT / "viewcounts" / "bench" / "pyflink_sql.py"),
+                str(w.events_path),
+                str(out),
+                "--disorder-s",
+                str(w.spec.disorder_s),
+                "--parallelism",
+                str(parallelism),
+            ],
+            log,
+        )
         cross_check(name, reference, out)
         return m
 
@@ -197,9 +238,23 @@ class Bench:
         """The core job on a Flink session cluster (``core_flink``) at ``parallelism``."""
         name = f"core job Flink p{parallelism}"
         out, log = self._out(f"core-flink-p{parallelism}")
-        m = run_child(name, [sys.executable, "-m", "viewcounts.bench.core_flink", str(w.folder), str(out),
-                             "--parallelism", str(parallelism), "--shards", str(self.cfg.shards),
-                             "--early-firing-s", str(self.cfg.early_firing_s)], log)
+        m = run_child(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "viewcounts.bench.core_flink",
+                str(w.folder),
+                str(out),
+                "--parallelism",
+                str(parallelism),
+                "--shards",
+                str(self.cfg.shards),
+                "--early-firing-s",
+                str(self.cfg.early_firing_s),
+            ],
+            log,
+        )
         cross_check(name, reference, out)
         return m
 
@@ -214,16 +269,44 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-PARTS = ("core", "naive", "pyflink", "scaling", "e2e", "flink_e2e", "flink_core", "queries", "recompute", "http",
-         "windowing")
+PARTS = (
+    "core",
+    "naive",
+    "pyflink",
+    "scaling",
+    "e2e",
+    "flink_e2e",
+    "flink_core",
+    "queries",
+    "recompute",
+    "http",
+    "windowing",
+)
 CORE_PARTS = ("core", "naive", "pyflink", "scaling")  # on the main workload and its plain-loop reference
-CORE_KEYS = ("core_events_per_s", "loop_events_per_s", "pyflink_sql_events_per_s", "naive_beam_events_per_s",
-             "core_vs_pyflink_sql", "core_vs_naive_beam", "core_vs_loop", "mutations_per_event", "cross_check",
-             "dedup_bytes_per_id", "dedup_state_bytes_per_id", "dedup_live_ids")
+CORE_KEYS = (
+    "core_events_per_s",
+    "loop_events_per_s",
+    "pyflink_sql_events_per_s",
+    "naive_beam_events_per_s",
+    "core_vs_pyflink_sql",
+    "core_vs_naive_beam",
+    "core_vs_loop",
+    "mutations_per_event",
+    "cross_check",
+    "dedup_bytes_per_id",
+    "dedup_state_bytes_per_id",
+    "dedup_live_ids",
+)
 
 
-def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progress=print,
-        profile_flink: bool = False, profile_http: bool = False) -> dict:
+def run(
+    cfg: BenchConfig,
+    work: Path,
+    skip: frozenset[str] = frozenset(),
+    progress=print,
+    profile_flink: bool = False,
+    profile_http: bool = False,
+) -> dict:
     """Run every part (``PARTS``) not in ``skip`` and return the figures (see the module doc).
     Skipping ``core`` skips ``naive``, ``pyflink`` and ``scaling`` too; the keys of a part not
     run are None. ``profile_http``: a py-spy profile of the stats service during the HTTP
@@ -250,8 +333,12 @@ def run(cfg: BenchConfig, work: Path, skip: frozenset[str] = frozenset(), progre
     if "queries" not in skip:
         from viewcounts.bench import queries
 
-        res.update({k: round(v, 2) if isinstance(v, float) else v
-                    for k, v in queries.measure_queries(cfg.query_rounds).items()})
+        res.update(
+            {
+                k: round(v, 2) if isinstance(v, float) else v
+                for k, v in queries.measure_queries(cfg.query_rounds).items()
+            }
+        )
     res.update(dict.fromkeys(RECOMPUTE_KEYS))
     if "recompute" not in skip:
         res.update(recompute(cfg, work, progress))
@@ -291,26 +378,35 @@ def core_and_peers(bench: Bench, skip: frozenset[str], progress) -> dict:
         progress(f"naive Beam {systems['naive Beam'].events_per_s:,.0f} events/s ({cfg.naive_events:,} events)")
     res["systems"] = {name: m.figures() for name, m in systems.items()}
     rate = {name: m.events_per_s for name, m in systems.items()}
-    res.update(core_events_per_s=round(rate["core job"]), loop_events_per_s=round(rate["plain loop"]),
-               pyflink_sql_events_per_s=round(rate["PyFlink SQL"]) if "PyFlink SQL" in rate else None,
-               naive_beam_events_per_s=round(rate["naive Beam"]) if "naive Beam" in rate else None,
-               core_vs_pyflink_sql=_ratio(rate["core job"], rate.get("PyFlink SQL")),
-               core_vs_naive_beam=_ratio(rate["core job"], rate.get("naive Beam")),
-               core_vs_loop=_ratio(rate["core job"], rate["plain loop"]),
-               mutations_per_event=round(core.report["mutations"] / core.report["accepted"], 3),
-               cross_check="identical aggregates")
+    res.update(
+        core_events_per_s=round(rate["core job"]),
+        loop_events_per_s=round(rate["plain loop"]),
+        pyflink_sql_events_per_s=round(rate["PyFlink SQL"]) if "PyFlink SQL" in rate else None,
+        naive_beam_events_per_s=round(rate["naive Beam"]) if "naive Beam" in rate else None,
+        core_vs_pyflink_sql=_ratio(rate["core job"], rate.get("PyFlink SQL")),
+        core_vs_naive_beam=_ratio(rate["core job"], rate.get("naive Beam")),
+        core_vs_loop=_ratio(rate["core job"], rate["plain loop"]),
+        mutations_per_event=round(core.report["mutations"] / core.report["accepted"], 3),
+        cross_check="identical aggregates",
+    )
     from viewcounts.bench import dedup_memory
 
-    res.update({k: round(v, 1) if isinstance(v, float) else v
-                for k, v in dedup_memory.measure(main.messages_path).items()})
+    res.update(
+        {k: round(v, 1) if isinstance(v, float) else v for k, v in dedup_memory.measure(main.messages_path).items()}
+    )
     progress(f"dedup state {res['dedup_bytes_per_id']:.0f} bytes per live id")
     if "scaling" not in skip:
         res["scaling"] = scaling(bench, progress)
     return res
 
 
-HTTP_KEYS = ("http_day_minute_p99_ms", "http_30d_hour_p99_ms", "http_top_p99_ms", "http_errors",
-             "http_max_rps_p99_50ms")
+HTTP_KEYS = (
+    "http_day_minute_p99_ms",
+    "http_30d_hour_p99_ms",
+    "http_top_p99_ms",
+    "http_errors",
+    "http_max_rps_p99_50ms",
+)
 
 
 def http(cfg: BenchConfig, progress, profile_path: Path | None = None) -> dict:
@@ -318,26 +414,43 @@ def http(cfg: BenchConfig, progress, profile_path: Path | None = None) -> dict:
     shares rounded to 0.01. Raises ``RuntimeError`` without ``build/bin/vegeta``."""
     from viewcounts.bench.http import measure_http
 
-    out = measure_http(cfg.http_rate, cfg.http_seconds, cfg.http_videos, cfg.http_step_rates, cfg.http_step_s,
-                       profile_path=profile_path)
-    progress(f"HTTP at {out['http_offered_rps']:,} requests/s: one-day minute p99 {out['http_day_minute_p99_ms']:.1f} ms, "
-             f"30-day hour p99 {out['http_30d_hour_p99_ms']:.1f} ms, top-N p99 {out['http_top_p99_ms']:.1f} ms, "
-             f"{out['http_errors']} errors; held with "
-             f"p99 <= 50 ms: {out['http_max_rps_p99_50ms']:,} requests/s")
+    out = measure_http(
+        cfg.http_rate,
+        cfg.http_seconds,
+        cfg.http_videos,
+        cfg.http_step_rates,
+        cfg.http_step_s,
+        profile_path=profile_path,
+    )
+    progress(
+        f"HTTP at {out['http_offered_rps']:,} requests/s: one-day minute p99 {out['http_day_minute_p99_ms']:.1f} ms, "
+        f"30-day hour p99 {out['http_30d_hour_p99_ms']:.1f} ms, top-N p99 {out['http_top_p99_ms']:.1f} ms, "
+        f"{out['http_errors']} errors; held with "
+        f"p99 <= 50 ms: {out['http_max_rps_p99_50ms']:,} requests/s"
+    )
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
 
 
-WINDOWING_KEYS = ("windowing_fire_panes_flink_events_per_s", "windowing_beam_flink_events_per_s",
-                  "windowing_beam_vs_fire_panes_flink", "windowing_fire_panes_prism_events_per_s",
-                  "windowing_beam_prism_events_per_s", "windowing_beam_vs_fire_panes_prism")
-RECOMPUTE_KEYS = ("recompute_events_per_s", "recompute_1d_events_per_s", "recompute_300k_events_per_s",
-                  "recompute_1d_vs_30d")
+WINDOWING_KEYS = (
+    "windowing_fire_panes_flink_events_per_s",
+    "windowing_beam_flink_events_per_s",
+    "windowing_beam_vs_fire_panes_flink",
+    "windowing_fire_panes_prism_events_per_s",
+    "windowing_beam_prism_events_per_s",
+    "windowing_beam_vs_fire_panes_prism",
+)
+RECOMPUTE_KEYS = (
+    "recompute_events_per_s",
+    "recompute_1d_events_per_s",
+    "recompute_300k_events_per_s",
+    "recompute_1d_vs_30d",
+)
 
 
 def recompute(cfg: BenchConfig, work: Path, progress) -> dict:
     """The recompute part (module doc, 8.), on a Bigtable emulator of its own."""
     from viewcounts.bench import recompute as rc
-    from viewcounts.emulators import bigtable_emulator
+    from viewcounts.local.emulators import bigtable_emulator
 
     runs = {"300k": rc.spec_for(cfg.recompute_small_events, 30)} if cfg.recompute_small_events else {}
     runs.update({"1d": rc.spec_for(cfg.recompute_1d_events, 1), "30d": rc.spec_for(cfg.recompute_events, 30)})
@@ -348,25 +461,33 @@ def recompute(cfg: BenchConfig, work: Path, progress) -> dict:
         try:
             for name, spec in runs.items():
                 out[f"recompute_{name}"] = figures = rc.measure(spec, work, name)
-                progress(f"recompute {name}: {figures['events']:,} events in {figures['seconds']} s, "
-                         f"{figures['events_per_s']:,} events/s, {figures['aggregates_written']:,} aggregates written")
+                progress(
+                    f"recompute {name}: {figures['events']:,} events in {figures['seconds']} s, "
+                    f"{figures['events_per_s']:,} events/s, {figures['aggregates_written']:,} aggregates written"
+                )
         finally:
             if old is None:
                 del os.environ[emu.env_var]
             else:
                 os.environ[emu.env_var] = old
     rate = {name: out[f"recompute_{name}"]["events_per_s"] for name in runs}
-    out.update(recompute_events_per_s=rate["30d"], recompute_1d_events_per_s=rate["1d"],
-               recompute_300k_events_per_s=rate.get("300k"), recompute_1d_vs_30d=_ratio(rate["1d"], rate["30d"]))
+    out.update(
+        recompute_events_per_s=rate["30d"],
+        recompute_1d_events_per_s=rate["1d"],
+        recompute_300k_events_per_s=rate.get("300k"),
+        recompute_1d_vs_30d=_ratio(rate["1d"], rate["30d"]),
+    )
     return out
 
 
 def scaling(bench: Bench, progress) -> list[dict]:
     """Core and loop events/s for each variant of the main workload (``scaling_events`` each)."""
     c = bench.cfg
-    variants = ([{"videos": v, "duplicate_rate": 0.0} for v in (1_000, 100_000, 1_000_000)]
-                + [{"events_per_message": m, "duplicate_rate": 0.0} for m in (1, 10, 100)]
-                + [{"duplicate_rate": d} for d in (0.0, 0.1)])
+    variants = (
+        [{"videos": v, "duplicate_rate": 0.0} for v in (1_000, 100_000, 1_000_000)]
+        + [{"events_per_message": m, "duplicate_rate": 0.0} for m in (1, 10, 100)]
+        + [{"duplicate_rate": d} for d in (0.0, 0.1)]
+    )
     rows, seen = [], set()
     for changes in variants:
         w = bench.workload(events=c.scaling_events, **changes)
@@ -375,11 +496,18 @@ def scaling(bench: Bench, progress) -> list[dict]:
         seen.add(w.spec)
         loop, reference = bench.loop(w)
         core = bench.beam(w, reference)
-        rows.append({"videos": w.spec.videos, "events_per_message": w.spec.events_per_message,
-                     "duplicate_rate": w.spec.duplicate_rate, "events": core.events,
-                     "core_events_per_s": round(core.events_per_s), "loop_events_per_s": round(loop.events_per_s),
-                     "core_vs_loop": _ratio(core.events_per_s, loop.events_per_s),
-                     "mutations_per_event": round(core.report["mutations"] / core.report["accepted"], 3)})
+        rows.append(
+            {
+                "videos": w.spec.videos,
+                "events_per_message": w.spec.events_per_message,
+                "duplicate_rate": w.spec.duplicate_rate,
+                "events": core.events,
+                "core_events_per_s": round(core.events_per_s),
+                "loop_events_per_s": round(loop.events_per_s),
+                "core_vs_loop": _ratio(core.events_per_s, loop.events_per_s),
+                "mutations_per_event": round(core.report["mutations"] / core.report["accepted"], 3),
+            }
+        )
         progress(f"scaling {rows[-1]}")
     return rows
 
@@ -389,21 +517,36 @@ def end_to_end(cfg: BenchConfig, work: Path, progress) -> dict:
     freshness measured at it (at the first rate when none is kept up)."""
     from viewcounts.bench import e2e
 
-    found = e2e.find_sustained_rate(cfg.e2e_rates, cfg.e2e_seconds, cfg.early_firing_s,
-                                    workload_root=work / "workloads")
+    found = e2e.find_sustained_rate(
+        cfg.e2e_rates, cfg.e2e_seconds, cfg.early_firing_s, workload_root=work / "workloads"
+    )
     steps = found["steps"]
     kept = [s for s in steps if s["e2e_kept_up"]]
     best = kept[-1] if kept else steps[0]
     progress(f"end to end: kept up with {found['e2e_sustained_rate']:,} events/s")
-    return {"e2e_sustained_events_per_s": found["e2e_sustained_rate"],
-            "freshness_p50_s": best["freshness_p50_s"], "freshness_p99_s": best["freshness_p99_s"],
-            "e2e_early_firing_s": cfg.early_firing_s, "e2e_steps": steps}
+    return {
+        "e2e_sustained_events_per_s": found["e2e_sustained_rate"],
+        "freshness_p50_s": best["freshness_p50_s"],
+        "freshness_p99_s": best["freshness_p99_s"],
+        "e2e_early_firing_s": cfg.early_firing_s,
+        "e2e_steps": steps,
+    }
 
 
-FLINK_KEYS = ("flink_p1_e2e_sustained_events_per_s", "flink_p2_e2e_sustained_events_per_s", "flink_p2_vs_p1",
-              "flink_p1_freshness_p50_s", "flink_p1_freshness_p99_s", "flink_p2_freshness_p50_s",
-              "flink_p2_freshness_p99_s", "flink_p1_cpu_s_per_million_events", "flink_p2_cpu_s_per_million_events",
-              "flink_p2_core_events_per_s", "pyflink_sql_p2_events_per_s", "flink_p2_core_vs_pyflink_sql")
+FLINK_KEYS = (
+    "flink_p1_e2e_sustained_events_per_s",
+    "flink_p2_e2e_sustained_events_per_s",
+    "flink_p2_vs_p1",
+    "flink_p1_freshness_p50_s",
+    "flink_p1_freshness_p99_s",
+    "flink_p2_freshness_p50_s",
+    "flink_p2_freshness_p99_s",
+    "flink_p1_cpu_s_per_million_events",
+    "flink_p2_cpu_s_per_million_events",
+    "flink_p2_core_events_per_s",
+    "pyflink_sql_p2_events_per_s",
+    "flink_p2_core_vs_pyflink_sql",
+)
 
 
 def flink_core(bench: Bench, progress, with_pyflink: bool) -> dict:
@@ -418,8 +561,13 @@ def flink_core(bench: Bench, progress, with_pyflink: bool) -> dict:
     if with_pyflink:
         sql = bench.pyflink(w, reference, p)
         progress(f"PyFlink SQL p{p}: {sql.events_per_s:,.0f} events/s")
-        out.update({f"pyflink_sql_p{p}_events_per_s": round(sql.events_per_s), "pyflink_sql_p2": sql.figures(),
-                    "flink_p2_core_vs_pyflink_sql": _ratio(core.events_per_s, sql.events_per_s)})
+        out.update(
+            {
+                f"pyflink_sql_p{p}_events_per_s": round(sql.events_per_s),
+                "pyflink_sql_p2": sql.figures(),
+                "flink_p2_core_vs_pyflink_sql": _ratio(core.events_per_s, sql.events_per_s),
+            }
+        )
     return out
 
 
@@ -442,24 +590,39 @@ def flink_end_to_end(cfg: BenchConfig, work: Path, progress, profile: bool = Fal
         steps = []
         for rate in cfg.flink_e2e_rates:
             prof = work / f"flink-p{p}-{rate}.pyspy" if profile and p == FLINK_PARALLELISMS[-1] else None
-            steps.append(e2e.measure_e2e(rate, cfg.flink_e2e_seconds, cfg.early_firing_s, drain_timeout_s=60.0,
-                                         workload_root=work / "workloads", flink=e2e.OnFlink(parallelism=p),
-                                         profile_path=prof))
-            progress(f"Flink p{p} at {rate:,} events/s: {steps[-1]['e2e_sustained_events_per_s']:,} counted/s, "
-                     f"kept up: {steps[-1]['e2e_kept_up']}")
+            steps.append(
+                e2e.measure_e2e(
+                    rate,
+                    cfg.flink_e2e_seconds,
+                    cfg.early_firing_s,
+                    drain_timeout_s=60.0,
+                    workload_root=work / "workloads",
+                    flink=e2e.OnFlink(parallelism=p),
+                    profile_path=prof,
+                )
+            )
+            progress(
+                f"Flink p{p} at {rate:,} events/s: {steps[-1]['e2e_sustained_events_per_s']:,} counted/s, "
+                f"kept up: {steps[-1]['e2e_kept_up']}"
+            )
             if not steps[-1]["e2e_kept_up"]:
                 break
         kept = [s for s in steps if s["e2e_kept_up"]]
         best = kept[-1] if kept else steps[0]
         over = [s for s in steps if not s["e2e_kept_up"]]
-        out.update({f"flink_p{p}_e2e_sustained_events_per_s": best["e2e_sustained_events_per_s"] if kept else None,
-                    f"flink_p{p}_e2e_capacity_events_per_s": over[0]["e2e_sustained_events_per_s"] if over else None,
-                    f"flink_p{p}_freshness_p50_s": best["freshness_p50_s"],
-                    f"flink_p{p}_freshness_p99_s": best["freshness_p99_s"],
-                    f"flink_p{p}_cpu_s_per_million_events": best["job_cpu_s_per_million_events"],
-                    f"flink_p{p}_e2e_steps": steps})
-    out["flink_p2_vs_p1"] = _ratio(out.get("flink_p2_e2e_sustained_events_per_s"),
-                                   out.get("flink_p1_e2e_sustained_events_per_s"))
+        out.update(
+            {
+                f"flink_p{p}_e2e_sustained_events_per_s": best["e2e_sustained_events_per_s"] if kept else None,
+                f"flink_p{p}_e2e_capacity_events_per_s": over[0]["e2e_sustained_events_per_s"] if over else None,
+                f"flink_p{p}_freshness_p50_s": best["freshness_p50_s"],
+                f"flink_p{p}_freshness_p99_s": best["freshness_p99_s"],
+                f"flink_p{p}_cpu_s_per_million_events": best["job_cpu_s_per_million_events"],
+                f"flink_p{p}_e2e_steps": steps,
+            }
+        )
+    out["flink_p2_vs_p1"] = _ratio(
+        out.get("flink_p2_e2e_sustained_events_per_s"), out.get("flink_p1_e2e_sustained_events_per_s")
+    )
     return out
 
 
@@ -472,40 +635,88 @@ def print_table(res: dict, console) -> None:
             t.add_column(col, justify="right")
         core = res["core_events_per_s"]
         for name, f in res["systems"].items():
-            t.add_row(name, f"{f['events']:,}", f"{f['events_per_s']:,}", f"{core / f['events_per_s']:.2f}x",
-                      f"{f['cpu_s_per_million']:,}", "-" if f["peak_rss_mb"] is None else f"{f['peak_rss_mb']:,}")
+            t.add_row(
+                name,
+                f"{f['events']:,}",
+                f"{f['events_per_s']:,}",
+                f"{core / f['events_per_s']:.2f}x",
+                f"{f['cpu_s_per_million']:,}",
+                "-" if f["peak_rss_mb"] is None else f"{f['peak_rss_mb']:,}",
+            )
         console.print(t)
     if res.get("scaling"):
         s = Table(title="scaling (core job vs plain loop)")
-        for col in ("videos", "events/msg", "dup rate", "core events/s", "loop events/s", "core/loop",
-                    "mutations/event"):
+        for col in (
+            "videos",
+            "events/msg",
+            "dup rate",
+            "core events/s",
+            "loop events/s",
+            "core/loop",
+            "mutations/event",
+        ):
             s.add_column(col, justify="right")
         for r in res["scaling"]:
-            s.add_row(f"{r['videos']:,}", str(r["events_per_message"]), f"{r['duplicate_rate']:g}",
-                      f"{r['core_events_per_s']:,}", f"{r['loop_events_per_s']:,}", str(r["core_vs_loop"]),
-                      str(r["mutations_per_event"]))
+            s.add_row(
+                f"{r['videos']:,}",
+                str(r["events_per_message"]),
+                f"{r['duplicate_rate']:g}",
+                f"{r['core_events_per_s']:,}",
+                f"{r['loop_events_per_s']:,}",
+                str(r["core_vs_loop"]),
+                str(r["mutations_per_event"]),
+            )
         console.print(s)
     if res.get("http_kinds"):
-        h = Table(title=f"stats service over HTTP at {res['http_offered_rps']:,} requests/s "
-                  f"(answered {res['http_achieved_rps']:,.0f}/s, {res['http_errors']} errors; cores used by the "
-                  f"service {res['http_server_cpu_share']}, by other work {res['http_other_cpu_share']})")
+        h = Table(
+            title=f"stats service over HTTP at {res['http_offered_rps']:,} requests/s "
+            f"(answered {res['http_achieved_rps']:,.0f}/s, {res['http_errors']} errors; cores used by the "
+            f"service {res['http_server_cpu_share']}, by other work {res['http_other_cpu_share']})"
+        )
         for col in ("query kind", "share", "requests", "p50 ms", "p99 ms", "target p99 ms"):
             h.add_column(col, justify="right")
         for kind, k in res["http_kinds"].items():
-            h.add_row(kind, f"{k['share']:.0%}", f"{k['requests']:,}", f"{k['p50_ms']:.1f}", f"{k['p99_ms']:.1f}",
-                      "-" if k["target_p99_ms"] is None else f"{k['target_p99_ms']:g}")
+            h.add_row(
+                kind,
+                f"{k['share']:.0%}",
+                f"{k['requests']:,}",
+                f"{k['p50_ms']:.1f}",
+                f"{k['p99_ms']:.1f}",
+                "-" if k["target_p99_ms"] is None else f"{k['target_p99_ms']:g}",
+            )
         console.print(h)
         st = Table(title="HTTP steps (held: p99 <= 50 ms, no error, 95 % answered)")
         for col in ("offered/s", "answered/s", "p50 ms", "p99 ms", "errors", "held", "cores used by other work"):
             st.add_column(col, justify="right")
         for r in res["http_steps"]:
-            st.add_row(f"{r['offered_rps']:,}", f"{r['achieved_rps']:,.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                       str(r["errors"]), "yes" if r["held"] else "no", str(r["other_cpu_share"]))
+            st.add_row(
+                f"{r['offered_rps']:,}",
+                f"{r['achieved_rps']:,.0f}",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                str(r["errors"]),
+                "yes" if r["held"] else "no",
+                str(r["other_cpu_share"]),
+            )
         console.print(st)
-    keys = ("core_vs_pyflink_sql", "core_vs_naive_beam", "core_vs_loop", "dedup_bytes_per_id",
-            "dedup_state_bytes_per_id", "mutations_per_event", "e2e_sustained_events_per_s", "freshness_p50_s",
-            "freshness_p99_s", *FLINK_KEYS, "query_day_minute_p99_ms", "query_30d_hour_p99_ms", *RECOMPUTE_KEYS,
-            *HTTP_KEYS, *WINDOWING_KEYS, "bench_seconds")
+    keys = (
+        "core_vs_pyflink_sql",
+        "core_vs_naive_beam",
+        "core_vs_loop",
+        "dedup_bytes_per_id",
+        "dedup_state_bytes_per_id",
+        "mutations_per_event",
+        "e2e_sustained_events_per_s",
+        "freshness_p50_s",
+        "freshness_p99_s",
+        *FLINK_KEYS,
+        "query_day_minute_p99_ms",
+        "query_30d_hour_p99_ms",
+        *RECOMPUTE_KEYS,
+        *HTTP_KEYS,
+        *WINDOWING_KEYS,
+        "bench_seconds",
+    )
     f = Table(title="figures")
     f.add_column("figure")
     f.add_column("value", justify="right")
@@ -530,8 +741,14 @@ def bench_main(args) -> int:
     except ValueError as exc:
         console.print(str(exc))
         return 2
-    res = run(cfg, Path(args.work), skip, progress=lambda msg: console.log(msg), profile_flink=args.profile_flink,
-              profile_http=args.profile_http)
+    res = run(
+        cfg,
+        Path(args.work),
+        skip,
+        progress=lambda msg: console.log(msg),
+        profile_flink=args.profile_flink,
+        profile_http=args.profile_http,
+    )
     print_table(res, console)
     Path(args.json).write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
     console.print(f"figures written to {args.json}")
@@ -556,13 +773,23 @@ def add_bench_args(p) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes (a few minutes; what CI runs)")
     p.add_argument("--json", required=True, help="write the figures to this JSON file")
     p.add_argument("--work", default=str(ROOT / "build" / "bench"), help="workloads, outputs and child logs")
-    p.add_argument("--parts", action="append", default=[],
-                   help=f"run only these parts, comma-separated: {', '.join(PARTS)} (core: the core job, which "
-                   "naive, pyflink and scaling build on)")
+    p.add_argument(
+        "--parts",
+        action="append",
+        default=[],
+        help=f"run only these parts, comma-separated: {', '.join(PARTS)} (core: the core job, which "
+        "naive, pyflink and scaling build on)",
+    )
     p.add_argument("--skip", action="append", default=[], help="parts to leave out, comma-separated (as --parts)")
-    p.add_argument("--profile-flink", action="store_true",
-                   help="py-spy profiles of the Python workers in the end-to-end runs on Flink at parallelism 2 "
-                   "(needs py-spy: $PY_SPY or on PATH; sampling costs a little CPU)")
-    p.add_argument("--profile-http", action="store_true",
-                   help="a py-spy profile (raw, collapsed stacks) of the stats service during the HTTP part's "
-                   "500 requests/s attack, in WORK/http.pyspy")
+    p.add_argument(
+        "--profile-flink",
+        action="store_true",
+        help="py-spy profiles of the Python workers in the end-to-end runs on Flink at parallelism 2 "
+        "(needs py-spy: $PY_SPY or on PATH; sampling costs a little CPU)",
+    )
+    p.add_argument(
+        "--profile-http",
+        action="store_true",
+        help="a py-spy profile (raw, collapsed stacks) of the stats service during the HTTP part's "
+        "500 requests/s attack, in WORK/http.pyspy",
+    )

@@ -54,6 +54,7 @@ not used: measured here it came out 0.3 core below the three processes' own time
 request of a kind its percentiles are NaN. Latency is Vegeta's: from sending the request
 to reading the whole answer, over keep-alive connections on the same machine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,10 +77,10 @@ import numpy as np
 
 from schemas import storage
 from schemas.storage import Aggregate
-from viewcounts import provision
 from viewcounts.bench.e2e import _finish_profiler, _start_profiler
 from viewcounts.bench.queries import EVENT_TYPES, emulator_env, store_cells, video_name
-from viewcounts.emulators import bigtable_emulator, free_port
+from viewcounts.local import provision
+from viewcounts.local.emulators import bigtable_emulator, free_port
 
 _LOG = logging.getLogger(__name__)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -133,7 +134,7 @@ def top_rows(cells: dict, base_ms: int) -> list:
             day[video_id] = day.get(video_id, 0) + agg.count
     rows = []
     for (event_type, gran, w), by_video in counts.items():
-        items = tuple(sorted(by_video.items(), key=storage.top_rank)[:storage.TOP_K])
+        items = tuple(sorted(by_video.items(), key=storage.top_rank)[: storage.TOP_K])
         rows.append(TopRow(event_type, gran, w, items, storage.cell_timestamp_us(base_ms, sum(c for _, c in items))))
     return rows
 
@@ -149,7 +150,7 @@ def store_top_rows(rows: list, project: str, instance: str, table: str, per_requ
     try:
         failed = []
         for i in range(0, len(rows), per_request):
-            failed += sink._write({cell_of(r): r for r in rows[i:i + per_request]})
+            failed += sink._write({cell_of(r): r for r in rows[i : i + per_request]})
     finally:
         sink.teardown()
     if failed:
@@ -160,10 +161,12 @@ def targets(base_url: str, videos: int, now_s: int, n: int, seed: int = 3) -> li
     """``n`` ``(kind, url)`` in random order, kinds in the ``KINDS`` shares."""
     rng = np.random.default_rng(seed)
     minute, hour, day = now_s - now_s % 60, now_s - now_s % 3600, now_s - now_s % 86400
-    ranges = {"day_minute": (minute - 1439 * 60, minute + 60, "minute"),
-              "past_day_minute": (day - 2 * 86400, day - 86400, "minute"),
-              "30d_hour": (hour - 719 * 3600, hour + 3600, "hour"),
-              "types_7d_day": (day - 6 * 86400, day + 86400, "day")}
+    ranges = {
+        "day_minute": (minute - 1439 * 60, minute + 60, "minute"),
+        "past_day_minute": (day - 2 * 86400, day - 86400, "minute"),
+        "30d_hour": (hour - 719 * 3600, hour + 3600, "hour"),
+        "types_7d_day": (day - 6 * 86400, day + 86400, "day"),
+    }
     kinds = rng.choice(list(KINDS), size=n, p=list(KINDS.values()))
     out = []
     for kind in kinds.tolist():
@@ -208,8 +211,7 @@ def _prioritise(pid: int, niceness: int) -> None:
             for t in psutil.Process(pid).threads():
                 os.setpriority(os.PRIO_PROCESS, t.id, niceness)
         except (PermissionError, psutil.AccessDenied):
-            _LOG.warning("could not set niceness %d (needs root): measuring among the machine's other work",
-                         niceness)
+            _LOG.warning("could not set niceness %d (needs root): measuring among the machine's other work", niceness)
         except (ProcessLookupError, psutil.NoSuchProcess):
             pass  # it ended (a failed start is reported by its caller)
 
@@ -223,9 +225,24 @@ def serving(project: str, instance: str, table: str, niceness: int = 0):
     import psutil
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "query.service", "--port", str(port), "--project", project,
-                             "--instance", instance, "--table", table], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "query.service",
+            "--port",
+            str(port),
+            "--project",
+            project,
+            "--instance",
+            instance,
+            "--table",
+            table,
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _prioritise(proc.pid, niceness)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -257,17 +274,31 @@ def attack(urls: list[str], rate: int, duration_s: float, niceness: int = 0) -> 
         targets_path, results_path = os.path.join(work, "targets.txt"), os.path.join(work, "results.bin")
         with open(targets_path, "w") as f:
             f.write("".join(f"GET {u}\n\n" for u in urls))
-        vegeta = subprocess.Popen([VEGETA, "attack", f"-targets={targets_path}", f"-rate={rate}/s",
-                                   f"-duration={duration_s}s", "-max-body=0", "-timeout=10s", "-keepalive=true",
-                                   f"-output={results_path}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        vegeta = subprocess.Popen(
+            [
+                VEGETA,
+                "attack",
+                f"-targets={targets_path}",
+                f"-rate={rate}/s",
+                f"-duration={duration_s}s",
+                "-max-body=0",
+                "-timeout=10s",
+                "-keepalive=true",
+                f"-output={results_path}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         _prioritise(vegeta.pid, niceness)
         _, err = vegeta.communicate()
         if vegeta.returncode:
             raise RuntimeError(f"vegeta attack failed ({vegeta.returncode}): {err.decode()[-500:]}")
         run = subprocess.run([VEGETA, "encode", "--to", "csv", results_path], check=True, capture_output=True)
     # columns: timestamp (ns), status, latency (ns), bytes out, bytes in, error, body, attack, seq, method, url
-    return [Result(r[10], int(r[1]), int(r[2]) / 1e6, r[5], int(r[0]) / 1e9)
-            for r in csv.reader(io.StringIO(run.stdout.decode()))]
+    return [
+        Result(r[10], int(r[1]), int(r[2]) / 1e6, r[5], int(r[0]) / 1e9)
+        for r in csv.reader(io.StringIO(run.stdout.decode()))
+    ]
 
 
 def _cpu_s(proc) -> float:
@@ -310,14 +341,24 @@ def summary(results: list[Result], offered_rps: int) -> dict:
     """``offered_rps``, ``achieved_rps`` (module docstring), ``requests``, ``errors``, ``p50_ms``,
     ``p99_ms`` of one attack's results, and ``held``: the step rule (module docstring, 5.)."""
     ok = [r for r in results if r.ok]
-    span = max((r.sent_s + r.latency_ms / 1e3 for r in results), default=0.0) - min((r.sent_s for r in results),
-                                                                                   default=0.0)
+    span = max((r.sent_s + r.latency_ms / 1e3 for r in results), default=0.0) - min(
+        (r.sent_s for r in results), default=0.0
+    )
     ms = [r.latency_ms for r in results]
-    out = {"offered_rps": offered_rps, "achieved_rps": round(len(ok) / span, 1) if span > 0 else 0.0,
-           "requests": len(results), "errors": len(results) - len(ok), "p50_ms": round(_p(ms, 50), 2),
-           "p99_ms": round(_p(ms, 99), 2)}
-    out["held"] = (bool(results) and out["p99_ms"] <= TARGET_P99_MS and not out["errors"]
-                   and out["achieved_rps"] >= HELD_SHARE * offered_rps)
+    out = {
+        "offered_rps": offered_rps,
+        "achieved_rps": round(len(ok) / span, 1) if span > 0 else 0.0,
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "p50_ms": round(_p(ms, 50), 2),
+        "p99_ms": round(_p(ms, 99), 2),
+    }
+    out["held"] = (
+        bool(results)
+        and out["p99_ms"] <= TARGET_P99_MS
+        and not out["errors"]
+        and out["achieved_rps"] >= HELD_SHARE * offered_rps
+    )
     return out
 
 
@@ -337,18 +378,26 @@ def _check_answers(sample: list[tuple[str, str]], tops: list) -> None:
                 at = int(dt.datetime.fromisoformat(q["at"][0]).timestamp())
                 window = at - at % storage.TOP_GRANULARITY_SECONDS[q["granularity"][0]]
                 want = [{"video_id": v, "count": c} for v, c in stored[(q["type"][0], q["granularity"][0], window)]]
-                if body["items"] != want[:int(q["n"][0])]:
+                if body["items"] != want[: int(q["n"][0])]:
                     raise AssertionError(f"{url}: HTTP answered {body['items']}, stored {want}")
                 continue
             for series in body["series"]:
-                want = reader.get_stats(series["video_id"], series["event_type"], "count", q["start"][0],
-                                        q["end"][0], q["granularity"][0])
+                want = reader.get_stats(
+                    series["video_id"], series["event_type"], "count", q["start"][0], q["end"][0], q["granularity"][0]
+                )
                 if series["value"] != want.value:
                     raise AssertionError(f"{url}: HTTP answered {series['value']}, get_stats {want.value}")
 
 
-def measure_http(rate: int, duration_s: float, videos: int, step_rates: tuple[int, ...], step_s: float,
-                 niceness: int = -10, profile_path: Path | None = None) -> dict:
+def measure_http(
+    rate: int,
+    duration_s: float,
+    videos: int,
+    step_rates: tuple[int, ...],
+    step_s: float,
+    niceness: int = -10,
+    profile_path: Path | None = None,
+) -> dict:
     """See the module docstring. Needs ``build/bin/vegeta`` (``make vegeta``). ``niceness``: of
     the service, the emulator and Vegeta (the system measured), so that other work on a shared
     machine does not take their cores (0: as started). ``profile_path``: a py-spy profile of
@@ -388,13 +437,24 @@ def measure_http(rate: int, duration_s: float, videos: int, step_rates: tuple[in
             out["http_vegeta_cpu_share"] = (_children_cpu_s() - before["vegeta"]) / duration_s
             out["http_other_cpu_share"] = _other_cpu_s(everyone, measured) / duration_s
             main = summary(results, rate)
-            out.update(http_offered_rps=rate, http_achieved_rps=main["achieved_rps"], http_requests=len(results),
-                       http_videos=videos, http_errors=main["errors"], http_kinds={})
+            out.update(
+                http_offered_rps=rate,
+                http_achieved_rps=main["achieved_rps"],
+                http_requests=len(results),
+                http_videos=videos,
+                http_errors=main["errors"],
+                http_kinds={},
+            )
             for kind, share in KINDS.items():
                 ms = [r.latency_ms for r in results if kind_of.get(r.url) == kind]
                 out[f"http_{kind}_p50_ms"], out[f"http_{kind}_p99_ms"] = _p(ms, 50), _p(ms, 99)
-                out["http_kinds"][kind] = {"share": share, "requests": len(ms), "p50_ms": round(_p(ms, 50), 2),
-                                           "p99_ms": round(_p(ms, 99), 2), "target_p99_ms": TARGETS_P99_MS.get(kind)}
+                out["http_kinds"][kind] = {
+                    "share": share,
+                    "requests": len(ms),
+                    "p50_ms": round(_p(ms, 50), 2),
+                    "p99_ms": round(_p(ms, 99), 2),
+                    "target_p99_ms": TARGETS_P99_MS.get(kind),
+                }
             out["http_steps"] = []
             for step in sorted(step_rates):
                 everyone = _process_cpu_s()
@@ -405,4 +465,3 @@ def measure_http(rate: int, duration_s: float, videos: int, step_rates: tuple[in
                     break
             out["http_max_rps_p99_50ms"] = max((s["offered_rps"] for s in out["http_steps"] if s["held"]), default=0)
     return out
-

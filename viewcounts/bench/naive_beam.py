@@ -6,6 +6,7 @@
 benchmark's counting sink and cross-check take both. No validation beyond parsing, no dead
 letters, no lateness rule: the peer is given the easy version of the job.
 """
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -32,8 +33,9 @@ def _timestamped(kv):
     _id, ev = kv
     value = ev.get("value")
     one = Aggregate(1, 0, 0.0, None, None) if value is None else Aggregate(1, 1, float(value), value, value)
-    return window.TimestampedValue(((ev["video_id"], ev["event_type"]), one),
-                                   Timestamp(micros=parse_event_time(ev["event_time"])))
+    return window.TimestampedValue(
+        ((ev["video_id"], ev["event_type"]), one), Timestamp(micros=parse_event_time(ev["event_time"]))
+    )
 
 
 class _MergeAggregates(beam.CombineFn):
@@ -59,18 +61,31 @@ class _Row(beam.DoFn):
 
     def process(self, kv, win=beam.DoFn.WindowParam):
         (video_id, event_type), agg = kv
-        yield [AggregateRow(video_id, event_type, self._granularity, int(win.start.micros // 1_000_000), agg, 0,
-                            cell_timestamp_us(wall_clock_ms(), agg.count))]
+        yield [
+            AggregateRow(
+                video_id,
+                event_type,
+                self._granularity,
+                int(win.start.micros // 1_000_000),
+                agg,
+                0,
+                cell_timestamp_us(wall_clock_ms(), agg.count),
+            )
+        ]
 
 
 class NaiveCount(beam.PTransform):
     def expand(self, payloads):
-        deduped = (payloads
-                   | "one element per event" >> beam.FlatMap(_events)
-                   | "dedup" >> DeduplicatePerKey(event_time_duration=Duration(DEDUP_HORIZON_S))
-                   | "event time" >> beam.Map(_timestamped))
-        return [deduped
-                | f"{g} windows" >> beam.WindowInto(window.FixedWindows(size_s))
-                | f"{g} combine" >> beam.CombinePerKey(_MergeAggregates())
-                | f"{g} rows" >> beam.ParDo(_Row(g))
-                for g, size_s in GRANULARITY_SECONDS.items()] | beam.Flatten()
+        deduped = (
+            payloads
+            | "one element per event" >> beam.FlatMap(_events)
+            | "dedup" >> DeduplicatePerKey(event_time_duration=Duration(DEDUP_HORIZON_S))
+            | "event time" >> beam.Map(_timestamped)
+        )
+        return [
+            deduped
+            | f"{g} windows" >> beam.WindowInto(window.FixedWindows(size_s))
+            | f"{g} combine" >> beam.CombinePerKey(_MergeAggregates())
+            | f"{g} rows" >> beam.ParDo(_Row(g))
+            for g, size_s in GRANULARITY_SECONDS.items()
+        ] | beam.Flatten()

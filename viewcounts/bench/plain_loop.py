@@ -4,6 +4,7 @@ orjson + a ``set`` of seen ids + a ``dict`` of running aggregates; ``datetime.fr
 for the event time. No validation, no windows, no state backend: what one core can do
 when nothing but the arithmetic is left. ``count(path) -> (aggregates, events_read)``.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,7 +22,7 @@ def count(messages_path) -> tuple[dict, int]:
     with open(messages_path, "rb") as f:
         for line in f:
             doc = orjson.loads(line)
-            for ev in (doc if isinstance(doc, list) else (doc,)):
+            for ev in doc if isinstance(doc, list) else (doc,):
                 read += 1
                 eid = ev["event_id"]
                 if eid in seen:
@@ -43,7 +44,9 @@ def count(messages_path) -> tuple[dict, int]:
                             a[3] = v
                         if a[4] is None or v > a[4]:
                             a[4] = v
-    return {k: (a[0], a[1], float(a[2]), *(None if x is None else float(x) for x in a[3:])) for k, a in accs.items()}, read
+    return {
+        k: (a[0], a[1], float(a[2]), *(None if x is None else float(x) for x in a[3:])) for k, a in accs.items()
+    }, read
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,13 +57,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from viewcounts.bench.workload import own_peak_rss_mb, write_aggregates
 
-    messages, out = (argv if argv is not None else sys.argv[1:])
+    messages, out = argv if argv is not None else sys.argv[1:]
     started = time.perf_counter()
     aggs, events = count(messages)
     seconds = time.perf_counter() - started
     write_aggregates(aggs, out)
-    sys.stdout.write(orjson.dumps({"events": events, "seconds": seconds,
-                                   "peak_rss_mb": own_peak_rss_mb()}).decode() + "\n")
+    sys.stdout.write(
+        orjson.dumps({"events": events, "seconds": seconds, "peak_rss_mb": own_peak_rss_mb()}).decode() + "\n"
+    )
     return 0
 
 

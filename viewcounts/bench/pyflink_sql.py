@@ -59,6 +59,7 @@ starting its Beam loopback worker server (that import is what would need apache-
 The Flink venv therefore only needs apache-flink, apache-flink-libraries, py4j and ruamel.yaml
 (infra/flink/requirements.lock).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -152,9 +153,22 @@ def convert(out_dir: Path, out_path: Path) -> int:
                     ws = dt.datetime.strptime(start[:19], "%Y-%m-%d %H:%M:%S")  # UTC wall time
                     start_s = int((ws - _EPOCH_NAIVE).total_seconds())
                     mn, mx, sm = _num(vmin), _num(vmax), _num(vsum)
-                    out.write(json.dumps([video_id, event_type, gran, start_s, int(cnt), int(vcnt),
-                                          float(sm or 0), None if mn is None else float(mn),
-                                          None if mx is None else float(mx)]) + "\n")
+                    out.write(
+                        json.dumps(
+                            [
+                                video_id,
+                                event_type,
+                                gran,
+                                start_s,
+                                int(cnt),
+                                int(vcnt),
+                                float(sm or 0),
+                                None if mn is None else float(mn),
+                                None if mx is None else float(mx),
+                            ]
+                        )
+                        + "\n"
+                    )
                     rows += 1
     return rows
 
@@ -199,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     startup_s = time.perf_counter() - t0
     try:
         from pyflink.java_gateway import get_gateway
+
         jvm_pid = int(get_gateway().jvm.java.lang.ProcessHandle.current().pid())
     except Exception:  # noqa: BLE001 - the CPU figure is optional
         jvm_pid = None
@@ -226,10 +241,19 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     with open(events_path, "rb") as f:
         events = sum(1 for line in f if line.strip())
-    print(json.dumps({"events": events, "seconds": round(seconds, 3), "startup_seconds": round(startup_s, 3),
-                      "submit_seconds": round(submit_s, 3), "wall_seconds": round(wall_s, 3),
-                      "jvm_cpu_seconds": None if jvm_cpu_s is None else round(jvm_cpu_s, 2),
-                      "rows_out": rows_out}))
+    print(
+        json.dumps(
+            {
+                "events": events,
+                "seconds": round(seconds, 3),
+                "startup_seconds": round(startup_s, 3),
+                "submit_seconds": round(submit_s, 3),
+                "wall_seconds": round(wall_s, 3),
+                "jvm_cpu_seconds": None if jvm_cpu_s is None else round(jvm_cpu_s, 2),
+                "rows_out": rows_out,
+            }
+        )
+    )
     return 0
 
 

@@ -3,8 +3,8 @@ Bigtable emulator.
 
 ``measure_queries(rounds=200) -> dict``:
 
-1. starts a Bigtable emulator (``viewcounts.emulators.bigtable_emulator``, stopped by PID at
-   the end) and creates the table as the product does (``viewcounts.provision.create_table``);
+1. starts a Bigtable emulator (``viewcounts.local.emulators.bigtable_emulator``, stopped by PID at
+   the end) and creates the table as the product does (``viewcounts.local.provision.create_table``);
 2. stores realistic aggregates through the product's own write path, the sink DoFn
    ``transforms.bigtable_sink.WriteAggregates`` (``setup``, then its ``_write`` step: the
    same row keys, qualifiers, cell encoding, cell timestamps and request size as the
@@ -31,6 +31,7 @@ Returns ``{"query_day_minute_p50_ms", "query_day_minute_p99_ms", "query_30d_hour
 emulator share the machine, so the figure is client decode + gRPC + emulator time, without
 network distance.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,14 +40,14 @@ import gc
 import logging
 import os
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from schemas import storage
 from schemas.storage import Aggregate
-from viewcounts import provision
-from viewcounts.emulators import Emulator, bigtable_emulator
+from viewcounts.local import provision
+from viewcounts.local.emulators import Emulator, bigtable_emulator
 
 _LOG = logging.getLogger(__name__)
 PROJECT, INSTANCE, TABLE = storage.DEFAULT_PROJECT, storage.DEFAULT_INSTANCE, "bench-queries"
@@ -84,10 +85,12 @@ def synthetic_cells(videos: int, seed: int = 11) -> Cells:
     cycle with Poisson noise; ``watch`` carries integer seconds (sum/min/max)."""
     rng = np.random.default_rng(seed)
     cells: Cells = {}
-    minute_starts = np.arange(int((DAY - dt.timedelta(days=1)).timestamp()),
-                              int((DAY + dt.timedelta(days=2)).timestamp()), 60)
-    hour_starts = np.arange(int(HOUR_START.timestamp()),
-                            int((HOUR_START + dt.timedelta(days=HOUR_DAYS)).timestamp()), 3600)
+    minute_starts = np.arange(
+        int((DAY - dt.timedelta(days=1)).timestamp()), int((DAY + dt.timedelta(days=2)).timestamp()), 60
+    )
+    hour_starts = np.arange(
+        int(HOUR_START.timestamp()), int((HOUR_START + dt.timedelta(days=HOUR_DAYS)).timestamp()), 3600
+    )
     for v in range(videos):
         scale = 50.0 / (v + 1)
         for t, share in zip(EVENT_TYPES, (1.0, 0.1, 0.1)):
@@ -124,9 +127,12 @@ def store_cells(cells: Cells, project: str, instance: str, table: str, per_reque
         batch: dict[tuple[bytes, bytes], EnrichedRow] = {}
         failed = []
         for (video_id, event_type, gran, w), agg in cells.items():
-            row = AggregateRow(video_id, event_type, gran, w, agg, 0, storage.cell_timestamp_us(storage.wall_clock_ms(), agg.count))
+            row = AggregateRow(
+                video_id, event_type, gran, w, agg, 0, storage.cell_timestamp_us(storage.wall_clock_ms(), agg.count)
+            )
             batch[(storage.row_key(video_id, event_type, gran, w), storage.qualifier(w))] = EnrichedRow(
-                row, f"title of {video_id}", "channel-1")
+                row, f"title of {video_id}", "channel-1"
+            )
             if len(batch) >= per_request:
                 failed += sink._write(batch)
                 batch = {}
@@ -138,15 +144,16 @@ def store_cells(cells: Cells, project: str, instance: str, table: str, per_reque
         raise RuntimeError(f"{len(failed)} aggregates could not be written, e.g. {failed[0]}")
 
 
-def expected_count(cells: Cells, video_id: str, event_type: str, gran: str, start: dt.datetime,
-                   end: dt.datetime) -> int:
+def expected_count(
+    cells: Cells, video_id: str, event_type: str, gran: str, start: dt.datetime, end: dt.datetime
+) -> int:
     lo, hi = int(start.timestamp()), int(end.timestamp())
-    return sum(a.count for (v, t, g, w), a in cells.items()
-               if v == video_id and t == event_type and g == gran and lo <= w < hi)
+    return sum(
+        a.count for (v, t, g, w), a in cells.items() if v == video_id and t == event_type and g == gran and lo <= w < hi
+    )
 
 
-def time_query(query: Callable[[], object], check: Callable[[object], None], rounds: int,
-               warmup: int) -> np.ndarray:
+def time_query(query: Callable[[], object], check: Callable[[object], None], rounds: int, warmup: int) -> np.ndarray:
     """Milliseconds of ``rounds`` timed calls of ``query`` after ``warmup`` untimed ones;
     ``check`` runs on every answer, outside the timed span."""
     for _ in range(warmup):
@@ -163,8 +170,11 @@ def time_query(query: Callable[[], object], check: Callable[[object], None], rou
 def _checker(expected: int, buckets: int, what: str) -> Callable[[object], None]:
     def check(stats) -> None:
         if stats.combined.count != expected or len(stats.buckets) != buckets:
-            raise AssertionError(f"{what}: get_stats returned count {stats.combined.count} over "
-                                 f"{len(stats.buckets)} buckets; stored {expected} over {buckets}")
+            raise AssertionError(
+                f"{what}: get_stats returned count {stats.combined.count} over "
+                f"{len(stats.buckets)} buckets; stored {expected} over {buckets}"
+            )
+
     return check
 
 
@@ -190,17 +200,21 @@ def measure_queries(rounds: int = 200, warmup: int = 5, neighbours: int = 10, me
         gc.freeze()
         try:
             with StatsReader(PROJECT, INSTANCE, TABLE) as reader:
-                minute_ms = time_query(lambda: reader.get_stats(vid, et, "count", *day, "minute"), day_check,
-                                       rounds, warmup)
-                hour_ms = time_query(lambda: reader.get_stats(vid, et, "count", *RANGE_30D, "hour"), month_check,
-                                     rounds, warmup)
+                minute_ms = time_query(
+                    lambda: reader.get_stats(vid, et, "count", *day, "minute"), day_check, rounds, warmup
+                )
+                hour_ms = time_query(
+                    lambda: reader.get_stats(vid, et, "count", *RANGE_30D, "hour"), month_check, rounds, warmup
+                )
         finally:
             gc.unfreeze()
-    return {"query_day_minute_p50_ms": float(np.percentile(minute_ms, 50)),
-            "query_day_minute_p99_ms": float(np.percentile(minute_ms, 99)),
-            "query_30d_hour_p50_ms": float(np.percentile(hour_ms, 50)),
-            "query_30d_hour_p99_ms": float(np.percentile(hour_ms, 99)),
-            "query_rounds": rounds}
+    return {
+        "query_day_minute_p50_ms": float(np.percentile(minute_ms, 50)),
+        "query_day_minute_p99_ms": float(np.percentile(minute_ms, 99)),
+        "query_30d_hour_p50_ms": float(np.percentile(hour_ms, 50)),
+        "query_30d_hour_p99_ms": float(np.percentile(hour_ms, 99)),
+        "query_rounds": rounds,
+    }
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ generated archives, into the Bigtable emulator, on the local runner (Beam's FnAp
   written time than the one before. Reused when built before.
 * ``measure(spec, root, emulator_host)``: the recompute of the whole archive as a child
   process (``python -m viewcounts.bench.recompute``, so its CPU and memory are its own),
-  then the stored aggregates read back and compared with ``viewcounts.reconcile``'s polars
+  then the stored aggregates read back and compared with ``viewcounts.commands.reconcile``'s polars
   computation over the workload's events (``BenchMismatch`` when any differs). Figures:
   ``events`` read, ``seconds`` (the job's run, interpreter start excluded), ``events_per_s``,
   ``aggregates_written``, CPU seconds per million events, peak RSS, ``mismatches``.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ from viewcounts.bench.workload import WorkloadSpec
 
 EVENTS_PER_FILE = 2_000
 DAY_S = 86_400
-RECOMPUTE_SPEC = WorkloadSpec(events=3_000_000, videos=2_000, events_per_message=1, duplicate_rate=0.05,
-                              span_s=30 * DAY_S, disorder_s=30)
+RECOMPUTE_SPEC = WorkloadSpec(
+    events=3_000_000, videos=2_000, events_per_message=1, duplicate_rate=0.05, span_s=30 * DAY_S, disorder_s=30
+)
 PROJECT, INSTANCE = "bench", "bench"
 
 
@@ -74,21 +76,25 @@ def measure(spec: WorkloadSpec, root: Path, name: str) -> dict:
     """Recompute the archive of ``spec`` into a fresh table of the emulator at
     ``BIGTABLE_EMULATOR_HOST`` and cross-check it (module docstring)."""
     from query.stats import StatsReader
-    from viewcounts import provision
     from viewcounts.bench.harness import BenchMismatch, run_child
-    from viewcounts.reconcile import expected_aggregates, reconcile, stored_aggregates
+    from viewcounts.commands.reconcile import expected_aggregates, reconcile, stored_aggregates
+    from viewcounts.local import provision
 
     archive, events_path, start_s, end_s = build_archive(spec, root)
     table = f"recompute-{name}-{os.getpid()}"
     provision.create_table(PROJECT, INSTANCE, table)
-    m = run_child(f"recompute {name}", [sys.executable, "-m", "viewcounts.bench.recompute", str(archive),
-                                       str(start_s), str(end_s), table], root / f"recompute-{name}.log")
+    m = run_child(
+        f"recompute {name}",
+        [sys.executable, "-m", "viewcounts.bench.recompute", str(archive), str(start_s), str(end_s), table],
+        root / f"recompute-{name}.log",
+    )
     with StatsReader(PROJECT, INSTANCE, table) as reader:
         stored = stored_aggregates(reader)
     mismatches = reconcile(expected_aggregates(str(events_path)), stored)
     if mismatches:
-        raise BenchMismatch(f"recompute {name}: {len(mismatches)} aggregates differ from the polars reference, "
-                            f"e.g. {mismatches[:3]}")
+        raise BenchMismatch(
+            f"recompute {name}: {len(mismatches)} aggregates differ from the polars reference, e.g. {mismatches[:3]}"
+        )
     return {**m.figures(), "days": spec.span_s // DAY_S, "aggregates_stored": len(stored), "mismatches": 0}
 
 
@@ -99,19 +105,31 @@ def _run(archive: str, start_s: int, end_s: int, table: str) -> dict:
     from pipelines import batch_recompute
     from transforms import metrics
 
-    pipeline = batch_recompute.build_pipeline([
-        f"--archive_path={archive}", f"--start={format_time_us(start_s * US_PER_S)}",
-        f"--end={format_time_us(end_s * US_PER_S)}", f"--bigtable_project={PROJECT}",
-        f"--bigtable_instance={INSTANCE}", f"--bigtable_table={table}",
-        f"--dead_letter_path={archive}-dead-letters"])
+    pipeline = batch_recompute.build_pipeline(
+        [
+            f"--archive_path={archive}",
+            f"--start={format_time_us(start_s * US_PER_S)}",
+            f"--end={format_time_us(end_s * US_PER_S)}",
+            f"--bigtable_project={PROJECT}",
+            f"--bigtable_instance={INSTANCE}",
+            f"--bigtable_table={table}",
+            f"--dead_letter_path={archive}-dead-letters",
+        ]
+    )
     started = time.monotonic()
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.monotonic() - started
     c = metrics.committed_counters(result)
-    return {"events": c.get("events_in", 0), "seconds": seconds, "accepted": c.get("events_accepted", 0),
-            "duplicates": c.get("duplicates_dropped", 0), "aggregates_written": c.get("aggregates_written", 0),
-            "write_failures": c.get("write_failures", 0), "peak_rss_mb": workload.own_peak_rss_mb()}
+    return {
+        "events": c.get("events_in", 0),
+        "seconds": seconds,
+        "accepted": c.get("events_accepted", 0),
+        "duplicates": c.get("duplicates_dropped", 0),
+        "aggregates_written": c.get("aggregates_written", 0),
+        "write_failures": c.get("write_failures", 0),
+        "peak_rss_mb": workload.own_peak_rss_mb(),
+    }
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ read ends, so every window gets its on-time (final) pane; the newest pane of eve
 (``core_flink.newest_panes``) gives the aggregates the harness cross-checks against the
 plain loop's and against each other (``measure``).
 
-Flink: a session cluster per run (``viewcounts.flink.FlinkCluster(task_managers=2,
+Flink: a session cluster per run (``viewcounts.local.flink.FlinkCluster(task_managers=2,
 task_slots=2)``, EXTERNAL Python workers), submitted as ``core_flink`` submits the core
 job; ``seconds`` is the job's duration as Flink reports it. Prism: ``runner_flags("prism")``
 (LOOPBACK); ``seconds`` is ``run()`` to finished minus ``startup_seconds``, the same for a
@@ -46,6 +46,7 @@ prints one JSON line: ``events`` (accepted events the partials hold), ``partials
 elements), ``mutations`` (pane rows written), ``seconds``, ``runner``, ``variant``, and on
 Flink ``jvm_cpu_seconds`` and ``submit_seconds`` (``core_flink``'s meanings).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,14 @@ import apache_beam as beam
 import orjson
 
 from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, merge
-from transforms.aggregate import (DAY_COUNTS, WINDOW_LATENESS_MARGIN_S, AggregateRow, FirePanes, aggregate_events,
-                                  decode_partials)
+from transforms.aggregate import (
+    DAY_COUNTS,
+    WINDOW_LATENESS_MARGIN_S,
+    AggregateRow,
+    FirePanes,
+    aggregate_events,
+    decode_partials,
+)
 
 VARIANTS = ("fire_panes", "beam")
 RUNNERS = ("flink", "prism")
@@ -88,8 +95,9 @@ def write_partials(messages_path: Path, out_path: Path, shards: int, arrival_us:
             by_shard: dict[int, list] = defaultdict(list)
             for (shard, minute_s), evs in sorted(by_shard_minute.items()):
                 by_shard[shard].append([minute_s, [[*key, *agg] for key, agg in aggregate_events(evs).items()]])
-            out.write(b"".join(orjson.dumps([shard, arrival_us, minutes]) + b"\n"
-                               for shard, minutes in by_shard.items()))
+            out.write(
+                b"".join(orjson.dumps([shard, arrival_us, minutes]) + b"\n" for shard, minutes in by_shard.items())
+            )
     return accepted
 
 
@@ -143,8 +151,11 @@ class PaneRow(beam.DoFn):
 
     def process(self, element, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         (video_id, event_type), agg = element
-        yield [AggregateRow(video_id, event_type, self._granularity, window.start.micros // 1_000_000, agg,
-                            pane.index, agg.count)]
+        yield [
+            AggregateRow(
+                video_id, event_type, self._granularity, window.start.micros // 1_000_000, agg, pane.index, agg.count
+            )
+        ]
 
 
 class BeamWindows(beam.PTransform):
@@ -161,31 +172,41 @@ class BeamWindows(beam.PTransform):
         cells = elements | "minute partials" >> beam.FlatMap(minute_partials)
         rows = []
         for granularity, size_s in GRANULARITY_SECONDS.items():
-            rows.append(cells
-                        | f"{granularity} windows" >> beam.WindowInto(
-                            window.FixedWindows(size_s),
-                            trigger=trigger.AfterWatermark(early=trigger.AfterProcessingTime(self._early_s),
-                                                           late=trigger.AfterCount(1)),
-                            accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                            allowed_lateness=size_s + self._lateness_s + WINDOW_LATENESS_MARGIN_S)
-                        | f"{granularity} combine" >> beam.CombinePerKey(MergeAggregates())
-                        | f"{granularity} rows" >> beam.ParDo(PaneRow(granularity)))
+            rows.append(
+                cells
+                | f"{granularity} windows"
+                >> beam.WindowInto(
+                    window.FixedWindows(size_s),
+                    trigger=trigger.AfterWatermark(
+                        early=trigger.AfterProcessingTime(self._early_s), late=trigger.AfterCount(1)
+                    ),
+                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                    allowed_lateness=size_s + self._lateness_s + WINDOW_LATENESS_MARGIN_S,
+                )
+                | f"{granularity} combine" >> beam.CombinePerKey(MergeAggregates())
+                | f"{granularity} rows" >> beam.ParDo(PaneRow(granularity))
+            )
         return rows | "rows" >> beam.Flatten()
 
 
-def _pipeline(flags: list[str], partials_path: Path, rows_dir: Path, variant: str, allowed_lateness_s: int,
-              early_firing_s: int) -> beam.Pipeline:
+def _pipeline(
+    flags: list[str], partials_path: Path, rows_dir: Path, variant: str, allowed_lateness_s: int, early_firing_s: int
+) -> beam.Pipeline:
     from apache_beam.coders import BytesCoder
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from viewcounts.bench.counting_sink import FileRows
 
     p = beam.Pipeline(options=PipelineOptions([*flags, "--streaming"]))
-    elements = (p | "read" >> beam.io.ReadFromText(str(partials_path), coder=BytesCoder())
-                | "decode" >> beam.Map(decode_element))
+    elements = (
+        p
+        | "read" >> beam.io.ReadFromText(str(partials_path), coder=BytesCoder())
+        | "decode" >> beam.Map(decode_element)
+    )
     if variant == "fire_panes":
         rows = elements | "fire panes" >> beam.ParDo(FirePanes(allowed_lateness_s, early_firing_s)).with_outputs(
-            DAY_COUNTS, main="rows")
+            DAY_COUNTS, main="rows"
+        )
         rows = rows.rows
     else:
         rows = elements | "beam windows" >> BeamWindows(allowed_lateness_s, early_firing_s)
@@ -196,11 +217,12 @@ def _pipeline(flags: list[str], partials_path: Path, rows_dir: Path, variant: st
 def _run_flink(build, parallelism: int, timeout_s: float) -> dict:
     from pipelines.runners import runner_flags
     from viewcounts.bench.core_flink import _wait_for_end
-    from viewcounts.flink import FlinkCluster
+    from viewcounts.local.flink import FlinkCluster
 
     with FlinkCluster(task_managers=2, task_slots=2) as cluster:
-        flags = runner_flags("flink", flink_master=cluster.master, parallelism=parallelism,
-                             worker_pool=cluster.worker_pool)
+        flags = runner_flags(
+            "flink", flink_master=cluster.master, parallelism=parallelism, worker_pool=cluster.worker_pool
+        )
         # a bounded streaming job ends only when its idle sources shut down (core_flink)
         p = build([*flags, "--shutdown_sources_after_idle_ms=1000"])
         cpu0 = cluster.cpu_seconds()
@@ -211,9 +233,12 @@ def _run_flink(build, parallelism: int, timeout_s: float) -> dict:
         if len(jobs) != 1 or jobs[0]["state"] != "FINISHED":
             raise RuntimeError(f"expected one finished job, found {[(j['jid'], j['state']) for j in jobs]}")
         seconds = jobs[0]["duration"] / 1000
-        return {"seconds": seconds, "submit_seconds": round(time.perf_counter() - t0 - seconds, 3),
-                "parallelism": parallelism,
-                "jvm_cpu_seconds": round(sum(cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1), 2)}
+        return {
+            "seconds": seconds,
+            "submit_seconds": round(time.perf_counter() - t0 - seconds, 3),
+            "parallelism": parallelism,
+            "jvm_cpu_seconds": round(sum(cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1), 2),
+        }
 
 
 def _run_prism(build) -> dict:
@@ -234,8 +259,16 @@ def _run_prism(build) -> dict:
     return {"seconds": total_s - startup_s, "startup_seconds": round(startup_s, 3)}
 
 
-def run(partials_path: Path, out_path: Path, runner: str, variant: str, parallelism: int, allowed_lateness_s: int,
-        early_firing_s: int, timeout_s: float = 300.0) -> dict:
+def run(
+    partials_path: Path,
+    out_path: Path,
+    runner: str,
+    variant: str,
+    parallelism: int,
+    allowed_lateness_s: int,
+    early_firing_s: int,
+    timeout_s: float = 300.0,
+) -> dict:
     """One variant on one runner over the partials file (module doc); writes the newest pane of
     every cell to ``out_path`` (``workload.write_aggregates``)."""
     from viewcounts.bench.core_flink import newest_panes
@@ -256,8 +289,7 @@ def run(partials_path: Path, out_path: Path, runner: str, variant: str, parallel
         for line in f:
             partials += 1
             events += sum(r[2] for _, rows in orjson.loads(line)[2] for r in rows)
-    return {"events": events, "partials": partials, "mutations": mutations, "runner": runner, "variant": variant,
-            **res}
+    return {"events": events, "partials": partials, "mutations": mutations, "runner": runner, "variant": variant, **res}
 
 
 def measure(bench, progress) -> dict:
@@ -278,17 +310,38 @@ def measure(bench, progress) -> dict:
     partials_path = bench.work / f"partials-{w.folder.name}-s{cfg.shards}.jsonl"
     write_partials(w.messages_path, partials_path, cfg.shards, w.arrival_us)
     p = harness.FLINK_PARALLELISMS[-1]
-    out: dict = {"windowing_allowed_lateness_s": job.allowed_lateness_s, "windowing_early_firing_s": job.early_firing_s,
-                 "windowing_flink_parallelism": p, "windowing_runs": {}}
+    out: dict = {
+        "windowing_allowed_lateness_s": job.allowed_lateness_s,
+        "windowing_early_firing_s": job.early_firing_s,
+        "windowing_flink_parallelism": p,
+        "windowing_runs": {},
+    }
     for runner in RUNNERS:
         got = {}
         for variant in VARIANTS:
             name = f"windowing {variant} {runner}"
             aggs_path, log = bench._out(f"windowing-{variant}-{runner}")
-            m = harness.run_child(name, [sys.executable, "-m", "viewcounts.bench.windowing", str(partials_path),
-                                         str(aggs_path), "--runner", runner, "--variant", variant,
-                                         "--parallelism", str(p), "--allowed-lateness-s", str(job.allowed_lateness_s),
-                                         "--early-firing-s", str(job.early_firing_s)], log)
+            m = harness.run_child(
+                name,
+                [
+                    sys.executable,
+                    "-m",
+                    "viewcounts.bench.windowing",
+                    str(partials_path),
+                    str(aggs_path),
+                    "--runner",
+                    runner,
+                    "--variant",
+                    variant,
+                    "--parallelism",
+                    str(p),
+                    "--allowed-lateness-s",
+                    str(job.allowed_lateness_s),
+                    "--early-firing-s",
+                    str(job.early_firing_s),
+                ],
+                log,
+            )
             harness.cross_check(name, reference, aggs_path)
             got[variant] = workload.read_aggregates(aggs_path)
             out["windowing_runs"][f"{variant}_{runner}"] = m.figures()
@@ -296,10 +349,12 @@ def measure(bench, progress) -> dict:
             progress(f"{name}: {m.events_per_s:,.0f} events/s ({m.events:,} events, {m.report['mutations']:,} rows)")
         diffs = workload.differences(got["fire_panes"], got["beam"])
         if diffs:
-            raise harness.BenchMismatch(f"on {runner}, Beam's windows' final panes differ from FirePanes': "
-                                        + "; ".join(diffs))
-        out[f"windowing_beam_vs_fire_panes_{runner}"] = harness._ratio(out[f"windowing_beam_{runner}_events_per_s"],
-                                                                       out[f"windowing_fire_panes_{runner}_events_per_s"])
+            raise harness.BenchMismatch(
+                f"on {runner}, Beam's windows' final panes differ from FirePanes': " + "; ".join(diffs)
+            )
+        out[f"windowing_beam_vs_fire_panes_{runner}"] = harness._ratio(
+            out[f"windowing_beam_{runner}_events_per_s"], out[f"windowing_fire_panes_{runner}_events_per_s"]
+        )
     return out
 
 
@@ -313,8 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allowed-lateness-s", type=int, default=600)
     ap.add_argument("--early-firing-s", type=int, default=30)
     args = ap.parse_args(argv)
-    res = run(args.partials, args.out, args.runner, args.variant, args.parallelism, args.allowed_lateness_s,
-              args.early_firing_s)
+    res = run(
+        args.partials,
+        args.out,
+        args.runner,
+        args.variant,
+        args.parallelism,
+        args.allowed_lateness_s,
+        args.early_firing_s,
+    )
     sys.stdout.write(orjson.dumps(res).decode() + "\n")
     return 0
 

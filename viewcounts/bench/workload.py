@@ -21,6 +21,7 @@ Aggregates: ``{(video_id, event_type, granularity, window_start_s): (count, valu
 sum, min, max)}`` with ``granularity`` ``minute`` or ``hour`` (SPEC.md section 3; ``avg``
 is derived). Stored as JSON lines by ``write_aggregates``.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -101,11 +102,14 @@ def generate(spec: WorkloadSpec, root: Path) -> Workload:
     start_ms = int(START.timestamp() * 1000)
     events = []
     for i in range(n):
-        h = ids[16 * i:16 * i + 16].hex()
+        h = ids[16 * i : 16 * i + 16].hex()
         t = START + dt.timedelta(milliseconds=int(event_ms[i]))
-        ev = {"event_id": f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",
-              "video_id": f"video-{video[i]:07d}", "event_type": _TYPES[kind[i]],
-              "event_time": t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"}
+        ev = {
+            "event_id": f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",
+            "video_id": f"video-{video[i]:07d}",
+            "event_type": _TYPES[kind[i]],
+            "event_time": t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z",
+        }
         if kind[i] == 2:
             ev["value"] = int(value[i])
         events.append((int(stream_ms[i]), ev))
@@ -116,13 +120,14 @@ def generate(spec: WorkloadSpec, root: Path) -> Workload:
     per = spec.events_per_message
     with open(folder / "messages.jsonl", "wb") as msgs, open(folder / "events.jsonl", "wb") as flat:
         for i in range(0, len(events), per):
-            batch = [ev for _, ev in events[i:i + per]]
+            batch = [ev for _, ev in events[i : i + per]]
             msgs.write(orjson.dumps(batch[0] if per == 1 else batch) + b"\n")
             flat.write(b"".join(orjson.dumps(ev) + b"\n" for ev in batch))
     messages = -(-len(events) // per)
     arrival_us = (start_ms + spec.span_s * 1000 + spec.disorder_s * 1000) * 1000
-    meta_path.write_bytes(orjson.dumps({"spec": asdict(spec), "messages": messages, "events_sent": len(events),
-                                        "arrival_us": arrival_us}))
+    meta_path.write_bytes(
+        orjson.dumps({"spec": asdict(spec), "messages": messages, "events_sent": len(events), "arrival_us": arrival_us})
+    )
     return Workload(folder, spec, messages, arrival_us)
 
 
@@ -147,8 +152,7 @@ def read_aggregates(path: Path) -> dict:
     with open(path, "rb") as f:
         for line in f:
             row = orjson.loads(line)
-            out[tuple(row[:4])] = (row[4], row[5], float(row[6]), *(None if v is None else float(v)
-                                                                       for v in row[7:9]))
+            out[tuple(row[:4])] = (row[4], row[5], float(row[6]), *(None if v is None else float(v) for v in row[7:9]))
     return out
 
 

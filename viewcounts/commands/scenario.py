@@ -8,6 +8,7 @@ on the Bigtable emulator through the production sink, and returns what was store
 dead letters by reason, metrics and ``get_stats`` answers. ``check_case`` compares that
 with the case's ``expect`` and returns a list of mismatches (empty when it passes).
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,9 +29,9 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines import runners
-from pipelines.runners import runner_flags
 from pipelines.graph import count_and_store
 from pipelines.options import SinkConfig
+from pipelines.runners import runner_flags
 from query.stats import QueryError, StatsReader
 from schemas.archive import DeadLetter, local_lines
 from schemas.event import US_PER_S, format_time_us, parse_event_time
@@ -38,8 +39,8 @@ from transforms import metrics
 from transforms.enrich import EnrichFromSnapshots
 from transforms.validate import AcceptancePolicy
 from viewcounts.bench.counting_sink import IdleSourceOptions  # noqa: F401 -- declares the flag for Flink
-from viewcounts.emulators import bigtable_emulator
-from viewcounts.provision import create_table
+from viewcounts.local.emulators import bigtable_emulator
+from viewcounts.local.provision import create_table
 
 PAYLOADS, METADATA = "payloads", "metadata"
 # Alone, payloads travel on the tag "": Prism (2.70) drops the tag of every element event
@@ -78,8 +79,9 @@ def _snapshot(step: dict) -> dict:
 def changes_metadata_mid_stream(case: dict) -> bool:
     """Whether a metadata step comes after the first publishing step."""
     steps = case["steps"]
-    first = next((n for n, s in enumerate(steps) if not {"publish", "publish_raw", "publish_base64"}.isdisjoint(s)),
-                 len(steps))
+    first = next(
+        (n for n, s in enumerate(steps) if not {"publish", "publish_raw", "publish_base64"}.isdisjoint(s)), len(steps)
+    )
     return any("metadata" in s for s in steps[first:])
 
 
@@ -88,9 +90,11 @@ def _snapshots_read_once(case: dict, runner: str) -> list[tuple[int, dict]]:
     ``TestStream`` of several outputs (Flink), read once at start: raises
     ``UnsupportedOnRunner`` when the case changes metadata mid-stream."""
     if changes_metadata_mid_stream(case):
-        raise UnsupportedOnRunner(f"the case changes metadata mid-stream, which needs a triggered side "
-                                  f"input fed by the case's TestStream; the {runner} runner cannot "
-                                  f"(Prism: Beam issue 31438; Flink: one TestStream output only)")
+        raise UnsupportedOnRunner(
+            f"the case changes metadata mid-stream, which needs a triggered side "
+            f"input fed by the case's TestStream; the {runner} runner cannot "
+            f"(Prism: Beam issue 31438; Flink: one TestStream output only)"
+        )
     return [(n, _snapshot(step)) for n, step in enumerate(case["steps"]) if "metadata" in step]
 
 
@@ -123,8 +127,11 @@ def build_test_stream(case: dict, with_metadata: bool = True, flink: bool = Fals
     message_coder, message_type = TupleCoder([BytesCoder(), VarIntCoder()]), tuple[bytes, int]
     if flink:
         message_coder, message_type = TupleCoder([VarIntCoder(), message_coder]), tuple[int, message_type]
-    ts = (TestStream(output_tags=list(tags)) if with_metadata else
-          TestStream(coder=message_coder, output_tags=list(tags)).with_output_types(message_type))
+    ts = (
+        TestStream(output_tags=list(tags))
+        if with_metadata
+        else TestStream(coder=message_coder, output_tags=list(tags)).with_output_types(message_type)
+    )
     for tag in tags:
         ts.advance_watermark_to(watermark, tag=tag)
     for n, step in enumerate(case["steps"]):
@@ -143,9 +150,13 @@ def build_test_stream(case: dict, with_metadata: bool = True, flink: bool = Fals
                 for tag in tags:
                     ts.advance_watermark_to(watermark, tag=tag)
         else:
-            ts.add_elements([beam.window.TimestampedValue((0, (m, processing_us)) if flink else (m, processing_us),
-                                                          watermark)
-                             for m in _messages(step)], tag=payloads)
+            ts.add_elements(
+                [
+                    beam.window.TimestampedValue((0, (m, processing_us)) if flink else (m, processing_us), watermark)
+                    for m in _messages(step)
+                ],
+                tag=payloads,
+            )
     for tag in tags:
         ts.advance_watermark_to_infinity(tag=tag)
     return ts
@@ -173,9 +184,11 @@ class InSourceOrder(beam.DoFn):
 def policy_of_case(case: dict) -> tuple[AcceptancePolicy, int]:
     cfg = case.get("config", {})
     defaults = AcceptancePolicy()
-    policy = AcceptancePolicy(cfg.get("allowed_lateness_s", defaults.allowed_lateness_s),
-                              cfg.get("max_future_skew_s", defaults.max_future_skew_s),
-                              cfg.get("max_event_age_s", defaults.max_event_age_s))
+    policy = AcceptancePolicy(
+        cfg.get("allowed_lateness_s", defaults.allowed_lateness_s),
+        cfg.get("max_future_skew_s", defaults.max_future_skew_s),
+        cfg.get("max_event_age_s", defaults.max_event_age_s),
+    )
     return policy, cfg.get("early_firing_s", 30)
 
 
@@ -203,13 +216,21 @@ def run_case(case: dict, runner: str = "local", parallelism: int = 1) -> dict:
     table = f"case-{uuid.uuid4().hex[:12]}"
     with _bigtable_host(), tempfile.TemporaryDirectory(prefix="scenario-") as tmp:
         create_table(PROJECT, INSTANCE, table)
-        sinks = SinkConfig(PROJECT, INSTANCE, table, archive_path=f"{tmp}/archive", dead_letter_topic=None,
-                           dead_letter_path=f"{tmp}/dead-letters")
+        sinks = SinkConfig(
+            PROJECT,
+            INSTANCE,
+            table,
+            archive_path=f"{tmp}/archive",
+            dead_letter_topic=None,
+            dead_letter_path=f"{tmp}/dead-letters",
+        )
         # Beam's Flink runner keeps finished sources (the impulses) alive while checkpoints are
         # on, so the case's job would never end: they stop after 1 s idle (IdleSourceOptions)
-        options = PipelineOptions([*runner_flags(runner, parallelism=parallelism),
-                                   "--shutdown_sources_after_idle_ms=1000"] if runner == "flink"
-                                  else runner_flags(runner))
+        options = PipelineOptions(
+            [*runner_flags(runner, parallelism=parallelism), "--shutdown_sources_after_idle_ms=1000"]
+            if runner == "flink"
+            else runner_flags(runner)
+        )
         options.view_as(StandardOptions).streaming = True
         runners.prepare(options)
         pipeline = beam.Pipeline(options=options)
@@ -217,8 +238,11 @@ def run_case(case: dict, runner: str = "local", parallelism: int = 1) -> dict:
         # only ("expected one element"), so there the payloads go alone too
         triggered = runners.triggered_side_inputs(runner) and runner != "flink"
         stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=triggered, flink=runner == "flink")
-        snapshots = (stream[METADATA] if triggered else
-                     pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner)))
+        snapshots = (
+            stream[METADATA]
+            if triggered
+            else pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner))
+        )
         payloads = stream[payload_tag(triggered)]
         # The TestStream stamps each message at the watermark, as one reader of the portable
         # source does; with one TestStream those stamps are the runner's source watermark on
@@ -229,8 +253,14 @@ def run_case(case: dict, runner: str = "local", parallelism: int = 1) -> dict:
         # local runner keeps the ladder, the view of its native source.
         if runner == "flink":
             payloads = payloads | "in source order" >> beam.ParDo(InSourceOrder()).with_output_types(tuple[bytes, int])
-        count_and_store(payloads, EnrichFromSnapshots(snapshots, triggered), policy, early_firing_s, sinks,
-                        stamped_watermark=runner == "flink" or runners.stamped_watermark(runner))
+        count_and_store(
+            payloads,
+            EnrichFromSnapshots(snapshots, triggered),
+            policy,
+            early_firing_s,
+            sinks,
+            stamped_watermark=runner == "flink" or runners.stamped_watermark(runner),
+        )
         result = pipeline.run()
         if runner == "flink":
             _finish_within(result, FLINK_CASE_DEADLINE_S)
@@ -242,8 +272,13 @@ def run_case(case: dict, runner: str = "local", parallelism: int = 1) -> dict:
         with StatsReader(PROJECT, INSTANCE, table) as reader:
             rows = stored_rows(reader)
             queries = [_answer(reader, q) for q in case.get("expect", {}).get("queries", [])]
-    return {"rows": rows, "dead_letters": dict(sorted(dead.items())), "metrics": dict(sorted(counters.items())),
-            "queries": queries, "archived_events": archived}
+    return {
+        "rows": rows,
+        "dead_letters": dict(sorted(dead.items())),
+        "metrics": dict(sorted(counters.items())),
+        "queries": queries,
+        "archived_events": archived,
+    }
 
 
 def _finish_within(result, deadline_s: float) -> None:
@@ -257,18 +292,31 @@ def _finish_within(result, deadline_s: float) -> None:
 
 def stored_rows(reader: StatsReader) -> list[dict]:
     """Every stored aggregate as SPEC.md section 7 row dicts."""
-    return [{"video_id": c.video_id, "event_type": c.event_type, "granularity": c.granularity,
-             "window_start": format_time_us(c.window_start_s * US_PER_S), "count": c.aggregate.count,
-             "value_count": c.aggregate.value_count, "sum": c.aggregate.sum, "avg": c.aggregate.avg,
-             "min": c.aggregate.min, "max": c.aggregate.max, "title": c.title, "channel": c.channel}
-            for c in reader.all_cells()]
+    return [
+        {
+            "video_id": c.video_id,
+            "event_type": c.event_type,
+            "granularity": c.granularity,
+            "window_start": format_time_us(c.window_start_s * US_PER_S),
+            "count": c.aggregate.count,
+            "value_count": c.aggregate.value_count,
+            "sum": c.aggregate.sum,
+            "avg": c.aggregate.avg,
+            "min": c.aggregate.min,
+            "max": c.aggregate.max,
+            "title": c.title,
+            "channel": c.channel,
+        }
+        for c in reader.all_cells()
+    ]
 
 
 def _answer(reader: StatsReader, q: dict) -> dict:
     out = {k: q[k] for k in ("video_id", "event_type", "function", "start", "end", "granularity")}
     try:
-        out["value"] = reader.get_stats(q["video_id"], q["event_type"], q["function"], q["start"], q["end"],
-                                        q["granularity"], q.get("tz")).value
+        out["value"] = reader.get_stats(
+            q["video_id"], q["event_type"], q["function"], q["start"], q["end"], q["granularity"], q.get("tz")
+        ).value
     except QueryError as exc:
         out["error"] = str(exc)
     return out
@@ -283,8 +331,7 @@ def _same(a, b) -> bool:
 
 
 def _row_key(r: dict) -> tuple:
-    return (r["video_id"], r["event_type"], r["granularity"],
-            parse_event_time(r["window_start"]))
+    return (r["video_id"], r["event_type"], r["granularity"], parse_event_time(r["window_start"]))
 
 
 def check_case(case: dict, result: dict) -> list[str]:
@@ -299,8 +346,10 @@ def check_case(case: dict, result: dict) -> list[str]:
             continue
         for field in ("count", "value_count", "sum", "avg", "min", "max", "title", "channel"):
             if field in want and not _same(got[field], want[field]):
-                problems.append(f"row {_row_key(want)[:3]} {want['window_start']}: {field} is {got[field]!r}, "
-                                f"expected {want[field]!r}")
+                problems.append(
+                    f"row {_row_key(want)[:3]} {want['window_start']}: {field} is {got[field]!r}, "
+                    f"expected {want[field]!r}"
+                )
     if expect.get("rows_exact"):
         wanted = {_row_key(r) for r in expect.get("rows", [])}
         for k, r in stored.items():

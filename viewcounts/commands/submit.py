@@ -1,6 +1,6 @@
 """Detached submission of the streaming job to a Flink session cluster.
 
-``python -m viewcounts.submit FLAGS`` (or ``viewcounts submit FLAGS``) builds
+``python -m viewcounts.commands.submit FLAGS`` (or ``viewcounts submit FLAGS``) builds
 ``pipelines.streaming`` from the same flags as ``python -m pipelines.streaming``, submits
 it through Beam's Flink job server in detached mode (``--detached``, Java's
 ``attachedMode=false``: the job server hands the job graph and its jars to the cluster's
@@ -16,6 +16,7 @@ Stop the job with a savepoint with Flink's REST API or CLI (``flink stop --savep
 DIR JOB_ID``) and resume it by submitting again with ``--savepoint_path=<savepoint>``
 (possibly another ``--parallelism``).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,12 @@ import time
 import urllib.request
 import uuid
 
-from apache_beam.options.pipeline_options import FlinkRunnerOptions, GoogleCloudOptions, PipelineOptions, PortableOptions
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+)
 
 from pipelines.runners import runner_of
 
@@ -61,9 +67,11 @@ def check_submittable(argv: list[str]) -> tuple[str, str]:
         raise ValueError("detached submission needs a remote --flink_master=host:port (a session cluster)")
     env = (options.view_as(PortableOptions).environment_type or "").upper()
     if env not in ("EXTERNAL", "PROCESS"):
-        raise ValueError(f"--environment_type={env or '(default: DOCKER)'}: the job's Python workers must run "
-                         f"outside the launcher and without Docker here: EXTERNAL (a worker pool, "
-                         f"--environment_config=host:port) or PROCESS")
+        raise ValueError(
+            f"--environment_type={env or '(default: DOCKER)'}: the job's Python workers must run "
+            f"outside the launcher and without Docker here: EXTERNAL (a worker pool, "
+            f"--environment_config=host:port) or PROCESS"
+        )
     name = options.view_as(GoogleCloudOptions).job_name
     return _rest_url(master), name
 
@@ -96,16 +104,20 @@ def submit(argv: list[str], timeout_s: float = 300.0) -> str:
             if jobs:
                 job = max(jobs, key=lambda j: j["start-time"])
                 if job["state"] in _ENDED:
-                    raise SubmitError(f"job {job['jid']} ({name}) is {job['state']}; see the cluster's logs and "
-                                      f"{rest_url}/jobs/{job['jid']}/exceptions")
+                    raise SubmitError(
+                        f"job {job['jid']} ({name}) is {job['state']}; see the cluster's logs and "
+                        f"{rest_url}/jobs/{job['jid']}/exceptions"
+                    )
                 if job["state"] == "RUNNING" and _health(rest_url, job["jid"]):
                     _LOG.info("Flink job %s (%s) is running on %s", job["jid"], name, rest_url)
                     return job["jid"]
             elif str(result.state) in ("FAILED", "CANCELLED", "STOPPED"):
                 raise SubmitError(f"the job server reports the submission {result.state}; see the log above")
             time.sleep(1)
-        raise SubmitError(f"job {name} not healthy on {rest_url} within {timeout_s:.0f}s "
-                          f"(every task RUNNING and a first checkpoint completed)")
+        raise SubmitError(
+            f"job {name} not healthy on {rest_url} within {timeout_s:.0f}s "
+            f"(every task RUNNING and a first checkpoint completed)"
+        )
     except BaseException as exc:  # a job that did not come up (or whose launcher was stopped) must not run on
         _cancel_new_jobs(rest_url, name, known)
         if isinstance(exc, OSError):
@@ -121,8 +133,10 @@ def _health(rest_url: str, job_id: str) -> bool:
         history = json.loads(resp.read()).get("exceptionHistory", {}).get("entries", [])
     if history:
         first = (history[0].get("stacktrace") or history[0].get("exceptionName") or "").splitlines()[:1]
-        raise SubmitError(f"job {job_id} failed after it started: {first[0] if first else 'see the cluster'}; "
-                          f"{rest_url}/jobs/{job_id}/exceptions")
+        raise SubmitError(
+            f"job {job_id} failed after it started: {first[0] if first else 'see the cluster'}; "
+            f"{rest_url}/jobs/{job_id}/exceptions"
+        )
     with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}", timeout=10) as resp:
         if not all(v["status"] == "RUNNING" for v in json.loads(resp.read())["vertices"]):
             return False

@@ -16,6 +16,7 @@ loopback:
 Raises ``FileNotFoundError`` when the binary is missing, ``TimeoutError`` when the server
 does not answer within ``startup_timeout_s``, ``ToxiproxyError`` when the API refuses a call.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.runners import BUILD_DIR
-from viewcounts.emulators import free_port, start_process, stop_process
+from viewcounts.local.emulators import free_port, start_process, stop_process
 
 _LOG = logging.getLogger(__name__)
 TOXIPROXY_BINARY = BUILD_DIR / "bin" / "toxiproxy-server"
@@ -44,26 +45,29 @@ class FaultProxy:
         self._proc: subprocess.Popen | None = None
         self.api = ""
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         if not self._binary.exists():
             raise FileNotFoundError(f"{self._binary} is missing: run `make toxiproxy` first")
         port = free_port()
         self.api = f"http://127.0.0.1:{port}"
         self._proc, self.log_path = start_process(
-            [str(self._binary), "-host", "127.0.0.1", "-port", str(port)], "toxiproxy",
-            lambda: self._call("GET", "/proxies"), self._startup_timeout_s)
+            [str(self._binary), "-host", "127.0.0.1", "-port", str(port)],
+            "toxiproxy",
+            lambda: self._call("GET", "/proxies"),
+            self._startup_timeout_s,
+        )
         return self
 
     def stop(self) -> None:
         stop_process(self._proc)
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def proxy(self, name: str, upstream: str) -> "Proxy":
+    def proxy(self, name: str, upstream: str) -> Proxy:
         """A new enabled proxy ``name`` from a free loopback port to ``upstream`` (``host:port``)."""
         listen = f"127.0.0.1:{free_port()}"
         self._call("POST", "/proxies", {"name": name, "listen": listen, "upstream": upstream, "enabled": True})
@@ -73,8 +77,9 @@ class FaultProxy:
         """One API call; returns the decoded JSON answer (None when empty). ``OSError`` when
         the server is unreachable, ``ToxiproxyError`` for an HTTP error status."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.api + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.api + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=API_TIMEOUT_S) as answer:
                 raw = answer.read()
@@ -100,9 +105,17 @@ class Proxy:
     def blackhole(self) -> None:
         """Accept connections but pass no data either way until ``remove_toxics``."""
         for stream in ("upstream", "downstream"):
-            self.server._call("POST", f"/proxies/{self.name}/toxics",
-                              {"name": f"blackhole-{stream}", "type": "timeout", "stream": stream,
-                               "toxicity": 1.0, "attributes": {"timeout": 0}})
+            self.server._call(
+                "POST",
+                f"/proxies/{self.name}/toxics",
+                {
+                    "name": f"blackhole-{stream}",
+                    "type": "timeout",
+                    "stream": stream,
+                    "toxicity": 1.0,
+                    "attributes": {"timeout": 0},
+                },
+            )
 
     def remove_toxics(self) -> None:
         for toxic in self.server._call("GET", f"/proxies/{self.name}/toxics") or []:

@@ -19,6 +19,7 @@
   start), how many stored aggregates would change, and by how much (count and sum deltas,
   batch minus stored): an audit of streaming against batch (``audit``).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,9 +58,15 @@ class HourAudit:
     sum_delta: float = 0.0
 
     def to_json(self) -> dict:
-        return {"hour": format_time_us(self.hour_s * US_PER_S), "changed": self.changed, "missing": self.missing,
-                "unchanged": self.unchanged, "stored_only": self.stored_only, "count_delta": self.count_delta,
-                "sum_delta": self.sum_delta}
+        return {
+            "hour": format_time_us(self.hour_s * US_PER_S),
+            "changed": self.changed,
+            "missing": self.missing,
+            "unchanged": self.unchanged,
+            "stored_only": self.stored_only,
+            "count_delta": self.count_delta,
+            "sum_delta": self.sum_delta,
+        }
 
 
 def read_row_files(folder: str) -> dict[tuple, tuple]:
@@ -71,7 +78,12 @@ def read_row_files(folder: str) -> dict[tuple, tuple]:
     for line in local_lines(folder):
         d = orjson.loads(line)
         out[(d["video_id"], d["event_type"], d["granularity"], d["window_start_s"])] = (
-            d["count"], d["value_count"], d["sum"], d["min"], d["max"])
+            d["count"],
+            d["value_count"],
+            d["sum"],
+            d["min"],
+            d["max"],
+        )
     return out
 
 
@@ -88,7 +100,7 @@ def stored_in_range(reader, entities, start_s: int, end_s: int) -> dict[tuple, t
 
 def audit(batch: dict[tuple, tuple], stored: dict[tuple, tuple]) -> list[HourAudit]:
     """Per hour (sorted), what the recompute's ``batch`` rows would do to ``stored`` (``HourAudit``)."""
-    from viewcounts.reconcile import _same
+    from viewcounts.commands.reconcile import _same
 
     hours: dict[int, HourAudit] = {}
 
@@ -122,9 +134,14 @@ def open_hours(hours: list[int], allowed_lateness_s: int, now_s: float) -> list[
 
 
 def _job_flags(args, rows_path: str | None, progress_path: str) -> list[str]:
-    flags = [f"--archive_path={args.archive_path}", f"--bigtable_project={args.project}",
-             f"--bigtable_instance={args.instance}", f"--bigtable_table={args.table}",
-             f"--progress_path={progress_path}", f"--allowed_lateness_s={args.allowed_lateness_s}"]
+    flags = [
+        f"--archive_path={args.archive_path}",
+        f"--bigtable_project={args.project}",
+        f"--bigtable_instance={args.instance}",
+        f"--bigtable_table={args.table}",
+        f"--progress_path={progress_path}",
+        f"--allowed_lateness_s={args.allowed_lateness_s}",
+    ]
     if args.start:
         flags.append(f"--start={args.start}")
     if args.end:
@@ -158,14 +175,21 @@ class Outcome:
 
     def to_json(self) -> dict:
         sc = self.scope
-        return {"hours": [_time(h) for h in sc.hours], "hours_read": len(sc.hours_read),
-                "day_lists": [_time(d) for d in sc.days],
-                "open_days": {_time(d): {"run_again_after": _time(at)} for d, at in sc.open_days.items()},
-                "open_hours": {_time(h): {"run_again_after": _time(at)} for h, at in sc.open_hours.items()},
-                "incomplete_days": {_time(d): {"unreadable_hours": [_time(h) for h in hours]}
-                                    for d, hours in sc.incomplete_days.items()},
-                "files": self.files, "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3),
-                "counters": self.counters, "audit": None if self.audit is None else [a.to_json() for a in self.audit]}
+        return {
+            "hours": [_time(h) for h in sc.hours],
+            "hours_read": len(sc.hours_read),
+            "day_lists": [_time(d) for d in sc.days],
+            "open_days": {_time(d): {"run_again_after": _time(at)} for d, at in sc.open_days.items()},
+            "open_hours": {_time(h): {"run_again_after": _time(at)} for h, at in sc.open_hours.items()},
+            "incomplete_days": {
+                _time(d): {"unreadable_hours": [_time(h) for h in hours]} for d, hours in sc.incomplete_days.items()
+            },
+            "files": self.files,
+            "bytes_read": self.bytes_read,
+            "seconds": round(self.seconds, 3),
+            "counters": self.counters,
+            "audit": None if self.audit is None else [a.to_json() for a in self.audit],
+        }
 
 
 class RefusedOpenHours(ValueError):
@@ -185,14 +209,18 @@ def run_recompute(args, progress=None, now_s: float | None = None) -> Outcome:
 
     now_s = time.time() if now_s is None else now_s
     scope = batch_recompute.recompute_scope(
-        args.archive_path, PipelineOptions(_job_flags(args, None, "-")).view_as(batch_recompute.RecomputeOptions),
-        args.allowed_lateness_s, now_s)
+        args.archive_path,
+        PipelineOptions(_job_flags(args, None, "-")).view_as(batch_recompute.RecomputeOptions),
+        args.allowed_lateness_s,
+        now_s,
+    )
     refused = open_hours(scope.hours, args.allowed_lateness_s, now_s)
     if refused and not args.force:
         raise RefusedOpenHours(
             f"{len(refused)} hour(s) from {format_time_us(refused[0] * US_PER_S)} may still be fired by the streaming "
             f"job (hour end + {args.allowed_lateness_s} s of allowed lateness is after its watermark, taken as now "
-            f"minus a safety margin); recompute them later or pass --force")
+            f"minus a safety margin); recompute them later or pass --force"
+        )
     hours_read = scope.hours_read
     compacted = set(batch_recompute.parquet_hours(args.parquet_path, hours_read)) if args.parquet_path else set()
     patterns = batch_recompute.archive_patterns(args.archive_path, [h for h in hours_read if h not in compacted])
@@ -218,8 +246,13 @@ def run_recompute(args, progress=None, now_s: float | None = None) -> Outcome:
         if progress is not None:
             reporter.join()
             progress(_bytes_noted(progress_path), total)
-        outcome = Outcome(scope, len(listed), _bytes_noted(progress_path), time.monotonic() - started,
-                          metrics.committed_counters(result))
+        outcome = Outcome(
+            scope,
+            len(listed),
+            _bytes_noted(progress_path),
+            time.monotonic() - started,
+            metrics.committed_counters(result),
+        )
         if args.dry_run:
             outcome.audit = _audit_rows(args, rows_path, scope.hours)
         return outcome
@@ -244,8 +277,15 @@ def stored_entities(project: str, instance: str, table: str, hours: list[int]) -
     key_regex = f"(?s)^[^#]*#[^#]*#[mh]#({'|'.join(periods)})$".encode()
     client = bigtable.Client(project=project, admin=False)
     try:
-        rows = client.instance(instance).table(table).read_rows(filter_=rf.RowFilterChain([
-            rf.RowKeyRegexFilter(key_regex), rf.CellsRowLimitFilter(1), rf.StripValueTransformerFilter(True)]))
+        rows = (
+            client.instance(instance)
+            .table(table)
+            .read_rows(
+                filter_=rf.RowFilterChain(
+                    [rf.RowKeyRegexFilter(key_regex), rf.CellsRowLimitFilter(1), rf.StripValueTransformerFilter(True)]
+                )
+            )
+        )
         return {storage.parse_row_key(row.row_key)[:2] for row in rows}
     finally:
         client.close()
@@ -267,8 +307,9 @@ def _audit_rows(args, rows_path: str, hours: list[int]) -> list[HourAudit]:
         if k[3] - k[3] % 3600 not in in_hours:
             outside[k[3] - k[3] % 3600].add(k[:2])
     with StatsReader(args.project, args.instance, args.table) as reader:
-        stored = {k: v for k, v in stored_in_range(reader, entities, start_s, end_s).items()
-                  if k[3] - k[3] % 3600 in in_hours}
+        stored = {
+            k: v for k, v in stored_in_range(reader, entities, start_s, end_s).items() if k[3] - k[3] % 3600 in in_hours
+        }
         for h, pairs in outside.items():
             stored.update(stored_in_range(reader, pairs, h, h + 3600))
     return audit(batch, stored)
@@ -301,13 +342,23 @@ def recompute_main(args) -> int:
 
     console = Console(stderr=True)
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-                      console=console, transient=not console.is_terminal) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=not console.is_terminal,
+        ) as bar:
             task = bar.add_task("reading the archive", total=None)
 
             def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total or None,
-                           description="reading the archive" if done < total else "deduplicating and writing")
+                bar.update(
+                    task,
+                    completed=done,
+                    total=total or None,
+                    description="reading the archive" if done < total else "deduplicating and writing",
+                )
 
             outcome = run_recompute(args, progress)
     except RefusedOpenHours as exc:
@@ -316,38 +367,53 @@ def recompute_main(args) -> int:
     except (KeyboardInterrupt, RuntimeError) as exc:
         if not _interrupted(exc):
             raise
-        console.print("[red]interrupted:[/] some windows may be written, others not (each write is an overwrite "
-                      "with the recomputed value): run the same command again to finish")
+        console.print(
+            "[red]interrupted:[/] some windows may be written, others not (each write is an overwrite "
+            "with the recomputed value): run the same command again to finish"
+        )
         return 130
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
     c, scope = outcome.counters, outcome.scope
     extra = len(scope.hours_read) - len(scope.hours)
-    console.print(f"{len(scope.hours)} hour(s) recomputed{f' ({extra} more read for day top lists)' if extra else ''}"
-                  f", {outcome.files:,} files, {outcome.bytes_read:,} bytes in {outcome.seconds:.1f} s: "
-                  f"{c.get('events_in', 0):,} events read, {c.get('events_accepted', 0):,} counted, "
-                  f"{c.get('duplicates_dropped', 0):,} duplicates, {c.get('dead_letters', 0):,} dead letters, "
-                  f"{c.get('aggregates_written', 0):,} aggregates written")
+    console.print(
+        f"{len(scope.hours)} hour(s) recomputed{f' ({extra} more read for day top lists)' if extra else ''}"
+        f", {outcome.files:,} files, {outcome.bytes_read:,} bytes in {outcome.seconds:.1f} s: "
+        f"{c.get('events_in', 0):,} events read, {c.get('events_accepted', 0):,} counted, "
+        f"{c.get('duplicates_dropped', 0):,} duplicates, {c.get('dead_letters', 0):,} dead letters, "
+        f"{c.get('aggregates_written', 0):,} aggregates written"
+    )
     if scope.days and not args.dry_run:
         console.print(f"day top lists rebuilt from the whole day: {', '.join(_time(d)[:10] for d in scope.days)}")
     for day, at in scope.open_days.items():
-        console.print(f"[yellow]open day[/] {_time(day)[:10]}: its day top lists are not rebuilt; run again after "
-                      f"{_time(at)}")
+        console.print(
+            f"[yellow]open day[/] {_time(day)[:10]}: its day top lists are not rebuilt; run again after {_time(at)}"
+        )
     for day, hours in scope.incomplete_days.items():
-        console.print(f"[yellow]incomplete day[/] {_time(day)[:10]}: its day top lists are left as they are: hour(s) "
-                      f"{', '.join(_time(h)[11:16] for h in hours)} had events but no archive file here; run again "
-                      f"with --parquet-path holding them")
+        console.print(
+            f"[yellow]incomplete day[/] {_time(day)[:10]}: its day top lists are left as they are: hour(s) "
+            f"{', '.join(_time(h)[11:16] for h in hours)} had events but no archive file here; run again "
+            f"with --parquet-path holding them"
+        )
     for hour, at in scope.open_hours.items():
-        console.print(f"[yellow]open hour[/] {_time(hour)}: affected by a restart, not recomputed; run again after "
-                      f"{_time(at)}")
+        console.print(
+            f"[yellow]open hour[/] {_time(hour)}: affected by a restart, not recomputed; run again after {_time(at)}"
+        )
     if outcome.audit is not None:
         t = Table(title="dry run: what the recompute would change (batch minus stored)")
         for col in ("hour", "changed", "of which missing", "unchanged", "stored only", "count delta", "sum delta"):
             t.add_column(col, justify="right")
         for a in outcome.audit:
-            t.add_row(format_time_us(a.hour_s * US_PER_S), f"{a.changed:,}", f"{a.missing:,}", f"{a.unchanged:,}",
-                      f"{a.stored_only:,}", f"{a.count_delta:+,}", f"{a.sum_delta:+,.6g}")
+            t.add_row(
+                format_time_us(a.hour_s * US_PER_S),
+                f"{a.changed:,}",
+                f"{a.missing:,}",
+                f"{a.unchanged:,}",
+                f"{a.stored_only:,}",
+                f"{a.count_delta:+,}",
+                f"{a.sum_delta:+,.6g}",
+            )
         console.print(t)
     if args.json:
         with open(args.json, "wb") as f:
@@ -362,24 +428,45 @@ def add_recompute_args(p) -> None:
     p.add_argument("--archive-path", dest="archive_path", required=True, help="the raw archive's root (local or gs://)")
     p.add_argument("--start", help="RFC 3339, hour-aligned, inclusive")
     p.add_argument("--end", help="RFC 3339, hour-aligned, exclusive")
-    p.add_argument("--after-restarts", dest="after_restarts", action="store_true",
-                   help="the closed hours affected by streaming jobs started without state (within --start/--end "
-                   "when given)")
-    p.add_argument("--dry-run", dest="dry_run", action="store_true",
-                   help="write nothing; report per hour how many stored aggregates would change and by how much")
-    p.add_argument("--force", action="store_true",
-                   help="also overwrite hours the streaming job may still fire: those whose end plus the allowed "
-                   "lateness is after the streaming job's watermark, which this command takes as the wall clock "
-                   "minus a safety margin (pipelines.restarts.CLOSE_MARGIN_S, 300 s) since it cannot read the job's")
-    p.add_argument("--allowed-lateness-s", dest="allowed_lateness_s", type=int, default=600,
-                   help="the streaming job's --allowed_lateness_s")
+    p.add_argument(
+        "--after-restarts",
+        dest="after_restarts",
+        action="store_true",
+        help="the closed hours affected by streaming jobs started without state (within --start/--end when given)",
+    )
+    p.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="write nothing; report per hour how many stored aggregates would change and by how much",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also overwrite hours the streaming job may still fire: those whose end plus the allowed "
+        "lateness is after the streaming job's watermark, which this command takes as the wall clock "
+        "minus a safety margin (pipelines.restarts.CLOSE_MARGIN_S, 300 s) since it cannot read the job's",
+    )
+    p.add_argument(
+        "--allowed-lateness-s",
+        dest="allowed_lateness_s",
+        type=int,
+        default=600,
+        help="the streaming job's --allowed_lateness_s",
+    )
     p.add_argument("--project", default=storage.DEFAULT_PROJECT, help="Bigtable project")
     p.add_argument("--instance", default=storage.DEFAULT_INSTANCE, help="Bigtable instance")
     p.add_argument("--table", default=storage.DEFAULT_TABLE, help="Bigtable table")
-    p.add_argument("--dead-letter-path", dest="dead_letter_path",
-                   help="folder for the dead letters of unreadable lines; none: a dead-letters folder beside the archive")
-    p.add_argument("--parquet-path", dest="parquet_path",
-                   help="the Parquet archive's root (pipelines.compact): hours compacted there are read from it")
+    p.add_argument(
+        "--dead-letter-path",
+        dest="dead_letter_path",
+        help="folder for the dead letters of unreadable lines; none: a dead-letters folder beside the archive",
+    )
+    p.add_argument(
+        "--parquet-path",
+        dest="parquet_path",
+        help="the Parquet archive's root (pipelines.compact): hours compacted there are read from it",
+    )
     p.add_argument("--metadata-path", dest="metadata_path", help="JSONL metadata snapshot for titles and channels")
     p.add_argument("--dedup-shards", dest="dedup_shards", type=int, help="dedup shards of the batch job")
     p.add_argument("--json", help="also write the outcome (counters, audit) as JSON to this file")

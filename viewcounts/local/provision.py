@@ -2,6 +2,7 @@
 
 The names and the GC rule are the ones ``infra/terraform/`` declares for the cloud.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,10 +25,12 @@ def create_table(project: str, instance: str, table: str) -> None:
     try:
         t = client.instance(instance).table(table)
         if not t.exists():
-            rule = column_family.GCRuleUnion([
-                column_family.MaxVersionsGCRule(1),
-                column_family.MaxAgeGCRule(dt.timedelta(days=AGGREGATE_RETENTION_DAYS)),
-            ])
+            rule = column_family.GCRuleUnion(
+                [
+                    column_family.MaxVersionsGCRule(1),
+                    column_family.MaxAgeGCRule(dt.timedelta(days=AGGREGATE_RETENTION_DAYS)),
+                ]
+            )
             t.create(column_families={storage.FAMILY: rule})
     finally:
         client.close()
@@ -46,8 +49,11 @@ def create_topic_and_subscription(project: str, topic: str, subscription: str | 
     if subscription:
         subscriber = pubsub_v1.SubscriberClient()
         try:
-            subscriber.create_subscription(name=subscriber.subscription_path(project, subscription),
-                                           topic=topic_path, ack_deadline_seconds=ACK_DEADLINE_S)
+            subscriber.create_subscription(
+                name=subscriber.subscription_path(project, subscription),
+                topic=topic_path,
+                ack_deadline_seconds=ACK_DEADLINE_S,
+            )
         except AlreadyExists:
             pass
         finally:

@@ -5,6 +5,7 @@ code, the minute and hour count/value_count/sum/min/max per (video, type, window
 the distinct ``event_id``s of a replay manifest. ``reconcile(expected, stored)`` lists
 every (video, type, granularity, window) where the two differ or only one has a row.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,19 +21,30 @@ def expected_aggregates(manifest_path: str) -> dict[tuple, tuple]:
     df = pl.read_ndjson(manifest_path, schema_overrides={"value": pl.Float64, "event_time": pl.Utf8})
     if "value" not in df.columns:
         df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("value"))
-    df = (df.unique(subset="event_id", keep="first", maintain_order=True)
-          .with_columns(pl.col("event_time").str.to_datetime(time_zone="UTC", time_unit="us")
-                        .dt.epoch("s").alias("t_s")))
+    df = df.unique(subset="event_id", keep="first", maintain_order=True).with_columns(
+        pl.col("event_time").str.to_datetime(time_zone="UTC", time_unit="us").dt.epoch("s").alias("t_s")
+    )
     out = {}
     for granularity, size in GRANULARITIES.items():
-        agg = (df.with_columns((pl.col("t_s") - pl.col("t_s") % size).alias("w"))
-               .group_by("video_id", "event_type", "w")
-               .agg(pl.len().alias("count"), pl.col("value").count().alias("value_count"),
-                    pl.col("value").sum().alias("sum"), pl.col("value").min().alias("min"),
-                    pl.col("value").max().alias("max")))
+        agg = (
+            df.with_columns((pl.col("t_s") - pl.col("t_s") % size).alias("w"))
+            .group_by("video_id", "event_type", "w")
+            .agg(
+                pl.len().alias("count"),
+                pl.col("value").count().alias("value_count"),
+                pl.col("value").sum().alias("sum"),
+                pl.col("value").min().alias("min"),
+                pl.col("value").max().alias("max"),
+            )
+        )
         for r in agg.iter_rows(named=True):
             out[(r["video_id"], r["event_type"], granularity, r["w"])] = (
-                r["count"], r["value_count"], float(r["sum"] or 0.0), r["min"], r["max"])
+                r["count"],
+                r["value_count"],
+                float(r["sum"] or 0.0),
+                r["min"],
+                r["max"],
+            )
     return out
 
 
@@ -60,6 +72,13 @@ def reconcile(expected: dict[tuple, tuple], stored: dict[tuple, tuple]) -> list[
 
 def stored_aggregates(reader) -> dict[tuple, tuple]:
     """The same shape as ``expected_aggregates``, read from Bigtable via ``StatsReader``."""
-    return {(c.video_id, c.event_type, c.granularity, c.window_start_s):
-            (c.aggregate.count, c.aggregate.value_count, c.aggregate.sum, c.aggregate.min, c.aggregate.max)
-            for c in reader.all_cells()}
+    return {
+        (c.video_id, c.event_type, c.granularity, c.window_start_s): (
+            c.aggregate.count,
+            c.aggregate.value_count,
+            c.aggregate.sum,
+            c.aggregate.min,
+            c.aggregate.max,
+        )
+        for c in reader.all_cells()
+    }

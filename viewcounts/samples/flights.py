@@ -10,6 +10,7 @@ Metadata: ``title`` = airport name, ``channel`` = airport ``tzone`` (airports.cs
 The package's ``__init__`` imports pandas through a deprecated API, so the data files
 are read directly from its folder.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,7 @@ import importlib.util
 import io
 import os
 import zipfile
-from typing import Iterator
+from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
 NEW_YORK = ZoneInfo("America/New_York")

@@ -1,6 +1,6 @@
 """A Python SDK worker pool that several Flink task managers can share (EXTERNAL environment).
 
-``python -m viewcounts.worker_pool --service_port=PORT`` serves Beam's worker-pool API
+``python -m viewcounts.local.worker_pool --service_port=PORT`` serves Beam's worker-pool API
 (``StartWorker``/``StopWorker``) like ``apache_beam.runners.worker.worker_pool_main``: each
 ``StartWorker`` starts one SDK worker process (the ``python`` on ``PATH``) connected to the
 asking task manager's control endpoint.
@@ -19,10 +19,11 @@ control stream is closed exits by itself, so on ``StopWorker(id)``:
   released and is forgotten; no process is killed, since the id alone cannot tell which task
   manager asked. A worker that does not exit stays until its own stream closes.
 
-Used by the session cluster on one host (``viewcounts.flink``, the README's recipe) and by the
+Used by the session cluster on one host (``viewcounts.local.flink``, the README's recipe) and by the
 Kubernetes sidecar (``infra/flink/k8s``: one pool per task manager pod, whose task manager
 container, restarted, names its workers as its predecessor did).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,9 +71,12 @@ class SharedWorkerPool(BeamFnExternalWorkerPoolServicer):
                         self._by_id.pop(worker_id, None)
                     break
             if time.monotonic() > deadline:
-                _LOG.warning("worker id %s is held by %d live workers of different task managers; none is "
-                             "stopped (each exits when its task manager closes its control stream)",
-                             worker_id, len(procs))
+                _LOG.warning(
+                    "worker id %s is held by %d live workers of different task managers; none is "
+                    "stopped (each exits when its task manager closes its control stream)",
+                    worker_id,
+                    len(procs),
+                )
                 return beam_fn_api_pb2.StopWorkerResponse()
             time.sleep(0.1)
         if released is not None and released.poll() is None:
@@ -100,8 +104,10 @@ def serve(port: int, stop_grace_s: float = STOP_GRACE_S) -> tuple[str, object, S
     import grpc
     from apache_beam.utils import thread_pool_executor
 
-    server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
-                         options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
+    server = grpc.server(
+        thread_pool_executor.shared_unbounded_instance(),
+        options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)],
+    )
     address = f"localhost:{server.add_insecure_port(f'[::]:{port}')}"
     pool = SharedWorkerPool(stop_grace_s)
     beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)

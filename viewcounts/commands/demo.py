@@ -3,14 +3,15 @@
 Starts the Pub/Sub and Bigtable emulators, creates the topic, subscription, dead-letter
 topic and table, starts the streaming job (on the local runner by default; ``--runner
 flink-cluster``: a Flink session cluster of 2 task managers with a Python worker pool,
-``viewcounts.flink.FlinkCluster``, and the job submitted to it detached at
-``--parallelism``, ``viewcounts.submit``; its counters, watermark lag, backlog and oldest
-unacked message age are read from Flink's REST API, ``viewcounts.job_metrics``), replays real flights
-(``viewcounts.flights``) with duplicates, waits for the job to catch up, prints a report
+``viewcounts.local.flink.FlinkCluster``, and the job submitted to it detached at
+``--parallelism``, ``viewcounts.commands.submit``; its counters, watermark lag, backlog and oldest
+unacked message age are read from Flink's REST API, ``viewcounts.local.job_metrics``), replays real flights
+(``viewcounts.samples.flights``) with duplicates, waits for the job to catch up, prints a report
 and a reconciliation of every stored minute and hour aggregate against an independent
 computation over the replay manifest, writes ``demo-out/summary.json``, and stops
 everything it started by PID. Exit status 0 only when there are zero mismatches.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,14 +25,15 @@ import time
 
 import orjson
 
-from pipelines.runners import runner_flags
 from pipelines.options import DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DEFAULT_TOPIC
+from pipelines.runners import runner_flags
 from schemas import storage
 from schemas.archive import local_lines
 from schemas.event import US_PER_S, format_time_us
 from transforms import metrics
-from viewcounts import provision, replay
-from viewcounts.emulators import bigtable_emulator, pubsub_emulator
+from viewcounts.commands import replay
+from viewcounts.local import provision
+from viewcounts.local.emulators import bigtable_emulator, pubsub_emulator
 
 _LOG = logging.getLogger(__name__)
 PROJECT = storage.DEFAULT_PROJECT
@@ -42,23 +44,43 @@ def add_demo_args(p) -> None:
     p.add_argument("--flights", type=int, default=20_000, help="how many flights to replay")
     p.add_argument("--duplicate-rate", type=float, default=0.05, help="fraction of flights published twice")
     p.add_argument("--events-per-message", type=int, default=100, help="events per Pub/Sub message")
-    p.add_argument("--runner", choices=("local", "prism", "flink", "flink-cluster"), default="local",
-                   help="local: BundleBasedDirectRunner; prism and flink (embedded) need `make prism` / `make "
-                   "flink-job-server`; flink-cluster (a session cluster of 2 task managers, the job submitted "
-                   "detached) also `make flink-venv`")
-    p.add_argument("--parallelism", type=int, default=2, help="the job's parallelism on flink-cluster (at most 4: "
-                   "2 task managers x 2 slots)")
-    p.add_argument("--time-mode", choices=("shift", "real"), default="shift",
-                   help="shift: event times moved into the last --fit-span-s seconds; real: the flights' own 2013 "
-                   "times (prism and flink only: the local runner's Pub/Sub watermark is the wall clock)")
-    p.add_argument("--fit-span-s", type=float, default=480.0,
-                   help="event times are shifted into the last S seconds (inside the 600 s lateness)")
+    p.add_argument(
+        "--runner",
+        choices=("local", "prism", "flink", "flink-cluster"),
+        default="local",
+        help="local: BundleBasedDirectRunner; prism and flink (embedded) need `make prism` / `make "
+        "flink-job-server`; flink-cluster (a session cluster of 2 task managers, the job submitted "
+        "detached) also `make flink-venv`",
+    )
+    p.add_argument(
+        "--parallelism",
+        type=int,
+        default=2,
+        help="the job's parallelism on flink-cluster (at most 4: 2 task managers x 2 slots)",
+    )
+    p.add_argument(
+        "--time-mode",
+        choices=("shift", "real"),
+        default="shift",
+        help="shift: event times moved into the last --fit-span-s seconds; real: the flights' own 2013 "
+        "times (prism and flink only: the local runner's Pub/Sub watermark is the wall clock)",
+    )
+    p.add_argument(
+        "--fit-span-s",
+        type=float,
+        default=480.0,
+        help="event times are shifted into the last S seconds (inside the 600 s lateness)",
+    )
     p.add_argument("--early-firing-s", type=int, default=10, help="seconds between early panes")
-    p.add_argument("--catch-up-timeout-s", type=float, default=300.0,
-                   help="give up waiting for the job after this long")
+    p.add_argument(
+        "--catch-up-timeout-s", type=float, default=300.0, help="give up waiting for the job after this long"
+    )
     p.add_argument("--out", default="demo-out", help="folder for summary.json, the manifest and the archive")
-    p.add_argument("--keep-running", action="store_true",
-                   help="after the report, keep the emulators and the job up for queries until Ctrl-C")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the report, keep the emulators and the job up for queries until Ctrl-C",
+    )
 
 
 def _pull_dead_letters(subscription_path: str) -> dict[str, int]:
@@ -111,9 +133,9 @@ class _ClusterJob:
         self._read_at, self._read = -self.REFRESH_S, {}
 
     def _metrics(self) -> dict:
-        """``viewcounts.job_metrics.flink_job_metrics``, read at most every ``REFRESH_S``; {} when
+        """``viewcounts.local.job_metrics.flink_job_metrics``, read at most every ``REFRESH_S``; {} when
         the REST API does not answer."""
-        from viewcounts.job_metrics import flink_job_metrics
+        from viewcounts.local.job_metrics import flink_job_metrics
 
         if time.monotonic() - self._read_at >= self.REFRESH_S:
             try:
@@ -151,19 +173,26 @@ class _ClusterJob:
         return {k: m.get(k) for k in ("watermark_lag_s", "oldest_unacked_age_s", "backlog_messages")}
 
 
-def _submit_to_cluster(console, stack: contextlib.ExitStack, job_flags: list[str], parallelism: int,
-                       out: str) -> _ClusterJob:
+def _submit_to_cluster(
+    console, stack: contextlib.ExitStack, job_flags: list[str], parallelism: int, out: str
+) -> _ClusterJob:
     """Start a session cluster (2 task managers x 2 slots, a Python worker pool), submit the
-    job to it detached with ``python -m viewcounts.submit`` (its log: ``out/submit.log``);
+    job to it detached with ``python -m viewcounts.commands.submit`` (its log: ``out/submit.log``);
     the job is cancelled and the cluster stopped by PID when ``stack`` closes."""
-    from viewcounts.flink import FlinkCluster
+    from viewcounts.local.flink import FlinkCluster
 
     cluster = stack.enter_context(FlinkCluster(task_managers=2, task_slots=2))
-    console.print(f"[bold]flink[/]: session cluster at {cluster.master} (2 task managers x 2 slots), "
-                  f"Python worker pool at {cluster.worker_pool}; PIDs {' '.join(map(str, cluster.process_pids()))}")
-    argv = [sys.executable, "-m", "viewcounts.submit", *job_flags,
-            *runner_flags("flink", flink_master=cluster.master, parallelism=parallelism,
-                          worker_pool=cluster.worker_pool)]
+    console.print(
+        f"[bold]flink[/]: session cluster at {cluster.master} (2 task managers x 2 slots), "
+        f"Python worker pool at {cluster.worker_pool}; PIDs {' '.join(map(str, cluster.process_pids()))}"
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "viewcounts.commands.submit",
+        *job_flags,
+        *runner_flags("flink", flink_master=cluster.master, parallelism=parallelism, worker_pool=cluster.worker_pool),
+    ]
     with open(os.path.join(out, "submit.log"), "wb") as log:
         launcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
         stdout, _ = launcher.communicate()
@@ -173,8 +202,10 @@ def _submit_to_cluster(console, stack: contextlib.ExitStack, job_flags: list[str
         raise SystemExit(f"the submission failed; see {os.path.join(out, 'submit.log')}")
     job = _ClusterJob(cluster, stdout.decode().split()[-1])
     stack.callback(job.cancel)
-    console.print(f"[bold]pipeline[/]: Flink job {job.job_id} running at parallelism {parallelism}; "
-                  f"the launcher (pid {launcher.pid}) has exited")
+    console.print(
+        f"[bold]pipeline[/]: Flink job {job.job_id} running at parallelism {parallelism}; "
+        f"the launcher (pid {launcher.pid}) has exited"
+    )
     return job
 
 
@@ -183,8 +214,8 @@ def demo_main(args) -> int:
 
     from pipelines.streaming import build_pipeline
     from query.stats import StatsReader
-    from viewcounts.flights import airport_metadata
-    from viewcounts.reconcile import expected_aggregates, reconcile, stored_aggregates
+    from viewcounts.commands.reconcile import expected_aggregates, reconcile, stored_aggregates
+    from viewcounts.samples.flights import airport_metadata
 
     if args.time_mode == "real" and args.runner == "local":
         raise SystemExit("--time-mode real needs another runner than local (its watermark is the wall clock)")
@@ -203,8 +234,10 @@ def demo_main(args) -> int:
         bigtable = stack.enter_context(bigtable_emulator())
         os.environ["PUBSUB_EMULATOR_HOST"] = pubsub.host
         os.environ["BIGTABLE_EMULATOR_HOST"] = bigtable.host
-        console.print(f"[bold]emulators[/]: Pub/Sub {pubsub.host} (pid {pubsub.proc.pid}), "
-                      f"Bigtable {bigtable.host} (pid {bigtable.proc.pid})")
+        console.print(
+            f"[bold]emulators[/]: Pub/Sub {pubsub.host} (pid {pubsub.proc.pid}), "
+            f"Bigtable {bigtable.host} (pid {bigtable.proc.pid})"
+        )
         provision.create_topic_and_subscription(PROJECT, DEFAULT_TOPIC, DEFAULT_SUBSCRIPTION)
         provision.create_topic_and_subscription(PROJECT, DEFAULT_DEAD_LETTER_TOPIC, DEAD_LETTER_SUBSCRIPTION)
         provision.create_table(PROJECT, storage.DEFAULT_INSTANCE, storage.DEFAULT_TABLE)
@@ -214,7 +247,8 @@ def demo_main(args) -> int:
             f"--dead_letter_topic=projects/{PROJECT}/topics/{DEFAULT_DEAD_LETTER_TOPIC}",
             f"--archive_path={archive}",
             f"--metadata_path={os.path.abspath(metadata_path)}",
-            f"--bigtable_project={PROJECT}", f"--early_firing_s={args.early_firing_s}",
+            f"--bigtable_project={PROJECT}",
+            f"--early_firing_s={args.early_firing_s}",
             *(["--no_event_age_check"] if args.time_mode == "real" else []),
         ]
         if args.runner == "flink-cluster":
@@ -262,16 +296,22 @@ def demo_main(args) -> int:
             counters = job.final_counters(len(events)) or counters
             live = job.live_figures()
             summary = {
-                "published": len(events), "distinct_events": len({e["event_id"] for e in events}),
-                "messages": figures["messages"], "accepted": counters.get(metrics.EVENTS_ACCEPTED, 0),
+                "published": len(events),
+                "distinct_events": len({e["event_id"] for e in events}),
+                "messages": figures["messages"],
+                "accepted": counters.get(metrics.EVENTS_ACCEPTED, 0),
                 "duplicates_dropped": counters.get(metrics.DUPLICATES_DROPPED, 0),
-                "dead_letters": counters.get(metrics.DEAD_LETTERS, 0), "dead_letters_by_reason": dead,
+                "dead_letters": counters.get(metrics.DEAD_LETTERS, 0),
+                "dead_letters_by_reason": dead,
                 "aggregates_written": counters.get(metrics.AGGREGATES_WRITTEN, 0),
-                "aggregates_checked": len(expected), "mismatches": len(mismatches),
+                "aggregates_checked": len(expected),
+                "mismatches": len(mismatches),
                 "events_per_s": round(len(events) / ingested_s, 1) if ingested_s else 0.0,
-                "ingested_s": round(ingested_s, 1) if ingested_s else None, "caught_up_s": round(caught_up_s, 1),
+                "ingested_s": round(ingested_s, 1) if ingested_s else None,
+                "caught_up_s": round(caught_up_s, 1),
                 "publish_events_per_s": figures["publish_events_per_s"],
-                **live, **recompute,
+                **live,
+                **recompute,
             }
             _report(console, reader, summary, expected, mismatches)
         summary["wall_s"] = round(time.monotonic() - wall_start, 1)
@@ -286,12 +326,14 @@ def demo_main(args) -> int:
 def _serve_until_interrupted(console, bigtable_host: str, events: list[dict]) -> None:
     e = events[len(events) // 2]
     hour = replay._time_us(e) // (3600 * US_PER_S) * 3600
-    console.print("[bold]the emulators and the job stay up[/]; in another shell, for example:\n"
-                  f"  export BIGTABLE_EMULATOR_HOST={bigtable_host}\n"
-                  f"  .venv/bin/viewcounts stats --video-id {e['video_id']} --event-type {e['event_type']} "
-                  f"--function count --granularity minute --start {format_time_us(hour * US_PER_S)} "
-                  f"--end {format_time_us((hour + 3600) * US_PER_S)}\n"
-                  "Ctrl-C stops everything.")
+    console.print(
+        "[bold]the emulators and the job stay up[/]; in another shell, for example:\n"
+        f"  export BIGTABLE_EMULATOR_HOST={bigtable_host}\n"
+        f"  .venv/bin/viewcounts stats --video-id {e['video_id']} --event-type {e['event_type']} "
+        f"--function count --granularity minute --start {format_time_us(hour * US_PER_S)} "
+        f"--end {format_time_us((hour + 3600) * US_PER_S)}\n"
+        "Ctrl-C stops everything."
+    )
     try:
         while True:
             time.sleep(3600)
@@ -303,13 +345,14 @@ def _archived_lines(archive: str) -> int:
     return sum(1 for _ in local_lines(archive))
 
 
-def _recompute(console, archive: str, events: list[dict], metadata_path: str, streaming_reader,
-               deadline: float) -> dict:
+def _recompute(
+    console, archive: str, events: list[dict], metadata_path: str, streaming_reader, deadline: float
+) -> dict:
     """Wait for the archive to hold every published event, re-count it with the batch
     recompute into a second table, and compare that table with the streaming one."""
     from pipelines import batch_recompute
     from query.stats import StatsReader
-    from viewcounts.reconcile import reconcile, stored_aggregates
+    from viewcounts.commands.reconcile import reconcile, stored_aggregates
 
     with console.status("waiting for the raw archive files"):
         while _archived_lines(archive) < len(events) and time.monotonic() < deadline:
@@ -319,21 +362,32 @@ def _recompute(console, archive: str, events: list[dict], metadata_path: str, st
     provision.create_table(PROJECT, storage.DEFAULT_INSTANCE, table)
     started = time.monotonic()
     with console.status("batch recompute from the raw archive"):
-        batch_recompute.build_pipeline([
-            f"--archive_path={archive}", f"--start={format_time_us(hours[0] * US_PER_S)}",
-            f"--end={format_time_us((hours[-1] + 3600) * US_PER_S)}", f"--metadata_path={metadata_path}",
-            f"--bigtable_project={PROJECT}", f"--bigtable_table={table}", "--runner=DirectRunner",
-        ]).run().wait_until_finish()
+        batch_recompute.build_pipeline(
+            [
+                f"--archive_path={archive}",
+                f"--start={format_time_us(hours[0] * US_PER_S)}",
+                f"--end={format_time_us((hours[-1] + 3600) * US_PER_S)}",
+                f"--metadata_path={metadata_path}",
+                f"--bigtable_project={PROJECT}",
+                f"--bigtable_table={table}",
+                "--runner=DirectRunner",
+            ]
+        ).run().wait_until_finish()
     with StatsReader(PROJECT, storage.DEFAULT_INSTANCE, table) as reader:
         recomputed = stored_aggregates(reader)
     streaming = stored_aggregates(streaming_reader)
     diff = reconcile(streaming, recomputed)
     ok = "[green]OK[/]" if not diff else "[red]MISMATCH[/]"
-    console.print(f"batch recompute from the raw archive ({_archived_lines(archive):,} archived lines, "
-                  f"{time.monotonic() - started:.1f} s): {len(recomputed):,} aggregates, "
-                  f"{len(diff)} differ from the streaming job's {ok}")
-    return {"archived_lines": _archived_lines(archive), "recompute_aggregates": len(recomputed),
-            "recompute_mismatches": len(diff)}
+    console.print(
+        f"batch recompute from the raw archive ({_archived_lines(archive):,} archived lines, "
+        f"{time.monotonic() - started:.1f} s): {len(recomputed):,} aggregates, "
+        f"{len(diff)} differ from the streaming job's {ok}"
+    )
+    return {
+        "archived_lines": _archived_lines(archive),
+        "recompute_aggregates": len(recomputed),
+        "recompute_mismatches": len(diff),
+    }
 
 
 def _report(console, reader, summary: dict, expected: dict, mismatches: list) -> None:
@@ -342,9 +396,20 @@ def _report(console, reader, summary: dict, expected: dict, mismatches: list) ->
     t = Table(title="demo: flights replayed through the streaming job")
     t.add_column("figure")
     t.add_column("value", justify="right")
-    for k in ("published", "distinct_events", "accepted", "duplicates_dropped", "dead_letters",
-              "aggregates_written", "events_per_s", "ingested_s", "caught_up_s",
-              "watermark_lag_s", "oldest_unacked_age_s", "backlog_messages"):
+    for k in (
+        "published",
+        "distinct_events",
+        "accepted",
+        "duplicates_dropped",
+        "dead_letters",
+        "aggregates_written",
+        "events_per_s",
+        "ingested_s",
+        "caught_up_s",
+        "watermark_lag_s",
+        "oldest_unacked_age_s",
+        "backlog_messages",
+    ):
         if k in summary:
             t.add_row(k, f"{summary[k]:,}" if isinstance(summary[k], int) else str(summary[k]))
     console.print(t)
@@ -359,13 +424,22 @@ def _report(console, reader, summary: dict, expected: dict, mismatches: list) ->
         top.add_column(col, justify="right")
     for (vid, et), _ in sorted(totals.items(), key=lambda kv: -kv[1])[:5]:
         start, end = min(hours[(vid, et)]), max(hours[(vid, et)]) + 3600
-        s = reader.get_stats(vid, et, "count", format_time_us(start * US_PER_S), format_time_us(end * US_PER_S), "total")
+        s = reader.get_stats(
+            vid, et, "count", format_time_us(start * US_PER_S), format_time_us(end * US_PER_S), "total"
+        )
         a = s.combined
-        top.add_row(vid, et, f"{a.count:,}", f"{a.avg:.2f}" if a.avg is not None else "-",
-                    f"{a.max:g}" if a.max is not None else "-")
+        top.add_row(
+            vid,
+            et,
+            f"{a.count:,}",
+            f"{a.avg:.2f}" if a.avg is not None else "-",
+            f"{a.max:g}" if a.max is not None else "-",
+        )
     console.print(top)
     ok = "[green]OK[/]" if not mismatches else "[red]MISMATCH[/]"
-    console.print(f"reconciliation: {summary['aggregates_checked']:,} minute and hour aggregates compared with an "
-                  f"independent polars computation over the manifest: {len(mismatches)} mismatches {ok}")
+    console.print(
+        f"reconciliation: {summary['aggregates_checked']:,} minute and hour aggregates compared with an "
+        f"independent polars computation over the manifest: {len(mismatches)} mismatches {ok}"
+    )
     for m in mismatches[:10]:
         console.print(f"  {m.key}: expected {m.expected}, stored {m.stored}")

@@ -3,7 +3,7 @@ started and stopped by PID.
 
 ``with FlinkCluster(task_managers=2, task_slots=2) as cluster:`` starts one job manager,
 ``task_managers`` task managers and one Python worker pool that they all share
-(``python -m viewcounts.worker_pool``: Beam's pool would let one task manager stop another's
+(``python -m viewcounts.local.worker_pool``: Beam's pool would let one task manager stop another's
 worker; the project's venv first on its ``PATH``: the pool starts each SDK worker with the
 ``python`` it finds there), each in a
 process group of its own, with a config of their own (free ports, a temporary folder).
@@ -20,6 +20,7 @@ REST helpers (Flink's REST API, https://nightlies.apache.org/flink/flink-docs-re
 ``running_jobs()``, ``job_status(job_id)``, ``wait_for_running(...)``, ``job_taskmanagers(job_id)``,
 ``stop_with_savepoint(job_id, folder)``, ``cancel(job_id)``.
 """
+
 from __future__ import annotations
 
 import glob
@@ -38,9 +39,9 @@ from pathlib import Path
 
 import psutil
 
-from viewcounts.emulators import _die_with_parent, free_port
+from viewcounts.local.emulators import _die_with_parent, free_port
 
-FLINK_VENV = Path(os.environ.get("VIEWCOUNTS_FLINK_VENV", Path(__file__).resolve().parents[1] / ".venv-flink"))
+FLINK_VENV = Path(os.environ.get("VIEWCOUNTS_FLINK_VENV", Path(__file__).resolve().parents[2] / ".venv-flink"))
 
 
 class FlinkMissing(RuntimeError):
@@ -76,8 +77,14 @@ class FlinkCluster:
     all register within ``startup_timeout_s`` and ``RuntimeError`` when a process exits at
     start (the message names the log folder)."""
 
-    def __init__(self, task_managers: int = 1, task_slots: int = 4, worker_pool: bool = True,
-                 taskmanager_memory: str = "1536m", startup_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        task_managers: int = 1,
+        task_slots: int = 4,
+        worker_pool: bool = True,
+        taskmanager_memory: str = "1536m",
+        startup_timeout_s: float = 120.0,
+    ) -> None:
         self._n_tms, self._slots, self._with_pool = task_managers, task_slots, worker_pool
         self._tm_memory, self._timeout_s = taskmanager_memory, startup_timeout_s
         self.rest_port, self._rpc_port, self._pool_port = free_port(), free_port(), free_port()
@@ -97,21 +104,30 @@ class FlinkCluster:
             raise RuntimeError("this cluster was started without a worker pool")
         return f"localhost:{self._pool_port}"
 
-    def start(self) -> "FlinkCluster":
+    def start(self) -> FlinkCluster:
         home = flink_home()
         self._home = home
         self.dir = tempfile.mkdtemp(prefix="flink-cluster-")
         conf = Path(self.dir) / "conf"
         shutil.copytree(home / "conf", conf)
         settings = {
-            "jobmanager.rpc.address": "localhost", "jobmanager.bind-host": "localhost",
-            "jobmanager.rpc.port": self._rpc_port, "rest.address": "localhost", "rest.bind-address": "localhost",
-            "rest.port": self.rest_port, "taskmanager.host": "localhost", "taskmanager.bind-host": "localhost",
-            "taskmanager.numberOfTaskSlots": self._slots, "jobmanager.memory.process.size": "1024m",
-            "taskmanager.memory.process.size": self._tm_memory, "io.tmp.dirs": f"{self.dir}/tmp",
-            "web.tmpdir": f"{self.dir}/web", "blob.storage.directory": f"{self.dir}/blobs",
+            "jobmanager.rpc.address": "localhost",
+            "jobmanager.bind-host": "localhost",
+            "jobmanager.rpc.port": self._rpc_port,
+            "rest.address": "localhost",
+            "rest.bind-address": "localhost",
+            "rest.port": self.rest_port,
+            "taskmanager.host": "localhost",
+            "taskmanager.bind-host": "localhost",
+            "taskmanager.numberOfTaskSlots": self._slots,
+            "jobmanager.memory.process.size": "1024m",
+            "taskmanager.memory.process.size": self._tm_memory,
+            "io.tmp.dirs": f"{self.dir}/tmp",
+            "web.tmpdir": f"{self.dir}/web",
+            "blob.storage.directory": f"{self.dir}/blobs",
             # a lost task manager is noticed within 10 s rather than 50 s
-            "heartbeat.timeout": 10000, "heartbeat.interval": 2000,
+            "heartbeat.timeout": 10000,
+            "heartbeat.interval": 2000,
             # a job's subtasks go to every task manager rather than filling the first one's slots
             "cluster.evenly-spread-out-slots": "true",
         }
@@ -134,12 +150,23 @@ class FlinkCluster:
     def _flink_process(self, script: str, name: str) -> subprocess.Popen:
         log_dir = Path(self.dir) / "log" / name
         log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "FLINK_HOME": str(self._home), "FLINK_CONF_DIR": str(self._conf),
-               "FLINK_LOG_DIR": str(log_dir), "FLINK_PID_DIR": str(log_dir)}
+        env = {
+            **os.environ,
+            "FLINK_HOME": str(self._home),
+            "FLINK_CONF_DIR": str(self._conf),
+            "FLINK_LOG_DIR": str(log_dir),
+            "FLINK_PID_DIR": str(log_dir),
+        }
         log = open(log_dir / "console.out", "ab")
-        return subprocess.Popen(["bash", str(self._home / "bin" / script), "start-foreground"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+        return subprocess.Popen(
+            ["bash", str(self._home / "bin" / script), "start-foreground"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
     def _start_pool(self) -> None:
         venv_bin = str(Path(sys.executable).parent)
@@ -147,19 +174,29 @@ class FlinkCluster:
         log_dir = Path(self.dir) / "log" / "worker-pool"
         log_dir.mkdir(parents=True, exist_ok=True)
         self._pool = subprocess.Popen(
-            [str(Path(venv_bin) / "python"), "-m", "viewcounts.worker_pool",
-             f"--service_port={self._pool_port}"], env=env, stdout=open(log_dir / "pool.log", "ab"),
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
-        self._wait(lambda: socket.create_connection(("localhost", self._pool_port), timeout=1).close() or True,
-                   "the worker pool to listen", [self._pool])
+            [str(Path(venv_bin) / "python"), "-m", "viewcounts.local.worker_pool", f"--service_port={self._pool_port}"],
+            env=env,
+            stdout=open(log_dir / "pool.log", "ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self._wait(
+            lambda: socket.create_connection(("localhost", self._pool_port), timeout=1).close() or True,
+            "the worker pool to listen",
+            [self._pool],
+        )
 
     def _wait(self, ready, what: str, procs: list) -> None:
         deadline = time.monotonic() + self._timeout_s
         while time.monotonic() < deadline:
             for p in procs:
                 if p is not None and p.poll() is not None:
-                    raise RuntimeError(f"a Flink cluster process exited with {p.returncode} while waiting for "
-                                       f"{what}; logs in {self.dir}/log")
+                    raise RuntimeError(
+                        f"a Flink cluster process exited with {p.returncode} while waiting for "
+                        f"{what}; logs in {self.dir}/log"
+                    )
             try:
                 if ready():
                     return
@@ -205,8 +242,11 @@ class FlinkCluster:
         if self._pool is None:
             return []
         try:
-            ports = {c.laddr.port for c in psutil.Process(tm_pid).net_connections(kind="tcp")
-                     if c.status == psutil.CONN_LISTEN}
+            ports = {
+                c.laddr.port
+                for c in psutil.Process(tm_pid).net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN
+            }
             workers = psutil.Process(self._pool.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
@@ -269,8 +309,9 @@ class FlinkCluster:
 
     def rest(self, path: str, method: str = "GET", body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://{self.master}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://{self.master}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             text = resp.read()
         return json.loads(text) if text else {}
@@ -335,7 +376,7 @@ class FlinkCluster:
             _kill_group(p)
         self._tms, self._jm, self._pool = [None] * self._n_tms, None, None
 
-    def __enter__(self) -> "FlinkCluster":
+    def __enter__(self) -> FlinkCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

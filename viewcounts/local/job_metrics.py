@@ -43,6 +43,7 @@ Counters count since the job's last restart (Flink's ``numRestarts`` of ``/jobs/
 Raises ``urllib.error.URLError`` / ``OSError`` when the REST API does not answer and
 ``urllib.error.HTTPError`` for an unknown job id.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,13 +70,14 @@ def _get(rest_url: str, path: str, timeout_s: float):
         return json.loads(resp.read() or b"null")
 
 
-def _subtask_metrics(rest_url: str, job_id: str, vertex_id: str, names: list[str], agg: str,
-                     timeout_s: float) -> dict[str, float]:
+def _subtask_metrics(
+    rest_url: str, job_id: str, vertex_id: str, names: list[str], agg: str, timeout_s: float
+) -> dict[str, float]:
     """``{name: aggregate over the vertex's subtasks}`` (``agg``: sum, min or max)."""
     out: dict[str, float] = {}
     path = f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics"
     for i in range(0, len(names), _GET_BATCH):
-        query = urllib.parse.urlencode({"get": ",".join(names[i:i + _GET_BATCH]), "agg": agg})
+        query = urllib.parse.urlencode({"get": ",".join(names[i : i + _GET_BATCH]), "agg": agg})
         for m in _get(rest_url, f"{path}?{query}", timeout_s) or []:
             if agg in m:
                 out[m["id"]] = float(m[agg])
@@ -84,12 +86,16 @@ def _subtask_metrics(rest_url: str, job_id: str, vertex_id: str, names: list[str
 
 def _input_watermarks_ms(rest_url: str, job_id: str, vertex_id: str, timeout_s: float) -> list[int]:
     """Each subtask's input watermark of a vertex, epoch ms (Long.MIN_VALUE / MAX_VALUE as is)."""
-    return [int(w["value"]) for w in _get(rest_url, f"/jobs/{job_id}/vertices/{vertex_id}/watermarks", timeout_s)
-            if w["id"].endswith(".currentInputWatermark")]
+    return [
+        int(w["value"])
+        for w in _get(rest_url, f"/jobs/{job_id}/vertices/{vertex_id}/watermarks", timeout_s)
+        if w["id"].endswith(".currentInputWatermark")
+    ]
 
 
-def flink_job_metrics(rest_url: str, job_id: str, published_messages: int | None = None,
-                      timeout_s: float = 10.0) -> dict:
+def flink_job_metrics(
+    rest_url: str, job_id: str, published_messages: int | None = None, timeout_s: float = 10.0
+) -> dict:
     """The job's counters, watermark lag, oldest unacked message age and source backlog
     (see the module docstring). ``rest_url``: the job manager's REST address
     (``host:port`` as in ``--flink_master``, or ``http://host:port``)."""
@@ -111,13 +117,21 @@ def flink_job_metrics(rest_url: str, job_id: str, published_messages: int | None
         live = [w for w in marks if w <= now_ms + _DAY_MS]  # not at the end of time
         stream_ms += live
         low = min(live, default=None)
-        vertices.append({"name": v["name"], "parallelism": v["parallelism"],
-                         "input_watermark_ms": low if low is not None and low >= _EARLIEST_MS else None})
+        vertices.append(
+            {
+                "name": v["name"],
+                "parallelism": v["parallelism"],
+                "input_watermark_ms": low if low is not None and low >= _EARLIEST_MS else None,
+            }
+        )
     lowest = min(stream_ms, default=None)
     pulled = counters.get("messages_pulled")
-    return {"counters": counters,
-            "watermark_lag_s": (round((now_ms - lowest) / 1000, 3)
-                                if lowest is not None and lowest >= _EARLIEST_MS else None),
-            "oldest_unacked_age_s": round(oldest_ms / 1000, 3) if oldest_ms is not None else None,
-            "backlog_messages": (published_messages - (pulled or 0)) if published_messages is not None else None,
-            "vertices": vertices}
+    return {
+        "counters": counters,
+        "watermark_lag_s": (
+            round((now_ms - lowest) / 1000, 3) if lowest is not None and lowest >= _EARLIEST_MS else None
+        ),
+        "oldest_unacked_age_s": round(oldest_ms / 1000, 3) if oldest_ms is not None else None,
+        "backlog_messages": (published_messages - (pulled or 0)) if published_messages is not None else None,
+        "vertices": vertices,
+    }

@@ -4,6 +4,7 @@
 ``127.0.0.1:PORT``; leaving it stops the process group it started. The binaries come with
 the gcloud CLI (DESIGN.md); when they are missing, ``EmulatorMissing`` says so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,14 @@ def start_process(argv: list[str], name: str, ready, timeout_s: float) -> tuple[
     Returns ``(process, log path)``. Raises ``RuntimeError`` if it exits first and
     ``TimeoutError`` (after stopping it) if it is not ready within ``timeout_s`` seconds."""
     log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -91,22 +98,23 @@ class Emulator:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "Emulator":
+    def start(self) -> Emulator:
         if not os.path.exists(self.argv[0]):
-            raise EmulatorMissing(f"the {self.name} emulator is not installed at {self.argv[0]} "
-                                  "(it ships with the Google Cloud CLI; see README)")
+            raise EmulatorMissing(
+                f"the {self.name} emulator is not installed at {self.argv[0]} "
+                "(it ships with the Google Cloud CLI; see README)"
+            )
 
         def listening() -> None:
             socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
 
-        self.proc, self.log_path = start_process(self.argv, f"{self.name}-emulator", listening,
-                                                 self.startup_timeout_s)
+        self.proc, self.log_path = start_process(self.argv, f"{self.name}-emulator", listening, self.startup_timeout_s)
         return self
 
     def stop(self) -> None:
         stop_process(self.proc)
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -120,5 +128,10 @@ def pubsub_emulator(port: int | None = None) -> Emulator:
 
 def bigtable_emulator(port: int | None = None) -> Emulator:
     port = port or free_port()
-    return Emulator("bigtable", [BIGTABLE_BIN, "-host", "127.0.0.1", "-port", str(port)], port,
-                    "BIGTABLE_EMULATOR_HOST", startup_timeout_s=30.0)
+    return Emulator(
+        "bigtable",
+        [BIGTABLE_BIN, "-host", "127.0.0.1", "-port", str(port)],
+        port,
+        "BIGTABLE_EMULATOR_HOST",
+        startup_timeout_s=30.0,
+    )

@@ -1,0 +1,1 @@
+"""The ``viewcounts`` subcommands' implementations (``viewcounts.cli`` parses and dispatches)."""
