@@ -315,11 +315,10 @@ class FirePanes(beam.DoFn):
     marker (``pipelines.restarts.write_marker``); None: it only logs a warning.
 
     Why not Beam's own windows: ``WindowInto(FixedWindows)`` with the same trigger, accumulation
-    and lateness plus ``CombinePerKey`` over the same pre-aggregated partials of 200,000 events
-    gave identical final panes at 0.69x this DoFn's events/s on a Flink session cluster at
-    parallelism 2 (3,862 vs 5,584) and 0.23x on Prism (4,443 vs 19,645), 2026-12-03, and wrote
-    every cell twice (Python's ``WindowInto`` always emits a closing pane: 244,048 vs 122,024
-    rows), without the day counts. Reproduce: ``viewcounts bench --parts windowing``."""
+    and lateness plus ``CombinePerKey`` over the same partials gave identical final panes at
+    0.69x and 0.23x this DoFn's events/s on the two portable engines the bench measures, and wrote
+    every cell twice (docs/decisions.md has the figures). Reproduce: ``viewcounts bench --parts
+    windowing``."""
 
     PARTIALS = BagStateSpec("partials", TupleCoder((VarIntCoder(), VarIntCoder(), BytesCoder())))
     PANES = ReadModifyWriteStateSpec("panes", BytesCoder())
