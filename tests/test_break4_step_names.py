@@ -3,13 +3,13 @@ step's state by its step name *and* by each state's id (``beam.DoFn.StateParam``
 a compatible coder. The record (``step-names.json``) keeps only ``"stateful"``/``"stateless"``
 per step, so renaming a state of a step that keeps its name passes ``step_names.py check``
 (a changed state coder too; what Dataflow's compatibility check makes of that is not tried
-here): the updated job reads the renamed state empty (for ``FirePanes``'
-``dropped_hour_day_counts``, exactly the "restored without the cell" case it repairs after the
-fact, and for the dedup stage, duplicates counted twice).
+here): the updated job reads the renamed state empty (``FirePanes``' ``dropped_hour_day_counts``
+would be caught after the fact as "restored without the cell"; the dedup stage's ids would be
+forgotten and their duplicates counted).
 
-The job is built offline as ``step_names.deployed_job`` builds it; each stateful step's state
-and timer ids are changed in the proto (as a rename in the code would) and the recorded view of
-the two graphs compared."""
+The job is built offline as ``step_names.deployed_job`` builds it; each stateful step's state ids
+are changed in the proto (as a rename in the code would) and the recorded view of the two
+graphs compared."""
 
 from __future__ import annotations
 
