@@ -51,6 +51,10 @@ are 28,800; one 30-day hour series is 720; a year of hours by day or total is 8,
 
 from __future__ import annotations
 
+import pipelines  # noqa: F401  (first: importing it hides the unfixable grpcio warning)
+
+# isort: split
+
 import contextlib
 import datetime as dt
 import functools

@@ -22,6 +22,10 @@ Run from the repository root::
 
 from __future__ import annotations
 
+import pipelines  # noqa: F401  (first: importing it hides the unfixable grpcio warning)
+
+# isort: split
+
 import argparse
 import json
 import sys

@@ -19,6 +19,10 @@ DIR JOB_ID``) and resume it by submitting again with ``--savepoint_path=<savepoi
 
 from __future__ import annotations
 
+import pipelines  # noqa: F401  (first: importing it hides the unfixable grpcio warning)
+
+# isort: split
+
 import json
 import logging
 import signal

@@ -26,6 +26,10 @@ container, restarted, names its workers as its predecessor did).
 
 from __future__ import annotations
 
+import pipelines  # noqa: F401  (first: importing it hides the unfixable grpcio warning)
+
+# isort: split
+
 import argparse
 import logging
 import subprocess

@@ -16,6 +16,10 @@ name, its steps matched by name.
 
 from __future__ import annotations
 
+import pipelines  # noqa: F401  (first: importing it hides the unfixable grpcio warning)
+
+# isort: split
+
 import argparse
 import functools
 import logging

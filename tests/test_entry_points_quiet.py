@@ -1,4 +1,4 @@
-"""Breaks of "the entry points start quiet" (pipelines/__init__.py hides the grpcio FutureWarning
+"""The entry points start quiet (pipelines/__init__.py hides the grpcio FutureWarning
 for whatever imports ``pipelines`` first): every ``python -m MODULE`` the repository's documents,
 manifests and images run, and the scripts they run by path, exit 0 on ``--help`` with nothing on
 stderr. The list is read from the repository, so a new entry point is checked too."""
@@ -35,12 +35,7 @@ def _yaml_commands() -> set[str]:
     return found
 
 
-# Where the warning still shows, and who reads that stderr
-LOUD = {
-    "query.service": "the stats service image's CMD (infra/service/Dockerfile): Cloud Run's log",
-    "viewcounts.local.worker_pool": "the worker pool beside each Flink task manager (flinkdeployment.yaml)",
-    "viewcounts.commands.submit": "the Flink submitter Job (submit-job.yaml)",
-}
+# the scripts run by path (not ``python -m``), and who reads their stderr
 SCRIPTS = {
     "infra/dataflow/flex-template/main.py": "the Flex Template launcher's log (imported as the launcher does)",
     "infra/dataflow/step_names.py": "infra/dataflow/README.md's update steps",
@@ -53,27 +48,18 @@ def _quiet(argv: list[str], cwd: Path) -> None:
     assert r.stderr == "", r.stderr[:600]
 
 
-def _xfail_if(loud: dict[str, str], name: str):
-    return pytest.param(
-        name,
-        marks=[pytest.mark.xfail(strict=True, reason=f"grpcio FutureWarning on stderr: {loud[name]}")]
-        if name in loud
-        else [],
-    )
-
-
 def test_the_entry_points_are_found():
     modules = _modules_run()
     assert {"pipelines.streaming", "query.service", "viewcounts.local.worker_pool"} <= set(modules), modules
     assert _yaml_commands() <= set(modules)
 
 
-@pytest.mark.parametrize("module", [_xfail_if(LOUD, m) for m in _modules_run()])
+@pytest.mark.parametrize("module", _modules_run())
 def test_python_m_help_is_quiet(module):
     _quiet([sys.executable, "-m", module, "--help"], ROOT)
 
 
-@pytest.mark.parametrize("script", [_xfail_if(SCRIPTS, s) for s in SCRIPTS])
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_script_is_quiet(script):
     path = ROOT / script
     if path.name == "main.py":  # the launcher imports main.py from its folder, the packages beside it
