@@ -153,7 +153,7 @@ def test_validate_without_age_checks_keeps_old_and_future_events():
         assert_that(out.chunks | beam.FlatMap(lambda kv: [e.event_id for e in kv[1][1]]), equal_to(["old", "new"]))
 
 
-def _count(clock, policy=AcceptancePolicy(), early=30, stamped=False):
+def _count(clock, policy=AcceptancePolicy(), early=30, stamped=False):  # noqa: B008 (a frozen dataclass)
     """``stamped``: the dedup stage reads the watermark from the elements' timestamps (the
     ``_Clock`` stamps them at the watermark, as the portable Pub/Sub source does), else
     from its ladder of timers."""

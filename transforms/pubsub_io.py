@@ -428,7 +428,7 @@ class _PullFn(beam.DoFn, WatermarkEstimatorProvider):
         self,
         reader: str,
         bundle_finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam passes those by name
-        restriction_tracker=beam.DoFn.RestrictionParam(_EndlessPulls()),
+        restriction_tracker=beam.DoFn.RestrictionParam(_EndlessPulls()),  # noqa: B008 (Beam: the provider, once)
         watermark=beam.DoFn.WatermarkEstimatorParam(),
     ):
         started = time.monotonic()

@@ -76,8 +76,8 @@ class Source(beam.DoFn):
     def process(
         self,
         _,
-        tracker=beam.DoFn.RestrictionParam(_Steps()),
-        wm=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
+        tracker=beam.DoFn.RestrictionParam(_Steps()),  # noqa: B008 (Beam: the provider, once)
+        wm=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),  # noqa: B008 (Beam: the provider, once)
     ):
         step = tracker.current_restriction().start
         if not tracker.try_claim(step):

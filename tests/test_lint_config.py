@@ -1,10 +1,9 @@
-"""Breaks of the ruff configuration (pyproject.toml ``[tool.ruff]``, ``make lint``) and a guard of
+"""The ruff configuration (pyproject.toml ``[tool.ruff]``, ``make lint``) and a guard of
 ``viewcounts.cli._COMMANDS``.
 
-``B008`` (a call in an argument default, evaluated once when the module is imported) is ignored
-for the whole tree so that Beam's ``beam.DoFn.StateParam(...)``-style parameters pass; that also
-lets through a default that is a real bug: a clock read or a random token, made once at import
-and shared by every call. Ruff can allow Beam's calls by name instead
+``B008`` (a call in an argument default, evaluated once when the module is imported) is on: a
+clock read or a random token made once at import and shared by every call is refused, while
+Beam's ``beam.DoFn.StateParam(...)``-style parameters are allowed by name
 (``lint.flake8-bugbear.extend-immutable-calls``)."""
 
 from __future__ import annotations
@@ -53,11 +52,6 @@ def _ruff(source: str, as_path: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyproject.toml ignores B008 everywhere (for beam.DoFn.StateParam(...)); a default evaluated once "
-    "at import passes make lint",
-)
 @pytest.mark.parametrize("default", IMPORT_TIME_DEFAULTS)
 def test_lint_refuses_a_default_evaluated_at_import(default):
     r = _ruff(SOURCE.format(default=default), "transforms/stamping.py")
@@ -65,7 +59,7 @@ def test_lint_refuses_a_default_evaluated_at_import(default):
 
 
 def test_lint_accepts_beams_dofn_parameters():
-    """What the B008 ignore is for: Beam's state and timer parameters stay allowed."""
+    """Beam's state and timer parameters stay allowed (``extend-immutable-calls``)."""
     source = (
         "import apache_beam as beam\n\n\n"
         "class F(beam.DoFn):\n"
