@@ -128,6 +128,7 @@ def test_a_launcher_stopped_before_the_job_is_healthy_cancels_it_and_leaves_noth
     """SIGTERM to the launcher while it waits (a 10-minute checkpoint interval keeps the job
     from being healthy, so the launcher is still waiting when the job already runs): the job
     it submitted is cancelled and no process of its group (Beam's Java job server) is left."""
+    before = {j["jid"] for j in cluster.rest("/jobs/overview")["jobs"]}
     launcher = _launch(deployment, cluster, 2, checkpointing_interval_ms=600_000)
     try:
         job_id = None
@@ -153,8 +154,7 @@ def test_a_launcher_stopped_before_the_job_is_healthy_cancels_it_and_leaves_noth
             os.killpg(launcher.pid, 9)
         except ProcessLookupError:
             pass
-        for j in cluster.running_jobs():
-            _cancel(cluster, j)
+        _cancel_jobs_since(cluster, before)
 
 
 def test_the_recompute_runs_as_a_batch_job_on_the_cluster(cluster, table, tmp_path):
@@ -176,6 +176,20 @@ def test_the_recompute_runs_as_a_batch_job_on_the_cluster(cluster, table, tmp_pa
     jobs = [j for j in cluster.rest("/jobs/overview")["jobs"] if j["jid"] not in before]
     assert [j["state"] for j in jobs] == ["FINISHED"]
     assert reconcile(model(copies), _stored(table)) == []
+
+
+def _cancel_jobs_since(cluster: FlinkCluster, before: set[str], settle_s: float = 20.0) -> None:
+    """Cancel every job not in ``before`` and wait for each to end. A launcher killed while it
+    submitted may have handed its job to the cluster a moment before: jobs appearing within
+    ``settle_s`` are cancelled too, so a failed test leaves no job to the next."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        for j in cluster.rest("/jobs/overview")["jobs"]:
+            if j["jid"] not in before:
+                _cancel(cluster, j["jid"])
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(2)
 
 
 def _cancel(cluster: FlinkCluster, job_id: str) -> None:

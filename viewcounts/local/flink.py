@@ -41,6 +41,9 @@ import psutil
 
 from viewcounts.local.emulators import _die_with_parent, free_port
 
+REST_TIMEOUT_S = 20
+REST_GET_ATTEMPTS = 3
+
 FLINK_VENV = Path(os.environ.get("VIEWCOUNTS_FLINK_VENV", Path(__file__).resolve().parents[2] / ".venv-flink"))
 
 
@@ -308,13 +311,20 @@ class FlinkCluster:
         return out
 
     def rest(self, path: str, method: str = "GET", body: dict | None = None) -> dict:
+        """The JSON answer of Flink's REST API at ``path`` (``{}`` for an empty body). The job
+        manager can take tens of seconds to answer while it takes in a submission on a busy
+        machine: a GET that times out (``REST_TIMEOUT_S``) is asked again, up to
+        ``REST_GET_ATTEMPTS`` times in all, then ``TimeoutError``; other methods are asked once."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             f"http://{self.master}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            text = resp.read()
-        return json.loads(text) if text else {}
+        for _ in range(REST_GET_ATTEMPTS - 1 if method == "GET" else 0):
+            try:
+                return _answer(req)
+            except TimeoutError:
+                continue
+        return _answer(req)
 
     def running_jobs(self) -> list[str]:
         return [j["id"] for j in self.rest("/jobs")["jobs"] if j["status"] == "RUNNING"]
@@ -381,3 +391,10 @@ class FlinkCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _answer(req: urllib.request.Request) -> dict:
+    """One REST request's JSON answer (``{}`` for an empty body); ``TimeoutError`` after ``REST_TIMEOUT_S``."""
+    with urllib.request.urlopen(req, timeout=REST_TIMEOUT_S) as resp:
+        text = resp.read()
+    return json.loads(text) if text else {}
