@@ -109,24 +109,29 @@ def run(
             | "count events" >> CountEvents(policy, early_firing_s)
         )[ROWS]
         rows | "file rows" >> beam.ParDo(FileRows(str(rows_dir)))
-        cpu0 = cluster.cpu_seconds()
-        t0 = time.perf_counter()
-        p.run()
-        jobs = _wait_for_end(cluster, timeout_s)
-        cpu1 = cluster.cpu_seconds()
-        if len(jobs) != 1 or jobs[0]["state"] != "FINISHED":
-            raise RuntimeError(f"expected one finished job, found {[(j['jid'], j['state']) for j in jobs]}")
-        seconds = jobs[0]["duration"] / 1000
-        submit_s = time.perf_counter() - t0 - seconds
+        timed = run_timed(cluster, p, timeout_s)
     panes, mutations = newest_panes(rows_dir)
     write_aggregates(panes, out_path)
+    return {"events": meta["events_sent"], "mutations": mutations, **timed, "parallelism": parallelism}
+
+
+def run_timed(cluster, pipeline: beam.Pipeline, timeout_s: float) -> dict:
+    """Run ``pipeline`` on ``cluster`` (a ``FlinkCluster`` with no other job) until its one job
+    ends: ``seconds`` (the job's duration as Flink reports it), ``submit_seconds`` (the rest of
+    the wall time: translation, staging, worker start) and ``jvm_cpu_seconds`` (the cluster's
+    processes' CPU over the run). Raises ``RuntimeError`` unless exactly one job FINISHED."""
+    cpu0 = cluster.cpu_seconds()
+    t0 = time.perf_counter()
+    pipeline.run()
+    jobs = _wait_for_end(cluster, timeout_s)
+    cpu1 = cluster.cpu_seconds()
+    if len(jobs) != 1 or jobs[0]["state"] != "FINISHED":
+        raise RuntimeError(f"expected one finished job, found {[(j['jid'], j['state']) for j in jobs]}")
+    seconds = jobs[0]["duration"] / 1000
     return {
-        "events": meta["events_sent"],
-        "mutations": mutations,
         "seconds": seconds,
-        "submit_seconds": round(submit_s, 3),
-        "parallelism": parallelism,
-        "jvm_cpu_seconds": round(sum(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1), 2),
+        "submit_seconds": round(time.perf_counter() - t0 - seconds, 3),
+        "jvm_cpu_seconds": round(sum(cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1), 2),
     }
 
 

@@ -216,7 +216,7 @@ def _pipeline(
 
 def _run_flink(build, parallelism: int, timeout_s: float) -> dict:
     from pipelines.runners import runner_flags
-    from viewcounts.bench.core_flink import _wait_for_end
+    from viewcounts.bench.core_flink import run_timed
     from viewcounts.local.flink import FlinkCluster
 
     with FlinkCluster(task_managers=2, task_slots=2) as cluster:
@@ -225,20 +225,7 @@ def _run_flink(build, parallelism: int, timeout_s: float) -> dict:
         )
         # a bounded streaming job ends only when its idle sources shut down (core_flink)
         p = build([*flags, "--shutdown_sources_after_idle_ms=1000"])
-        cpu0 = cluster.cpu_seconds()
-        t0 = time.perf_counter()
-        p.run()
-        jobs = _wait_for_end(cluster, timeout_s)
-        cpu1 = cluster.cpu_seconds()
-        if len(jobs) != 1 or jobs[0]["state"] != "FINISHED":
-            raise RuntimeError(f"expected one finished job, found {[(j['jid'], j['state']) for j in jobs]}")
-        seconds = jobs[0]["duration"] / 1000
-        return {
-            "seconds": seconds,
-            "submit_seconds": round(time.perf_counter() - t0 - seconds, 3),
-            "parallelism": parallelism,
-            "jvm_cpu_seconds": round(sum(cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1), 2),
-        }
+        return {**run_timed(cluster, p, timeout_s), "parallelism": parallelism}
 
 
 def _run_prism(build) -> dict:
