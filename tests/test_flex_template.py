@@ -9,7 +9,8 @@ a flag; Terraform's ``template_parameters`` output names parameters only.
 Update: the launcher passes ``update`` and ``transformNameMapping`` to Beam, and the job
 request then replaces the running job with the mapping; the step names a running job has
 (``infra/dataflow/step-names.json``) are all in the job built now, or renamed by
-``infra/dataflow/transform-name-mapping.json`` (``infra/dataflow/step_names.py``).
+``infra/dataflow/transform-name-mapping.json``, with the state and timer ids of their stateful
+steps kept or migrated (``infra/dataflow/state-migrations.json``; ``infra/dataflow/step_names.py``).
 """
 
 from __future__ import annotations
@@ -182,16 +183,20 @@ def test_an_update_request_replaces_the_running_job_with_the_mapping(monkeypatch
     assert job["transformNameMapping"] == mapping
 
 
-def test_every_step_of_the_running_job_is_in_the_job_or_mapped():
+def test_every_step_and_state_cell_of_the_running_job_is_in_the_job_mapped_or_migrated():
     names = STEP_NAMES
     with open(names.STEP_NAMES) as f:
         recorded = json.load(f)
     with open(names.NAME_MAPPING) as f:
         mapping = json.load(f)
-    assert recorded and all(kind in ("stateful", "stateless") for kind in recorded.values())
-    current = set(names.steps(names.deployed_job()))
-    lost = names.lost_steps(recorded, current, mapping)
-    assert not lost, names.report(lost, current)
+    with open(names.STATE_MIGRATIONS) as f:
+        migrations = json.load(f)
+    assert recorded and all(kind in ("stateful", "stateless") or kind["state"] for kind in recorded.values())
+    current = names.steps(names.deployed_job())
+    lost = names.lost_steps(recorded, set(current), mapping)
+    assert not lost, names.report(lost, set(current))
+    changed = names.changed_state(recorded, current, mapping, migrations)
+    assert not changed, names.state_report(changed)
 
 
 @st.composite
