@@ -8,8 +8,8 @@ own ``DataflowApplicationClient`` then fills in the job request as ``create_job`
 with ``stage_file`` keeping the staged files in memory instead of uploading them to GCS, and
 ``--no_auth`` so it looks for no credentials. Nothing is submitted.
 
-The Flex Template's image is checked against the repository: the Dockerfile copies files that
-exist. Its parameters and the job update: ``tests/test_flex_template.py``.
+The Flex Template's image is checked against the repository: it holds the launcher and the
+sources setup.py ships (what every image installs, and from what: ``tests/test_images.py``). Its parameters and the job update: ``tests/test_flex_template.py``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,9 @@ import importlib.util
 import io
 import json
 import os
-import shlex
-import shutil
 import tarfile
-import tomllib
 
 import pytest
-import setuptools
 import yaml
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
@@ -34,6 +30,7 @@ from apache_beam.runners.dataflow.internal import apiclient
 from pipelines.options import DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, CountingOptions
 from schemas import storage
 from tests.conftest import REPO
+from tests.test_images import context_files, copy_context, setup_packages, stages
 
 FLEX_TEMPLATE = os.path.join(REPO, "infra", "dataflow", "flex-template")
 PROJECT = "viewcounts-test"
@@ -77,14 +74,6 @@ def counting_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_packages() -> list[str]:
-    """The packages the sdist of setup.py ships: pyproject.toml's
-    ``[tool.setuptools.packages.find]``, found in the checkout as setuptools finds them."""
-    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
-        find = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]
-    return setuptools.find_packages(REPO, include=find["include"])
-
-
 def file_module(path: str):
     """The Python file at ``path`` as a module (its folder is no package: ``infra/dataflow``)."""
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
@@ -104,14 +93,9 @@ def parameter_flags(parameters: dict[str, str]) -> list[str]:
 
 
 def _source(tmp_path_factory):
-    """A copy of setup.py, pyproject.toml (its metadata) and the packages it ships (the sdist
-    writes an egg-info next to setup.py: not in the checkout); returns its setup.py."""
-    source = tmp_path_factory.mktemp("source")
-    for name in ("setup.py", "pyproject.toml"):
-        shutil.copy(os.path.join(REPO, name), source)
-    for package in {p.split(".")[0] for p in _setup_packages()}:
-        shutil.copytree(os.path.join(REPO, package), source / package, ignore=shutil.ignore_patterns("__pycache__"))
-    return source / "setup.py"
+    """A copy of the images' build context, as the launcher image holds it (the sdist writes an
+    egg-info next to setup.py: not in the checkout); returns its setup.py."""
+    return os.path.join(copy_context(str(tmp_path_factory.mktemp("source"))), "setup.py")
 
 
 def _request(job) -> tuple[dict, dict]:
@@ -212,36 +196,22 @@ def test_workers_get_the_packages_setup_py_ships(job_request):
     assert "workflow.tar.gz" in {p["name"] for p in pool["packages"]}
     with tarfile.open(fileobj=io.BytesIO(staged["workflow.tar.gz"])) as sdist:
         files = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
-    assert {f"{p.replace('.', '/')}/__init__.py" for p in _setup_packages()} <= files
+    assert {f"{p.replace('.', '/')}/__init__.py" for p in setup_packages()} <= files
 
 
-def test_flex_template_image_copies_existing_files_and_every_package():
-    workdir, copied, env, runs = None, {}, {}, []
-    with open(os.path.join(FLEX_TEMPLATE, "Dockerfile")) as f:
-        for line in f:
-            if not line.strip() or line.startswith("#"):
-                continue
-            op, *args = shlex.split(line)
-            if op == "ARG" and args[0].startswith("WORKDIR="):
-                workdir = args[0].split("=", 1)[1]
-            elif op == "COPY":  # COPY source... target; a target folder (., or ending in /) keeps the names
-                *sources, target = args
-                into_folder = target == "." or target.endswith("/") or len(sources) > 1
-                for source in sources:
-                    assert os.path.exists(os.path.join(REPO, source)), source
-                    path = os.path.join(workdir, target, os.path.basename(source) if into_folder else "")
-                    copied[os.path.normpath(path)] = source
-            elif op == "ENV":
-                name, value = args[0].split("=", 1)
-                env[name] = value.replace("${WORKDIR}", workdir)
-            elif op == "RUN":
-                runs.append(args)
-    assert copied[env["FLEX_TEMPLATE_PYTHON_PY_FILE"]] == "infra/dataflow/flex-template/main.py"
-    assert copied[env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"]] == "setup.py"
-    assert copied[os.path.join(workdir, "pyproject.toml")] == "pyproject.toml"  # setup.py's metadata
-    assert {p.split(".")[0] for p in _setup_packages()} <= {os.path.relpath(t, workdir) for t in copied}
-    assert copied[os.path.join(workdir, "requirements.lock")] == "requirements.lock"
-    assert ["pip", "install", "--no-cache-dir", "-r", "requirements.lock"] in runs
+def test_flex_template_image_holds_the_launcher_and_the_sources_setup_py_ships():
+    """The launcher image: the build context (``tests/test_images.py``) copied into its working
+    folder, so the template's main.py and setup.py are there, beside the packages the sdist ships."""
+    [final] = stages(os.path.join(FLEX_TEMPLATE, "Dockerfile"))
+    [workdir] = [rest.split("=", 1)[1] for op, rest in final if op == "ARG" and rest.startswith("WORKDIR=")]
+    assert ("WORKDIR", "${WORKDIR}") in final and ("COPY", ". .") in final
+    env = dict(rest.replace("${WORKDIR}", workdir).replace('"', "").split("=", 1) for op, rest in final if op == "ENV")
+    in_image = {os.path.join(workdir, path) for path in context_files()}
+    assert env["FLEX_TEMPLATE_PYTHON_PY_FILE"] == os.path.join(workdir, "infra/dataflow/flex-template/main.py")
+    assert env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"] == os.path.join(workdir, "setup.py")
+    assert {env["FLEX_TEMPLATE_PYTHON_PY_FILE"], env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"]} <= in_image
+    assert os.path.join(workdir, "pyproject.toml") in in_image  # setup.py's metadata
+    assert {os.path.join(workdir, p.replace(".", "/"), "__init__.py") for p in setup_packages()} <= in_image
     with open(os.path.join(FLEX_TEMPLATE, "cloudbuild.yaml")) as f:
         [build] = yaml.safe_load(f)["steps"]
     assert os.path.exists(os.path.join(REPO, build["args"][build["args"].index("-f") + 1]))

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 
 import pytest
 import yaml
 from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, PortableOptions
 
-from pipelines.runners import FLINK_JOB_SERVER_JAR, FLINK_VERSION, FlinkJobOptions, prepare, runner_flags
+from pipelines.runners import BUILD_DIR, FLINK_JOB_SERVER_JAR, FLINK_VERSION, FlinkJobOptions, prepare, runner_flags
 from tests.conftest import REPO
+from tests.test_images import PROJECT_INSTALL, stages
 from viewcounts.commands.submit import check_submittable
 
 K8S = os.path.join(REPO, "infra", "flink", "k8s")
@@ -120,12 +122,17 @@ def test_submit_flags_agree_with_runner_flags_and_run_detached(deployment, submi
 
 
 def test_the_image_holds_what_the_manifests_run():
-    with open(os.path.join(K8S, "Dockerfile")) as f:
-        dockerfile = f.read()
-    copied = re.findall(r"^COPY (\S+)", dockerfile, re.M)
-    for path in copied:
-        if not path.startswith("build/"):  # build/ is made by `make flink-job-server`
-            assert os.path.exists(os.path.join(REPO, path)), path
-    assert {"pipelines", "transforms", "schemas", "query", "viewcounts"} <= set(copied)
-    assert "build/flink-job-server/lib" in copied and "VIEWCOUNTS_BUILD_DIR" in dockerfile
-    assert "openjdk-17" in dockerfile  # the submitter starts Beam's Java job server
+    """The project installed (tests/test_images.py), Java, and the job server a stage assembles
+    from infra/flink/job-server/pom.xml at the apache-beam pin, where pipelines.runners looks."""
+    job_server, final = stages(os.path.join(K8S, "Dockerfile"))
+    assert job_server[0][1].endswith(" AS job-server")
+    assert ("COPY", "requirements.lock infra/flink/job-server/pom.xml ./") in job_server
+    [mvn] = [rest for op, rest in job_server if op == "RUN"]
+    assert "-Dbeam.version=\"$(sed -n 's/^apache-beam==//p' requirements.lock)\"" in mvn
+    [out] = re.findall(r"-Dbuild\.dir=(\S+)", mvn)
+    assert ("RUN", PROJECT_INSTALL) in final
+    assert any(op == "RUN" and "openjdk-17-jre-headless" in rest for op, rest in final)  # the submitter's Java
+    env = dict(rest.split("=", 1) for op, rest in final if op == "ENV")
+    jar = os.path.join(env["VIEWCOUNTS_BUILD_DIR"], os.path.relpath(FLINK_JOB_SERVER_JAR, BUILD_DIR))
+    copied = {shlex.split(rest)[-1]: shlex.split(rest)[1] for op, rest in final if op == "COPY" and "--from=" in rest}
+    assert copied == {jar: f"{out}/flink-job-server.jar", os.path.join(os.path.dirname(jar), "lib"): f"{out}/lib"}

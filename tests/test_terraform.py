@@ -36,6 +36,7 @@ from query.service import add_serve_args
 from schemas import storage
 from schemas.parquet_archive import STAGING_FOLDER, hour_partition
 from tests.conftest import REPO
+from tests.test_images import PROJECT_INSTALL, stages
 from transforms import metrics
 from viewcounts.commands.demo import DEAD_LETTER_SUBSCRIPTION
 from viewcounts.local import provision
@@ -430,26 +431,9 @@ def test_cloud_run_env_names_the_bigtable_the_pipeline_writes(tf):
     }
 
 
-def _dockerfile(path: str) -> list[tuple[str, str]]:
-    """``(instruction, rest of the line)`` of each instruction (no continuation lines)."""
-    with open(path) as f:
-        lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-    assert not any(line.endswith("\\") for line in lines)
-    return [tuple(line.split(None, 1)) for line in lines]
-
-
-def _stages(path: str) -> list[list[tuple[str, str]]]:
-    stages = []
-    for op, rest in _dockerfile(path):
-        if op == "FROM":
-            stages.append([])
-        stages[-1].append((op, rest))
-    return stages
-
-
 def _service_cmd() -> tuple[list[str], dict[str, str]]:
     """The final stage's command as an argv (``sh -c`` script split) and its ``ENV`` values."""
-    final = _stages(SERVICE_DOCKERFILE)[-1]
+    final = stages(SERVICE_DOCKERFILE)[-1]
     workdir = next(rest.split("=", 1)[1] for op, rest in final if op == "ARG" and rest.startswith("WORKDIR="))
     env = dict(rest.replace("${WORKDIR}", workdir).split("=", 1) for op, rest in final if op == "ENV")
     [cmd] = [json.loads(rest) for op, rest in final if op == "CMD"]
@@ -457,17 +441,16 @@ def _service_cmd() -> tuple[list[str], dict[str, str]]:
     return shlex.split(cmd[2]), {k: v.strip('"') for k, v in env.items()}
 
 
-def test_service_image_copies_the_code_the_lock_and_the_built_dashboard():
-    js, final = _stages(SERVICE_DOCKERFILE)
+def test_service_image_installs_the_project_and_serves_the_built_dashboard():
+    js, final = stages(SERVICE_DOCKERFILE)
     assert js[0][1].endswith(" AS js")
     assert ("RUN", "npm ci --no-audit --no-fund") in js
     js_copies = [shlex.split(rest) for op, rest in js if op == "COPY"]
     assert js_copies == [["query/dashboard/package.json", "query/dashboard/package-lock.json", "./"]]
+    # the lock, then the project (tests/test_images.py), and from the js stage only uPlot
+    assert ("RUN", PROJECT_INSTALL) in final
     copies = [shlex.split(rest) for op, rest in final if op == "COPY"]
-    local = {src: dst for *srcs, dst in copies if not srcs[0].startswith("--from") for src in srcs}
-    assert all(os.path.exists(os.path.join(REPO, src)) for src in local), local
-    assert {"pipelines", "transforms", "schemas", "query", "viewcounts", "setup.py", "requirements.lock"} <= set(local)
-    assert ("RUN", "pip install --no-cache-dir -r requirements.lock") in final
+    assert [c for c in copies if not c[0].startswith("--from")] == [["requirements.lock", "."]]
     [(source, target)] = [(c[1], c[2]) for c in copies if c[0] == "--from=js"]
     _, env = _service_cmd()
     # the served folder is where the js stage's npm ci put uPlot, at the path make js uses
@@ -504,7 +487,7 @@ def test_service_image_command_serves_health_and_dashboard_from_the_checkout(big
 
     table = f"svc-{os.urandom(5).hex()}"
     provision.create_table("test-project", "test-instance", table)
-    final = _stages(SERVICE_DOCKERFILE)[-1]
+    final = stages(SERVICE_DOCKERFILE)[-1]
     [cmd] = [json.loads(rest) for op, rest in final if op == "CMD"]
     port = free_port()
     vendor = dashboard.vendor_dir() if not dashboard.missing_vendor_files() else str(tmp_path)
