@@ -4,14 +4,15 @@ A streaming job keeps each open window's partial aggregates and its dedup ids in
 A job that starts without that state (the local runner: every start; Flink: a start with
 ``--fresh_start`` or with no retained checkpoint to resume, ``pipelines.runners``;
 Dataflow: a new job rather than an update) fires panes that hold only its own events for
-windows the job before it had already stored, and a later pane wins (SPEC section 3):
+windows the job before it had already stored, and a later pane wins (docs/contract.md,
+"Bigtable rows": readers take the newest cell):
 those stored aggregates go below the truth. They are put right by a batch recompute of the
 affected hours from the raw archive, once their windows have closed:
 
 * ``RecordStatelessStart(archive_path, run_id, allowed_lateness_s)``: an ``Impulse`` in the
   streaming job. A runner emits an impulse once per job, and not again when the job is
   restored from a checkpoint or a savepoint (tested on Flink; a Dataflow update keeps its
-  state likewise), so a marker (``schemas.archive.restart_marker_path``) is written
+  state likewise), so a marker (``schemas.restart_markers``) is written
   exactly when a job starts without state; the job also logs a warning that says what to
   run. A job's first start writes one too: with no older files it selects no hour.
 * ``plan_recompute(archive_path, now_s)``: the hours whose folder holds files of a run that
@@ -19,8 +20,8 @@ affected hours from the raw archive, once their windows have closed:
   (the archive's file names carry the run, ``schemas.archive``; an old job still writing
   after the new one started -- start the new job, then drain the old -- counted part of
   the hour too; a superfluous recompute is harmless), split into ``closed`` ones
-  (``closes_at_s``: the hour's end plus the job's allowed lateness plus ``CLOSE_MARGIN_S`` is
-  past ``now_s``: no pane of them can change any more) and ``open`` ones (run the recompute
+  (``schemas.closed_windows.closes_at_s``: the hour's end plus the job's allowed lateness
+  plus ``CLOSE_MARGIN_S`` is past ``now_s``: no pane of them can change any more) and ``open`` ones (run the recompute
   again after their ``closes_at_s``). ``python -m pipelines.batch_recompute --after_restarts``
   recomputes the closed hours, and rebuilds the day top lists of their days from the archive
   of the whole day once those days are closed too (the new job's day stage started empty: its
@@ -33,63 +34,37 @@ affected hours from the raw archive, once their windows have closed:
   such a key (its ``dropped_hour_day_counts`` cell is written whenever the key holds state,
   so an empty cell beside other state is an older version's), marks the day counts it emits
   of days begun by then incomplete, and names those days in markers with ``"lacks_state":
-  LACKS_DAY_COUNTS, "days": [day start, ...]`` (``write_marker``): their counts miss the hours
+  LACKS_DAY_COUNTS, "days": [day start, ...]`` (``schemas.restart_markers``): their counts miss the hours
   the older job had dropped. ``plan_recompute`` turns them into ``days``;
   ``--after_restarts`` rebuilds their day lists once they close, reading their hours
   without rewriting them. A cell added by a later version follows the
   same pattern: written whenever the key has state, its absence is the marker.
 
-``CLOSE_MARGIN_S`` assumes a job that keeps up: its watermark then trails the wall clock by
-the portable source's sample period (the earliest timestamp pulled in the last 60 s,
-``transforms.pubsub_io.PullWatermark``) plus the publishers' delay. A job with a backlog
-trails by more: let it catch up before recomputing. For a replay of old data ``now_s`` says
-nothing about the job's watermark: run the recompute once the replay's windows have closed
-(the job's watermark is past them).
+``CLOSE_MARGIN_S`` assumes a job that keeps up (``schemas.closed_windows``): let a job
+with a backlog catch up before recomputing, and recompute a replay of old data once the
+replay's windows have closed in the job.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import apache_beam as beam
-import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.archive import ARCHIVE_WINDOW_S, RESTARTS_FOLDER, hour_folder, parse_file_path, restart_marker_path
+from schemas.archive import ARCHIVE_WINDOW_S, hour_folder, parse_file_path
+
+# CLOSE_MARGIN_S re-exported for pipelines/compact.py, tests/test_break3_recompute.py and
+# tests/test_break2_top_restart.py until they import it from schemas.closed_windows.
+from schemas.closed_windows import CLOSE_MARGIN_S, closes_at_s  # noqa: F401
+from schemas.restart_markers import LACKS_DAY_COUNTS, read_markers, write_marker
 from schemas.storage import TOP_GRANULARITY_SECONDS
 
 _LOG = logging.getLogger(__name__)
-
-# How far a live job's watermark may trail the wall clock: the portable source's 60 s sample
-# period, pulls up to 10 s apart and up to 230 s of publish delay (clients that buffer
-# events) -- for a job that keeps up; one with a backlog trails further. Were it smaller,
-# an hour could be recomputed while the job still accepts its events, and their late panes
-# (cells stamped from the job's window state) would lose to the recompute's newer cell.
-CLOSE_MARGIN_S = 300
-# A marker's "lacks_state": a job restored from a checkpoint of a version without
-# ``transforms.aggregate``'s day counts of dropped hours (module docstring).
-LACKS_DAY_COUNTS = "dropped_hour_day_counts"
 _DAY_S = TOP_GRANULARITY_SECONDS["day"]
-
-
-def write_marker(archive_path: str, run_id: str, allowed_lateness_s: int, started_ms: int, **fields) -> str:
-    """Write a restart marker (``schemas.archive.restart_marker_path``; JSON ``{"run_id",
-    "started_ms", "allowed_lateness_s", **fields}``) under ``archive_path`` (local or ``gs://``);
-    returns its path."""
-    path = restart_marker_path(archive_path, started_ms, run_id)
-    if "://" not in path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    with FileSystems.create(path) as f:
-        f.write(
-            orjson.dumps(
-                {"run_id": run_id, "started_ms": started_ms, "allowed_lateness_s": allowed_lateness_s, **fields}
-            )
-        )
-    return path
 
 
 class _WriteMarker(beam.DoFn):
@@ -120,12 +95,6 @@ class RecordStatelessStart(beam.PTransform):
         return pbegin | "impulse" >> beam.Impulse() | "write marker" >> beam.ParDo(self._fn)
 
 
-def closes_at_s(window_start_s: int, window_s: int, allowed_lateness_s: int) -> int:
-    """When a recompute may overwrite a window (epoch s) with no later streaming pane of it
-    winning: its end plus the streaming job's allowed lateness plus ``CLOSE_MARGIN_S``."""
-    return window_start_s + window_s + allowed_lateness_s + CLOSE_MARGIN_S
-
-
 @dataclass(frozen=True)
 class RecomputePlan:
     """Hours (epoch seconds of their start, sorted) affected by starts without state, and
@@ -148,10 +117,7 @@ def plan_recompute(archive_path: str, now_s: float, hours: range | None = None) 
     """See the module docstring. Reads the markers and lists the archive (``gs://`` or local):
     every hour folder, or only those of ``hours`` (epoch seconds of hour starts)."""
     root = archive_path.rstrip("/")
-    markers = []
-    for path in _match([f"{root}/{RESTARTS_FOLDER}/*.json"]):
-        with FileSystems.open(path) as f:
-            markers.append(orjson.loads(f.read()))
+    markers = read_markers(root)
     folders = [f"{root}/*/*/*/*"] if hours is None else [hour_folder(root, h) for h in hours]
     runs_of_hour: dict[int, set[str]] = defaultdict(set)
     hours_of_run: dict[str, set[int]] = defaultdict(set)

@@ -1,4 +1,4 @@
-"""The query API: ``get_stats`` over the aggregates stored in Bigtable (SPEC.md section 6)."""
+"""The query API: ``get_stats`` over the aggregates stored in Bigtable (docs/contract.md, "Queries")."""
 
 from query.stats import Bucket, Stats, StatsReader, get_stats
 

@@ -6,12 +6,10 @@ carries the reads, ``query.bigtable_rows``) with final windows cached in memory.
 
     w + size + allowed_lateness_s + final_margin_s <= now
 
-(``final_before``). The pipeline accepts an event only while the watermark is within
-``allowed_lateness_s`` of it (SPEC.md section 2), so once the watermark passes the window's
-end plus the lateness no pane of it fires again. The service cannot read the job's
-watermark; it takes it as the wall clock minus ``final_margin_s`` (default 300 s, the
-assumption ``viewcounts recompute`` makes of a job that keeps up,
-``pipelines.restarts.CLOSE_MARGIN_S``). A job with a backlog longer than the margin can still
+(``schemas.closed_windows.final_before``: final is closed, the rule a batch recompute uses
+too). The service cannot read the job's watermark; it takes it as the wall clock minus
+``final_margin_s`` (default ``CLOSE_MARGIN_S``, 300 s: how far the watermark of a job that
+keeps up trails the wall clock). A job with a backlog longer than the margin can still
 change a window this rule calls final: raise the margin for such a job.
 
 **Cache.** ``FinalRowCache``: per stored row (a UTC day of minute windows or a UTC month of
@@ -61,20 +59,14 @@ from query.stats import RowSpan, StatsQuery, row_spans
 from query.top import Top, TopQuery, decoded, top_answer
 from query.windows import WindowArrays, decode_cells
 from schemas import storage
+from schemas.closed_windows import CLOSE_MARGIN_S, final_before
 
 DEFAULT_ALLOWED_LATENESS_S = 600  # the streaming job's default (pipelines/options.py)
-DEFAULT_FINAL_MARGIN_S = 300
+DEFAULT_FINAL_MARGIN_S = CLOSE_MARGIN_S  # for query/service.py and viewcounts/cli.py until they import CLOSE_MARGIN_S
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_TAIL_TTL_S = 1.0
 MAX_TAILS = 10_000  # open tails kept for tail_ttl_s (least recently read dropped first)
 MAX_TOPS = 4_096  # top lists kept (a list of TOP_K entries is a few KB)
-
-
-def final_before(size: int, now_s: float, allowed_lateness_s: int, final_margin_s: int) -> int:
-    """The first start (epoch s, a multiple of ``size``) of a window of ``size`` s that is not
-    final at ``now_s``: every window starting before it is (module docstring)."""
-    t = math.floor(now_s) - allowed_lateness_s - final_margin_s
-    return (t // size) * size
 
 
 @dataclass
@@ -186,7 +178,7 @@ class CachedStatsReader:
         instance: str = storage.DEFAULT_INSTANCE,
         table: str = storage.DEFAULT_TABLE,
         allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S,
-        final_margin_s: int = DEFAULT_FINAL_MARGIN_S,
+        final_margin_s: int = CLOSE_MARGIN_S,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         tail_ttl_s: float = DEFAULT_TAIL_TTL_S,
         clock: Callable[[], float] = time.time,

@@ -1,4 +1,4 @@
-"""``get_stats(video_id, event_type, function, start, end, granularity)`` (SPEC.md section 6).
+"""``get_stats(video_id, event_type, function, start, end, granularity)`` (docs/contract.md, "get_stats").
 
 * ``function``: ``count``, ``sum``, ``avg``, ``min`` or ``max``.
 * ``start``/``end``: instants (aware ``datetime`` or RFC 3339 string), half-open.

@@ -1,5 +1,5 @@
 """``get_top(event_type, granularity, at, n)``: the top ``n`` videos of one window by ``count``
-of ``event_type`` (issue 15), ties broken by ``video_id`` ascending.
+of ``event_type`` (docs/contract.md, "get_top"), ties broken by ``video_id`` ascending.
 
 * ``granularity``: ``minute``, ``hour`` or ``day`` (UTC-aligned windows; a day is the rollup of
   its hours).
@@ -32,7 +32,9 @@ from schemas.event import MAX_EVENT_TYPE_BYTES, US_PER_S, BadTimestamp, parse_ev
 
 GRANULARITIES = tuple(storage.TOP_GRANULARITY_SECONDS)
 _N_TEXT = re.compile(r"\s*[0-9]{1,4}\s*")  # n as query text: longer is out of range anyway
-_EVENT_TYPE = re.compile(f"[a-z0-9_]{{1,{MAX_EVENT_TYPE_BYTES}}}")  # SPEC.md section 1 (ASCII: chars are bytes)
+_EVENT_TYPE = re.compile(
+    f"[a-z0-9_]{{1,{MAX_EVENT_TYPE_BYTES}}}"
+)  # docs/contract.md, "Input events" (ASCII: chars are bytes)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Raw archive and dead-letter file layout, and the restart markers beside the archive.
+"""Raw archive and dead-letter file layout (docs/contract.md, "Raw archive" and "Dead-letter files").
 
-Raw archive (every valid event: accepted, late or duplicate; SPEC.md section 2):
+Raw archive (every valid event: accepted, late or duplicate; docs/contract.md, "Acceptance"):
 
     <root>/YYYY/MM/DD/HH/events-<written>-<run id>-<unique>.jsonl
 
@@ -17,9 +17,7 @@ readers deduplicate by ``event_id``.
 Dead-letter files use the same layout under their own root, with the *processing time*
 hour as folder and one JSON object per line (``DeadLetter.to_json``).
 
-Restart markers: ``<archive root>/_restarts/<started>-<run id>.json``, written by a
-streaming job that started without the state of the job before it
-(``pipelines.restarts``); ``{"run_id", "started_ms", "allowed_lateness_s"}``.
+Restart markers live beside the archive, under its ``_restarts`` folder (``schemas.restart_markers``).
 """
 
 from __future__ import annotations
@@ -33,6 +31,11 @@ from dataclasses import dataclass
 import orjson
 
 from schemas.event import Event, Rejection
+
+# Re-exported for tests/streaming_jobs.py, tests/test_top_repair.py and tests/test_break2_top_restart.py
+# until they import RESTARTS_FOLDER and marker_path from schemas.restart_markers.
+from schemas.restart_markers import RESTARTS_FOLDER  # noqa: F401
+from schemas.restart_markers import marker_path as restart_marker_path  # noqa: F401
 
 ARCHIVE_WINDOW_S = 3600
 ARCHIVE_FILE_PREFIX = "events"
@@ -99,14 +102,6 @@ def parse_file_path(path: str) -> FileName | None:
     return FileName(int(hour.timestamp()), int(t.timestamp()) * 1000 + int(ms), run_id)
 
 
-RESTARTS_FOLDER = "_restarts"
-
-
-def restart_marker_path(root: str, started_ms: int, run_id: str) -> str:
-    t = dt.datetime.fromtimestamp(started_ms // 1000, dt.timezone.utc)
-    return f"{root.rstrip('/')}/{RESTARTS_FOLDER}/{t:%Y%m%dT%H%M%S}.{started_ms % 1000:03d}Z-{run_id}.json"
-
-
 def local_lines(root: str):
     """Every non-empty line of every ``.jsonl`` file under a local folder (any depth)."""
     import glob
@@ -117,7 +112,7 @@ def local_lines(root: str):
 
 
 # A Pub/Sub copy of a dead letter carries at most this much of its payload: gRPC clients
-# refuse received messages over 4 MiB by default (the portable source did, issue 12), and
+# refuse received messages over 4 MiB by default (the portable source did), and
 # Pub/Sub refuses messages over 10 MB with their attributes.
 MAX_PUBLISHED_PAYLOAD_BYTES = 1_000_000
 MAX_ATTRIBUTE_BYTES = 1024  # Pub/Sub's limit for one attribute value
@@ -125,7 +120,7 @@ MAX_ATTRIBUTE_BYTES = 1024  # Pub/Sub's limit for one attribute value
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A rejected input: original bytes, SPEC.md section 4 reason code, detail, and the
+    """A rejected input: original bytes, reason code (docs/contract.md, "Dead letters"), detail, and the
     processing time (epoch microseconds) at which it was rejected."""
 
     payload: bytes

@@ -1,4 +1,4 @@
-"""The input event (SPEC.md section 1): field rules, timestamp parsing and validation.
+"""The input event (docs/contract.md, "Input events"): field rules, timestamp parsing and validation.
 
 Shapes:
     ``Event`` is a ``NamedTuple`` ``(event_id, video_id, event_type, time_us, value, raw)``:
@@ -8,8 +8,8 @@ Shapes:
 
 Errors are never raised to the pipeline: ``parse_payload`` returns the events it could
 read and a ``Rejection`` (reason code, detail, original bytes) for each one it could not,
-for any bytes whatever (SPEC.md section 1: every input ends as counted, duplicate or dead
-letter). Every cost is bounded by the payload's size, and every size is bounded:
+for any bytes whatever (every input ends counted, as a duplicate or as a dead letter,
+docs/contract.md, "Input events"). Every cost is bounded by the payload's size, and every size is bounded:
 
 * ``MAX_PAYLOAD_BYTES`` (10 MiB): Pub/Sub refuses messages over 10 MB (10**7 bytes per
   publish request), so 10 MiB admits every message it can deliver; a larger payload (from
@@ -19,23 +19,23 @@ letter). Every cost is bounded by the payload's size, and every size is bounded:
   with more items cannot consist of valid events only (``[{},{},...]`` in 10 MiB has 3.5
   million items), so it is one ``too_large`` dead letter instead of millions. Parsing such
   a payload before counting its items costs at most about 0.2 s and 300 MB (measured).
-* ``MAX_NESTING`` (512, SPEC.md section 1): a deeper payload is one ``json_error``. Found
+* ``MAX_NESTING`` (512): a deeper payload is one ``json_error``. Found
   without walking every value: a payload with at most 512 ``[``/``{`` bytes cannot nest
   deeper; a batch item that orjson re-encodes (its own limit: 254 levels) is shallow
   enough; only the rest is measured.
-* ``MAX_ABS_VALUE`` (1e15, SPEC.md section 1): a ``value`` beyond it, or not finite, is
+* ``MAX_ABS_VALUE`` (1e15): a ``value`` beyond it, or not finite, is
   ``bad_value``. So a window's sum stays finite whatever its number of events (reaching
   the float range would take more than 1e293 of them), and every stored number is finite.
 * string fields: ``MAX_EVENT_ID_BYTES``, ``MAX_VIDEO_ID_BYTES``, ``MAX_EVENT_TYPE_BYTES``
-  (SPEC.md section 1); ``event_time`` strings must be ASCII.
+  (the field table of docs/contract.md, "Input events"); ``event_time`` strings must be ASCII.
 * dead-letter details: ASCII (input echoed with ``ascii()`` escapes), at most
   ``MAX_DETAIL_CHARS`` characters, so they fit a Pub/Sub attribute (1,024 bytes) whole.
 
-Reason codes are SPEC.md section 4's plus one extension, ``too_large`` (``TOO_LARGE``): a
-payload over ``MAX_PAYLOAD_BYTES`` or a batch of more than ``MAX_BATCH_ITEMS`` items,
-checked before decoding (bytes) and right after JSON parsing (items); counted by
+Reason codes: this module's part of docs/contract.md, "Dead letters". ``too_large``
+(``TOO_LARGE``), the one not about a field, is a payload over ``MAX_PAYLOAD_BYTES`` or a
+batch of more than ``MAX_BATCH_ITEMS`` items, checked before decoding (bytes) and right after JSON parsing (items); counted by
 ``dead_letters_too_large`` like every other code. Such a payload counts once in
-``events_in``, as a payload that yields no event object does (SPEC.md section 5).
+``events_in``, as a payload that yields no event object does (docs/contract.md, "Metrics").
 
 Numbers: orjson reads integers beyond 64 bits as floats and refuses numbers beyond the
 float range (``1e400``, a 5,000-digit integer); the standard library settles those (and
@@ -54,8 +54,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-# Reason codes (SPEC.md section 4), in the order the checks run.
-TOO_LARGE = "too_large"  # extension (module docstring): size bounds, before decoding and after parsing
+# Reason codes (docs/contract.md, "Dead letters"), in the order the checks run.
+TOO_LARGE = "too_large"  # size bounds (module docstring), before decoding and after parsing
 DECODE_ERROR = "decode_error"
 JSON_ERROR = "json_error"
 NOT_AN_OBJECT = "not_an_object"
@@ -118,7 +118,7 @@ class Rejection(NamedTuple):
 
 
 class BadTimestamp(ValueError):
-    """``event_time`` cannot be read as SPEC.md section 1 says."""
+    """``event_time`` cannot be read as docs/contract.md, "Input events", says."""
 
 
 class HugeNumber:
@@ -352,7 +352,7 @@ def _loads(payload: bytes) -> Any:
 
 
 def _check_string(obj: dict, name: str, max_bytes: int) -> str | None:
-    """The detail of a bad string field, or None when it follows SPEC.md section 1."""
+    """The detail of a bad string field, or None when it follows the field table (docs/contract.md, "Input events")."""
     v = obj[name]
     if not isinstance(v, str):
         return f"{name} must be a string, got {_json_type(v)}"
@@ -371,7 +371,8 @@ def _check_string(obj: dict, name: str, max_bytes: int) -> str | None:
 
 
 def validate_object(obj: Any, raw: bytes) -> Event | Rejection:
-    """Judge one decoded item by the field rules of SPEC.md section 1, in SPEC order."""
+    """Judge one decoded item by the field rules of docs/contract.md, "Input events", in the
+    order of "Acceptance" rule 2 (missing field, then each field in table order)."""
     if not isinstance(obj, dict):
         return _reject(NOT_AN_OBJECT, f"expected a JSON object, got {_json_type(obj)}", raw)
     for name in REQUIRED_FIELDS:

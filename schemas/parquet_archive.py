@@ -1,4 +1,5 @@
-"""Parquet archive: the raw archive's closed hours as typed, deduplicated Parquet (issue 14).
+"""Parquet archive: the raw archive's closed hours as typed, deduplicated Parquet
+(docs/contract.md, "Parquet archive").
 
 Layout (Hive-style partitions, one file per hour, written by ``pipelines.compact``)::
 
@@ -13,7 +14,7 @@ Columns (``SCHEMA``), one row per distinct ``event_id`` of the hour:
 ==============  =========================  =====================================================
 column          type                       meaning
 ==============  =========================  =====================================================
-event_id        string, not null           the dedup key (SPEC section 1)
+event_id        string, not null           the dedup key
 video_id        string, not null           the counted entity
 event_type      string, not null           ``[a-z0-9_]+``
 event_time      timestamp[us, UTC], not    the event time to the microsecond (an RFC 3339 string
@@ -40,7 +41,7 @@ an event object ``{"event_id", "video_id", "event_type", "event_time": RFC 3339 
 6 fraction digits, "value"?, <extra fields>}``, which parses (``schemas.event.parse_payload``) to the same
 fields, the same microsecond and the same float value as the archived line; field order
 and the spelling of ``event_time`` are normalised, and a ``"value": null`` reads back
-absent (both mean "no value", SPEC section 1).
+absent (both mean "no value", docs/contract.md, "Input events").
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ STAGING_FOLDER = "_staging"
 SOURCE_FILES_KEY = b"viewcounts.source_files"
 RFC3339_US = "%Y-%m-%dT%H:%M:%SZ"  # Arrow's %S of a timestamp[us] has the 6 fraction digits
 
-# DuckDB recipe (README; tests/test_parquet_archive.py runs it): the SPEC section 3 hour
+# DuckDB recipe (README; tests/test_parquet_archive.py runs it): the hour
 # aggregates per (video_id, event_type) straight from the Parquet folders. Dedup across hours
 # keeps the first copy in archive order, as the recompute does (a re-stamped copy may sit in
 # another hour); ``dt``/``hour`` come from the folder names, and a WHERE on them reads only
@@ -211,7 +212,7 @@ def table_columns(batch: pa.RecordBatch | pa.Table) -> dict[str, list]:
     int: ``event_time``), ``value`` (float or None), ``written_ms``, ``source_file``, ``line``."""
     cols = {name: _pylist(batch[name]) for name in ("event_id", "video_id", "event_type", "extra", *ORDER_KEY)}
     cols["time_us"] = _pylist(batch["event_time"].cast(pa.int64()))
-    # value is finite where not null (SPEC section 1): NaN marks the nulls in numpy's copy
+    # value is finite where not null (schemas.event.MAX_ABS_VALUE): NaN marks the nulls in numpy's copy
     cols["value"] = [None if v != v else v for v in _pylist(batch["value"])]
     return cols
 

@@ -1,11 +1,13 @@
-"""Bigtable storage layout for stored aggregates (SPEC.md section 3, DESIGN.md).
+"""Bigtable storage layout for stored aggregates and top lists (docs/contract.md, "Bigtable rows";
+the reasons in docs/decisions.md, "Storage").
 
 Row key (UTF-8)::
 
     <escaped video_id> '#' <event_type> '#' <granularity letter> '#' <period>
 
 * ``video_id`` is escaped losslessly: ``%`` -> ``%25`` and ``#`` -> ``%23``, so the key
-  splits unambiguously on ``#`` and no two entities can share a row (SPEC.md section 1).
+  splits unambiguously on ``#`` and no two entities can share a row (ids are compared byte for
+  byte, docs/contract.md, "Input events").
   ``event_type`` is ``[a-z0-9_]+`` and needs no escaping.
 * granularity ``m`` (minute) rows hold one UTC day, period ``YYYYMMDD``: a one-day
   minute query is one row read; ``h`` (hour) rows hold one UTC month, period ``YYYYMM``:
@@ -22,7 +24,7 @@ Cell value: compact JSON ``{"count", "value_count", "sum", "min", "max", "title"
 ``sum / value_count``). One cell per window: one pane is one ``SetCell`` mutation.
 
 Cell timestamp (``cell_timestamp_us``): the order of a window's panes, from pipeline state
-(SPEC.md section 3), never from the clock of the worker that fires a pane. It is
+(docs/contract.md, "Aggregates": overwrites), never from the clock of the worker that fires a pane. It is
 ``(window base ms + the aggregate's count) * 1000`` µs, where the window base is the wall
 clock (whole ms) when the window's state was first created, kept in that state: every worker
 and every job restored from a checkpoint of it uses the same base. Panes accumulate, so a
@@ -31,21 +33,21 @@ when it holds the same events), and readers take the newest cell: a later pane w
 order the writes land in and whichever worker fired it. Two panes of a window with the same
 count hold the same events, so they tie with the same aggregate and differ at most in
 ``title``/``channel`` (metadata refreshed after the window's last event; either is what
-SPEC.md section 3 allows), and Bigtable keeps whichever write of the tie lands last. A pane fired again after a restore
+docs/contract.md, "Aggregates", allows: the newest snapshot the job had when the pane fired), and Bigtable keeps whichever write of the tie lands last. A pane fired again after a restore
 from a checkpoint holds the events of the one it replaces plus those redelivered since, so it
 never loses to a pane of the failed attempt. The base keeps cells near write time for the
 age part of the GC rule. A batch recompute creates its windows when it runs, so its cells win
 over the streaming panes of windows closed before it. Re-sending the same mutation (a retry)
 rewrites the same cell: writes are idempotent overwrites.
 
-Top lists (issue 15: "the top N videos by views for this minute/hour/day", answered by one
-cell read, no scan). Row key (UTF-8)::
+Top lists (docs/contract.md, "Aggregates": the top videos by count of each event type and
+minute, hour and UTC day window), each answered by one cell read, no scan. Row key (UTF-8)::
 
     '#top#' <event_type> '#' <granularity letter> '#' <period>
 
 letters and periods as above for ``m`` (a UTC day of minute windows, ``YYYYMMDD``) and ``h``
 (a UTC month of hour windows, ``YYYYMM``), plus ``d``: a UTC year of day windows, period
-``YYYY`` (a day is a rollup of hours, SPEC.md section 3). An escaped ``video_id`` never starts
+``YYYY`` (a day is a rollup of its hours). An escaped ``video_id`` never starts
 with ``#`` (``#`` is escaped, and ids are 1..256 bytes), so no entity row shares a key with a
 top row, nor is one's prefix (``is_top_row_key``). Column family ``a``, qualifier the window
 start as for aggregates. Value: compact JSON ``[[video_id, count], ...]``, at most ``TOP_K``

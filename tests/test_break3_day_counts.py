@@ -224,7 +224,8 @@ def test_marked_days_are_rebuilt_by_after_restarts_once_closed(tmp_path, days, n
     day's list once the day is closed (``closes_at_s``), reading its 24 hours and rewriting
     none, and reports it open before that (a dry run's scope: no stored lists read)."""
     from pipelines.batch_recompute import RecomputeOptions, recompute_scope
-    from pipelines.restarts import LACKS_DAY_COUNTS, closes_at_s, write_marker
+    from schemas.closed_windows import closes_at_s
+    from schemas.restart_markers import LACKS_DAY_COUNTS, write_marker
 
     archive = str(tmp_path / f"archive-{uuid.uuid4().hex}")
     marked = {DAY0_S + d * DAY_S for d in days}

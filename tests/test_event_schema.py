@@ -1,4 +1,4 @@
-"""SPEC.md section 1: field rules, timestamp forms, batch messages, reason order."""
+"""docs/contract.md, "Input events": field rules, timestamp forms, batch messages, reason order."""
 
 import pytest
 
@@ -159,7 +159,7 @@ def test_single_object_keeps_its_original_bytes_and_multiline_is_compacted():
     assert b"\n" not in parse_payload(multi)[0][0].raw
 
 
-# --- SPEC.md section 1 bounds: ASCII digits, the value bound, nesting, sizes ----------------
+# --- "Input events" bounds: ASCII digits, the value bound, nesting, sizes ----------------
 import sys  # noqa: E402
 import unicodedata  # noqa: E402
 

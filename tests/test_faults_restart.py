@@ -1,5 +1,5 @@
-"""Restarts never leave stored aggregates below the truth (SPEC section 3; ``pipelines/runners.py``,
-``pipelines/restarts.py``, ``pipelines/batch_recompute.py``).
+"""Restarts never leave stored aggregates below the truth (docs/contract.md, "Aggregates":
+overwrites; ``pipelines/runners.py``, ``pipelines/restarts.py``, ``pipelines/batch_recompute.py``).
 
 * Planning: which hours a start without state puts at risk, from restart markers and the
   archive's file names; which are closed; the newest retained checkpoint; the flags that
@@ -17,7 +17,7 @@
   (``_wait_acknowledged``), and each batch is published only once the killed job's last pull
   has expired (``LAST_PULL_EXPIRED_S``). Else the fresh job receives B again (counted, and
   after B its watermark is hours past C's times) and C a minute later, when C's events are
-  ``too_late`` by SPEC section 2 (seen: 693 of C's 838).
+  ``too_late`` (docs/contract.md, "Acceptance"; seen: 693 of C's 838).
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipelines import batch_recompute
-from pipelines.restarts import CLOSE_MARGIN_S, plan_recompute
+from pipelines.restarts import plan_recompute
 from pipelines.runners import FlinkJobOptions, latest_checkpoint, prepare, runner_flags
-from schemas.archive import file_name, hour_folder, restart_marker_path
+from schemas.archive import file_name, hour_folder
+from schemas.closed_windows import CLOSE_MARGIN_S
+from schemas.restart_markers import marker_path
 from tests.streaming_jobs import INSTANCE, PROJECT, Deployment, archive_missing, kill, restart_markers
 from tests.test_streaming_runners import _wait_for
 from transforms.pubsub_io import ACK_ROUNDS, PullWatermark, ReadFromPubSubPortable, pull_deadline_s
@@ -58,7 +60,7 @@ def _file(root: str, hour_s: int, written_s: float, run_id: str) -> None:
 
 
 def _marker(root: str, started_s: float, run_id: str, lateness_s: int = 600) -> None:
-    path = restart_marker_path(root, round(started_s * MS), run_id)
+    path = marker_path(root, round(started_s * MS), run_id)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(orjson.dumps({"run_id": run_id, "started_ms": round(started_s * MS), "allowed_lateness_s": lateness_s}))

@@ -1,6 +1,6 @@
-"""Hostile input harness (SPEC.md section 1: "No input, however large or strange ... may raise
-out of the pipeline's code, stall it, or make it retry for ever: each one ends as counted,
-duplicate, or dead letter").
+"""Hostile input harness (docs/contract.md, "Input events": "No input, whatever its bytes or
+attributes, raises out of the job's code, stalls it or makes it retry for ever: every event
+ends counted, dropped as a duplicate, or as a dead letter").
 
 Inputs: arbitrary bytes, arbitrary JSON documents, events with mutated fields and batches
 mixing good and bad items (hypothesis), plus a corpus of nasty payloads: nesting at
@@ -10,7 +10,7 @@ overlong encodings, byte-order marks, NUL bytes, very long strings, 100k-event b
 10 MiB payloads.
 
 Each is judged against an independent reference (``oracle``: the standard library's JSON
-parser and SPEC.md section 1 rules written out here, not the product's parser) and driven
+parser and the "Input events" rules written out here, not the product's parser) and driven
 through:
 * ``parse_payload`` and ``ValidateEvents`` (every input accounted for, nothing raised,
   details ASCII and bounded, every event's ``raw`` replayable as the same event);
@@ -87,7 +87,7 @@ FAST = settings(
 )
 
 # ---------------------------------------------------------------------------------------
-# The reference: SPEC.md section 1 written out independently of schemas/event.py.
+# The reference: docs/contract.md, "Input events", written out independently of schemas/event.py.
 # ---------------------------------------------------------------------------------------
 US = 1_000_000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -155,7 +155,7 @@ def ref_time_us(v: Any) -> int | None:
 
 
 def ref_judge(obj: Any) -> RefEvent | str:
-    """One decoded item: a ``RefEvent`` or the SPEC.md reason code, in SPEC order."""
+    """One decoded item: a ``RefEvent`` or the contract's reason code, in the contract's order."""
     if type(obj) is not dict:
         return NOT_AN_OBJECT
     for name in ("event_id", "video_id", "event_type", "event_time"):
@@ -736,7 +736,7 @@ def test_validate_events_never_raises_and_accounts_for_every_input():
 
 
 # ---------------------------------------------------------------------------------------
-# The corpus: nasty payloads with what SPEC.md says of each.
+# The corpus: nasty payloads with what the contract says of each.
 # ---------------------------------------------------------------------------------------
 GOOD = {"event_id": "g", "video_id": "V1", "event_type": "view", "event_time": "2024-05-14T10:00:30Z"}
 
@@ -940,7 +940,7 @@ def test_the_bounds_hold_what_they_say():
 
 
 def test_every_non_ascii_digit_and_space_is_refused_in_event_time_and_kept_in_ids():
-    """SPEC.md section 1: ASCII digits only in event_time; ids are compared exactly."""
+    """docs/contract.md, "Input events": ASCII digits only in event_time; ids are compared exactly."""
     assert len(NON_ASCII_DIGITS) > 600 and len(SPACES) > 25
     for c in NON_ASCII_DIGITS + OTHER_NUMERIC:
         for i in range(len(GOOD["event_time"])):

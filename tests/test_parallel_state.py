@@ -1,4 +1,5 @@
-"""Per-process state caches when keys move between workers or a job is restored (issue 13).
+"""Per-process state caches when keys move between workers or a job is restored
+(``transforms.state_values``).
 
 The stateful DoFns are driven directly with in-memory state, so each test plays one
 worker after another on the same key: a "worker" is a process cache of its own (the

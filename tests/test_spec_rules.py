@@ -1,4 +1,5 @@
-"""SPEC.md rules at their boundaries, as scenario cases of our own (SPEC.md section 7 format).
+"""The contract's rules at their boundaries, as scenario cases of our own (the format of
+docs/contract.md, "Scenario cases").
 
 The shared cases are single examples; these pin the edges of each rule: the future-skew
 and event-age limits to the microsecond, many keys in one window, one very hot key,

@@ -1,4 +1,4 @@
-"""Each transform on the local runner with TestStream and assert_that (SPEC.md sections 2-4)."""
+"""Each transform on the local runner with TestStream and assert_that (docs/contract.md: "Acceptance", "Aggregates", "Dead letters")."""
 
 import glob
 import os
@@ -216,7 +216,7 @@ def test_a_restamped_copy_is_a_duplicate_while_its_id_is_remembered():
     "advance_to,accepted",
     [
         ("2024-05-14T10:10:55Z", True),  # 5 s past the boundary's other side: t >= W - L
-        ("2024-05-14T10:11:20Z", False),  # 20 s late: too_late (SPEC: may go either way within 5 s)
+        ("2024-05-14T10:11:20Z", False),  # 20 s late: too_late (the contract: may go either way within 5 s)
     ],
 )
 def test_lateness_boundary_after_an_idle_watermark_move(advance_to, accepted, stamped):
@@ -410,7 +410,7 @@ def test_files_land_in_their_hour_folder_in_files_named_by_run(tmp_path):
 
 
 def test_a_later_pane_wins_when_its_workers_clock_is_behind(monkeypatch):
-    """SPEC section 3: pane order comes from pipeline state. Every clock read here runs an hour
+    """docs/contract.md, "Aggregates": pane order comes from pipeline state. Every clock read here runs an hour
     behind the one before (as if each pane fired on a worker whose clock is further behind), yet
     each window's cell timestamps never go down from pane to pane and grow with every pane that
     adds events, and a window's state rebuilt elsewhere keeps its base."""

@@ -1,4 +1,4 @@
-"""Per-minute and per-hour aggregates over event-time windows (SPEC.md section 3), with
+"""Per-minute and per-hour aggregates over event-time windows (docs/contract.md, "Aggregates"), with
 batches as elements: no element per event and no element per (video, type) on the hot path.
 
 ``PreAggregate``: accepted events (``(arrival_us, [Event, ...])`` of one event-time minute,
@@ -25,7 +25,8 @@ accumulating mode would, for a whole shard at once:
   of the window (Beam's on-time pane fires whether or not data came since the last one);
 * late panes: each late element fires one pane at once, holding what it changed;
 * the window's state is dropped ``allowed_lateness + window + WINDOW_LATENESS_MARGIN_S``
-  after its end (the product decides lateness per event before windowing; DESIGN.md).
+  after its end (the product decides lateness per event before windowing; docs/decisions.md,
+  "Lateness decided per event, before windowing").
 
 Output: ``list[AggregateRow]``, the rows of one firing (one pane of each window it fires):
 at most one row, so one mutation, per (video, type, window) per pane. Every row carries the
@@ -58,7 +59,7 @@ before 6266ca2, or 6266ca2 itself, which cleared the cell between days: a needle
 then): the hours that version dropped are unknown. Such a key sets ``unknown_before_s`` to
 the wall clock, marks the ``DayCount``s of the days begun before it incomplete
 (``complete=False``) until the last of them is done, and for each such day, at its first
-incomplete count, writes a restart marker naming it (``pipelines.restarts.LACKS_DAY_COUNTS``;
+incomplete count, writes a restart marker naming it (``schemas.restart_markers.LACKS_DAY_COUNTS``;
 ``marked_days``), so ``--after_restarts`` rebuilds that day's list from the archive once it
 closes. A cell added later should follow the same rule: written
 whenever the key holds state, so its absence is detectable.
@@ -80,9 +81,9 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.restarts import LACKS_DAY_COUNTS, write_marker
 from schemas.archive import new_run_id
 from schemas.event import US_PER_S, format_time_us
+from schemas.restart_markers import LACKS_DAY_COUNTS, write_marker
 from schemas.storage import (
     EMPTY,
     GRANULARITY_SECONDS,
@@ -312,7 +313,7 @@ _WINDOWS: dict[tuple[str, int], _ShardWindows] = {}
 class FirePanes(beam.DoFn):
     """See the module doc. ``early_firing_s=None``: only on-time panes (batch).
     ``archive_path``: where a key restored without its dropped hours' cell writes its restart
-    marker (``pipelines.restarts.write_marker``); None: it only logs a warning.
+    marker (``schemas.restart_markers.write_marker``); None: it only logs a warning.
 
     Why not Beam's own windows: ``WindowInto(FixedWindows)`` with the same trigger, accumulation
     and lateness plus ``CombinePerKey`` over the same partials gave identical final panes at
@@ -362,7 +363,7 @@ class FirePanes(beam.DoFn):
         )
 
     def _mark_days(self, key, shard: _ShardWindows) -> None:
-        """Write a restart marker (``pipelines.restarts.LACKS_DAY_COUNTS``) naming the days this
+        """Write a restart marker (``schemas.restart_markers.LACKS_DAY_COUNTS``) naming the days this
         key emitted their first incomplete ``DayCount`` of, so ``--after_restarts`` rebuilds
         their lists once they close; without ``archive_path`` only log them."""
         days = sorted(shard.unmarked_days)

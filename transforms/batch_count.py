@@ -1,9 +1,9 @@
-"""The batch-shaped counting path of the recompute (issue 14): linear in the events read.
+"""The batch-shaped counting path of the recompute (docs/decisions.md, "Recompute"): linear in the events read.
 
 The streaming core (``transforms.count_events.CountEvents``) decides dedup and panes with
 state and timers; in batch the watermark stands still until the input ends, so its dedup
 stage kept every minute's id set of the whole range and intersected each chunk with all of
-them (cost events x minutes). Here the same result (SPEC.md sections 2-3 with no
+them (cost events x minutes). Here the same result (docs/contract.md, "Acceptance" and "Aggregates", with no
 processing-time checks and a watermark that never refuses: every valid event counts once per
 ``event_id``) comes from Beam's own ``GroupByKey`` and ``CombinePerKey`` over batches:
 

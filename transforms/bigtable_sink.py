@@ -1,12 +1,13 @@
 """Write enriched aggregates to Bigtable as idempotent overwrites (layout: schemas/storage.py).
 
 Input: ``list[EnrichedRow]`` (the rows of one firing), or ``list[transforms.top.TopRow]`` (top
-lists, issue 15; any mix: ``cell_of`` addresses and encodes either). Each pane becomes one
+lists; any mix: ``cell_of`` addresses and encodes either). Each pane becomes one
 ``SetCell`` with an explicit millisecond timestamp (the pane's ``cell_timestamp_us``) in the
 row of its window's period. Cells for the same row are grouped into one row mutation; one ``MutateRows``
 request carries at most ``max_mutations_per_request`` cells (Bigtable's limit is 100,000).
 
-Write budget (SPEC.md section 4: no input and no outage stalls the job for ever). Each bundle
+Write budget (docs/decisions.md, "The sink writes raw protobuf requests with a write budget":
+no outage stalls the job for ever; docs/contract.md, "Dead letters", ``write_failed``). Each bundle
 has ``write_budget_s`` seconds of wall time in all, counted from the start of its first write,
 for all its flushes (the pending cells, written at the end of the bundle or whenever
 ``max_mutations_per_request`` cells are pending), requests and retries: a bundle of many

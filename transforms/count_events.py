@@ -8,7 +8,7 @@
 * ``dead_letters``: ``DeadLetter`` for every refused input (before storage);
 * ``archive``: ``(hour_s, [raw JSON bytes])``, the valid events of one message per event-time hour.
 
-Stages (DESIGN.md): validate -> dedup + lateness (stateful, keyed by shard and minute)
+Stages (docs/decisions.md, "Counting"): validate -> dedup + lateness (stateful, keyed by shard and minute)
 -> pre-aggregate per bundle -> minute and hour windows and their panes (``FirePanes``). Only the sources, the trigger
 (``early_firing_s=None`` for batch) and the sinks differ between jobs.
 """

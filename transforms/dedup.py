@@ -1,4 +1,4 @@
-"""Dedup by ``event_id`` and the ``too_late`` rule (SPEC.md section 2), in one stateful DoFn.
+"""Dedup by ``event_id`` and the ``too_late`` rule (docs/contract.md, "Acceptance"), in one stateful DoFn.
 
 Input: ``((DEDUP_KEY, shard), (arrival_us, [Event, ...]))`` from ``ValidateEvents``, plus,
 when the view comes from timers (below), one ``((DEDUP_KEY, shard), (0, []))`` element per
@@ -11,7 +11,7 @@ whatever time it carries (a re-stamped copy is the same event while its id is
 remembered). A minute's ids are forgotten together, by one event-time timer per key set
 at the earliest ``minute end + allowed_lateness``: by then every copy carrying that time
 is ``too_late``, so no copy with the same time can ever be counted twice, and state stays
-bounded (SPEC.md section 2).
+bounded.
 
 State is a bag of ``(minute, encode_ids(ids))`` entries plus a version, a fresh random token
 drawn before every write (``state_values.new_version``). Each process keeps the ids of the
@@ -19,15 +19,15 @@ keys it serves in memory (``_ShardIds``), tagged with the version it was built f
 (``state_values.cached_view``): a key that moved between workers, or state restored from a
 checkpoint, never matches a view built elsewhere or before.
 
-The watermark view. A DoFn is not told its input watermark (SPEC.md section 2 lets the
-product judge ``too_late`` against its own view of it, lagging by at most 5 s). The view
+The watermark view. A DoFn is not told its input watermark (docs/contract.md, "Acceptance":
+the job judges ``too_late`` against its own view of it, lagging by at most 5 s). The view
 is per shard key, in state, and comes from one of two places:
 
 * ``stamped_watermark=True``: each element's timestamp is the watermark it arrived at
   (``transforms.pubsub_io.ReadFromPubSubPortable`` with one reader stamps messages so, and
   the scenario tests' ``TestStream`` does the same); a message is judged against its own
   stamp (or the key's view from expiry timers, below, when that is higher), never against
-  another message's (SPEC's ``watermark_at_arrival`` is each message's own), so messages of
+  another message's (the contract's watermark at arrival is each message's own), so messages of
   one key may reach this stage out of order. Only for one stamping source: the stamps of
   several readers are each their own reader's watermark, which can be above the source's
   (the minimum over the readers).
@@ -78,7 +78,7 @@ timers by time, but not one key's timers against other keys' elements (timers ma
 the upstream watermark while older elements of other keys still wait in the stage, so a
 view shared between keys could run hours ahead). Both views are
 lower bounds of the watermark each element of the key is judged at, so neither refuses an
-event the SPEC accepts.
+event the contract accepts.
 
 Outputs: main, the accepted events of one message per event-time minute, with the
 message's arrival time (``(arrival_us, [Event, ...])``, timestamp = minute start);

@@ -1,4 +1,4 @@
-"""Enrichment of aggregates with entity metadata (SPEC.md section 3), two ways, both
+"""Enrichment of aggregates with entity metadata (docs/contract.md, "Aggregates"), two ways, both
 ``PCollection[list[AggregateRow]] -> PCollection[list[EnrichedRow]]`` (one list per firing):
 
 * ``EnrichFromSnapshots(snapshots, triggered)``: through a side input of snapshots (read
@@ -118,7 +118,7 @@ class EnrichFromFile(beam.PTransform):
     metadata, nulls), re-read every ``refresh_s`` seconds (``None``: read once per worker).
     A failed read never fails the worker (a restarted one would fail again: a restart
     loop): it is logged, a failed re-read keeps the previous snapshot, and a failed first read
-    starts with an empty one (unknown entities: null title and channel, SPEC section 3),
+    starts with an empty one (unknown entities: null title and channel),
     tried again at the next refresh (every ``RETRY_S`` seconds when not refreshing)."""
 
     def __init__(self, path: str | None, refresh_s: float | None) -> None:

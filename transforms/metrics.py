@@ -1,4 +1,4 @@
-"""Beam metric names (SPEC.md section 5), all in the ``viewcounts`` namespace. Names are
+"""Beam metric names (docs/contract.md, "Metrics"), all in the ``viewcounts`` namespace. Names are
 stable: dashboards and the bench read them (``viewcounts.local.job_metrics``).
 
 Counting core: ``events_in``, ``events_accepted``, ``duplicates_dropped``, ``dead_letters``

@@ -1,4 +1,4 @@
-"""Top entities (issue 15): per (event type, window) of each granularity (``minute``, ``hour``
+"""Top entities (docs/contract.md, "Aggregates"): per (event type, window) of each granularity (``minute``, ``hour``
 and the ``day`` rollup of hours), the ``storage.TOP_K`` videos with the highest ``count``,
 ties broken by ``video_id`` ascending (``storage.top_rank``); stored as one cell per window
 (``schemas.storage`` top rows) and read by ``query.top.get_top``.

@@ -18,11 +18,11 @@ Every output keeps the input element's timestamp (the source's: the watermark at
 ``ReadFromPubSubPortable``, the publish time for the native source; never behind the
 watermark); event times travel as data.
 
-No payload can make ``ValidateEvents`` raise, stall or retry (SPEC.md section 1): decoding
+No payload can make ``ValidateEvents`` raise, stall or retry (docs/contract.md, "Input events"): decoding
 is ``schemas.event.parse_payload``, which never raises and bounds every cost by the
 payload's size (its module docstring lists the bounds, and the ``too_large`` extension
 code); every input ends as a chunk for dedup or a dead letter, with ``events_in`` counted
-as SPEC.md section 5 says, and dead-letter details are short ASCII. ``tests/test_hostile.py``
+as docs/contract.md, "Metrics", says, and dead-letter details are short ASCII. ``tests/test_hostile.py``
 drives arbitrary bytes and documents through it.
 """
 
@@ -44,7 +44,7 @@ ARCHIVE = "archive"
 
 @dataclass(frozen=True)
 class AcceptancePolicy:
-    """SPEC.md section 2 knobs, in seconds. ``check_age=False`` turns off the
+    """The knobs of docs/contract.md, "Acceptance", in seconds. ``check_age=False`` turns off the
     ``future_timestamp`` and ``too_old`` checks (batch recompute, historical replays)."""
 
     allowed_lateness_s: int = 600
