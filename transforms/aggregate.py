@@ -54,15 +54,14 @@ version differs (a key that moved or a restored job): the rebuilt windows count 
 State added by a later version is empty when a job is restored from an older version's
 checkpoint or savepoint. The dropped hours' cell is written whenever the bookkeeping is (both
 are cleared once the key holds nothing), so a key with bookkeeping or entries and no such
-cell was written by a version without it (the version
-before 6266ca2, or 6266ca2 itself, which cleared the cell between days: a needless repair
-then): the hours that version dropped are unknown. Such a key sets ``unknown_before_s`` to
-the wall clock, marks the ``DayCount``s of the days begun before it incomplete
-(``complete=False``) until the last of them is done, and for each such day, at its first
-incomplete count, writes a restart marker naming it (``schemas.restart_markers.LACKS_DAY_COUNTS``;
-``marked_days``), so ``--after_restarts`` rebuilds that day's list from the archive once it
-closes. A cell added later should follow the same rule: written
-whenever the key holds state, so its absence is detectable.
+cell was written by a version without it, or by one that cleared it whenever it held no
+dropped hours (then the repair below is needless): the hours that version dropped are
+unknown. Such a key sets ``unknown_before_s`` to the wall clock, marks the ``DayCount``s of
+the days begun before it incomplete (``complete=False``) until the last of them is done, and
+for each such day, at its first incomplete count, writes a restart marker naming it
+(``schemas.restart_markers.LACKS_DAY_COUNTS``; ``marked_days``), so ``--after_restarts``
+rebuilds that day's list from the archive once it closes. A cell added later should follow
+the same rule: written whenever the key holds state, so its absence is detectable.
 """
 
 from __future__ import annotations
@@ -93,7 +92,7 @@ from schemas.storage import (
     merge,
     wall_clock_ms,
 )
-from transforms.state_values import cached_view, dumps_exact, new_version
+from transforms.state_values import cached_view, dumps_exact, new_version, rewrite_bag
 from transforms.validate import shard_of
 
 _LOG = logging.getLogger(__name__)
@@ -247,9 +246,8 @@ class _ShardWindows:
             self.window(size_s, start_s).add(decode_partials(blob), blob)
         self.cell_present = dropped_hours is not None
         self.cell_changed = False
-        # this version writes the cell whenever it writes the bookkeeping: bookkeeping or
-        # entries without it are an older version's (or one of 6266ca2's keys with no dropped
-        # hours then)
+        # the cell is written whenever the bookkeeping is: bookkeeping or entries without it
+        # are an older version's (module docstring)
         self.restored_without_cell = not self.cell_present and (bookkeeping is not None or bool(self.windows))
 
     def holds_state(self) -> bool:
@@ -260,6 +258,10 @@ class _ShardWindows:
         if w is None:
             w = self.windows[(size_s, start_s)] = _Window(wall_clock_ms())
         return w
+
+    def entries(self):
+        """The bag's entries for the open windows: ``(size_s, start_s, blob)``."""
+        return ((size_s, start_s, blob) for (size_s, start_s), w in self.windows.items() for blob in w.blobs)
 
     def bookkeeping(self) -> bytes:
         return orjson.dumps([[s, t, w.next_pane, w.on_time_fired, w.base_ms] for (s, t), w in self.windows.items()])
@@ -282,7 +284,7 @@ class _ShardWindows:
             day[key] = day.get(key, 0) + agg.count
         self.cell_changed = True
 
-    def day_counts(self, out: list, hour_start_s: int, keys) -> None:
+    def day_counts(self, out: list[DayCount], hour_start_s: int, keys) -> None:
         """Append the ``DayCount`` of each (video, type) of ``keys`` for the day of ``hour_start_s``."""
         day_s = hour_start_s - hour_start_s % _DAY_S
         dropped = self.dropped_hours.get(day_s, {})
@@ -304,6 +306,23 @@ class _ShardWindows:
                     complete,
                 )
             )
+
+
+class _Firing:
+    """What one firing of a shard emits (``outputs``): its rows (one pane of each window it
+    fires) on the main output, and the ``DayCount``s of its hour rows on ``DAY_COUNTS``."""
+
+    __slots__ = ("rows", "days")
+
+    def __init__(self) -> None:
+        self.rows: list[AggregateRow] = []
+        self.days: list[DayCount] = []
+
+    def outputs(self):
+        if self.rows:
+            yield self.rows
+        if self.days:
+            yield beam.pvalue.TaggedOutput(DAY_COUNTS, self.days)
 
 
 # Per pipeline (keyed by a token made at construction) and shard key, in this process.
@@ -453,8 +472,7 @@ class FirePanes(beam.DoFn):
         key, (arrival_us, by_minute) = element
         shard = self._shard(key, bag, panes, dropped_hours, version)
         new_version(shard, version)
-        rows: list[AggregateRow] = []
-        days: list[DayCount] = []
+        firing = _Firing()
         unfired = False
         for minute_s, partials in by_minute.items():
             blob = encode_partials(partials)
@@ -464,7 +482,7 @@ class FirePanes(beam.DoFn):
                 w.add(partials, blob)
                 bag.add((size_s, start_s, blob))
                 if w.on_time_fired:  # late data: a late pane now (AfterCount(1))
-                    self._pane(rows, days, shard, size_s, start_s, w, w.changed)
+                    self._pane(firing, shard, size_s, start_s, w, w.changed)
                 else:
                     unfired = True
         if unfired and self._early_s is not None:
@@ -473,11 +491,11 @@ class FirePanes(beam.DoFn):
                 first_unfired.write(arrival_us)
                 early.set(Timestamp.now() + self._early_s)
             elif arrival_us - since_us >= self._early_s * US_PER_S:
-                self._early_panes(rows, days, shard)
+                self._early_panes(firing, shard)
                 first_unfired.clear()
         self._commit(key, shard, panes, dropped_hours)
         window_end.set(Timestamp(micros=self._next_boundary_us(shard)))
-        yield from _outputs(rows, days)
+        yield from firing.outputs()
 
     @on_timer(EARLY)
     def on_early(
@@ -494,16 +512,15 @@ class FirePanes(beam.DoFn):
         if not shard.cell_changed and not any(not w.on_time_fired and w.changed for w in shard.windows.values()):
             return
         new_version(shard, version)
-        rows: list[AggregateRow] = []
-        days: list[DayCount] = []
-        self._early_panes(rows, days, shard)
+        firing = _Firing()
+        self._early_panes(firing, shard)
         self._commit(key, shard, panes, dropped_hours)
-        yield from _outputs(rows, days)
+        yield from firing.outputs()
 
-    def _early_panes(self, rows: list, days: list, shard: _ShardWindows) -> None:
+    def _early_panes(self, firing: _Firing, shard: _ShardWindows) -> None:
         for (size_s, start_s), w in shard.windows.items():
             if not w.on_time_fired and w.changed:
-                self._pane(rows, days, shard, size_s, start_s, w, w.changed)
+                self._pane(firing, shard, size_s, start_s, w, w.changed)
 
     @on_timer(WINDOW_END)
     def on_window_end(
@@ -520,12 +537,11 @@ class FirePanes(beam.DoFn):
     ):
         shard = self._shard(key, bag, panes, dropped_hours, version)
         new_version(shard, version)
-        rows: list[AggregateRow] = []
-        days: list[DayCount] = []
+        firing = _Firing()
         dropped = False
         for (size_s, start_s), w in list(shard.windows.items()):
             if not w.on_time_fired and self._on_time_at_us(size_s, start_s) <= fired.micros:
-                self._pane(rows, days, shard, size_s, start_s, w, w.aggs)
+                self._pane(firing, shard, size_s, start_s, w, w.aggs)
                 w.on_time_fired = True
             if w.on_time_fired and self._drop_after_us(size_s, start_s) <= fired.micros:
                 del shard.windows[(size_s, start_s)]
@@ -533,10 +549,7 @@ class FirePanes(beam.DoFn):
                     shard.drop_hour(start_s, w)
                 dropped = True
         if dropped:  # the bag holds only the remaining windows' entries
-            bag.clear()
-            for (size_s, start_s), w in shard.windows.items():
-                for blob in w.blobs:
-                    bag.add((size_s, start_s, blob))
+            rewrite_bag(bag, shard.entries())
         for day_s in [d for d in shard.dropped_hours if self._day_done_us(d) <= fired.micros]:
             del shard.dropped_hours[day_s]
             shard.cell_changed = True
@@ -558,17 +571,17 @@ class FirePanes(beam.DoFn):
         boundary_us = self._next_boundary_us(shard)
         if boundary_us is not None:
             window_end.set(Timestamp(micros=boundary_us))
-        yield from _outputs(rows, days)
+        yield from firing.outputs()
 
     @staticmethod
-    def _pane(rows: list, days: list, shard: _ShardWindows, size_s: int, start_s: int, w: _Window, keys) -> None:
+    def _pane(firing: _Firing, shard: _ShardWindows, size_s: int, start_s: int, w: _Window, keys) -> None:
         """Append one pane of window ``w``: a row for each of ``keys``, its cell timestamp from
         the window's state (``storage.cell_timestamp_us``), never from this worker's clock; for
         an hour window, the ``DayCount`` of each of ``keys`` too."""
         granularity = _GRANULARITY_OF_SIZE[size_s]
         for video_id, event_type in keys:
             agg = w.aggs[(video_id, event_type)]
-            rows.append(
+            firing.rows.append(
                 AggregateRow(
                     video_id,
                     event_type,
@@ -580,21 +593,13 @@ class FirePanes(beam.DoFn):
                 )
             )
         if size_s == _HOUR_S:
-            shard.day_counts(days, start_s, keys)
+            shard.day_counts(firing.days, start_s, keys)
         w.next_pane += 1
         w.changed = set()
 
 
 def _utc_day(day_start_s: int) -> str:
     return format_time_us(day_start_s * US_PER_S)[:10]
-
-
-def _outputs(rows: list[AggregateRow], days: list[DayCount]):
-    """What one firing emits: its rows, and its day counts on ``DAY_COUNTS``."""
-    if rows:
-        yield rows
-    if days:
-        yield beam.pvalue.TaggedOutput(DAY_COUNTS, days)
 
 
 class WindowedAggregates(beam.PTransform):

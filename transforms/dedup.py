@@ -102,7 +102,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from schemas.archive import DeadLetter
 from schemas.event import TOO_LATE, US_PER_S, format_time_us
 from transforms import metrics
-from transforms.state_values import cached_view, dumps_exact, new_version
+from transforms.state_values import cached_view, dumps_exact, new_version, rewrite_bag
 from transforms.validate import DEAD_LETTER, DEDUP_KEY
 
 WATERMARK_VIEW_STEP_S = 5
@@ -145,6 +145,10 @@ class _ShardIds:
     def remembered(self, candidates: set[str]) -> set[str]:
         """The ids among ``candidates`` that this shard remembers (set intersections, in C)."""
         return set().union(*(candidates & ids for ids in self.by_minute.values()))
+
+    def entries(self):
+        """The bag's entries for what the view holds: ``(minute_s, blob)``."""
+        return ((minute_s, blob) for minute_s, blobs in self.blobs.items() for blob in blobs)
 
     def drop_until(self, expiry_s_of) -> None:
         """Forget the minutes for which ``expiry_s_of(minute)`` is True."""
@@ -307,10 +311,7 @@ class DedupAndJudgeLateness(beam.DoFn):
         shard = self._shard_ids(key, ids, version)
         new_version(shard, version)
         shard.drop_until(lambda minute_s: self._expiry_s(minute_s) <= fired_s)
-        ids.clear()
-        for minute_s, blobs in shard.blobs.items():
-            for blob in blobs:
-                ids.add((minute_s, blob))
+        rewrite_bag(ids, shard.entries())
         if shard.by_minute:
             expiry.set(Timestamp(min(map(self._expiry_s, shard.by_minute))))
 

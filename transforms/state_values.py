@@ -55,3 +55,12 @@ def new_version(view, version_state) -> None:
     that already holds the failed attempt's changes."""
     view.version = version_token()
     version_state.write(view.version)
+
+
+def rewrite_bag(bag, entries) -> None:
+    """Replace what a bag state holds with ``entries`` (values of its coder, already encoded):
+    a bag cannot remove single entries, so a DoFn that drops part of its view (expired
+    minutes, dropped windows) writes back the rest, re-adding the encoded values it kept."""
+    bag.clear()
+    for entry in entries:
+        bag.add(entry)
