@@ -39,8 +39,8 @@ Semantics:
   A failed acknowledgement is logged, not raised: the messages are redelivered and dropped
   as duplicates.
 * **Event-time watermark.** The publisher sets ``timestamp_attribute`` on each message to
-  the earliest event time it carries, in epoch milliseconds as ASCII digits (SPEC section 1;
-  ``message_timestamp_us`` says what is refused). The watermark is the earliest timestamp
+  the earliest event time it carries, in epoch milliseconds as ASCII digits (docs/contract.md,
+  "The ``ts`` attribute"; ``message_timestamp_us`` says what is refused). The watermark is the earliest timestamp
   pulled in the last minute (never backwards; ``PullWatermark``). After ``idle_s``
   seconds with nothing to pull it moves to the newest timestamp pulled plus the idle time
   (at most the wall clock), so every window closes when a stream pauses or ends. Java's
@@ -53,8 +53,8 @@ Semantics:
 * **Elements carry the watermark at arrival.** Each message is emitted with the
   watermark as it stood when the message was pulled as its timestamp (never behind it, so
   nothing is dropped as late here). A message holds many events, so its own time says
-  little; this stamp tells the counting core the watermark each message arrived at (SPEC
-  section 2's ``watermark_at_arrival``), which a DoFn cannot read otherwise
+  little; this stamp tells the counting core the watermark each message arrived at (the
+  watermark at arrival of docs/contract.md, "Acceptance"), which a DoFn cannot read otherwise
   (``transforms.dedup``: ``stamped_watermark``).
 * Messages without the attribute, or with one that is malformed, outside years 1-9999 or
   too far ahead, take their publish time.
@@ -112,7 +112,7 @@ from transforms import metrics
 
 _LOG = logging.getLogger(__name__)
 
-DEFAULT_MAX_FUTURE_SKEW_S = 300.0  # SPEC section 2's default max_future_skew_s
+DEFAULT_MAX_FUTURE_SKEW_S = 300.0  # the default max_future_skew_s (docs/contract.md, "Acceptance")
 MAX_TS_DIGITS = 20  # longer digit strings are refused unread (int() of 5,000 digits raises)
 MAX_PULL_RESPONSE_BYTES = 64 * 1024 * 1024  # six 10 MB messages with their attributes
 MAX_BACKOFF_S = 30.0  # longest pause between two bundles after failed pulls
