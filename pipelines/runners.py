@@ -78,6 +78,13 @@ class FlinkJobOptions(PipelineOptions):
         )
         parser.add_argument("--flink_conf_dir", default=None, help="folder with a flink-conf.yaml for the job")
         parser.add_argument(
+            "--shutdown_sources_after_idle_ms",
+            type=int,
+            default=None,
+            help="stop a source idle this long (lets a job of bounded input in streaming mode end "
+            "while checkpoints are on: runner_flags(bounded=True))",
+        )
+        parser.add_argument(
             "--max_bundle_time_ms",
             type=int,
             default=None,
@@ -116,6 +123,7 @@ def runner_flags(
     parallelism: int = 1,
     worker_pool: str | None = None,
     sdk_worker_parallelism: int = 1,
+    bounded: bool = False,
 ) -> list[str]:
     """Beam flags that select ``runner`` (one of ``RUNNERS``). ``dataflow`` gives only the
     runner; project, region and staging flags are the user's (README).
@@ -131,7 +139,10 @@ def runner_flags(
     loop), and ``savepoint_path`` (a
     savepoint or a retained checkpoint) to resume from; without it a job whose checkpoints
     are retained resumes from the newest one (``prepare``). ``prepare`` sets the settings
-    the job needs for correctness again, so a command without these flags gets them too. Raises ``FileNotFoundError``
+    the job needs for correctness again, so a command without these flags gets them too.
+    ``bounded``: the job's input ends (a ``TestStream``, a file) though it runs in streaming
+    mode; Beam's Flink runner keeps finished sources (the impulses) alive while checkpoints are
+    on, so there they stop after 1 s idle and the job ends. Raises ``FileNotFoundError``
     when a runner's build is missing, ``ValueError`` for an unknown runner.
     """
     if runner == "local":
@@ -179,6 +190,8 @@ def runner_flags(
             flags += ["--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation"]
         if savepoint_path:
             flags.append(f"--savepoint_path={savepoint_path}")
+        if bounded:
+            flags.append("--shutdown_sources_after_idle_ms=1000")
         return flags
     if runner == "dataflow":
         return [f"--runner={PROFILES['dataflow'].beam_runner}"]
@@ -371,6 +384,17 @@ class RunnerProfile:
     * ``timer_output_holds_watermark``: the watermark waits for the output of event-time timers
       (else the top stages keep a window's state ``transforms.top.CLEANUP_GRACE_S`` longer:
       ``top_cleanup_grace_s``).
+    * ``sets_parallelism``: ``--parallelism`` sets how many subtasks run each stage.
+    * ``test_stream_one_output``: a ``TestStream`` has one output only ("expected one element"),
+      so payloads and metadata snapshots cannot share one.
+    * ``test_stream_processing_time``: a ``TestStream`` may advance processing time (else it
+      takes none between its events: the arrival times the elements carry are the only clock).
+    * ``test_stream_round_robin``: the runner runs a ``TestStream`` as a source of its own and
+      deals its elements to the next stage's subtasks round robin, out of their order.
+    * ``waits_with_deadline``: a job's result waits for its end within a deadline
+      (``wait_until_finish(duration=...)``).
+
+    The last five are what the scenario runner (``viewcounts.commands.scenario``) reads.
     """
 
     beam_runner: str  # the --runner value
@@ -384,6 +408,11 @@ class RunnerProfile:
     triggered_side_inputs: bool
     trigger_read_once_side_input: bool
     timer_output_holds_watermark: bool
+    sets_parallelism: bool
+    test_stream_one_output: bool
+    test_stream_processing_time: bool
+    test_stream_round_robin: bool
+    waits_with_deadline: bool
 
 
 PROFILES: dict[str, RunnerProfile] = {
@@ -399,6 +428,11 @@ PROFILES: dict[str, RunnerProfile] = {
         triggered_side_inputs=True,
         trigger_read_once_side_input=True,
         timer_output_holds_watermark=False,
+        sets_parallelism=False,
+        test_stream_one_output=False,
+        test_stream_processing_time=True,
+        test_stream_round_robin=False,
+        waits_with_deadline=False,
     ),
     "prism": RunnerProfile(
         "PrismRunner",
@@ -412,6 +446,11 @@ PROFILES: dict[str, RunnerProfile] = {
         triggered_side_inputs=False,
         trigger_read_once_side_input=False,
         timer_output_holds_watermark=True,
+        sets_parallelism=False,
+        test_stream_one_output=False,
+        test_stream_processing_time=True,
+        test_stream_round_robin=False,
+        waits_with_deadline=True,
     ),
     "flink": RunnerProfile(
         "FlinkRunner",
@@ -425,6 +464,11 @@ PROFILES: dict[str, RunnerProfile] = {
         triggered_side_inputs=True,
         trigger_read_once_side_input=False,
         timer_output_holds_watermark=True,
+        sets_parallelism=True,
+        test_stream_one_output=True,
+        test_stream_processing_time=False,
+        test_stream_round_robin=True,
+        waits_with_deadline=True,
     ),
     "dataflow": RunnerProfile(
         "DataflowRunner",
@@ -438,6 +482,11 @@ PROFILES: dict[str, RunnerProfile] = {
         triggered_side_inputs=True,
         trigger_read_once_side_input=False,
         timer_output_holds_watermark=True,
+        sets_parallelism=False,
+        test_stream_one_output=False,
+        test_stream_processing_time=True,
+        test_stream_round_robin=False,
+        waits_with_deadline=True,
     ),
 }
 # any other (portable) runner: the portable source with one reader, metadata read by each worker
@@ -453,22 +502,17 @@ PORTABLE = RunnerProfile(
     triggered_side_inputs=True,
     trigger_read_once_side_input=False,
     timer_output_holds_watermark=True,
+    sets_parallelism=False,
+    test_stream_one_output=False,
+    test_stream_processing_time=True,
+    test_stream_round_robin=False,
+    waits_with_deadline=True,
 )
 
 
 def profile(runner: str) -> RunnerProfile:
     """The ``RunnerProfile`` of a ``runner_of`` name; ``PORTABLE`` for a runner not in ``RUNNERS``."""
     return PROFILES.get(runner, PORTABLE)
-
-
-def stamped_watermark(runner: str) -> bool:
-    """``profile(runner).stamped_watermark`` (``viewcounts.commands.scenario`` asks by this name)."""
-    return profile(runner).stamped_watermark
-
-
-def triggered_side_inputs(runner: str) -> bool:
-    """``profile(runner).triggered_side_inputs`` (``viewcounts.commands.scenario`` asks by this name)."""
-    return profile(runner).triggered_side_inputs
 
 
 def pull_pacing(runner: str, max_bundle_time_ms: int | None = None) -> dict[str, float]:

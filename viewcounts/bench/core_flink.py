@@ -28,7 +28,6 @@ harness adds it to this process's own), ``mutations`` and ``parallelism``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -94,12 +93,9 @@ def run(
             parallelism=parallelism,
             worker_pool=cluster.worker_pool,
             sdk_worker_parallelism=sdk_worker_parallelism,
+            bounded=True,
         )
-        # Beam's Flink runner keeps idle sources (the impulses) alive while checkpoints are on,
-        # so a bounded job would never finish: shut them down once idle (Java FlinkPipelineOptions)
-        options = beam.options.pipeline_options.PipelineOptions(
-            [*flags, "--streaming", "--shutdown_sources_after_idle_ms=1000"]
-        )
+        options = beam.options.pipeline_options.PipelineOptions([*flags, "--streaming"])
         p = beam.Pipeline(options=options)
         policy = AcceptancePolicy(check_age=False, dedup_shards=shards)
         rows = (
@@ -136,13 +132,11 @@ def run_timed(cluster, pipeline: beam.Pipeline, timeout_s: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m viewcounts.bench.core_flink", description=__doc__.split("\n\n")[0])
-    ap.add_argument("workload_dir", type=Path)
-    ap.add_argument("out", type=Path)
+    from viewcounts.bench.core import job_parser
+
+    ap = job_parser("viewcounts.bench.core_flink", __doc__)
     ap.add_argument("--parallelism", type=int, default=2)
     ap.add_argument("--sdk-worker-parallelism", type=int, default=1, help="Python workers per task manager")
-    ap.add_argument("--shards", type=int, default=16, help="dedup and pane shards (keys of the stateful stages)")
-    ap.add_argument("--early-firing-s", type=int, default=30)
     args = ap.parse_args(argv)
     res = run(
         args.workload_dir, args.out, args.parallelism, args.sdk_worker_parallelism, args.shards, args.early_firing_s

@@ -7,8 +7,7 @@ window_start_s): (cell_timestamp_us, Aggregate)}}``. A module of its own, so the
 pickles by reference (the local runner pickles every DoFn for every bundle).
 
 ``FileRows(folder)``: the same rows written to files, for Python workers in other processes
-(``core_flink``); ``IdleSourceOptions`` declares the Flink option ``core_flink`` needs
-(here, not in a module that also runs as ``__main__``: a second declaration would clash).
+(``core_flink``).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import uuid
 
 import apache_beam as beam
 import orjson
-from apache_beam.options.pipeline_options import PipelineOptions
 
 RESULTS: dict[str, dict] = {}
 _LOCK = threading.Lock()
@@ -43,20 +41,6 @@ class CountingSink(beam.DoFn):
                 newest = panes.get(key)
                 if newest is None or row[6] > newest[0]:  # cell_timestamp_us
                     panes[key] = (row[6], row[4])
-
-
-class IdleSourceOptions(PipelineOptions):
-    """Declared so Beam passes it on to the Flink job server (it drops undeclared flags)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument(
-            "--shutdown_sources_after_idle_ms",
-            type=int,
-            default=None,
-            help="Java FlinkPipelineOptions: stop a source idle this long (lets a bounded "
-            "streaming job finish while checkpoints are on)",
-        )
 
 
 class FileRows(beam.DoFn):

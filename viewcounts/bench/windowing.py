@@ -221,10 +221,9 @@ def _run_flink(build, parallelism: int, timeout_s: float) -> dict:
 
     with FlinkCluster(task_managers=2, task_slots=2) as cluster:
         flags = runner_flags(
-            "flink", flink_master=cluster.master, parallelism=parallelism, worker_pool=cluster.worker_pool
+            "flink", flink_master=cluster.master, parallelism=parallelism, worker_pool=cluster.worker_pool, bounded=True
         )
-        # a bounded streaming job ends only when its idle sources shut down (core_flink)
-        p = build([*flags, "--shutdown_sources_after_idle_ms=1000"])
+        p = build(flags)
         return {**run_timed(cluster, p, timeout_s), "parallelism": parallelism}
 
 

@@ -1,12 +1,13 @@
-"""Run SPEC.md section 7 case files through the real pipeline code.
+"""Run scenario case files (docs/contract.md, Scenario cases) through the real pipeline code.
 
 ``run_case(case)`` replays a case's steps as a ``TestStream`` (payloads and metadata
 snapshots on two tags, an explicit processing-time clock, an explicit watermark that goes
 to infinity after the last step) on the local runner (or Prism, or an embedded Flink at a
-given parallelism), writes aggregates to a fresh table
-on the Bigtable emulator through the production sink, and returns what was stored: rows,
-dead letters by reason, metrics and ``get_stats`` answers. ``check_case`` compares that
-with the case's ``expect`` and returns a list of mismatches (empty when it passes).
+given parallelism), writes aggregates to a fresh table on the Bigtable emulator through
+the production sink, and returns what was stored: rows, dead letters by reason, metrics and
+``get_stats`` answers. ``check_case`` compares that with the case's ``expect`` and returns a
+list of mismatches (empty when it passes). What differs by runner (the stream's shape,
+where metadata travels, the wait for the end) follows its ``pipelines.runners.profile``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.coders import BytesCoder, TupleCoder, VarIntCoder
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.runners.runner import PipelineState
+from apache_beam.runners.runner import PipelineResult, PipelineState
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils.timestamp import Timestamp
@@ -31,14 +32,13 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines import runners
 from pipelines.graph import count_and_store
 from pipelines.options import SinkConfig
-from pipelines.runners import runner_flags
+from pipelines.runners import RunnerProfile, runner_flags
 from query.stats import QueryError, StatsReader
 from schemas.archive import DeadLetter, local_lines
 from schemas.event import US_PER_S, format_time_us, parse_event_time
 from transforms import metrics
 from transforms.enrich import EnrichFromSnapshots
 from transforms.validate import AcceptancePolicy
-from viewcounts.bench.counting_sink import IdleSourceOptions  # noqa: F401 -- declares the flag for Flink
 from viewcounts.local.emulators import bigtable_emulator
 from viewcounts.local.provision import create_table
 
@@ -49,11 +49,14 @@ PAYLOADS, METADATA = "payloads", "metadata"
 LONE_PAYLOADS = ""
 PROJECT, INSTANCE = "scenario", "scenario"
 REL_TOL = 1e-9
-# How long a case's job may run on Flink: a case takes 12-30 s there at parallelism 2; a
-# job that never ends (seen before ``FirePanes`` cleared its early timer: a processing-time
-# timer left at the end of the input held Beam's Flink operator in its final flush for
-# ever) is cancelled and reported instead of hanging the caller.
-FLINK_CASE_DEADLINE_S = 240
+# How long a case's job may run where its end can be awaited with a deadline: a case takes
+# 12-30 s on Flink at parallelism 2; a job that never ends (seen on Flink before
+# ``FirePanes`` cleared its early timer: a processing-time timer left at the end of the
+# input held Beam's operator in its final flush for ever) is cancelled and reported instead
+# of hanging the caller.
+CASE_DEADLINE_S = 240
+# tests/test_top_streaming.py imports this name until it calls ``run_to_end``
+FLINK_CASE_DEADLINE_S = CASE_DEADLINE_S
 
 
 def payload_tag(with_metadata: bool) -> str:
@@ -86,9 +89,9 @@ def changes_metadata_mid_stream(case: dict) -> bool:
 
 
 def _snapshots_read_once(case: dict, runner: str) -> list[tuple[int, dict]]:
-    """The case's snapshots for a runner without triggered side inputs (Prism) or a
-    ``TestStream`` of several outputs (Flink), read once at start: raises
-    ``UnsupportedOnRunner`` when the case changes metadata mid-stream."""
+    """The case's snapshots where they do not travel in its ``TestStream``
+    (``metadata_in_stream``), read once at start: raises ``UnsupportedOnRunner`` when the
+    case changes metadata mid-stream."""
     if changes_metadata_mid_stream(case):
         raise UnsupportedOnRunner(
             f"the case changes metadata mid-stream, which needs a triggered side "
@@ -98,17 +101,24 @@ def _snapshots_read_once(case: dict, runner: str) -> list[tuple[int, dict]]:
     return [(n, _snapshot(step)) for n, step in enumerate(case["steps"]) if "metadata" in step]
 
 
-def build_test_stream(case: dict, with_metadata: bool = True, flink: bool = False) -> TestStream:
-    """The case's steps as a ``TestStream`` (SPEC.md section 7 clock rules): payloads, and
-    metadata snapshots on a tag of their own unless ``with_metadata`` is False (a runner
-    without triggered side inputs reads them once instead: ``_snapshots_read_once``).
-    Each payload ``(bytes, arrival_us)`` carries the case's processing time (its arrival
-    time), and is stamped with the watermark it arrives at.
+def metadata_in_stream(runner: RunnerProfile) -> bool:
+    """Whether the case's metadata snapshots travel in its ``TestStream`` on a tag of their
+    own, as a triggered side input: where the runner takes triggered side inputs and a
+    ``TestStream`` of two outputs (else ``_snapshots_read_once``)."""
+    return runner.triggered_side_inputs and not runner.test_stream_one_output
 
-    ``flink`` (needs ``with_metadata`` False): no processing-time events (Beam's Flink
-    runner refuses them), so the carried arrival times are the only processing clock: they
-    are what the acceptance checks read, and they fire early panes (``FirePanes``); and
-    each payload is keyed, ``(0, (bytes, arrival_us))``, for ``InSourceOrder``.
+
+def build_test_stream(case: dict, runner: RunnerProfile) -> TestStream:
+    """The case's steps as a ``TestStream`` for ``runner`` (docs/contract.md, Scenario cases:
+    the clock rules): payloads, and metadata snapshots on a tag of their own where
+    ``metadata_in_stream``. Each payload ``(bytes, arrival_us)`` carries the case's
+    processing time (its arrival time), and is stamped with the watermark it arrives at.
+
+    Without ``test_stream_processing_time`` (Beam's Flink runner refuses processing-time
+    events) the carried arrival times are the only processing clock: they are what the
+    acceptance checks read, and they fire early panes (``FirePanes``). With
+    ``test_stream_round_robin`` each payload is keyed, ``(0, (bytes, arrival_us))``, for
+    ``InSourceOrder``.
 
     Payloads alone are encoded, and typed, with Beam's standard coders (``(bytes, int)`` as
     a KV of bytes and varint, keyed as a KV of varint and that, in the events and on the
@@ -117,15 +127,14 @@ def build_test_stream(case: dict, with_metadata: bool = True, flink: bool = Fals
     every time (``Can't decode TestStream payload``: ``UnknownCoderWrapper``), restarting
     the job in a loop. Snapshots (dicts) need the default coder, so the two-tag stream
     keeps it."""
-    if flink and with_metadata:
-        raise ValueError("Beam's Flink runner takes a TestStream of one output only")
+    with_metadata, keyed = metadata_in_stream(runner), runner.test_stream_round_robin
     start_us = parse_event_time(case["start"])
     processing_us = start_us
     watermark = Timestamp(micros=start_us)
     payloads = payload_tag(with_metadata)
     tags = (payloads, METADATA) if with_metadata else (payloads,)
     message_coder, message_type = TupleCoder([BytesCoder(), VarIntCoder()]), tuple[bytes, int]
-    if flink:
+    if keyed:
         message_coder, message_type = TupleCoder([VarIntCoder(), message_coder]), tuple[int, message_type]
     ts = (
         TestStream(output_tags=list(tags))
@@ -141,7 +150,7 @@ def build_test_stream(case: dict, with_metadata: bool = True, flink: bool = Fals
         elif "advance_processing_time_s" in step:
             if step["advance_processing_time_s"] > 0:  # clocks never move back; 0 is no move
                 processing_us += round(step["advance_processing_time_s"] * US_PER_S)
-                if not flink:
+                if runner.test_stream_processing_time:
                     ts.advance_processing_time(step["advance_processing_time_s"])
         elif "advance_watermark" in step:
             target = Timestamp(micros=parse_event_time(step["advance_watermark"]))
@@ -152,7 +161,7 @@ def build_test_stream(case: dict, with_metadata: bool = True, flink: bool = Fals
         else:
             ts.add_elements(
                 [
-                    beam.window.TimestampedValue((0, (m, processing_us)) if flink else (m, processing_us), watermark)
+                    beam.window.TimestampedValue((0, (m, processing_us)) if keyed else (m, processing_us), watermark)
                     for m in _messages(step)
                 ],
                 tag=payloads,
@@ -164,14 +173,14 @@ def build_test_stream(case: dict, with_metadata: bool = True, flink: bool = Fals
 
 class InSourceOrder(beam.DoFn):
     """``(0, (payload, arrival_us))`` -> ``(payload, arrival_us)``, timestamps kept: the
-    ``TestStream``'s payloads (``build_test_stream(flink=True)``) in the order it emitted
-    them, up to the dedup stage, as one Pub/Sub reader's messages reach it on Flink (the
-    reader's task validates them). Flink hands a one-subtask source's elements to the next
-    stage's subtasks round robin, so without this copies of an event reached the dedup stage
-    in another order than the case published them (seen at parallelism 2), and which copy
-    counts follows that order. A stateful DoFn on one key, reading the source's output
-    directly: the runner sends every payload to one subtask over one channel, and the stages
-    after it (validation) run in its task. The state (payloads passed) only makes the DoFn
+    ``TestStream``'s payloads (keyed by ``build_test_stream`` where
+    ``test_stream_round_robin``) in the order it emitted them, up to the dedup stage, as one
+    Pub/Sub reader's messages reach it (the reader's task validates them). Without this,
+    copies of an event dealt round robin reached the dedup stage in another order than the
+    case published them (seen on Flink at parallelism 2), and which copy counts follows that
+    order. A stateful DoFn on one key, reading the source's output directly: the runner
+    sends every payload to one subtask over one channel, and the stages after it
+    (validation) run in its task. The state (payloads passed) only makes the DoFn
     stateful."""
 
     PASSED = ReadModifyWriteStateSpec("payloads_passed", VarIntCoder())
@@ -205,70 +214,86 @@ def _bigtable_host():
             del os.environ["BIGTABLE_EMULATOR_HOST"]
 
 
-def run_case(case: dict, runner: str = "local", parallelism: int = 1) -> dict:
-    """Run one case on ``runner`` (``parallelism``: Flink's, embedded with LOOPBACK workers;
-    other runners take 1 only, else ``ValueError``); returns ``{"rows", "dead_letters",
-    "metrics", "queries", "archived_events"}`` (``archived_events``: lines written to the raw
-    archive)."""
-    if parallelism != 1 and runner != "flink":
-        raise ValueError(f"parallelism {parallelism} needs the flink runner, not {runner}")
+def case_sinks(project: str, instance: str, table: str, folder: str) -> SinkConfig:
+    """Where a case's job writes: aggregates to ``table`` (an existing table on the Bigtable
+    emulator), the raw archive to ``<folder>/archive`` and dead letters to
+    ``<folder>/dead-letters`` (files only)."""
+    return SinkConfig(
+        project,
+        instance,
+        table,
+        archive_path=f"{folder}/archive",
+        dead_letter_topic=None,
+        dead_letter_path=f"{folder}/dead-letters",
+    )
+
+
+def case_pipeline(case: dict, sinks: SinkConfig, runner: str = "local", parallelism: int = 1) -> tuple:
+    """The streaming job of ``case`` on ``runner``, not run yet: the case's ``TestStream``
+    through ``pipelines.graph.count_and_store`` into ``sinks``. ``parallelism``: the job's,
+    where the runner ``sets_parallelism`` (Flink, embedded, with LOOPBACK workers); elsewhere
+    1 only, else ``ValueError``. Returns ``(pipeline, count_and_store's outputs)``; run it
+    with ``run_to_end``."""
+    profile = runners.profile(runner)
+    if parallelism != 1 and not profile.sets_parallelism:
+        raise ValueError(f"parallelism {parallelism}: the {runner} runner does not take one")
     policy, early_firing_s = policy_of_case(case)
+    options = PipelineOptions(runner_flags(runner, parallelism=parallelism, bounded=True))
+    options.view_as(StandardOptions).streaming = True
+    runners.prepare(options)
+    pipeline = beam.Pipeline(options=options)
+    in_stream = metadata_in_stream(profile)
+    stream = pipeline | "case steps" >> build_test_stream(case, profile)
+    snapshots = (
+        stream[METADATA]
+        if in_stream
+        else pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner))
+    )
+    payloads = stream[payload_tag(in_stream)]
+    if profile.test_stream_round_robin:
+        payloads = payloads | "in source order" >> beam.ParDo(InSourceOrder()).with_output_types(tuple[bytes, int])
+    # The TestStream stamps each message at the watermark, as one reader of the portable
+    # source does; with one TestStream those stamps are the runner's source watermark on
+    # any runner and at any parallelism. Where the view comes from stamps anyway (Prism)
+    # the job takes them; so it does where the TestStream takes no processing time (Flink):
+    # the dedup stage's ladder of timers (the streaming job's view there) gets no rounds
+    # between a case's steps, and lagged minutes behind after a watermark jump (cases 02,
+    # 06, 09, 18 failed). The local runner keeps the ladder, the view of its native source.
+    counted = count_and_store(
+        payloads,
+        EnrichFromSnapshots(snapshots, in_stream),
+        policy,
+        early_firing_s,
+        sinks,
+        stamped_watermark=profile.stamped_watermark or not profile.test_stream_processing_time,
+    )
+    return pipeline, counted
+
+
+def run_to_end(pipeline: beam.Pipeline, runner: str) -> PipelineResult:
+    """Run a case's job and wait for its end: within ``CASE_DEADLINE_S`` where the runner
+    ``waits_with_deadline`` (else ``TimeoutError``, after cancelling it), without a deadline
+    elsewhere (the local runner, in process). ``RuntimeError`` when it failed."""
+    result = pipeline.run()
+    if runners.profile(runner).waits_with_deadline:
+        _finish_within(result, CASE_DEADLINE_S)
+    else:
+        result.wait_until_finish()
+    return result
+
+
+def run_case(case: dict, runner: str = "local", parallelism: int = 1) -> dict:
+    """Run one case on ``runner`` at ``parallelism`` (``case_pipeline``); returns ``{"rows",
+    "dead_letters", "metrics", "queries", "archived_events"}`` (``archived_events``: lines
+    written to the raw archive)."""
     table = f"case-{uuid.uuid4().hex[:12]}"
     with _bigtable_host(), tempfile.TemporaryDirectory(prefix="scenario-") as tmp:
         create_table(PROJECT, INSTANCE, table)
-        sinks = SinkConfig(
-            PROJECT,
-            INSTANCE,
-            table,
-            archive_path=f"{tmp}/archive",
-            dead_letter_topic=None,
-            dead_letter_path=f"{tmp}/dead-letters",
-        )
-        # Beam's Flink runner keeps finished sources (the impulses) alive while checkpoints are
-        # on, so the case's job would never end: they stop after 1 s idle (IdleSourceOptions)
-        options = PipelineOptions(
-            [*runner_flags(runner, parallelism=parallelism), "--shutdown_sources_after_idle_ms=1000"]
-            if runner == "flink"
-            else runner_flags(runner)
-        )
-        options.view_as(StandardOptions).streaming = True
-        runners.prepare(options)
-        pipeline = beam.Pipeline(options=options)
-        # else the snapshots are read once; Beam's Flink runner takes a TestStream of one output
-        # only ("expected one element"), so there the payloads go alone too
-        triggered = runners.triggered_side_inputs(runner) and runner != "flink"
-        stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=triggered, flink=runner == "flink")
-        snapshots = (
-            stream[METADATA]
-            if triggered
-            else pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, runner))
-        )
-        payloads = stream[payload_tag(triggered)]
-        # The TestStream stamps each message at the watermark, as one reader of the portable
-        # source does; with one TestStream those stamps are the runner's source watermark on
-        # any runner and at any parallelism. Prism takes them (the view there); so does
-        # Flink, where the dedup stage's ladder of timers (the streaming job's view there)
-        # gets no rounds between a case's steps, which take no processing time on Flink, and
-        # lagged minutes behind after a watermark jump (cases 02, 06, 09, 18 failed). The
-        # local runner keeps the ladder, the view of its native source.
-        if runner == "flink":
-            payloads = payloads | "in source order" >> beam.ParDo(InSourceOrder()).with_output_types(tuple[bytes, int])
-        count_and_store(
-            payloads,
-            EnrichFromSnapshots(snapshots, triggered),
-            policy,
-            early_firing_s,
-            sinks,
-            stamped_watermark=runner == "flink" or runners.stamped_watermark(runner),
-        )
-        result = pipeline.run()
-        if runner == "flink":
-            _finish_within(result, FLINK_CASE_DEADLINE_S)
-        else:
-            result.wait_until_finish()
-        counters = metrics.committed_counters(result)
-        dead = Counter(DeadLetter.from_json(line).reason for line in local_lines(f"{tmp}/dead-letters"))
-        archived = sum(1 for _ in local_lines(f"{tmp}/archive"))
+        sinks = case_sinks(PROJECT, INSTANCE, table, tmp)
+        pipeline, _ = case_pipeline(case, sinks, runner, parallelism)
+        counters = metrics.committed_counters(run_to_end(pipeline, runner))
+        dead = Counter(DeadLetter.from_json(line).reason for line in local_lines(sinks.dead_letter_path))
+        archived = sum(1 for _ in local_lines(sinks.archive_path))
         with StatsReader(PROJECT, INSTANCE, table) as reader:
             rows = stored_rows(reader)
             queries = [_answer(reader, q) for q in case.get("expect", {}).get("queries", [])]
@@ -291,7 +316,7 @@ def _finish_within(result, deadline_s: float) -> None:
 
 
 def stored_rows(reader: StatsReader) -> list[dict]:
-    """Every stored aggregate as SPEC.md section 7 row dicts."""
+    """Every stored aggregate as a case's row dicts (docs/contract.md, Scenario cases)."""
     return [
         {
             "video_id": c.video_id,
@@ -335,7 +360,7 @@ def _row_key(r: dict) -> tuple:
 
 
 def check_case(case: dict, result: dict) -> list[str]:
-    """Mismatches between ``result`` and ``case["expect"]`` (SPEC.md section 7 rules)."""
+    """Mismatches between ``result`` and ``case["expect"]`` (docs/contract.md, Scenario cases: tolerance, exact rows and counts)."""
     expect = case.get("expect", {})
     problems: list[str] = []
     stored = {_row_key(r): r for r in result["rows"]}
