@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
+from concurrent import futures
 
 import grpc
 import pytest
@@ -76,3 +78,29 @@ def test_a_stop_never_kills_another_task_managers_worker_of_the_same_id(pool):
     assert servicer._by_id["2-1"][0].poll() is None  # B's worker runs on
     _stop(stub, "2-1")  # now B's is the only one left under the id: stopped
     _eventually(lambda: servicer.live_workers() == {})
+
+
+def test_a_worker_hides_the_unfixable_grpcio_warning(pool, capfd):
+    """A worker started by the pool reaches the task manager's control endpoint (it has
+    imported Beam's SDK worker and the Google clients by then) without printing the grpcio
+    warning that the pool's own imports hide; the stream's end stops it."""
+    stub, servicer = pool
+    connected = threading.Event()
+
+    class Control(beam_fn_api_pb2_grpc.BeamFnControlServicer):
+        def Control(self, requests, context):
+            connected.set()
+            yield from ()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    beam_fn_api_pb2_grpc.add_BeamFnControlServicer_to_server(Control(), server)
+    port = server.add_insecure_port("localhost:0")
+    server.start()
+    try:
+        _start(stub, "1-1", port)
+        _eventually(connected.is_set, timeout_s=60.0)
+        _eventually(lambda: servicer.live_workers() == {}, timeout_s=30.0)
+    finally:
+        server.stop(0)
+    err = capfd.readouterr().err
+    assert "Post-Quantum" not in err, err

@@ -2,8 +2,10 @@
 
 ``python -m viewcounts.local.worker_pool --service_port=PORT`` serves Beam's worker-pool API
 (``StartWorker``/``StopWorker``) like ``apache_beam.runners.worker.worker_pool_main``: each
-``StartWorker`` starts one SDK worker process (the ``python`` on ``PATH``) connected to the
-asking task manager's control endpoint.
+``StartWorker`` starts one SDK worker process (``worker_command``: this module, with the
+pool's Python, run as Beam's ``SdkHarness`` connected to the asking task manager's control
+endpoint; importing ``pipelines`` first hides the unfixable grpcio warning in the worker as
+in the CLI, where Beam's own command printed it in every worker).
 
 Why not Beam's own pool when task managers share it: Beam's runner names a worker
 ``<factory>-<n>`` from counters of its own JVM, so two task managers (or a task manager and
@@ -33,8 +35,10 @@ import pipelines  # noqa: F401  (first: importing it hides the unfixable grpcio 
 import argparse
 import logging
 import subprocess
+import sys
 import threading
 import time
+import traceback
 
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer, kill_process_gracefully
@@ -43,22 +47,39 @@ _LOG = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
 
 
+def worker_command(control_endpoint: str, worker_id: str) -> list[str]:
+    """The command of one SDK worker: this module, run by the pool's Python, as Beam's
+    ``SdkHarness`` of ``worker_id`` connected to ``control_endpoint`` (``host:port``)."""
+    return [
+        sys.executable,
+        "-m",
+        "viewcounts.local.worker_pool",
+        f"--control_endpoint={control_endpoint}",
+        f"--worker_id={worker_id}",
+    ]
+
+
 class SharedWorkerPool(BeamFnExternalWorkerPoolServicer):
     """Beam's process-mode pool, with every process started under an id kept (see module doc)."""
 
-    def __init__(self, stop_grace_s: float = STOP_GRACE_S, **kwargs) -> None:
-        super().__init__(use_process=True, **kwargs)
+    def __init__(self, stop_grace_s: float = STOP_GRACE_S) -> None:
+        super().__init__(use_process=True)
         self._grace_s = stop_grace_s
         self._lock = threading.Lock()
         self._by_id: dict[str, list[subprocess.Popen]] = {}
 
     def StartWorker(self, request: beam_fn_api_pb2.StartWorkerRequest, context) -> beam_fn_api_pb2.StartWorkerResponse:
+        """Start ``worker_command`` for the request (its output to the pool's stderr, its
+        stdout discarded); a process that cannot start is the response's ``error``."""
+        command = worker_command(request.control_endpoint.url, request.worker_id)
+        _LOG.info("starting worker %s: %s", request.worker_id, command)
         with self._lock:
-            response = super().StartWorker(request, context)
-            started = self._worker_processes.pop(request.worker_id, None)
-            if started is not None:
-                self._by_id.setdefault(request.worker_id, []).append(started)
-        return response
+            try:
+                started = subprocess.Popen(command, stdout=subprocess.DEVNULL, close_fds=True)
+            except OSError:
+                return beam_fn_api_pb2.StartWorkerResponse(error=traceback.format_exc())
+            self._by_id.setdefault(request.worker_id, []).append(started)
+        return beam_fn_api_pb2.StartWorkerResponse()
 
     def StopWorker(self, request: beam_fn_api_pb2.StopWorkerRequest, context) -> beam_fn_api_pb2.StopWorkerResponse:
         worker_id = request.worker_id
@@ -120,9 +141,19 @@ def serve(port: int, stop_grace_s: float = STOP_GRACE_S) -> tuple[str, object, S
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serve the pool on ``--service_port``, or, with ``--control_endpoint`` and
+    ``--worker_id``, run one SDK worker (``worker_command``) until its control stream ends."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--service_port", type=int, required=True, help="port of the worker-pool API")
+    role = parser.add_mutually_exclusive_group(required=True)
+    role.add_argument("--service_port", type=int, help="port of the worker-pool API")
+    role.add_argument("--control_endpoint", help="one SDK worker: the task manager's control endpoint")
+    parser.add_argument("--worker_id", help="the SDK worker's id (with --control_endpoint)")
     args = parser.parse_args(argv)
+    if args.control_endpoint:
+        from apache_beam.runners.worker.sdk_worker import SdkHarness
+
+        SdkHarness(args.control_endpoint, worker_id=args.worker_id).run()
+        return
     logging.basicConfig(level=logging.INFO)
     address, server, pool = serve(args.service_port)
     _LOG.info("worker pool listening at %s", address)
