@@ -119,12 +119,20 @@ def run(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m viewcounts.bench.core", description=__doc__.split("\n\n")[0])
+def job_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The command line of a run of the core job under benchmark (``python -m module``, here
+    and ``core_flink``), described by ``doc``'s first paragraph: the workload's folder, the
+    output aggregates (JSON lines), ``--early-firing-s`` and ``--shards``."""
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
     ap.add_argument("workload_dir", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--early-firing-s", type=int, default=30)
     ap.add_argument("--shards", type=int, default=16, help="dedup and pane shards (keys of the stateful stages)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = job_parser("viewcounts.bench.core", __doc__)
     ap.add_argument("--events-per-step", type=int, default=1000, help="events per TestStream step (bundle)")
     ap.add_argument("--naive", action="store_true", help="run the naive Beam peer (naive_beam.NaiveCount) instead")
     ap.add_argument(
