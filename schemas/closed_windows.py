@@ -15,7 +15,7 @@ clock: the portable source's 60 s sample period (the earliest timestamp pulled i
 60 s, ``transforms.pubsub_io.PullWatermark``), pulls up to 10 s apart, and up to 230 s of
 publish delay (clients that buffer events). A job with a backlog trails by more: let it catch
 up first, or pass a larger margin where one is taken (the query service's
-``--final_margin_s``). Were the margin too small, a recompute could overwrite a window whose
+``--final-margin-s``). Were the margin too small, a recompute could overwrite a window whose
 late panes the job still writes, and those panes (cell timestamps from the job's window
 state) would lose to the recompute's newer cell; a reader would cache a window that still
 changes. For a replay of old data the wall clock says nothing about the job's watermark:
