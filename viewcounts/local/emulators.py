@@ -2,7 +2,7 @@
 
 ``Emulator`` is a context manager: ``with bigtable_emulator() as emu: emu.host`` gives
 ``127.0.0.1:PORT``; leaving it stops the process group it started. The binaries come with
-the gcloud CLI (DESIGN.md); when they are missing, ``EmulatorMissing`` says so.
+the gcloud CLI (README); when they are missing, ``EmulatorMissing`` says so.
 """
 
 from __future__ import annotations
@@ -71,13 +71,15 @@ def start_process(argv: list[str], name: str, ready, timeout_s: float) -> tuple[
     raise TimeoutError(f"{name} was not ready within {timeout_s}s; log: {log.name}")
 
 
-def stop_process(proc: subprocess.Popen | None) -> None:
-    """Stop a process group started by ``start_process``: SIGTERM, then SIGKILL after 10 s."""
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
+    """Stop a process group started in a session of its own (``start_process``,
+    ``viewcounts.local.flink``) by its PID: ``sig`` to the group, then SIGKILL when it is still
+    there after ``timeout_s`` seconds. Nothing when ``proc`` is None or has ended."""
     if proc is None or proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
@@ -85,8 +87,28 @@ def stop_process(proc: subprocess.Popen | None) -> None:
         pass
 
 
+class StartedProcess:
+    """A context manager around one process group this process starts: the subclass's
+    ``start()`` (which sets ``proc``, by ``start_process``) on entering, returning ``self``;
+    ``stop()`` (``stop_process``) on leaving."""
+
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> StartedProcess:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 @dataclass
-class Emulator:
+class Emulator(StartedProcess):
     name: str
     argv: list[str]
     port: int
@@ -110,15 +132,6 @@ class Emulator:
 
         self.proc, self.log_path = start_process(self.argv, f"{self.name}-emulator", listening, self.startup_timeout_s)
         return self
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-    def __enter__(self) -> Emulator:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def pubsub_emulator(port: int | None = None) -> Emulator:

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.runners import BUILD_DIR
-from viewcounts.local.emulators import free_port, start_process, stop_process
+from viewcounts.local.emulators import StartedProcess, free_port, start_process
 
 _LOG = logging.getLogger(__name__)
 TOXIPROXY_BINARY = BUILD_DIR / "bin" / "toxiproxy-server"
@@ -39,10 +38,9 @@ class ToxiproxyError(RuntimeError):
     pass
 
 
-class FaultProxy:
+class FaultProxy(StartedProcess):
     def __init__(self, binary: Path = TOXIPROXY_BINARY, startup_timeout_s: float = 30.0) -> None:
         self._binary, self._startup_timeout_s = binary, startup_timeout_s
-        self._proc: subprocess.Popen | None = None
         self.api = ""
 
     def start(self) -> FaultProxy:
@@ -50,22 +48,13 @@ class FaultProxy:
             raise FileNotFoundError(f"{self._binary} is missing: run `make toxiproxy` first")
         port = free_port()
         self.api = f"http://127.0.0.1:{port}"
-        self._proc, self.log_path = start_process(
+        self.proc, self.log_path = start_process(
             [str(self._binary), "-host", "127.0.0.1", "-port", str(port)],
             "toxiproxy",
             lambda: self._call("GET", "/proxies"),
             self._startup_timeout_s,
         )
         return self
-
-    def stop(self) -> None:
-        stop_process(self._proc)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def proxy(self, name: str, upstream: str) -> Proxy:
         """A new enabled proxy ``name`` from a free loopback port to ``upstream`` (``host:port``)."""

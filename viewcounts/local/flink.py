@@ -39,7 +39,7 @@ from pathlib import Path
 
 import psutil
 
-from viewcounts.local.emulators import _die_with_parent, free_port
+from viewcounts.local.emulators import _die_with_parent, free_port, stop_process
 
 REST_TIMEOUT_S = 20
 REST_GET_ATTEMPTS = 3
@@ -56,20 +56,6 @@ def flink_home() -> Path:
     if not found or not (Path(found[0]) / "bin" / "jobmanager.sh").exists():
         raise FlinkMissing(f"no Flink distribution under {FLINK_VENV}: run `make flink-venv`")
     return Path(found[0])
-
-
-def _kill_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
-    """Signal ``proc``'s process group; after SIGTERM, SIGKILL if it is still there after ``timeout_s``."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
 
 
 class FlinkCluster:
@@ -221,7 +207,7 @@ class FlinkCluster:
 
     def kill_jobmanager(self) -> None:
         """SIGKILL the job manager (no HA here: its jobs end with it; task managers keep retrying)."""
-        _kill_group(self._jm, signal.SIGKILL)
+        stop_process(self._jm, signal.SIGKILL)
 
     def start_taskmanager(self, i: int) -> None:
         """Start task manager ``i`` and wait until it has registered with the job manager."""
@@ -270,7 +256,7 @@ class FlinkCluster:
             return []
         workers = self._workers_of(tm.pid)
         pids = [tm.pid] + [w.pid for w in workers]
-        _kill_group(tm, signal.SIGKILL)
+        stop_process(tm, signal.SIGKILL)
         for w in workers:
             try:
                 w.kill()
@@ -383,7 +369,7 @@ class FlinkCluster:
 
     def stop(self) -> None:
         for p in [*self._tms, self._jm, self._pool]:
-            _kill_group(p)
+            stop_process(p, timeout_s=20.0)
         self._tms, self._jm, self._pool = [None] * self._n_tms, None, None
 
     def __enter__(self) -> FlinkCluster:
