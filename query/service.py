@@ -3,7 +3,7 @@
 Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 
 * ``GET /v1/stats?video_id=V&event_type=T&function=F&start=S&end=E&granularity=G[&tz=Z]``:
-  ``get_stats`` (SPEC.md section 6, ``query.stats``) for every (``video_id``, ``event_type``)
+  ``get_stats`` (docs/contract.md, Queries; ``query.stats``) for every (``video_id``, ``event_type``)
   pair of the repeated parameters, one *series* each, in request order (video-major). Same
   checks and messages as ``viewcounts stats``. Answer::
 
@@ -241,7 +241,7 @@ def create_app(reader: CachedStatsReader):
     app = FastAPI(
         title="viewcounts stats",
         lifespan=lifespan,
-        description="Stored per-minute and per-hour aggregates (SPEC.md section 6) over HTTP.",
+        description="Stored per-minute and per-hour aggregates (docs/contract.md, Queries) over HTTP.",
     )
     app.include_router(dashboard.router)  # the dashboard page at / and /dashboard (query.dashboard)
 

@@ -1,5 +1,5 @@
 """``viewcounts bench --quick`` runs from start to end (CI keeps the harness working; the
-figures are not asserted: timings belong to the harness, DESIGN.md)."""
+figures are not asserted: timings belong to the harness)."""
 
 import subprocess
 import sys
@@ -123,10 +123,10 @@ def test_quick_bench_runs_every_part_and_the_systems_agree(tmp_path):
     assert all(res[k] is not None for k in ISSUE_KEYS), {k: res.get(k) for k in ISSUE_KEYS}
     assert res["cross_check"] == "identical aggregates"
     assert {row["events_per_message"] for row in res["scaling"]} == {1, 10, 100, 1000}
-    # On Flink (issue 13): every key present; the core job and PyFlink SQL at parallelism 2 measured
+    # On Flink: every key present; the core job and PyFlink SQL at parallelism 2 measured
     # (their aggregates cross-checked); each end-to-end run counted everything and read the job's
     # counters from Flink's REST API while it ran.
-    # the stats service over HTTP (issue 15): every kind of the mixed attack measured (the highest rate
+    # the stats service over HTTP: every kind of the mixed attack measured (the highest rate
     # held may be None on a loaded machine: no step held)
     assert set(HTTP_KEYS) <= set(res)
     assert all(res[k] is not None for k in ("http_day_minute_p99_ms", "http_30d_hour_p99_ms", "http_top_p99_ms"))
@@ -137,7 +137,7 @@ def test_quick_bench_runs_every_part_and_the_systems_agree(tmp_path):
         for step in res[f"flink_p{p}_e2e_steps"]:
             assert step["e2e_complete"] and step["flink_metrics_reads"] > 0, step
             assert step["flink_counters"]["events_in"] > 0 and step["job_cpu_s_per_million_events"] > 0
-    # Beam's windows against FirePanes (issue 16): both measured on Flink and Prism, their final panes
+    # Beam's windows against FirePanes: both measured on Flink and Prism, their final panes
     # equal to the plain loop's and to each other's (a difference fails the run: BenchMismatch)
     assert "windowing_error" not in res and all(res[k] is not None for k in WINDOWING_KEYS), res.get("windowing_error")
 

@@ -1,5 +1,5 @@
 """The benchmark's query and end-to-end measurements: their bookkeeping is right (no timing
-assertions: figures belong to the harness, DESIGN.md)."""
+assertions: figures belong to the harness)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The ``http`` part of ``viewcounts bench`` (``viewcounts.bench.http``, harness ``http``): the
 step rule on generated attack results, the part selection of ``--parts``/``--skip``, and a
 real short Vegeta attack on the emulator-backed service through the harness part (keys and
-plumbing; no timing is asserted: timings belong to the harness, DESIGN.md)."""
+plumbing; no timing is asserted: timings belong to the harness)."""
 
 from __future__ import annotations
 

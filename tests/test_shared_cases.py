@@ -1,4 +1,4 @@
-"""Every scenario in ../shared/cases (SPEC.md section 7), through the real pipeline and emulator,
+"""Every scenario case in ../shared/cases (docs/contract.md, Scenario cases), through the real pipeline and emulator,
 on the local runner, on Prism and on an embedded Flink at parallelism 2 (``FLINK_PARALLELISM``).
 
 The cases are read where they are, never copied or edited. A case that changes metadata

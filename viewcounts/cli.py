@@ -197,7 +197,7 @@ def _resolve(target: Callable | str) -> Callable:
 
 _COMMANDS = {
     "scenario": _Command(
-        "run or check a SPEC.md section 7 case file",
+        "run or check a scenario case file (docs/contract.md, Scenario cases)",
         _add_scenario_args,
         _scenario,
         "Runs the case through the real pipeline (TestStream) with the Bigtable emulator (BIGTABLE_EMULATOR_HOST, "

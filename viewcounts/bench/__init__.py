@@ -1,1 +1,1 @@
-"""``viewcounts bench``: the benchmark harness (issue 5). See ``viewcounts.bench.harness``."""
+"""``viewcounts bench``: the benchmark harness. See ``viewcounts.bench.harness``."""

@@ -1,4 +1,4 @@
-"""Dedup state per live event id, measured (issue 5): ``measure(workload) -> dict``.
+"""Dedup state per live event id, measured: ``measure(workload) -> dict``.
 
 Drives the product's own ``DedupAndJudgeLateness.process`` over a workload's messages with
 in-memory state cells standing in for the runner's (a list for the bag, as the local runner

@@ -1,4 +1,4 @@
-"""``viewcounts bench [--quick] --json PATH``: the benchmark harness (issue 5).
+"""``viewcounts bench [--quick] --json PATH``: the benchmark harness (README, "Performance").
 
 One run, one machine, the same events for every system:
 
@@ -12,22 +12,22 @@ One run, one machine, the same events for every system:
 4. **Scaling**: core and loop events/s against distinct videos, events per message and the
    duplicate rate.
 5. **End to end** through the emulators (``e2e.find_sustained_rate``) on the local runner.
-6. **On Flink** (issue 13): the core job on a session cluster beside PyFlink SQL at
+6. **On Flink**: the core job on a session cluster beside PyFlink SQL at
    parallelism 2 over the same events (``flink_core``: ``core_flink``), and end to end on a
    session cluster at parallelism 1 and 2 (``flink_end_to_end``), with the job's metrics
    read from Flink's REST API while it runs (``viewcounts.local.job_metrics``).
 7. **Queries** (``queries.measure_queries``).
-8. **Recompute** (issue 14, ``viewcounts.bench.recompute``): the batch recompute on the local
+8. **Recompute** (``viewcounts.bench.recompute``): the batch recompute on the local
    runner over a 30-day archive (``recompute_events``, 2,000 videos x 3 types, Zipf, 5 %
    duplicates) and a 1-day one (``recompute_1d_events``), into the Bigtable emulator,
    cross-checked against a polars computation: ``recompute_events_per_s``,
    ``recompute_1d_events_per_s`` (and ``recompute_300k_events_per_s`` in the full run).
-9. **HTTP** (issue 15, ``viewcounts.bench.http.measure_http``): the stats service
+9. **HTTP** (``viewcounts.bench.http.measure_http``): the stats service
    (``viewcounts serve``) under Vegeta at ``http_rate`` requests/s of mixed queries against
    the Bigtable emulator, per-kind p50/p99 (``http_day_minute_p99_ms``,
    ``http_30d_hour_p99_ms``, ...), ``http_errors``, and the highest stepped rate held with
    p99 <= 50 ms and no error (``http_max_rps_p99_50ms``). Needs ``make vegeta``.
-10. **Windowing** (issue 16, ``viewcounts.bench.windowing.measure``): the product's
+10. **Windowing** (``viewcounts.bench.windowing.measure``): the product's
    ``FirePanes`` against Beam's ``WindowInto`` + ``CombinePerKey`` over the same pre-aggregated
    partials of ``windowing_events`` events, on Flink and on Prism, final panes cross-checked:
    ``WINDOWING_KEYS``.

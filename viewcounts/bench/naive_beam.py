@@ -1,4 +1,4 @@
-"""The naive Beam peer (issue 5): one element per event, Beam's own ``DeduplicatePerKey``,
+"""The naive Beam peer: one element per event, Beam's own ``DeduplicatePerKey``,
 ``WindowInto`` and ``CombinePerKey``, as a first Beam version of this job would be written.
 
 ``NaiveCount()``: ``PCollection[(payload, arrival_us)]`` -> ``PCollection[list[AggregateRow]]``

@@ -1,4 +1,4 @@
-"""The single-core limit (issue 5): a plain Python loop computing the same aggregates.
+"""The single-core limit: a plain Python loop computing the same aggregates.
 
 orjson + a ``set`` of seen ids + a ``dict`` of running aggregates; ``datetime.fromisoformat``
 for the event time. No validation, no windows, no state backend: what one core can do

@@ -25,7 +25,7 @@ One streaming-mode job on a local MiniCluster (the JVM that PyFlink's gateway st
   first), so the windows get retracting aggregates (``MIN_RETRACT``/``MAX_RETRACT`` keep every
   value in state): not what this benchmark should measure.
 * state TTL (``table.exec.state.ttl``, default 600 s; only the dedup state is subject to it, the
-  window aggregates are cleaned up by the watermark): the SPEC's allowed lateness is 600 s, and a
+  window aggregates are cleaned up by the watermark): the contract's allowed lateness is 600 s, and a
   redelivery later than that would also be too late for its windows, so an id need not be
   remembered longer. Flink's state TTL counts processing time: in production (event time close to
   wall time) 600 s covers the redelivery horizon; in this replay the whole job takes well under

@@ -1,4 +1,4 @@
-"""The ``recompute`` part of ``viewcounts bench`` (issue 14): the batch recompute over
+"""The ``recompute`` part of ``viewcounts bench``: the batch recompute over
 generated archives, into the Bigtable emulator, on the local runner (Beam's FnApiRunner).
 
 * ``build_archive(spec, root)``: a bench workload (``workload.generate``: Zipf videos, three

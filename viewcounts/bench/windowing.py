@@ -1,4 +1,4 @@
-"""Beam's own windowing against ``FirePanes`` (issue 16): the product's pane stage
+"""Beam's own windowing against ``FirePanes``: the product's pane stage
 (``transforms.aggregate.FirePanes``) and ``WindowInto`` + ``CombinePerKey`` over the same
 pre-aggregated partials, on Flink and on Prism.
 

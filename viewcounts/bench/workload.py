@@ -6,7 +6,7 @@ A workload is a folder with
 * ``events.jsonl``: the same events, one object per line, in the same order (for peers
   that read one row per line, such as PyFlink SQL's ``json`` format);
 * ``workload.json``: the parameters and facts (``arrival_us``: a processing time at which
-  every event is inside the SPEC.md acceptance checks).
+  every event is inside the acceptance checks of docs/contract.md, Acceptance).
 
 Events: ``event_id`` a UUID-shaped string (36 characters, the realistic size for the
 dedup-state figure), ``video_id`` drawn from a Zipf law (exponent ``zipf_s``) over
@@ -18,7 +18,7 @@ a ``duplicate_rate`` share of events is sent again, with the same id and event t
 to ``disorder_s`` later (a redelivery).
 
 Aggregates: ``{(video_id, event_type, granularity, window_start_s): (count, value_count,
-sum, min, max)}`` with ``granularity`` ``minute`` or ``hour`` (SPEC.md section 3; ``avg``
+sum, min, max)}`` with ``granularity`` ``minute`` or ``hour`` (docs/contract.md, Aggregates; ``avg``
 is derived). Stored as JSON lines by ``write_aggregates``.
 """
 

@@ -24,7 +24,7 @@ Options:
 * ``--duplicate-rate R``: re-publish a fraction R of the events a second time, later in
   the stream (same ``event_id`` and ``event_time``), to exercise dedup.
 * ``--time-mode shift``: move event times so the newest lands at "now" and the spacing
-  is kept (the local runner's Pub/Sub watermark is wall-clock time, DESIGN.md);
+  is kept (the local runner's Pub/Sub watermark is wall-clock time: docs/decisions.md, Pub/Sub source);
   ``--speedup F`` divides the spacing by F, ``--fit-span-s S`` picks F so all events fit
   into the last S seconds. ``--time-mode real`` keeps the times as they are. Default:
   ``shift`` when the only source is ``flights`` (historical data), ``real`` otherwise.

@@ -15,7 +15,7 @@ from the job manager's REST API while the job runs
      "vertices": [{"name": ..., "parallelism": 2, "input_watermark_ms": ... | None}, ...]}
 
 * ``counters``: every Beam counter of namespace ``viewcounts`` (``transforms.metrics``:
-  the SPEC section 5 counters, ``dead_letters_<code>``, and the source's
+  the counters of docs/contract.md, Metrics, ``dead_letters_<code>``, and the source's
   ``messages_pulled`` / ``messages_acked``), summed over subtasks and over the steps that
   report it. A counter no bundle has reported yet is absent (read it with ``.get(name, 0)``).
 * ``watermark_lag_s``: wall clock minus the lowest input watermark over every subtask of

