@@ -3,6 +3,10 @@
 orjson + a ``set`` of seen ids + a ``dict`` of running aggregates; ``datetime.fromisoformat``
 for the event time. No validation, no windows, no state backend: what one core can do
 when nothing but the arithmetic is left. ``count(path) -> (aggregates, events_read)``.
+
+It is also the reference every system's aggregates are cross-checked against
+(``harness.cross_check``), so it shares no code with the product: the fold is written out
+here, not ``transforms.aggregate``'s, and a fault in the product's cannot pass unseen.
 """
 
 from __future__ import annotations
