@@ -19,11 +19,12 @@ def _emulator_pids() -> set[str]:
     return set(out.stdout.split())
 
 
-def test_demo_reconciles_and_stops_what_it_started(tmp_path):
-    before = _emulator_pids()
-    out = tmp_path / "demo-out"
+def run_demo(out, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``viewcounts demo --flights 2500 --out OUT ARGS`` in a child, without this session's
+    emulators (it starts its own); asserts it exits 0 and that the stream and the recompute
+    both reconcile (no mismatch). Returns the process and its ``summary.json``."""
     r = subprocess.run(
-        [sys.executable, "-m", "viewcounts.cli", "demo", "--flights", "2500", "--out", str(out)],
+        [sys.executable, "-m", "viewcounts.cli", "demo", *args, "--flights", "2500", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -32,9 +33,15 @@ def test_demo_reconciles_and_stops_what_it_started(tmp_path):
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["mismatches"] == 0 and summary["recompute_mismatches"] == 0
+    return r, summary
+
+
+def test_demo_reconciles_and_stops_what_it_started(tmp_path):
+    before = _emulator_pids()
+    r, summary = run_demo(tmp_path / "demo-out")
     for key in ("published", "accepted", "duplicates_dropped", "dead_letters", "mismatches", "events_per_s"):
         assert key in summary
-    assert summary["mismatches"] == 0 and summary["recompute_mismatches"] == 0
     assert summary["accepted"] == 2500 == summary["distinct_events"]
     assert summary["published"] == 2500 + summary["duplicates_dropped"]
     assert summary["aggregates_checked"] > 100
@@ -45,18 +52,7 @@ def test_demo_reconciles_and_stops_what_it_started(tmp_path):
 @pytest.mark.flink
 def test_demo_on_flink_reconciles_the_stream_and_the_recompute_from_its_archive(tmp_path):
     """Flink's counters do not reach the demo (portable metrics), so this checks the data."""
-    out = tmp_path / "demo-out"
-    r = subprocess.run(
-        [sys.executable, "-m", "viewcounts.cli", "demo", "--runner", "flink", "--flights", "2500", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={k: v for k, v in os.environ.items() if "EMULATOR_HOST" not in k},
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    summary = orjson.loads((out / "summary.json").read_bytes())
-    assert summary["mismatches"] == 0 and summary["recompute_mismatches"] == 0
+    _, summary = run_demo(tmp_path / "demo-out", "--runner", "flink")
     assert summary["archived_lines"] == summary["published"] > 2500
     assert summary["aggregates_checked"] > 100
 
@@ -76,29 +72,7 @@ def test_demo_on_a_flink_session_cluster_reconciles_and_stops_what_it_started(tm
         }
 
     before = cluster_pids()
-    out = tmp_path / "demo-out"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "viewcounts.cli",
-            "demo",
-            "--runner",
-            "flink-cluster",
-            "--flights",
-            "2500",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={k: v for k, v in os.environ.items() if "EMULATOR_HOST" not in k},
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    summary = orjson.loads((out / "summary.json").read_bytes())
-    assert summary["mismatches"] == 0 and summary["recompute_mismatches"] == 0
+    r, summary = run_demo(tmp_path / "demo-out", "--runner", "flink-cluster")
     assert summary["archived_lines"] == summary["published"] > 2500
     assert summary["accepted"] == 2500 == summary["distinct_events"]  # counters from the running job
     # live figures read from the cluster (pulled again after a redelivery: at most 0 left)
