@@ -55,8 +55,6 @@ REL_TOL = 1e-9
 # input held Beam's operator in its final flush for ever) is cancelled and reported instead
 # of hanging the caller.
 CASE_DEADLINE_S = 240
-# tests/test_top_streaming.py imports this name until it calls ``run_to_end``
-FLINK_CASE_DEADLINE_S = CASE_DEADLINE_S
 
 
 def payload_tag(with_metadata: bool) -> str:
