@@ -82,8 +82,32 @@ def _resolve(tf, value):
     return value
 
 
+def _instances(tf, body: dict) -> list[dict]:
+    """A resource's body once per instance: for a ``for_each`` over a local map or a literal
+    ``toset([...])``, with ``${each.key}``, ``${each.value}`` and ``${each.value.NAME}`` replaced
+    by the instance's values; else the body itself."""
+    if "for_each" not in body:
+        return [body]
+    if m := re.fullmatch(r"\$\{local\.(\w+)\}", body["for_each"]):
+        items = list(tf["locals"][m.group(1)].items())
+    else:
+        m = re.fullmatch(r"\$\{toset\((\[.*\])\)\}", body["for_each"])
+        assert m, f"for_each of no literal keys: {body['for_each']}"
+        items = [(v, v) for v in json.loads(m.group(1))]
+
+    def each(v, key, value):
+        if v == "${each.key}":
+            return key
+        if v == "${each.value}":
+            return value
+        m = re.fullmatch(r"\$\{each\.value\.(\w+)\}", v) if isinstance(v, str) else None
+        return value[m.group(1)] if m else v
+
+    return [{k: each(v, key, value) for k, v in body.items() if k != "for_each"} for key, value in items]
+
+
 def _names(tf, rtype):
-    return {_resolve(tf, r["name"]) for r in tf["resource"].get(rtype, {}).values()}
+    return {_resolve(tf, i["name"]) for r in tf["resource"].get(rtype, {}).values() for i in _instances(tf, r)}
 
 
 def test_pubsub_names_match_the_pipeline_both_ways(tf):
@@ -92,7 +116,11 @@ def test_pubsub_names_match_the_pipeline_both_ways(tf):
 
 
 def test_events_subscription_keeps_messages_for_replay(tf):
-    sub = tf["resource"]["google_pubsub_subscription"]["events"]
+    [sub] = [
+        s
+        for s in _instances(tf, tf["resource"]["google_pubsub_subscription"]["viewcounts"])
+        if _resolve(tf, s["name"]) == DEFAULT_SUBSCRIPTION
+    ]
     assert sub["retain_acked_messages"] is True
     assert _resolve(tf, sub["message_retention_duration"]).endswith("s")
 
@@ -238,8 +266,8 @@ def test_outputs_give_every_flag_the_job_needs(tf):
         f"${{local.bucket_url}}/dataflow/{d}" for d in ("tmp", "staging")
     }
     # the job's names are the resources', and dead letters go where the job would put them
-    assert job_flags["input_subscription"] == "${google_pubsub_subscription.events.id}"
-    assert job_flags["dead_letter_topic"] == "${google_pubsub_topic.dead_letters.id}"
+    assert job_flags["input_subscription"] == '${google_pubsub_subscription.viewcounts["events"].id}'
+    assert job_flags["dead_letter_topic"] == '${google_pubsub_topic.viewcounts["dead_letters"].id}'
     archive = job_flags["archive_path"]
     assert archive == "${local.bucket_url}/archive" and _rule(
         tf["resource"]["google_storage_bucket"]["archive"], "archive/"
@@ -264,8 +292,9 @@ def test_worker_account_holds_one_role_per_resource_it_uses(tf):
             body["role"],
             next((body[k] for k in ("subscription", "topic", "table", "bucket", "project") if k in body), None),
         )
-        for rtype, body in _grants(tf)
-        if body["member"] == "${local.worker}"
+        for rtype, grant in _grants(tf)
+        if grant["member"] == "${local.worker}"
+        for body in _instances(tf, grant)
     )
     assert grants == [
         ("google_bigtable_table_iam_member", "roles/bigtable.user", "${google_bigtable_table.aggregates.name}"),
@@ -273,10 +302,18 @@ def test_worker_account_holds_one_role_per_resource_it_uses(tf):
         (
             "google_pubsub_subscription_iam_member",
             "roles/pubsub.subscriber",
-            "${google_pubsub_subscription.events.name}",
+            '${google_pubsub_subscription.viewcounts["events"].name}',
         ),
-        ("google_pubsub_subscription_iam_member", "roles/pubsub.viewer", "${google_pubsub_subscription.events.name}"),
-        ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "${google_pubsub_topic.dead_letters.name}"),
+        (
+            "google_pubsub_subscription_iam_member",
+            "roles/pubsub.viewer",
+            '${google_pubsub_subscription.viewcounts["events"].name}',
+        ),
+        (
+            "google_pubsub_topic_iam_member",
+            "roles/pubsub.publisher",
+            '${google_pubsub_topic.viewcounts["dead_letters"].name}',
+        ),
         ("google_storage_bucket_iam_member", "roles/storage.objectAdmin", "${google_storage_bucket.archive.name}"),
     ]
     table_grant = tf["resource"]["google_bigtable_table_iam_member"]["worker_aggregates_user"]
@@ -349,7 +386,7 @@ def test_alert_policies_watch_lag_backlog_and_the_jobs_counters(tf):
     assert gauges["system_lag"]["threshold"] == "${var.alert_system_lag_s}"
     for part in (
         'resource.type = \\"pubsub_subscription\\"',
-        'resource.label.subscription_id = \\"${google_pubsub_subscription.events.name}\\"',
+        'resource.label.subscription_id = \\"${google_pubsub_subscription.viewcounts["events"].name}\\"',
         'metric.type = \\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\\"',
     ):
         assert part in gauges["oldest_unacked"]["filter"], part

@@ -1,32 +1,35 @@
-# Pub/Sub: events in, dead letters out.
-resource "google_pubsub_topic" "events" {
-  #checkov:skip=CKV_GCP_83:encrypted at rest with Google-managed keys; a customer key is an organisation's choice and needs a Cloud KMS key ring this module does not own
-  name       = var.events_topic
-  depends_on = [google_project_service.apis]
-}
-
-resource "google_pubsub_subscription" "events" {
-  name                       = var.events_subscription
-  topic                      = google_pubsub_topic.events.id
-  ack_deadline_seconds       = 60
-  message_retention_duration = var.subscription_retention
-  retain_acked_messages      = true
-  expiration_policy {
-    ttl = ""
+# Pub/Sub: events in, dead letters out; each topic with one subscription (the job reads the
+# events', a person inspects and redrives the dead letters'). The events' subscription keeps
+# acknowledged messages too, so a seek can replay them.
+locals {
+  pubsub = {
+    events = {
+      topic                 = var.events_topic
+      subscription          = var.events_subscription
+      retain_acked_messages = true
+    }
+    dead_letters = {
+      topic                 = var.dead_letter_topic
+      subscription          = var.dead_letter_subscription
+      retain_acked_messages = false
+    }
   }
 }
 
-resource "google_pubsub_topic" "dead_letters" {
+resource "google_pubsub_topic" "viewcounts" {
   #checkov:skip=CKV_GCP_83:encrypted at rest with Google-managed keys; a customer key is an organisation's choice and needs a Cloud KMS key ring this module does not own
-  name       = var.dead_letter_topic
+  for_each   = local.pubsub
+  name       = each.value.topic
   depends_on = [google_project_service.apis]
 }
 
-resource "google_pubsub_subscription" "dead_letters" {
-  name                       = var.dead_letter_subscription
-  topic                      = google_pubsub_topic.dead_letters.id
+resource "google_pubsub_subscription" "viewcounts" {
+  for_each                   = local.pubsub
+  name                       = each.value.subscription
+  topic                      = google_pubsub_topic.viewcounts[each.key].id
   ack_deadline_seconds       = 60
   message_retention_duration = var.subscription_retention
+  retain_acked_messages      = each.value.retain_acked_messages
   expiration_policy {
     ttl = ""
   }

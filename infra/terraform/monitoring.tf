@@ -12,9 +12,9 @@ locals {
       todo      = "The streaming job is behind: panes fire late and windows close late. Look for a backlog (oldest unacked message age), workers at their limit, or a stuck step in the job's graph."
     }
     oldest_unacked = {
-      what      = "age of the oldest unacked event on ${google_pubsub_subscription.events.name}"
+      what      = "age of the oldest unacked event on ${google_pubsub_subscription.viewcounts["events"].name}"
       threshold = var.alert_oldest_unacked_s
-      filter    = "resource.type = \"pubsub_subscription\" AND resource.label.subscription_id = \"${google_pubsub_subscription.events.name}\" AND metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
+      filter    = "resource.type = \"pubsub_subscription\" AND resource.label.subscription_id = \"${google_pubsub_subscription.viewcounts["events"].name}\" AND metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
       todo      = "Events wait in the subscription: the job is not running, not keeping up, or not acknowledging (acks follow checkpoints on Flink). Past the subscription's retention (subscription_retention) they are lost."
     }
   }

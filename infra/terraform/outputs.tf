@@ -5,8 +5,8 @@
 locals {
   bucket_url = "gs://${google_storage_bucket.archive.name}"
   job_flags = {
-    input_subscription = google_pubsub_subscription.events.id
-    dead_letter_topic  = google_pubsub_topic.dead_letters.id
+    input_subscription = google_pubsub_subscription.viewcounts["events"].id
+    dead_letter_topic  = google_pubsub_topic.viewcounts["dead_letters"].id
     archive_path       = "${local.bucket_url}/archive"
     dead_letter_path   = "${local.bucket_url}/dead-letters"
     bigtable_project   = var.project

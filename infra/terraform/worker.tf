@@ -20,24 +20,20 @@ resource "google_project_iam_member" "worker_dataflow" {
   member  = local.worker
 }
 
-# Pull and acknowledge the events (transforms.pubsub_io; Beam's ReadFromPubSub on Dataflow).
-resource "google_pubsub_subscription_iam_member" "worker_events_subscriber" {
-  subscription = google_pubsub_subscription.events.name
-  role         = "roles/pubsub.subscriber"
-  member       = local.worker
-}
-
-# pubsub.subscriptions.get on the same subscription: Dataflow's Pub/Sub source reads the
-# subscription's topic and backlog for its watermark.
-resource "google_pubsub_subscription_iam_member" "worker_events_viewer" {
-  subscription = google_pubsub_subscription.events.name
-  role         = "roles/pubsub.viewer"
+# On the events subscription: pull and acknowledge the events (roles/pubsub.subscriber:
+# transforms.pubsub_io; Beam's ReadFromPubSub on Dataflow), and pubsub.subscriptions.get
+# (roles/pubsub.viewer: Dataflow's Pub/Sub source reads the subscription's topic and backlog for
+# its watermark).
+resource "google_pubsub_subscription_iam_member" "worker_events" {
+  for_each     = toset(["roles/pubsub.subscriber", "roles/pubsub.viewer"])
+  subscription = google_pubsub_subscription.viewcounts["events"].name
+  role         = each.value
   member       = local.worker
 }
 
 # The best-effort copy of each dead letter (transforms.dead_letters, --dead_letter_topic).
 resource "google_pubsub_topic_iam_member" "worker_dead_letters_publisher" {
-  topic  = google_pubsub_topic.dead_letters.name
+  topic  = google_pubsub_topic.viewcounts["dead_letters"].name
   role   = "roles/pubsub.publisher"
   member = local.worker
 }
