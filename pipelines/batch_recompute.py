@@ -1,14 +1,15 @@
-"""Batch recompute: re-count a time range from the raw archive, linearly (issue 14).
+"""Batch recompute: re-count a time range from the raw archive, linearly.
 
 Reads the archive's hour folders for ``[--start, --end)`` (hour-aligned RFC 3339 instants),
 counts them with the batch-shaped path ``transforms.batch_count.CountArchive`` (the same
-function of the archive as SPEC.md sections 2-3 without processing-time checks: every valid
-event once per ``event_id``, the copy first in archive order; cost proportional to the events
-read) and overwrites those windows' aggregates in Bigtable (one pane per window, cells stamped
-from the recompute's wall clock: they win over streaming panes of closed windows), and their
-top lists (``transforms.top.TopFromRows``; the same lists the streaming job keeps). Events
-the streaming job refused as ``too_late`` are in the archive and are counted here: that is
-the point of a recompute. ``build_pipeline(argv)`` returns the job without running it::
+function of the archive as docs/contract.md, Acceptance and Aggregates, without its
+processing-time checks: every valid event once per ``event_id``, the copy first in archive
+order; cost proportional to the events read) and overwrites those windows' aggregates in
+Bigtable (one pane per window, cells stamped from the recompute's wall clock: they win over
+streaming panes of closed windows), and their top lists (``transforms.top.TopFromRows``; the
+same lists the streaming job keeps). Events the streaming job refused as ``too_late`` are in
+the archive and are counted here: that is the point of a recompute. ``build_pipeline(argv)``
+returns the job without running it::
 
     python -m pipelines.batch_recompute --archive_path gs://B/archive \\
         --start 2024-05-14T00:00:00Z --end 2024-05-15T00:00:00Z --bigtable_project P ...
@@ -24,11 +25,11 @@ recompute's list would win over the streaming job's later ones); the job logs it
 time after which to run again. Nor does a day with an hour that had events but cannot be
 read (``unreadable_hours``: no JSONL file left, not compacted under ``--parquet_path``, yet
 its hour list is stored): a list from part of a day would be low. The job checks each day
-when it runs (a listing of its hours' folders and a read of their stored hour lists; building
-the job does no such I/O) and logs the day and its hours; ``recompute_scope`` checks them
-too, for ``viewcounts recompute`` to report (``RecomputeScope.incomplete_days``): run again
-with ``--parquet_path``. Cost: linear in the events read, up to 23 more hours of a partial
-day than the range.
+when it runs, on its workers (a listing of its hours' folders and a read of their stored hour
+lists; building the job does no such I/O), logs the day and its hours (run again with
+``--parquet_path``) and adds the hours to its ``unreadable_hours`` metric, from which
+``incomplete_days(result)`` gives them to ``viewcounts recompute``. Cost: linear in the
+events read, up to 23 more hours of a partial day than the range.
 
 ``--after_restarts`` instead recomputes the closed hours that streaming jobs started
 without state may have left low (``pipelines.restarts.plan_recompute``; within
@@ -63,9 +64,11 @@ from collections import defaultdict
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import runners
+from pipelines.bigtable_scan import rows_matching
 from pipelines.graph import bigtable_writer, run_from_command_line
 from pipelines.options import DISTRIBUTED_SHARDS, CountingOptions, sinks_of
 from pipelines.restarts import closes_at_s, plan_recompute
@@ -74,6 +77,7 @@ from schemas import storage
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folder
 from schemas.event import US_PER_S, format_time_us, parse_event_time
 from schemas.storage import TOP_GRANULARITY_SECONDS
+from transforms import metrics
 from transforms.batch_count import DEAD_LETTER, ROWS, CountArchive
 from transforms.bigtable_sink import row_to_json
 from transforms.dead_letters import WriteDeadLetters
@@ -82,6 +86,7 @@ from transforms.top import TOP_LISTS_WRITTEN, TopFromRows
 
 _LOG = logging.getLogger(__name__)
 ROWS_FILE_PREFIX = "rows"
+UNREADABLE_HOURS = "unreadable_hours"  # string-set metric: the epoch seconds of each unreadable hour
 DAY_S = TOP_GRANULARITY_SECONDS["day"]
 
 
@@ -129,34 +134,29 @@ class RecomputeScope:
 
     * ``hours``: the hours whose aggregates and minute and hour top lists it overwrites;
     * ``days``: the closed days holding one of ``hours``, whose day lists it rebuilds (it reads
-      all their hours: ``hours_read``);
+      all their hours: ``hours_read``) unless one of their hours cannot be read when it runs
+      (``incomplete_days``);
     * ``open_days``: ``{day: closes_at_s}`` of the days holding one of ``hours`` that are not
       closed: no day list is written; run again after that time;
     * ``open_hours``: with ``--after_restarts``, ``{hour: closes_at_s}`` of the affected hours
-      not closed yet, not recomputed; run again after that time;
-    * ``incomplete_days``: ``{day: [hour, ...]}`` of the closed days holding one of ``hours``
-      whose listed hours cannot be read (``unreadable_hours``): their day lists are left as
-      they are; run again with ``--parquet_path`` holding those hours."""
+      not closed yet, not recomputed; run again after that time."""
 
     hours: list[int]
     days: list[int]
     open_days: dict[int, int]
     open_hours: dict[int, int]
-    incomplete_days: dict[int, list[int]] = dataclasses.field(default_factory=dict)
 
     @property
     def hours_read(self) -> list[int]:
         return sorted(set(self.hours).union(*(range(d, d + DAY_S, ARCHIVE_WINDOW_S) for d in self.days)))
 
 
-def recompute_scope(
-    archive_path: str, r: RecomputeOptions, allowed_lateness_s: int, now_s: float, check_hours: bool = True
-) -> RecomputeScope:
+def recompute_scope(archive_path: str, r: RecomputeOptions, allowed_lateness_s: int, now_s: float) -> RecomputeScope:
     """The ``RecomputeScope`` at wall clock ``now_s``: ``[--start, --end)``, or with
     ``--after_restarts`` the closed hours of ``plan_recompute`` (within the range if given).
     A day is closed by ``closes_at_s`` with the streaming job's ``allowed_lateness_s`` (with
-    ``--after_restarts``: or its hours' markers', if larger). ``check_hours`` False: no
-    ``incomplete_days`` (the job checks its days when it runs: ``build_pipeline``)."""
+    ``--after_restarts``: or its hours' markers', if larger). Reads no table: whether each
+    closed day's hours can be read is checked by the job when it runs (``incomplete_days``)."""
     if r.after_restarts:
         plan = plan_recompute(
             archive_path, now_s, range(*_range_s(r.start, r.end), ARCHIVE_WINDOW_S) if r.start or r.end else None
@@ -171,23 +171,11 @@ def recompute_scope(
         d = h - h % DAY_S
         days_lateness[d] = max(days_lateness.get(d, allowed_lateness_s), lateness.get(h, 0))
     closing = {d: closes_at_s(d, DAY_S, late) for d, late in days_lateness.items()}
-    closed = sorted(d for d, at in closing.items() if at <= now_s)
-    incomplete: dict[int, list[int]] = {}
-    if closed and check_hours and not r.rows_path:  # only a job that writes day lists needs every hour
-        unreadable = unreadable_hours(
-            archive_path,
-            r.parquet_path,
-            _table_of(r),
-            [h for d in closed for h in range(d, d + DAY_S, ARCHIVE_WINDOW_S)],
-        )
-        for h in unreadable:
-            incomplete.setdefault(h - h % DAY_S, []).append(h)
     return RecomputeScope(
         hours,
-        [d for d in closed if d not in incomplete],
+        sorted(d for d, at in closing.items() if at <= now_s),
         {d: at for d, at in sorted(closing.items()) if at > now_s},
         open_hours,
-        incomplete,
     )
 
 
@@ -221,33 +209,23 @@ def stored_hour_lists(project: str, instance: str, table: str, hours: list[int])
     top rows of their months, filtered by Bigtable (a key regex on the months, a qualifier regex
     on the hours, values stripped). A table that does not exist holds none."""
     from google.api_core.exceptions import NotFound
-    from google.cloud import bigtable
     from google.cloud.bigtable import row_filters as rf
 
     months = sorted({storage.period_of("hour", h) for h in hours})
-    key_regex = f"(?s)^#top#[^#]*#h#({'|'.join(months)})$".encode()
     qualifier_regex = b"^(" + b"|".join(storage.qualifier(h) for h in hours) + b")$"
-    client = bigtable.Client(project=project, admin=False)
     try:
-        rows = (
-            client.instance(instance)
-            .table(table)
-            .read_rows(
-                filter_=rf.RowFilterChain(
-                    [
-                        rf.RowKeyRegexFilter(key_regex),
-                        rf.ColumnQualifierRegexFilter(qualifier_regex),
-                        rf.CellsColumnLimitFilter(1),
-                        rf.StripValueTransformerFilter(True),
-                    ]
-                )
-            )
+        rows = rows_matching(
+            project,
+            instance,
+            table,
+            f"(?s)^#top#[^#]*#h#({'|'.join(months)})$".encode(),
+            rf.ColumnQualifierRegexFilter(qualifier_regex),
+            rf.CellsColumnLimitFilter(1),
+            rf.StripValueTransformerFilter(True),
         )
-        return {storage.window_of_qualifier(q) for row in rows for q in row.cells.get(storage.FAMILY, {})}
     except NotFound:
         return set()
-    finally:
-        client.close()
+    return {storage.window_of_qualifier(q) for row in rows for q in row.cells.get(storage.FAMILY, {})}
 
 
 def _log_scope(scope: RecomputeScope, after_restarts: bool) -> None:
@@ -260,18 +238,6 @@ def _log_scope(scope: RecomputeScope, after_restarts: bool) -> None:
         )
     if scope.open_days:
         _LOG.warning("days not closed yet: their day top lists are not rebuilt: %s", _run_again(scope.open_days))
-    for day, hours in scope.incomplete_days.items():
-        _log_incomplete_day(day, hours)
-
-
-def _log_incomplete_day(day_s: int, hours: list[int]) -> None:
-    _LOG.warning(
-        "day %s: its day top lists are not rebuilt: hours %s had events (their hour lists are stored) "
-        "but have no archive file to read (the raw retention deleted them?); run again with "
-        "--parquet_path holding their compacted copy",
-        _times([day_s])[:10],
-        _times(hours),
-    )
 
 
 def _times(starts) -> str:
@@ -327,9 +293,7 @@ def build_pipeline(argv: list[str] | None = None, now_s: float | None = None) ->
         raise ValueError("--archive_path is required")
     # the day lists' hours are checked when the job runs (by workers that reach the archive and
     # the table), not here: building a job does no I/O beyond --after_restarts' plan
-    scope = recompute_scope(
-        o.archive_path, r, o.allowed_lateness_s, time.time() if now_s is None else now_s, check_hours=False
-    )
+    scope = recompute_scope(o.archive_path, r, o.allowed_lateness_s, time.time() if now_s is None else now_s)
     _log_scope(scope, r.after_restarts)
     hours_read = scope.hours_read
     # the recompute reads the archive; it must not write a second copy of it
@@ -384,11 +348,35 @@ def build_pipeline(argv: list[str] | None = None, now_s: float | None = None) ->
 
 
 def _incomplete_day(day_s: int, archive_path: str, parquet_path: str | None, table: tuple[str, str, str]):
-    """``day_s`` if one of its hours cannot be read (``unreadable_hours``; logged), else nothing."""
+    """``day_s`` if one of its hours cannot be read (``unreadable_hours``), else nothing; the
+    hours are logged and added to the ``unreadable_hours`` metric (``incomplete_days``)."""
     hours = unreadable_hours(archive_path, parquet_path, table, list(range(day_s, day_s + DAY_S, ARCHIVE_WINDOW_S)))
     if hours:
-        _log_incomplete_day(day_s, hours)
+        _LOG.warning(
+            "day %s: its day top lists are not rebuilt: hours %s had events (their hour lists are stored) "
+            "but have no archive file to read (the raw retention deleted them?); run again with "
+            "--parquet_path holding their compacted copy",
+            _times([day_s])[:10],
+            _times(hours),
+        )
+        unreadable = Metrics.string_set(metrics.NAMESPACE, UNREADABLE_HOURS)
+        for h in hours:
+            unreadable.add(str(h))
         yield day_s
+
+
+def incomplete_days(result) -> dict[int, list[int]]:
+    """``{day: [hour, ...]}`` (epoch s, sorted) of a finished recompute job's ``result``: the
+    closed days whose day lists it left as they were, as one of their hours could not be read
+    (``unreadable_hours``, the job's ``unreadable_hours`` metric)."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    query = MetricsFilter().with_namespace(metrics.NAMESPACE).with_name(UNREADABLE_HOURS)
+    hours = sorted({int(h) for s in result.metrics().query(query)["string_sets"] for h in s.committed})
+    out: dict[int, list[int]] = {}
+    for h in hours:
+        out.setdefault(h - h % DAY_S, []).append(h)
+    return out
 
 
 def _of_readable_days(top_rows: list, incomplete_days: list[int]):

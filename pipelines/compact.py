@@ -1,4 +1,4 @@
-"""Compaction: closed hours of the raw JSONL archive into the Parquet archive (issue 14).
+"""Compaction: closed hours of the raw JSONL archive into the Parquet archive.
 
 Reads ``<archive root>/YYYY/MM/DD/HH/events-*.jsonl`` (``schemas.archive``) and writes
 ``<parquet root>/dt=YYYY-MM-DD/hour=HH/part-0.parquet`` (``schemas.parquet_archive``: the
@@ -11,7 +11,7 @@ schema, the archive order and the dedup rule are documented there), local or ``g
 Which hours: every hour folder of the archive (within ``[--start, --end)`` when given)
 that is *closed*: its end plus ``--allowed-lateness-s`` plus ``pipelines.restarts.CLOSE_MARGIN_S``
 is past now, so the streaming job accepts none of its events any more. Events that come
-later still are archived (SPEC section 2) in new files of their hour's folder.
+later still are archived (docs/contract.md, Acceptance) in new files of their hour's folder.
 
 Idempotent and incremental: an hour's part lists in its footer the archive files merged
 into it; a run merges into the existing rows only the files not listed yet (late

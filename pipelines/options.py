@@ -145,11 +145,11 @@ def default_dead_letter_path(archive_path: str | None) -> str | None:
     return posixpath.join(parent, "dead-letters")
 
 
-def sinks_of(o: CountingOptions, streaming: bool = True) -> SinkConfig:
-    """The sinks the flags ask for. Dead letters always go to files (``--dead_letter_path``,
-    else ``default_dead_letter_path``); with no folder for them this raises ``ValueError``:
-    every job has dead letters (``write_failed`` ones are the only record of an aggregate
-    Bigtable refused), and a ``--dead_letter_topic`` alone is not durable
+def sinks_of(o: CountingOptions, streaming: bool = True, dead_letter_path: str | None = None) -> SinkConfig:
+    """The sinks the flags ask for. Dead letters always go to files (``dead_letter_path``, else
+    ``--dead_letter_path``, else ``default_dead_letter_path``); with no folder for them this
+    raises ``ValueError``: every job has dead letters (``write_failed`` ones are the only record
+    of an aggregate Bigtable refused), and a ``--dead_letter_topic`` alone is not durable
     (``transforms.dead_letters``)."""
     return SinkConfig(
         o.bigtable_project,
@@ -157,7 +157,7 @@ def sinks_of(o: CountingOptions, streaming: bool = True) -> SinkConfig:
         o.bigtable_table,
         o.archive_path,
         o.dead_letter_topic,
-        o.dead_letter_path or default_dead_letter_path(o.archive_path),
+        dead_letter_path or o.dead_letter_path or default_dead_letter_path(o.archive_path),
         bigtable_write_budget_s=o.bigtable_write_budget_s,
         bigtable_attempt_timeout_s=o.bigtable_attempt_timeout_s,
         record_stateless_start=streaming,

@@ -25,11 +25,11 @@ import re
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.graph import run_from_command_line
-from pipelines.options import CountingOptions
-from schemas.archive import DeadLetter, new_run_id
+from pipelines.graph import bigtable_writer, run_from_command_line
+from pipelines.options import CountingOptions, sinks_of
+from schemas.archive import DeadLetter
 from schemas.event import WRITE_FAILED
-from transforms.bigtable_sink import WriteAggregates, row_from_json
+from transforms.bigtable_sink import row_from_json
 from transforms.dead_letters import WriteDeadLetters
 
 
@@ -61,6 +61,7 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
             f"--dead_letter_path is required: rows that fail again need a folder, and "
             f"--dead_letter_glob {dead_letter_glob} has none to put one beside"
         )
+    sinks = sinks_of(o, streaming=False, dead_letter_path=dead_letter_path)
     pipeline = beam.Pipeline(options=options)
     failed_again = (
         pipeline
@@ -68,18 +69,9 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
         | "decode" >> beam.Map(DeadLetter.from_json)
         | "write_failed only" >> beam.Filter(lambda d: d.reason == WRITE_FAILED)
         | "to rows" >> beam.Map(lambda d: [row_from_json(d.payload)])
-        | "write to Bigtable"
-        >> beam.ParDo(
-            WriteAggregates(
-                o.bigtable_project,
-                o.bigtable_instance,
-                o.bigtable_table,
-                write_budget_s=o.bigtable_write_budget_s,
-                attempt_timeout_s=o.bigtable_attempt_timeout_s,
-            )
-        )
+        | "write to Bigtable" >> bigtable_writer(sinks)
     )
-    failed_again | "dead letters" >> WriteDeadLetters(dead_letter_path, None, new_run_id())
+    failed_again | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, None, sinks.run_id)
     return pipeline
 
 

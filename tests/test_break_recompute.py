@@ -17,15 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from query.stats import StatsReader
 from schemas.archive import file_name, hour_folder
 from schemas.event import US_PER_S, Event, format_time_us
 from schemas.storage import Aggregate
+from tests.test_recompute_runs import _args, _stored
 from transforms.batch_count import MergeMinutePartials, fold_minutes, rows_of
 from transforms.validate import shard_of
 from viewcounts.bench.queries import store_cells
 from viewcounts.cli import main
-from viewcounts.commands.reconcile import stored_aggregates
 
 H0 = 1_715_680_800  # 2024-05-14T10:00:00Z
 _ENTITY = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=6)
@@ -43,26 +42,6 @@ def _event(event_id: str, video_id: str, time_us: int) -> dict:
     return {"event_id": event_id, "video_id": video_id, "event_type": "view", "event_time": format_time_us(time_us)}
 
 
-def _args(table, archive: str, start_s: int, end_s: int, *extra: str) -> list[str]:
-    project, instance, name = table
-    return [
-        "recompute",
-        "--archive-path",
-        archive,
-        "--start",
-        format_time_us(start_s * US_PER_S),
-        "--end",
-        format_time_us(end_s * US_PER_S),
-        "--project",
-        project,
-        "--instance",
-        instance,
-        "--table",
-        name,
-        *extra,
-    ]
-
-
 def _fresh_table(bigtable_host) -> tuple:
     """A new table per hypothesis example (the ``table`` fixture is one per test)."""
     from viewcounts.local.provision import create_table
@@ -70,11 +49,6 @@ def _fresh_table(bigtable_host) -> tuple:
     name = f"brk-{uuid.uuid4().hex[:10]}"
     create_table("test-project", "test-instance", name)
     return "test-project", "test-instance", name
-
-
-def _stored(table) -> dict:
-    with StatsReader(*table) as reader:
-        return stored_aggregates(reader)
 
 
 @pytest.mark.emulator
@@ -140,7 +114,7 @@ def _folded(events: list[Event], shards: int) -> dict[tuple, tuple]:
     strict=True,
     reason="sums are plain float additions in whatever order shards, minutes and "
     "partials meet (schemas.storage.merge, transforms.aggregate): with values near the 1e15 bound "
-    "that cancel, the same archive gives sums that differ far beyond SPEC's 1e-9 between dedup-shard "
+    "that cancel, the same archive gives sums that differ far beyond the 1e-9 of docs/contract.md, Aggregates, between dedup-shard "
     "counts (and between streaming and batch, so the dry-run audit reports equal windows as changed)",
 )
 @settings(max_examples=200, deadline=None)

@@ -1,4 +1,4 @@
-"""The linear batch recompute (issue 14; ``transforms/batch_count.py``, ``pipelines/batch_recompute.py``).
+"""The linear batch recompute (``transforms/batch_count.py``, ``pipelines/batch_recompute.py``).
 
 * The batch function against an independent model (``viewcounts.commands.reconcile``'s polars computation): for any
   split of the events into files, shards and batches, any delivery order, exact duplicates
@@ -191,27 +191,30 @@ def _recompute_rows(tmp_path, archive: str, start_s: int, end_s: int, *extra: st
     return read_row_files(str(rows_path)), result
 
 
+def random_copies(n: int, distinct: int, hours: int, values: list, seed: int) -> list[dict]:
+    """``n`` archived view copies (``write_archive``'s shape) of ``distinct`` event ids
+    (``e{i % distinct}``), each drawn anew: one of 4 videos, a time in the ``hours`` from ``H0``,
+    one of ``values``, one of 3 files written within 5 s (the copies of an id differ)."""
+    rnd = random.Random(seed)
+    return [
+        {
+            "event_id": f"e{i % distinct}",
+            "video_id": f"V{rnd.randrange(4)}",
+            "event_type": "view",
+            "t_us": H0 * US_PER_S + rnd.randrange(hours * 3600 * US_PER_S),
+            "value": rnd.choice(values),
+            "written_ms": 1_700_000_000_000 + rnd.randrange(5) * 1000,
+            "file_name": f"f{rnd.randrange(3)}",
+            "line": i + 1,
+        }
+        for i in range(n)
+    ]
+
+
 def test_the_job_over_archive_files_takes_the_first_copy_in_archive_order(tmp_path):
     from transforms import metrics
 
-    rnd = random.Random(5)
-    copies = []
-    for i in range(400):
-        ev = {
-            "event_id": f"e{i % 300}",
-            "video_id": f"V{rnd.randrange(4)}",
-            "event_type": "view",
-            "t_us": H0 * US_PER_S + rnd.randrange(3 * 3600 * US_PER_S),
-            "value": rnd.choice([None, 1.5, -2.0]),
-        }
-        copies.append(
-            {
-                **ev,
-                "written_ms": 1_700_000_000_000 + rnd.randrange(5) * 1000,
-                "file_name": f"f{rnd.randrange(3)}",
-                "line": i + 1,
-            }
-        )
+    copies = random_copies(400, 300, 3, [None, 1.5, -2.0], seed=5)
     write_archive(str(tmp_path / "archive"), copies)
     folder = hour_folder(str(tmp_path / "archive"), H0)
     with open(os.path.join(folder, "hand-made.jsonl"), "wb") as f:  # not the layout: ordered by its mtime
@@ -285,24 +288,7 @@ def test_hours_compacted_to_parquet_count_as_their_jsonl_does(tmp_path):
     split between the two."""
     from pipelines.compact import compact
 
-    rnd = random.Random(11)
-    copies = []
-    for i in range(600):
-        ev = {
-            "event_id": f"e{i % 400}",
-            "video_id": f"V{rnd.randrange(3)}",
-            "event_type": "view",
-            "t_us": H0 * US_PER_S + rnd.randrange(4 * 3600 * US_PER_S),
-            "value": rnd.choice([None, 3.0]),
-        }
-        copies.append(
-            {
-                **ev,
-                "written_ms": 1_700_000_000_000 + rnd.randrange(4) * 1000,
-                "file_name": f"f{rnd.randrange(3)}",
-                "line": i + 1,
-            }
-        )
+    copies = random_copies(600, 400, 4, [None, 3.0], seed=11)
     archive, parquet = str(tmp_path / "archive"), str(tmp_path / "parquet")
     write_archive(archive, copies)
     compact(archive, parquet, now_s=H0 + 10 * 86400, hours=range(H0, H0 + 2 * 3600, 3600))

@@ -40,24 +40,27 @@ def _copies(n: int, start_s: int, span_s: int, seed: int = 3) -> list[dict]:
     return out
 
 
-def _args(table: tuple, archive: str, start_s: int, end_s: int, *extra: str) -> list[str]:
+def recompute_cli(table: tuple, archive: str, *flags: str) -> list[str]:
+    """``viewcounts recompute`` arguments: ``archive`` into ``table`` (project, instance, name), then ``flags``."""
     project, instance, name = table
     return [
         "recompute",
         "--archive-path",
         archive,
-        "--start",
-        format_time_us(start_s * US_PER_S),
-        "--end",
-        format_time_us(end_s * US_PER_S),
         "--project",
         project,
         "--instance",
         instance,
         "--table",
         name,
-        *extra,
+        *flags,
     ]
+
+
+def _args(table: tuple, archive: str, start_s: int, end_s: int, *extra: str) -> list[str]:
+    """``recompute_cli`` of the hours ``[start_s, end_s)`` (epoch s), then ``extra`` flags."""
+    start, end = format_time_us(start_s * US_PER_S), format_time_us(end_s * US_PER_S)
+    return recompute_cli(table, archive, "--start", start, "--end", end, *extra)
 
 
 def _stored(table: tuple) -> dict:

@@ -25,6 +25,7 @@ from schemas.archive import restart_marker_path
 from schemas.event import US_PER_S, format_time_us
 from tests.test_break2_top_restart import DAY_S, HOUR_S, NEW_RUN, OLD_RUN, store
 from tests.test_recompute import write_archive
+from tests.test_recompute_runs import recompute_cli
 from tests.test_top_streaming import all_top_lists
 from transforms.top import TopRow
 from viewcounts.cli import main
@@ -59,21 +60,8 @@ def _archive(root: str, copies: list, restart_s: int | None = None) -> None:
 
 
 def _cli(table: tuple, archive: str, *flags: str) -> list[str]:
-    project, instance, name = table
-    return [
-        "recompute",
-        "--archive-path",
-        archive,
-        "--project",
-        project,
-        "--instance",
-        instance,
-        "--table",
-        name,
-        "--dead-letter-path",
-        f"{archive}-dead-letters",
-        *flags,
-    ]
+    """``recompute_cli`` with the dead letters in ``<archive>-dead-letters``."""
+    return recompute_cli(table, archive, "--dead-letter-path", f"{archive}-dead-letters", *flags)
 
 
 def _run(table: tuple, archive: str, now_s: int, *flags: str) -> dict:

@@ -3,7 +3,7 @@
 random streams with duplicates, late and too-late events and watermark jumps over several
 hours, many videos; a second branch keeps only ``k`` = 2 entries over 3 shards, so that the
 bounded per-shard state evicts (the exactness argument of ``transforms.top``) all the time.
-The reference: SPEC.md's acceptance (``tests.test_properties.model``), then per (type,
+The reference: docs/contract.md, Acceptance (``tests.test_properties.model``), then per (type,
 granularity, window) sort by (-count, video_id) and keep the first K; a day sums its hours."""
 
 from __future__ import annotations
@@ -13,33 +13,20 @@ import tempfile
 import uuid
 from collections import defaultdict
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines import runners
-from pipelines.graph import bigtable_writer, count_and_store
+from pipelines.graph import bigtable_writer
 from pipelines.options import SinkConfig
-from pipelines.runners import runner_flags
 from query.top import TopReader
 from schemas import storage
 from schemas.event import US_PER_S, format_time_us
 from tests.test_properties import _EXAMPLES, LATENESS_S, START_US, _case, model
 from transforms.count_events import DAY_COUNTS, ROWS
-from transforms.enrich import EnrichFromSnapshots
 from transforms.top import TopEntities
-from viewcounts.commands.scenario import (
-    FLINK_CASE_DEADLINE_S,
-    METADATA,
-    InSourceOrder,
-    _finish_within,
-    _snapshots_read_once,
-    build_test_stream,
-    payload_tag,
-    policy_of_case,
-)
+from viewcounts.commands.scenario import case_pipeline, case_sinks, policy_of_case, run_to_end
 from viewcounts.local import provision
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
@@ -99,45 +86,15 @@ def reference_tops(rows: dict, k: int) -> dict:
 
 
 def run_stream(case: dict, table: str, small_table: str, tmp: str | None = None, flink_parallelism: int = 0) -> None:
-    """The streaming job of ``case`` (``count_and_store``: the full job, its archive under ``tmp``,
-    default a temporary folder) on the local runner, or on an embedded Flink at
-    ``flink_parallelism`` (built as ``viewcounts.commands.scenario.run_case`` builds it there), plus a
-    second ``TopEntities`` branch with ``SMALL_K`` entries over ``SMALL_SHARDS`` into ``small_table``."""
-    policy, early_firing_s = policy_of_case(case)
-    flink = flink_parallelism > 0
+    """The streaming job of ``case`` as ``viewcounts.commands.scenario.case_pipeline`` builds it
+    (``count_and_store``: the full job, its archive under ``tmp``, default a temporary folder)
+    on the local runner, or on an embedded Flink at ``flink_parallelism``, plus a second
+    ``TopEntities`` branch with ``SMALL_K`` entries over ``SMALL_SHARDS`` into ``small_table``;
+    run to its end (``run_to_end``)."""
+    runner = "flink" if flink_parallelism else "local"
     with contextlib.nullcontext(tmp) if tmp else tempfile.TemporaryDirectory(prefix="top-") as tmp:
-        sinks = SinkConfig(
-            PROJECT,
-            INSTANCE,
-            table,
-            archive_path=f"{tmp}/archive",
-            dead_letter_topic=None,
-            dead_letter_path=f"{tmp}/dead-letters",
-        )
-        options = PipelineOptions(
-            [*runner_flags("flink", parallelism=flink_parallelism), "--shutdown_sources_after_idle_ms=1000"]
-            if flink
-            else runner_flags("local")
-        )
-        options.view_as(StandardOptions).streaming = True
-        runners.prepare(options)
-        pipeline = beam.Pipeline(options=options)
-        stream = pipeline | "case steps" >> build_test_stream(case, with_metadata=not flink, flink=flink)
-        if flink:
-            snapshots = pipeline | "metadata read once" >> beam.Create(_snapshots_read_once(case, "flink"))
-            payloads = stream[payload_tag(False)] | "in source order" >> beam.ParDo(InSourceOrder()).with_output_types(
-                tuple[bytes, int]
-            )
-        else:
-            snapshots, payloads = stream[METADATA], stream[payload_tag(True)]
-        counted = count_and_store(
-            payloads,
-            EnrichFromSnapshots(snapshots, not flink),
-            policy,
-            early_firing_s,
-            sinks,
-            stamped_watermark=flink or runners.stamped_watermark("local"),
-        )
+        sinks = case_sinks(PROJECT, INSTANCE, table, tmp)
+        pipeline, counted = case_pipeline(case, sinks, runner, flink_parallelism or 1)
         small = SinkConfig(
             PROJECT,
             INSTANCE,
@@ -149,14 +106,15 @@ def run_stream(case: dict, table: str, small_table: str, tmp: str | None = None,
         (
             (counted[ROWS], counted[DAY_COUNTS])
             | "small top"
-            >> TopEntities(policy.allowed_lateness_s, SMALL_SHARDS, SMALL_K, runners.top_cleanup_grace_s(options))
+            >> TopEntities(
+                policy_of_case(case)[0].allowed_lateness_s,
+                SMALL_SHARDS,
+                SMALL_K,
+                runners.top_cleanup_grace_s(pipeline.options),
+            )
             | "write small top" >> bigtable_writer(small)
         )
-        result = pipeline.run()
-        if flink:
-            _finish_within(result, FLINK_CASE_DEADLINE_S)
-        else:
-            result.wait_until_finish()
+        run_to_end(pipeline, runner)
 
 
 def stored_tops(table: str, windows) -> dict:
@@ -201,27 +159,18 @@ def test_streaming_top_lists_equal_the_reference_on_flink_at_parallelism_2(bigta
 def all_top_lists(table: str) -> dict:
     """Every stored top list: ``{(row key, qualifier): [(video_id, count), ...]}`` (a scan of the
     top rows, for tests)."""
-    from google.cloud import bigtable
     from google.cloud.bigtable.row_filters import CellsColumnLimitFilter
 
-    client = bigtable.Client(project=PROJECT, admin=False)
-    try:
-        rows = (
-            client.instance(INSTANCE)
-            .table(table)
-            .read_rows(
-                start_key=storage.TOP_ROW_PREFIX,
-                end_key=storage.TOP_ROW_PREFIX[:-1] + b"$",
-                filter_=CellsColumnLimitFilter(1),
-            )
-        )
-        return {
-            (row.row_key, q): storage.decode_top(cells[0].value)
-            for row in rows
-            for q, cells in row.cells[storage.FAMILY].items()
-        }
-    finally:
-        client.close()
+    from pipelines.bigtable_scan import rows_matching
+
+    rows = rows_matching(
+        PROJECT, INSTANCE, table, b"(?s)^" + storage.TOP_ROW_PREFIX + b".*$", CellsColumnLimitFilter(1)
+    )
+    return {
+        (row.row_key, q): storage.decode_top(cells[0].value)
+        for row in rows
+        for q, cells in row.cells[storage.FAMILY].items()
+    }
 
 
 @settings(max_examples=2, **_EXAMPLES)

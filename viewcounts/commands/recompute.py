@@ -6,7 +6,9 @@
   listed first, and a progress bar (``rich``) follows the bytes read (``--parquet-path``:
   hours compacted there are read from Parquet, outside the bar). What is left open (days whose
   top lists are not rebuilt yet, affected hours not closed yet) is printed with the time
-  after which to run the command again.
+  after which to run the command again, and so are the closed days whose top lists the job
+  left as they were, as one of their hours had events but no file to read (the job's check
+  when it runs: ``pipelines.batch_recompute.incomplete_days``).
 * A refusal to overwrite windows the streaming job may still fire: an hour is *open* while
   ``hour end + allowed lateness`` is later than the streaming job's watermark, taken here as
   the wall clock minus ``pipelines.restarts.CLOSE_MARGIN_S`` (a job that keeps up trails the
@@ -162,27 +164,34 @@ def _time(s: int) -> str:
 
 @dataclass
 class Outcome:
-    """What ``run_recompute`` did: its ``RecomputeScope`` (hours overwritten, day lists rebuilt,
-    what is left open and when it closes), the files and bytes read, the job's counters, and
-    for a dry run the audit."""
+    """What ``run_recompute`` did: its ``RecomputeScope`` (hours overwritten, days read for their
+    lists, what is left open and when it closes), the files and bytes read, the job's counters,
+    ``incomplete_days`` (``{day: [unreadable hour, ...]}``, epoch s: the days of ``scope.days``
+    whose lists the job left as they were), and for a dry run the audit."""
 
     scope: RecomputeScope
     files: int
     bytes_read: int
     seconds: float
     counters: dict = field(default_factory=dict)
+    incomplete_days: dict[int, list[int]] = field(default_factory=dict)
     audit: list[HourAudit] | None = None
+
+    @property
+    def day_lists(self) -> list[int]:
+        """The days (epoch s) whose top lists the job rebuilt from the whole day."""
+        return [d for d in self.scope.days if d not in self.incomplete_days]
 
     def to_json(self) -> dict:
         sc = self.scope
         return {
             "hours": [_time(h) for h in sc.hours],
             "hours_read": len(sc.hours_read),
-            "day_lists": [_time(d) for d in sc.days],
+            "day_lists": [_time(d) for d in self.day_lists],
             "open_days": {_time(d): {"run_again_after": _time(at)} for d, at in sc.open_days.items()},
             "open_hours": {_time(h): {"run_again_after": _time(at)} for h, at in sc.open_hours.items()},
             "incomplete_days": {
-                _time(d): {"unreadable_hours": [_time(h) for h in hours]} for d, hours in sc.incomplete_days.items()
+                _time(d): {"unreadable_hours": [_time(h) for h in hours]} for d, hours in self.incomplete_days.items()
             },
             "files": self.files,
             "bytes_read": self.bytes_read,
@@ -252,6 +261,7 @@ def run_recompute(args, progress=None, now_s: float | None = None) -> Outcome:
             _bytes_noted(progress_path),
             time.monotonic() - started,
             metrics.committed_counters(result),
+            batch_recompute.incomplete_days(result),
         )
         if args.dry_run:
             outcome.audit = _audit_rows(args, rows_path, scope.hours)
@@ -266,29 +276,23 @@ def stored_entities(project: str, instance: str, table: str, hours: list[int]) -
     ``hours`` (epoch s): minute rows of their UTC days, hour rows of their UTC months. One scan
     of the table's row keys, filtered by Bigtable (a key regex on the period; values stripped,
     one cell per row): the entities of stored aggregates the archive has no event of."""
-    from google.cloud import bigtable
     from google.cloud.bigtable import row_filters as rf
 
+    from pipelines.bigtable_scan import rows_matching
     from schemas import storage
 
     periods = sorted({storage.period_of(g, h) for h in hours for g in ("minute", "hour")})
     if not periods:
         return set()
-    key_regex = f"(?s)^[^#]*#[^#]*#[mh]#({'|'.join(periods)})$".encode()
-    client = bigtable.Client(project=project, admin=False)
-    try:
-        rows = (
-            client.instance(instance)
-            .table(table)
-            .read_rows(
-                filter_=rf.RowFilterChain(
-                    [rf.RowKeyRegexFilter(key_regex), rf.CellsRowLimitFilter(1), rf.StripValueTransformerFilter(True)]
-                )
-            )
-        )
-        return {storage.parse_row_key(row.row_key)[:2] for row in rows}
-    finally:
-        client.close()
+    rows = rows_matching(
+        project,
+        instance,
+        table,
+        f"(?s)^[^#]*#[^#]*#[mh]#({'|'.join(periods)})$".encode(),
+        rf.CellsRowLimitFilter(1),
+        rf.StripValueTransformerFilter(True),
+    )
+    return {storage.parse_row_key(row.row_key)[:2] for row in rows}
 
 
 def _audit_rows(args, rows_path: str, hours: list[int]) -> list[HourAudit]:
@@ -334,12 +338,19 @@ def _interrupted(exc: BaseException) -> bool:
 
 
 def recompute_main(args) -> int:
+    """Run ``run_recompute`` with a progress bar and print its outcome on stderr (what is left
+    open or incomplete with what to do; ``--json``: the outcome as JSON). The job's own
+    warnings about the same days and hours are shown with ``-v`` only. Returns 0, 2 for a bad
+    range, 3 for refused open hours, 130 when interrupted."""
+    import logging
     import sys
 
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    if not args.verbose:
+        logging.getLogger("pipelines.batch_recompute").setLevel(logging.ERROR)
     console = Console(stderr=True)
     try:
         with Progress(
@@ -384,13 +395,15 @@ def recompute_main(args) -> int:
         f"{c.get('duplicates_dropped', 0):,} duplicates, {c.get('dead_letters', 0):,} dead letters, "
         f"{c.get('aggregates_written', 0):,} aggregates written"
     )
-    if scope.days and not args.dry_run:
-        console.print(f"day top lists rebuilt from the whole day: {', '.join(_time(d)[:10] for d in scope.days)}")
+    if outcome.day_lists and not args.dry_run:
+        console.print(
+            f"day top lists rebuilt from the whole day: {', '.join(_time(d)[:10] for d in outcome.day_lists)}"
+        )
     for day, at in scope.open_days.items():
         console.print(
             f"[yellow]open day[/] {_time(day)[:10]}: its day top lists are not rebuilt; run again after {_time(at)}"
         )
-    for day, hours in scope.incomplete_days.items():
+    for day, hours in outcome.incomplete_days.items():
         console.print(
             f"[yellow]incomplete day[/] {_time(day)[:10]}: its day top lists are left as they are: hour(s) "
             f"{', '.join(_time(h)[11:16] for h in hours)} had events but no archive file here; run again "
