@@ -117,6 +117,17 @@ def test_an_undocumented_metric_fails_the_contract_check(tmp_path, new, shape):
     ), f"metric {new!r} made as `{made}` is not in the contract, yet the check passed"
 
 
+@settings(**FEW)
+@given(new=new_names.filter(lambda n: n not in DOCUMENTED_CODES))
+def test_a_code_given_to_counters_of_unknown_origin_fails_the_contract_check(tmp_path, new):
+    """``DeadLetterCounters.inc`` called on a parameter (whose class the reader cannot tell) with
+    a new code: the call may be the counters', so its code is read."""
+    helper = f"{SETUP_SITE}\n\n        def _count(counters):\n            counters.inc({new!r})\n"
+    assert _check_fails_on(
+        tmp_path, "transforms/validate.py", SETUP_SITE, helper, T.test_every_dead_letter_code_is_documented_and_exists
+    ), f"dead-letter code {new!r} given to counters passed as a parameter, yet the check passed"
+
+
 def test_the_harness_notices_a_plainly_undocumented_code_and_metric(tmp_path):
     """The copy-and-mutate harness itself: a new code passed as a literal and a new metric passed
     positionally are caught, so the two failures above are the generators' and not the harness's."""

@@ -189,6 +189,7 @@ class Definition(NamedTuple):
     owner: str | None
     parameters: list[str]
     defaults: dict[str, ast.expr]
+    is_class: bool = False
 
 
 @functools.cache
@@ -203,14 +204,14 @@ def definitions() -> dict[str, list[Definition]]:
             elif isinstance(node, ast.ClassDef):
                 init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
                 if init is not None:
-                    found.setdefault(node.name, []).append(Definition(mod, None, *_signature(init)))
+                    found.setdefault(node.name, []).append(Definition(mod, None, *_signature(init), is_class=True))
                 else:
                     fields = [
                         n.target.id
                         for n in node.body
                         if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
                     ]
-                    found.setdefault(node.name, []).append(Definition(mod, None, fields, {}))
+                    found.setdefault(node.name, []).append(Definition(mod, None, fields, {}, is_class=True))
     return found
 
 
@@ -245,7 +246,7 @@ def _classes(expr: ast.expr, fn, cls, depth: int = 0) -> set[str]:
         return {callee(expr)} - {None}
     if isinstance(expr, ast.Name) and expr.id in ("self", "cls"):
         return {cls.name} if cls is not None else set()
-    if isinstance(expr, ast.Name) and expr.id in definitions():
+    if isinstance(expr, ast.Name) and any(d.is_class for d in definitions().get(expr.id, [])):
         return {expr.id}
     scope = fn if isinstance(expr, ast.Name) else cls
     if scope is None or not isinstance(expr, (ast.Name, ast.Attribute)):
@@ -263,11 +264,12 @@ def _module_named(mod: Module, alias: str) -> str | None:
     return module if name is None else f"{module}.{name}"
 
 
-def calls_definition(definition: Definition, mod: Module, call: ast.Call, fn, cls) -> bool:
+def calls_definition(definition: Definition, mod: Module, call: ast.Call, fn, cls) -> bool | None:
     """Whether ``call`` (in ``mod``, inside ``fn`` and ``cls``) can be a call of ``definition``:
     a function or class called by its name in its module or where it is imported, or through
     its module (``metrics.counter``); a method called on an object of its class (``_classes``).
-    A call of a same-named callable of another class or library is not."""
+    A call of a same-named callable of another class or library is not. None (perhaps) for a
+    method called on an object whose class ``_classes`` cannot tell."""
     f = call.func
     name = callee(call)
     if isinstance(f, ast.Name):
@@ -276,7 +278,8 @@ def calls_definition(definition: Definition, mod: Module, call: ast.Call, fn, cl
         )
     if definition.owner is None:
         return isinstance(f.value, ast.Name) and _module_named(mod, f.value.id) == definition.module.name
-    return definition.owner in _classes(f.value, fn, cls)
+    classes = _classes(f.value, fn, cls)
+    return definition.owner in classes if classes else None
 
 
 def bound(call: ast.Call, parameters: list[str], parameter: str) -> ast.expr | None:
@@ -298,18 +301,33 @@ def bound(call: ast.Call, parameters: list[str], parameter: str) -> ast.expr | N
 
 
 def arguments(function: str, parameter: str):
-    """``(module, expression, enclosing function, enclosing class)`` of every value the product
-    code passes as ``parameter`` to a callable called ``function`` (``calls_definition``), and
-    of its defaults."""
+    """``(module, expression, enclosing function, enclosing class, certain)`` of every value the
+    product code passes as ``parameter`` to a callable called ``function``, and of its
+    defaults; ``certain`` is False for a call that only perhaps calls it (``calls_definition``)."""
     for definition in definitions().get(function, []):
         if parameter not in definition.parameters:
             continue
         if parameter in definition.defaults:
-            yield definition.module, definition.defaults[parameter], None, None
+            yield definition.module, definition.defaults[parameter], None, None, True
         for mod, node, fn, cls in calls().get(function, []):
             value = bound(node, definition.parameters, parameter)
-            if value is not None and calls_definition(definition, mod, node, fn, cls):
-                yield mod, value, fn, cls
+            match = None if value is None else calls_definition(definition, mod, node, fn, cls)
+            if match is not False and value is not None:
+                yield mod, value, fn, cls, bool(match)
+
+
+def passed(function: str, parameter: str, read) -> set[str]:
+    """The union of ``read(module, expression, function, class)`` over ``arguments(function,
+    parameter)``; a value ``read`` cannot tell (``Unresolved``) is skipped where the call only
+    perhaps calls ``function``, and raised where it certainly does."""
+    values = set()
+    for mod, expr, fn, cls, certain in arguments(function, parameter):
+        try:
+            values |= read(mod, expr, fn, cls)
+        except Unresolved:
+            if certain:
+                raise
+    return values
 
 
 class Unresolved(Exception):
@@ -349,7 +367,7 @@ def resolve(mod: Module | None, expr: ast.expr, fn, cls, depth: int = 0, forward
             return {value}
         if fn is not None and expr.id in [a.arg for a in fn.args.args + fn.args.kwonlyargs]:
             name = cls.name if fn.name == "__init__" and cls is not None else fn.name
-            return set().union(*(again(e, f, c, m) for m, e, f, c in arguments(name, expr.id)))
+            return passed(name, expr.id, lambda m, e, f, c: again(e, f, c, m))
     if mod is not None and isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name):
         owner = expr.value.id
         if owner in mod.imports:
@@ -423,14 +441,21 @@ def codes_in_code() -> dict[str, str]:
     calls too) are followed to their source. Fails on a reason it cannot tell, so a new way of
     giving one is noticed here."""
     found: dict[str, str] = {}
+
+    def read(mod, expr, fn, cls):
+        try:
+            reasons = resolve(mod, expr, fn, cls, forwarded="reason")
+        except Unresolved as exc:
+            raise Unresolved(f"{exc} ({where(mod, expr)})") from None
+        for reason in reasons:
+            found.setdefault(reason, where(mod, expr))
+        return reasons
+
     for sink in [name for name, defs in definitions().items() if any("reason" in d.parameters for d in defs)]:
-        for mod, expr, fn, cls in arguments(sink, "reason"):
-            try:
-                reasons = resolve(mod, expr, fn, cls, forwarded="reason")
-            except Unresolved as exc:
-                pytest.fail(f"{where(mod, expr)}: cannot tell the dead-letter reason {exc}")
-            for reason in reasons:
-                found.setdefault(reason, where(mod, expr))
+        try:
+            passed(sink, "reason", read)
+        except Unresolved as exc:
+            pytest.fail(f"cannot tell the dead-letter reason {exc}, passed as `reason` to a {sink}")
     return found
 
 
@@ -440,7 +465,7 @@ def _metric_name(mod: Module, call: ast.Call, fn, cls) -> ast.expr | None:
     ``transforms.metrics.counter``), else by Beam's ``Metrics`` method; None when it passes no
     ``name`` (a wrapper naming it otherwise, whose own call of Beam's is read instead)."""
     kind = callee(call)
-    wrappers = [d for d in definitions().get(kind, []) if calls_definition(d, mod, call, fn, cls)]
+    wrappers = [d for d in definitions().get(kind, []) if calls_definition(d, mod, call, fn, cls) is True]
     parameters = wrappers[0].parameters if wrappers else list(inspect.signature(getattr(Metrics, kind)).parameters)
     return bound(call, parameters, "name") if "name" in parameters else None
 
