@@ -16,7 +16,7 @@ returns the job without running it::
 
 Day top lists (``RecomputeScope``): a day's list is a function of the archive of the whole
 UTC day. A recompute that overwrites any hour of a day rebuilds that day's list once the day
-is closed (``pipelines.restarts.closes_at_s``, the rule that closes hours): it also reads the
+is closed (``schemas.closed_windows.closes_at_s``, the rule that closes hours): it also reads the
 day's other hours, counts them with the hours (one dedup over every hour read: the recomputed
 hours get the aggregates a recompute of their whole days would give them) and ranks the day
 from all 24 hour rows, but writes neither those hours' aggregates nor their minute and hour
@@ -71,10 +71,11 @@ from pipelines import runners
 from pipelines.bigtable_scan import rows_matching
 from pipelines.graph import bigtable_writer, run_from_command_line
 from pipelines.options import DISTRIBUTED_SHARDS, CountingOptions, sinks_of
-from pipelines.restarts import closes_at_s, plan_recompute
+from pipelines.restarts import plan_recompute
 from pipelines.streaming import metadata_snapshots
 from schemas import storage
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folder
+from schemas.closed_windows import closes_at_s
 from schemas.event import US_PER_S, format_time_us, parse_event_time
 from schemas.storage import TOP_GRANULARITY_SECONDS
 from transforms import metrics

@@ -9,7 +9,7 @@ schema, the archive order and the dedup rule are documented there), local or ``g
         [--start 2024-05-01T00:00:00Z --end 2024-06-01T00:00:00Z] [--workers 2]
 
 Which hours: every hour folder of the archive (within ``[--start, --end)`` when given)
-that is *closed*: its end plus ``--allowed-lateness-s`` plus ``pipelines.restarts.CLOSE_MARGIN_S``
+that is *closed*: its end plus ``--allowed-lateness-s`` plus ``schemas.closed_windows.CLOSE_MARGIN_S``
 is past now, so the streaming job accepts none of its events any more. Events that come
 later still are archived (docs/contract.md, Acceptance) in new files of their hour's folder.
 
@@ -56,8 +56,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.restarts import CLOSE_MARGIN_S
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folder, parse_file_path
+from schemas.closed_windows import CLOSE_MARGIN_S, closes_at_s
 from schemas.event import US_PER_S, format_time_us, parse_event_time
 from schemas.parquet_archive import (
     STAGING_FOLDER,
@@ -113,7 +113,7 @@ def archive_hours(archive_root: str, hours: range | None = None) -> dict[int, li
 
 def closed_hours(hours, now_s: float, allowed_lateness_s: int) -> list[int]:
     """The hours (epoch s) whose end + lateness + ``CLOSE_MARGIN_S`` is at or before ``now_s``."""
-    return [h for h in hours if h + ARCHIVE_WINDOW_S + allowed_lateness_s + CLOSE_MARGIN_S <= now_s]
+    return [h for h in hours if closes_at_s(h, ARCHIVE_WINDOW_S, allowed_lateness_s) <= now_s]
 
 
 def _read_lines(path: str):

@@ -56,10 +56,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folder, parse_file_path
-
-# CLOSE_MARGIN_S re-exported for pipelines/compact.py, tests/test_break3_recompute.py and
-# tests/test_break2_top_restart.py until they import it from schemas.closed_windows.
-from schemas.closed_windows import CLOSE_MARGIN_S, closes_at_s  # noqa: F401
+from schemas.closed_windows import closes_at_s
 from schemas.restart_markers import LACKS_DAY_COUNTS, read_markers, write_marker
 from schemas.storage import TOP_GRANULARITY_SECONDS
 

@@ -32,11 +32,6 @@ import orjson
 
 from schemas.event import Event, Rejection
 
-# Re-exported for tests/streaming_jobs.py, tests/test_top_repair.py and tests/test_break2_top_restart.py
-# until they import RESTARTS_FOLDER and marker_path from schemas.restart_markers.
-from schemas.restart_markers import RESTARTS_FOLDER  # noqa: F401
-from schemas.restart_markers import marker_path as restart_marker_path  # noqa: F401
-
 ARCHIVE_WINDOW_S = 3600
 ARCHIVE_FILE_PREFIX = "events"
 

@@ -22,7 +22,8 @@ import orjson
 
 from pipelines import runners
 from query.stats import StatsReader
-from schemas.archive import RESTARTS_FOLDER, local_lines
+from schemas.archive import local_lines
+from schemas.restart_markers import RESTARTS_FOLDER
 from viewcounts.commands import replay
 from viewcounts.commands.reconcile import expected_aggregates, reconcile, stored_aggregates
 from viewcounts.local import provision

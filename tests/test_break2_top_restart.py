@@ -37,11 +37,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pipelines import batch_recompute
-from pipelines.restarts import CLOSE_MARGIN_S
 from query.stats import StatsReader
 from schemas import storage
-from schemas.archive import restart_marker_path
+from schemas.closed_windows import CLOSE_MARGIN_S
 from schemas.event import US_PER_S, format_time_us, parse_event_time
+from schemas.restart_markers import marker_path as restart_marker_path
 from tests.test_parallel_state import Cell
 from tests.test_recompute import write_archive
 from tests.test_top_streaming import all_top_lists

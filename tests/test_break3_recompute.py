@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.batch_recompute import RecomputeOptions, recompute_scope
-from pipelines.restarts import CLOSE_MARGIN_S
 from schemas.archive import hour_folder
+from schemas.closed_windows import CLOSE_MARGIN_S
 from schemas.event import US_PER_S, format_time_us
 from tests.test_recompute import H0, _recompute_rows, write_archive
 from transforms import metrics

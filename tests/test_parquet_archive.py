@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.compact import CLOSE_MARGIN_S, archive_hours, closed_hours, compact
+from pipelines.compact import archive_hours, closed_hours, compact
 from schemas.archive import ARCHIVE_WINDOW_S, file_name, hour_folder, hour_of_us
+from schemas.closed_windows import CLOSE_MARGIN_S
 from schemas.event import US_PER_S, _loads, format_time_us, parse_payload
 from schemas.parquet_archive import (
     DUCKDB_HOURLY_SQL,

@@ -21,8 +21,8 @@ import pytest
 
 from query.stats import StatsReader
 from schemas import storage
-from schemas.archive import restart_marker_path
 from schemas.event import US_PER_S, format_time_us
+from schemas.restart_markers import marker_path as restart_marker_path
 from tests.test_break2_top_restart import DAY_S, HOUR_S, NEW_RUN, OLD_RUN, store
 from tests.test_recompute import write_archive
 from tests.test_recompute_runs import recompute_cli

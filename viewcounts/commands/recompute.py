@@ -11,7 +11,7 @@
   when it runs: ``pipelines.batch_recompute.incomplete_days``).
 * A refusal to overwrite windows the streaming job may still fire: an hour is *open* while
   ``hour end + allowed lateness`` is later than the streaming job's watermark, taken here as
-  the wall clock minus ``pipelines.restarts.CLOSE_MARGIN_S`` (a job that keeps up trails the
+  the wall clock minus ``schemas.closed_windows.CLOSE_MARGIN_S`` (a job that keeps up trails the
   wall clock by less; a job with a backlog trails by more: wait for it). A recompute of an
   open hour could write a cell that a later streaming pane of the same window loses to (the
   recompute's cells are stamped from its own later wall clock, ``schemas.storage``), so open
@@ -129,8 +129,8 @@ def audit(batch: dict[tuple, tuple], stored: dict[tuple, tuple]) -> list[HourAud
 def open_hours(hours: list[int], allowed_lateness_s: int, now_s: float) -> list[int]:
     """The hours (epoch seconds of their start) whose windows the streaming job may still fire:
     ``hour end + allowed_lateness_s`` later than its watermark, taken as ``now_s -
-    CLOSE_MARGIN_S`` (module docstring; ``pipelines.restarts.closes_at_s``)."""
-    from pipelines.restarts import closes_at_s
+    CLOSE_MARGIN_S`` (module docstring; ``schemas.closed_windows.closes_at_s``)."""
+    from schemas.closed_windows import closes_at_s
 
     return [h for h in hours if closes_at_s(h, 3600, allowed_lateness_s) > now_s]
 
@@ -458,7 +458,7 @@ def add_recompute_args(p) -> None:
         action="store_true",
         help="also overwrite hours the streaming job may still fire: those whose end plus the allowed "
         "lateness is after the streaming job's watermark, which this command takes as the wall clock "
-        "minus a safety margin (pipelines.restarts.CLOSE_MARGIN_S, 300 s) since it cannot read the job's",
+        "minus a safety margin (schemas.closed_windows.CLOSE_MARGIN_S, 300 s) since it cannot read the job's",
     )
     p.add_argument(
         "--allowed-lateness-s",
