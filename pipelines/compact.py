@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S
 from schemas.archive import ARCHIVE_WINDOW_S, hour_folder, parse_file_path
 from schemas.closed_windows import CLOSE_MARGIN_S, closes_at_s
 from schemas.event import US_PER_S, format_time_us, parse_event_time
@@ -70,7 +71,6 @@ from schemas.parquet_archive import (
 )
 
 _LOG = logging.getLogger(__name__)
-DEFAULT_ALLOWED_LATENESS_S = 600  # the streaming job's default (pipelines.options)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from schemas import storage
+from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S, DEFAULT_MAX_EVENT_AGE_S, DEFAULT_MAX_FUTURE_SKEW_S
 from schemas.archive import new_run_id
 from transforms.bigtable_sink import ATTEMPT_TIMEOUT_S, WRITE_BUDGET_S
 from transforms.validate import AcceptancePolicy
@@ -62,9 +63,9 @@ class CountingOptions(PipelineOptions):
             help="Pub/Sub attribute with a message's earliest event time (ms since the epoch or "
             "RFC 3339); drives the watermark on Prism, Flink and Dataflow",
         )
-        parser.add_argument("--allowed_lateness_s", type=int, default=600)
-        parser.add_argument("--max_future_skew_s", type=int, default=300)
-        parser.add_argument("--max_event_age_s", type=int, default=7 * 24 * 3600)
+        parser.add_argument("--allowed_lateness_s", type=int, default=DEFAULT_ALLOWED_LATENESS_S)
+        parser.add_argument("--max_future_skew_s", type=int, default=DEFAULT_MAX_FUTURE_SKEW_S)
+        parser.add_argument("--max_event_age_s", type=int, default=DEFAULT_MAX_EVENT_AGE_S)
         parser.add_argument(
             "--no_event_age_check",
             dest="check_event_age",

@@ -59,9 +59,9 @@ from query.stats import RowSpan, StatsQuery, row_spans
 from query.top import Top, TopQuery, decoded, top_answer
 from query.windows import WindowArrays, decode_cells
 from schemas import storage
+from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S
 from schemas.closed_windows import CLOSE_MARGIN_S, final_before
 
-DEFAULT_ALLOWED_LATENESS_S = 600  # the streaming job's default (pipelines/options.py)
 DEFAULT_FINAL_MARGIN_S = CLOSE_MARGIN_S  # for query/service.py and viewcounts/cli.py until they import CLOSE_MARGIN_S
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_TAIL_TTL_S = 1.0

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
+from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S, DEFAULT_MAX_EVENT_AGE_S, DEFAULT_MAX_FUTURE_SKEW_S
 from schemas.archive import DeadLetter, hour_of_us
 from schemas.event import FUTURE_TIMESTAMP, TOO_OLD, US_PER_S, format_time_us, parse_payload
 from transforms import metrics
@@ -47,9 +48,9 @@ class AcceptancePolicy:
     """The knobs of docs/contract.md, "Acceptance", in seconds. ``check_age=False`` turns off the
     ``future_timestamp`` and ``too_old`` checks (batch recompute, historical replays)."""
 
-    allowed_lateness_s: int = 600
-    max_future_skew_s: int = 300
-    max_event_age_s: int = 7 * 24 * 3600
+    allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S
+    max_future_skew_s: int = DEFAULT_MAX_FUTURE_SKEW_S
+    max_event_age_s: int = DEFAULT_MAX_EVENT_AGE_S
     check_age: bool = True
     dedup_shards: int = 16
 

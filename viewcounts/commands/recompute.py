@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S
 from schemas.event import US_PER_S, format_time_us
 
 if TYPE_CHECKING:
@@ -464,7 +465,7 @@ def add_recompute_args(p) -> None:
         "--allowed-lateness-s",
         dest="allowed_lateness_s",
         type=int,
-        default=600,
+        default=DEFAULT_ALLOWED_LATENESS_S,
         help="the streaming job's --allowed_lateness_s",
     )
     p.add_argument("--project", default=storage.DEFAULT_PROJECT, help="Bigtable project")
