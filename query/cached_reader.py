@@ -62,7 +62,6 @@ from schemas import storage
 from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S
 from schemas.closed_windows import CLOSE_MARGIN_S, final_before
 
-DEFAULT_FINAL_MARGIN_S = CLOSE_MARGIN_S  # for query/service.py and viewcounts/cli.py until they import CLOSE_MARGIN_S
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_TAIL_TTL_S = 1.0
 MAX_TAILS = 10_000  # open tails kept for tail_ttl_s (least recently read dropped first)

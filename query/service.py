@@ -72,9 +72,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from query import dashboard
 from query.cached_reader import (
-    DEFAULT_ALLOWED_LATENESS_S,
     DEFAULT_CACHE_BYTES,
-    DEFAULT_FINAL_MARGIN_S,
     DEFAULT_TAIL_TTL_S,
     Answer,
     CachedStatsReader,
@@ -84,6 +82,8 @@ from query.top import GRANULARITIES as TOP_GRANULARITIES
 from query.top import parse_top
 from query.windows import COUNT, MAX, MIN, OPENED_MS, SUM, VALUE_COUNT, bucket_columns
 from schemas import storage
+from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S
+from schemas.closed_windows import CLOSE_MARGIN_S
 
 _LOG = logging.getLogger(__name__)
 MAX_SERIES = 20
@@ -342,7 +342,7 @@ def add_serve_args(parser) -> None:
     parser.add_argument(
         "--final-margin-s",
         type=int,
-        default=DEFAULT_FINAL_MARGIN_S,
+        default=CLOSE_MARGIN_S,
         help="how far the streaming job's watermark may trail the wall clock",
     )
     parser.add_argument(

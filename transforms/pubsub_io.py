@@ -107,12 +107,12 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
+from schemas.acceptance import DEFAULT_MAX_FUTURE_SKEW_S
 from schemas.event import END_EPOCH_MS
 from transforms import metrics
 
 _LOG = logging.getLogger(__name__)
 
-DEFAULT_MAX_FUTURE_SKEW_S = 300.0  # the default max_future_skew_s (docs/contract.md, "Acceptance")
 MAX_TS_DIGITS = 20  # longer digit strings are refused unread (int() of 5,000 digits raises)
 MAX_PULL_RESPONSE_BYTES = 64 * 1024 * 1024  # six 10 MB messages with their attributes
 MAX_BACKOFF_S = 30.0  # longest pause between two bundles after failed pulls

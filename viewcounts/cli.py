@@ -94,8 +94,9 @@ def _stats(args) -> int:
 def _top(args) -> int:
     import time
 
-    from query.cached_reader import DEFAULT_ALLOWED_LATENESS_S, DEFAULT_FINAL_MARGIN_S, final_before
     from query.top import TopReader
+    from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S
+    from schemas.closed_windows import CLOSE_MARGIN_S, final_before
     from schemas.storage import TOP_GRANULARITY_SECONDS
 
     top, failed = _ask(TopReader, args, lambda r: r.get_top(args.type, args.granularity, args.at, args.n))
@@ -103,7 +104,7 @@ def _top(args) -> int:
         return failed
     q = top.query
     final = q.window_start_s < final_before(
-        TOP_GRANULARITY_SECONDS[q.granularity], time.time(), DEFAULT_ALLOWED_LATENESS_S, DEFAULT_FINAL_MARGIN_S
+        TOP_GRANULARITY_SECONDS[q.granularity], time.time(), DEFAULT_ALLOWED_LATENESS_S, CLOSE_MARGIN_S
     )
     body = top.to_json(final)
     if args.json:
