@@ -110,6 +110,42 @@ def _names(tf, rtype):
     return {_resolve(tf, i["name"]) for r in tf["resource"].get(rtype, {}).values() for i in _instances(tf, r)}
 
 
+def _instance_keys(tf, body: dict) -> list[str | None]:
+    """The instance keys of a resource: None for one without ``for_each``."""
+    if "for_each" not in body:
+        return [None]
+    if m := re.fullmatch(r"\$\{local\.(\w+)\}", body["for_each"]):
+        return list(tf["locals"][m.group(1)])
+    if m := re.fullmatch(r"\$\{toset\(var\.(\w+)\)\}", body["for_each"]):
+        return list(tf["variable"][m.group(1)].get("default") or [])
+    return json.loads(re.fullmatch(r"\$\{toset\((\[.*\])\)\}", body["for_each"]).group(1))
+
+
+def _moves() -> list[tuple[str, str]]:
+    moves = []
+    for path in glob.glob(os.path.join(TF_DIR, "*.tf")):
+        with open(path) as f:
+            moves += [(m["from"][2:-1], m["to"][2:-1]) for m in hcl2.load(f).get("moved", [])]
+    return moves
+
+
+def test_moved_blocks_lead_from_a_gone_address_to_an_existing_instance(tf):
+    """A state applied before a resource was renamed or turned into a ``for_each`` keeps its
+    objects: every ``moved`` leads from an address the configuration no longer has to an
+    instance it has, so ``terraform apply`` moves rather than destroys and recreates."""
+    addresses = {
+        f"{rtype}.{name}" + ("" if key is None else f'["{key}"]')
+        for rtype, resources in tf["resource"].items()
+        for name, body in resources.items()
+        for key in _instance_keys(tf, body)
+    }
+    moves = _moves()
+    assert moves, "no moved blocks: the Pub/Sub and subscription-role renames need them"
+    for src, dst in moves:
+        assert src not in addresses, f"moved from {src}, which the configuration still has"
+        assert dst in addresses, f"moved to {dst}, which the configuration does not have"
+
+
 def test_pubsub_names_match_the_pipeline_both_ways(tf):
     assert _names(tf, "google_pubsub_topic") == {DEFAULT_TOPIC, DEFAULT_DEAD_LETTER_TOPIC}
     assert _names(tf, "google_pubsub_subscription") == {DEFAULT_SUBSCRIPTION, DEAD_LETTER_SUBSCRIPTION}
