@@ -18,12 +18,13 @@ guess to the watermark for one round, then seconds. Also: the windows stage gets
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
 
 from pipelines.runners import runner_flags
-from tests.streaming_jobs import Deployment
+from tests.streaming_jobs import Deployment, kill
 from viewcounts.commands import replay
 from viewcounts.local.flink import FlinkCluster
 
@@ -106,7 +107,6 @@ def test_the_windows_watermark_keeps_up_with_the_dedup_watermark(cluster, tmp_pa
         assert any(r.get(WINDOWS) is not None for _, r in reads[-5:]), "the windows stage never had a watermark"
         assert lagging_reads(reads, GAP_S) == []
     finally:
-        job.terminate()
-        job.wait(timeout=60)
+        kill(job, signal.SIGTERM)  # the job's process group: its Flink job server too
         for j in cluster.running_jobs():
             cluster.cancel(j)
