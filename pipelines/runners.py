@@ -415,99 +415,47 @@ class RunnerProfile:
     waits_with_deadline: bool
 
 
-PROFILES: dict[str, RunnerProfile] = {
-    "local": RunnerProfile(
-        "BundleBasedDirectRunner",
-        native_pubsub=True,
-        native_timestamp_attribute=False,
-        stamped_watermark=False,
-        reader_key_groups=False,
-        pause_outlasts_bundle_check=False,
-        metadata_side_input=True,
-        periodic_impulse=False,
-        triggered_side_inputs=True,
-        trigger_read_once_side_input=True,
-        timer_output_holds_watermark=False,
-        sets_parallelism=False,
-        test_stream_one_output=False,
-        test_stream_processing_time=True,
-        test_stream_round_robin=False,
-        waits_with_deadline=False,
-    ),
-    "prism": RunnerProfile(
-        "PrismRunner",
-        native_pubsub=False,
-        native_timestamp_attribute=False,
-        stamped_watermark=True,
-        reader_key_groups=False,
-        pause_outlasts_bundle_check=False,
-        metadata_side_input=False,
-        periodic_impulse=False,
-        triggered_side_inputs=False,
-        trigger_read_once_side_input=False,
-        timer_output_holds_watermark=True,
-        sets_parallelism=False,
-        test_stream_one_output=False,
-        test_stream_processing_time=True,
-        test_stream_round_robin=False,
-        waits_with_deadline=True,
-    ),
-    "flink": RunnerProfile(
-        "FlinkRunner",
-        native_pubsub=False,
-        native_timestamp_attribute=False,
-        stamped_watermark=False,
-        reader_key_groups=True,
-        pause_outlasts_bundle_check=True,
-        metadata_side_input=False,
-        periodic_impulse=True,
-        triggered_side_inputs=True,
-        trigger_read_once_side_input=False,
-        timer_output_holds_watermark=True,
-        sets_parallelism=True,
-        test_stream_one_output=True,
-        test_stream_processing_time=False,
-        test_stream_round_robin=True,
-        waits_with_deadline=True,
-    ),
-    "dataflow": RunnerProfile(
-        "DataflowRunner",
-        native_pubsub=True,
-        native_timestamp_attribute=True,
-        stamped_watermark=False,
-        reader_key_groups=False,
-        pause_outlasts_bundle_check=False,
-        metadata_side_input=True,
-        periodic_impulse=True,
-        triggered_side_inputs=True,
-        trigger_read_once_side_input=False,
-        timer_output_holds_watermark=True,
-        sets_parallelism=False,
-        test_stream_one_output=False,
-        test_stream_processing_time=True,
-        test_stream_round_robin=False,
-        waits_with_deadline=True,
-    ),
+# The capability matrix: one row per ``RunnerProfile`` field, one column per runner, the last
+# any other (portable) runner: the portable source with one reader, metadata read by each
+# worker. docs/runners.md's "Capabilities" table states the same (tests/test_runner_home.py).
+_COLUMNS = {
+    "local": "BundleBasedDirectRunner",
+    "prism": "PrismRunner",
+    "flink": "FlinkRunner",
+    "dataflow": "DataflowRunner",
+    "": "",
 }
-# any other (portable) runner: the portable source with one reader, metadata read by each worker
-PORTABLE = RunnerProfile(
-    "",
-    native_pubsub=False,
-    native_timestamp_attribute=False,
-    stamped_watermark=True,
-    reader_key_groups=False,
-    pause_outlasts_bundle_check=False,
-    metadata_side_input=False,
-    periodic_impulse=True,
-    triggered_side_inputs=True,
-    trigger_read_once_side_input=False,
-    timer_output_holds_watermark=True,
-    sets_parallelism=False,
-    test_stream_one_output=False,
-    test_stream_processing_time=True,
-    test_stream_round_robin=False,
-    waits_with_deadline=True,
+# fmt: off
+_CAPABILITIES = (
+    # capability                     local  prism  flink  dataflow  any other
+    ("native_pubsub",                 True,  False, False, True,     False),
+    ("native_timestamp_attribute",    False, False, False, True,     False),
+    ("stamped_watermark",             False, True,  False, False,    True),
+    ("reader_key_groups",             False, False, True,  False,    False),
+    ("pause_outlasts_bundle_check",   False, False, True,  False,    False),
+    ("metadata_side_input",           True,  False, False, True,     False),
+    ("periodic_impulse",              False, False, True,  True,     True),
+    ("triggered_side_inputs",         True,  False, True,  True,     True),
+    ("trigger_read_once_side_input",  True,  False, False, False,    False),
+    ("timer_output_holds_watermark",  False, True,  True,  True,     True),
+    ("sets_parallelism",              False, False, True,  False,    False),
+    ("test_stream_one_output",        False, False, True,  False,    False),
+    ("test_stream_processing_time",   True,  True,  False, True,     True),
+    ("test_stream_round_robin",       False, False, True,  False,    False),
+    ("waits_with_deadline",           False, True,  True,  True,     True),
 )
+# fmt: on
+
+
+def _column(i: int, beam_runner: str) -> RunnerProfile:
+    """Column ``i`` of the matrix as a profile (a missing or unknown capability: TypeError)."""
+    return RunnerProfile(beam_runner, **{row[0]: row[1 + i] for row in _CAPABILITIES})
+
+
+PROFILES: dict[str, RunnerProfile] = {
+    runner: _column(i, beam_runner) for i, (runner, beam_runner) in enumerate(_COLUMNS.items()) if runner
+}
+PORTABLE = _column(len(_COLUMNS) - 1, "")
 
 
 def profile(runner: str) -> RunnerProfile:
