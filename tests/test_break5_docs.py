@@ -9,6 +9,13 @@ reason given another common way is neither read nor refused:
   ``replace`` is no product definition with a ``reason`` parameter);
 * ``DeadLetter(*fields)`` (a starred argument binds no parameter).
 
+and of its metric check ("every metric the product code makes with one of Beam's ``Metrics``
+kinds ... or the project's wrappers of them"): calls are read by the callee's name, so a
+metric made through another name is not read:
+
+* ``from transforms.metrics import counter as count_of; count_of("...")`` (an aliased import);
+* ``make = Metrics.counter; make(NAMESPACE, "...")`` (a bound method kept in a name).
+
 Each is added to a copy of the product packages in a temporary folder, ``test_docs``' reader
 pointed at the copy, and the reason it gives must be found (then refused as no code), or the
 reader must say it cannot tell it.
@@ -47,6 +54,27 @@ def break5(payload: bytes) -> DeadLetter:
 }
 
 
+METRIC_MADE_BY = {
+    "aliased import": '''
+
+from transforms.metrics import counter as count_of
+
+
+def break5():
+    return count_of("{name}")
+''',
+    "bound alias": '''
+
+from apache_beam.metrics import Metrics
+
+
+def break5():
+    make = Metrics.counter
+    return make("viewcounts", "{name}")
+''',
+}
+
+
 def _clear():
     for name in CACHED:
         getattr(test_docs, name).cache_clear()
@@ -54,15 +82,16 @@ def _clear():
 
 @pytest.fixture
 def product_copy(tmp_path_factory, monkeypatch):
-    """A function that copies the product packages, adds ``code`` to ``schemas/archive.py``'s
-    copy (inside ``DeadLetter`` when indented) and points ``test_docs``' reader at the copy."""
+    """A function that copies the product packages, adds ``code`` to the copy of ``module``
+    (default ``schemas/archive.py``; inside ``DeadLetter`` when indented) and points
+    ``test_docs``' reader at the copy."""
     made = []
 
-    def make(code: str):
+    def make(code: str, module: str = "schemas/archive.py"):
         root = tmp_path_factory.mktemp("product")
         for package in test_docs.PRODUCT_PACKAGES:
             shutil.copytree(test_docs.ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
-        archive = root / "schemas" / "archive.py"
+        archive = root / module
         text = archive.read_text()
         if code.startswith("\n    "):  # a method: right after the class's fields
             anchor = "    processing_time_us: int\n"
@@ -118,3 +147,35 @@ def test_a_reason_given_another_way_is_read(product_copy, way, reason):
     product_copy(GIVEN_BY[way].format(reason=reason))
     found = _reasons_or_unresolved()
     assert reason in found or any(r.startswith("unresolved") for r in found), sorted(found)
+
+
+def _metrics_or_unresolved() -> set[str]:
+    try:
+        return set(test_docs.metrics_in_code())
+    except pytest.fail.Exception as exc:
+        return {f"unresolved: {exc}"}
+
+
+def test_the_copy_reads_a_metric_made_the_usual_way(product_copy):
+    product_copy('\n\ndef break5():\n    return metrics.counter("no_such_metric")\n', "transforms/validate.py")
+    assert {"no_such_metric", "events_in"} <= _metrics_or_unresolved()
+
+
+@pytest.mark.parametrize(
+    "way",
+    [
+        pytest.param(way, marks=pytest.mark.xfail(strict=True, reason=f"a metric made by {way} is not read"))
+        for way in METRIC_MADE_BY
+    ],
+)
+@settings(
+    max_examples=3,
+    deadline=None,
+    phases=[Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(name=st.from_regex(r"[a-z]{3,12}_[a-z]{3,12}", fullmatch=True))
+def test_a_metric_made_another_way_is_read(product_copy, way, name):
+    product_copy(METRIC_MADE_BY[way].format(name=name), "transforms/validate.py")
+    found = _metrics_or_unresolved()
+    assert name in found or any(m.startswith("unresolved") for m in found), sorted(found)
