@@ -37,19 +37,19 @@ GIVEN_BY = {
     "alternate constructor": '''
     @classmethod
     def break5(cls, payload: bytes) -> "DeadLetter":
-        return cls(payload, "{reason}", "made by break5", 0)
+        return cls(payload, "{name}", "made by break5", 0)
 ''',
     "dataclasses.replace": '''
 
 def break5(letter: DeadLetter) -> DeadLetter:
     import dataclasses
 
-    return dataclasses.replace(letter, reason="{reason}")
+    return dataclasses.replace(letter, reason="{name}")
 ''',
     "starred arguments": '''
 
 def break5(payload: bytes) -> DeadLetter:
-    return DeadLetter(*(payload, "{reason}", "made by break5", 0))
+    return DeadLetter(*(payload, "{name}", "made by break5", 0))
 ''',
 }
 
@@ -110,62 +110,41 @@ def product_copy(tmp_path_factory, monkeypatch):
     _clear()
 
 
-def _reasons_or_unresolved() -> set[str]:
+# what the check reads, and where the added code goes
+READS = {
+    "reason": (lambda: test_docs.codes_in_code(), "schemas/archive.py"),
+    "metric": (lambda: test_docs.metrics_in_code(), "transforms/validate.py"),
+}
+ADDED = {("reason", way): code for way, code in GIVEN_BY.items()} | {
+    ("metric", way): code for way, code in METRIC_MADE_BY.items()
+}
+
+
+def _read_or_unresolved(kind: str) -> set[str]:
+    """What the check reads of ``kind`` in the copy, or ``{"unresolved: ..."}`` when it says it
+    cannot tell one (then it refuses the code: the check holds)."""
     try:
-        return set(test_docs.codes_in_code())
-    except pytest.fail.Exception as exc:  # the reader says it cannot tell a reason: the check holds
-        return {f"unresolved: {exc}"}
-
-
-def test_the_copy_reads_as_the_product(product_copy):
-    """Unchanged but for a reason given through the parameter the reader follows, the copy's
-    reasons are read, the new one included."""
-    product_copy(
-        '\n\ndef break5(payload: bytes) -> DeadLetter:\n    return DeadLetter(payload, "no_such_code", "", 0)\n'
-    )
-    assert {"no_such_code", "too_large", "write_failed"} <= _reasons_or_unresolved()
-
-
-@pytest.mark.parametrize(
-    "way",
-    [
-        pytest.param(
-            way,
-            marks=pytest.mark.xfail(strict=True, reason=f"a reason given by {way} is neither read nor refused"),
-        )
-        for way in GIVEN_BY
-    ],
-)
-@settings(
-    max_examples=3,
-    deadline=None,
-    phases=[Phase.generate],
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-@given(reason=st.from_regex(r"[a-z]{3,12}_[a-z]{3,12}", fullmatch=True))
-def test_a_reason_given_another_way_is_read(product_copy, way, reason):
-    product_copy(GIVEN_BY[way].format(reason=reason))
-    found = _reasons_or_unresolved()
-    assert reason in found or any(r.startswith("unresolved") for r in found), sorted(found)
-
-
-def _metrics_or_unresolved() -> set[str]:
-    try:
-        return set(test_docs.metrics_in_code())
+        return set(READS[kind][0]())
     except pytest.fail.Exception as exc:
         return {f"unresolved: {exc}"}
 
 
-def test_the_copy_reads_a_metric_made_the_usual_way(product_copy):
-    product_copy('\n\ndef break5():\n    return metrics.counter("no_such_metric")\n', "transforms/validate.py")
-    assert {"no_such_metric", "events_in"} <= _metrics_or_unresolved()
+def test_the_copy_reads_as_the_product(product_copy):
+    """Unchanged but for a reason and a metric given the ways the reader follows, the copy's
+    reasons and metrics are read, the new ones included."""
+    product_copy(
+        '\n\ndef break5(payload: bytes) -> DeadLetter:\n    return DeadLetter(payload, "no_such_code", "", 0)\n'
+    )
+    assert {"no_such_code", "too_large", "write_failed"} <= _read_or_unresolved("reason")
+    product_copy('\n\ndef break5():\n    return metrics.counter("no_such_metric")\n', READS["metric"][1])
+    assert {"no_such_metric", "events_in"} <= _read_or_unresolved("metric")
 
 
 @pytest.mark.parametrize(
-    "way",
+    "kind, way",
     [
-        pytest.param(way, marks=pytest.mark.xfail(strict=True, reason=f"a metric made by {way} is not read"))
-        for way in METRIC_MADE_BY
+        pytest.param(kind, way, marks=pytest.mark.xfail(strict=True, reason=f"a {kind} given by {way} is not read"))
+        for kind, way in ADDED
     ],
 )
 @settings(
@@ -175,7 +154,7 @@ def test_the_copy_reads_a_metric_made_the_usual_way(product_copy):
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(name=st.from_regex(r"[a-z]{3,12}_[a-z]{3,12}", fullmatch=True))
-def test_a_metric_made_another_way_is_read(product_copy, way, name):
-    product_copy(METRIC_MADE_BY[way].format(name=name), "transforms/validate.py")
-    found = _metrics_or_unresolved()
-    assert name in found or any(m.startswith("unresolved") for m in found), sorted(found)
+def test_a_reason_or_metric_given_another_way_is_read(product_copy, kind, way, name):
+    product_copy(ADDED[kind, way].format(name=name), READS[kind][1])
+    found = _read_or_unresolved(kind)
+    assert name in found or any(r.startswith("unresolved") for r in found), sorted(found)
