@@ -125,13 +125,16 @@ LOCAL_SHARDS = 4  # measured by viewcounts bench: 16 keys cost the local runner 
 DISTRIBUTED_SHARDS = 16
 
 
-def policy_of(o: CountingOptions, check_age: bool = True, local: bool = False) -> AcceptancePolicy:
+def policy_of(o: CountingOptions, check_age: bool = True, one_worker_thread: bool = False) -> AcceptancePolicy:
+    """The job's acceptance policy from its flags; ``--dedup_shards`` defaults to ``LOCAL_SHARDS``
+    on a runner with ``one_worker_thread`` (``pipelines.runners.RunnerProfile``), else
+    ``DISTRIBUTED_SHARDS``."""
     return AcceptancePolicy(
         o.allowed_lateness_s,
         o.max_future_skew_s,
         o.max_event_age_s,
         check_age,
-        o.dedup_shards or (LOCAL_SHARDS if local else DISTRIBUTED_SHARDS),
+        o.dedup_shards or (LOCAL_SHARDS if one_worker_thread else DISTRIBUTED_SHARDS),
     )
 
 

@@ -393,6 +393,11 @@ class RunnerProfile:
       deals its elements to the next stage's subtasks round robin, out of their order.
     * ``waits_with_deadline``: a job's result waits for its end within a deadline
       (``wait_until_finish(duration=...)``).
+    * ``one_worker_thread``: the job runs in one worker thread, where every key of a stateful
+      stage costs a bundle (default shards ``pipelines.options.LOCAL_SHARDS``, else
+      ``DISTRIBUTED_SHARDS``).
+    * ``wall_clock_watermark``: the source's watermark is the wall clock, whatever the events'
+      times (the native source on the local runner): a replay of old event times is all late.
 
     The last five are what the scenario runner (``viewcounts.commands.scenario``) reads.
     """
@@ -413,6 +418,8 @@ class RunnerProfile:
     test_stream_processing_time: bool
     test_stream_round_robin: bool
     waits_with_deadline: bool
+    one_worker_thread: bool
+    wall_clock_watermark: bool
 
 
 # The capability matrix: one row per ``RunnerProfile`` field, one column per runner, the last
@@ -443,6 +450,8 @@ _CAPABILITIES = (
     ("test_stream_processing_time",   True,  True,  False, True,     True),
     ("test_stream_round_robin",       False, False, True,  False,    False),
     ("waits_with_deadline",           False, True,  True,  True,     True),
+    ("one_worker_thread",             True,  False, False, False,    False),
+    ("wall_clock_watermark",          True,  False, False, False,    False),
 )
 # fmt: on
 

@@ -110,7 +110,7 @@ def build_pipeline(argv: list[str] | None = None) -> beam.Pipeline:
     count_and_store(
         read_events(pipeline, runner, o),
         enrichment(pipeline, runner, o),
-        policy_of(o, check_age=o.check_event_age, local=runner == "local"),
+        policy_of(o, check_age=o.check_event_age, one_worker_thread=runners.profile(runner).one_worker_thread),
         o.early_firing_s,
         sinks,
         stamped_watermark=runners.profile(runner).stamped_watermark,

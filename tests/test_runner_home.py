@@ -1,10 +1,12 @@
 """One home for runner differences (docs/runners.md): ``transforms/`` names no runner, every
 runner's ``RunnerProfile`` is complete and matches the table in docs/runners.md, every
 upstream issue a transform cites is told there, and the runner-neutral parameters the
-builder sets behave as their docstrings say."""
+builder sets behave as their docstrings say; outside ``pipelines/runners.py`` no code decides a
+runner difference by the runner's name."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from pathlib import Path
@@ -50,7 +52,7 @@ def test_every_runner_has_a_complete_profile():
 
 
 def _doc_table() -> dict[str, dict[str, bool]]:
-    """docs/runners.md's capability table: ``{field: {runner: bool}}``."""
+    """docs/runners.md's capability table: ``{field: {runner: bool}}``, any other runner as ``""``."""
     lines = DOC.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| field |"))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
@@ -60,7 +62,8 @@ def _doc_table() -> dict[str, dict[str, bool]]:
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
         table[cells[0].strip("`")] = {
-            runner: {"yes": True, "no": False}[cells[header.index(runner)]] for runner in runners.RUNNERS
+            runner: {"yes": True, "no": False}[cells[header.index(column)]]
+            for runner, column in [*((r, r) for r in runners.RUNNERS), ("", "any other")]
         }
     return table
 
@@ -70,7 +73,7 @@ def test_the_documented_table_is_the_code():
     table = _doc_table()
     assert sorted(table) == sorted(booleans)
     for field, per_runner in table.items():
-        assert per_runner == {r: getattr(runners.PROFILES[r], field) for r in runners.RUNNERS}, field
+        assert per_runner == {r: getattr(runners.profile(r), field) for r in [*runners.RUNNERS, ""]}, field
 
 
 def test_every_upstream_issue_cited_in_transforms_is_documented():
@@ -125,3 +128,43 @@ def test_readers_fall_in_their_share_of_any_key_grouping(readers, key_groups, se
     for i, e in enumerate(elements):
         assert -(-i * key_groups // readers) <= group(e) < -(-(i + 1) * key_groups // readers)
     assert [e.rsplit("-", 1)[1] for e in reader_elements(sub, readers)] == ["0"] * readers
+
+
+SCANNED = ("pipelines", "viewcounts/commands")
+
+
+def _runner_name_tests() -> list[str]:
+    found = []
+    for folder in SCANNED:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.relative_to(ROOT).as_posix() == "pipelines/runners.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.Compare):
+                    continue
+                sides = [node.left, *node.comparators]
+                names = [ast.unparse(s) for s in sides if isinstance(s, (ast.Name, ast.Attribute))]
+                literals = {
+                    c.value
+                    for s in sides
+                    for c in ast.walk(s)
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                }
+                if any("runner" in n for n in names) and literals & set(runners.RUNNERS):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_scan_finds_a_runner_name_test(tmp_path, monkeypatch):
+    """The reader finds ``runner == "flink"`` in a module of a scanned folder."""
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "x.py").write_text('def f(runner):\n    return 2 if runner == "flink" else 1\n')
+    monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
+    assert _runner_name_tests() == ["pipelines/x.py:2: runner == 'flink'"]
+
+
+def test_no_runner_difference_is_decided_by_name_outside_pipelines_runners():
+    """Outside ``pipelines/runners.py``, ``pipelines/`` and ``viewcounts/commands/`` ask a runner's
+    profile, never compare its name with a runner's."""
+    assert _runner_name_tests() == []

@@ -26,7 +26,7 @@ import time
 import orjson
 
 from pipelines.options import DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_SUBSCRIPTION, DEFAULT_TOPIC
-from pipelines.runners import runner_flags
+from pipelines.runners import profile, runner_flags
 from schemas import storage
 from schemas.archive import local_lines
 from schemas.event import US_PER_S, format_time_us
@@ -217,8 +217,8 @@ def demo_main(args) -> int:
     from viewcounts.commands.reconcile import expected_aggregates, reconcile, stored_aggregates
     from viewcounts.samples.flights import airport_metadata
 
-    if args.time_mode == "real" and args.runner == "local":
-        raise SystemExit("--time-mode real needs another runner than local (its watermark is the wall clock)")
+    if args.time_mode == "real" and profile(args.runner).wall_clock_watermark:
+        raise SystemExit(f"--time-mode real needs another runner than {args.runner} (its watermark is the wall clock)")
     console = Console()
     archive = os.path.abspath(os.path.join(args.out, "archive"))
     shutil.rmtree(archive, ignore_errors=True)
