@@ -83,7 +83,7 @@ from query.top import parse_top
 from query.windows import COUNT, MAX, MIN, OPENED_MS, SUM, VALUE_COUNT, bucket_columns
 from schemas import storage
 from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S
-from schemas.closed_windows import CLOSE_MARGIN_S
+from schemas.closed_windows import CLOSE_MARGIN_S, closes_at_s
 
 _LOG = logging.getLogger(__name__)
 MAX_SERIES = 20
@@ -191,7 +191,6 @@ def series_json(answer: Answer, tz: str | None, allowed_lateness_s: int, final_m
     """One series of the ``/v1/stats`` answer (module docstring) from a reader's ``Answer``."""
     q, w = answer.query, answer.windows
     cols = bucket_columns(w, q.bucket_size)
-    closes = allowed_lateness_s + final_margin_s
     with_data = np.flatnonzero(w.ints[COUNT])
     newest = int(with_data[-1]) if with_data.size else None
     series = {
@@ -199,7 +198,7 @@ def series_json(answer: Answer, tz: str | None, allowed_lateness_s: int, final_m
         "event_type": q.event_type,
         "value": value_of(cols.combined, q.function),
         "combined": aggregate_json(cols.combined),
-        "final": q.end_s + closes <= answer.now_s,
+        "final": closes_at_s(q.start_s, q.end_s - q.start_s, allowed_lateness_s, final_margin_s) <= answer.now_s,
         "read_at": _instant(answer.read_at),
         "newest_window": None if newest is None else _instant(w.first_s + newest * w.size),
         "newest_window_opened_at": None if newest is None else _instant(w.ints[OPENED_MS, newest] / 1000),
@@ -218,7 +217,7 @@ def series_json(answer: Answer, tz: str | None, allowed_lateness_s: int, final_m
             "avg": avg,
             "min": cols.floats[MIN],
             "max": cols.floats[MAX],
-            "final": starts + cols.bucket_size + closes <= answer.now_s,
+            "final": closes_at_s(starts, cols.bucket_size, allowed_lateness_s, final_margin_s) <= answer.now_s,
         }
     return series
 

@@ -30,7 +30,8 @@ CLOSE_MARGIN_S = 300
 
 
 def closes_at_s(window_start_s: int, window_s: int, allowed_lateness_s: int, margin_s: int = CLOSE_MARGIN_S) -> int:
-    """When the window of ``window_s`` seconds starting at ``window_start_s`` closes (epoch s)."""
+    """When the window of ``window_s`` seconds starting at ``window_start_s`` closes (epoch s);
+    also elementwise over numpy arrays of starts."""
     return window_start_s + window_s + allowed_lateness_s + margin_s
 
 

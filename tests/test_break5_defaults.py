@@ -95,20 +95,10 @@ def test_the_scans_see_the_homes():
     assert any(s.startswith("schemas/closed_windows.py:") for s in close_rule_sums())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="viewcounts/bench/windowing.py (--allowed-lateness-s default=600) and "
-    "viewcounts/bench/dedup_memory.py (allowed_lateness_s=600) write the lateness default again",
-)
 def test_acceptance_knobs_have_no_literal_outside_their_home():
     elsewhere = [f"{p}:{line}: {name} = {v}" for p, line, name, v in knob_literals() if p != "schemas/acceptance.py"]
     assert elsewhere == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="query/service.py series_json sums allowed_lateness_s + final_margin_s and applies the "
-    "close rule itself instead of schemas.closed_windows.closes_at_s",
-)
 def test_the_close_rule_is_summed_only_in_its_home():
     assert [s for s in close_rule_sums() if not s.startswith("schemas/closed_windows.py:")] == []

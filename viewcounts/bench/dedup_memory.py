@@ -19,6 +19,7 @@ import tracemalloc
 
 from apache_beam.utils.timestamp import Timestamp
 
+from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S
 from schemas.event import parse_payload
 from transforms import dedup
 from transforms.validate import shard_of
@@ -58,7 +59,7 @@ class _Bag:
 
 
 def measure(messages_path, shards: int = 16) -> dict:
-    fn = dedup.DedupAndJudgeLateness(allowed_lateness_s=600, stamped_watermark=False)
+    fn = dedup.DedupAndJudgeLateness(allowed_lateness_s=DEFAULT_ALLOWED_LATENESS_S, stamped_watermark=False)
     fn.setup()
     state = {s: (_Bag(), _Cell(), _Cell(), _Cell(), _Cell()) for s in range(shards)}
     with open(messages_path, "rb") as f:

@@ -59,6 +59,7 @@ from pathlib import Path
 import apache_beam as beam
 import orjson
 
+from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S
 from schemas.storage import EMPTY, GRANULARITY_SECONDS, Aggregate, merge
 from transforms.aggregate import (
     DAY_COUNTS,
@@ -351,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runner", choices=RUNNERS, required=True)
     ap.add_argument("--variant", choices=VARIANTS, required=True)
     ap.add_argument("--parallelism", type=int, default=2, help="Flink's")
-    ap.add_argument("--allowed-lateness-s", type=int, default=600)
+    ap.add_argument("--allowed-lateness-s", type=int, default=DEFAULT_ALLOWED_LATENESS_S)
     ap.add_argument("--early-firing-s", type=int, default=30)
     args = ap.parse_args(argv)
     res = run(
