@@ -1,23 +1,13 @@
-"""Breaks of "one home" for the acceptance knobs and the close rule.
-
-* ``schemas.acceptance`` is the one home of the acceptance defaults (600 s lateness, 300 s future
-  skew, 7 days age): still, ``viewcounts/bench/windowing.py`` declares ``--allowed-lateness-s``
-  with ``default=600`` and ``viewcounts/bench/dedup_memory.py`` builds the dedup with
-  ``allowed_lateness_s=600``, so a change of the default leaves the benchmarks measuring the old one.
-* ``schemas.closed_windows`` is the one close rule (``closes_at_s``: window end + lateness +
-  margin <= now): ``query/service.py``'s ``series_json`` sums ``allowed_lateness_s +
-  final_margin_s`` and compares bucket ends with it itself.
-
-Both read from the syntax tree of every product module, so any literal or sum is found, not one line.
-"""
+"""One home for the acceptance defaults (``schemas.acceptance``) and the close rule
+(``schemas.closed_windows.closes_at_s``): no other product module binds a number under an
+acceptance knob's name (a flag default, a keyword, an assignment, a parameter default), and no
+other sums a lateness and a margin. Read from the syntax tree of every product module."""
 
 from __future__ import annotations
 
 import ast
 import re
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import REPO
 
