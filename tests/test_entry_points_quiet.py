@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN_BY = ("*.md", "docs/*.md", "infra/**/*.md", "infra/**/*.yaml", "infra/**/Dockerfile", "Makefile")
 
@@ -67,3 +69,13 @@ def test_script_is_quiet(script):
         _quiet([sys.executable, "-c", probe], ROOT)
     else:
         _quiet([sys.executable, str(path), "--help"], ROOT)
+
+
+def test_the_update_check_is_quiet():
+    """``infra/dataflow/step_names.py check`` (run before every update) builds the job's graph and
+    prints its verdict only: no Beam lint on stderr."""
+    r = subprocess.run(
+        [sys.executable, "infra/dataflow/step_names.py", "check"], capture_output=True, text=True, timeout=180, cwd=REPO
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stderr == "", r.stderr[:1500]

@@ -249,8 +249,14 @@ class DedupAndJudgeLateness(beam.DoFn):
             view_us = self._view_us(view)
             if timestamp.micros - view_us > SEARCH_GAP_S * US_PER_S:  # the searches are read only then
                 self._maybe_search(timestamp.micros, view_us, base, searches, rung)
-        if not chunk:
-            return
+        if chunk:
+            yield from self._judge(key, arrival_us, chunk, view_us, ids, version, expiry)
+
+    def _judge(self, key, arrival_us: int, chunk: list, view_us: int, ids, version, expiry):
+        """Judge a non-empty chunk of one key's events against the watermark view ``view_us``:
+        yields a ``too_late`` dead letter per event behind it, drops ids the key remembers, and
+        yields the accepted ones as ``(arrival_us, events)`` per event minute (timestamped at the
+        minute), remembering their ids and setting the expiry timer."""
         boundary_us = view_us - self._lateness_s * US_PER_S
         on_time = []
         for ev in chunk:
