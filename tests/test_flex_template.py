@@ -191,7 +191,7 @@ def test_every_step_and_state_cell_of_the_running_job_is_in_the_job_mapped_or_mi
         mapping = json.load(f)
     with open(names.STATE_MIGRATIONS) as f:
         migrations = json.load(f)
-    assert recorded and all(kind in ("stateful", "stateless") or kind["state"] for kind in recorded.values())
+    assert recorded and all(kind == "stateless" or kind["key"] for kind in recorded.values())
     current = names.steps(names.deployed_job())
     lost = names.lost_steps(recorded, set(current), mapping)
     assert not lost, names.report(lost, set(current))

@@ -4,22 +4,24 @@ Dataflow replaces a running streaming job (``update``) only when every step of t
 job has a step of the same full name in the new one, or is renamed by the update's
 ``transformNameMapping`` (``{old name prefix: new name prefix}``; a prefix maps the steps
 under it too, and ``""`` drops a step). A step that holds state (a stateful ``ParDo`` or a
-``GroupByKey``) keeps it only through its name, and a stateful ``ParDo`` keeps each state
-cell and timer only through its id and coder as well (Dataflow's update and a Flink
-savepoint restore both look state up by step and id): a renamed id reads empty in the new
-job, and a changed coder misreads or is refused.
+``GroupByKey``) keeps it only through its name and the coder of its key (state is kept per
+encoded key), and a stateful ``ParDo`` keeps each state cell and timer only through its id
+and coder as well (Dataflow's update and a Flink savepoint restore both look state up by
+step, key and id): a renamed id reads empty in the new job, and a changed coder misreads or
+is refused.
 
 Three files beside this one hold what the running job has:
 
-* ``step-names.json``: ``{full step name: "stateless" | "stateful" | cells}``, the leaf
-  transforms of the job's Beam graph (``Pipeline.to_runner_api()``) as the README launches it
-  (``deployed_job``), built here offline: no runner runs, nothing is submitted. ``"stateful"``
-  is a ``GroupByKey``; a stateful ``ParDo`` has its ``cells``, ``{"state": {id: spec},
-  "timers": {id: time domain}}`` (``cells`` below);
+* ``step-names.json``: ``{full step name: "stateless" | cells}``, the leaf transforms of the
+  job's Beam graph (``Pipeline.to_runner_api()``) as the README launches it
+  (``deployed_job``), built here offline: no runner runs, nothing is submitted. A step that
+  keeps state has its ``cells``: ``{"key": key coder}`` for a ``GroupByKey``, plus
+  ``"state": {id: spec}, "timers": {id: time domain}`` for a stateful ``ParDo`` (``cells``
+  below);
 * ``transform-name-mapping.json``: the renames since then, ``{}`` when there are none;
 * ``state-migrations.json``: ``{step name: {"state" | "timers": {id: what the new job does
-  without it}}}``, the recorded state and timer ids the new job drops or changes on purpose,
-  ``{}`` when there are none.
+  without it}, "key": what the new job does without the old keys' state}}``, the recorded
+  state the new job drops or changes on purpose, ``{}`` when there are none.
 
 Run from the repository root::
 
@@ -41,6 +43,7 @@ from pathlib import Path
 
 from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
+from google.protobuf import wrappers_pb2
 
 from pipelines.runners import runner_flags
 from pipelines.streaming import build_pipeline
@@ -79,12 +82,12 @@ def deployed_job() -> beam_runner_api_pb2.Pipeline:
 
 def _coder(components: beam_runner_api_pb2.Components, coder_id: str) -> str:
     """A coder as its URN's name and its components', e.g. ``kv(varint, bytes)``; a pickled
-    Python coder by its class name (the payload opens with it, before ``$``). Stable across
-    builds, unlike the graph's coder ids."""
+    Python coder by its class name (the payload is a ``BytesValue`` of ``ClassName$pickle``).
+    Stable across builds, unlike the graph's coder ids."""
     spec = components.coders[coder_id].spec
     name = spec.urn.removeprefix("beam:coder:").removesuffix(":v1")
     if spec.urn == python_urns.PICKLED_CODER:
-        name = spec.payload.split(b"$", 1)[0].decode()
+        name = wrappers_pb2.BytesValue.FromString(spec.payload).value.split(b"$", 1)[0].decode("utf-8", "replace")
     parts = [_coder(components, c) for c in components.coders[coder_id].component_coder_ids]
     return f"{name}({', '.join(parts)})" if parts else name
 
@@ -97,18 +100,25 @@ def _state_spec(components: beam_runner_api_pb2.Components, spec: beam_runner_ap
     return f"{kind.removesuffix('_spec')} of {' to '.join(coders)}"
 
 
-def cells(
-    components: beam_runner_api_pb2.Components, transform: beam_runner_api_pb2.PTransform
-) -> dict[str, dict[str, str]] | None:
-    """A stateful ``ParDo``'s state and timers, ``{"state": {id: spec}, "timers": {id: time
-    domain}}`` (ids as the graph has them: Python names a timer ``ts-<name>``); None for any
-    other transform or a ``ParDo`` without either."""
+def _key_coder(components: beam_runner_api_pb2.Components, transform: beam_runner_api_pb2.PTransform, side=()) -> str:
+    """The coder of the keys of ``transform``'s main input (a ``KV``; ``side``: its side inputs' tags)."""
+    (main,) = [pc for tag, pc in transform.inputs.items() if tag not in side]
+    return _coder(components, components.coders[components.pcollections[main].coder_id].component_coder_ids[0])
+
+
+def cells(components: beam_runner_api_pb2.Components, transform: beam_runner_api_pb2.PTransform) -> dict | None:
+    """The state a step keeps: ``{"key": key coder}`` for a ``GroupByKey``; ``{"key": key
+    coder, "state": {id: spec}, "timers": {id: time domain}}`` for a stateful ``ParDo`` (ids as
+    the graph has them: Python names a timer ``ts-<name>``); None for any other step."""
+    if transform.spec.urn == common_urns.primitives.GROUP_BY_KEY.urn:
+        return {"key": _key_coder(components, transform)}
     if transform.spec.urn != common_urns.primitives.PAR_DO.urn:
         return None
     payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
     if not (payload.state_specs or payload.timer_family_specs):
         return None
     return {
+        "key": _key_coder(components, transform, payload.side_inputs),
         "state": {i: _state_spec(components, payload.state_specs[i]) for i in sorted(payload.state_specs)},
         "timers": {
             i: beam_runner_api_pb2.TimeDomain.Enum.Name(payload.timer_family_specs[i].time_domain).lower()
@@ -117,21 +127,14 @@ def cells(
     }
 
 
-def _record(components: beam_runner_api_pb2.Components, transform: beam_runner_api_pb2.PTransform):
-    found = cells(components, transform)
-    if found is not None:
-        return found
-    return "stateful" if transform.spec.urn == common_urns.primitives.GROUP_BY_KEY.urn else "stateless"
-
-
-def steps(pipeline: beam_runner_api_pb2.Pipeline) -> dict[str, str | dict[str, dict[str, str]]]:
-    """``{full name: "stateless" | "stateful" | cells}`` of the graph's leaf transforms (the
-    steps; the graph's root, which has no name of its own, left out), sorted by name:
-    ``"stateful"`` for a ``GroupByKey``, ``cells`` (see there) for a stateful ``ParDo``."""
+def steps(pipeline: beam_runner_api_pb2.Pipeline) -> dict[str, str | dict]:
+    """``{full name: "stateless" | cells}`` of the graph's leaf transforms (the steps; the
+    graph's root, which has no name of its own, left out), sorted by name: ``cells`` (see
+    there) for a ``GroupByKey`` or a stateful ``ParDo``."""
     root = set(pipeline.root_transform_ids)
     components = pipeline.components
     leaves = [t for tid, t in components.transforms.items() if not t.subtransforms and tid not in root]
-    return {t.unique_name: _record(components, t) for t in sorted(leaves, key=lambda t: t.unique_name)}
+    return {t.unique_name: cells(components, t) or "stateless" for t in sorted(leaves, key=lambda t: t.unique_name)}
 
 
 def renamed(name: str, mapping: dict[str, str]) -> str | None:
@@ -162,10 +165,11 @@ def lost_steps(recorded: dict, current: set[str], mapping: dict[str, str]) -> di
 
 
 def changed_state(recorded: dict, current: dict, mapping: dict[str, str], migrations: dict) -> dict[str, str]:
-    """The recorded state cells and timers an update from ``recorded`` to ``current`` (both as
-    ``steps`` gives them) would lose, ``{"step: state|timers 'id'": why}``: of every recorded
-    stateful ``ParDo`` the new job still has (by name, or mapped onto a step it has), each id
-    that step no longer has or has with another spec, unless ``migrations`` (as in
+    """The recorded state an update from ``recorded`` to ``current`` (both as ``steps`` gives
+    them) would lose, ``{"step: key" | "step: state|timers 'id'": why}``: of every recorded
+    stateful step the new job still has (by name, or mapped onto a step it has), a key coder
+    that changed (or a step that keeps no state any more), and each state or timer id that
+    step no longer has or has with another spec, unless ``migrations`` (as in
     ``state-migrations.json``) says under the recorded name what the new job does without it.
     Ids the new job adds start empty and are not lost; a step lost or dropped as a whole is
     ``lost_steps``' to report."""
@@ -176,12 +180,16 @@ def changed_state(recorded: dict, current: dict, mapping: dict[str, str], migrat
         target = name if name in current else renamed(name, mapping)
         if not target or target not in current:
             continue
-        now = current[target] if isinstance(current[target], dict) else {"state": {}, "timers": {}}
-        for part, ids in record.items():
-            documented = migrations.get(name, {}).get(part, {})
-            for cell, spec in ids.items():
-                new = now[part].get(cell)
-                if new != spec and not documented.get(cell):
+        now = current[target] if isinstance(current[target], dict) else {}
+        documented = migrations.get(name, {})
+        if now.get("key") != record["key"] and not documented.get("key"):
+            changed[f"{name}: key"] = f"keyed by {record['key']}, now " + (
+                f"keyed by {now['key']}: the new job reads no old key's state" if now else "it keeps no state"
+            )
+        for part in ("state", "timers"):
+            for cell, spec in record.get(part, {}).items():
+                new = now.get(part, {}).get(cell)
+                if new != spec and not documented.get(part, {}).get(cell):
                     changed[f"{name}: {part} {cell!r}"] = f"{spec}, now " + (new or "gone: the new job reads it empty")
     return changed
 
