@@ -398,6 +398,8 @@ class RunnerProfile:
       ``DISTRIBUTED_SHARDS``).
     * ``wall_clock_watermark``: the source's watermark is the wall clock, whatever the events'
       times (the native source on the local runner): a replay of old event times is all late.
+    * ``metrics_in_result``: the job's Beam metrics come back through ``result.metrics()``
+      (portable runners here hand back none: read them from the runner instead, e.g. Flink's REST).
 
     The last five are what the scenario runner (``viewcounts.commands.scenario``) reads.
     """
@@ -420,6 +422,7 @@ class RunnerProfile:
     waits_with_deadline: bool
     one_worker_thread: bool
     wall_clock_watermark: bool
+    metrics_in_result: bool
 
 
 # The capability matrix: one row per ``RunnerProfile`` field, one column per runner, the last
@@ -452,6 +455,7 @@ _CAPABILITIES = (
     ("waits_with_deadline",           False, True,  True,  True,     True),
     ("one_worker_thread",             True,  False, False, False,    False),
     ("wall_clock_watermark",          True,  False, False, False,    False),
+    ("metrics_in_result",             True,  False, False, True,     False),
 )
 # fmt: on
 

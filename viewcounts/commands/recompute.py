@@ -341,16 +341,22 @@ def _interrupted(exc: BaseException) -> bool:
 def recompute_main(args) -> int:
     """Run ``run_recompute`` with a progress bar and print its outcome on stderr (what is left
     open or incomplete with what to do; ``--json``: the outcome as JSON). The job's own
-    warnings about the same days and hours are shown with ``-v`` only. Returns 0, 2 for a bad
+    warnings about the same days and hours are shown with ``-v`` only, or always on a runner
+    whose result carries no metrics (``RunnerProfile.metrics_in_result``: there the incomplete
+    days reach this command only as the job's warnings). Returns 0, 2 for a bad
     range, 3 for refused open hours, 130 when interrupted."""
     import logging
     import sys
 
+    from apache_beam.options.pipeline_options import PipelineOptions
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    if not args.verbose:
+    from pipelines import runners
+
+    runner = runners.runner_of(PipelineOptions(list(args.job_flags)))
+    if not args.verbose and runners.profile(runner).metrics_in_result:
         logging.getLogger("pipelines.batch_recompute").setLevel(logging.ERROR)
     console = Console(stderr=True)
     try:
