@@ -38,7 +38,7 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
 	$(BIN)/pip install --quiet -r requirements.lock -r requirements-dev.lock
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .  # built by the pinned setuptools
 	touch $(STAMP)
 
 # Prism from the Go module proxy at the pinned Beam version. The checksum database
