@@ -87,7 +87,6 @@ from transforms.top import TOP_LISTS_WRITTEN, TopFromRows
 
 _LOG = logging.getLogger(__name__)
 ROWS_FILE_PREFIX = "rows"
-UNREADABLE_HOURS = "unreadable_hours"  # string-set metric: the epoch seconds of each unreadable hour
 DAY_S = TOP_GRANULARITY_SECONDS["day"]
 
 
@@ -360,7 +359,7 @@ def _incomplete_day(day_s: int, archive_path: str, parquet_path: str | None, tab
             _times([day_s])[:10],
             _times(hours),
         )
-        unreadable = Metrics.string_set(metrics.NAMESPACE, UNREADABLE_HOURS)
+        unreadable = Metrics.string_set(metrics.NAMESPACE, metrics.UNREADABLE_HOURS)
         for h in hours:
             unreadable.add(str(h))
         yield day_s
@@ -372,7 +371,7 @@ def incomplete_days(result) -> dict[int, list[int]]:
     (``unreadable_hours``, the job's ``unreadable_hours`` metric)."""
     from apache_beam.metrics.metric import MetricsFilter
 
-    query = MetricsFilter().with_namespace(metrics.NAMESPACE).with_name(UNREADABLE_HOURS)
+    query = MetricsFilter().with_namespace(metrics.NAMESPACE).with_name(metrics.UNREADABLE_HOURS)
     hours = sorted({int(h) for s in result.metrics().query(query)["string_sets"] for h in s.committed})
     out: dict[int, list[int]] = {}
     for h in hours:

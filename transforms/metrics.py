@@ -32,6 +32,7 @@ PUBLISH_FAILURES = "publish_failures"  # Pub/Sub copies of dead letters given up
 MESSAGES_PULLED = "messages_pulled"
 MESSAGES_ACKED = "messages_acked"
 OLDEST_UNACKED_AGE_MS = "oldest_unacked_age_ms"
+UNREADABLE_HOURS = "unreadable_hours"  # string set (batch recompute): epoch seconds of each hour it could not read
 
 
 def committed_counters(result) -> dict[str, int]:
