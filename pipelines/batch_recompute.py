@@ -83,7 +83,7 @@ from transforms.batch_count import DEAD_LETTER, ROWS, CountArchive
 from transforms.bigtable_sink import row_to_json
 from transforms.dead_letters import WriteDeadLetters
 from transforms.files import WriteJsonlByHour
-from transforms.top import TOP_LISTS_WRITTEN, TopFromRows
+from transforms.top import TopFromRows
 
 _LOG = logging.getLogger(__name__)
 ROWS_FILE_PREFIX = "rows"
@@ -337,7 +337,7 @@ def build_pipeline(argv: list[str] | None = None, now_s: float | None = None) ->
                     >> beam.FlatMap(_incomplete_day, o.archive_path, r.parquet_path, _table_of(options))
                 ),
             )
-            | "write top lists to Bigtable" >> bigtable_writer(sinks, TOP_LISTS_WRITTEN)
+            | "write top lists to Bigtable" >> bigtable_writer(sinks, metrics.TOP_LISTS_WRITTEN)
         )
     (
         dead

@@ -17,11 +17,12 @@ from pipelines.options import SinkConfig
 from pipelines.restarts import RecordStatelessStart
 from pipelines.runners import top_cleanup_grace_s
 from schemas.archive import ARCHIVE_FILE_PREFIX
+from transforms import metrics
 from transforms.bigtable_sink import WriteAggregates
 from transforms.count_events import DAY_COUNTS, DEAD_LETTERS, RAW_ARCHIVE, ROWS, CountEvents
 from transforms.dead_letters import WriteDeadLetters
 from transforms.files import WriteJsonlByHour
-from transforms.top import TOP_LISTS_WRITTEN, TopEntities
+from transforms.top import TopEntities
 from transforms.validate import AcceptancePolicy
 
 
@@ -67,7 +68,7 @@ def count_and_store(
         (counted[ROWS], counted[DAY_COUNTS])
         | "top entities"
         >> TopEntities(policy.allowed_lateness_s, cleanup_grace_s=top_cleanup_grace_s(payloads.pipeline.options))
-        | "write top lists to Bigtable" >> bigtable_writer(sinks, TOP_LISTS_WRITTEN)
+        | "write top lists to Bigtable" >> bigtable_writer(sinks, metrics.TOP_LISTS_WRITTEN)
     )
     dead = (counted[DEAD_LETTERS], write_failures, top_write_failures) | "all dead letters" >> beam.Flatten()
     dead | "dead letters" >> WriteDeadLetters(sinks.dead_letter_path, sinks.dead_letter_topic, sinks.run_id)

@@ -166,7 +166,7 @@ _MutateRowsRequest = _bigtable_types.MutateRowsRequest.pb()
 class WriteAggregates(beam.DoFn):
     """``write_budget_s``, ``attempt_timeout_s``: the write budget (module docstring), seconds > 0;
     ``written_counter``: the counter of cells written (``aggregates_written``; the top lists'
-    step counts ``transforms.top.TOP_LISTS_WRITTEN``)."""
+    step counts ``transforms.metrics.TOP_LISTS_WRITTEN``)."""
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ PUBLISH_FAILURES = "publish_failures"  # Pub/Sub copies of dead letters given up
 MESSAGES_PULLED = "messages_pulled"
 MESSAGES_ACKED = "messages_acked"
 OLDEST_UNACKED_AGE_MS = "oldest_unacked_age_ms"
+TOP_LISTS_WRITTEN = "top_lists_written"  # counter of the sink step writing top lists
 UNREADABLE_HOURS = "unreadable_hours"  # string set (batch recompute): epoch seconds of each hour it could not read
 
 

@@ -64,7 +64,6 @@ from transforms.validate import shard_of
 
 TOP_SHARDS = 16  # shards of stage 1 (parallelism of the per-window ranking)
 CLEANUP_GRACE_S = 60  # processing time between a window's drop time and its state's clearing
-TOP_LISTS_WRITTEN = "top_lists_written"  # counter of the sink step writing top lists
 _HOUR_S = TOP_GRANULARITY_SECONDS["hour"]
 _DAY_S = TOP_GRANULARITY_SECONDS["day"]
 _Offers = list[tuple[str, int]]  # [(video_id, count), ...]

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from schemas.acceptance import DEFAULT_ALLOWED_LATENESS_S
+from schemas.archive import ARCHIVE_WINDOW_S
 from schemas.event import US_PER_S, format_time_us
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def audit(batch: dict[tuple, tuple], stored: dict[tuple, tuple]) -> list[HourAud
     hours: dict[int, HourAudit] = {}
 
     def hour(key) -> HourAudit:
-        h = key[3] - key[3] % 3600
+        h = key[3] - key[3] % ARCHIVE_WINDOW_S
         return hours.setdefault(h, HourAudit(h))
 
     for key, b in batch.items():
@@ -133,7 +134,7 @@ def open_hours(hours: list[int], allowed_lateness_s: int, now_s: float) -> list[
     CLOSE_MARGIN_S`` (module docstring; ``schemas.closed_windows.closes_at_s``)."""
     from schemas.closed_windows import closes_at_s
 
-    return [h for h in hours if closes_at_s(h, 3600, allowed_lateness_s) > now_s]
+    return [h for h in hours if closes_at_s(h, ARCHIVE_WINDOW_S, allowed_lateness_s) > now_s]
 
 
 def _job_flags(args, rows_path: str | None, progress_path: str) -> list[str]:
@@ -302,21 +303,23 @@ def _audit_rows(args, rows_path: str, hours: list[int]) -> list[HourAudit]:
     from query.stats import StatsReader
 
     batch = read_row_files(rows_path)
-    start_s, end_s = (hours[0], hours[-1] + 3600) if hours else (0, 0)
+    start_s, end_s = (hours[0], hours[-1] + ARCHIVE_WINDOW_S) if hours else (0, 0)
     entities = {k[:2] for k in batch} | stored_entities(args.project, args.instance, args.table, hours)
     in_hours = set(hours)
     # rows the job would write outside the hours asked for (an archived line whose event time is
     # not its folder's hour) are compared with what they would overwrite too
     outside: dict[int, set] = defaultdict(set)
     for k in batch:
-        if k[3] - k[3] % 3600 not in in_hours:
-            outside[k[3] - k[3] % 3600].add(k[:2])
+        if k[3] - k[3] % ARCHIVE_WINDOW_S not in in_hours:
+            outside[k[3] - k[3] % ARCHIVE_WINDOW_S].add(k[:2])
     with StatsReader(args.project, args.instance, args.table) as reader:
         stored = {
-            k: v for k, v in stored_in_range(reader, entities, start_s, end_s).items() if k[3] - k[3] % 3600 in in_hours
+            k: v
+            for k, v in stored_in_range(reader, entities, start_s, end_s).items()
+            if k[3] - k[3] % ARCHIVE_WINDOW_S in in_hours
         }
         for h, pairs in outside.items():
-            stored.update(stored_in_range(reader, pairs, h, h + 3600))
+            stored.update(stored_in_range(reader, pairs, h, h + ARCHIVE_WINDOW_S))
     return audit(batch, stored)
 
 
